@@ -1,0 +1,1 @@
+"""flowstate: stateful stream processing with Flink-grade checkpoints, natively in Python."""

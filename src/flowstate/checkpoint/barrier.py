@@ -1,0 +1,33 @@
+"""In-band control events that travel through the data channels beside record batches.
+
+A ``CheckpointBarrier`` separates the records that belong to checkpoint *n* (before it) from those
+that belong to checkpoint *n + 1* (after it). ``EndOfInput`` says that nothing more will come on a
+channel. Both are immutable and carried by reference: one instance is broadcast to every channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flowstate.checkpoint.ids import CheckpointId
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointBarrier:
+    """Marks the cut of checkpoint ``checkpoint_id`` in a channel.
+
+    ``timestamp`` is the coordinator's clock when it triggered the checkpoint. ``final`` is set on the
+    last checkpoint of a bounded job, taken after every source reached the end of its input.
+    """
+
+    checkpoint_id: CheckpointId
+    timestamp: float
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfInput:
+    """Nothing more (no record, no barrier) will arrive on the channel that carried this event."""
+
+
+END_OF_INPUT = EndOfInput()

@@ -1,0 +1,341 @@
+"""The checkpoint coordinator's bookkeeping (Flink's JobManager side), as a pure state machine.
+
+The runtime feeds it facts (``now`` is always a parameter) and executes the actions it returns, in
+order. It never sleeps, reads a clock, writes a file or talks to a task.
+
+Rules:
+
+1. **Triggering.** Nothing is triggered before ``tasks_running``. Then checkpoint *n* is triggered
+   when fewer than ``max_concurrent`` checkpoints are pending (or being stored), ``interval`` seconds
+   have passed since the previous trigger (or since the tasks started) and ``min_pause`` seconds since
+   the previous checkpoint completed. Ids increase by one from ``first_id``.
+2. **Acknowledging.** Each task acknowledges with an opaque state handle. The result says whether it
+   counted (``AckResult``). When the last task has acknowledged, the checkpoint moves to *storing* and
+   the coordinator asks for its metadata to be written (``StoreCheckpoint``).
+3. **Completing.** Only when the runtime reports the metadata durable (``stored``) is the checkpoint
+   complete: then tasks are notified (``NotifyComplete``), pending checkpoints with smaller ids are
+   aborted (``SUBSUMED``), and completed checkpoints beyond the ``retained`` newest are discarded.
+4. **Failing.** A decline, a timeout (``EXPIRED``, checked by ``tick``) or a failed metadata write
+   aborts the checkpoint: tasks are notified (``NotifyAborted``), its files discarded. Every such
+   failure counts; a completed checkpoint resets the count; when it exceeds ``tolerable_failures``
+   the coordinator asks to fail the job (``FailJob``).
+5. **Final checkpoint.** Once every source task has reported the end of its input, the next trigger
+   is a *final* checkpoint, triggered as soon as concurrency allows (interval and pause ignored). No
+   checkpoint follows it unless it fails, in which case another final checkpoint is triggered.
+   ``finished`` is true once a final checkpoint is complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flowstate.checkpoint.completed import CompletedCheckpoint
+from flowstate.checkpoint.failure import CheckpointFailureReason
+from flowstate.checkpoint.ids import CheckpointId, TaskId
+from flowstate.checkpoint.pending import AckResult, PendingCheckpoint
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointConfig:
+    """When and how checkpoints are taken. Durations are in seconds."""
+
+    interval: float | None = 1.0
+    """Seconds between triggers; ``None`` takes no periodic checkpoints (only a final one)."""
+    timeout: float = 600.0
+    min_pause: float = 0.0
+    max_concurrent: int = 1
+    tolerable_failures: int = 0
+    retained: int = 1
+
+    def __post_init__(self) -> None:
+        if self.interval is not None and self.interval <= 0:
+            raise ValueError(f"checkpoint interval must be positive, got {self.interval}")
+        if self.timeout <= 0:
+            raise ValueError(f"checkpoint timeout must be positive, got {self.timeout}")
+        if self.min_pause < 0:
+            raise ValueError(f"minimum pause between checkpoints must be ≥ 0, got {self.min_pause}")
+        if self.max_concurrent < 1:
+            raise ValueError(f"maximum concurrent checkpoints must be ≥ 1, got {self.max_concurrent}")
+        if self.tolerable_failures < 0:
+            raise ValueError(f"tolerable checkpoint failures must be ≥ 0, got {self.tolerable_failures}")
+        if self.retained < 1:
+            raise ValueError(f"retained checkpoints must be ≥ 1, got {self.retained}")
+
+
+# ---- actions -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerCheckpoint:
+    """Send a trigger for ``checkpoint_id`` to every source task."""
+
+    checkpoint_id: CheckpointId
+    timestamp: float
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCheckpoint:
+    """Write the metadata of ``checkpoint`` durably, then call ``stored`` (or ``store_failed``)."""
+
+    checkpoint: CompletedCheckpoint
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyComplete:
+    """Tell every task that ``checkpoint_id`` is complete (sinks commit what it pre-committed)."""
+
+    checkpoint_id: CheckpointId
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyAborted:
+    """Tell every task that ``checkpoint_id`` was aborted."""
+
+    checkpoint_id: CheckpointId
+    reason: CheckpointFailureReason
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardCheckpoint:
+    """Delete every file of ``checkpoint_id`` (aborted, or subsumed by newer retained ones)."""
+
+    checkpoint_id: CheckpointId
+
+
+@dataclass(frozen=True, slots=True)
+class FailJob:
+    """Too many checkpoints failed in a row: fail the job (the restart strategy decides what next)."""
+
+    reason: str
+
+
+CoordinatorAction = TriggerCheckpoint | StoreCheckpoint | NotifyComplete | NotifyAborted | DiscardCheckpoint | FailJob
+
+_NOT_COUNTED = frozenset({
+    CheckpointFailureReason.SUBSUMED,
+    CheckpointFailureReason.SUBSUMED_BY_NEWER_BARRIER,
+    CheckpointFailureReason.JOB_RESTARTING,
+})
+
+
+class CheckpointCoordinator:
+    """Bookkeeping of pending and completed checkpoints for one run of a job."""
+
+    def __init__(
+        self,
+        config: CheckpointConfig,
+        tasks: Iterable[TaskId],
+        sources: Iterable[TaskId],
+        *,
+        first_id: CheckpointId = CheckpointId(1),
+        completed: Iterable[CompletedCheckpoint] = (),
+    ) -> None:
+        self.config = config
+        self.tasks = frozenset(tasks)
+        self.sources = frozenset(sources)
+        if not self.sources <= self.tasks:
+            raise ValueError("every source task must also be a task")
+        if first_id < 1:
+            raise ValueError("checkpoint ids start at 1")
+        self._next_id = first_id
+        self._first_id = first_id
+        self._pending: dict[CheckpointId, PendingCheckpoint] = {}
+        self._storing: dict[CheckpointId, CompletedCheckpoint] = {}
+        self._completed: list[CompletedCheckpoint] = sorted(completed, key=lambda c: c.checkpoint_id)
+        self._running_since: float | None = None
+        self._last_trigger: float | None = None
+        self._last_completion: float | None = None
+        self._failures = 0
+        self._sources_ended: frozenset[TaskId] = frozenset()
+        self._final_triggered: CheckpointId | None = None
+        self._finished = False
+
+    # ---- facts the runtime reports -----------------------------------------------------------------
+
+    def tasks_running(self, now: float) -> list[CoordinatorAction]:
+        """Every task is running; periodic triggering starts counting from ``now``."""
+        if self._running_since is None:
+            self._running_since = now
+        return self.tick(now)
+
+    def source_ended(self, task: TaskId, now: float) -> list[CoordinatorAction]:
+        """Source ``task`` has read the end of its input and waits for the final checkpoint."""
+        if task not in self.sources:
+            raise ValueError(f"{task} is not a source task")
+        self._sources_ended = self._sources_ended | {task}
+        return self.tick(now)
+
+    def tick(self, now: float) -> list[CoordinatorAction]:
+        """Expire timed-out checkpoints and trigger one if it is due."""
+        actions: list[CoordinatorAction] = []
+        for cid, pending in list(self._pending.items()):
+            if now - pending.trigger_time >= self.config.timeout:
+                actions += self._abort(cid, CheckpointFailureReason.EXPIRED)
+        if self._finished or any(isinstance(a, FailJob) for a in actions):
+            return actions
+        trigger = self._due(now)
+        if trigger is not None:
+            actions.append(trigger)
+        return actions
+
+    def acknowledge(
+        self, task: TaskId, checkpoint_id: CheckpointId, state: object, now: float
+    ) -> tuple[AckResult, list[CoordinatorAction]]:
+        pending = self._pending.get(checkpoint_id)
+        if pending is None:
+            if task not in self.tasks or checkpoint_id >= self._next_id or checkpoint_id < self._first_id:
+                return AckResult.UNKNOWN, []
+            if checkpoint_id in self._storing or self._is_completed(checkpoint_id):
+                return AckResult.DUPLICATE, []
+            return AckResult.DISCARDED, [DiscardCheckpoint(checkpoint_id)]
+        pending, result = pending.acknowledge(task, state)
+        if result is not AckResult.SUCCESS:
+            return result, []
+        if not pending.fully_acknowledged:
+            self._pending[checkpoint_id] = pending
+            return result, []
+        del self._pending[checkpoint_id]
+        completed = pending.to_completed(now)
+        self._storing[checkpoint_id] = completed
+        return result, [StoreCheckpoint(completed)]
+
+    def decline(
+        self, task: TaskId, checkpoint_id: CheckpointId, reason: CheckpointFailureReason, now: float
+    ) -> list[CoordinatorAction]:
+        if checkpoint_id not in self._pending or task not in self.tasks:
+            return []
+        actions = self._abort(checkpoint_id, reason)
+        return actions + self._trigger_final_if_due(now, actions)
+
+    def stored(self, checkpoint_id: CheckpointId, now: float) -> list[CoordinatorAction]:
+        """The metadata of ``checkpoint_id`` is durable: it is complete."""
+        completed = self._storing.pop(checkpoint_id, None)
+        if completed is None:
+            raise ValueError(f"checkpoint {checkpoint_id} is not being stored")
+        actions: list[CoordinatorAction] = [NotifyComplete(checkpoint_id, completed.final)]
+        self._completed.append(completed)
+        self._completed.sort(key=lambda c: c.checkpoint_id)
+        self._last_completion = now
+        self._failures = 0
+        for older in [cid for cid in self._pending if cid < checkpoint_id]:
+            actions += self._abort(older, CheckpointFailureReason.SUBSUMED)
+        while len(self._completed) > self.config.retained:
+            actions.append(DiscardCheckpoint(self._completed.pop(0).checkpoint_id))
+        if completed.final:
+            self._finished = True
+        else:
+            actions += self._trigger_final_if_due(now, actions)
+        return actions
+
+    def store_failed(self, checkpoint_id: CheckpointId, now: float) -> list[CoordinatorAction]:
+        if self._storing.pop(checkpoint_id, None) is None:
+            raise ValueError(f"checkpoint {checkpoint_id} is not being stored")
+        actions = self._fail(checkpoint_id, CheckpointFailureReason.STORAGE_FAILURE)
+        return actions + self._trigger_final_if_due(now, actions)
+
+    def abort_all(self, reason: CheckpointFailureReason) -> list[CoordinatorAction]:
+        """Abort every pending checkpoint (the job is going down). Not counted as failures."""
+        actions: list[CoordinatorAction] = []
+        for cid in sorted(self._pending):
+            del self._pending[cid]
+            actions += [NotifyAborted(cid, reason), DiscardCheckpoint(cid)]
+        return actions
+
+    # ---- queries ---------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> dict[CheckpointId, PendingCheckpoint]:
+        return dict(self._pending)
+
+    @property
+    def completed(self) -> list[CompletedCheckpoint]:
+        return list(self._completed)
+
+    @property
+    def latest_completed(self) -> CompletedCheckpoint | None:
+        return self._completed[-1] if self._completed else None
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def next_id(self) -> CheckpointId:
+        return self._next_id
+
+    def next_deadline(self, now: float) -> float | None:
+        """The earliest time at which ``tick`` has something to do, or ``None``."""
+        times = [p.trigger_time + self.config.timeout for p in self._pending.values()]
+        if self._running_since is not None and not self._finished and self._final_triggered is None:
+            if self.config.interval is not None:
+                last = self._last_trigger if self._last_trigger is not None else self._running_since
+                due = last + self.config.interval
+                if self._last_completion is not None:
+                    due = max(due, self._last_completion + self.config.min_pause)
+                times.append(due)
+        return min(times) if times else None
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _is_completed(self, checkpoint_id: CheckpointId) -> bool:
+        return any(c.checkpoint_id == checkpoint_id for c in self._completed)
+
+    def _in_flight(self) -> int:
+        return len(self._pending) + len(self._storing)
+
+    def _due(self, now: float) -> TriggerCheckpoint | None:
+        if self._running_since is None or self._in_flight() >= self.config.max_concurrent:
+            return None
+        if self._sources_ended == self.sources:
+            if self._final_triggered is not None and self._final_is_live():
+                return None
+            return self._trigger(now, final=True)
+        if self.config.interval is None:
+            return None
+        last = self._last_trigger if self._last_trigger is not None else self._running_since
+        if now < last + self.config.interval:
+            return None
+        if self._last_completion is not None and now < self._last_completion + self.config.min_pause:
+            return None
+        return self._trigger(now, final=False)
+
+    def _final_is_live(self) -> bool:
+        cid = self._final_triggered
+        return cid is not None and (cid in self._pending or cid in self._storing or self._is_completed(cid))
+
+    def _trigger(self, now: float, *, final: bool) -> TriggerCheckpoint:
+        cid = self._next_id
+        self._next_id = CheckpointId(cid + 1)
+        self._last_trigger = now
+        self._pending[cid] = PendingCheckpoint(cid, now, final, self.tasks)
+        if final:
+            self._final_triggered = cid
+        return TriggerCheckpoint(cid, now, final)
+
+    def _trigger_final_if_due(self, now: float, so_far: list[CoordinatorAction]) -> list[CoordinatorAction]:
+        if self._finished or any(isinstance(a, FailJob) for a in so_far):
+            return []
+        if self._sources_ended != self.sources:
+            return []
+        trigger = self._due(now)
+        return [trigger] if trigger is not None else []
+
+    def _abort(self, checkpoint_id: CheckpointId, reason: CheckpointFailureReason) -> list[CoordinatorAction]:
+        del self._pending[checkpoint_id]
+        return self._fail(checkpoint_id, reason)
+
+    def _fail(self, checkpoint_id: CheckpointId, reason: CheckpointFailureReason) -> list[CoordinatorAction]:
+        actions: list[CoordinatorAction] = [NotifyAborted(checkpoint_id, reason), DiscardCheckpoint(checkpoint_id)]
+        if reason not in _NOT_COUNTED:
+            self._failures += 1
+            if self._failures > self.config.tolerable_failures:
+                actions.append(
+                    FailJob(
+                        f"{self._failures} checkpoint(s) failed in a row (tolerable: "
+                        f"{self.config.tolerable_failures}); the last, {checkpoint_id}: {reason.value}"
+                    )
+                )
+        return actions

@@ -1,0 +1,98 @@
+"""Sources and sinks: the ports through which a job reads and writes the outside world.
+
+**Sources** are split into *splits* (a file, a partition, a generator stream). A source lists its
+splits deterministically; subtask ``i`` of ``p`` reads the splits at positions ``i, i + p, …``.
+Recovery symmetry: a reader is built from ``resume_state`` and its ``snapshot()`` names, for every
+split it owns, the position of the **next** record to read (never the last one read). Everything a
+reader does is derived from its resume state.
+
+**Sinks** build one writer per subtask. A transactional writer takes part in two-phase commit:
+``pre_commit`` on the barrier, ``commit`` when that checkpoint completes, and, when built from a
+resume state, it first commits what that state names and deletes its own uncommitted leftovers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class SourceReader(Protocol):
+    def poll(self, max_records: int) -> list[Any] | None:
+        """Up to ``max_records`` records; ``[]`` when none is available right now; ``None`` once every
+        split of this reader is exhausted (after which it is never called again). Must return within
+        about 0.1 s so that the task can serve checkpoint triggers."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """Split id → position of the next record to read. Must be picklable and must not share
+        mutable objects with the reader."""
+        ...
+
+    def close(self) -> None:
+        """Release files and sockets. Guaranteed to be called once, and nothing after it."""
+        ...
+
+
+class Source(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def replayable(self) -> bool:
+        """True when a reader rebuilt from a snapshot reads again exactly what followed it."""
+        ...
+
+    def splits(self) -> list[str]:
+        """Every split id of this source, in a deterministic order."""
+        ...
+
+    def build_reader(self, splits: Sequence[str], resume_state: dict[str, Any] | None) -> SourceReader:
+        """A reader for ``splits``. ``resume_state`` maps split id → position (from ``snapshot()``);
+        a split missing from it starts at its beginning."""
+        ...
+
+
+class SinkWriter(Protocol):
+    def write_batch(self, records: list[Any]) -> None:
+        """Write records in order. Nothing written here is visible until committed (transactional
+        writers) or it may be visible at once (at-least-once writers)."""
+        ...
+
+    def pre_commit(self, checkpoint_id: int) -> None:
+        """Barrier ``checkpoint_id``: make what was written since the last barrier durable and
+        pending under that id. Called on the task thread, before ``snapshot``."""
+        ...
+
+    def snapshot(self) -> Any:
+        """State to restore this writer: every pending, not-yet-committed output. Picklable."""
+        ...
+
+    def commit(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` completed: publish every output pending under an id ≤ it.
+        Idempotent."""
+        ...
+
+    def finish(self) -> None:
+        """End of input in a job without checkpoints: publish everything written."""
+        ...
+
+    def close(self) -> None:
+        """Release resources without publishing anything more. Called once, last."""
+        ...
+
+
+class Sink(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def transactional(self) -> bool:
+        """True for two-phase-commit sinks: output is exactly-once under an exactly-once mode."""
+        ...
+
+    def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> SinkWriter:
+        """A writer for one subtask. With ``resume_state`` (from ``snapshot()`` of the restored, complete
+        checkpoint), the writer first commits what it names, idempotently, and removes this
+        subtask's uncommitted leftovers."""
+        ...

@@ -1,0 +1,1 @@
+"""Checkpoint storage: where checkpoint state files and metadata are made durable."""
