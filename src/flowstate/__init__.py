@@ -1,1 +1,34 @@
-"""flowstate: stateful stream processing with Flink-grade checkpoints, natively in Python."""
+"""flowstate: stateful stream processing with Flink-grade checkpoints, natively in Python.
+
+    import flowstate as fs
+
+    flow = fs.Dataflow("wordcount")
+    (flow.source(fs.FileSource("data/*.txt"))
+         .flat_map(str.split)
+         .key_by(lambda w: w)
+         .process(Count())
+         .sink(fs.FileSink("out/")))
+    fs.run(flow, checkpoint_dir="chk", mode="exactly_once", interval="1s")
+"""
+
+from flowstate.config import ExponentialBackoffRestart, FixedDelayRestart, Mode, NoRestart
+from flowstate.connectors.file_sink import FileSink
+from flowstate.connectors.files import FileSource
+from flowstate.connectors.generator import GeneratorSource
+from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
+from flowstate.connectors.socket import SocketSource
+from flowstate.dataflow import Dataflow, KeyedStream, Stream
+from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError, UserFunctionError
+from flowstate.execution import run
+from flowstate.failpoints import Failpoints, InjectedFailure
+from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
+from flowstate.runtime.job import JobResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchCallbackSink", "CallbackSink", "ConfigError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
+    "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError",
+    "InjectedFailure", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "NoRestart",
+    "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
+]

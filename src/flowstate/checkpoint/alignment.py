@@ -11,7 +11,7 @@ Rules:
 3. A barrier of a **newer** checkpoint during an alignment aborts the current one
    (``SUBSUMED_BY_NEWER_BARRIER``), resumes its blocked channels and starts aligning the newer one.
 4. A barrier whose id is not newer than the last checkpoint this task snapshotted or aborted is late:
-   it is ignored.
+   it is ignored; so is a barrier older than the checkpoint being aligned.
 5. ``EndOfInput`` on the last channel that the alignment waited for completes it (rule 2).
 6. An illegal event (a barrier or end of input on a channel that already ended, a barrier on a
    channel that is blocked) raises ``ProtocolError`` and leaves the handler unchanged.
@@ -79,6 +79,11 @@ class CollectingBarriers:
                 actions.append(ResumeChannels(tuple(sorted(self.arrived))))
             state, more = CollectingBarriers(barrier, frozenset()).barrier(open_channels, channel, barrier)
             return state, actions + more
+        if barrier.checkpoint_id < self.pending.checkpoint_id:
+            # Rule 4. Checkpoint n + 1 started aligning before this channel delivered barrier n, so n
+            # can no longer align here; counting this barrier for n + 1 would snapshot n + 1 before
+            # the records this channel still holds ahead of barrier n + 1.
+            return self, []
         arrived = self.arrived | {channel}
         return self._maybe_complete(open_channels, arrived, [BlockChannel(channel)])
 
@@ -88,10 +93,16 @@ class CollectingBarriers:
         return self._maybe_complete(open_channels, self.arrived, [])
 
     def abort(self, checkpoint_id: CheckpointId) -> tuple[AlignmentState, list[HandlerAction]]:
-        if checkpoint_id != self.pending.checkpoint_id:
+        if checkpoint_id < self.pending.checkpoint_id:
             return self, []
-        resume: list[HandlerAction] = [ResumeChannels(tuple(sorted(self.arrived)))] if self.arrived else []
-        return WaitingForFirstBarrier(), resume
+        actions: list[HandlerAction] = []
+        if checkpoint_id > self.pending.checkpoint_id:
+            # Aborting a newer checkpoint makes every barrier up to its id late (rule 4), so the
+            # pending one can no longer align: give it up rather than keep its channels blocked.
+            actions.append(AbortCheckpoint(self.pending.checkpoint_id, CheckpointFailureReason.CANCELLED_BY_COORDINATOR))
+        if self.arrived:
+            actions.append(ResumeChannels(tuple(sorted(self.arrived))))
+        return WaitingForFirstBarrier(), actions
 
     def _maybe_complete(
         self,

@@ -15,6 +15,7 @@ Rules:
 3. **Completing.** Only when the runtime reports the metadata durable (``stored``) is the checkpoint
    complete: then tasks are notified (``NotifyComplete``), pending checkpoints with smaller ids are
    aborted (``SUBSUMED``), and completed checkpoints beyond the ``retained`` newest are discarded.
+   A checkpoint whose metadata becomes durable after a newer one completed is ``SUBSUMED`` too.
 4. **Failing.** A decline, a timeout (``EXPIRED``, checked by ``tick``) or a failed metadata write
    aborts the checkpoint: tasks are notified (``NotifyAborted``), its files discarded. Every such
    failure counts; a completed checkpoint resets the count; when it exceeds ``tolerable_failures``
@@ -215,6 +216,13 @@ class CheckpointCoordinator:
         completed = self._storing.pop(checkpoint_id, None)
         if completed is None:
             raise ValueError(f"checkpoint {checkpoint_id} is not being stored")
+        latest = self.latest_completed
+        if latest is not None and latest.checkpoint_id > checkpoint_id:
+            # With max_concurrent > 1 the metadata of n + 1 can become durable before n's. Then n is
+            # subsumed: tasks were told n + 1 is complete (sinks committed up to it), and a later
+            # NotifyComplete(n) would make the completed ids go backwards.
+            subsumed = self._fail(checkpoint_id, CheckpointFailureReason.SUBSUMED)
+            return subsumed + self._trigger_final_if_due(now, subsumed)
         actions: list[CoordinatorAction] = [NotifyComplete(checkpoint_id, completed.final)]
         self._completed.append(completed)
         self._completed.sort(key=lambda c: c.checkpoint_id)

@@ -1,0 +1,143 @@
+"""Job configuration: the snapshot mode, checkpoint settings, restart strategies, durations."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from flowstate.checkpoint.coordinator import CheckpointConfig
+from flowstate.errors import ConfigError
+
+
+class Mode(Enum):
+    """How (and whether) a job takes checkpoints. The value is the name used on the command line."""
+
+    EXACTLY_ONCE = "exactly_once"
+    """Aligned barriers (Chandy-Lamport as in Flink): exactly-once state and, with 2PC sinks, output."""
+    AT_LEAST_ONCE = "at_least_once"
+    """Barriers are counted, never block: after a failure some records are processed twice."""
+    STOP_THE_WORLD = "stop_the_world"
+    """Sources pause, in-flight data drains, every task snapshots, sources resume: exactly-once, slow."""
+    NONE = "none"
+    """No checkpoints: after a failure the job starts again from scratch (at-most-once output)."""
+
+    @property
+    def exactly_once(self) -> bool:
+        return self in (Mode.EXACTLY_ONCE, Mode.STOP_THE_WORLD)
+
+    @property
+    def checkpoints(self) -> bool:
+        return self is not Mode.NONE
+
+    @classmethod
+    def parse(cls, value: Mode | str) -> Mode:
+        if isinstance(value, Mode):
+            return value
+        normal = str(value).strip().lower().replace("-", "_")
+        for mode in cls:
+            if mode.value == normal:
+                return mode
+        raise ConfigError(f"unknown mode {value!r}: choose one of {', '.join(m.value for m in cls)}")
+
+
+_DURATION = re.compile(r"^\s*(?P<n>\d+(\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|min|h)?\s*$")
+_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: float | int | str, *, what: str = "duration") -> float:
+    """Seconds from ``0.5``, ``"500ms"``, ``"1s"``, ``"2m"``, ``"1h"``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if m is None:
+            raise ConfigError(f"cannot read {what} {value!r}: use seconds or a unit, e.g. 0.5, 500ms, 1s, 2m")
+        seconds = float(m["n"]) * _UNITS[m["unit"]]
+    if seconds < 0:
+        raise ConfigError(f"{what} must not be negative, got {value!r}")
+    return seconds
+
+
+# ---- restart strategies (pure) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NoRestart:
+    """Fail the job on the first failure."""
+
+    def delay(self, failures: int) -> float | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FixedDelayRestart:
+    """Restart up to ``attempts`` times, waiting ``delay`` seconds before each."""
+
+    attempts: int = 3
+    delay_seconds: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.attempts < 0 or self.delay_seconds < 0:
+            raise ConfigError("fixed-delay restart needs attempts ≥ 0 and delay ≥ 0")
+
+    def delay(self, failures: int) -> float | None:
+        """Seconds to wait before restart number ``failures`` (1-based), or None to give up."""
+        return self.delay_seconds if failures <= self.attempts else None
+
+
+@dataclass(frozen=True, slots=True)
+class ExponentialBackoffRestart:
+    """Restart up to ``attempts`` times, waiting ``initial``, ``initial*multiplier``, … up to ``maximum``."""
+
+    attempts: int = 10
+    initial: float = 0.1
+    maximum: float = 10.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 0 or self.initial < 0 or self.maximum < self.initial or self.multiplier < 1:
+            raise ConfigError("exponential backoff needs attempts ≥ 0, 0 ≤ initial ≤ maximum, multiplier ≥ 1")
+
+    def delay(self, failures: int) -> float | None:
+        if failures > self.attempts:
+            return None
+        return min(self.maximum, self.initial * self.multiplier ** (failures - 1))
+
+
+RestartStrategy = NoRestart | FixedDelayRestart | ExponentialBackoffRestart
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything ``flowstate.run`` needs besides the dataflow itself."""
+
+    mode: Mode = Mode.EXACTLY_ONCE
+    checkpoint_dir: Path | None = None
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    restart: RestartStrategy = field(default_factory=lambda: FixedDelayRestart(3, 0.5))
+    parallelism: int | None = None
+    """Overrides the dataflow's default parallelism."""
+    fresh: bool = False
+    """Ignore existing checkpoints and start from scratch."""
+    allow_non_replayable: bool = False
+    """Run an exactly-once job although a source cannot replay (its guarantee drops to at-most-once)."""
+    batch_size: int = 2048
+    channel_capacity: int = 8
+    """Batches a channel holds before its producer waits (back-pressure)."""
+    progress: bool = False
+    """Print progress (records/s, checkpoints) to stderr once a second."""
+
+    def __post_init__(self) -> None:
+        if self.mode.checkpoints and self.checkpoint_dir is None:
+            raise ConfigError(
+                f"mode {self.mode.value} takes checkpoints and needs a checkpoint directory "
+                "(--checkpoint-dir DIR, or checkpoint_dir=...); use mode 'none' to run without"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.channel_capacity < 1:
+            raise ConfigError(f"channel_capacity must be ≥ 1, got {self.channel_capacity}")
+        if self.parallelism is not None and self.parallelism < 1:
+            raise ConfigError(f"parallelism must be ≥ 1, got {self.parallelism}")

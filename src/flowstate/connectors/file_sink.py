@@ -1,0 +1,242 @@
+"""A transactional file sink (Flink's ``FileSink``): exactly-once output through two-phase commit.
+
+Files of subtask *s* in ``directory`` (*seq* counts the files of that subtask, from 0):
+
+- ``.{prefix}-{s}-{seq}.inprogress``: hidden, being written since the last barrier;
+- ``.{prefix}-{s}-{seq}.pending``: hidden, closed and durable, waiting for its checkpoint to complete
+  (the committable of ``flowstate.checkpoint.commit``);
+- ``{prefix}-{s}-{seq}{suffix}``: visible, committed. Only these are output.
+
+Step (1) ``pre_commit(n)``: if anything was written since the last barrier, flush + fsync the
+in-progress file, rename it to pending, fsync the directory, record it under *n* in the ``CommitLog``
+and move to the next *seq*. The rename is durable before the snapshot that names it is taken, so a
+completed checkpoint never names a file that a crash can lose.
+
+Step (2) ``commit(n)``: rename every pending file recorded under an id ≤ *n* to its visible name, in
+checkpoint order, then fsync the directory. Idempotent: a pending file that is gone while its visible
+file exists was committed before. If both are gone the output is lost: ``LostOutputError``.
+
+Step (3) restore from a snapshot ``{"seq", "pending"}``: first commit everything it names (that
+checkpoint completed), then delete this subtask's hidden files that it does not name (they belong to
+checkpoints that never completed; the replay writes their records again), then continue at ``seq``.
+A writer built without a snapshot cleans up the same way, with nothing to commit: no checkpoint of
+this job completed. Files of other subtasks are never touched.
+
+Records are written as JSON Lines by default (UTF-8, ``ensure_ascii=False``, compact separators;
+tuples become arrays); ``encoder`` (record → str without newline) replaces that. Each batch is one
+write call. A fresh writer starts at *seq* 0 and replaces visible files of the same name: give each
+job its own directory or prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from flowstate.checkpoint.commit import CommitLog, stray_outputs
+from flowstate.checkpoint.ids import CheckpointId
+
+_IN_PROGRESS = ".inprogress"
+_PENDING = ".pending"
+
+
+class LostOutputError(RuntimeError):
+    """A pending file named by a completed checkpoint is gone and was never made visible: its records
+    are lost. The directory was changed behind the sink's back."""
+
+
+def json_lines_encoder() -> Callable[[Any], str]:
+    """The default encoder: ``json.dumps(record, ensure_ascii=False, separators=(",", ":"))``."""
+    return json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class FileSink:
+    """Transactional file output (see the module rules)."""
+
+    __slots__ = ("_directory", "_prefix", "_suffix", "_encoder", "_name")
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        prefix: str = "part",
+        suffix: str = ".jsonl",
+        encoder: Callable[[Any], str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not prefix or "/" in prefix or os.sep in prefix:
+            raise ValueError(f"FileSink: prefix must be a non-empty file name part, got {prefix!r}")
+        if "/" in suffix or os.sep in suffix:
+            raise ValueError(f"FileSink: suffix must not contain a path separator, got {suffix!r}")
+        if encoder is not None and not callable(encoder):
+            raise TypeError(f"FileSink: encoder must be callable (record → str), got {encoder!r}")
+        self._directory = os.fspath(directory)
+        self._prefix = prefix
+        self._suffix = suffix
+        self._encoder = encoder
+        self._name = f"file-sink:{self._directory}" if name is None else name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def transactional(self) -> bool:
+        return True
+
+    def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> FileSinkWriter:
+        if not 0 <= subtask < parallelism:
+            raise ValueError(f"FileSink {self._name!r}: subtask {subtask} outside 0..{parallelism - 1}")
+        os.makedirs(self._directory, exist_ok=True)
+        encoder = self._encoder if self._encoder is not None else json_lines_encoder()
+        return FileSinkWriter(self._directory, self._prefix, self._suffix, subtask, encoder, resume_state)
+
+
+class FileSinkWriter:
+    """The files of one subtask. State: the next *seq* and the ``CommitLog`` of pending files."""
+
+    __slots__ = (
+        "_directory", "_prefix", "_suffix", "_subtask", "_encode", "_seq", "_log", "_file", "_hidden",
+    )
+
+    def __init__(
+        self,
+        directory: str,
+        prefix: str,
+        suffix: str,
+        subtask: int,
+        encode: Callable[[Any], str],
+        resume_state: Any | None,
+    ) -> None:
+        self._directory = directory
+        self._prefix = prefix
+        self._suffix = suffix
+        self._subtask = subtask
+        self._encode = encode
+        self._hidden = re.compile(
+            rf"\.{re.escape(prefix)}-{subtask}-[0-9]+(?:{re.escape(_IN_PROGRESS)}|{re.escape(_PENDING)})"
+        )
+        self._file: Any = None
+        self._log: CommitLog[str] = CommitLog()
+        self._seq = 0
+        named: list[str] = []
+        if resume_state is not None:
+            seq, pending = _parse_snapshot(resume_state)
+            # Step (3): the restored checkpoint completed, so what it names is committed first.
+            _, to_commit = CommitLog.restore(pending)
+            named = list(to_commit)
+            self._publish(to_commit)
+            self._seq = seq
+        existing = [n for n in os.listdir(directory) if self._hidden.fullmatch(n)]
+        strays = stray_outputs(existing, named)
+        for stray in strays:
+            os.unlink(os.path.join(directory, stray))
+        if strays:
+            _fsync_directory(directory)
+
+    def write_batch(self, records: list[Any]) -> None:
+        if not records:
+            return
+        text = "\n".join(map(self._encode, records))
+        if text.count("\n") != len(records) - 1:
+            raise ValueError("FileSink: an encoded record contains a newline; one record must be one line")
+        if self._file is None:
+            self._file = open(self._path(self._hidden_name(self._seq, _IN_PROGRESS)), "xb")
+        self._file.write((text + "\n").encode("utf-8"))
+
+    def pre_commit(self, checkpoint_id: int) -> None:
+        if self._file is None:
+            self._log = self._log.pre_commit(CheckpointId(checkpoint_id), ())
+            return
+        pending = self._hidden_name(self._seq, _PENDING)
+        # Decided before any side effect: an illegal checkpoint id raises and changes nothing.
+        log = self._log.pre_commit(CheckpointId(checkpoint_id), (pending,))
+        self._close_in_progress(pending)
+        self._log = log
+        self._seq += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"seq": self._seq, "pending": self._log.snapshot()}
+
+    def commit(self, checkpoint_id: int) -> None:
+        log, to_commit = self._log.complete(CheckpointId(checkpoint_id))
+        self._publish(to_commit)
+        self._log = log
+
+    def finish(self) -> None:
+        to_commit: list[str] = []
+        if self._log.pending:
+            # Everything pending, as if the newest pre-committed checkpoint completed.
+            _, to_commit = self._log.complete(self._log.pending[-1][0])
+        if self._file is not None:
+            pending = self._hidden_name(self._seq, _PENDING)
+            self._close_in_progress(pending)
+            to_commit = [*to_commit, pending]
+            self._seq += 1
+        self._publish(to_commit)
+        self._log = CommitLog()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # ---- files -----------------------------------------------------------------------------------
+
+    def _hidden_name(self, seq: int, kind: str) -> str:
+        return f".{self._prefix}-{self._subtask}-{seq}{kind}"
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._directory, name)
+
+    def _close_in_progress(self, pending: str) -> None:
+        """Step (1): make the in-progress file durable under its pending name."""
+        file = self._file
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
+        self._file = None
+        os.rename(self._path(self._hidden_name(self._seq, _IN_PROGRESS)), self._path(pending))
+        _fsync_directory(self._directory)
+
+    def _publish(self, pending_names: list[str]) -> None:
+        """Step (2): rename each pending file to its visible name, idempotently, in order."""
+        if not pending_names:
+            return
+        for pending in pending_names:
+            final = pending[1:-len(_PENDING)] + self._suffix
+            try:
+                os.rename(self._path(pending), self._path(final))
+            except FileNotFoundError:
+                if not os.path.exists(self._path(final)):
+                    raise LostOutputError(
+                        f"FileSink: neither {pending!r} nor {final!r} exists in {self._directory!r}; "
+                        "the output of a completed checkpoint is lost"
+                    ) from None
+        _fsync_directory(self._directory)
+
+
+def _parse_snapshot(state: Any) -> tuple[int, list[tuple[int, str]]]:
+    try:
+        seq = state["seq"]
+        pending = [(int(cid), str(name)) for cid, name in state["pending"]]
+    except (TypeError, KeyError, ValueError) as error:
+        raise ValueError(f"FileSink: not a file sink snapshot: {state!r}") from error
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ValueError(f"FileSink: snapshot seq must be an int ≥ 0, got {seq!r}")
+    for _, name in pending:
+        if not (name.startswith(".") and name.endswith(_PENDING)) or os.sep in name or "/" in name:
+            raise ValueError(f"FileSink: snapshot names {name!r}, which is not a pending file")
+    return seq, pending
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make renames and deletions in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,138 @@
+"""At-least-once sinks that hand records over at once: to a text stream, or to a function.
+
+They are not transactional: a record is visible as soon as it is written, so after a restore the
+records written since the restored checkpoint are written again. ``pre_commit``, ``commit``,
+``finish`` and ``close`` do nothing and ``snapshot`` returns ``None``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+
+class _AtLeastOnceWriter:
+    """The two-phase-commit calls of a writer whose output is visible at once: nothing to do."""
+
+    __slots__ = ()
+
+    def pre_commit(self, checkpoint_id: int) -> None:
+        pass
+
+    def snapshot(self) -> None:
+        return None
+
+    def commit(self, checkpoint_id: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PrintSink:
+    """One line per record, ``str(record)``, written to ``stream`` (default: ``sys.stdout`` as it is
+    when the records are written). Each batch is one write call followed by a flush."""
+
+    __slots__ = ("_stream", "_name")
+
+    def __init__(self, stream: TextIO | None = None, *, name: str = "print") -> None:
+        self._stream = stream
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def transactional(self) -> bool:
+        return False
+
+    def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> PrintWriter:
+        return PrintWriter(self._stream)
+
+
+class PrintWriter(_AtLeastOnceWriter):
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def write_batch(self, records: list[Any]) -> None:
+        if not records:
+            return
+        stream = sys.stdout if self._stream is None else self._stream
+        stream.write("\n".join(map(str, records)) + "\n")
+        stream.flush()
+
+
+class CallbackSink:
+    """Calls ``fn(record)`` for every record, in order."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, fn: Callable[[Any], object], *, name: str = "callback") -> None:
+        if not callable(fn):
+            raise TypeError(f"CallbackSink: fn must be callable (record → None), got {fn!r}")
+        self._fn = fn
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def transactional(self) -> bool:
+        return False
+
+    def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> CallbackWriter:
+        return CallbackWriter(self._fn)
+
+
+class CallbackWriter(_AtLeastOnceWriter):
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[Any], object]) -> None:
+        self._fn = fn
+
+    def write_batch(self, records: list[Any]) -> None:
+        fn = self._fn
+        for record in records:
+            fn(record)
+
+
+class BatchCallbackSink:
+    """Calls ``fn(records)`` once per non-empty batch, with a new list that ``fn`` may keep."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, fn: Callable[[list[Any]], object], *, name: str = "batch-callback") -> None:
+        if not callable(fn):
+            raise TypeError(f"BatchCallbackSink: fn must be callable (list of records → None), got {fn!r}")
+        self._fn = fn
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def transactional(self) -> bool:
+        return False
+
+    def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> BatchCallbackWriter:
+        return BatchCallbackWriter(self._fn)
+
+
+class BatchCallbackWriter(_AtLeastOnceWriter):
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[list[Any]], object]) -> None:
+        self._fn = fn
+
+    def write_batch(self, records: list[Any]) -> None:
+        if records:
+            self._fn(list(records))

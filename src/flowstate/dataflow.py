@@ -1,0 +1,196 @@
+"""The dataflow API: how users describe a job.
+
+``Dataflow`` collects nodes; ``Stream`` and ``KeyedStream`` add operators. Mistakes that can be seen
+while the graph is written (a function that is not callable, keyed state on a stream that is not
+keyed, a parallelism above ``max_parallelism``, a duplicate uid) raise ``GraphError`` at once, naming
+the operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowstate.errors import GraphError
+from flowstate.functions import KeyedProcessFunction, ProcessFunction
+from flowstate.state.keygroups import DEFAULT_MAX_PARALLELISM
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """How records travel from ``source`` into a node: ``forward`` (or ``rebalance`` when the
+    parallelism differs) unless ``key_fn`` is set, in which case by key group."""
+
+    source: Node
+    key_fn: Callable[[Any], Any] | None = None
+
+
+@dataclass(eq=False)
+class Node:
+    index: int
+    kind: str
+    name: str
+    uid: str
+    fn: Any
+    parallelism: int | None
+    inputs: tuple[Edge, ...]
+    max_parallelism: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.name!r}>"
+
+
+def _check_parallelism(what: str, parallelism: int | None, max_parallelism: int) -> None:
+    if parallelism is None:
+        return
+    if not isinstance(parallelism, int) or isinstance(parallelism, bool) or parallelism < 1:
+        raise GraphError(f"{what}: parallelism must be a positive integer, got {parallelism!r}")
+    if parallelism > max_parallelism:
+        raise GraphError(
+            f"{what}: parallelism {parallelism} is above max_parallelism {max_parallelism} "
+            "(the number of key groups); raise max_parallelism on the Dataflow"
+        )
+
+
+class Dataflow:
+    """A streaming job: sources, operators and sinks."""
+
+    def __init__(self, name: str, *, parallelism: int = 1, max_parallelism: int = DEFAULT_MAX_PARALLELISM) -> None:
+        if not name or not isinstance(name, str):
+            raise GraphError("a Dataflow needs a non-empty name")
+        if not isinstance(max_parallelism, int) or max_parallelism < 1 or max_parallelism > 32768:
+            raise GraphError(f"max_parallelism must be between 1 and 32768, got {max_parallelism!r}")
+        _check_parallelism(f"dataflow {name!r}", parallelism, max_parallelism)
+        self.name = name
+        self.parallelism = parallelism
+        self.max_parallelism = max_parallelism
+        self.nodes: list[Node] = []
+
+    def source(self, source: Any, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+        for attr in ("splits", "build_reader", "replayable"):
+            if not hasattr(source, attr):
+                raise GraphError(
+                    f"{source!r} is not a source (it has no {attr}); use FileSource, GeneratorSource, "
+                    "SocketSource or an object implementing flowstate.connectors.base.Source"
+                )
+        node = self._add("source", name or getattr(source, "name", None) or "source", source, parallelism, (), uid)
+        return Stream(self, node)
+
+    def _add(
+        self, kind: str, name: str, fn: Any, parallelism: int | None, inputs: tuple[Edge, ...], uid: str | None,
+        **extra: Any,
+    ) -> Node:
+        index = len(self.nodes)
+        what = f"{kind} {name!r}"
+        _check_parallelism(what, parallelism, self.max_parallelism)
+        if uid is None:
+            uid = f"{index}-{kind}"
+        elif not isinstance(uid, str) or not uid or "#" in uid or "/" in uid:
+            raise GraphError(f"{what}: uid must be a non-empty string without '#' or '/', got {uid!r}")
+        if any(n.uid == uid for n in self.nodes):
+            raise GraphError(f"{what}: uid {uid!r} is already used by another operator")
+        node = Node(index, kind, name, uid, fn, parallelism, inputs, self.max_parallelism, dict(extra))
+        self.nodes.append(node)
+        return node
+
+    def sinks(self) -> list[Node]:
+        return [n for n in self.nodes if n.kind == "sink"]
+
+
+def _callable(kind: str, name: str | None, fn: Any) -> str:
+    shown = name or getattr(fn, "__name__", None) or kind
+    if not callable(fn):
+        raise GraphError(f"{kind} {shown!r}: {fn!r} is not callable")
+    if shown == "<lambda>":
+        shown = kind
+    return shown
+
+
+class Stream:
+    """A stream of records produced by one node."""
+
+    def __init__(self, flow: Dataflow, node: Node, key_fn: Callable[[Any], Any] | None = None) -> None:
+        self._flow = flow
+        self._node = node
+        self._key_fn = key_fn
+
+    @property
+    def node(self) -> Node:
+        return self._node
+
+    def _edge(self) -> tuple[Edge, ...]:
+        return (Edge(self._node, self._key_fn),)
+
+    def _op(self, kind: str, fn: Any, name: str | None, parallelism: int | None, uid: str | None, **extra: Any) -> Stream:
+        shown = _callable(kind, name, fn)
+        return Stream(self._flow, self._flow._add(kind, shown, fn, parallelism, self._edge(), uid, **extra))
+
+    def map(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+        """One output record per input record: ``fn(record)``."""
+        return self._op("map", fn, name, parallelism, uid)
+
+    def filter(self, fn: Callable[[Any], bool], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+        """The records for which ``fn(record)`` is true."""
+        return self._op("filter", fn, name, parallelism, uid)
+
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+        """Every record of the iterable ``fn(record)``."""
+        return self._op("flat_map", fn, name, parallelism, uid)
+
+    def key_by(self, key_fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
+        """Partition the stream by ``key_fn(record)``: every record of one key goes to one subtask,
+        which can keep keyed state for it. The key must be str, bytes, int, float, bool, None or a
+        tuple of these (it is hashed with a stable hash)."""
+        _callable("key_by", name, key_fn)
+        return KeyedStream(self._flow, self._node, key_fn)
+
+    def process(self, fn: ProcessFunction, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+        """Run a ``ProcessFunction`` over every record."""
+        shown = name or type(fn).__name__
+        if isinstance(fn, KeyedProcessFunction) and self._key_fn is None:
+            raise GraphError(
+                f"process {shown!r}: {type(fn).__name__} is a KeyedProcessFunction and needs a keyed "
+                "stream: call key_by(...) first"
+            )
+        if not isinstance(fn, ProcessFunction):
+            raise GraphError(f"process {shown!r}: expected a ProcessFunction or KeyedProcessFunction, got {fn!r}")
+        kind = "keyed_process" if self._key_fn is not None else "process"
+        return Stream(self._flow, self._flow._add(kind, shown, fn, parallelism, self._edge(), uid))
+
+    def reduce(self, fn: Callable[[Any, Any], Any], **_: Any) -> Stream:
+        raise GraphError("reduce needs a keyed stream: call key_by(...) before reduce(...)")
+
+    def union(self, *others: Stream, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+        """The records of this stream and of ``others``, interleaved."""
+        if not others:
+            raise GraphError("union needs at least one other stream")
+        for other in others:
+            if not isinstance(other, Stream) or other._flow is not self._flow:
+                raise GraphError("union: every stream must belong to the same Dataflow")
+        edges = self._edge() + tuple(e for o in others for e in o._edge())
+        return Stream(self._flow, self._flow._add("union", name or "union", None, parallelism, edges, uid))
+
+    def sink(self, sink: Any, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> None:
+        """Write the stream to ``sink`` (a Sink, or a callable called with each record)."""
+        if not hasattr(sink, "build_writer"):
+            if not callable(sink):
+                raise GraphError(f"sink {name or sink!r}: expected a Sink or a callable, got {sink!r}")
+            from flowstate.connectors.print_sink import CallbackSink
+
+            sink = CallbackSink(sink)
+        shown = name or getattr(sink, "name", None) or "sink"
+        self._flow._add("sink", shown, sink, parallelism, self._edge(), uid)
+
+
+class KeyedStream(Stream):
+    """A stream partitioned by key: keyed state and ``reduce`` are available downstream."""
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:  # type: ignore[override]
+        """A running reduce per key: emits ``fn(previous, record)`` for every record (the first record
+        of a key is emitted as is)."""
+        return self._op("reduce", fn, name, parallelism, uid)
+
+    def key_by(self, key_fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
+        return super().key_by(key_fn, name=name)

@@ -1,0 +1,142 @@
+"""Named failpoints: places in the engine where a test can inject a failure.
+
+A ``Failpoints`` object is built per job run (from the API or from the ``FLOWSTATE_FAILPOINTS``
+environment variable) and handed to the parts of the runtime; nothing here is global. When no
+failpoint is set the object is falsy and the engine skips the call entirely (``if fp: fp.hit(...)``).
+
+Syntax of the environment variable: ``name=action[@N | %P][;name=action…]`` where action is
+``raise``, ``kill`` (SIGKILL of the own process) or ``stall(SECONDS)``; ``@N`` fires on the Nth hit
+only, ``%P`` with probability P on every hit (seeded by ``FLOWSTATE_FAILPOINTS_SEED``), neither fires
+on every hit.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# The names the engine hits, in the order a checkpoint meets them.
+SOURCE_AFTER_SNAPSHOT = "source.after_snapshot"
+"""A source has snapshotted its offsets and not yet emitted the barrier."""
+ALIGNMENT_BLOCKED = "alignment.channel_blocked"
+"""A task blocked an input channel at a barrier and waits for the others."""
+TASK_BEFORE_SNAPSHOT = "task.before_snapshot"
+"""Every barrier arrived; the task has not taken its synchronous snapshot yet."""
+TASK_AFTER_SNAPSHOT = "task.after_snapshot_before_ack"
+"""The task's state files are durable; it has not acknowledged yet."""
+COORDINATOR_BEFORE_METADATA = "coordinator.all_acks_before_metadata"
+"""Every task acknowledged; the metadata is not written yet."""
+COORDINATOR_AFTER_METADATA = "coordinator.metadata_before_notify"
+"""The checkpoint is complete on disk; tasks are not notified yet."""
+SINK_BEFORE_COMMIT = "sink.before_commit"
+"""A sink was notified of completion and has not committed."""
+SINK_AFTER_COMMIT = "sink.after_commit"
+"""A sink committed a checkpoint's files."""
+RECOVERY_STATE_LOADED = "recovery.state_loaded"
+"""A restored task loaded its state and has not processed a record yet."""
+OPERATOR_PROCESS = "operator.process"
+"""A chained operator is about to process a batch."""
+
+KNOWN = frozenset({
+    SOURCE_AFTER_SNAPSHOT, ALIGNMENT_BLOCKED, TASK_BEFORE_SNAPSHOT, TASK_AFTER_SNAPSHOT,
+    COORDINATOR_BEFORE_METADATA, COORDINATOR_AFTER_METADATA, SINK_BEFORE_COMMIT, SINK_AFTER_COMMIT,
+    RECOVERY_STATE_LOADED, OPERATOR_PROCESS,
+})
+
+
+class InjectedFailure(Exception):
+    """Raised by a failpoint whose action is ``raise``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: str  # "raise" | "kill" | "stall"
+    nth: int | None = None
+    probability: float | None = None
+    stall_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("raise", "kill", "stall"):
+            raise ValueError(f"unknown failpoint action {self.kind!r}: use raise, kill or stall(SECONDS)")
+        if self.nth is not None and self.nth < 1:
+            raise ValueError("@N counts hits from 1")
+        if self.probability is not None and not 0.0 <= self.probability <= 1.0:
+            raise ValueError("%P is a probability between 0 and 1")
+
+
+_SPEC = re.compile(r"^(?P<name>[\w.]+)=(?P<kind>raise|kill|stall)(\((?P<secs>[\d.]+)\))?(@(?P<nth>\d+)|%(?P<p>[\d.]+))?$")
+
+
+def parse(spec: str) -> dict[str, Action]:
+    actions: dict[str, Action] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        m = _SPEC.match(part)
+        if m is None:
+            raise ValueError(f"cannot parse failpoint {part!r}: expected name=raise|kill|stall(S)[@N|%P]")
+        name = m["name"]
+        if name not in KNOWN:
+            raise ValueError(f"unknown failpoint {name!r}; known: {', '.join(sorted(KNOWN))}")
+        actions[name] = Action(
+            m["kind"],
+            nth=int(m["nth"]) if m["nth"] else None,
+            probability=float(m["p"]) if m["p"] else None,
+            stall_seconds=float(m["secs"] or 0.0),
+        )
+    return actions
+
+
+class Failpoints:
+    def __init__(self, actions: Mapping[str, Action | str] | None = None, *, seed: int | None = None) -> None:
+        parsed: dict[str, Action] = {}
+        for name, action in (actions or {}).items():
+            if name not in KNOWN:
+                raise ValueError(f"unknown failpoint {name!r}; known: {', '.join(sorted(KNOWN))}")
+            parsed[name] = action if isinstance(action, Action) else parse(f"{name}={action}")[name]
+        self._actions = parsed
+        self._hits: dict[str, int] = {}
+        self._fired: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Failpoints:
+        spec = environ.get("FLOWSTATE_FAILPOINTS", "")
+        seed = environ.get("FLOWSTATE_FAILPOINTS_SEED")
+        return cls(parse(spec), seed=int(seed) if seed else None)
+
+    def __bool__(self) -> bool:
+        return bool(self._actions)
+
+    def hits(self, name: str) -> int:
+        return self._hits.get(name, 0)
+
+    def fired(self, name: str) -> int:
+        return self._fired.get(name, 0)
+
+    def hit(self, name: str) -> None:
+        action = self._actions.get(name)
+        if action is None:
+            return
+        with self._lock:
+            n = self._hits[name] = self._hits.get(name, 0) + 1
+            if action.nth is not None:
+                fire = n == action.nth
+            elif action.probability is not None:
+                fire = self._rng.random() < action.probability
+            else:
+                fire = True
+            if fire:
+                self._fired[name] = self._fired.get(name, 0) + 1
+        if not fire:
+            return
+        if action.kind == "raise":
+            raise InjectedFailure(f"failpoint {name} (hit {n})")
+        if action.kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(action.stall_seconds)

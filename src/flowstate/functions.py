@@ -1,0 +1,77 @@
+"""User functions and the context they run in.
+
+Lifecycle contract of a ``ProcessFunction`` (and ``KeyedProcessFunction``): each parallel subtask
+gets its **own copy** of the function object; ``open(ctx)`` is called once before the first record
+(after state was restored), ``process(value, ctx)`` once per record, ``close()`` once at the end.
+``process`` returns an iterable of output records (a generator is fine) or ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flowstate.errors import GraphError
+from flowstate.state.api import KeyContext, ListState, MapState, ReducingState, ValueState
+from flowstate.state.backend import KeyedStateBackend, StateKind
+
+
+class RuntimeContext:
+    """What a function can see of the runtime: its subtask, and keyed state if its input is keyed."""
+
+    __slots__ = ("operator", "subtask_index", "parallelism", "_backend", "_keys")
+
+    def __init__(self, operator: str, subtask_index: int, parallelism: int, backend: KeyedStateBackend | None) -> None:
+        self.operator = operator
+        self.subtask_index = subtask_index
+        self.parallelism = parallelism
+        self._backend = backend
+        self._keys: KeyContext = backend.keys if backend is not None else KeyContext()
+
+    @property
+    def current_key(self) -> Any:
+        """The key of the record being processed (keyed streams only)."""
+        return self._keys.current_key
+
+    def _state_backend(self, what: str) -> KeyedStateBackend:
+        if self._backend is None:
+            raise GraphError(
+                f"operator {self.operator!r} asked for {what}, but its input is not keyed: "
+                "call key_by(...) before process(...)"
+            )
+        return self._backend
+
+    def value_state(self, name: str, default: Any = None) -> ValueState[Any]:
+        backend = self._state_backend(f"value state {name!r}")
+        return ValueState(backend.table(name, StateKind.VALUE), self._keys, default)
+
+    def list_state(self, name: str) -> ListState[Any]:
+        backend = self._state_backend(f"list state {name!r}")
+        return ListState(backend.table(name, StateKind.LIST), self._keys)
+
+    def map_state(self, name: str) -> MapState[Any, Any]:
+        backend = self._state_backend(f"map state {name!r}")
+        return MapState(backend.table(name, StateKind.MAP), self._keys)
+
+    def reducing_state(self, name: str, reduce_fn: Callable[[Any, Any], Any]) -> ReducingState[Any]:
+        if not callable(reduce_fn):
+            raise GraphError(f"operator {self.operator!r}: the reduce function of state {name!r} is not callable")
+        backend = self._state_backend(f"reducing state {name!r}")
+        return ReducingState(backend.table(name, StateKind.REDUCING), self._keys, reduce_fn)
+
+
+class ProcessFunction:
+    """A function over every record of a stream, with a lifecycle."""
+
+    def open(self, ctx: RuntimeContext) -> None:
+        """Called once per subtask before the first record."""
+
+    def process(self, value: Any, ctx: RuntimeContext) -> Iterable[Any] | None:
+        raise NotImplementedError(f"{type(self).__name__} must implement process(value, ctx)")
+
+    def close(self) -> None:
+        """Called once per subtask after the last record (or when the task is cancelled)."""
+
+
+class KeyedProcessFunction(ProcessFunction):
+    """A process function over a keyed stream: it may use keyed state through ``ctx``."""

@@ -1,0 +1,113 @@
+"""Channels between tasks in one process, and each task's input gate with its mailbox.
+
+A channel is a bounded FIFO of *items*: a batch of records (a ``list``), a ``CheckpointBarrier`` or
+``EndOfInput``. A producer that finds a channel full waits (back-pressure) until the consumer takes
+an item, the gate is cancelled, or its own cancellation is requested.
+
+The consumer reads its ``InputGate``: mail first (checkpoint triggers, notifications, cancellation),
+then the next item of a channel that is not blocked, round-robin. A **blocked** channel is simply
+not read: its items stay queued and its producer is back-pressured, which is how an aligned
+checkpoint holds the records that follow a barrier without copying them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+
+class Cancelled(Exception):
+    """The gate was cancelled while a task waited on it."""
+
+
+class InputGate:
+    def __init__(self, num_channels: int, capacity: int) -> None:
+        self._lock = threading.Lock()
+        self._readable = threading.Condition(self._lock)
+        self._writable = threading.Condition(self._lock)
+        self._queues: list[deque[Any]] = [deque() for _ in range(num_channels)]
+        self._blocked = [False] * num_channels
+        self._capacity = capacity
+        self._mail: deque[Any] = deque()
+        self._next = 0
+        self._cancelled = False
+
+    @property
+    def num_channels(self) -> int:
+        return len(self._queues)
+
+    # ---- producer side ----------------------------------------------------------------------------
+
+    def put(self, channel: int, item: Any, producer_cancelled: threading.Event | None = None) -> None:
+        """Append ``item`` to ``channel``, waiting while it is full."""
+        with self._lock:
+            queue = self._queues[channel]
+            while len(queue) >= self._capacity:
+                if self._cancelled or (producer_cancelled is not None and producer_cancelled.is_set()):
+                    raise Cancelled()
+                self._writable.wait(0.05)
+            if self._cancelled:
+                raise Cancelled()
+            queue.append(item)
+            self._readable.notify()
+
+    def post(self, mail: Any) -> None:
+        """Deliver a mailbox message; it is read before any channel item."""
+        with self._lock:
+            self._mail.append(mail)
+            self._readable.notify()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            self._readable.notify_all()
+            self._writable.notify_all()
+
+    # ---- consumer side ----------------------------------------------------------------------------
+
+    def has_mail(self) -> bool:
+        return bool(self._mail)
+
+    def take_mail(self) -> Any | None:
+        with self._lock:
+            return self._mail.popleft() if self._mail else None
+
+    def take(self, timeout: float) -> tuple[int, Any] | None:
+        """The next mail as ``(-1, mail)`` or channel item as ``(channel, item)``; ``None`` after
+        ``timeout`` seconds with nothing readable. Raises ``Cancelled`` once the gate is cancelled."""
+        with self._lock:
+            waited = False
+            while True:
+                if self._cancelled:
+                    raise Cancelled()
+                if self._mail:
+                    return -1, self._mail.popleft()
+                queues = self._queues
+                n = len(queues)
+                start = self._next
+                for step in range(n):
+                    ch = (start + step) % n
+                    q = queues[ch]
+                    if q and not self._blocked[ch]:
+                        item = q.popleft()
+                        self._next = (ch + 1) % n
+                        self._writable.notify_all()
+                        return ch, item
+                if waited:
+                    return None
+                self._readable.wait(timeout)
+                waited = True
+
+    def block(self, channel: int) -> None:
+        with self._lock:
+            self._blocked[channel] = True
+
+    def resume(self, channels: tuple[int, ...]) -> None:
+        with self._lock:
+            for ch in channels:
+                self._blocked[ch] = False
+            self._readable.notify()
+
+    def queued(self, channel: int) -> int:
+        return len(self._queues[channel])

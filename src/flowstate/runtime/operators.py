@@ -1,0 +1,318 @@
+"""Runtime operators: what each node of the dataflow does to a batch of records.
+
+Contract of every operator, in the order the task calls it:
+
+1. ``open(resume_state)``: restore from the state this operator snapshotted in the restored
+   checkpoint (``None`` on a fresh start), then open user functions.
+2. ``process_batch(batch)`` for every input batch, returning the output batch (a new list; the
+   input list is never changed) or ``None`` for a sink.
+3. ``snapshot(checkpoint_id)``: the synchronous part, between two batches; returns a
+   ``SnapshotPart`` whose ``materialize()`` (the asynchronous part) yields a picklable value, or
+   ``None`` when the operator has no state.
+4. ``notify_complete(id)`` / ``notify_aborted(id)`` whenever the coordinator says so.
+5. ``end_of_input()`` once every input ended; ``close()`` last, always.
+
+A user function that raises inside ``process_batch`` is reported as ``UserFunctionError`` naming the
+operator and the record: the loops keep the record in a local that survives the exception, so
+nothing is re-run to find it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flowstate import failpoints as fp_names
+from flowstate.errors import UserFunctionError
+from flowstate.failpoints import Failpoints
+from flowstate.functions import ProcessFunction, RuntimeContext
+from flowstate.state.backend import KeyedSnapshot, StateKind
+from flowstate.state.keygroups import key_group_range
+from flowstate.state.memory import HeapKeyedStateBackend
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A snapshot part that is already a plain value."""
+
+    value: Any
+
+    def materialize(self) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorEnv:
+    subtask: int
+    parallelism: int
+    max_parallelism: int
+    checkpoints: bool
+    failpoints: Failpoints
+
+
+class Operator:
+    stateful = False
+
+    def __init__(self, uid: str, name: str, env: OperatorEnv) -> None:
+        self.uid = uid
+        self.name = name
+        self.env = env
+
+    def open(self, resume_state: Any) -> None:
+        pass
+
+    def process_batch(self, batch: list[Any]) -> list[Any] | None:
+        raise NotImplementedError
+
+    def snapshot(self, checkpoint_id: int) -> Ready | KeyedSnapshot | None:
+        return None
+
+    def notify_complete(self, checkpoint_id: int) -> None:
+        pass
+
+    def notify_aborted(self, checkpoint_id: int) -> None:
+        pass
+
+    def end_of_input(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MapOperator(Operator):
+    def __init__(self, uid: str, name: str, env: OperatorEnv, fn: Callable[[Any], Any]) -> None:
+        super().__init__(uid, name, env)
+        self.fn = fn
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        fn = self.fn
+        out: list[Any] = []
+        append = out.append
+        record = None
+        try:
+            for record in batch:
+                append(fn(record))
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        return out
+
+
+class FilterOperator(MapOperator):
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        fn = self.fn
+        out: list[Any] = []
+        append = out.append
+        record = None
+        try:
+            for record in batch:
+                if fn(record):
+                    append(record)
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        return out
+
+
+class FlatMapOperator(MapOperator):
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        fn = self.fn
+        out: list[Any] = []
+        extend = out.extend
+        record = None
+        try:
+            for record in batch:
+                extend(fn(record))
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        return out
+
+
+class UnionOperator(Operator):
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        return batch
+
+
+class ProcessOperator(Operator):
+    """Runs a ``ProcessFunction`` (non-keyed: no keyed state)."""
+
+    def __init__(self, uid: str, name: str, env: OperatorEnv, fn: ProcessFunction) -> None:
+        super().__init__(uid, name, env)
+        self.fn = copy.deepcopy(fn)  # each subtask owns its copy (see flowstate.functions)
+        self.ctx = RuntimeContext(name, env.subtask, env.parallelism, None)
+
+    def open(self, resume_state: Any) -> None:
+        try:
+            self.fn.open(self.ctx)
+        except Exception as exc:
+            raise UserFunctionError(self.name, "<open>", exc) from exc
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        process = self.fn.process
+        ctx = self.ctx
+        out: list[Any] = []
+        extend = out.extend
+        record = None
+        try:
+            for record in batch:
+                result = process(record, ctx)
+                if result is not None:
+                    extend(result)
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        return out
+
+    def close(self) -> None:
+        self.fn.close()
+
+
+class _Keyed(Operator):
+    stateful = True
+
+    def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any]) -> None:
+        super().__init__(uid, name, env)
+        self.key_fn = key_fn
+        self.backend = HeapKeyedStateBackend(
+            env.max_parallelism, key_group_range(env.max_parallelism, env.parallelism, env.subtask)
+        )
+
+    def open(self, resume_state: Any) -> None:
+        if resume_state is not None:
+            self.backend.restore([resume_state])
+
+    def snapshot(self, checkpoint_id: int) -> KeyedSnapshot:
+        return self.backend.snapshot()
+
+
+class KeyedProcessOperator(_Keyed):
+    def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any], fn: ProcessFunction) -> None:
+        super().__init__(uid, name, env, key_fn)
+        self.fn = copy.deepcopy(fn)
+        self.ctx = RuntimeContext(name, env.subtask, env.parallelism, self.backend)
+
+    def open(self, resume_state: Any) -> None:
+        super().open(resume_state)
+        try:
+            self.fn.open(self.ctx)
+        except Exception as exc:
+            raise UserFunctionError(self.name, "<open>", exc) from exc
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        process = self.fn.process
+        key_fn = self.key_fn
+        keys = self.backend.keys
+        ctx = self.ctx
+        out: list[Any] = []
+        extend = out.extend
+        record = None
+        try:
+            for record in batch:
+                keys.current_key = key_fn(record)
+                result = process(record, ctx)
+                if result is not None:
+                    extend(result)
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        return out
+
+    def close(self) -> None:
+        self.fn.close()
+
+
+class ReduceOperator(_Keyed):
+    """A running reduce per key: emits the new reduced value for every record."""
+
+    def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any], fn: Callable[[Any, Any], Any]) -> None:
+        super().__init__(uid, name, env, key_fn)
+        self.fn = fn
+        self.table = self.backend.table("reduce", StateKind.VALUE)
+
+    def open(self, resume_state: Any) -> None:
+        super().open(resume_state)
+        self.table = self.backend.table("reduce", StateKind.VALUE)
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        fn = self.fn
+        key_fn = self.key_fn
+        table = self.table
+        get = table.get
+        out: list[Any] = []
+        append = out.append
+        missing = _MISSING
+        record = None
+        try:
+            for record in batch:
+                key = key_fn(record)
+                old = get(key, missing)
+                new = record if old is missing else fn(old, record)
+                table[key] = new
+                append(new)
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        return out
+
+
+_MISSING = object()
+
+
+class SinkOperator(Operator):
+    """Feeds a ``SinkWriter``; on a barrier pre-commits, on completion commits."""
+
+    stateful = True
+
+    def __init__(self, uid: str, name: str, env: OperatorEnv, sink: Any) -> None:
+        super().__init__(uid, name, env)
+        self.sink = sink
+        self.writer: Any = None
+
+    def open(self, resume_state: Any) -> None:
+        self.writer = self.sink.build_writer(self.env.subtask, self.env.parallelism, resume_state)
+
+    def process_batch(self, batch: list[Any]) -> None:
+        self.writer.write_batch(batch)
+        return None
+
+    def snapshot(self, checkpoint_id: int) -> Ready:
+        self.writer.pre_commit(checkpoint_id)
+        return Ready(self.writer.snapshot())
+
+    def notify_complete(self, checkpoint_id: int) -> None:
+        fp = self.env.failpoints
+        if fp:
+            fp.hit(fp_names.SINK_BEFORE_COMMIT)
+        self.writer.commit(checkpoint_id)
+        if fp:
+            fp.hit(fp_names.SINK_AFTER_COMMIT)
+
+    def end_of_input(self) -> None:
+        if not self.env.checkpoints:
+            self.writer.finish()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def build_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any] | None) -> Operator:
+    """The runtime operator for a (non-source) dataflow node."""
+    kind = node.kind
+    if kind == "map":
+        return MapOperator(node.uid, node.name, env, node.fn)
+    if kind == "filter":
+        return FilterOperator(node.uid, node.name, env, node.fn)
+    if kind == "flat_map":
+        return FlatMapOperator(node.uid, node.name, env, node.fn)
+    if kind == "union":
+        return UnionOperator(node.uid, node.name, env)
+    if kind == "process":
+        return ProcessOperator(node.uid, node.name, env, node.fn)
+    if kind == "keyed_process":
+        assert key_fn is not None
+        return KeyedProcessOperator(node.uid, node.name, env, key_fn, node.fn)
+    if kind == "reduce":
+        assert key_fn is not None
+        return ReduceOperator(node.uid, node.name, env, key_fn, node.fn)
+    if kind == "sink":
+        return SinkOperator(node.uid, node.name, env, node.fn)
+    raise ValueError(f"no runtime operator for {kind!r}")

@@ -1,0 +1,79 @@
+"""The output side of a task: partitioning batches onto the channels of downstream tasks."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+from zlib import crc32
+
+from flowstate.runtime.channels import InputGate
+from flowstate.state.keygroups import routing_table, stable_key_bytes
+
+
+class OutputEdge:
+    """One logical edge out of a task: the target channels, one per downstream subtask it feeds."""
+
+    def __init__(
+        self,
+        partition: str,
+        targets: list[tuple[InputGate, int]],
+        key_fn: Callable[[Any], Any] | None,
+        max_parallelism: int,
+        cancelled: threading.Event,
+    ) -> None:
+        self.partition = partition
+        self.targets = targets
+        self.key_fn = key_fn
+        self._cancelled = cancelled
+        self._next = 0
+        self._route = routing_table(max_parallelism, len(targets))
+        self._maxp = max_parallelism
+
+    def emit(self, batch: list[Any]) -> None:
+        targets = self.targets
+        if len(targets) == 1:
+            gate, ch = targets[0]
+            gate.put(ch, batch, self._cancelled)
+            return
+        if self.partition == "hash":
+            self._emit_by_key(batch)
+            return
+        # rebalance: whole batches round-robin
+        gate, ch = targets[self._next]
+        self._next = (self._next + 1) % len(targets)
+        gate.put(ch, batch, self._cancelled)
+
+    def _emit_by_key(self, batch: list[Any]) -> None:
+        key_fn = self.key_fn
+        assert key_fn is not None
+        route = self._route
+        maxp = self._maxp
+        buckets: list[list[Any]] = [[] for _ in self.targets]
+        appends = [b.append for b in buckets]
+        for record in batch:
+            key = key_fn(record)
+            if type(key) is str:
+                appends[route[crc32(key.encode()) % maxp]](record)
+            else:
+                appends[route[crc32(stable_key_bytes(key)) % maxp]](record)
+        for (gate, ch), bucket in zip(self.targets, buckets):
+            if bucket:
+                gate.put(ch, bucket, self._cancelled)
+
+    def broadcast(self, event: Any) -> None:
+        for gate, ch in self.targets:
+            gate.put(ch, event, self._cancelled)
+
+
+class Output:
+    def __init__(self, edges: list[OutputEdge]) -> None:
+        self.edges = edges
+
+    def emit(self, batch: list[Any]) -> None:
+        for edge in self.edges:
+            edge.emit(batch)
+
+    def broadcast(self, event: Any) -> None:
+        for edge in self.edges:
+            edge.broadcast(event)

@@ -1,0 +1,320 @@
+"""Tasks: one thread per parallel subtask, running a chain of operators.
+
+A ``StreamTask`` reads its input gate, feeds record batches through its chain and executes what its
+barrier handler decides. A ``SourceTask`` polls a source reader instead and injects barriers when the
+coordinator triggers a checkpoint.
+
+Snapshot procedure of a task (order matters):
+
+Step 1: (sources) snapshot the reader's position; every chained operator takes the synchronous part
+        of its snapshot. No record is processed in between, so all of them describe the same cut.
+Step 2: forward the barrier to every output channel, before any later record.
+Step 3: the asynchronous part (materialise, pickle, write, fsync) runs on the job's snapshot pool
+        while the task goes on processing; in ``stop_the_world`` mode it runs right here instead.
+Step 4: only when the state file is durable is the checkpoint acknowledged.
+
+A task of a job with checkpoints ends only after every input ended **and** it was notified that a
+final checkpoint completed: sinks commit their last output on that notification.
+"""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import threading
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from flowstate import failpoints as fpn
+from flowstate.checkpoint.alignment import AlignedBarrierHandler
+from flowstate.checkpoint.barrier import END_OF_INPUT, CheckpointBarrier
+from flowstate.checkpoint.failure import CheckpointFailureReason
+from flowstate.checkpoint.handler import (
+    AbortCheckpoint,
+    AllInputsEnded,
+    BarrierHandler,
+    BlockChannel,
+    HandlerAction,
+    ResumeChannels,
+    TakeSnapshot,
+)
+from flowstate.checkpoint.ids import ChannelIndex, CheckpointId, TaskId
+from flowstate.checkpoint.tracker import BarrierTracker
+from flowstate.clock import Clock
+from flowstate.config import Mode
+from flowstate.failpoints import Failpoints
+from flowstate.runtime.channels import Cancelled, InputGate
+from flowstate.runtime.messages import (
+    Ack,
+    Aborted,
+    Complete,
+    Decline,
+    SourceEnded,
+    TaskFailed,
+    TaskFinished,
+    Trigger,
+)
+from flowstate.runtime.operators import Operator, Ready
+from flowstate.runtime.output import Output
+from flowstate.storage.base import CheckpointStorage, TaskState
+
+SOURCE_STATE = "__source__"
+"""Key under which a source task files its reader's position in the task's state."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEnv:
+    mode: Mode
+    storage: CheckpointStorage | None
+    reports: queue.Queue[Any]
+    snapshot_pool: Executor
+    failpoints: Failpoints
+    clock: Clock
+    batch_size: int
+
+
+class Task(threading.Thread):
+    def __init__(
+        self, task_id: TaskId, vertex: str, subtask: int, ops: list[Operator], output: Output,
+        gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None,
+    ) -> None:
+        super().__init__(name=f"task {task_id}", daemon=True)
+        self.task_id = task_id
+        self.vertex = vertex
+        self.subtask = subtask
+        self.ops = ops
+        self.output = output
+        self.gate = gate
+        self.env = env
+        self.resume = resume
+        self.cancelled = threading.Event()
+        self.records_in = 0
+        self._steps = [op.process_batch for op in ops]
+        self._final_notified = False
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.gate.cancel()
+
+    def run(self) -> None:
+        try:
+            self._open()
+            self._run()
+            self.env.reports.put(TaskFinished(self.task_id))
+        except Cancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported to the runner
+            if not self.cancelled.is_set():
+                self.env.reports.put(TaskFailed(self.task_id, exc))
+        finally:
+            for op in self.ops:
+                try:
+                    op.close()
+                except Exception:  # noqa: BLE001 - closing must not hide the original failure
+                    pass
+
+    def _open(self) -> None:
+        resume = self.resume
+        for op in self.ops:
+            op.open(resume.get(op.uid) if resume is not None else None)
+        if resume is not None and self.env.failpoints:
+            self.env.failpoints.hit(fpn.RECOVERY_STATE_LOADED)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    # ---- records ----------------------------------------------------------------------------------
+
+    def _process(self, batch: list[Any]) -> None:
+        for step in self._steps:
+            batch = step(batch)  # type: ignore[assignment]
+            if not batch:
+                return
+        self.output.emit(batch)
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def _snapshot(self, barrier: CheckpointBarrier, extra: dict[str, Any] | None = None) -> None:
+        """Steps 1-4 of the module docstring (a source passes its reader position as ``extra``)."""
+        env = self.env
+        fp = env.failpoints
+        if fp:
+            fp.hit(fpn.TASK_BEFORE_SNAPSHOT)
+        cid = barrier.checkpoint_id
+        t0 = env.clock.monotonic()
+        parts: list[tuple[str, Any]] = [(k, Ready(v)) for k, v in (extra or {}).items()]
+        for op in self.ops:
+            if op.stateful:
+                part = op.snapshot(cid)
+                if part is not None:
+                    parts.append((op.uid, part))
+        sync_seconds = env.clock.monotonic() - t0
+        self.output.broadcast(barrier)
+        if env.mode is Mode.STOP_THE_WORLD:
+            self._write_and_ack(cid, parts, sync_seconds)
+        else:
+            env.snapshot_pool.submit(self._write_and_ack, cid, parts, sync_seconds)
+
+    def _write_and_ack(self, cid: CheckpointId, parts: list[tuple[str, Any]], sync_seconds: float) -> None:
+        env = self.env
+        try:
+            t0 = env.clock.monotonic()
+            state = {uid: part.materialize() for uid, part in parts}
+            handle = None
+            if state:
+                assert env.storage is not None
+                data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+                handle = env.storage.write_state(cid, f"{self.task_id}.state", data)
+            if env.failpoints:
+                env.failpoints.hit(fpn.TASK_AFTER_SNAPSHOT)
+            async_seconds = env.clock.monotonic() - t0
+            env.reports.put(Ack(self.task_id, cid, TaskState(
+                self.task_id, self.vertex, self.subtask, handle, sync_seconds, async_seconds)))
+        except Exception as exc:  # noqa: BLE001 - a failed snapshot declines the checkpoint
+            env.reports.put(Decline(self.task_id, cid, CheckpointFailureReason.SNAPSHOT_FAILURE,
+                                    f"{type(exc).__name__}: {exc}"))
+
+    def _notify(self, mail: Complete | Aborted) -> None:
+        if isinstance(mail, Complete):
+            for op in self.ops:
+                op.notify_complete(mail.checkpoint_id)
+            if mail.final:
+                self._final_notified = True
+        else:
+            for op in self.ops:
+                op.notify_aborted(mail.checkpoint_id)
+
+    def _end_of_input(self) -> None:
+        for op in self.ops:
+            op.end_of_input()
+        self.output.broadcast(END_OF_INPUT)
+
+
+def make_barrier_handler(mode: Mode, num_channels: int) -> BarrierHandler:
+    """Exactly-once aligns barriers; every other mode only counts them (stop-the-world has nothing to
+    align: its sources are paused, so nothing follows a barrier until the checkpoint completes)."""
+    if mode is Mode.EXACTLY_ONCE:
+        return AlignedBarrierHandler(num_channels)
+    return BarrierTracker(num_channels)
+
+
+class StreamTask(Task):
+    """A task with input channels."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handler = make_barrier_handler(self.env.mode, self.gate.num_channels)
+        self._inputs_ended = False
+
+    def _run(self) -> None:
+        gate = self.gate
+        handler = self.handler
+        checkpoints = self.env.mode.checkpoints
+        while True:
+            if self._inputs_ended and (not checkpoints or self._final_notified):
+                return
+            got = gate.take(0.2)
+            if got is None:
+                continue
+            ch, item = got
+            if type(item) is list:
+                self.records_in += len(item)
+                self._process(item)
+            elif ch < 0:
+                if isinstance(item, (Complete, Aborted)):
+                    if isinstance(item, Aborted):
+                        self._execute(handler.on_abort(item.checkpoint_id))
+                    self._notify(item)
+                else:
+                    raise TypeError(f"unexpected mail {item!r} for {self.task_id}")
+            elif type(item) is CheckpointBarrier:
+                self._execute(handler.on_barrier(ChannelIndex(ch), item))
+            else:
+                self._execute(handler.on_end_of_input(ChannelIndex(ch)))
+
+    def _execute(self, actions: list[HandlerAction]) -> None:
+        for action in actions:
+            match action:
+                case BlockChannel(channel=ch):
+                    self.gate.block(ch)
+                    if self.env.failpoints:
+                        self.env.failpoints.hit(fpn.ALIGNMENT_BLOCKED)
+                case ResumeChannels(channels=chs):
+                    self.gate.resume(chs)
+                case TakeSnapshot(barrier=barrier):
+                    self._snapshot(barrier)
+                case AbortCheckpoint(checkpoint_id=cid, reason=reason):
+                    self.env.reports.put(Decline(self.task_id, cid, reason))
+                case AllInputsEnded():
+                    self._end_of_input()
+                    self._inputs_ended = True
+
+
+class SourceTask(Task):
+    """The head of a chain that starts with a source."""
+
+    def __init__(self, *args: Any, reader: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reader = reader
+        self._paused_for: CheckpointId | None = None
+        self._ended = False
+
+    def _run(self) -> None:
+        gate = self.gate
+        reader = self.reader
+        batch_size = self.env.batch_size
+        checkpoints = self.env.mode.checkpoints
+        process = self._process
+        while True:
+            if gate.has_mail():
+                got = gate.take(0)
+                if got is not None and self._on_mail(got[1]):
+                    return
+                continue
+            if self._ended or self._paused_for is not None:
+                got = gate.take(0.2)
+                if got is not None and self._on_mail(got[1]):
+                    return
+                continue
+            batch = reader.poll(batch_size)
+            if batch is None:
+                self._ended = True
+                if not checkpoints:
+                    self._end_of_input()
+                    return
+                self.env.reports.put(SourceEnded(self.task_id))
+            elif batch:
+                self.records_in += len(batch)
+                process(batch)
+
+    def _on_mail(self, mail: Any) -> bool:
+        """Handle one mail; True when the task is done."""
+        if isinstance(mail, Trigger):
+            position = self.reader.snapshot()
+            if self.env.failpoints:
+                self.env.failpoints.hit(fpn.SOURCE_AFTER_SNAPSHOT)
+            if self.env.mode is Mode.STOP_THE_WORLD:
+                self._paused_for = mail.barrier.checkpoint_id
+            self._snapshot(mail.barrier, {SOURCE_STATE: position})
+            return False
+        if isinstance(mail, (Complete, Aborted)):
+            if self._paused_for is not None and mail.checkpoint_id >= self._paused_for:
+                self._paused_for = None
+            self._notify(mail)
+            if self._ended and self._final_notified:
+                self._end_of_input()
+                return True
+            return False
+        raise TypeError(f"unexpected mail {mail!r} for {self.task_id}")
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            try:
+                self.reader.close()
+            except Exception:  # noqa: BLE001
+                pass

@@ -1,0 +1,1 @@
+"""Keyed state: user-facing state objects, key groups and state backends."""

@@ -1,0 +1,87 @@
+"""The text of ``flowstate checkpoints list DIR``: one aligned line per checkpoint, oldest first.
+
+Columns: id; status; completion time (ISO-8601 to the second, in local time unless a zone is
+given); bytes on disk in binary units; duration (trigger to completion) in milliseconds; ``yes``
+for a final checkpoint; and, when any checkpoint is incomplete or corrupt, the reason. A value
+that is not known (no readable metadata) shows as ``-``, except FINAL, which is then empty. A
+summary line follows the table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+
+from flowstate.storage.base import CheckpointInfo
+
+_HEADERS = ("ID", "STATUS", "COMPLETED AT", "SIZE", "DURATION", "FINAL", "REASON")
+_RIGHT_ALIGNED = frozenset({"ID", "SIZE", "DURATION"})
+_GAP = "  "
+
+
+def format_size(size: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``20.0 MiB``, ``3.2 GiB`` (GiB is the largest unit)."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        # Compare the value as printed, so that 1048575 bytes is "1.0 MiB", not "1024.0 KiB".
+        if round(value, 1) < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def format_time(timestamp: float, tz: tzinfo | None = None) -> str:
+    """ISO-8601 to the second, with the UTC offset; local time when ``tz`` is ``None``."""
+    try:
+        # Without a zone, fromtimestamp gives naive local time; astimezone(None) adds its offset.
+        return datetime.fromtimestamp(timestamp, tz).astimezone(tz).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return repr(timestamp)
+
+
+def _row(info: CheckpointInfo, tz: tzinfo | None) -> tuple[str, ...]:
+    metadata = info.metadata
+    reason = " ".join((info.reason or "").split())  # one line, whatever the reason holds
+    return (
+        str(info.checkpoint_id),
+        info.status,
+        format_time(metadata.completion_time, tz) if metadata else "-",
+        format_size(info.bytes_on_disk),
+        f"{round(metadata.duration * 1000)} ms" if metadata else "-",
+        "yes" if metadata and metadata.final else "",
+        reason,
+    )
+
+
+def _summary(infos: list[CheckpointInfo]) -> str:
+    completed = [info.checkpoint_id for info in infos if info.status == "completed"]
+    parts = [f"{len(completed)} completed" + (f" (newest: {max(completed)})" if completed else "")]
+    others: dict[str, int] = {}
+    for info in infos:
+        if info.status != "completed":
+            others[info.status] = others.get(info.status, 0) + 1
+    parts.extend(f"{count} {status}" for status, count in others.items())
+    return ", ".join(parts)
+
+
+def format_checkpoint_table(infos: list[CheckpointInfo], *, tz: tzinfo | None = None) -> str:
+    """The table for ``infos`` (in the order given) and a summary line, without a final newline.
+
+    ``tz`` is the zone of the completion times; ``None`` means the local zone of the machine.
+    """
+    if not infos:
+        return "no checkpoints"
+    rows = [_row(info, tz) for info in infos]
+    headers = _HEADERS if any(row[-1] for row in rows) else _HEADERS[:-1]
+    rows = [row[: len(headers)] for row in rows]
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = []
+    for row in (headers, *rows):
+        cells = (
+            cell.rjust(width) if header in _RIGHT_ALIGNED else cell.ljust(width)
+            for header, cell, width in zip(headers, row, widths, strict=True)
+        )
+        lines.append(_GAP.join(cells).rstrip())
+    lines.append(_summary(infos))
+    return "\n".join(lines)
