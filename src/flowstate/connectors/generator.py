@@ -12,16 +12,18 @@ Rules:
    starves the others): after reading record *i* it has read every index below *i* that it owns.
 5. With ``rate``, each reader emits at most ``rate`` records per second (token bucket holding at most
    0.1 s worth of records). A throttled ``poll`` sleeps once, at most 0.05 s, and never spins. The
-   clock is read only while polling, through the injected ``clock``.
+   clock is read only while polling, through the injected ``clock`` (seconds, monotonic; default
+   ``SystemClock().monotonic``, i.e. ``time.monotonic``) and ``sleep`` (default ``time.sleep``).
 """
 
 from __future__ import annotations
 
 import heapq
-import time
 from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import Any
+
+from flowstate.clock import SystemClock
 
 _SPLIT_PREFIX = "gen-"
 _MAX_SLEEP = 0.05
@@ -44,8 +46,8 @@ class GeneratorSource:
         splits: int = 1,
         name: str = "generator",
         rate: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"GeneratorSource: fn must be callable (index → record), got {fn!r}")
@@ -60,6 +62,9 @@ class GeneratorSource:
             raise ValueError(f"GeneratorSource: splits must be ≥ 1, got {splits}")
         if rate is not None and not rate > 0:
             raise ValueError(f"GeneratorSource: rate must be > 0 records/s (or None), got {rate!r}")
+        system = SystemClock()
+        clock = system.monotonic if clock is None else clock
+        sleep = system.sleep if sleep is None else sleep
         if not callable(clock) or not callable(sleep):
             raise TypeError("GeneratorSource: clock and sleep must be callable")
         self._fn = fn
@@ -111,7 +116,7 @@ class GeneratorSource:
 
     def _split_index(self, split: str) -> int:
         suffix = split[len(_SPLIT_PREFIX):] if split.startswith(_SPLIT_PREFIX) else ""
-        if not suffix.isdigit() or int(suffix) >= self._splits or str(int(suffix)) != suffix:
+        if not (suffix.isascii() and suffix.isdigit()) or int(suffix) >= self._splits or str(int(suffix)) != suffix:
             raise ValueError(
                 f"GeneratorSource {self._name!r}: unknown split {split!r}; splits are "
                 f"'gen-0' .. 'gen-{self._splits - 1}'"

@@ -290,7 +290,7 @@ class JobRunner:
             else:
                 targets = [(gates[(consumer.name, t)], base + i) for t in range(consumer.parallelism)]
             edges.append((edge, targets))
-        return _PendingOutput(edges, self.graph.max_parallelism)  # bound to its task in _task
+        return _PendingOutput(edges, self.graph.max_parallelism, self.config.batch_size)  # bound to its task in _task
 
     def _task(
         self, v: JobVertex, i: int, tid: TaskId, pending: Any, gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None,
@@ -365,15 +365,16 @@ class JobRunner:
 class _PendingOutput:
     """Output wiring computed before the task exists; bound to the task's cancel flag."""
 
-    def __init__(self, edges: list[tuple[Any, list[tuple[InputGate, int]]]], max_parallelism: int) -> None:
+    def __init__(self, edges: list[tuple[Any, list[tuple[InputGate, int]]]], max_parallelism: int, batch_size: int) -> None:
         self.edges = edges
         self.max_parallelism = max_parallelism
+        self.batch_size = batch_size
 
     def bind(self, cancelled: Any) -> Output:
         return Output([
             OutputEdge(edge.partition, targets, edge.key_fn, self.max_parallelism, cancelled)
             for edge, targets in self.edges
-        ])
+        ], self.batch_size)
 
 
 class _Shell:

@@ -67,10 +67,19 @@ class OutputEdge:
 
 
 class Output:
-    def __init__(self, edges: list[OutputEdge]) -> None:
+    """All edges out of a task. Batches larger than ``batch_size`` (a flat_map multiplies records)
+    are cut, so that a channel's capacity bounds the records queued before a barrier."""
+
+    def __init__(self, edges: list[OutputEdge], batch_size: int = 2048) -> None:
         self.edges = edges
+        self.batch_size = batch_size
 
     def emit(self, batch: list[Any]) -> None:
+        size = self.batch_size
+        if len(batch) > size:
+            for start in range(0, len(batch), size):
+                self.emit(batch[start : start + size])
+            return
         for edge in self.edges:
             edge.emit(batch)
 

@@ -1,0 +1,334 @@
+"""FileSink: two-phase commit over hidden in-progress and pending files; only committed files are visible."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+
+from flowstate.connectors.file_sink import FileSink, LostOutputError
+
+
+def visible(directory):
+    return sorted(n for n in os.listdir(directory) if not n.startswith("."))
+
+
+def hidden(directory):
+    return sorted(n for n in os.listdir(directory) if n.startswith("."))
+
+
+def visible_records(directory):
+    """Every committed record, parsed, in file order (subtask, then seq)."""
+
+    def order(name):
+        _, subtask, seq = name.rsplit(".", 1)[0].rsplit("-", 2)
+        return int(subtask), int(seq)
+
+    records = []
+    for name in sorted(visible(directory), key=order):
+        with open(os.path.join(directory, name), encoding="utf-8") as file:
+            records.extend(json.loads(line) for line in file.read().splitlines())
+    return records
+
+
+def restored(snapshot):
+    """What the runtime gives back after storing a snapshot: an equal, unshared copy."""
+    return pickle.loads(pickle.dumps(snapshot))
+
+
+# ---- visibility ----------------------------------------------------------------------------------
+
+
+def test_written_records_are_invisible_until_their_checkpoint_commits(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.write_batch([1, 2])
+    assert visible(tmp_path) == []
+    assert hidden(tmp_path) == [".part-0-0.inprogress"]
+    writer.pre_commit(1)
+    assert visible(tmp_path) == []
+    assert hidden(tmp_path) == [".part-0-0.pending"]
+    writer.commit(1)
+    assert visible(tmp_path) == ["part-0-0.jsonl"]
+    assert hidden(tmp_path) == []
+    assert visible_records(tmp_path) == [1, 2]
+
+
+def test_pre_commit_without_commit_leaves_nothing_visible_even_after_close(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.write_batch(["a"])
+    writer.pre_commit(1)
+    writer.write_batch(["b"])
+    writer.close()
+    assert visible(tmp_path) == []
+    assert hidden(tmp_path) == [".part-0-0.pending", ".part-0-1.inprogress"]
+
+
+def test_a_barrier_after_nothing_was_written_leaves_nothing_pending(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.pre_commit(1)
+    assert writer.snapshot() == {"seq": 0, "pending": []}
+    writer.commit(1)
+    writer.write_batch([])
+    writer.pre_commit(2)
+    assert os.listdir(tmp_path) == []
+    assert writer.snapshot() == {"seq": 0, "pending": []}
+
+
+def test_the_snapshot_names_the_next_seq_and_every_pending_file_with_its_checkpoint(tmp_path):
+    writer = FileSink(tmp_path).build_writer(3, 4, None)
+    writer.write_batch([1])
+    writer.pre_commit(1)
+    writer.write_batch([2])
+    writer.pre_commit(2)
+    assert writer.snapshot() == {"seq": 2, "pending": [(1, ".part-3-0.pending"), (2, ".part-3-1.pending")]}
+    writer.commit(1)
+    assert writer.snapshot() == {"seq": 2, "pending": [(2, ".part-3-1.pending")]}
+
+
+def test_commit_publishes_only_checkpoints_up_to_its_id_and_an_aborted_one_with_the_next(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    for checkpoint in (1, 2, 3):
+        writer.write_batch([checkpoint])
+        writer.pre_commit(checkpoint)
+    writer.commit(1)  # checkpoint 2 was aborted: its file waits for checkpoint 3
+    assert visible(tmp_path) == ["part-0-0.jsonl"]
+    writer.commit(3)
+    assert visible_records(tmp_path) == [1, 2, 3]
+    assert hidden(tmp_path) == []
+
+
+def test_commit_is_idempotent(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.write_batch([1])
+    writer.pre_commit(1)
+    writer.commit(1)
+    writer.commit(1)
+    restored_writer = FileSink(tmp_path).build_writer(0, 1, {"seq": 1, "pending": [(1, ".part-0-0.pending")]})
+    restored_writer.commit(1)
+    assert visible_records(tmp_path) == [1]
+
+
+def test_committing_a_pending_file_that_is_gone_with_no_visible_file_is_an_error_that_changes_nothing(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.write_batch([1])
+    writer.pre_commit(1)
+    os.unlink(tmp_path / ".part-0-0.pending")
+    with pytest.raises(LostOutputError, match=r"\.part-0-0\.pending"):
+        writer.commit(1)
+    assert writer.snapshot()["pending"] == [(1, ".part-0-0.pending")]
+    with pytest.raises(LostOutputError):
+        FileSink(tmp_path).build_writer(0, 1, {"seq": 1, "pending": [(1, ".part-0-0.pending")]})
+
+
+def test_a_pre_commit_for_an_old_checkpoint_raises_and_leaves_the_writer_unchanged(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.write_batch([1])
+    writer.pre_commit(2)
+    writer.write_batch([2])
+    with pytest.raises(ValueError, match="checkpoint 2"):
+        writer.pre_commit(2)
+    assert writer.snapshot() == {"seq": 1, "pending": [(2, ".part-0-0.pending")]}
+    assert hidden(tmp_path) == [".part-0-0.pending", ".part-0-1.inprogress"]
+    writer.pre_commit(3)
+    writer.commit(3)
+    assert visible_records(tmp_path) == [1, 2]
+
+
+def test_finish_publishes_everything_written_without_checkpoints(tmp_path):
+    writer = FileSink(tmp_path).build_writer(1, 2, None)
+    writer.write_batch([1, 2])
+    writer.write_batch([3])
+    writer.finish()
+    writer.close()
+    assert visible(tmp_path) == ["part-1-0.jsonl"]
+    assert hidden(tmp_path) == []
+    assert visible_records(tmp_path) == [1, 2, 3]
+
+
+def test_finish_also_publishes_files_still_pending(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.write_batch([1])
+    writer.pre_commit(1)
+    writer.write_batch([2])
+    writer.finish()
+    assert visible_records(tmp_path) == [1, 2]
+    assert hidden(tmp_path) == []
+
+
+def test_the_sink_is_transactional_and_names_itself_after_its_directory(tmp_path):
+    assert FileSink(tmp_path).transactional is True
+    assert FileSink(tmp_path).name == f"file-sink:{tmp_path}"
+    assert FileSink(tmp_path, name="out").name == "out"
+
+
+def test_the_directory_is_created_and_prefix_and_suffix_name_the_files(tmp_path):
+    directory = tmp_path / "a" / "b"
+    writer = FileSink(directory, prefix="out", suffix=".txt").build_writer(0, 1, None)
+    writer.write_batch(["x"])
+    writer.pre_commit(1)
+    writer.commit(1)
+    assert os.listdir(directory) == ["out-0-0.txt"]
+
+
+# ---- JSON Lines ----------------------------------------------------------------------------------
+
+
+def test_records_are_written_as_json_lines_with_tuples_as_arrays_and_unescaped_unicode(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.write_batch([("key", 3), {"k": "é€", "n": None}, "line\nbreak", 1.5, [1, [2]]])
+    writer.finish()
+    text = (tmp_path / "part-0-0.jsonl").read_text(encoding="utf-8")
+    assert text == '["key",3]\n{"k":"é€","n":null}\n"line\\nbreak"\n1.5\n[1,[2]]\n'
+
+
+def test_an_encoder_replaces_json(tmp_path):
+    writer = FileSink(tmp_path, suffix=".csv", encoder=lambda r: f"{r[0]},{r[1]}").build_writer(0, 1, None)
+    writer.write_batch([("a", 1), ("b", 2)])
+    writer.finish()
+    assert (tmp_path / "part-0-0.csv").read_text() == "a,1\nb,2\n"
+
+
+def test_an_encoded_record_with_a_newline_is_rejected_before_anything_is_written(tmp_path):
+    writer = FileSink(tmp_path, encoder=str).build_writer(0, 1, None)
+    with pytest.raises(ValueError, match="newline"):
+        writer.write_batch(["a", "b\nc"])
+    assert os.listdir(tmp_path) == []
+
+
+def test_invalid_arguments_are_rejected(tmp_path):
+    with pytest.raises(TypeError, match="encoder"):
+        FileSink(tmp_path, encoder="json")
+    with pytest.raises(ValueError, match="prefix"):
+        FileSink(tmp_path, prefix="a/b")
+    with pytest.raises(ValueError, match="subtask"):
+        FileSink(tmp_path).build_writer(2, 2, None)
+    with pytest.raises(ValueError, match="not a file sink snapshot"):
+        FileSink(tmp_path).build_writer(0, 1, {"pending": []})
+
+
+# ---- restore -------------------------------------------------------------------------------------
+
+
+def test_restore_commits_what_the_snapshot_names_and_continues_its_seq(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.write_batch([1])
+    writer.pre_commit(1)
+    state = restored(writer.snapshot())
+    writer.close()
+    resumed = FileSink(tmp_path).build_writer(0, 1, state)
+    assert visible_records(tmp_path) == [1]
+    assert resumed.snapshot() == {"seq": 1, "pending": []}
+    resumed.write_batch([2])
+    resumed.pre_commit(2)
+    resumed.commit(2)
+    assert visible(tmp_path) == ["part-0-0.jsonl", "part-0-1.jsonl"]
+    assert visible_records(tmp_path) == [1, 2]
+
+
+def test_restore_deletes_this_subtasks_strays_but_never_another_subtasks_files(tmp_path):
+    sink = FileSink(tmp_path)
+    mine = sink.build_writer(1, 12, None)
+    mine.write_batch(["kept"])
+    mine.pre_commit(1)
+    state = restored(mine.snapshot())
+    mine.write_batch(["stray pending"])
+    mine.pre_commit(2)
+    mine.write_batch(["stray in progress"])
+    mine.close()
+    neighbours = []
+    for subtask in (0, 10, 11):
+        other = sink.build_writer(subtask, 12, None)
+        other.write_batch([subtask])
+        other.pre_commit(1)
+        other.write_batch([subtask])
+        neighbours.append(other)
+    others_files = [n for n in hidden(tmp_path) if not n.startswith(".part-1-")]
+    (tmp_path / ".part-1-x.inprogress").write_text("not a name this sink writes")
+    (tmp_path / ".other-1-0.pending").write_text("another prefix")
+    assert len(others_files) == 6
+
+    sink.build_writer(1, 12, state)
+
+    assert visible(tmp_path) == ["part-1-0.jsonl"]
+    assert visible_records(tmp_path) == ["kept"]
+    assert hidden(tmp_path) == sorted(others_files + [".other-1-0.pending", ".part-1-x.inprogress"])
+    for other in neighbours:
+        other.close()
+
+
+def test_a_fresh_writer_deletes_leftovers_of_its_subtask_from_a_run_without_a_completed_checkpoint(tmp_path):
+    sink = FileSink(tmp_path)
+    crashed = sink.build_writer(0, 2, None)
+    crashed.write_batch(["lost"])
+    crashed.pre_commit(1)
+    crashed.write_batch(["lost too"])
+    crashed.close()
+    neighbour = sink.build_writer(1, 2, None)
+    neighbour.write_batch(["theirs"])
+    fresh = sink.build_writer(0, 2, None)
+    assert hidden(tmp_path) == [".part-1-0.inprogress"]
+    fresh.write_batch(["again"])
+    fresh.finish()
+    assert visible_records(tmp_path) == ["again"]
+    neighbour.close()
+
+
+def exactly_once_run(directory, records, crash_after, restore_from_latest):
+    """Write ``records`` in three checkpoints of three records; crash after ``crash_after`` writes.
+
+    Checkpoint 2's pending file is renamed and its snapshot stored, then the process dies before
+    ``commit(2)`` arrives. ``restore_from_latest`` says whether checkpoint 2 had completed (the job
+    restores from it) or not (the job restores from checkpoint 1 and replays from there).
+    """
+    sink = FileSink(directory)
+    writer = sink.build_writer(0, 1, None)
+    snapshots = {}
+    position = 0
+    for checkpoint in (1, 2):
+        writer.write_batch(records[position:position + 3])
+        position += 3
+        writer.pre_commit(checkpoint)
+        snapshots[checkpoint] = restored(writer.snapshot())
+        if checkpoint == 1:
+            writer.commit(1)
+    writer.write_batch(records[position:position + crash_after])
+    writer.close()  # the crash: no commit(2), an in-progress file left behind
+
+    checkpoint = 2 if restore_from_latest else 1
+    resumed = sink.build_writer(0, 1, snapshots[checkpoint])
+    replay_from = 3 * checkpoint  # the source position stored in the same checkpoint
+    resumed.write_batch(records[replay_from:])
+    resumed.pre_commit(3)
+    resumed.commit(3)
+    resumed.close()
+
+
+@pytest.mark.parametrize("restore_from_latest", [True, False])
+@pytest.mark.parametrize("crash_after", [0, 1, 3])
+def test_a_crash_between_the_pending_rename_and_the_commit_then_a_restore_shows_each_record_exactly_once(
+    tmp_path, restore_from_latest, crash_after
+):
+    records = [("event", i) for i in range(9)]
+    exactly_once_run(tmp_path, records, crash_after, restore_from_latest)
+    assert visible_records(tmp_path) == [list(r) for r in records]
+    assert hidden(tmp_path) == []
+
+
+def test_a_crash_after_the_pending_rename_but_before_the_snapshot_deletes_that_pending_file(tmp_path):
+    sink = FileSink(tmp_path)
+    writer = sink.build_writer(0, 1, None)
+    writer.write_batch([1])
+    writer.pre_commit(1)
+    state = restored(writer.snapshot())
+    writer.commit(1)
+    writer.write_batch([2])
+    writer.pre_commit(2)  # renamed to pending; the checkpoint never completes
+    writer.close()
+    resumed = sink.build_writer(0, 1, state)
+    assert hidden(tmp_path) == []
+    resumed.write_batch([2])
+    resumed.pre_commit(2)
+    resumed.commit(2)
+    assert visible_records(tmp_path) == [1, 2]
