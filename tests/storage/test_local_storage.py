@@ -240,12 +240,22 @@ def _fields_of(metadata: CheckpointMetadata) -> dict[str, object]:
     return {name: getattr(metadata, name) for name in CheckpointMetadata.__dataclass_fields__}
 
 
-def test_metadata_referring_to_a_missing_state_file_is_refused_and_does_not_complete(storage):
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.unlink(), r"chk-000002/count#1\.state is missing"),
+        (lambda p: p.write_bytes(b"short"), r"chk-000002/count#1\.state has 5 bytes"),
+    ],
+    ids=["missing", "another size"],
+)
+def test_metadata_referring_to_a_damaged_state_file_is_refused_and_does_not_complete(
+    storage, damage, message
+):
     write_checkpoint(storage, 1)
     metadata = write_checkpoint(storage, 2, complete=False)
-    state_file(storage, 2, 1).unlink()
+    damage(state_file(storage, 2, 1))
 
-    with pytest.raises(CorruptCheckpointError, match=r"chk-000002/count#1\.state is missing"):
+    with pytest.raises(CorruptCheckpointError, match=message):
         storage.write_metadata(metadata)
 
     assert not metadata_file(storage, 2).exists()
@@ -614,6 +624,25 @@ def test_discard_removes_the_whole_checkpoint_and_is_idempotent(storage):
 
     assert [p.name for p in storage.root.iterdir()] == ["chk-000001"]
     assert [c.checkpoint_id for c in storage.restore_candidates()] == [1]
+
+
+def test_discard_deletes_the_metadata_first_so_a_crash_midway_leaves_an_incomplete_checkpoint(
+    storage, monkeypatch
+):
+    write_checkpoint(storage, 1)
+    unlinked: list[str] = []
+    real_unlink = os.unlink
+
+    def unlink(path: os.PathLike[str] | str) -> None:
+        unlinked.append(Path(path).name)
+        real_unlink(path)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+
+    storage.discard(CheckpointId(1))
+
+    assert unlinked[0] == "_metadata"
+    assert sorted(unlinked) == ["_metadata", "count#0.state", "count#1.state"]
 
 
 def test_discard_also_removes_a_directory_named_with_another_width(storage):

@@ -91,6 +91,7 @@ class Task(threading.Thread):
         self.cancelled = threading.Event()
         self.records_in = 0
         self._steps = [op.process_batch for op in ops]
+        self._failpoints = env.failpoints
         self._final_notified = False
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -129,6 +130,8 @@ class Task(threading.Thread):
     # ---- records ----------------------------------------------------------------------------------
 
     def _process(self, batch: list[Any]) -> None:
+        if self._failpoints:
+            self._failpoints.hit(fpn.OPERATOR_PROCESS)
         for step in self._steps:
             batch = step(batch)  # type: ignore[assignment]
             if not batch:

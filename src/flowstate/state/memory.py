@@ -1,9 +1,12 @@
 """In-memory (heap) keyed state backend.
 
 Tables are plain dicts. The synchronous part of a snapshot copies each table (one level deeper for
-list and map state, whose entries are mutated in place); grouping by key group and serialising
-happen in the asynchronous part. The copy grows with state size: it is measured in
-``docs/benchmarks.md``.
+list and map state, whose entries are mutated in place); serialising happens in the asynchronous
+part. The copy grows with state size: it is measured in ``docs/benchmarks.md``.
+
+A snapshot records the key-group range of the subtask that wrote it and its tables as flat dicts. A
+restore into the same range loads them as they are; a restore into another range (a rescale) keeps
+only the keys whose stable key group it owns, so no key is hashed unless a rescale needs it.
 """
 
 from __future__ import annotations
@@ -22,21 +25,16 @@ FORMAT = "heap-v1"
 @dataclass(frozen=True, slots=True)
 class HeapSnapshot:
     max_parallelism: int
+    key_groups: range
     tables: dict[str, tuple[StateKind, dict[Any, Any]]]
 
     def materialize(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        maxp = self.max_parallelism
-        for name, (kind, table) in self.tables.items():
-            groups: dict[int, dict[Any, Any]] = {}
-            for key, value in table.items():
-                g = key_group_of(key, maxp)
-                bucket = groups.get(g)
-                if bucket is None:
-                    groups[g] = bucket = {}
-                bucket[key] = value
-            out[name] = {"kind": kind.value, "groups": groups}
-        return {"format": FORMAT, "max_parallelism": maxp, "tables": out}
+        return {
+            "format": FORMAT,
+            "max_parallelism": self.max_parallelism,
+            "key_groups": [self.key_groups.start, self.key_groups.stop],
+            "tables": {name: {"kind": kind.value, "entries": table} for name, (kind, table) in self.tables.items()},
+        }
 
 
 class HeapKeyedStateBackend:
@@ -71,23 +69,27 @@ class HeapKeyedStateBackend:
                 copies[name] = (kind, {k: dict(v) for k, v in table.items()})
             else:
                 copies[name] = (kind, table.copy())
-        return HeapSnapshot(self._maxp, copies)
+        return HeapSnapshot(self._maxp, self._key_groups, copies)
 
     def restore(self, states: Iterable[Any]) -> None:
         own = self._key_groups
+        maxp = self._maxp
         for state in states:
             if state.get("format") != FORMAT:
                 raise StateError(f"unknown keyed state format {state.get('format')!r}")
-            if state["max_parallelism"] != self._maxp:
+            if state["max_parallelism"] != maxp:
                 raise StateError(
                     f"the checkpoint was taken with max_parallelism {state['max_parallelism']}, "
-                    f"the job now has {self._maxp}: max_parallelism cannot change"
+                    f"the job now has {maxp}: max_parallelism cannot change"
                 )
+            start, stop = state["key_groups"]
+            inside = own.start <= start and stop <= own.stop
             for name, entry in state["tables"].items():
                 table = self.table(name, StateKind(entry["kind"]))
-                for group, entries in entry["groups"].items():
-                    if group in own:
-                        table.update(entries)
+                if inside:
+                    table.update(entry["entries"])
+                else:
+                    table.update((k, v) for k, v in entry["entries"].items() if key_group_of(k, maxp) in own)
 
     def entry_count(self) -> int:
         return sum(len(t) for _, t in self._tables.values())
