@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 from zlib import crc32
 
-from flowstate.runtime.channels import InputGate
+from flowstate.errors import UserFunctionError
+from flowstate.runtime.transport import ChannelWriter
 from flowstate.state.keygroups import routing_table, stable_key_bytes
 
 
@@ -17,7 +18,7 @@ class OutputEdge:
     def __init__(
         self,
         partition: str,
-        targets: list[tuple[InputGate, int]],
+        targets: list[tuple[ChannelWriter, int]],
         key_fn: Callable[[Any], Any] | None,
         max_parallelism: int,
         cancelled: threading.Event,
@@ -51,12 +52,16 @@ class OutputEdge:
         maxp = self._maxp
         buckets: list[list[Any]] = [[] for _ in self.targets]
         appends = [b.append for b in buckets]
-        for record in batch:
-            key = key_fn(record)
-            if type(key) is str:
-                appends[route[crc32(key.encode()) % maxp]](record)
-            else:
-                appends[route[crc32(stable_key_bytes(key)) % maxp]](record)
+        record = None
+        try:
+            for record in batch:
+                key = key_fn(record)
+                if type(key) is str:
+                    appends[route[crc32(key.encode()) % maxp]](record)
+                else:
+                    appends[route[crc32(stable_key_bytes(key)) % maxp]](record)
+        except Exception as exc:
+            raise UserFunctionError("key_by", record, exc) from exc
         for (gate, ch), bucket in zip(self.targets, buckets):
             if bucket:
                 gate.put(ch, bucket, self._cancelled)

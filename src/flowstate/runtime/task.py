@@ -74,12 +74,11 @@ class TaskEnv:
     batch_size: int
 
 
-class Task(threading.Thread):
+class Task:
     def __init__(
         self, task_id: TaskId, vertex: str, subtask: int, ops: list[Operator], output: Output,
         gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None,
     ) -> None:
-        super().__init__(name=f"task {task_id}", daemon=True)
         self.task_id = task_id
         self.vertex = vertex
         self.subtask = subtask

@@ -1,0 +1,198 @@
+"""Crashes injected at named failpoints while the word count runs in-process; the job restarts from
+its latest completed checkpoint and the committed output is compared with the batch reference.
+
+The job runs at parallelism 2: two source tasks (``lines -> words``) and two keyed tasks
+(``count -> counts``, the FileSink chained to the counting function), so every keyed task has two
+input channels and aligns barriers in exactly-once mode. How often each failpoint is hit per
+checkpoint follows from that; each failure is placed on the first hit of checkpoint 3, after two
+checkpoints completed, and every test asserts that
+
+- the failpoint fired exactly once and the run recorded the failure (a failpoint that is never hit
+  fails the test: the run would trivially be correct);
+- the job restarted, and some attempt after the first restored a checkpoint with id ≥ 1 (a restart
+  from scratch also gives the right answer, and proves nothing about recovery);
+- in ``exactly_once`` and ``stop_the_world`` the committed output equals the batch reference; in
+  ``at_least_once`` every expected record is present (duplicates are allowed).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+import flowstate as fs
+from flowstate.runtime import job as job_module
+from flowstate.storage.local import LocalCheckpointStorage
+
+from .conftest import INPUT_LINES, RATE
+from .jobs import WORDS_PER_LINE, committed_output, difference, generator_source, wordcount
+
+PARALLELISM = 2
+TASKS = 2 * PARALLELISM
+"""Source tasks plus keyed tasks."""
+COMPLETED_BEFORE_CRASH = 2
+FAST_RESTART = fs.FixedDelayRestart(5, 0.0)
+INTERVAL = "50ms"
+
+EXACT_MODES = ("exactly_once", "stop_the_world")
+ALL_CHECKPOINTING_MODES = (*EXACT_MODES, "at_least_once")
+
+
+def first_hit_after(checkpoints: int, hits_per_checkpoint: int) -> str:
+    """The action that raises on the first hit after ``checkpoints`` checkpoints hit the failpoint."""
+    return f"raise@{checkpoints * hits_per_checkpoint + 1}"
+
+
+@dataclass(frozen=True)
+class Crash:
+    failpoint: str
+    hits_per_checkpoint: int | None
+    """``None`` for a failpoint hit per batch rather than per checkpoint."""
+    modes: tuple[str, ...]
+
+    @property
+    def action(self) -> str:
+        if self.hits_per_checkpoint is None:
+            # The failpoint is hit once per batch a task processes. With batch_size=1 every batch is
+            # one record: a line is one batch of its source task, each of its words one batch of a
+            # keyed task. Two thirds of the input in, the rate limit guarantees that more than
+            # 0.25 s passed: several checkpoint intervals.
+            per_line = 1 + WORDS_PER_LINE
+            return f"raise@{per_line * (2 * INPUT_LINES // 3) + 1}"
+        return first_hit_after(COMPLETED_BEFORE_CRASH, self.hits_per_checkpoint)
+
+
+CRASHES = [
+    # Only aligned barriers block a channel: stop_the_world pauses the sources instead, and
+    # at_least_once only counts barriers (see the test after this list).
+    Crash("alignment.channel_blocked", PARALLELISM, ("exactly_once",)),
+    Crash("task.before_snapshot", TASKS, ALL_CHECKPOINTING_MODES),
+    Crash("task.after_snapshot_before_ack", TASKS, ALL_CHECKPOINTING_MODES),
+    Crash("source.after_snapshot", PARALLELISM, ALL_CHECKPOINTING_MODES),
+    Crash("coordinator.all_acks_before_metadata", 1, ALL_CHECKPOINTING_MODES),
+    Crash("coordinator.metadata_before_notify", 1, ALL_CHECKPOINTING_MODES),
+    Crash("sink.before_commit", PARALLELISM, ALL_CHECKPOINTING_MODES),
+    Crash("sink.after_commit", PARALLELISM, ALL_CHECKPOINTING_MODES),
+    Crash("operator.process", None, ALL_CHECKPOINTING_MODES),
+]
+
+
+CASES = [
+    pytest.param(crash, mode, id=f"{crash.failpoint}-{mode}") for crash in CRASHES for mode in crash.modes
+]
+
+
+def run_wordcount(dirs, mode: str, failpoints: fs.Failpoints, **settings) -> fs.JobResult:
+    flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE), parallelism=PARALLELISM)
+    return fs.run(
+        flow, mode=mode, checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=FAST_RESTART,
+        failpoints=failpoints, **settings,
+    )
+
+
+def assert_restored_from_a_checkpoint(result: fs.JobResult) -> None:
+    assert result.restarts >= 1, f"the job never restarted: {result}"
+    assert len(result.restored_from) == result.restarts + 1
+    assert any(c is not None and c >= 1 for c in result.restored_from[1:]), (
+        f"no attempt after the first restored a checkpoint: restored_from={result.restored_from}"
+    )
+
+
+def assert_output(mode: str, dirs, expected: Counter) -> None:
+    actual = committed_output(dirs.output)
+    if mode in EXACT_MODES:
+        assert Counter(actual) == expected, difference(actual, expected)
+    else:
+        missing = expected - Counter(actual)
+        assert not missing, difference(actual, expected)
+
+
+@pytest.mark.parametrize(("crash", "mode"), CASES)
+def test_a_crash_at_a_failpoint_restarts_from_a_checkpoint_and_loses_nothing(crash, mode, dirs, expected):
+    failpoints = fs.Failpoints({crash.failpoint: crash.action})
+    batch_size = 1 if crash.hits_per_checkpoint is None else 2048
+
+    result = run_wordcount(dirs, mode, failpoints, batch_size=batch_size)
+
+    assert failpoints.fired(crash.failpoint) == 1, f"{crash.failpoint} was hit {failpoints.hits(crash.failpoint)} times"
+    assert result.failures, "the run recorded no failure"
+    assert_restored_from_a_checkpoint(result)
+    assert_output(mode, dirs, expected)
+
+
+@pytest.mark.parametrize("mode", ALL_CHECKPOINTING_MODES)
+def test_a_crash_while_restoring_is_followed_by_another_restore_from_the_same_checkpoint(mode, dirs, expected):
+    failpoints = fs.Failpoints({
+        "task.before_snapshot": first_hit_after(COMPLETED_BEFORE_CRASH, TASKS),
+        # Hit only by tasks built from a checkpoint: the first one of the second attempt raises.
+        "recovery.state_loaded": "raise@1",
+    })
+
+    result = run_wordcount(dirs, mode, failpoints)
+
+    assert failpoints.fired("task.before_snapshot") == 1
+    assert failpoints.fired("recovery.state_loaded") == 1
+    assert result.restarts == 2, result.failures
+    assert "task.before_snapshot" in result.failures[0]
+    assert "recovery.state_loaded" in result.failures[1]
+    first_restore, second_restore = result.restored_from[1:]
+    assert first_restore is not None and first_restore >= COMPLETED_BEFORE_CRASH
+    assert second_restore is not None and second_restore >= first_restore
+    assert_output(mode, dirs, expected)
+
+
+@pytest.mark.parametrize("mode", ["stop_the_world", "at_least_once"])
+def test_only_exactly_once_blocks_channels_for_alignment(mode, dirs, expected):
+    failpoints = fs.Failpoints({"alignment.channel_blocked": "raise"})
+
+    result = run_wordcount(dirs, mode, failpoints)
+
+    assert failpoints.hits("alignment.channel_blocked") == 0
+    assert result.failures == [] and result.restarts == 0
+    assert result.checkpoints_completed > COMPLETED_BEFORE_CRASH
+    assert Counter(committed_output(dirs.output)) == expected
+
+
+@pytest.mark.parametrize("mode", ALL_CHECKPOINTING_MODES)
+def test_a_declined_checkpoint_within_the_tolerable_failures_does_not_restart_the_job(mode, dirs, expected):
+    failpoints = fs.Failpoints({"task.after_snapshot_before_ack": first_hit_after(COMPLETED_BEFORE_CRASH, TASKS)})
+
+    result = run_wordcount(dirs, mode, failpoints, tolerable_failures=1)
+
+    assert failpoints.fired("task.after_snapshot_before_ack") == 1
+    assert result.restarts == 0, result.failures
+    assert result.restored_from == [None]
+    assert result.checkpoints_completed > COMPLETED_BEFORE_CRASH
+    assert Counter(committed_output(dirs.output)) == expected
+
+
+class _RacingDiscard(LocalCheckpointStorage):
+    """Checkpoint storage whose first removal of an incomplete (aborted) checkpoint fails as it does
+    when another task's snapshot write lands in the directory while it is being removed: ``rmdir``
+    finds it not empty. The removal of completed checkpoints is untouched."""
+
+    __slots__ = ()
+    raced: list[int] = []
+
+    def discard(self, checkpoint_id):
+        directory = self.root / f"chk-{checkpoint_id:06d}"
+        incomplete = directory.is_dir() and not (directory / "_metadata").exists()
+        super().discard(checkpoint_id)
+        if incomplete and not type(self).raced:
+            type(self).raced.append(checkpoint_id)
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(directory))
+
+
+def test_a_failed_removal_of_an_aborted_checkpoint_does_not_fail_the_job(monkeypatch, dirs, expected):
+    monkeypatch.setattr(_RacingDiscard, "raced", [])
+    monkeypatch.setattr(job_module, "LocalCheckpointStorage", _RacingDiscard)
+    failpoints = fs.Failpoints({"task.after_snapshot_before_ack": first_hit_after(COMPLETED_BEFORE_CRASH, TASKS)})
+
+    result = run_wordcount(dirs, "exactly_once", failpoints, tolerable_failures=1)
+
+    assert _RacingDiscard.raced == [COMPLETED_BEFORE_CRASH + 1]
+    assert result.restarts == 0, result.failures
+    assert Counter(committed_output(dirs.output)) == expected
