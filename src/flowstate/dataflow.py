@@ -159,8 +159,11 @@ class Stream:
         kind = "keyed_process" if self._key_fn is not None else "process"
         return Stream(self._flow, self._flow._add(kind, shown, fn, parallelism, self._edge(), uid))
 
-    def reduce(self, fn: Callable[[Any, Any], Any], **_: Any) -> Stream:
-        raise GraphError("reduce needs a keyed stream: call key_by(...) before reduce(...)")
+    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None, **_: Any) -> Stream:
+        shown = name or getattr(fn, "__name__", None) or "reduce"
+        if shown == "<lambda>":
+            shown = "reduce"
+        raise GraphError(f"reduce {shown!r} needs a keyed stream: call key_by(...) before reduce(...)")
 
     def union(self, *others: Stream, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
         """The records of this stream and of ``others``, interleaved."""

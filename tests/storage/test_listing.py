@@ -190,9 +190,9 @@ def test_an_empty_directory_lists_no_checkpoints():
 def test_a_real_checkpoint_directory_lists_as_its_files_say(tmp_path):
     storage = LocalCheckpointStorage(tmp_path)
     handle = storage.write_state(CheckpointId(1), "count#0.state", b"x" * 3000)
-    task = TaskState(TaskId("count#0"), "count", 0, handle)
+    tasks = (TaskState(TaskId("count#0"), "count", 0, handle),)
     storage.write_metadata(
-        CheckpointMetadata(CheckpointId(1), "job", "exactly_once", True, T0, T0 + 0.5, 128, {}, (task,))
+        CheckpointMetadata(CheckpointId(1), "job", "exactly_once", True, T0, T0 + 0.5, 1, {}, tasks)
     )
     storage.write_state(CheckpointId(2), "count#0.state", b"y" * 10)
 

@@ -116,7 +116,8 @@ def test_state_is_read_back_byte_for_byte_and_its_handle_describes_the_file(stor
 
     handle = storage.write_state(CheckpointId(3), "map#0.state", data)
 
-    assert handle == StateHandle("chk-000003/map#0.state", len(data), hashlib.sha256(data).hexdigest())
+    sha256 = hashlib.sha256(data).hexdigest()
+    assert handle == StateHandle("chk-000003/map#0.state", len(data), sha256)
     assert (storage.root / "chk-000003" / "map#0.state").read_bytes() == data
     assert storage.read_state(handle) == data
 
@@ -166,7 +167,8 @@ _json_scalars = (
 )
 _json_values = st.recursive(
     _json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
 _names = st.text("abcxyz#0123456789.-_ é", min_size=1, max_size=12).filter(
@@ -334,7 +336,9 @@ def test_a_checkpoint_directory_without_metadata_is_incomplete_and_never_yielded
     write_checkpoint(storage, 1, complete=False)
 
     assert list(storage.restore_candidates()) == [Invalid(CheckpointId(1), NO_METADATA)]
-    assert choose(storage.restore_candidates()) == StartFresh((Invalid(CheckpointId(1), NO_METADATA),))
+    assert choose(storage.restore_candidates()) == StartFresh(
+        (Invalid(CheckpointId(1), NO_METADATA),)
+    )
 
 
 def test_complete_metadata_left_under_its_temporary_name_does_not_complete_the_checkpoint(storage):
@@ -457,17 +461,34 @@ def test_metadata_truncated_at_every_byte_offset_is_refused_and_restore_falls_ba
     assert isinstance(newest(storage), Valid)  # the damage, not the test, made it invalid
 
 
-def test_every_single_bit_flip_in_the_metadata_is_refused(two_checkpoints):
-    storage = two_checkpoints
-    path = metadata_file(storage, 2)
-    whole = path.read_bytes()
+def test_every_single_bit_flip_in_the_metadata_is_refused_by_its_decoder(two_checkpoints):
+    whole = metadata_file(two_checkpoints, 2).read_bytes()
+    undetected = []
 
     for offset in range(len(whole)):
         for bit in range(8):
             flipped = bytearray(whole)
             flipped[offset] ^= 1 << bit
-            path.write_bytes(flipped)
-            assert_refused(newest(storage), 2, "chk-000002/_metadata")
+            try:
+                decode_metadata(bytes(flipped))
+            except CorruptCheckpointError:
+                continue
+            undetected.append((offset, bit))
+
+    assert undetected == []
+    assert decode_metadata(whole).checkpoint_id == 2
+
+
+def test_a_bit_flipped_in_any_byte_of_the_metadata_file_makes_restore_fall_back(two_checkpoints):
+    storage = two_checkpoints
+    path = metadata_file(storage, 2)
+    whole = path.read_bytes()
+
+    for offset in range(len(whole)):
+        flipped = bytearray(whole)
+        flipped[offset] ^= 1 << (offset % 8)
+        path.write_bytes(flipped)
+        assert_refused(newest(storage), 2, "chk-000002/_metadata")
 
     path.write_bytes(whole)
     assert isinstance(newest(storage), Valid)
@@ -645,6 +666,28 @@ def test_discard_deletes_the_metadata_first_so_a_crash_midway_leaves_an_incomple
     assert sorted(unlinked) == ["_metadata", "count#0.state", "count#1.state"]
 
 
+def test_discard_succeeds_when_a_late_snapshot_write_lands_in_the_directory_being_removed(
+    storage, monkeypatch
+):
+    write_checkpoint(storage, 1, complete=False)
+    directory = checkpoint_dir(storage, 1)
+    real_rmdir = os.rmdir
+    landed: list[str] = []
+
+    def rmdir(path: os.PathLike[str] | str) -> None:
+        if Path(path) == directory and not landed:
+            (directory / "count#2.state").write_bytes(b"late")  # after the walk, before rmdir
+            landed.append("count#2.state")
+        real_rmdir(path)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+
+    storage.discard(CheckpointId(1))
+
+    assert landed == ["count#2.state"]
+    assert list(storage.root.iterdir()) == []
+
+
 def test_discard_also_removes_a_directory_named_with_another_width(storage):
     (storage.root / "chk-7").mkdir()
     (storage.root / "chk-7" / "count#0.state").write_bytes(b"x")
@@ -717,7 +760,7 @@ def test_highest_id_counts_every_checkpoint_directory_complete_or_not_and_of_any
 
 @pytest.mark.parametrize(
     "name",
-    ["", "a/b", "../escape", ".hidden", "_metadata", "_anything", "..", "a\\b", "nul\0byte", "x" * 201],
+    ["", "a/b", "../escape", ".hidden", "..", "_metadata", "_any", "a\\b", "nul\0", "x" * 201],
 )
 def test_state_file_names_that_could_escape_or_collide_with_reserved_files_are_rejected(
     storage, name

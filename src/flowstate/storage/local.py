@@ -38,6 +38,7 @@ by contract); ``sweep`` running while a checkpoint that is not in ``keep`` is be
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -291,7 +292,7 @@ def decode_metadata(raw: bytes) -> CheckpointMetadata:
     try:
         computed = hashlib.sha256(_canonical_json(document)).hexdigest()
         reencoded = _file_layout({**document, "checksum": recorded})
-    except ValueError as error:  # a lone surrogate from a \\ud800 escape cannot be UTF-8
+    except ValueError as error:  # a lone surrogate (from a \ud800 escape) has no UTF-8
         raise CorruptCheckpointError(f"content cannot be re-encoded ({error}): corrupt") from None
     if recorded != computed:
         raise CorruptCheckpointError(
@@ -376,28 +377,40 @@ def _make_directories_durably(path: Path) -> None:
         _fsync_directory(directory.parent)
 
 
-def _remove_checkpoint_directory(directory: Path) -> None:
-    """Rule 6. Anything already gone is fine: a concurrent removal got there first."""
+def _remove_checkpoint_directory(directory: Path, *, attempts: int = 3) -> None:
+    """Rule 6. Anything already gone is fine: a concurrent removal got there first.
+
+    A task still writing its snapshot of an aborted checkpoint can drop a file into the directory
+    after the walk and before the final ``rmdir`` (which then fails with ``ENOTEMPTY``): the walk
+    is repeated, up to ``attempts`` times in all.
+    """
     try:
         os.unlink(directory / METADATA_FILE)
     except FileNotFoundError:
         pass
     else:
         _fsync_directory(directory)
-    for parent, subdirectories, files in os.walk(directory, topdown=False):
-        for name in files:
-            _unlink_if_present(os.path.join(parent, name))
-        for name in subdirectories:
-            path = os.path.join(parent, name)
-            if os.path.islink(path):
-                _unlink_if_present(path)
-            else:
-                try:
-                    os.rmdir(path)
-                except FileNotFoundError:
-                    pass
+    for attempt in range(1, attempts + 1):
+        for parent, subdirectories, files in os.walk(directory, topdown=False):
+            for name in files:
+                _unlink_if_present(os.path.join(parent, name))
+            for name in subdirectories:
+                path = os.path.join(parent, name)
+                if os.path.islink(path):
+                    _unlink_if_present(path)
+                else:
+                    _rmdir_if_present(path)
+        try:
+            _rmdir_if_present(directory)
+            return
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY or attempt == attempts:
+                raise
+
+
+def _rmdir_if_present(path: Path | str) -> None:
     try:
-        os.rmdir(directory)
+        os.rmdir(path)
     except FileNotFoundError:
         pass
 
