@@ -11,14 +11,17 @@ import importlib
 import logging
 import runpy
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flowstate.config import ExponentialBackoffRestart, FixedDelayRestart, Mode, NoRestart, RestartStrategy, parse_duration
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
 
 
 def load_dataflow(spec: str) -> Dataflow:
@@ -34,7 +37,8 @@ def load_dataflow(spec: str) -> Dataflow:
         if not path.is_file():
             raise ConfigError(f"job file {target} does not exist")
         sys.path.insert(0, str(path.resolve().parent))
-        namespace: dict[str, Any] = runpy.run_path(str(path), run_name="__flowstate_job__")
+        namespace: dict[str, Any] = _job_code(
+            f"job file {target}", lambda: runpy.run_path(str(path), run_name="__flowstate_job__"), str(path))
     else:
         try:
             namespace = vars(importlib.import_module(target))
@@ -45,7 +49,7 @@ def load_dataflow(spec: str) -> Dataflow:
             raise ConfigError(f"{target} has no attribute {attr!r}")
         obj = namespace[attr]
         if callable(obj) and not isinstance(obj, Dataflow):
-            obj = obj()
+            obj = _job_code(f"{target}:{attr}()", obj, str(Path(target)) if target.endswith(".py") else None)
         if not isinstance(obj, Dataflow):
             raise ConfigError(f"{target}:{attr} is a {type(obj).__name__}, not a flowstate.Dataflow")
         return obj
@@ -55,6 +59,20 @@ def load_dataflow(spec: str) -> Dataflow:
     if not flows:
         raise ConfigError(f"{target} defines no module-level flowstate.Dataflow; name one with {target}:ATTR")
     raise ConfigError(f"{target} defines several Dataflows ({', '.join(sorted(flows))}); choose one with {target}:ATTR")
+
+
+def _job_code(what: str, call: Callable[[], T], filename: str | None = None) -> T:
+    """``call()``, which runs code of the job. Whatever it raises (a syntax error, a failed import, a
+    source whose files are missing, …) is a mistake in the job, so it becomes a ``ConfigError``
+    (exit 2) naming ``what`` and, when the error passed through ``filename``, the line there."""
+    try:
+        return call()
+    except FlowstateError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+        where = f", line {lines[-1]}," if lines else ""
+        raise ConfigError(f"{what}{where} raised {type(exc).__name__}: {exc}") from exc
 
 
 def parse_restart(text: str) -> RestartStrategy:

@@ -9,13 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .jobs import batch_reference, lines
-
-INPUT_LINES = 800
-"""Lines of the generated input: 2 400 words, 11 distinct."""
-RATE = 1000.0
-"""Lines per second and reader. With 2 readers, a run without failures lasts about 0.4 s: long
-enough for several checkpoints at a 50 ms interval."""
+from .jobs import INPUT_LINES, batch_reference, lines
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,15 @@ from typing import Any
 
 import flowstate as fs
 
+INPUT_LINES = 800
+"""Lines of the generated input: 2 400 words, 11 distinct."""
+RATE = 1000.0
+"""Lines per second and reader. With 2 readers, a run without failures lasts about 0.4 s: long
+enough for several checkpoints at ``INTERVAL``."""
+INTERVAL = "50ms"
+FAST_RESTART = fs.FixedDelayRestart(5, 0.0)
+"""Restart at once, up to 5 times."""
+
 VOCABULARY = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda")
 WORDS_PER_LINE = 3
 
@@ -70,18 +79,24 @@ def wordcount(
     return flow
 
 
-def committed_output(directory: Path) -> list[tuple[str, int]]:
-    """Every record of the committed files in ``directory``. Hidden files (names starting with
-    ``.``: in progress, or pending until their checkpoint completes) are not output."""
-    records: list[tuple[str, int]] = []
+def committed_values(directory: Path) -> list[Any]:
+    """Every record of the committed files in ``directory``, decoded from JSON, in file order.
+    Hidden files (names starting with ``.``: in progress, or pending until their checkpoint
+    completes) are not output."""
+    records: list[Any] = []
     if not directory.exists():
         return records
     for path in sorted(directory.iterdir()):
         if path.name.startswith("."):
             continue
         with open(path, encoding="utf-8") as file:
-            records.extend(tuple(json.loads(text)) for text in file)
+            records.extend(json.loads(text) for text in file)
     return records
+
+
+def committed_output(directory: Path) -> list[tuple[str, int]]:
+    """The committed ``(word, n)`` records of the word count in ``directory``."""
+    return [tuple(record) for record in committed_values(directory)]
 
 
 def batch_reference(input_lines: Iterable[str]) -> Counter[tuple[str, int]]:
@@ -90,6 +105,16 @@ def batch_reference(input_lines: Iterable[str]) -> Counter[tuple[str, int]]:
     for text in input_lines:
         counts.update(text.split())
     return Counter((word, n) for word, c in counts.items() for n in range(1, c + 1))
+
+
+def assert_restored_from_a_checkpoint(result: fs.JobResult) -> None:
+    """The job restarted, and some attempt after the first restored a checkpoint (id ≥ 1) rather
+    than starting from scratch."""
+    assert result.restarts >= 1, f"the job never restarted: {result}"
+    assert len(result.restored_from) == result.restarts + 1
+    assert any(c is not None and c >= 1 for c in result.restored_from[1:]), (
+        f"no attempt after the first restored a checkpoint: restored_from={result.restored_from}"
+    )
 
 
 def difference(actual: Iterable[tuple[str, int]], expected: Counter[tuple[str, int]]) -> str:

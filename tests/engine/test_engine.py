@@ -1,10 +1,10 @@
-"""The engine end to end, without injected crashes: every mode and several shapes of dataflow give
-the batch result; failing user functions, restart strategies, reruns on the same checkpoint
-directory, damaged checkpoints and non-replayable sources behave as documented."""
+"""The engine end to end: every mode and several shapes of dataflow give the batch result (keyed
+reduce and list, map and reducing state also across a restore); failing user functions, restart
+strategies, reruns on the same checkpoint directory, damaged checkpoints and non-replayable sources
+behave as documented. The crash tests proper are in ``test_crash_recovery``."""
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
@@ -16,12 +16,17 @@ import pytest
 import flowstate as fs
 from flowstate.graph import build_job_graph
 
-from .conftest import INPUT_LINES, RATE
 from .jobs import (
+    FAST_RESTART,
+    INPUT_LINES,
+    INTERVAL,
+    RATE,
     VOCABULARY,
     Count,
+    assert_restored_from_a_checkpoint,
     batch_reference,
     committed_output,
+    committed_values,
     difference,
     generator_source,
     line,
@@ -29,8 +34,8 @@ from .jobs import (
     wordcount,
 )
 
-FAST_RESTART = fs.FixedDelayRestart(5, 0.0)
-INTERVAL = "50ms"
+CRASH_AFTER_TWO_CHECKPOINTS = "raise@9"
+"""For ``task.before_snapshot`` in a job of 4 tasks (2 source and 2 keyed): checkpoint 3's first hit."""
 
 
 def checkpoint_dir_for(mode: str, dirs) -> Path | None:
@@ -109,18 +114,9 @@ def test_a_change_of_parallelism_without_key_by_rebalances_every_record_exactly_
 
     fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, batch_size=16)
 
-    actual = _plain_output(dirs.output)
+    actual = committed_values(dirs.output)
     assert Counter(actual) == Counter(t.upper() for t in lines(INPUT_LINES))
     assert {p.name.split("-")[1] for p in dirs.output.iterdir()} == {"0", "1"}, "both sink subtasks got batches"
-
-
-def _plain_output(directory: Path) -> list:
-    """The committed records of ``directory`` as decoded JSON values, in file order."""
-    out: list = []
-    for path in sorted(directory.iterdir()):
-        if not path.name.startswith("."):
-            out.extend(json.loads(text) for text in path.read_text(encoding="utf-8").splitlines())
-    return out
 
 
 def test_a_keyed_reduce_emits_the_running_reduction_of_every_key_across_a_restore(dirs, expected):
@@ -131,12 +127,12 @@ def test_a_keyed_reduce_emits_the_running_reduction_of_every_key_across_a_restor
          .key_by(lambda pair: pair[0])
          .reduce(lambda total, pair: (total[0], total[1] + pair[1]), uid="sum")
          .sink(fs.FileSink(dirs.output), uid="counts"))
-    failpoints = fs.Failpoints({"task.before_snapshot": "raise@9"})  # after two checkpoints of 4 tasks
+    failpoints = fs.Failpoints({"task.before_snapshot": CRASH_AFTER_TWO_CHECKPOINTS})
 
     result = fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
                     restart=FAST_RESTART, failpoints=failpoints)
 
-    assert result.restored_from[1:] and result.restored_from[1] is not None and result.restored_from[1] >= 1
+    assert_restored_from_a_checkpoint(result)
     actual = committed_output(dirs.output)
     assert Counter(actual) == expected, difference(actual, expected)
 
@@ -166,17 +162,17 @@ def test_list_map_and_reducing_state_survive_a_restore(dirs):
          .key_by(lambda pair: pair[0])
          .process(Positions(), uid="positions")
          .sink(fs.FileSink(dirs.output), uid="out"))
-    failpoints = fs.Failpoints({"task.before_snapshot": "raise@9"})  # after two checkpoints of 4 tasks
+    failpoints = fs.Failpoints({"task.before_snapshot": CRASH_AFTER_TWO_CHECKPOINTS})
 
     result = fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
                     restart=FAST_RESTART, failpoints=failpoints)
 
-    assert result.restored_from[1:] and result.restored_from[1] is not None and result.restored_from[1] >= 1
+    assert_restored_from_a_checkpoint(result)
     seen: dict[str, list[int]] = {}
     for i in range(INPUT_LINES):
         for word in line(i).split():
             seen.setdefault(word, []).append(i)
-    records = [tuple(r) for r in _plain_output(dirs.output)]
+    records = [tuple(r) for r in committed_values(dirs.output)]
     # Exactly once: the n-th record of a word says n, for n = 1 .. count(word).
     assert Counter((word, n) for word, n, _, _ in records) == Counter(
         (word, n) for word, found in seen.items() for n in range(1, len(found) + 1)
@@ -286,12 +282,16 @@ def test_fresh_discards_the_old_checkpoints_and_starts_from_scratch(tmp_path, di
     first = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
                    mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
     assert first.last_checkpoint is not None
+    old = {p.parent.name: p.read_bytes() for p in dirs.checkpoints.glob("chk-*/_metadata")}
+    assert old, "the first run left its last checkpoint"
     again = tmp_path / "again"
 
     second = fs.run(wordcount(again, source=generator_source(INPUT_LINES, rate=RATE)),
                     mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, fresh=True)
 
     assert second.restored_from == [None]
+    left = {p.parent.name: p.read_bytes() for p in dirs.checkpoints.glob("chk-*/_metadata")}
+    assert not [name for name, data in left.items() if old.get(name) == data], "a checkpoint of the first run is left"
     # A restore of the finished run would have read nothing and written nothing here.
     assert Counter(committed_output(again)) == expected
 
@@ -325,7 +325,7 @@ def test_two_concurrent_runs_on_one_checkpoint_directory_are_refused(dirs):
         runner.join(timeout=30)
 
     assert len(outcome) == 1 and isinstance(outcome[0], fs.JobResult), outcome
-    assert Counter(_plain_output(dirs.output)) == Counter(lines(50))
+    assert Counter(committed_values(dirs.output)) == Counter(lines(50))
 
 
 def test_a_torn_newest_checkpoint_is_skipped_with_a_warning_and_the_previous_one_is_restored(dirs, expected, caplog):
@@ -386,11 +386,12 @@ def socket_job(port: int, output: Path) -> fs.Dataflow:
 
 @pytest.mark.parametrize("mode", ["exactly_once", "stop_the_world"])
 def test_an_exactly_once_mode_refuses_a_source_that_cannot_replay(mode, dirs):
-    with LineServer("never read\n") as server:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
         with pytest.raises(fs.ConfigError, match="allow_non_replayable") as refused:
-            fs.run(socket_job(server.port, dirs.output), mode=mode, checkpoint_dir=dirs.checkpoints)
+            fs.run(socket_job(port, dirs.output), mode=mode, checkpoint_dir=dirs.checkpoints)
 
-    assert f"socket:127.0.0.1:{server.port}" in str(refused.value)
+    assert f"socket:127.0.0.1:{port}" in str(refused.value)
     assert not dirs.output.exists(), "nothing ran"
 
 
@@ -402,5 +403,5 @@ def test_a_source_that_cannot_replay_runs_when_allowed_and_its_lines_are_output(
                         interval=INTERVAL, allow_non_replayable=True)
 
     assert result.failures == []
-    assert _plain_output(dirs.output) == text
+    assert committed_values(dirs.output) == text
     assert any("cannot replay" in r.getMessage() for r in caplog.records if r.name == "flowstate")

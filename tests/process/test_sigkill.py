@@ -22,8 +22,10 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -31,9 +33,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 KILLS_PER_MODE = 20
-EARLY_KILL_SHARE = 0.25
-"""Share of kills 0.05-0.2 s after the start: they land in interpreter start-up, graph building and
-restore, before the first checkpoint of the run."""
 RUN_TIMEOUT = 180.0
 """Seconds a run that should complete may take before the test gives up on it: a guard against a
 hung run, not a measurement."""
@@ -98,13 +97,24 @@ def batch_word_count(directory: Path) -> Counter[str]:
     return counts
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
-    data = tmp_path_factory.mktemp("corpus") / "input"
-    write_text(data, lines=40_000, files=4, seed=2026)
+def make_corpus(directory: Path, lines: int) -> Corpus:
+    data = directory / "input"
+    write_text(data, lines=lines, files=4, seed=2026)
     counts = batch_word_count(data)
     expected = Counter((word, n) for word, count in counts.items() for n in range(1, count + 1))
     return Corpus(data, expected, sum(counts.values()))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """About 300,000 words: a run takes a few seconds and completes several checkpoints."""
+    return make_corpus(tmp_path_factory.mktemp("corpus"), 40_000)
+
+
+@pytest.fixture(scope="module")
+def large_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """About 600,000 words: the job outlives several kills, so most runs resume a restored job."""
+    return make_corpus(tmp_path_factory.mktemp("large-corpus"), 80_000)
 
 
 # ---- running the job ------------------------------------------------------------------------------
@@ -223,74 +233,107 @@ def output_problems(actual: Counter[tuple[str, int]], expected: Counter[tuple[st
 # ---- kills at random moments ------------------------------------------------------------------------
 
 
+class Kill(Enum):
+    """When a run is killed, measured from its start."""
+
+    EARLY = "early"
+    """0.05-0.2 s: in interpreter start-up, graph building or restore, before the run's first checkpoint."""
+    TIMED = "timed"
+    """0.3-1.2 s: wherever the run happens to be."""
+    AFTER_A_CHECKPOINT = "after a checkpoint"
+    """0-0.15 s after the run's first new checkpoint completed: the metadata is on disk, the sinks may
+    or may not have committed. Also keeps a loaded machine, where a run may complete no checkpoint
+    within 1.2 s, making progress."""
+
+
+def plan_kill(rng: random.Random) -> tuple[Kill, float]:
+    draw = rng.random()
+    if draw < 0.25:
+        return Kill.EARLY, rng.uniform(0.05, 0.2)
+    if draw < 0.7:
+        return Kill.TIMED, rng.uniform(0.3, 1.2)
+    return Kill.AFTER_A_CHECKPOINT, rng.uniform(0.0, 0.15)
+
+
+def wait_for_a_new_checkpoint(run: Run, chk: Path, newer_than: int) -> None:
+    """Return once a checkpoint with an id above ``newer_than`` completed, or the run ended."""
+    give_up = time.monotonic() + RUN_TIMEOUT
+    while run.process.poll() is None and latest_completed_checkpoint(chk) <= newer_than:
+        if time.monotonic() > give_up:
+            pytest.fail(f"a run completed no checkpoint within {RUN_TIMEOUT:.0f} s; {run.describe()}")
+        time.sleep(0.005)
+
+
+def still_running_after(run: Run, seconds: float) -> bool:
+    try:
+        run.process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
+
+
 @dataclass
 class KillLog:
     mode: str
-    kills: int = 0
-    early_kills: int = 0
+    kills: Counter[Kill] = field(default_factory=Counter)
     kills_after_a_checkpoint: int = 0
-    """Kills of a run during which a new checkpoint completed before the kill."""
+    """Kills of a run during which a new checkpoint had completed (whatever kind of kill it was)."""
     finished_before_the_kill: int = 0
-    jobs: int = 0
+    jobs: int = 1
     restored: list[int] = field(default_factory=list)
+    """The checkpoint id of every "restoring from checkpoint N" line, in the order of the runs."""
 
     def summary(self) -> str:
-        return (f"{self.mode}: {self.kills} kills ({self.early_kills} early, {self.kills_after_a_checkpoint} after "
-                f"a checkpoint completed in the run), {self.finished_before_the_kill} run(s) finished before "
+        kinds = ", ".join(f"{self.kills[kind]} {kind.value}" for kind in Kill)
+        return (f"{self.mode}: {self.kills.total()} kills ({kinds}; {self.kills_after_a_checkpoint} after a "
+                f"checkpoint completed in the run), {self.finished_before_the_kill} run(s) finished before "
                 f"their kill, {self.jobs} job(s); restored checkpoint ids {self.restored}")
-
-
-def kill_delay(rng: random.Random) -> float:
-    if rng.random() < EARLY_KILL_SHARE:
-        return rng.uniform(0.05, 0.2)
-    return rng.uniform(0.3, 1.2)
 
 
 @pytest.mark.parametrize("mode", ["exactly_once", "stop_the_world", "at_least_once"])
 def test_a_job_killed_twenty_times_at_random_moments_resumes_from_checkpoints_to_the_batch_result(
-    mode: str, corpus: Corpus, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    mode: str, large_corpus: Corpus, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Kill, run again, kill, … until ``KILLS_PER_MODE`` kills; then run to completion. A run that
-    finishes before its kill completes its job: that job is checked and a new one starts in fresh
-    directories, so the number of kills does not depend on the speed of the machine."""
+    finishes before its kill completes its job: that job is checked at the end and a new one starts
+    in fresh directories, so the number of kills does not depend on the speed of the machine."""
     rng = random.Random(f"sigkill-{mode}")
     log = KillLog(mode)
-    jobs = [JobDir(tmp_path / "job-1", corpus.data)]
-    while log.kills < KILLS_PER_MODE:
+    jobs = [JobDir(tmp_path / "job-1", large_corpus.data)]
+    while log.kills.total() < KILLS_PER_MODE:
         job = jobs[-1]
+        kind, delay = plan_kill(rng)
         before = latest_completed_checkpoint(job.chk)
         run = job.start(mode)
-        delay = kill_delay(rng)
-        try:
-            run.process.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
+        if kind is Kill.AFTER_A_CHECKPOINT:
+            wait_for_a_new_checkpoint(run, job.chk, before)
+        if still_running_after(run, delay):
             at_kill = latest_completed_checkpoint(job.chk)
             run.process.send_signal(signal.SIGKILL)  # a no-op when it has just exited by itself
             run.process.wait()
             if run.code == KILLED:
-                log.kills += 1
-                log.early_kills += delay < 0.3
+                log.kills[kind] += 1
                 log.kills_after_a_checkpoint += at_kill > before
         if (restored := run.restored_from()) is not None:
             log.restored.append(restored)
         assert run.code in (0, KILLED), f"{log.summary()}\nrun {len(job.runs)} of {job.root}: {run.describe()}"
         if run.code == 0:
             log.finished_before_the_kill += 1
-            jobs.append(JobDir(tmp_path / f"job-{len(jobs) + 1}", corpus.data))
+            jobs.append(JobDir(tmp_path / f"job-{len(jobs) + 1}", large_corpus.data))
+            log.jobs += 1
 
     last = jobs[-1].run(mode)
     if (restored := last.restored_from()) is not None:
         log.restored.append(restored)
-    log.jobs = len(jobs)
     with capsys.disabled():
         print(f"\n{log.summary()}")
     assert last.code == 0, f"{log.summary()}\nthe final run: {last.describe()}"
 
     exact = mode != "at_least_once"
     for job in jobs:
-        problems = output_problems(committed_records(job.out), corpus.expected, exact=exact)
-        assert not problems, f"{log.summary()}\n{job.root} ({len(job.runs)} runs, {corpus.words} words): {problems}"
-    assert log.kills >= KILLS_PER_MODE, log.summary()
+        problems = output_problems(committed_records(job.out), large_corpus.expected, exact=exact)
+        assert not problems, f"{log.summary()}\n{job.root} ({len(job.runs)} runs, {large_corpus.words} words): {problems}"
+    assert log.kills.total() >= KILLS_PER_MODE, log.summary()
     assert any(checkpoint >= 1 for checkpoint in log.restored), f"no run restored a checkpoint: {log.summary()}"
     assert log.kills_after_a_checkpoint >= 1, f"no kill came after a checkpoint completed: {log.summary()}"
 

@@ -62,7 +62,7 @@ from flowstate.runtime.operators import OperatorEnv, build_operator
 from flowstate.runtime.output import Output, OutputEdge
 from flowstate.runtime.task import SOURCE_STATE, SourceTask, StreamTask, Task, TaskEnv
 from flowstate.runtime.transport import Executor, ThreadExecutor
-from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, TaskState
+from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, CorruptCheckpointError, TaskState
 from flowstate.storage.local import LocalCheckpointStorage
 
 log = logging.getLogger("flowstate")
@@ -430,7 +430,7 @@ class _Shell:
                     try:
                         assert runner.storage is not None
                         runner.storage.write_metadata(self._metadata(checkpoint))
-                    except OSError as exc:
+                    except (OSError, CorruptCheckpointError) as exc:
                         log.warning("writing the metadata of checkpoint %d failed: %s", checkpoint.checkpoint_id, exc)
                         self.execute(coordinator.store_failed(checkpoint.checkpoint_id, now))
                         continue
