@@ -131,12 +131,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging() -> None:
+    """Restore decisions, skipped checkpoints and restarts are always shown; ``--quiet`` only
+    silences the progress lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("flowstate: %(message)s"))
     logger = logging.getLogger("flowstate")
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.INFO)
     logger.propagate = False
 
 
@@ -180,7 +182,7 @@ def _checkpoints_list(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    _setup_logging()
     try:
         if args.command == "run":
             return _run(args)

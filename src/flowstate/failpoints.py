@@ -41,7 +41,7 @@ SINK_AFTER_COMMIT = "sink.after_commit"
 RECOVERY_STATE_LOADED = "recovery.state_loaded"
 """A restored task loaded its state and has not processed a record yet."""
 OPERATOR_PROCESS = "operator.process"
-"""A chained operator is about to process a batch."""
+"""A task is about to feed a batch through its chain of operators."""
 
 KNOWN = frozenset({
     SOURCE_AFTER_SNAPSHOT, ALIGNMENT_BLOCKED, TASK_BEFORE_SNAPSHOT, TASK_AFTER_SNAPSHOT,
