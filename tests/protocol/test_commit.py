@@ -116,3 +116,12 @@ def test_an_output_named_by_the_snapshot_but_already_gone_is_not_stray() -> None
 
 def test_with_nothing_referenced_every_output_found_is_stray_in_name_order() -> None:
     assert stray_outputs(iter(["b", "a", "c"]), iter([])) == ["a", "b", "c"]
+
+
+def test_an_older_pre_commit_is_refused_even_after_the_log_emptied():
+    log = CommitLog().pre_commit(CheckpointId(3), [])
+    with pytest.raises(ValueError, match="after checkpoint 3"):
+        log.pre_commit(CheckpointId(2), ["late"])
+    log, _ = CommitLog().pre_commit(CheckpointId(4), ["a"]).complete(CheckpointId(4))
+    with pytest.raises(ValueError, match="after checkpoint 4"):
+        log.pre_commit(CheckpointId(4), ["again"])

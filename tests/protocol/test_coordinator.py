@@ -642,6 +642,19 @@ def test_next_deadline_is_the_next_trigger_or_timeout_whichever_comes_first() ->
     assert c.tick(11.0) == [trigger(2, 11.0)]
 
 
+def test_a_trigger_blocked_by_max_concurrent_is_not_a_deadline() -> None:
+    c = running(interval=1.0, timeout=100.0)
+    assert c.tick(1.0) == [trigger(1, 1.0)]
+
+    # The next trigger would be due at 2.0, but checkpoint 1 still holds the only slot: the next
+    # deadline is its timeout, so a runtime waiting on next_deadline does not spin past 2.0.
+    assert c.next_deadline(2.5) == 101.0
+    assert c.tick(2.5) == []
+    complete(c, 1, 3.0)
+    assert c.next_deadline(3.0) == 2.0  # overdue now that the slot is free: tick at once
+    assert c.tick(3.0) == [trigger(2, 3.0)]
+
+
 def test_next_deadline_is_the_timeout_when_it_comes_first() -> None:
     c = running(interval=5.0, timeout=3.0, max_concurrent=2, tolerable_failures=5)
     c.tick(5.0)
@@ -707,7 +720,9 @@ def test_an_invalid_configuration_is_refused(config: dict[str, Any]) -> None:
 
 
 def test_the_smallest_valid_configuration_is_accepted() -> None:
-    config = CheckpointConfig(interval=None, timeout=0.001, min_pause=0.0, max_concurrent=1, tolerable_failures=0, retained=1)
+    config = CheckpointConfig(
+        interval=None, timeout=0.001, min_pause=0.0, max_concurrent=1, tolerable_failures=0, retained=1
+    )
 
     assert config.interval is None
 

@@ -31,20 +31,20 @@ class CommitLog(Generic[C]):
     """Committables waiting for their checkpoint to complete, oldest first."""
 
     pending: tuple[tuple[CheckpointId, C], ...] = ()
+    last: int = 0
+    """The newest checkpoint id pre-committed so far, even if it produced nothing."""
 
     def pre_commit(self, checkpoint_id: CheckpointId, committables: Iterable[C]) -> CommitLog[C]:
         """Rule 1: record what was produced before barrier ``checkpoint_id``."""
-        if self.pending and checkpoint_id <= self.pending[-1][0]:
-            raise ValueError(
-                f"pre-commit for checkpoint {checkpoint_id} after checkpoint {self.pending[-1][0]}"
-            )
-        return CommitLog(self.pending + tuple((checkpoint_id, c) for c in committables))
+        if checkpoint_id <= self.last:
+            raise ValueError(f"pre-commit for checkpoint {checkpoint_id} after checkpoint {self.last}")
+        return CommitLog(self.pending + tuple((checkpoint_id, c) for c in committables), checkpoint_id)
 
     def complete(self, checkpoint_id: CheckpointId) -> tuple[CommitLog[C], list[C]]:
         """Rule 2: checkpoint ``checkpoint_id`` completed; returns what to commit now, in order."""
         commit = [c for cid, c in self.pending if cid <= checkpoint_id]
         keep = tuple((cid, c) for cid, c in self.pending if cid > checkpoint_id)
-        return CommitLog(keep), commit
+        return CommitLog(keep, self.last), commit
 
     def snapshot(self) -> list[tuple[int, C]]:
         return [(int(cid), c) for cid, c in self.pending]

@@ -277,7 +277,10 @@ class CheckpointCoordinator:
     def next_deadline(self, now: float) -> float | None:
         """The earliest time at which ``tick`` has something to do, or ``None``."""
         times = [p.trigger_time + self.config.timeout for p in self._pending.values()]
-        if self._running_since is not None and not self._finished and self._final_triggered is None:
+        # A trigger blocked by max_concurrent is not a deadline: the completion or abort that frees
+        # a slot arrives as a fact and triggers from there (otherwise the runtime would spin).
+        if (self._running_since is not None and not self._finished and self._final_triggered is None
+                and self._in_flight() < self.config.max_concurrent):
             if self.config.interval is not None:
                 last = self._last_trigger if self._last_trigger is not None else self._running_since
                 due = last + self.config.interval
