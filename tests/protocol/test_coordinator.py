@@ -651,7 +651,7 @@ def test_a_trigger_blocked_by_max_concurrent_is_not_a_deadline() -> None:
     assert c.next_deadline(2.5) == 101.0
     assert c.tick(2.5) == []
     complete(c, 1, 3.0)
-    assert c.next_deadline(3.0) == 2.0  # overdue now that the slot is free: tick at once
+    assert c.next_deadline(3.0) == 3.0  # due now that the slot is free: tick at once
     assert c.tick(3.0) == [trigger(2, 3.0)]
 
 
