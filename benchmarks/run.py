@@ -41,25 +41,30 @@ def ensure_data() -> Path:
 
 
 def throughput(path: Path, repeat: int) -> list[dict[str, object]]:
+    """Runs are interleaved (every configuration once, then again…) so that drift of the machine
+    over the minutes of the benchmark hits every configuration alike."""
+    configs = [(p, mode) for p in (1, 2) for mode in ("none", "exactly_once", "at_least_once", "stop_the_world")]
+    runs: dict[tuple[int, str], list[dict[str, float]]] = {c: [] for c in configs}
+    for i in range(repeat):
+        for parallelism, mode in configs:
+            out = subprocess.run(
+                [sys.executable, str(HERE / "refjob.py"), str(path), "--mode", mode,
+                 "--parallelism", str(parallelism), "--interval", "1s"],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            runs[(parallelism, mode)].append(json.loads(out))
+            print(f"  round {i + 1}: {mode:>15} p={parallelism}: {runs[(parallelism, mode)][-1]['records_per_s']:,.0f} rec/s",
+                  file=sys.stderr)
     rows = []
-    for parallelism in (1, 2):
-        for mode in ("none", "exactly_once", "at_least_once", "stop_the_world"):
-            runs = []
-            for i in range(repeat):
-                out = subprocess.run(
-                    [sys.executable, str(HERE / "refjob.py"), str(path), "--mode", mode,
-                     "--parallelism", str(parallelism), "--interval", "1s"],
-                    check=True, capture_output=True, text=True,
-                ).stdout
-                runs.append(json.loads(out))
-                print(f"  {mode:>15} p={parallelism} run {i + 1}: {runs[-1]['records_per_s']:,.0f} rec/s", file=sys.stderr)
-            rows.append({
-                "mode": mode, "parallelism": parallelism,
-                "records_per_s": statistics.median(r["records_per_s"] for r in runs),
-                "min": min(r["records_per_s"] for r in runs), "max": max(r["records_per_s"] for r in runs),
-                "checkpoints": statistics.median(r["checkpoints"] for r in runs),
-                "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
-            })
+    for (parallelism, mode), rs in runs.items():
+        rows.append({
+            "mode": mode, "parallelism": parallelism,
+            "records_per_s": statistics.median(r["records_per_s"] for r in rs),
+            "min": min(r["records_per_s"] for r in rs), "max": max(r["records_per_s"] for r in rs),
+            "checkpoints": statistics.median(r["checkpoints"] for r in rs),
+            "cpu_ns": statistics.median(r["cpu_ns_per_record"] for r in rs),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+        })
     return rows
 
 
@@ -114,22 +119,29 @@ def restore_time(keys: int) -> dict[str, float]:
 
 def markdown(tp: list[dict[str, object]], snaps: list[dict[str, float]], restore: dict[str, float], repeat: int) -> str:
     base = {r["parallelism"]: r["records_per_s"] for r in tp if r["mode"] == "none"}
+    base_cpu = {r["parallelism"]: r["cpu_ns"] for r in tp if r["mode"] == "none"}
     lines = [
         f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
         f"2 cores. Command: `make bench` (`python benchmarks/run.py --repeat {repeat} --write`).",
         "",
         "### Reference job: keyed running count over 5 M records (`events_5m_10k.txt`)",
         "",
-        f"Median of {repeat} fresh processes; checkpoints every 1 s; overhead is against `none` at the same parallelism.",
+        f"Median of {repeat} fresh processes per row, run interleaved; checkpoints every 1 s (a run lasts about 3 s, so "
+        "it takes 2–4 checkpoints, the last one the final checkpoint); overhead is against `none` at the same "
+        "parallelism. CPU per record is the process's user + system CPU time divided by the records: it is "
+        "steadier than wall time when the host is busy. Differences smaller than the min–max spread are noise.",
         "",
-        "| mode | parallelism | records/s (median) | min – max | checkpoints | overhead | peak RSS |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | parallelism | records/s (median) | min – max | checkpoints | wall overhead | CPU per record | CPU overhead | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in tp:
         overhead = 1 - float(r["records_per_s"]) / float(base[r["parallelism"]])  # type: ignore[index]
+        cpu_overhead = float(r["cpu_ns"]) / float(base_cpu[r["parallelism"]]) - 1  # type: ignore[index]
+        none = r["mode"] == "none"
         lines.append(
             f"| {r['mode']} | {r['parallelism']} | {r['records_per_s']:,.0f} | {r['min']:,.0f} – {r['max']:,.0f} "
-            f"| {r['checkpoints']:.0f} | {'—' if r['mode'] == 'none' else f'{overhead:+.1%}'} | {r['peak_rss_mib']:.0f} MiB |"
+            f"| {r['checkpoints']:.0f} | {'—' if none else f'{overhead:+.1%}'} | {r['cpu_ns']:.0f} ns "
+            f"| {'—' if none else f'{cpu_overhead:+.1%}'} | {r['peak_rss_mib']:.0f} MiB |"
         )
     lines += [
         "",
@@ -152,7 +164,7 @@ def markdown(tp: list[dict[str, object]], snaps: list[dict[str, float]], restore
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()

@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="discard existing checkpoints and start from scratch")
     run.add_argument("--allow-non-replayable", action="store_true",
                      help="run an exactly-once job with a source that cannot replay (at-most-once for that source)")
+    run.add_argument("--alignment-timeout", help="exactly_once: switch a checkpoint to unaligned when its alignment lasts longer (e.g. 200ms)")
+    run.add_argument("--max-inflight-bytes", type=int, default=64 * 1024 * 1024,
+                     help="unaligned: decline a checkpoint whose in-flight data per task exceeds this (default 64 MiB)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
     checkpoints = sub.add_parser("checkpoints", help="inspect a checkpoint directory")
@@ -161,6 +164,8 @@ def _run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         allow_non_replayable=args.allow_non_replayable,
         progress=not args.quiet,
+        alignment_timeout=args.alignment_timeout,
+        max_inflight_bytes=args.max_inflight_bytes,
     )
     logging.getLogger("flowstate").info(
         "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s)",

@@ -18,6 +18,9 @@ class Mode(Enum):
     """Aligned barriers (Chandy-Lamport as in Flink): exactly-once state and, with 2PC sinks, output."""
     AT_LEAST_ONCE = "at_least_once"
     """Barriers are counted, never block: after a failure some records are processed twice."""
+    UNALIGNED = "unaligned"
+    """Barriers overtake in-flight data, which is persisted with the checkpoint: exactly-once, and
+    checkpoints complete even under back-pressure."""
     STOP_THE_WORLD = "stop_the_world"
     """Sources pause, in-flight data drains, every task snapshots, sources resume: exactly-once, slow."""
     NONE = "none"
@@ -25,7 +28,7 @@ class Mode(Enum):
 
     @property
     def exactly_once(self) -> bool:
-        return self in (Mode.EXACTLY_ONCE, Mode.STOP_THE_WORLD)
+        return self in (Mode.EXACTLY_ONCE, Mode.UNALIGNED, Mode.STOP_THE_WORLD)
 
     @property
     def checkpoints(self) -> bool:
@@ -128,6 +131,10 @@ class JobConfig:
     """Batches a channel holds before its producer waits (back-pressure)."""
     progress: bool = False
     """Print progress (records/s, checkpoints) to stderr once a second."""
+    alignment_timeout: float | None = None
+    """``exactly_once`` only: an alignment that lasts longer switches its checkpoint to unaligned."""
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    """Unaligned checkpoints: a task declines a checkpoint whose in-flight data exceeds this."""
 
     def __post_init__(self) -> None:
         if self.mode.checkpoints and self.checkpoint_dir is None:
@@ -141,3 +148,12 @@ class JobConfig:
             raise ConfigError(f"channel_capacity must be ≥ 1, got {self.channel_capacity}")
         if self.parallelism is not None and self.parallelism < 1:
             raise ConfigError(f"parallelism must be ≥ 1, got {self.parallelism}")
+        if self.alignment_timeout is not None:
+            if self.mode is not Mode.EXACTLY_ONCE:
+                raise ConfigError(
+                    f"an alignment timeout applies to mode exactly_once (aligned checkpoints), not {self.mode.value}"
+                )
+            if self.alignment_timeout < 0:
+                raise ConfigError(f"alignment timeout must be ≥ 0, got {self.alignment_timeout}")
+        if self.max_inflight_bytes < 1:
+            raise ConfigError(f"max_inflight_bytes must be ≥ 1, got {self.max_inflight_bytes}")

@@ -31,6 +31,8 @@ def run(
     batch_size: int = 2048,
     channel_capacity: int = 8,
     progress: bool = False,
+    alignment_timeout: float | str | None = None,
+    max_inflight_bytes: int = 64 * 1024 * 1024,
     failpoints: Failpoints | None = None,
     clock: Clock | None = None,
 ) -> JobResult:
@@ -61,5 +63,7 @@ def run(
         batch_size=batch_size,
         channel_capacity=channel_capacity,
         progress=progress,
+        alignment_timeout=None if alignment_timeout is None else parse_duration(alignment_timeout, what="alignment timeout"),
+        max_inflight_bytes=max_inflight_bytes,
     )
     return JobRunner(flow, config, failpoints=failpoints, clock=clock).run()

@@ -108,7 +108,7 @@ def test_an_unknown_mode_is_refused_listing_the_modes(tmp_path):
     source(flow).sink(discard)
 
     with pytest.raises(fs.ConfigError, match=r"unknown mode 'twice': choose one of exactly_once, at_least_once, "
-                                             r"stop_the_world, none"):
+                                             r"unaligned, stop_the_world, none"):
         fs.run(flow, mode="twice", checkpoint_dir=tmp_path)
 
 

@@ -175,6 +175,10 @@ class AlignedBarrierHandler:
             actions = actions + [AllInputsEnded()]
         return actions
 
+    def tick(self, now: float) -> list[HandlerAction]:
+        """No timeouts here: an aligned checkpoint waits as long as the coordinator lets it."""
+        return []
+
     def on_abort(self, checkpoint_id: CheckpointId) -> list[HandlerAction]:
         state, actions = self._state.abort(checkpoint_id)
         self._state = state

@@ -18,11 +18,14 @@ class CheckpointBarrier:
 
     ``timestamp`` is the coordinator's clock when it triggered the checkpoint. ``final`` is set on the
     last checkpoint of a bounded job, taken after every source reached the end of its input.
+    ``unaligned`` is set on a barrier that overtakes the data queued ahead of it (an unaligned
+    checkpoint, or an aligned one that timed out): whoever reads it captures what it overtook.
     """
 
     checkpoint_id: CheckpointId
     timestamp: float
     final: bool = False
+    unaligned: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,3 +16,4 @@ class CheckpointFailureReason(Enum):
     STORAGE_FAILURE = "writing the checkpoint metadata failed"
     JOB_RESTARTING = "the job is restarting from an earlier checkpoint"
     CANCELLED_BY_COORDINATOR = "the coordinator aborted the checkpoint"
+    IN_FLIGHT_LIMIT = "the in-flight data to persist exceeded the configured bound (max_inflight_bytes)"

@@ -11,6 +11,16 @@ event arrived on which channel and answers with a list of actions, executed by t
 - ``AbortCheckpoint(id, reason)``: the task gives up on checkpoint ``id`` and declines it.
 - ``AllInputsEnded()``: every input channel has delivered ``EndOfInput``.
 
+Unaligned checkpoints add the capture of in-flight data (``flowstate.checkpoint.unaligned``):
+
+- ``StartCapture(id, cs)``: from now on, every batch read from channels ``cs`` is also recorded as
+  channel state of checkpoint ``id`` (it precedes the barrier that has not arrived on it yet).
+- ``CaptureOvertaken(c)``: the barrier just read on ``c`` overtook queued batches: record them.
+- ``StopCapture(c)``: the barrier of ``c`` arrived; what follows on ``c`` is not recorded.
+- ``FinishCapture(id)``: the channel state of ``id`` is complete; persist it with the snapshot and
+  acknowledge.
+- ``DiscardCapture(id)``: checkpoint ``id`` was given up; drop what was recorded.
+
 Order that matters: when the last barrier of an alignment arrives the handler answers
 ``[TakeSnapshot, ResumeChannels]``: the snapshot (and the forwarded barrier) must come before the
 first record that was queued behind a barrier, or that record would be counted in two checkpoints.
@@ -52,7 +62,36 @@ class AllInputsEnded:
     pass
 
 
-HandlerAction = BlockChannel | ResumeChannels | TakeSnapshot | AbortCheckpoint | AllInputsEnded
+@dataclass(frozen=True, slots=True)
+class StartCapture:
+    checkpoint_id: CheckpointId
+    channels: tuple[ChannelIndex, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureOvertaken:
+    channel: ChannelIndex
+
+
+@dataclass(frozen=True, slots=True)
+class StopCapture:
+    channel: ChannelIndex
+
+
+@dataclass(frozen=True, slots=True)
+class FinishCapture:
+    checkpoint_id: CheckpointId
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardCapture:
+    checkpoint_id: CheckpointId
+
+
+HandlerAction = (
+    BlockChannel | ResumeChannels | TakeSnapshot | AbortCheckpoint | AllInputsEnded
+    | StartCapture | CaptureOvertaken | StopCapture | FinishCapture | DiscardCapture
+)
 
 
 class BarrierHandler(Protocol):
@@ -68,6 +107,10 @@ class BarrierHandler(Protocol):
 
     def on_abort(self, checkpoint_id: CheckpointId) -> list[HandlerAction]:
         """The coordinator aborted ``checkpoint_id``: stop waiting for its barriers."""
+        ...
+
+    def tick(self, now: float) -> list[HandlerAction]:
+        """Time passed (only handlers with an alignment timeout act on it)."""
         ...
 
     @property

@@ -66,6 +66,10 @@ class BarrierTracker:
             actions.append(AllInputsEnded())
         return actions
 
+    def tick(self, now: float) -> list[HandlerAction]:
+        """Nothing here waits, so time changes nothing."""
+        return []
+
     def on_abort(self, checkpoint_id: CheckpointId) -> list[HandlerAction]:
         if checkpoint_id > self._last_id:
             self._tracked.pop(checkpoint_id, None)

@@ -69,14 +69,14 @@ class PrintWriter(_AtLeastOnceWriter):
         stream.flush()
 
 
-class CallbackSink:
-    """Calls ``fn(record)`` for every record, in order."""
+class _FunctionSink:
+    """A sink that hands records to a function; at-least-once."""
 
     __slots__ = ("_fn", "_name")
 
-    def __init__(self, fn: Callable[[Any], object], *, name: str = "callback") -> None:
+    def __init__(self, fn: Callable[..., object], name: str) -> None:
         if not callable(fn):
-            raise TypeError(f"CallbackSink: fn must be callable (record → None), got {fn!r}")
+            raise TypeError(f"{type(self).__name__}: fn must be callable, got {fn!r}")
         self._fn = fn
         self._name = name
 
@@ -87,6 +87,15 @@ class CallbackSink:
     @property
     def transactional(self) -> bool:
         return False
+
+
+class CallbackSink(_FunctionSink):
+    """Calls ``fn(record)`` for every record, in order."""
+
+    __slots__ = ()
+
+    def __init__(self, fn: Callable[[Any], object], *, name: str = "callback") -> None:
+        super().__init__(fn, name)
 
     def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> CallbackWriter:
         return CallbackWriter(self._fn)
@@ -104,24 +113,13 @@ class CallbackWriter(_AtLeastOnceWriter):
             fn(record)
 
 
-class BatchCallbackSink:
+class BatchCallbackSink(_FunctionSink):
     """Calls ``fn(records)`` once per non-empty batch, with a new list that ``fn`` may keep."""
 
-    __slots__ = ("_fn", "_name")
+    __slots__ = ()
 
     def __init__(self, fn: Callable[[list[Any]], object], *, name: str = "batch-callback") -> None:
-        if not callable(fn):
-            raise TypeError(f"BatchCallbackSink: fn must be callable (list of records → None), got {fn!r}")
-        self._fn = fn
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def transactional(self) -> bool:
-        return False
+        super().__init__(fn, name)
 
     def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> BatchCallbackWriter:
         return BatchCallbackWriter(self._fn)

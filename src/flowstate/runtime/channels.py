@@ -21,6 +21,20 @@ class Cancelled(Exception):
     """The gate was cancelled while a task waited on it."""
 
 
+class Overtaking:
+    """An unaligned barrier put at the head of a channel, with the batches it overtook.
+
+    The overtaken batches stay queued (they are still processed after the barrier); ``batches`` is
+    the list of them taken when the barrier was inserted, under the gate's lock, so it names exactly
+    the records that precede the barrier in the channel."""
+
+    __slots__ = ("barrier", "batches")
+
+    def __init__(self, barrier: Any, batches: list[Any]) -> None:
+        self.barrier = barrier
+        self.batches = batches
+
+
 class InputGate:
     def __init__(self, num_channels: int, capacity: int) -> None:
         self._lock = threading.Lock()
@@ -50,6 +64,17 @@ class InputGate:
             if self._cancelled:
                 raise Cancelled()
             queue.append(item)
+            self._readable.notify()
+
+    def put_priority(self, channel: int, barrier: Any) -> None:
+        """Put ``barrier`` at the head of ``channel``, ahead of the batches queued there; never waits
+        (an unaligned barrier must overtake back-pressure, not queue behind it)."""
+        with self._lock:
+            if self._cancelled:
+                raise Cancelled()
+            queue = self._queues[channel]
+            overtaken = [item for item in queue if type(item) is list]
+            queue.appendleft(Overtaking(barrier, overtaken))
             self._readable.notify()
 
     def post(self, mail: Any) -> None:

@@ -83,6 +83,22 @@ class JobResult:
     """Records read by the sources in the last attempt."""
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    checkpoint_stats: list[CheckpointStats] = field(default_factory=list)
+    """One entry per checkpoint completed in this run, oldest first."""
+    checkpoints_failed: int = 0
+    """Checkpoints aborted in this run (expired, declined, storage failures)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointStats:
+    checkpoint_id: int
+    duration: float
+    """Seconds from trigger to the last acknowledgement."""
+    max_alignment: float
+    """The longest time a task spent between the checkpoint's first barrier and its snapshot."""
+    channel_state_bytes: int
+    """In-flight bytes persisted with the checkpoint, all tasks together."""
+    state_bytes: int
 
 
 class _AttemptFailed(Exception):
@@ -261,7 +277,8 @@ class JobRunner:
         graph = self.graph
         config = self.config
         states = self._load_states(restored)
-        env = TaskEnv(config.mode, self.storage, reports, pool, self.failpoints, self.clock, config.batch_size)
+        env = TaskEnv(config.mode, self.storage, reports, pool, self.failpoints, self.clock, config.batch_size,
+                      config.alignment_timeout, config.max_inflight_bytes)
         gates: dict[tuple[str, int], InputGate] = {}
         bases: dict[str, list[int]] = {}
         for v in graph.vertices:
@@ -437,6 +454,13 @@ class _Shell:
                     if fp:
                         fp.hit(fpn.COORDINATOR_AFTER_METADATA)
                     self.last_duration = checkpoint.duration
+                    states = [s for s in checkpoint.task_states.values() if isinstance(s, TaskState)]
+                    self.result.checkpoint_stats.append(CheckpointStats(
+                        int(checkpoint.checkpoint_id), checkpoint.duration,
+                        max((s.alignment_seconds for s in states), default=0.0),
+                        sum(s.channel_state_bytes for s in states),
+                        sum(s.handle.size for s in states if s.handle is not None),
+                    ))
                     self.execute(coordinator.stored(checkpoint.checkpoint_id, now))
                 case NotifyComplete(checkpoint_id=cid, final=final):
                     self.result.checkpoints_completed += 1
@@ -446,6 +470,7 @@ class _Shell:
                         t.gate.post(Complete(cid, final))
                 case NotifyAborted(checkpoint_id=cid, reason=reason):
                     log.info("checkpoint %d aborted: %s", cid, reason.value)
+                    self.result.checkpoints_failed += 1
                     for t in self.tasks.values():
                         t.gate.post(Aborted(cid))
                 case DiscardCheckpoint(checkpoint_id=cid):

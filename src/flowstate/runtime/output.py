@@ -70,6 +70,10 @@ class OutputEdge:
         for gate, ch in self.targets:
             gate.put(ch, event, self._cancelled)
 
+    def broadcast_priority(self, barrier: Any) -> None:
+        for gate, ch in self.targets:
+            gate.put_priority(ch, barrier)
+
 
 class Output:
     """All edges out of a task. Batches larger than ``batch_size`` (a flat_map multiplies records)
@@ -91,3 +95,11 @@ class Output:
     def broadcast(self, event: Any) -> None:
         for edge in self.edges:
             edge.broadcast(event)
+
+    def broadcast_barrier(self, barrier: Any) -> None:
+        """A barrier in order behind the data, or ahead of it when it is unaligned."""
+        for edge in self.edges:
+            if barrier.unaligned:
+                edge.broadcast_priority(barrier)
+            else:
+                edge.broadcast(barrier)

@@ -35,16 +35,22 @@ from flowstate.checkpoint.handler import (
     AllInputsEnded,
     BarrierHandler,
     BlockChannel,
+    CaptureOvertaken,
+    DiscardCapture,
+    FinishCapture,
     HandlerAction,
     ResumeChannels,
+    StartCapture,
+    StopCapture,
     TakeSnapshot,
 )
 from flowstate.checkpoint.ids import ChannelIndex, CheckpointId, TaskId
 from flowstate.checkpoint.tracker import BarrierTracker
+from flowstate.checkpoint.unaligned import UnalignedBarrierHandler
 from flowstate.clock import Clock
 from flowstate.config import Mode
 from flowstate.failpoints import Failpoints
-from flowstate.runtime.channels import Cancelled, InputGate
+from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
 from flowstate.runtime.messages import (
     Ack,
     Aborted,
@@ -61,6 +67,8 @@ from flowstate.storage.base import CheckpointStorage, TaskState
 
 SOURCE_STATE = "__source__"
 """Key under which a source task files its reader's position in the task's state."""
+CHANNEL_STATE = "__channels__"
+"""Key under which a task files the in-flight batches of an unaligned checkpoint, per input channel."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,8 @@ class TaskEnv:
     failpoints: Failpoints
     clock: Clock
     batch_size: int
+    alignment_timeout: float | None = None
+    max_inflight_bytes: int = 64 * 1024 * 1024
 
 
 class Task:
@@ -91,6 +101,7 @@ class Task:
         self.records_in = 0
         self._steps = [op.process_batch for op in ops]
         self._failpoints = env.failpoints
+        self._capture: _Capture | None = None
         self._final_notified = False
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -139,8 +150,12 @@ class Task:
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
-    def _snapshot(self, barrier: CheckpointBarrier, extra: dict[str, Any] | None = None) -> None:
-        """Steps 1-4 of the module docstring (a source passes its reader position as ``extra``)."""
+    def _snapshot(self, barrier: CheckpointBarrier, extra: dict[str, Any] | None = None,
+                  alignment_seconds: float = 0.0) -> None:
+        """Steps 1-4 of the module docstring (a source passes its reader position as ``extra``).
+
+        For an unaligned barrier, Step 3 waits for ``FinishCapture``: the in-flight batches recorded
+        after the snapshot are written in the same state file."""
         env = self.env
         fp = env.failpoints
         if fp:
@@ -154,17 +169,28 @@ class Task:
                 if part is not None:
                     parts.append((op.uid, part))
         sync_seconds = env.clock.monotonic() - t0
-        self.output.broadcast(barrier)
-        if env.mode is Mode.STOP_THE_WORLD:
-            self._write_and_ack(cid, parts, sync_seconds)
-        else:
-            env.snapshot_pool.submit(self._write_and_ack, cid, parts, sync_seconds)
+        self.output.broadcast_barrier(barrier)
+        snapshot = _Snapshot(cid, parts, sync_seconds, alignment_seconds)
+        if barrier.unaligned and self.gate.num_channels:
+            # A task with inputs records what precedes the barrier on them (see StreamTask).
+            self._capture = _Capture(snapshot, env.max_inflight_bytes)
+            return
+        self._write(snapshot)
 
-    def _write_and_ack(self, cid: CheckpointId, parts: list[tuple[str, Any]], sync_seconds: float) -> None:
+    def _write(self, snapshot: _Snapshot) -> None:
+        if self.env.mode is Mode.STOP_THE_WORLD:
+            self._write_and_ack(snapshot)
+        else:
+            self.env.snapshot_pool.submit(self._write_and_ack, snapshot)
+
+    def _write_and_ack(self, snapshot: _Snapshot) -> None:
         env = self.env
+        cid = snapshot.checkpoint_id
         try:
             t0 = env.clock.monotonic()
-            state = {uid: part.materialize() for uid, part in parts}
+            state = {uid: part.materialize() for uid, part in snapshot.parts}
+            if snapshot.channels:
+                state[CHANNEL_STATE] = snapshot.channels
             handle = None
             if state:
                 assert env.storage is not None
@@ -174,7 +200,8 @@ class Task:
                 env.failpoints.hit(fpn.TASK_AFTER_SNAPSHOT)
             async_seconds = env.clock.monotonic() - t0
             env.reports.put(Ack(self.task_id, cid, TaskState(
-                self.task_id, self.vertex, self.subtask, handle, sync_seconds, async_seconds)))
+                self.task_id, self.vertex, self.subtask, handle, snapshot.sync_seconds, async_seconds,
+                snapshot.alignment_seconds, snapshot.channel_bytes)))
         except Exception as exc:  # noqa: BLE001 - a failed snapshot declines the checkpoint
             env.reports.put(Decline(self.task_id, cid, CheckpointFailureReason.SNAPSHOT_FAILURE,
                                     f"{type(exc).__name__}: {exc}"))
@@ -195,12 +222,60 @@ class Task:
         self.output.broadcast(END_OF_INPUT)
 
 
-def make_barrier_handler(mode: Mode, num_channels: int) -> BarrierHandler:
-    """Exactly-once aligns barriers; every other mode only counts them (stop-the-world has nothing to
-    align: its sources are paused, so nothing follows a barrier until the checkpoint completes)."""
+def make_barrier_handler(mode: Mode, num_channels: int, alignment_timeout: float | None = None) -> BarrierHandler:
+    """Exactly-once aligns barriers (switching to unaligned after ``alignment_timeout``, if set);
+    unaligned captures in-flight data; every other mode only counts barriers (stop-the-world has
+    nothing to align: its sources are paused, so nothing follows a barrier until the checkpoint
+    completes)."""
     if mode is Mode.EXACTLY_ONCE:
+        if alignment_timeout is not None:
+            return UnalignedBarrierHandler(num_channels, alignment_timeout)
         return AlignedBarrierHandler(num_channels)
+    if mode is Mode.UNALIGNED:
+        return UnalignedBarrierHandler(num_channels, None)
     return BarrierTracker(num_channels)
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """The synchronous part of one task's snapshot, waiting to be written."""
+
+    checkpoint_id: CheckpointId
+    parts: list[tuple[str, Any]]
+    sync_seconds: float
+    alignment_seconds: float
+    channels: dict[int, list[bytes]] | None = None
+    channel_bytes: int = 0
+
+
+class _Capture:
+    """In-flight batches recorded for an unaligned checkpoint, pickled as they are recorded so that
+    their size is known and bounded."""
+
+    __slots__ = ("snapshot", "limit", "recording", "channels", "bytes", "over_limit")
+
+    def __init__(self, snapshot: _Snapshot, limit: int) -> None:
+        self.snapshot = snapshot
+        self.limit = limit
+        self.recording: set[int] = set()
+        self.channels: dict[int, list[bytes]] = {}
+        self.bytes = 0
+        self.over_limit = False
+
+    def record(self, channel: int, batches: list[list[Any]]) -> bool:
+        """Record ``batches`` of ``channel``; False once the bound is exceeded (all is dropped)."""
+        if self.over_limit:
+            return False
+        for batch in batches:
+            data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+            self.bytes += len(data)
+            self.channels.setdefault(channel, []).append(data)
+        if self.bytes > self.limit:
+            self.over_limit = True
+            self.channels.clear()
+            self.recording.clear()
+            return False
+        return True
 
 
 class StreamTask(Task):
@@ -208,36 +283,74 @@ class StreamTask(Task):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.handler = make_barrier_handler(self.env.mode, self.gate.num_channels)
+        self.handler = make_barrier_handler(self.env.mode, self.gate.num_channels, self.env.alignment_timeout)
         self._inputs_ended = False
+        self._first_barrier: tuple[CheckpointId, float] = (CheckpointId(0), 0.0)
+
+    def _replay_channel_state(self) -> None:
+        """In-flight batches of the restored (unaligned) checkpoint go first, channel by channel in
+        their order, before anything new is read."""
+        channels = (self.resume or {}).get(CHANNEL_STATE) or {}
+        for channel in sorted(channels):
+            for data in channels[channel]:
+                batch = pickle.loads(data)
+                self.records_in += len(batch)
+                self._process(batch)
 
     def _run(self) -> None:
         gate = self.gate
         handler = self.handler
         checkpoints = self.env.mode.checkpoints
+        ticking = self.env.alignment_timeout is not None
+        clock = self.env.clock
+        self._replay_channel_state()
         while True:
             if self._inputs_ended and (not checkpoints or self._final_notified):
                 return
-            got = gate.take(0.2)
+            got = gate.take(0.2 if not ticking else min(0.2, max(self.env.alignment_timeout or 0.0, 0.001)))
+            if ticking and handler.blocked:
+                self._execute(handler.tick(clock.monotonic()), None)
             if got is None:
                 continue
             ch, item = got
             if type(item) is list:
+                capture = self._capture
+                if capture is not None and ch in capture.recording:
+                    self._record(capture, ch, [item])
                 self.records_in += len(item)
                 self._process(item)
             elif ch < 0:
                 if isinstance(item, (Complete, Aborted)):
                     if isinstance(item, Aborted):
-                        self._execute(handler.on_abort(item.checkpoint_id))
+                        self._execute(handler.on_abort(item.checkpoint_id), None)
                     self._notify(item)
                 else:
                     raise TypeError(f"unexpected mail {item!r} for {self.task_id}")
             elif type(item) is CheckpointBarrier:
-                self._execute(handler.on_barrier(ChannelIndex(ch), item))
+                self._barrier(ch, item, None)
+            elif type(item) is Overtaking:
+                self._barrier(ch, item.barrier, item.batches)
             else:
-                self._execute(handler.on_end_of_input(ChannelIndex(ch)))
+                self._execute(handler.on_end_of_input(ChannelIndex(ch)), None)
 
-    def _execute(self, actions: list[HandlerAction]) -> None:
+    def _barrier(self, ch: int, barrier: CheckpointBarrier, overtaken: list[list[Any]] | None) -> None:
+        now = self.env.clock.monotonic()
+        if barrier.checkpoint_id > self._first_barrier[0]:
+            self._first_barrier = (barrier.checkpoint_id, now)
+        if isinstance(self.handler, UnalignedBarrierHandler):
+            actions = self.handler.on_barrier(ChannelIndex(ch), barrier, now)
+        else:
+            actions = self.handler.on_barrier(ChannelIndex(ch), barrier)
+        self._execute(actions, overtaken)
+
+    def _record(self, capture: _Capture, ch: int, batches: list[list[Any]]) -> None:
+        if not capture.record(ch, batches):
+            # Rule of the bound: decline rather than hold unbounded in-flight data in memory.
+            self.env.reports.put(Decline(self.task_id, capture.snapshot.checkpoint_id,
+                                         CheckpointFailureReason.IN_FLIGHT_LIMIT,
+                                         f"more than {capture.limit:,} bytes in flight"))
+
+    def _execute(self, actions: list[HandlerAction], overtaken: list[list[Any]] | None) -> None:
         for action in actions:
             match action:
                 case BlockChannel(channel=ch):
@@ -247,7 +360,26 @@ class StreamTask(Task):
                 case ResumeChannels(channels=chs):
                     self.gate.resume(chs)
                 case TakeSnapshot(barrier=barrier):
-                    self._snapshot(barrier)
+                    cid, since = self._first_barrier
+                    aligned = self.env.clock.monotonic() - since if cid == barrier.checkpoint_id else 0.0
+                    self._snapshot(barrier, alignment_seconds=aligned)
+                case StartCapture(channels=chs):
+                    if self._capture is not None:
+                        self._capture.recording.update(chs)
+                case CaptureOvertaken(channel=ch):
+                    if self._capture is not None and overtaken:
+                        self._record(self._capture, ch, overtaken)
+                case StopCapture(channel=ch):
+                    if self._capture is not None:
+                        self._capture.recording.discard(ch)
+                case FinishCapture():
+                    capture, self._capture = self._capture, None
+                    if capture is not None and not capture.over_limit:
+                        capture.snapshot.channels = capture.channels
+                        capture.snapshot.channel_bytes = capture.bytes
+                        self._write(capture.snapshot)
+                case DiscardCapture():
+                    self._capture = None
                 case AbortCheckpoint(checkpoint_id=cid, reason=reason):
                     self.env.reports.put(Decline(self.task_id, cid, reason))
                 case AllInputsEnded():
@@ -300,7 +432,11 @@ class SourceTask(Task):
                 self.env.failpoints.hit(fpn.SOURCE_AFTER_SNAPSHOT)
             if self.env.mode is Mode.STOP_THE_WORLD:
                 self._paused_for = mail.barrier.checkpoint_id
-            self._snapshot(mail.barrier, {SOURCE_STATE: position})
+            barrier = mail.barrier
+            if self.env.mode is Mode.UNALIGNED and not barrier.final:
+                # The final barrier stays behind the data (rule 7 of flowstate.checkpoint.unaligned).
+                barrier = CheckpointBarrier(barrier.checkpoint_id, barrier.timestamp, barrier.final, unaligned=True)
+            self._snapshot(barrier, {SOURCE_STATE: position})
             return False
         if isinstance(mail, (Complete, Aborted)):
             if self._paused_for is not None and mail.checkpoint_id >= self._paused_for:

@@ -24,6 +24,11 @@ from typing import Any, Protocol
 class ChannelWriter(Protocol):
     def put(self, channel: int, item: Any, producer_cancelled: threading.Event | None = None) -> None: ...
 
+    def put_priority(self, channel: int, barrier: Any) -> None:
+        """Deliver an unaligned barrier ahead of what is queued on ``channel``; the reader learns
+        which batches it overtook."""
+        ...
+
 
 class Mailbox(Protocol):
     def post(self, mail: Any) -> None: ...

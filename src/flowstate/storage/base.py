@@ -52,6 +52,10 @@ class TaskState:
     """Time the task spent on the synchronous part of its snapshot."""
     async_seconds: float = 0.0
     """Time the asynchronous part (serialise, write, fsync) took."""
+    alignment_seconds: float = 0.0
+    """Time from the first barrier of the checkpoint at this task to its snapshot."""
+    channel_state_bytes: int = 0
+    """Bytes of in-flight records persisted with the checkpoint (unaligned checkpoints)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,7 +84,9 @@ _BODY_FIELDS = frozenset(
         "extra",
     }
 )
-_TASK_FIELDS = frozenset({"task", "vertex", "subtask", "handle", "sync_seconds", "async_seconds"})
+_TASK_FIELDS = frozenset({
+    "task", "vertex", "subtask", "handle", "sync_seconds", "async_seconds", "alignment_seconds", "channel_state_bytes",
+})
 _HANDLE_FIELDS = frozenset({"path", "size", "sha256"})
 
 
@@ -185,6 +187,8 @@ def encode_metadata(metadata: CheckpointMetadata) -> bytes:
                 "handle": _handle_document(task.handle),
                 "sync_seconds": task.sync_seconds,
                 "async_seconds": task.async_seconds,
+                "alignment_seconds": task.alignment_seconds,
+                "channel_state_bytes": task.channel_state_bytes,
             }
             for task in metadata.tasks
         ],
@@ -263,6 +267,8 @@ def _decode_task(value: object, index: int) -> TaskState:
         handle=_decode_handle(fields["handle"], f"{what} handle"),
         sync_seconds=_number(fields["sync_seconds"], f"{what} sync_seconds"),
         async_seconds=_number(fields["async_seconds"], f"{what} async_seconds"),
+        alignment_seconds=_number(fields["alignment_seconds"], f"{what} alignment_seconds"),
+        channel_state_bytes=_typed(fields["channel_state_bytes"], int, f"{what} channel_state_bytes"),
     )
 
 
