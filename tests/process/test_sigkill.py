@@ -5,7 +5,7 @@ The job is a parallel word count (FileSource → flat_map(str.split) → key_by 
 value state emitting (word, n) → FileSink, parallelism 2). A correct result is every (word, n) for
 n = 1..count(word):
 
-- ``exactly_once`` and ``stop_the_world``: each of those records exactly once and nothing else;
+- ``exactly_once``, ``unaligned`` and ``stop_the_world``: each of those records exactly once and nothing else;
 - ``at_least_once``: each of those records at least once (a replay after a restore may count some
   words twice, so records with a larger n, and repeats, are allowed).
 
@@ -32,7 +32,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MODES = ["exactly_once", "stop_the_world", "at_least_once"]
+MODES = ["exactly_once", "unaligned", "stop_the_world", "at_least_once"]
 KILLS_PER_MODE = 20
 RUN_TIMEOUT = 180.0
 """Seconds a run that should complete may take before the test gives up on it: a guard against a
