@@ -21,6 +21,7 @@ import logging
 import pickle
 import queue
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ from flowstate.runtime.messages import (
 from flowstate.runtime.operators import OperatorEnv, build_operator
 from flowstate.runtime.output import Output, OutputEdge
 from flowstate.runtime.task import SOURCE_STATE, SourceTask, StreamTask, Task, TaskEnv
-from flowstate.runtime.transport import Executor, ThreadExecutor
+from flowstate.runtime.transport import ChannelWriter, Executor, ThreadExecutor
 from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, CorruptCheckpointError, TaskState
 from flowstate.storage.local import LocalCheckpointStorage
 
@@ -293,24 +294,31 @@ class JobRunner:
                 resume = states.get(tid) if restored is not None else None
                 if restored is not None and resume is None:
                     resume = {}
-                output = self._output(v, i, gates, bases)
-                tasks[tid] = self._task(v, i, tid, output, gates[(v.name, i)], env, resume)
+                cancelled = threading.Event()
+                output = self._output(v, i, gates, bases, cancelled)
+                tasks[tid] = self._task(v, i, tid, output, cancelled, gates[(v.name, i)], env, resume)
         return tasks
 
-    def _output(self, v: JobVertex, i: int, gates: dict[tuple[str, int], InputGate], bases: dict[str, list[int]]) -> Output:
+    def _output(
+        self, v: JobVertex, i: int, gates: dict[tuple[str, int], InputGate], bases: dict[str, list[int]],
+        cancelled: threading.Event,
+    ) -> Output:
+        """Subtask ``i`` of ``v`` writes to channel ``base + i`` of every consumer subtask (one
+        channel per upstream subtask), or, on a forward edge, to channel ``base`` of subtask ``i``."""
         edges = []
         for consumer, k in self.graph.consumers(v.name):
             edge = consumer.inputs[k]
             base = bases[consumer.name][k]
             if edge.partition == "forward":
-                targets = [(gates[(consumer.name, i)], base)]
+                targets: list[tuple[ChannelWriter, int]] = [(gates[(consumer.name, i)], base)]
             else:
                 targets = [(gates[(consumer.name, t)], base + i) for t in range(consumer.parallelism)]
-            edges.append((edge, targets))
-        return _PendingOutput(edges, self.graph.max_parallelism, self.config.batch_size)  # bound to its task in _task
+            edges.append(OutputEdge(edge.partition, targets, edge.key_fn, self.graph.max_parallelism, cancelled))
+        return Output(edges, self.config.batch_size)
 
     def _task(
-        self, v: JobVertex, i: int, tid: TaskId, pending: Any, gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None,
+        self, v: JobVertex, i: int, tid: TaskId, output: Output, cancelled: threading.Event, gate: InputGate,
+        env: TaskEnv, resume: dict[str, Any] | None,
     ) -> Task:
         op_env = OperatorEnv(i, v.parallelism, self.graph.max_parallelism, self.config.mode.checkpoints, self.failpoints)
         key_fn = v.inputs[0].key_fn if v.inputs else None
@@ -320,11 +328,8 @@ class JobRunner:
             source = v.chain[0].fn
             splits = source.splits()[i :: v.parallelism]
             reader = source.build_reader(splits, resume.get(SOURCE_STATE) if resume is not None else None)
-            task: Task = SourceTask(tid, v.name, i, ops, Output([]), gate, env, resume, reader=reader)
-        else:
-            task = StreamTask(tid, v.name, i, ops, Output([]), gate, env, resume)
-        task.output = pending.bind(task.cancelled)
-        return task
+            return SourceTask(tid, v.name, i, ops, output, gate, env, resume, cancelled, reader=reader)
+        return StreamTask(tid, v.name, i, ops, output, gate, env, resume, cancelled)
 
     # ---- the coordinator's shell ---------------------------------------------------------------------
 
@@ -377,21 +382,6 @@ class JobRunner:
             # every directory without valid metadata once the snapshot writes have stopped.
             if coordinator is not None:
                 self._next_id = max(self._next_id, int(coordinator.next_id))
-
-
-class _PendingOutput:
-    """Output wiring computed before the task exists; bound to the task's cancel flag."""
-
-    def __init__(self, edges: list[tuple[Any, list[tuple[InputGate, int]]]], max_parallelism: int, batch_size: int) -> None:
-        self.edges = edges
-        self.max_parallelism = max_parallelism
-        self.batch_size = batch_size
-
-    def bind(self, cancelled: Any) -> Output:
-        return Output([
-            OutputEdge(edge.partition, targets, edge.key_fn, self.max_parallelism, cancelled)
-            for edge, targets in self.edges
-        ], self.batch_size)
 
 
 class _Shell:

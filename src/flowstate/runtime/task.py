@@ -87,7 +87,7 @@ class TaskEnv:
 class Task:
     def __init__(
         self, task_id: TaskId, vertex: str, subtask: int, ops: list[Operator], output: Output,
-        gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None,
+        gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None, cancelled: threading.Event,
     ) -> None:
         self.task_id = task_id
         self.vertex = vertex
@@ -97,7 +97,7 @@ class Task:
         self.gate = gate
         self.env = env
         self.resume = resume
-        self.cancelled = threading.Event()
+        self.cancelled = cancelled  # shared with the task's Output: a full channel stops waiting when set
         self.records_in = 0
         self._steps = [op.process_batch for op in ops]
         self._failpoints = env.failpoints
