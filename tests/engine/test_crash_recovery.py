@@ -12,8 +12,9 @@ test asserts that
   fails the test: the run would trivially be correct);
 - the job restarted, and some attempt after the first restored a checkpoint with id ≥ 1 (a restart
   from scratch also gives the right answer, and proves nothing about recovery);
-- in ``exactly_once`` and ``stop_the_world`` the committed output equals the batch reference; in
-  ``at_least_once`` every expected record is present (duplicates are allowed).
+- in ``exactly_once`` (also with an alignment timeout), ``unaligned`` and ``stop_the_world`` the
+  committed output equals the batch reference; in ``at_least_once`` every expected record is present
+  (duplicates are allowed).
 
 A checkpoint that fails without a crash (a task declines it) is different: within
 ``tolerable_failures`` the job goes on. Discarding the declined checkpoint races with the snapshot
@@ -51,8 +52,18 @@ TASKS = 2 * PARALLELISM
 """Source tasks plus keyed tasks."""
 COMPLETED_BEFORE_CRASH = 2
 
-EXACT_MODES = ("exactly_once", "stop_the_world")
+SWITCHING = "exactly_once+alignment_timeout"
+"""Not a mode of its own: ``exactly_once`` whose alignments turn unaligned after ``ALIGNMENT_TIMEOUT``."""
+ALIGNMENT_TIMEOUT = "1ms"
+EXACT_MODES = ("exactly_once", "stop_the_world", "unaligned", SWITCHING)
 ALL_CHECKPOINTING_MODES = (*EXACT_MODES, "at_least_once")
+
+
+def mode_settings(mode: str) -> dict[str, str]:
+    """The ``fs.run`` settings of ``mode`` (one of ``ALL_CHECKPOINTING_MODES``)."""
+    if mode == SWITCHING:
+        return {"mode": "exactly_once", "alignment_timeout": ALIGNMENT_TIMEOUT}
+    return {"mode": mode}
 
 
 def first_hit_after(checkpoints: int, hits_per_checkpoint: int) -> str:
@@ -81,8 +92,9 @@ class Crash:
 
 CRASHES = [
     # Only aligned barriers block a channel: stop_the_world pauses the sources instead, and
-    # at_least_once only counts barriers (see the test after this list).
-    Crash("alignment.channel_blocked", PARALLELISM, ("exactly_once",)),
+    # at_least_once only counts barriers (see the test after this list); unaligned blocks only for
+    # its final checkpoint. With an alignment timeout, the first barrier still blocks its channel.
+    Crash("alignment.channel_blocked", PARALLELISM, ("exactly_once", SWITCHING)),
     Crash("task.before_snapshot", TASKS, ALL_CHECKPOINTING_MODES),
     Crash("task.after_snapshot_before_ack", TASKS, ALL_CHECKPOINTING_MODES),
     Crash("source.after_snapshot", PARALLELISM, ALL_CHECKPOINTING_MODES),
@@ -102,8 +114,8 @@ CASES = [
 def run_wordcount(dirs, mode: str, failpoints: fs.Failpoints, **settings) -> fs.JobResult:
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE), parallelism=PARALLELISM)
     return fs.run(
-        flow, mode=mode, checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=FAST_RESTART,
-        failpoints=failpoints, **settings,
+        flow, checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=FAST_RESTART,
+        failpoints=failpoints, **mode_settings(mode), **settings,
     )
 
 

@@ -36,6 +36,15 @@ from .jobs import (
 
 CRASH_AFTER_TWO_CHECKPOINTS = "raise@9"
 """For ``task.before_snapshot`` in a job of 4 tasks (2 source and 2 keyed): checkpoint 3's first hit."""
+SWITCHING = "exactly_once+alignment_timeout"
+"""Not a mode of its own: ``exactly_once`` whose alignments turn unaligned after 1 ms."""
+
+
+def mode_settings(mode: str) -> dict[str, str]:
+    """The ``fs.run`` settings of ``mode``."""
+    if mode == SWITCHING:
+        return {"mode": "exactly_once", "alignment_timeout": "1ms"}
+    return {"mode": mode}
 
 
 def checkpoint_dir_for(mode: str, dirs) -> Path | None:
@@ -50,11 +59,11 @@ def files_of(directory: Path) -> dict[str, str]:
 # ---- modes and shapes of dataflow -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["exactly_once", "stop_the_world", "at_least_once", "none"])
+@pytest.mark.parametrize("mode", ["exactly_once", "stop_the_world", "at_least_once", "unaligned", SWITCHING, "none"])
 def test_every_mode_gives_the_batch_result_when_nothing_fails(mode, dirs, expected):
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE))
 
-    result = fs.run(flow, mode=mode, checkpoint_dir=checkpoint_dir_for(mode, dirs), interval=INTERVAL)
+    result = fs.run(flow, checkpoint_dir=checkpoint_dir_for(mode, dirs), interval=INTERVAL, **mode_settings(mode))
 
     actual = committed_output(dirs.output)
     assert Counter(actual) == expected, difference(actual, expected)
@@ -119,7 +128,8 @@ def test_a_change_of_parallelism_without_key_by_rebalances_every_record_exactly_
     assert {p.name.split("-")[1] for p in dirs.output.iterdir()} == {"0", "1"}, "both sink subtasks got batches"
 
 
-def test_a_keyed_reduce_emits_the_running_reduction_of_every_key_across_a_restore(dirs, expected):
+@pytest.mark.parametrize("mode", ["exactly_once", "unaligned"])
+def test_a_keyed_reduce_emits_the_running_reduction_of_every_key_across_a_restore(mode, dirs, expected):
     flow = fs.Dataflow("reduce", parallelism=2)
     (flow.source(generator_source(INPUT_LINES, rate=RATE), uid="lines")
          .flat_map(str.split, uid="words")
@@ -129,7 +139,7 @@ def test_a_keyed_reduce_emits_the_running_reduction_of_every_key_across_a_restor
          .sink(fs.FileSink(dirs.output), uid="counts"))
     failpoints = fs.Failpoints({"task.before_snapshot": CRASH_AFTER_TWO_CHECKPOINTS})
 
-    result = fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
+    result = fs.run(flow, mode=mode, checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
                     restart=FAST_RESTART, failpoints=failpoints)
 
     assert_restored_from_a_checkpoint(result)
@@ -155,7 +165,8 @@ class Positions(fs.KeyedProcessFunction):
         yield (word, len(self.seen.get()), self.total.get(), sorted(self.residues.items()))
 
 
-def test_list_map_and_reducing_state_survive_a_restore(dirs):
+@pytest.mark.parametrize("mode", ["exactly_once", "unaligned"])
+def test_list_map_and_reducing_state_survive_a_restore(mode, dirs):
     flow = fs.Dataflow("positions", parallelism=2)
     (flow.source(fs.GeneratorSource(lambda i: (line(i), i), INPUT_LINES, splits=4, rate=RATE), uid="lines")
          .flat_map(lambda pair: [(word, pair[1]) for word in pair[0].split()], uid="words")
@@ -164,7 +175,7 @@ def test_list_map_and_reducing_state_survive_a_restore(dirs):
          .sink(fs.FileSink(dirs.output), uid="out"))
     failpoints = fs.Failpoints({"task.before_snapshot": CRASH_AFTER_TWO_CHECKPOINTS})
 
-    result = fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
+    result = fs.run(flow, mode=mode, checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
                     restart=FAST_RESTART, failpoints=failpoints)
 
     assert_restored_from_a_checkpoint(result)

@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
 import pytest
 
 import flowstate as fs
 from flowstate.graph import build_job_graph
+from flowstate.state.keygroups import key_group_of
 
 from .jobs import Count
 
@@ -174,16 +176,30 @@ def test_an_operator_with_two_consumers_ends_its_chain():
 
 
 KNOWN_KEY_GROUPS = [
-    # key, its group of 128, its group of 32768: CRC-32 of the key's canonical bytes.
-    ("alpha", 106, 14698),
-    ("word", 17, 29969),
-    (42, 74, 3018),
-    (-7, 93, 22109),
-    (3.5, 25, 17433),
-    (None, 78, 10446),
-    (b"bytes", 78, 17358),
-    (("a", 1), 17, 16273),
+    # key, its group of 128, its group of 32768: CRC-32 of the key's canonical bytes, mixed by the
+    # 32-bit golden ratio and reduced by multiply-shift.
+    ("alpha", 19, 5112),
+    ("word", 31, 8054),
+    (42, 94, 24121),
+    (-7, 108, 27864),
+    (3.5, 96, 24701),
+    (None, 1, 478),
+    (b"bytes", 120, 30883),
+    (("a", 1), 123, 31586),
 ]
+
+
+def test_the_key_group_formula_is_crc32_mixed_by_the_golden_ratio():
+    for word in ("alpha", "word", "split-3"):
+        mixed = (zlib.crc32(word.encode()) * 0x9E3779B1) & 0xFFFFFFFF
+        assert key_group_of(word, 128) == mixed * 128 >> 32
+
+
+def test_similar_keys_spread_over_both_halves_of_the_key_groups():
+    halves = {key_group_of(f"split-{i}", 128) < 64 for i in range(10)}
+    assert halves == {True, False}
+    assert {key_group_of(i, 128) < 64 for i in range(20)} == {True, False}
+
 
 _PROBE = """
 import json

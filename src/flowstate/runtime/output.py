@@ -9,7 +9,7 @@ from zlib import crc32
 
 from flowstate.errors import UserFunctionError
 from flowstate.runtime.transport import ChannelWriter
-from flowstate.state.keygroups import routing_table, stable_key_bytes
+from flowstate.state.keygroups import GOLDEN, routing_table, stable_key_bytes
 
 
 class OutputEdge:
@@ -56,10 +56,9 @@ class OutputEdge:
         try:
             for record in batch:
                 key = key_fn(record)
-                if type(key) is str:
-                    appends[route[crc32(key.encode()) % maxp]](record)
-                else:
-                    appends[route[crc32(stable_key_bytes(key)) % maxp]](record)
+                data = key.encode() if type(key) is str else stable_key_bytes(key)
+                # key_group_of, inlined: this runs once per record on every keyed exchange.
+                appends[route[((crc32(data) * GOLDEN) & 0xFFFFFFFF) * maxp >> 32]](record)
         except Exception as exc:
             raise UserFunctionError("key_by", record, exc) from exc
         for (gate, ch), bucket in zip(self.targets, buckets):

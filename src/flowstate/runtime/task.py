@@ -344,6 +344,10 @@ class StreamTask(Task):
         self._execute(actions, overtaken)
 
     def _record(self, capture: _Capture, ch: int, batches: list[list[Any]]) -> None:
+        if capture.over_limit:
+            # Declined when the bound was crossed. Barriers that arrive later on other channels still
+            # hand over what they overtook; recording it would decline the checkpoint again.
+            return
         if not capture.record(ch, batches):
             # Rule of the bound: decline rather than hold unbounded in-flight data in memory.
             self.env.reports.put(Decline(self.task_id, capture.snapshot.checkpoint_id,
