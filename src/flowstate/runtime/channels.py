@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import replace
 from typing import Any
+
+from flowstate.checkpoint.barrier import CheckpointBarrier
 
 
 class Cancelled(Exception):
@@ -76,6 +79,35 @@ class InputGate:
             overtaken = [item for item in queue if type(item) is list]
             queue.appendleft(Overtaking(barrier, overtaken))
             self._readable.notify()
+
+    def promote_overdue(self, started_before: float) -> int:
+        """Turn each in-order barrier queued behind data whose checkpoint started before
+        ``started_before`` into an unaligned one at the head of its channel, recording the batches it
+        now overtakes (an aligned checkpoint that timed out). Blocked channels and final barriers are
+        left alone. Returns how many barriers were promoted."""
+        promoted = 0
+        with self._lock:
+            for ch, queue in enumerate(self._queues):
+                if self._blocked[ch] or not queue:
+                    continue
+                for position, item in enumerate(queue):
+                    if type(item) is Overtaking:
+                        break
+                    if type(item) is CheckpointBarrier:
+                        if position and not item.final and not item.unaligned and item.timestamp <= started_before:
+                            ahead = [queue.popleft() for _ in range(position)]
+                            queue.popleft()  # the barrier itself
+                            queue.extendleft(reversed(ahead))
+                            queue.appendleft(Overtaking(replace(item, unaligned=True), [b for b in ahead if type(b) is list]))
+                            promoted += 1
+                        break
+            if promoted:
+                self._readable.notify()
+        return promoted
+
+    def has_room(self, channel: int) -> bool:
+        """Whether a ``put`` on ``channel`` would not wait now (a hint: another producer may fill it)."""
+        return len(self._queues[channel]) < self._capacity
 
     def post(self, mail: Any) -> None:
         """Deliver a mailbox message; it is read before any channel item."""

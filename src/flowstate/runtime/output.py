@@ -69,6 +69,9 @@ class OutputEdge:
         for gate, ch in self.targets:
             gate.put(ch, event, self._cancelled)
 
+    def has_room(self) -> bool:
+        return all(gate.has_room(ch) for gate, ch in self.targets)
+
     def broadcast_priority(self, barrier: Any) -> None:
         for gate, ch in self.targets:
             gate.put_priority(ch, barrier)
@@ -94,6 +97,10 @@ class Output:
     def broadcast(self, event: Any) -> None:
         for edge in self.edges:
             edge.broadcast(event)
+
+    def has_room(self) -> bool:
+        """Whether emitting now would not wait on a full channel (a hint)."""
+        return all(edge.has_room() for edge in self.edges)
 
     def broadcast_barrier(self, barrier: Any) -> None:
         """A barrier in order behind the data, or ahead of it when it is unaligned."""

@@ -302,14 +302,24 @@ class StreamTask(Task):
         handler = self.handler
         checkpoints = self.env.mode.checkpoints
         ticking = self.env.alignment_timeout is not None
+        timeout = self.env.alignment_timeout or 0.0
+        promotion_every = min(0.05, max(timeout / 4, 0.001))
+        next_promotion = 0.0
         clock = self.env.clock
         self._replay_channel_state()
         while True:
             if self._inputs_ended and (not checkpoints or self._final_notified):
                 return
             got = gate.take(0.2 if not ticking else min(0.2, max(self.env.alignment_timeout or 0.0, 0.001)))
-            if ticking and handler.blocked:
-                self._execute(handler.tick(clock.monotonic()), None)
+            if ticking:
+                now = clock.monotonic()
+                if now >= next_promotion:
+                    # An aligned checkpoint older than the timeout overtakes what is queued ahead
+                    # of its barrier here too, not only once the barrier is read.
+                    gate.promote_overdue(now - timeout)
+                    next_promotion = now + promotion_every
+                if handler.blocked:
+                    self._execute(handler.tick(now), None)
             if got is None:
                 continue
             ch, item = got
@@ -406,6 +416,7 @@ class SourceTask(Task):
         batch_size = self.env.batch_size
         checkpoints = self.env.mode.checkpoints
         process = self._process
+        output = self.output
         while True:
             if gate.has_mail():
                 got = gate.take(0)
@@ -414,6 +425,13 @@ class SourceTask(Task):
                 continue
             if self._ended or self._paused_for is not None:
                 got = gate.take(0.2)
+                if got is not None and self._on_mail(got[1]):
+                    return
+                continue
+            if not output.has_room():
+                # Back-pressure: wait here, where a checkpoint trigger wakes the task at once,
+                # rather than inside a put that would hold the trigger back until a slot frees up.
+                got = gate.take(0.005)
                 if got is not None and self._on_mail(got[1]):
                     return
                 continue

@@ -24,6 +24,10 @@ from typing import Any, Protocol
 class ChannelWriter(Protocol):
     def put(self, channel: int, item: Any, producer_cancelled: threading.Event | None = None) -> None: ...
 
+    def has_room(self, channel: int) -> bool:
+        """Whether a ``put`` on ``channel`` would not wait now (a hint)."""
+        ...
+
     def put_priority(self, channel: int, barrier: Any) -> None:
         """Deliver an unaligned barrier ahead of what is queued on ``channel``; the reader learns
         which batches it overtook."""
