@@ -22,10 +22,13 @@ Aligned-with-timeout rules (``alignment_timeout`` set):
 
 5. A barrier that did not overtake anything starts an ordinary alignment (``BlockChannel``…,
    rules of ``flowstate.checkpoint.alignment``).
-6. When the alignment has lasted ``alignment_timeout`` (``tick(now)``), or an unaligned barrier of
-   the same checkpoint arrives (an upstream task switched), the task switches to unaligned: it
-   snapshots, forwards an unaligned barrier, resumes the blocked channels (what is queued behind
-   their barriers follows the barrier: not recorded) and records the other channels as in rule 2.
+6. When ``alignment_timeout`` has passed since the checkpoint **started** (the barrier's timestamp,
+   as Flink counts its aligned-checkpoint timeout: under back-pressure a barrier spends most of its
+   time queued before any alignment begins), or an unaligned barrier of the same checkpoint arrives
+   (an upstream task switched, or the gate promoted a barrier that was queued past the timeout), the
+   task switches to unaligned: it snapshots, forwards an unaligned barrier, resumes the blocked
+   channels (what is queued behind their barriers follows the barrier: not recorded) and records
+   the other channels as in rule 2. A first barrier that arrives after the timeout switches at once.
 
 7. The **final** checkpoint of a bounded job is always aligned and never switches: everything must be
    processed before it, or what an overtaken record produced after it would never be committed.
@@ -64,7 +67,8 @@ class Idle:
 
 @dataclass(frozen=True, slots=True)
 class Aligning:
-    """Aligning ``barrier`` since ``started``; the channels in ``arrived`` are blocked."""
+    """Aligning ``barrier``, whose checkpoint started at ``started``; the channels in ``arrived`` are
+    blocked."""
 
     barrier: CheckpointBarrier
     arrived: frozenset[ChannelIndex]
@@ -141,7 +145,10 @@ class UnalignedBarrierHandler:
                     return actions + self._capture_from(barrier, frozenset({channel}), channel, ())
                 if self._open == {channel}:
                     return actions + self._done(TakeSnapshot(barrier), cid)
-                self._state = Aligning(barrier, frozenset({channel}), now)
+                if not barrier.final and now - barrier.timestamp >= self._timeout:
+                    # Rule 6: late already; the barrier overtook nothing and blocked nothing.
+                    return actions + self._capture_from(barrier, frozenset({channel}), None, ())
+                self._state = Aligning(barrier, frozenset({channel}), barrier.timestamp)
                 return actions + [BlockChannel(channel)]
             case Aligning(arrived=arrived):
                 if barrier.unaligned and not state.barrier.final:
