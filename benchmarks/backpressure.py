@@ -492,12 +492,13 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     top.axhline(INTERVAL, color="grey", linestyle=":", linewidth=1)
     top.text(seconds * 0.99, INTERVAL * 1.08, f"interval {INTERVAL:g} s", fontsize=9, color="dimgrey", ha="right")
     top.set_yscale("log")
-    top.set_ylim(0.05, 20)
+    durations = [c["duration"] for r in rows for c in in_window(r)]
+    top.set_ylim(min([0.05, *durations]) / 1.5, 30)
     top.set_ylabel("duration of completed checkpoints\n(s, log scale)", fontsize=10)
     top.set_title(f"Checkpoints under back-pressure: sinks accept {fraction:.0%} of the source rate, "
                   f"interval {INTERVAL:g} s", fontsize=12)
     top.grid(True, which="both", alpha=0.3)
-    top.legend(fontsize=9, loc="upper left", ncol=3)
+    top.legend(fontsize=8, loc="upper right", ncol=1, framealpha=0.9)
     bottom.set_yticks(range(len(rows)), [r["config"]["short"] or r["config"]["label"] for r in reversed(rows)],
                       fontsize=9)
     bottom.set_xlabel("time since the job started (s)", fontsize=10)

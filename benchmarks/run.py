@@ -147,7 +147,7 @@ def markdown(tp: list[dict[str, object]], snaps: list[dict[str, float]], restore
         "",
         "### Heap state snapshot: synchronous and asynchronous parts against state size",
         "",
-        "| keys | sync part (copy) | async part (group by key group + pickle) | bytes |",
+        "| keys | sync part (copy) | async part (pickle) | bytes |",
         "|---|---|---|---|",
     ]
     for s in snaps:
