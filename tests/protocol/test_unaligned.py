@@ -40,7 +40,7 @@ TIMEOUT = 5.0
 
 
 def barrier(n: int, *, final: bool = False) -> CheckpointBarrier:
-    """The barrier of checkpoint ``n``, triggered at time ``n``, behind the data."""
+    """The barrier of checkpoint ``n``, triggered at time ``10 n``, behind the data."""
     return CheckpointBarrier(CheckpointId(n), timestamp=10.0 * n, final=final)
 
 
@@ -534,7 +534,7 @@ def test_the_final_barrier_never_switches_even_long_after_the_timeout() -> None:
 def test_an_unaligned_barrier_does_not_switch_the_final_checkpoint_either() -> None:
     handler = UnalignedBarrierHandler(2, alignment_timeout=TIMEOUT)
     handler.on_barrier(C0, barrier(4, final=True), now=10.0)
-    overtaking_final = CheckpointBarrier(CheckpointId(4), timestamp=4.0, final=True, unaligned=True)
+    overtaking_final = CheckpointBarrier(CheckpointId(4), timestamp=40.0, final=True, unaligned=True)
 
     assert handler.on_barrier(C1, overtaking_final, now=11.0) == [TakeSnapshot(barrier(4, final=True)), resume(C0)]
 

@@ -165,7 +165,7 @@ class UnalignedHandlerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), kind=st.sampled_from(["aligned", "unaligned", "mixed"]))
     def every_upstream_emits_the_barrier_of_its_next_checkpoint(self, data: st.DataObject, kind: str) -> None:
         for c in self._may_emit_barrier():
-            unaligned = kind == "unaligned" or kind == "mixed" and data.draw(st.booleans(), label=f"unaligned on {c}")
+            unaligned = kind == "unaligned" or (kind == "mixed" and data.draw(st.booleans(), label=f"unaligned on {c}"))
             self._emit_barrier(c, unaligned, 0)
 
     def _emit_barrier(self, c: int, unaligned: bool, skip: int) -> None:
@@ -261,8 +261,13 @@ class UnalignedHandlerMachine(RuleBasedStateMachine):
                     assert not barrier.unaligned, "an unaligned barrier blocked its channel"
                     assert c not in self.blocked
                     if not self.blocked:
-                        # Rule 6: the timeout counts from the start of the checkpoint.
+                        # Rule 6: the timeout counts from the start of the checkpoint, so a first
+                        # barrier that arrives after it switches at once instead of blocking.
                         self.aligning_since = self.started[barrier.checkpoint_id]
+                        assert barrier.final or self.timeout is None or self.now - self.aligning_since < self.timeout, (
+                            f"checkpoint {barrier.checkpoint_id} started at {self.aligning_since} and began "
+                            f"aligning at {self.now}, after its timeout"
+                        )
                     self.blocked.add(c)
                     self.aligning = barrier.checkpoint_id
                 case ResumeChannels(channels=cs):
