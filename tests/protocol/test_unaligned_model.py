@@ -33,6 +33,7 @@ from hypothesis.stateful import (
 )
 
 from flowstate.checkpoint.barrier import CheckpointBarrier
+from flowstate.checkpoint.failure import CheckpointFailureReason
 from flowstate.checkpoint.handler import (
     AbortCheckpoint,
     AllInputsEnded,
@@ -223,7 +224,7 @@ class UnalignedHandlerMachine(RuleBasedStateMachine):
                 channel.closed = True
                 self._execute(self.handler.on_end_of_input(ChannelIndex(c)), channel=c, end=True)
 
-    @rule(dt=st.sampled_from([0.5, 1.0, 2.5]))
+    @rule(dt=st.sampled_from([0.5, 1.0, 2.0, 2.5]))
     def time_passes(self, dt: float) -> None:
         self.now += dt
         actions = self.handler.tick(self.now)
@@ -243,7 +244,22 @@ class UnalignedHandlerMachine(RuleBasedStateMachine):
     def the_coordinator_aborts_a_checkpoint(self, data: st.DataObject) -> None:
         n = data.draw(st.integers(1, max(ch.last_barrier for ch in self.channels) + 1))
         self.aborted_by_coordinator = max(self.aborted_by_coordinator, n)
-        self._execute(self.handler.on_abort(CheckpointId(n)))
+        pending = self._in_progress()
+        actions = self.handler.on_abort(CheckpointId(n))
+        declined = [a for a in actions if isinstance(a, AbortCheckpoint)]
+        if pending is not None and n > pending:
+            # Every barrier up to n is late now, so the pending checkpoint can never complete here.
+            expected = [AbortCheckpoint(CheckpointId(pending), CheckpointFailureReason.CANCELLED_BY_COORDINATOR)]
+            assert declined == expected, f"abort of {n} while {pending} is pending: {actions}"
+        else:
+            assert declined == [], f"abort of {n} declined {declined}: the coordinator already knows"
+        self._execute(actions)
+
+    def _in_progress(self) -> int | None:
+        """The checkpoint the runtime is capturing or aligning, as far as the executed actions tell."""
+        if self.capture is not None:
+            return self.capture.checkpoint_id
+        return self.aligning if self.blocked else None
 
     def _execute(
         self,
@@ -320,8 +336,11 @@ class UnalignedHandlerMachine(RuleBasedStateMachine):
                 case DiscardCapture(checkpoint_id=n):
                     assert self.capture is not None and self.capture.checkpoint_id == n
                     self.capture = None
-                case AbortCheckpoint(checkpoint_id=n):
-                    assert n not in self.finished
+                case AbortCheckpoint(checkpoint_id=n, reason=reason):
+                    assert n not in self.finished and n == self._in_progress(), f"declined {n}, which was not pending"
+                    if barrier is not None:
+                        assert reason is CheckpointFailureReason.SUBSUMED_BY_NEWER_BARRIER
+                        assert barrier.checkpoint_id > n, f"barrier {barrier.checkpoint_id} gave up {n}"
                     self.declined.add(n)
                 case AllInputsEnded():
                     assert end and i == len(actions) - 1, "AllInputsEnded comes last"

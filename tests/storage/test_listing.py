@@ -206,3 +206,28 @@ def test_a_real_checkpoint_directory_lists_as_its_files_say(tmp_path):
     assert cells(lines[2])[:5] == ["2", "incomplete", "-", "10", "B"]
     assert lines[2].endswith(NO_METADATA)
     assert lines[3] == "1 completed (newest: 1), 1 incomplete"
+
+
+def with_metrics(checkpoint_id: int, *, alignment: float, in_flight: int) -> CheckpointInfo:
+    tasks = (
+        TaskState(TaskId("count#0"), "count", 0, None, alignment_seconds=alignment / 2, channel_state_bytes=in_flight // 2),
+        TaskState(TaskId("count#1"), "count", 1, None, alignment_seconds=alignment, channel_state_bytes=in_flight - in_flight // 2),
+    )
+    base = metadata(checkpoint_id)
+    found = CheckpointMetadata(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "tasks": tasks})
+    return CheckpointInfo(CheckpointId(checkpoint_id), "completed", None, found, 2048)
+
+
+def test_alignment_and_in_flight_bytes_are_shown_when_a_checkpoint_has_them():
+    lines = table([completed(1), with_metrics(2, alignment=0.0125, in_flight=3 * 1024 * 1024), incomplete(3)])
+
+    assert cells(lines[0]) == [
+        "ID", "STATUS", "COMPLETED", "AT", "SIZE", "DURATION", "ALIGNMENT", "IN-FLIGHT", "FINAL", "REASON",
+    ]
+    assert cells(lines[2])[7:11] == ["12.5", "ms", "3.0", "MiB"]  # the longest alignment, the bytes summed
+    assert cells(lines[1])[7:9] == ["-", "-"]
+    assert cells(lines[3])[5:8] == ["-", "-", "-"]
+
+
+def test_without_alignment_or_in_flight_data_the_table_has_no_such_columns():
+    assert "ALIGNMENT" not in table([completed(1), completed(2)])[0]

@@ -14,7 +14,10 @@ from datetime import datetime, tzinfo
 from flowstate.storage.base import CheckpointInfo
 
 _HEADERS = ("ID", "STATUS", "COMPLETED AT", "SIZE", "DURATION", "FINAL", "REASON")
-_RIGHT_ALIGNED = frozenset({"ID", "SIZE", "DURATION"})
+_METRICS = ("ALIGNMENT", "IN-FLIGHT")
+"""Shown after DURATION when some checkpoint has them: the longest time a task spent between the
+checkpoint's first barrier and its snapshot, and the in-flight bytes persisted (unaligned)."""
+_RIGHT_ALIGNED = frozenset({"ID", "SIZE", "DURATION", *_METRICS})
 _GAP = "  "
 
 
@@ -54,6 +57,15 @@ def _row(info: CheckpointInfo, tz: tzinfo | None) -> tuple[str, ...]:
     )
 
 
+def _metrics(info: CheckpointInfo) -> tuple[str, str] | None:
+    tasks = info.metadata.tasks if info.metadata else ()
+    alignment = max((t.alignment_seconds for t in tasks), default=0.0)
+    in_flight = sum(t.channel_state_bytes for t in tasks)
+    if not alignment and not in_flight:
+        return None
+    return f"{alignment * 1000:.1f} ms", format_size(in_flight)
+
+
 def _summary(infos: list[CheckpointInfo]) -> str:
     completed = [info.checkpoint_id for info in infos if info.status == "completed"]
     parts = [f"{len(completed)} completed" + (f" (newest: {max(completed)})" if completed else "")]
@@ -75,6 +87,11 @@ def format_checkpoint_table(infos: list[CheckpointInfo], *, tz: tzinfo | None = 
     rows = [_row(info, tz) for info in infos]
     headers = _HEADERS if any(row[-1] for row in rows) else _HEADERS[:-1]
     rows = [row[: len(headers)] for row in rows]
+    metrics = [_metrics(info) for info in infos]
+    if any(m is not None for m in metrics):
+        at = _HEADERS.index("DURATION") + 1
+        headers = headers[:at] + _METRICS + headers[at:]
+        rows = [row[:at] + (m or ("-", "-")) + row[at:] for row, m in zip(rows, metrics, strict=True)]
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
     lines = []
     for row in (headers, *rows):
