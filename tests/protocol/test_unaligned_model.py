@@ -50,7 +50,7 @@ from flowstate.checkpoint.handler import (
 from flowstate.checkpoint.ids import ChannelIndex, CheckpointId
 from flowstate.checkpoint.unaligned import Aligning, Capturing, UnalignedBarrierHandler
 
-FAST = settings(max_examples=150, stateful_step_count=50, deadline=None)
+FAST = settings(max_examples=150, stateful_step_count=80, deadline=None)
 TIMEOUT = 2.0
 
 
@@ -214,6 +214,9 @@ class UnalignedHandlerMachine(RuleBasedStateMachine):
             if not self._readable():
                 return
             self._read(data.draw(st.sampled_from(self._readable()), label="channel read"))
+            # Processing takes time; like ``StreamTask``, the loop ticks after each item read.
+            self.now += data.draw(st.sampled_from([0.0, 0.0, 0.5]), label="processing time")
+            self._tick()
 
     def _read(self, c: int) -> None:
         assert c not in self.handler.blocked, f"read from channel {c}, which the handler blocked"
@@ -235,6 +238,9 @@ class UnalignedHandlerMachine(RuleBasedStateMachine):
     @rule(dt=st.sampled_from([0.5, 0.5, 1.0, 2.5]))
     def time_passes(self, dt: float) -> None:
         self.now += dt
+        self._tick()
+
+    def _tick(self) -> None:
         actions = self.handler.tick(self.now)
         switched = any(isinstance(a, TakeSnapshot) for a in actions)
         if self.timeout is None or not self.blocked:
