@@ -109,10 +109,18 @@ def test_the_forwarded_barrier_keeps_the_id_and_timestamp_of_the_barrier_that_ar
 def test_a_task_with_one_input_snapshots_records_what_was_overtaken_and_finishes_at_once() -> None:
     handler = UnalignedBarrierHandler(1)
 
-    assert handler.on_barrier(C0, unaligned(1)) == [TakeSnapshot(unaligned(1)), CaptureOvertaken(C0), FinishCapture(cid(1))]
+    assert handler.on_barrier(C0, unaligned(1)) == [
+        TakeSnapshot(unaligned(1)),
+        CaptureOvertaken(C0),
+        FinishCapture(cid(1)),
+    ]
     assert handler.state == Idle()
     assert handler.capturing == frozenset()
-    assert handler.on_barrier(C0, unaligned(2)) == [TakeSnapshot(unaligned(2)), CaptureOvertaken(C0), FinishCapture(cid(2))]
+    assert handler.on_barrier(C0, unaligned(2)) == [
+        TakeSnapshot(unaligned(2)),
+        CaptureOvertaken(C0),
+        FinishCapture(cid(2)),
+    ]
 
 
 # ---- unaligned: the other barriers -------------------------------------------------------------------
@@ -197,7 +205,11 @@ def test_the_capture_finished_by_end_of_input_comes_before_all_inputs_ended() ->
     handler.on_barrier(C0, unaligned(1))
 
     assert handler.on_end_of_input(C1) == [StopCapture(C1), FinishCapture(cid(1))]
-    assert handler.on_barrier(C0, unaligned(2)) == [TakeSnapshot(unaligned(2)), CaptureOvertaken(C0), FinishCapture(cid(2))]
+    assert handler.on_barrier(C0, unaligned(2)) == [
+        TakeSnapshot(unaligned(2)),
+        CaptureOvertaken(C0),
+        FinishCapture(cid(2)),
+    ]
     assert handler.on_end_of_input(C0) == [AllInputsEnded()]
 
 
@@ -293,7 +305,11 @@ def test_after_a_coordinator_abort_the_barriers_of_that_checkpoint_are_ignored()
     assert handler.on_barrier(C1, unaligned(1)) == []
     assert handler.on_barrier(C2, unaligned(1)) == []
     assert handler.capturing == frozenset()
-    assert handler.on_barrier(C1, unaligned(2)) == [TakeSnapshot(unaligned(2)), capture(2, C0, C2), CaptureOvertaken(C1)]
+    assert handler.on_barrier(C1, unaligned(2)) == [
+        TakeSnapshot(unaligned(2)),
+        capture(2, C0, C2),
+        CaptureOvertaken(C1),
+    ]
 
 
 def test_coordinator_abort_of_a_newer_checkpoint_declines_and_discards_the_capture() -> None:

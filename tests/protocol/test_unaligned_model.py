@@ -332,7 +332,8 @@ class UnalignedHandlerMachine(RuleBasedStateMachine):
                 case StartCapture(checkpoint_id=n, channels=cs):
                     assert self.capture is not None and self.capture.checkpoint_id == n
                     assert cs and list(cs) == sorted(set(cs))
-                    assert all(not self.channels[c].closed for c in cs), "capture of a channel that ended"
+                    awaited = [c for c, ch in enumerate(self.channels) if not ch.closed and n not in ch.delivered]
+                    assert list(cs) == awaited, f"captured {cs} for {n}; open channels ahead of its barrier: {awaited}"
                     self.capture.recording |= set(cs)
                 case CaptureOvertaken(channel=c):
                     assert c == channel and self.capture is not None
