@@ -22,32 +22,61 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 # The names the engine hits, in the order a checkpoint meets them.
+SOURCE_BEFORE_SNAPSHOT = "source.before_snapshot"
+"""A source received a checkpoint trigger and has not snapshotted its offsets yet."""
 SOURCE_AFTER_SNAPSHOT = "source.after_snapshot"
 """A source has snapshotted its offsets and not yet emitted the barrier."""
+BARRIER_FIRST = "barrier.first_received"
+"""A task with inputs received the first barrier of a checkpoint."""
 ALIGNMENT_BLOCKED = "alignment.channel_blocked"
-"""A task blocked an input channel at a barrier and waits for the others."""
+"""A task blocked an input channel at a barrier (k of n barriers received) and waits for the others."""
 TASK_BEFORE_SNAPSHOT = "task.before_snapshot"
-"""Every barrier arrived; the task has not taken its synchronous snapshot yet."""
+"""Every barrier arrived (aligned); the task has not taken its synchronous snapshot yet."""
+TASK_BEFORE_FORWARD = "task.snapshot_before_forward"
+"""The synchronous snapshot is taken; the barrier is not forwarded downstream yet."""
+FINAL_CHECKPOINT = "task.final_snapshot"
+"""Every input ended; the task is taking its part of the final checkpoint."""
+SINK_MID_PRE_COMMIT = "sink.mid_pre_commit"
+"""A sink made its in-progress output durable and has not renamed it to its pending name."""
+SINK_AFTER_PRE_COMMIT = "sink.pre_committed_before_ack"
+"""A sink pre-committed its output for a checkpoint; the task has not acknowledged yet."""
+STATE_MID_WRITE = "storage.state_mid_write"
+"""Part of a state file is written to its temporary name (the asynchronous part of a snapshot)."""
 TASK_AFTER_SNAPSHOT = "task.after_snapshot_before_ack"
 """The task's state files are durable; it has not acknowledged yet."""
+COORDINATOR_SOME_ACKS = "coordinator.some_acks"
+"""The coordinator holds some acknowledgements of a checkpoint, not all."""
 COORDINATOR_BEFORE_METADATA = "coordinator.all_acks_before_metadata"
 """Every task acknowledged; the metadata is not written yet."""
+METADATA_TORN = "storage.metadata_torn"
+"""Half of the metadata is written to its temporary name (a torn write)."""
+METADATA_BEFORE_RENAME = "storage.metadata_before_rename"
+"""The metadata is written and fsynced under its temporary name, not renamed yet."""
 COORDINATOR_AFTER_METADATA = "coordinator.metadata_before_notify"
 """The checkpoint is complete on disk; tasks are not notified yet."""
 SINK_BEFORE_COMMIT = "sink.before_commit"
 """A sink was notified of completion and has not committed."""
+SINK_MID_COMMIT = "sink.mid_commit"
+"""A sink made part of a checkpoint's output visible, not all of it durably."""
 SINK_AFTER_COMMIT = "sink.after_commit"
 """A sink committed a checkpoint's files."""
+RECOVERY_CHECKPOINT_CHOSEN = "recovery.checkpoint_chosen"
+"""A restart chose the checkpoint to restore from and has loaded nothing yet."""
+RECOVERY_MID_LOAD = "recovery.mid_state_load"
+"""A restart loaded the state of some tasks, not all."""
 RECOVERY_STATE_LOADED = "recovery.state_loaded"
-"""A restored task loaded its state and has not processed a record yet."""
+"""A restored task loaded its state and has not processed a record yet (before any new checkpoint)."""
 OPERATOR_PROCESS = "operator.process"
 """A task is about to feed a batch through its chain of operators."""
 
 KNOWN = frozenset({
-    SOURCE_AFTER_SNAPSHOT, ALIGNMENT_BLOCKED, TASK_BEFORE_SNAPSHOT, TASK_AFTER_SNAPSHOT,
-    COORDINATOR_BEFORE_METADATA, COORDINATOR_AFTER_METADATA, SINK_BEFORE_COMMIT, SINK_AFTER_COMMIT,
-    RECOVERY_STATE_LOADED, OPERATOR_PROCESS,
+    SOURCE_BEFORE_SNAPSHOT, SOURCE_AFTER_SNAPSHOT, BARRIER_FIRST, ALIGNMENT_BLOCKED, TASK_BEFORE_SNAPSHOT,
+    TASK_BEFORE_FORWARD, FINAL_CHECKPOINT, SINK_MID_PRE_COMMIT, SINK_AFTER_PRE_COMMIT, STATE_MID_WRITE,
+    TASK_AFTER_SNAPSHOT, COORDINATOR_SOME_ACKS, COORDINATOR_BEFORE_METADATA, METADATA_TORN,
+    METADATA_BEFORE_RENAME, COORDINATOR_AFTER_METADATA, SINK_BEFORE_COMMIT, SINK_MID_COMMIT,
+    SINK_AFTER_COMMIT, RECOVERY_CHECKPOINT_CHOSEN, RECOVERY_MID_LOAD, RECOVERY_STATE_LOADED, OPERATOR_PROCESS,
 })
+"""Every failpoint, in the order a checkpoint and a recovery meet them."""
 
 
 class InjectedFailure(Exception):

@@ -77,9 +77,13 @@ class Crash:
     hits_per_checkpoint: int | None
     """``None`` for a failpoint hit per batch rather than per checkpoint."""
     modes: tuple[str, ...]
+    fixed: str | None = None
+    """An action that does not follow from ``hits_per_checkpoint`` (a point hit once per run)."""
 
     @property
     def action(self) -> str:
+        if self.fixed is not None:
+            return self.fixed
         if self.hits_per_checkpoint is None:
             # The failpoint is hit once per batch a task processes. With batch_size=1 every batch is
             # one record: a line is one batch of its source task, each of its words one batch of a
@@ -96,6 +100,19 @@ CRASHES = [
     # its final checkpoint. With an alignment timeout, the first barrier still blocks its channel.
     Crash("alignment.channel_blocked", PARALLELISM, ("exactly_once", SWITCHING)),
     Crash("task.before_snapshot", TASKS, ALL_CHECKPOINTING_MODES),
+    Crash("task.snapshot_before_forward", TASKS, ALL_CHECKPOINTING_MODES),
+    # Each keyed task meets the first barrier of every checkpoint once.
+    Crash("barrier.first_received", PARALLELISM, ALL_CHECKPOINTING_MODES),
+    Crash("source.before_snapshot", PARALLELISM, ALL_CHECKPOINTING_MODES),
+    Crash("sink.pre_committed_before_ack", PARALLELISM, ALL_CHECKPOINTING_MODES),
+    # Per checkpoint every acknowledgement but the last leaves the coordinator with some acks.
+    Crash("coordinator.some_acks", TASKS - 1, ALL_CHECKPOINTING_MODES),
+    # Hit only by a sink that wrote since the previous checkpoint: at the rate of the input, both
+    # sinks write between any two checkpoints, and the final checkpoint pre-commits again.
+    Crash("sink.mid_pre_commit", PARALLELISM, ALL_CHECKPOINTING_MODES),
+    Crash("sink.mid_commit", PARALLELISM, ALL_CHECKPOINTING_MODES),
+    # Hit by every task during the final checkpoint only, long after the first ones completed.
+    Crash("task.final_snapshot", None, ALL_CHECKPOINTING_MODES, fixed="raise@2"),
     Crash("task.after_snapshot_before_ack", TASKS, ALL_CHECKPOINTING_MODES),
     Crash("source.after_snapshot", PARALLELISM, ALL_CHECKPOINTING_MODES),
     Crash("coordinator.all_acks_before_metadata", 1, ALL_CHECKPOINTING_MODES),
@@ -141,24 +158,30 @@ def test_a_crash_at_a_failpoint_restarts_from_a_checkpoint_and_loses_nothing(cra
     assert_output(mode, dirs, expected)
 
 
+RECOVERY_POINTS = ("recovery.checkpoint_chosen", "recovery.mid_state_load", "recovery.state_loaded")
+
+
+@pytest.mark.parametrize("point", RECOVERY_POINTS)
 @pytest.mark.parametrize("mode", ALL_CHECKPOINTING_MODES)
-def test_a_crash_while_restoring_is_followed_by_another_restore_from_the_same_checkpoint(mode, dirs, expected):
+def test_a_crash_while_restoring_is_followed_by_another_restore_from_the_same_checkpoint(point, mode, dirs, expected):
     failpoints = fs.Failpoints({
         "task.before_snapshot": first_hit_after(COMPLETED_BEFORE_CRASH, TASKS),
-        # Hit only by tasks built from a checkpoint: the first one of the second attempt raises.
-        "recovery.state_loaded": "raise@1",
+        # Hit only when restoring from a checkpoint: the first restore raises there.
+        point: "raise@1",
     })
 
     result = run_wordcount(dirs, mode, failpoints)
 
     assert failpoints.fired("task.before_snapshot") == 1
-    assert failpoints.fired("recovery.state_loaded") == 1
+    assert failpoints.fired(point) == 1
     assert result.restarts == 2, result.failures
     assert "task.before_snapshot" in result.failures[0]
-    assert "recovery.state_loaded" in result.failures[1]
-    first_restore, second_restore = result.restored_from[1:]
-    assert first_restore is not None and first_restore >= COMPLETED_BEFORE_CRASH
-    assert second_restore is not None and second_restore >= first_restore
+    assert point in result.failures[1]
+    # An attempt that failed while choosing its checkpoint restored nothing and is not listed.
+    restores = result.restored_from[1:]
+    assert len(restores) == (1 if point == "recovery.checkpoint_chosen" else 2), restores
+    assert all(r is not None and r >= COMPLETED_BEFORE_CRASH for r in restores), restores
+    assert restores == sorted(restores), restores
     assert_output(mode, dirs, expected)
 
 

@@ -36,6 +36,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from flowstate import failpoints as fpn
 from flowstate.checkpoint.commit import CommitLog, stray_outputs
 from flowstate.checkpoint.ids import CheckpointId
 
@@ -100,6 +101,7 @@ class FileSinkWriter:
 
     __slots__ = (
         "_directory", "_prefix", "_suffix", "_subtask", "_encode", "_seq", "_log", "_file", "_hidden",
+        "_failpoints",
     )
 
     def __init__(
@@ -120,6 +122,7 @@ class FileSinkWriter:
             rf"\.{re.escape(prefix)}-{subtask}-[0-9]+(?:{re.escape(_IN_PROGRESS)}|{re.escape(_PENDING)})"
         )
         self._file: Any = None
+        self._failpoints: Any = None
         self._log: CommitLog[str] = CommitLog()
         self._seq = 0
         named: list[str] = []
@@ -136,6 +139,10 @@ class FileSinkWriter:
             os.unlink(os.path.join(directory, stray))
         if strays:
             _fsync_directory(directory)
+
+    def attach_failpoints(self, failpoints: Any) -> None:
+        """Let tests stop this writer between the steps of a pre-commit or a commit."""
+        self._failpoints = failpoints
 
     def write_batch(self, records: list[Any]) -> None:
         if not records:
@@ -199,6 +206,8 @@ class FileSinkWriter:
         os.fsync(file.fileno())
         file.close()
         self._file = None
+        if self._failpoints:
+            self._failpoints.hit(fpn.SINK_MID_PRE_COMMIT)
         os.rename(self._path(self._hidden_name(self._seq, _IN_PROGRESS)), self._path(pending))
         _fsync_directory(self._directory)
 
@@ -210,6 +219,8 @@ class FileSinkWriter:
             final = pending[1:-len(_PENDING)] + self._suffix
             try:
                 os.rename(self._path(pending), self._path(final))
+                if self._failpoints:
+                    self._failpoints.hit(fpn.SINK_MID_COMMIT)
             except FileNotFoundError:
                 if not os.path.exists(self._path(final)):
                     raise LostOutputError(

@@ -198,7 +198,12 @@ class JobRunner:
     # ---- one attempt --------------------------------------------------------------------------------
 
     def _attempt(self, result: JobResult) -> None:
-        restored = self._choose_restore_point()
+        try:
+            restored = self._choose_restore_point()
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. storage unreadable: the restart strategy decides
+            raise _AttemptFailed(f"choosing the checkpoint to restore failed: {type(exc).__name__}: {exc}", exc) from exc
         result.restored_from.append(int(restored.checkpoint_id) if restored else None)
         reports: queue.Queue[Any] = queue.Queue()
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
@@ -235,6 +240,8 @@ class JobRunner:
                      md.checkpoint_id, len(md.tasks), md.state_size)
             keep = {md.checkpoint_id}
             storage.sweep(keep)
+            if self.failpoints:
+                self.failpoints.hit(fpn.RECOVERY_CHECKPOINT_CHOSEN)
             return md
         storage.sweep(set())
         log.info("no completed checkpoint to restore from: starting from scratch")
@@ -269,6 +276,8 @@ class JobRunner:
             return {}
         states: dict[TaskId, dict[str, Any]] = {}
         for ts in md.tasks:
+            if states and self.failpoints:
+                self.failpoints.hit(fpn.RECOVERY_MID_LOAD)
             states[ts.task] = pickle.loads(self.storage.read_state(ts.handle)) if ts.handle else {}
         return states
 
@@ -408,6 +417,9 @@ class _Shell:
         assert coordinator is not None
         if isinstance(report, Ack):
             _, actions = coordinator.acknowledge(report.task, report.checkpoint_id, report.state, now)
+            fp = self.runner.failpoints
+            if fp and not any(isinstance(a, StoreCheckpoint) for a in actions):
+                fp.hit(fpn.COORDINATOR_SOME_ACKS)
             self.execute(actions)
         elif isinstance(report, Decline):
             log.info("task %s declined checkpoint %d: %s %s", report.task, report.checkpoint_id,

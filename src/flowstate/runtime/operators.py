@@ -272,6 +272,9 @@ class SinkOperator(Operator):
 
     def open(self, resume_state: Any) -> None:
         self.writer = self.sink.build_writer(self.env.subtask, self.env.parallelism, resume_state)
+        attach = getattr(self.writer, "attach_failpoints", None)
+        if attach is not None and self.env.failpoints:
+            attach(self.env.failpoints)
 
     def process_batch(self, batch: list[Any]) -> None:
         self.writer.write_batch(batch)
@@ -279,6 +282,9 @@ class SinkOperator(Operator):
 
     def snapshot(self, checkpoint_id: int) -> Ready:
         self.writer.pre_commit(checkpoint_id)
+        fp = self.env.failpoints
+        if fp:
+            fp.hit(fp_names.SINK_AFTER_PRE_COMMIT)
         return Ready(self.writer.snapshot())
 
     def notify_complete(self, checkpoint_id: int) -> None:

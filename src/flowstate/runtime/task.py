@@ -160,6 +160,8 @@ class Task:
         fp = env.failpoints
         if fp:
             fp.hit(fpn.TASK_BEFORE_SNAPSHOT)
+            if barrier.final:
+                fp.hit(fpn.FINAL_CHECKPOINT)
         cid = barrier.checkpoint_id
         t0 = env.clock.monotonic()
         parts: list[tuple[str, Any]] = [(k, Ready(v)) for k, v in (extra or {}).items()]
@@ -169,6 +171,8 @@ class Task:
                 if part is not None:
                     parts.append((op.uid, part))
         sync_seconds = env.clock.monotonic() - t0
+        if fp:
+            fp.hit(fpn.TASK_BEFORE_FORWARD)
         self.output.broadcast_barrier(barrier)
         snapshot = _Snapshot(cid, parts, sync_seconds, alignment_seconds)
         if barrier.unaligned and self.gate.num_channels:
@@ -347,6 +351,8 @@ class StreamTask(Task):
         now = self.env.clock.monotonic()
         if barrier.checkpoint_id > self._first_barrier[0]:
             self._first_barrier = (barrier.checkpoint_id, now)
+            if self.env.failpoints:
+                self.env.failpoints.hit(fpn.BARRIER_FIRST)
         if isinstance(self.handler, UnalignedBarrierHandler):
             actions = self.handler.on_barrier(ChannelIndex(ch), barrier, now)
         else:
@@ -449,6 +455,8 @@ class SourceTask(Task):
     def _on_mail(self, mail: Any) -> bool:
         """Handle one mail; True when the task is done."""
         if isinstance(mail, Trigger):
+            if self.env.failpoints:
+                self.env.failpoints.hit(fpn.SOURCE_BEFORE_SNAPSHOT)
             position = self.reader.snapshot()
             if self.env.failpoints:
                 self.env.failpoints.hit(fpn.SOURCE_AFTER_SNAPSHOT)
