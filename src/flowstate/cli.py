@@ -119,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--alignment-timeout", help="exactly_once: switch a checkpoint to unaligned when its alignment lasts longer (e.g. 200ms)")
     run.add_argument("--max-inflight-bytes", type=int, default=64 * 1024 * 1024,
                      help="unaligned: decline a checkpoint whose in-flight data per task exceeds this (default 64 MiB)")
+    run.add_argument("--state-backend", default="heap", help="keyed state: heap or rocksdb (default heap)")
+    run.add_argument("--full-checkpoints", action="store_true",
+                     help="rocksdb: every checkpoint uploads all files (default: incremental)")
+    run.add_argument("--compression", default="zstd", help="state file codec: zstd or none (default zstd)")
+    run.add_argument("--state-dir", help="rocksdb working directory (default: a temporary directory)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
     checkpoints = sub.add_parser("checkpoints", help="inspect a checkpoint directory")
@@ -166,6 +171,10 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         alignment_timeout=args.alignment_timeout,
         max_inflight_bytes=args.max_inflight_bytes,
+        state_backend=args.state_backend,
+        incremental=not args.full_checkpoints,
+        compression=args.compression,
+        state_dir=args.state_dir,
     )
     logging.getLogger("flowstate").info(
         "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s)",

@@ -112,6 +112,10 @@ class ExponentialBackoffRestart:
 RestartStrategy = NoRestart | FixedDelayRestart | ExponentialBackoffRestart
 
 
+STATE_BACKENDS = ("heap", "rocksdb")
+COMPRESSIONS = ("zstd", "none")
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Everything ``flowstate.run`` needs besides the dataflow itself."""
@@ -135,6 +139,14 @@ class JobConfig:
     """``exactly_once`` only: an alignment that lasts longer switches its checkpoint to unaligned."""
     max_inflight_bytes: int = 64 * 1024 * 1024
     """Unaligned checkpoints: a task declines a checkpoint whose in-flight data exceeds this."""
+    state_backend: str = "heap"
+    """Where keyed state lives: ``heap`` (Python dicts) or ``rocksdb`` (embedded, larger than memory)."""
+    incremental: bool = True
+    """``rocksdb``: a checkpoint uploads only the files the previous ones did not (shared files)."""
+    compression: str = "zstd"
+    """Codec of state files: ``zstd`` or ``none``."""
+    state_dir: Path | None = None
+    """Local working directory of the ``rocksdb`` backend (default: a temporary directory)."""
 
     def __post_init__(self) -> None:
         if self.mode.checkpoints and self.checkpoint_dir is None:
@@ -155,5 +167,11 @@ class JobConfig:
                 )
             if self.alignment_timeout < 0:
                 raise ConfigError(f"alignment timeout must be ≥ 0, got {self.alignment_timeout}")
+        if self.state_backend not in STATE_BACKENDS:
+            raise ConfigError(
+                f"unknown state backend {self.state_backend!r}: use one of {', '.join(STATE_BACKENDS)}"
+            )
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"unknown compression {self.compression!r}: use one of {', '.join(COMPRESSIONS)}")
         if self.max_inflight_bytes < 1:
             raise ConfigError(f"max_inflight_bytes must be ≥ 1, got {self.max_inflight_bytes}")

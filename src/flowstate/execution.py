@@ -33,6 +33,10 @@ def run(
     progress: bool = False,
     alignment_timeout: float | str | None = None,
     max_inflight_bytes: int = 64 * 1024 * 1024,
+    state_backend: str = "heap",
+    incremental: bool = True,
+    compression: str = "zstd",
+    state_dir: str | Path | None = None,
     failpoints: Failpoints | None = None,
     clock: Clock | None = None,
 ) -> JobResult:
@@ -65,5 +69,9 @@ def run(
         progress=progress,
         alignment_timeout=None if alignment_timeout is None else parse_duration(alignment_timeout, what="alignment timeout"),
         max_inflight_bytes=max_inflight_bytes,
+        state_backend=state_backend,
+        incremental=incremental,
+        compression=compression,
+        state_dir=Path(state_dir) if state_dir is not None else None,
     )
     return JobRunner(flow, config, failpoints=failpoints, clock=clock).run()
