@@ -1,0 +1,270 @@
+"""Plant known bugs in a copy of flowstate, one at a time, and check that the test suite catches each.
+
+A test suite that passes proves little unless it fails when the code is wrong. Each entry of
+``CATALOGUE`` is a bug a checkpointing engine can plausibly ship: an fsync skipped, an ack sent too
+early, a channel not blocked, a commit that is not idempotent. For each, this script
+
+1. copies the repository (``src``, ``tests``, ``pyproject.toml``) into a temporary directory,
+2. applies the bug's edits to the copy (each edit must match the source exactly once, so a stale
+   catalogue fails loudly instead of planting nothing),
+3. runs the test files that should catch it (``pytest -x``) with the copy first on ``PYTHONPATH``,
+4. records whether some test failed (caught) or all passed (missed).
+
+Before any bug, the same test selections run on an unmodified copy: they must pass, or a failure
+would prove nothing. The result table goes to stdout and, with ``--write``, into
+``docs/reliability.md`` between ``<!-- seeded:begin -->`` and ``<!-- seeded:end -->``.
+
+Usage: ``python tools/seeded_bugs.py [--only NAME ...] [--write]`` (about 10 minutes on 2 cores).
+Exit status: 0 when every bug was caught, 1 otherwise, 2 when the catalogue no longer applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- seeded:begin -->", "<!-- seeded:end -->"
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    description: str
+    edits: tuple[Edit, ...]
+    tests: tuple[str, ...]
+    """Test files or node ids expected to catch the bug."""
+
+
+def bug(name: str, description: str, tests: tuple[str, ...], *edits: tuple[str, str, str]) -> Bug:
+    return Bug(name, description, tuple(Edit(*e) for e in edits), tests)
+
+
+STORAGE = "src/flowstate/storage/local.py"
+TASK = "src/flowstate/runtime/task.py"
+JOB = "src/flowstate/runtime/job.py"
+
+CATALOGUE: tuple[Bug, ...] = (
+    bug(
+        "no-directory-fsync", "skip the fsync of a directory after a rename",
+        ("tests/storage",),
+        (STORAGE, "def _fsync_directory(directory: Path) -> None:\n",
+         "def _fsync_directory(directory: Path) -> None:\n    return\n"),
+    ),
+    bug(
+        "ack-before-write", "acknowledge a snapshot before its state file is durable",
+        ("tests/engine/test_crash_recovery.py",),
+        (TASK, "            t0 = env.clock.monotonic()\n            state = {uid: part.materialize()",
+         "            env.reports.put(Ack(self.task_id, cid, TaskState(self.task_id, self.vertex, self.subtask, None)))\n"
+         "            return\n"
+         "            t0 = env.clock.monotonic()\n            state = {uid: part.materialize()"),
+    ),
+    bug(
+        "metadata-before-all-acks", "complete a checkpoint when all acks but one arrived",
+        ("tests/protocol/test_coordinator.py",),
+        ("src/flowstate/checkpoint/pending.py",
+         "    def fully_acknowledged(self) -> bool:\n        return not self.not_yet_acknowledged",
+         "    def fully_acknowledged(self) -> bool:\n        return len(self.not_yet_acknowledged) <= 1"),
+    ),
+    bug(
+        "notify-before-metadata", "notify tasks of completion before the metadata is durable",
+        ("tests/engine/test_crash_recovery.py",),
+        (JOB, "                    if fp:\n                        fp.hit(fpn.COORDINATOR_BEFORE_METADATA)\n",
+         "                    for t in self.tasks.values():\n"
+         "                        t.gate.post(Complete(checkpoint.checkpoint_id, checkpoint.final))\n"
+         "                    if fp:\n                        fp.hit(fpn.COORDINATOR_BEFORE_METADATA)\n"),
+    ),
+    bug(
+        "no-channel-block", "do not block a channel after its barrier arrived",
+        ("tests/protocol/test_alignment.py",),
+        ("src/flowstate/checkpoint/alignment.py", "[BlockChannel(channel)]", "[]"),
+    ),
+    bug(
+        "tracker-in-exactly-once", "align nothing in exactly_once mode (use the at-least-once tracker)",
+        ("tests/engine/test_crash_recovery.py",),
+        (TASK, "        return AlignedBarrierHandler(num_channels)", "        return BarrierTracker(num_channels)"),
+    ),
+    bug(
+        "source-offsets-after-barrier", "take a source's offsets after its barrier went downstream",
+        ("tests/engine/test_crash_recovery.py",),
+        (TASK, "        parts: list[tuple[str, Any]] = [(k, Ready(v)) for k, v in (extra or {}).items()]",
+         "        parts: list[tuple[str, Any]] = [(k, v if hasattr(v, 'materialize') else Ready(v)) "
+         "for k, v in (extra or {}).items()]"),
+        (TASK, "            position = self.reader.snapshot()\n",
+         "            reader = self.reader\n"
+         "            position = type('Late', (), {'materialize': lambda _self: reader.snapshot()})()\n"),
+    ),
+    bug(
+        "non-idempotent-commit", "a sink commit publishes under a new name each time it runs",
+        ("tests/connectors/test_file_sink.py",),
+        ("src/flowstate/connectors/file_sink.py",
+         "            final = pending[1:-len(_PENDING)] + self._suffix\n            try:\n"
+         "                os.rename(self._path(pending), self._path(final))\n",
+         "            final = pending[1:-len(_PENDING)] + f'.{os.urandom(4).hex()}' + self._suffix\n            try:\n"
+         "                shutil.copyfile(self._path(pending), self._path(final))\n"),
+        ("src/flowstate/connectors/file_sink.py", "import json\n", "import json\nimport shutil\n"),
+    ),
+    bug(
+        "commit-uncompleted", "a completed checkpoint also commits output pre-committed for later ones",
+        ("tests/protocol/test_commit.py",),
+        ("src/flowstate/checkpoint/commit.py", "commit = [c for cid, c in self.pending if cid <= checkpoint_id]",
+         "commit = [c for cid, c in self.pending]"),
+    ),
+    bug(
+        "restore-unvalidated", "restore the newest checkpoint without validating it",
+        ("tests/storage", "tests/protocol/test_restore.py"),
+        ("src/flowstate/checkpoint/restore.py", "            case Invalid():\n                skipped.append(candidate)",
+         "            case Invalid():\n                return RestoreFrom(candidate.checkpoint_id, None, tuple(skipped))"),
+    ),
+    bug(
+        "restore-oldest", "restore the oldest valid checkpoint instead of the newest",
+        ("tests/protocol/test_restore.py",),
+        ("src/flowstate/checkpoint/restore.py", "            case Valid(checkpoint_id=cid, metadata=metadata):\n"
+         "                return RestoreFrom(cid, metadata, tuple(skipped))",
+         "            case Valid(checkpoint_id=cid, metadata=metadata):\n"
+         "                oldest = RestoreFrom(cid, metadata, tuple(skipped))\n                continue"),
+    ),
+    bug(
+        "randomized-key-hash", "partition keys with Python's per-process randomized hash()",
+        ("tests/engine/test_graph_validation.py",),
+        ("src/flowstate/state/keygroups.py", "    return ((crc32(data) * GOLDEN) & 0xFFFFFFFF) * max_parallelism >> 32",
+         "    return (hash(key) & 0xFFFFFFFF) * max_parallelism >> 32"),
+    ),
+    bug(
+        "unaligned-drops-overtaken", "an unaligned checkpoint does not persist the data its barrier overtook",
+        ("tests/engine/test_unaligned.py",),
+        (TASK, "                    if self._capture is not None and overtaken:\n"
+         "                        self._record(self._capture, ch, overtaken)",
+         "                    pass"),
+    ),
+    bug(
+        "stop-the-world-no-pause", "stop_the_world keeps its sources running during a checkpoint",
+        ("tests/engine/test_engine.py",),
+        (TASK, "                self._paused_for = mail.barrier.checkpoint_id", "                pass"),
+    ),
+)
+
+
+def _copy_tree(destination: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis")
+    for name in ("src", "tests"):
+        shutil.copytree(ROOT / name, destination / name, ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", destination / "pyproject.toml")
+
+
+def _apply(copy: Path, edits: tuple[Edit, ...]) -> str | None:
+    """Apply ``edits``; the first one that does not match exactly once is returned as a problem."""
+    for edit in edits:
+        path = copy / edit.path
+        text = path.read_text()
+        count = text.count(edit.old)
+        if count != 1:
+            return f"{edit.path}: the text to replace occurs {count} times (expected once): {edit.old[:60]!r}"
+        path.write_text(text.replace(edit.old, edit.new))
+    return None
+
+
+def _run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, str, float]:
+    """(passed, last lines of the output, seconds)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
+    env["PYTHONPATH"] = str(copy / "src")
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests],
+            cwd=copy, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return False, "timed out", time.monotonic() - started
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+    return done.returncode == 0, tail, time.monotonic() - started
+
+
+def _first_failure(output: str) -> str:
+    for line in output.splitlines():
+        if line.startswith("FAILED ") or line.startswith("ERROR "):
+            return line.split(" ", 1)[1].split(" - ")[0]
+    return output.splitlines()[-1] if output else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="names of the bugs to plant (default: all)")
+    parser.add_argument("--write", action="store_true", help="write the table into docs/reliability.md")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per test run (default 600)")
+    args = parser.parse_args(argv)
+    bugs = [b for b in CATALOGUE if not args.only or b.name in args.only]
+    if args.only and len(bugs) != len(args.only):
+        known = ", ".join(b.name for b in CATALOGUE)
+        print(f"unknown bug name among {args.only}; known: {known}", file=sys.stderr)
+        return 2
+
+    selections = sorted({t for b in bugs for t in b.tests})
+    with tempfile.TemporaryDirectory(prefix="flowstate-seeded-") as tmp:
+        control = Path(tmp) / "control"
+        _copy_tree(control)
+        print(f"control run of {len(selections)} test selection(s) on the unmodified source ...", flush=True)
+        passed, tail, seconds = _run_tests(control, tuple(selections), args.timeout)
+        if not passed:
+            print(f"the unmodified source fails its tests; nothing can be concluded:\n{tail}", file=sys.stderr)
+            return 2
+        print(f"  passed in {seconds:.0f} s", flush=True)
+
+        rows: list[tuple[str, str, str, str, float]] = []
+        stale = False
+        for i, planted in enumerate(bugs, 1):
+            copy = Path(tmp) / planted.name
+            _copy_tree(copy)
+            problem = _apply(copy, planted.edits)
+            if problem is not None:
+                print(f"[{i}/{len(bugs)}] {planted.name}: catalogue out of date: {problem}", file=sys.stderr)
+                rows.append((planted.name, planted.description, "NOT APPLIED", problem, 0.0))
+                stale = True
+                continue
+            passed, tail, seconds = _run_tests(copy, planted.tests, args.timeout)
+            verdict = "missed" if passed else "caught"
+            caught_by = "" if passed else _first_failure(tail)
+            print(f"[{i}/{len(bugs)}] {planted.name}: {verdict} in {seconds:.0f} s {caught_by}", flush=True)
+            rows.append((planted.name, planted.description, verdict, caught_by, seconds))
+            shutil.rmtree(copy, ignore_errors=True)
+
+    caught = sum(1 for r in rows if r[2] == "caught")
+    table = [
+        f"{caught} of {len(rows)} planted bugs caught (`python tools/seeded_bugs.py --write`).",
+        "",
+        "| bug | what is planted | result | first failing test | seconds |",
+        "|---|---|---|---|---|",
+        *(f"| `{n}` | {d} | **{v}** | `{t}` | {s:.0f} |" if t else f"| `{n}` | {d} | **{v}** | | {s:.0f} |"
+          for n, d, v, t, s in rows),
+    ]
+    print("\n".join(table))
+    if args.write:
+        doc = ROOT / "docs" / "reliability.md"
+        text = doc.read_text() if doc.exists() else "# Reliability\n"
+        block = f"{BEGIN}\n" + "\n".join(table) + f"\n{END}"
+        if BEGIN in text and END in text:
+            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip("\n") + "\n\n## Seeded bugs\n\n" + block + "\n"
+        doc.write_text(text)
+    if stale:
+        return 2
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
