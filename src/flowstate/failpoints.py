@@ -30,8 +30,14 @@ TASK_BEFORE_SNAPSHOT = "task.before_snapshot"
 """Every barrier arrived; the task has not taken its synchronous snapshot yet."""
 TASK_AFTER_SNAPSHOT = "task.after_snapshot_before_ack"
 """The task's state files are durable; it has not acknowledged yet."""
+STORAGE_STATE_MID_WRITE = "storage.state_mid_write"
+"""Checkpoint storage has written half of a state file (to its temporary name on a file system)."""
 COORDINATOR_BEFORE_METADATA = "coordinator.all_acks_before_metadata"
 """Every task acknowledged; the metadata is not written yet."""
+STORAGE_METADATA_TORN = "storage.metadata_torn"
+"""Checkpoint storage has written half of a checkpoint's metadata (to its temporary name)."""
+STORAGE_METADATA_BEFORE_RENAME = "storage.metadata_before_rename"
+"""The metadata is complete and fsynced under its temporary name, not yet renamed (not yet put)."""
 COORDINATOR_AFTER_METADATA = "coordinator.metadata_before_notify"
 """The checkpoint is complete on disk; tasks are not notified yet."""
 SINK_BEFORE_COMMIT = "sink.before_commit"
@@ -46,7 +52,8 @@ OPERATOR_PROCESS = "operator.process"
 KNOWN = frozenset({
     SOURCE_AFTER_SNAPSHOT, ALIGNMENT_BLOCKED, TASK_BEFORE_SNAPSHOT, TASK_AFTER_SNAPSHOT,
     COORDINATOR_BEFORE_METADATA, COORDINATOR_AFTER_METADATA, SINK_BEFORE_COMMIT, SINK_AFTER_COMMIT,
-    RECOVERY_STATE_LOADED, OPERATOR_PROCESS,
+    RECOVERY_STATE_LOADED, OPERATOR_PROCESS, STORAGE_STATE_MID_WRITE, STORAGE_METADATA_TORN,
+    STORAGE_METADATA_BEFORE_RENAME,
 })
 
 
