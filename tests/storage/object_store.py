@@ -81,13 +81,16 @@ class Faults:
     """What the proxy does to the next requests (shared with the handler threads)."""
 
     queued: deque[str] = field(default_factory=deque)
-    """One entry per coming request: ``"500"``/``"503"`` (answer that status without forwarding),
+    """One entry per coming request: ``"pass"`` (forward it untouched), ``"500"``/``"503"`` (answer
+    that status without forwarding),
     ``"drop"`` (close the connection without forwarding) or ``"lose"`` (forward, then close the
     connection without answering: the request took effect, the client cannot know)."""
     always: int | None = None
     latency: float = 0.0
     only_methods: frozenset[str] | None = None
     """When set, faults apply only to requests of these methods (others pass untouched)."""
+    only_containing: str | None = None
+    """When set, faults apply only to requests whose target contains this text."""
     requests: list[tuple[str, str]] = field(default_factory=list)
     injected: list[tuple[str, str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -97,10 +100,14 @@ class Faults:
             self.requests.append((method, path))
             if self.only_methods is not None and method not in self.only_methods:
                 return None
+            if self.only_containing is not None and self.only_containing not in path:
+                return None
             if self.always is not None:
                 fault = str(self.always)
             elif self.queued:
                 fault = self.queued.popleft()
+                if fault == "pass":
+                    return None
             else:
                 return None
             self.injected.append((fault, method, path))
@@ -112,6 +119,7 @@ class Faults:
             self.always = None
             self.latency = 0.0
             self.only_methods = None
+            self.only_containing = None
             self.requests.clear()
             self.injected.clear()
 

@@ -20,8 +20,10 @@ Rules:
    serves only ``write_shared``'s test for "already stored": validation and reads always hash the
    bytes themselves.
 4. Validation (``restore_candidates``, ``list_checkpoints``, ``file_problem``) downloads and hashes
-   every referenced file, ``workers`` files at a time. ``local_path`` downloads a file into
-   ``cache_dir`` under its SHA-256 (verified before it is renamed into place) and reuses a cached
+   every referenced file, ``workers`` files at a time. A store that cannot be reached is not a
+   verdict on a checkpoint: validation, ``sweep`` and ``sweep_orphans`` then raise
+   ``ObjectStoreError`` instead of refusing checkpoints or taking their files for orphans.
+   ``local_path`` downloads a file into ``cache_dir`` under its SHA-256 (verified before it is renamed into place) and reuses a cached
    copy when it still verifies. The cache is never pruned by the storage; clear it between runs if
    space matters.
 5. Removal deletes ``_metadata`` first, then the rest of the checkpoint's objects, then the shared
@@ -411,10 +413,9 @@ class S3CheckpointStorage:
         return self._load_metadata(checkpoint_id, directory)
 
     def file_problem(self, handle: StateHandle) -> str | None:
-        try:
-            size, sha256 = self._download(handle.path, None, expected_size=handle.size)
-        except ObjectStoreError as error:
-            return f"cannot read {handle.path}: {error}"
+        """Why the object of ``handle`` is missing or differs in size or SHA-256, or ``None``.
+        A store that cannot be reached raises ``ObjectStoreError``: that is no verdict on the file."""
+        size, sha256 = self._download(handle.path, None, expected_size=handle.size)
         if size is None:
             return f"{handle.path} is missing"
         return hash_problem(handle, size, sha256)
@@ -571,10 +572,12 @@ class S3CheckpointStorage:
         return sorted(chosen.items())
 
     def _valid_metadata(self) -> list[CheckpointMetadata]:
+        # Only a missing or corrupt metadata is skipped. A store that cannot be reached raises:
+        # skipping a checkpoint it could not read would let its shared files look unreferenced.
         def load(item: tuple[CheckpointId, str]) -> CheckpointMetadata | None:
             try:
                 return self._load_metadata(*item)
-            except (OSError, CorruptCheckpointError):
+            except (FileNotFoundError, CorruptCheckpointError):
                 return None
 
         return [m for m in self._parallel(load, self._checkpoint_directories()) if m is not None]
@@ -601,9 +604,6 @@ class S3CheckpointStorage:
             return _Inspection(Invalid(checkpoint_id, NO_METADATA), "incomplete", None)
         except CorruptCheckpointError as error:
             return _Inspection(Invalid(checkpoint_id, str(error)), "corrupt", None)
-        except OSError as error:
-            reason = f"cannot read {directory}/{METADATA_FILE}: {error}"
-            return _Inspection(Invalid(checkpoint_id, reason), "corrupt", None)
         if verify_files:
             for problem in self._parallel(self.file_problem, metadata.files()):
                 if problem is not None:
