@@ -16,13 +16,14 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from flowstate.storage import open_storage
+
 from .object_store import (
     ACCESS_KEY,
     BUCKET,
     REGION,
     SECRET_KEY,
-    FaultyProxy,
     Faults,
+    FaultyProxy,
     MotoServer,
     require_moto,
     unique_prefix,

@@ -135,7 +135,7 @@ class FaultyProxy:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
             def _body(self) -> bytes:
@@ -179,13 +179,13 @@ class FaultyProxy:
                     if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
                         self.send_header(name, value)
                 # A HEAD answer has no body but tells the length of the object.
-                length = dict((k.lower(), v) for k, v in headers).get("content-length", "0")
+                length = {k.lower(): v for k, v in headers}.get("content-length", "0")
                 self.send_header("Content-Length", length if self.command == "HEAD" else str(len(answer)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(answer)
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815 - http.server names
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True

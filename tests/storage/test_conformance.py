@@ -244,6 +244,41 @@ def test_other_bytes_under_a_key_no_checkpoint_references_replace_the_debris(har
     assert harness.read("shared/count-0/1.sst") == b"the real table"
 
 
+def test_many_shared_files_are_written_together_and_their_handles_come_back_in_order(harness, tmp_path):
+    storage = harness.open()
+    source = tmp_path / "from-disk.sst"
+    source.write_bytes(b"on disk")
+    items = [(f"count-0/{n}.sst", payload("many", n)) for n in range(6)] + [("count-1/from-disk.sst", source)]
+
+    handles = storage.write_shared_many(items)
+
+    assert [h.path for h in handles] == [f"shared/{key}" for key, _ in items]
+    assert [storage.read_state(h) for h in handles] == [payload("many", n) for n in range(6)] + [b"on disk"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [(["a/1", "a/2", "a/1"], "'a/1' is given twice"), (["a/1", "a/../2"], "shared file key 'a/../2'")],
+)
+def test_a_batch_with_a_bad_or_repeated_key_writes_nothing(harness, keys, message):
+    storage = harness.open()
+
+    with pytest.raises(ValueError, match=message):
+        storage.write_shared_many([(key, b"x") for key in keys])
+
+    assert harness.paths() == []
+
+
+def test_a_batch_in_which_one_write_fails_raises_it_after_writing_the_others(harness):
+    storage = harness.open()
+    write_checkpoint(storage, 1, {0: ["1.sst"]})
+
+    with pytest.raises(FileExistsError, match="shared/count-0/1.sst already holds other bytes"):
+        storage.write_shared_many([("count-0/0.sst", b"zero"), ("count-0/1.sst", b"other"), ("count-0/2.sst", b"two")])
+
+    assert shared_paths(harness) == ["shared/count-0/0.sst", "shared/count-0/1.sst", "shared/count-0/2.sst"]
+
+
 @pytest.mark.parametrize(
     "key",
     ["", "a/b/c", "../x", "a/../b", ".hidden", "a/.b", "a b", "a//b", "/a", "a/", "é", "a#0", "x" * 201, "a\\b"],

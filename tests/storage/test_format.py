@@ -12,8 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId
-from flowstate.storage.base import CheckpointMetadata, CorruptCheckpointError, StateHandle, TaskState
-from flowstate.storage.format import decode_metadata, encode_metadata, key_problem, reference_problem
+from flowstate.storage.base import (
+    CheckpointMetadata,
+    CorruptCheckpointError,
+    StateHandle,
+    TaskState,
+)
+from flowstate.storage.format import (
+    decode_metadata,
+    encode_metadata,
+    key_problem,
+    reference_problem,
+)
 
 SHA = hashlib.sha256(b"x").hexdigest()
 

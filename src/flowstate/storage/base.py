@@ -54,7 +54,7 @@ Contract of every adapter:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -203,6 +203,14 @@ class CheckpointStorage(Protocol):
 
     def write_shared(self, key: str, source: bytes | os.PathLike[str]) -> StateHandle:
         """Rule 6. ``key`` is one or two segments of ``[A-Za-z0-9._-]`` joined by ``/``."""
+        ...
+
+    def write_shared_many(
+        self, items: Iterable[tuple[str, bytes | os.PathLike[str]]]
+    ) -> list[StateHandle]:
+        """``write_shared`` of every ``(key, source)``, several at a time; the handles in the order
+        given. Keys are validated (and must differ) before anything is written; when writes fail,
+        the first failure is raised once every write has ended."""
         ...
 
     def read_state(self, handle: StateHandle) -> bytes:

@@ -35,7 +35,12 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId
-from flowstate.storage.base import CheckpointMetadata, CorruptCheckpointError, StateHandle, TaskState
+from flowstate.storage.base import (
+    CheckpointMetadata,
+    CorruptCheckpointError,
+    StateHandle,
+    TaskState,
+)
 from flowstate.storage.compression import CODECS
 
 METADATA_FILE = "_metadata"
@@ -134,6 +139,17 @@ def check_key(key: str) -> None:
     problem = key_problem(key)
     if problem is not None:
         raise ValueError(problem)
+
+
+def check_keys(keys: list[str]) -> None:
+    """Every key valid (rule 3) and no key twice; ``ValueError`` otherwise."""
+    for key in keys:
+        check_key(key)
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            raise ValueError(f"shared file key {key!r} is given twice")
+        seen.add(key)
 
 
 def shared_path(key: str) -> str:

@@ -49,7 +49,8 @@ import hashlib
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -75,6 +76,7 @@ from flowstate.storage.format import (
     TEMPORARY_NAME,
     check_checkpoint_id,
     check_key,
+    check_keys,
     check_state_name,
     checkpoint_dir_name,
     decode_metadata,
@@ -100,6 +102,7 @@ __all__ = [
 ]
 
 _COPY_CHUNK = 1024 * 1024
+_UPLOAD_WORKERS = 4
 
 
 # --- file-system steps -------------------------------------------------------------------------
@@ -352,6 +355,24 @@ class LocalCheckpointStorage:
             return StateHandle(relative, len(data), hashlib.sha256(data).hexdigest())
         size, sha256 = _copy_durably(path.parent, path.name, source_path)
         return StateHandle(relative, size, sha256)
+
+    def write_shared_many(
+        self, items: Iterable[tuple[str, bytes | os.PathLike[str]]]
+    ) -> list[StateHandle]:
+        """``write_shared`` of every ``(key, source)``, four at a time; the handles in the
+        order given. Keys are validated (and must differ) before anything is written; when writes fail,
+        the first failure is raised once every write has ended."""
+        items = list(items)
+        check_keys([key for key, _ in items])
+        if len(items) <= 1:
+            return [self.write_shared(key, source) for key, source in items]
+        with ThreadPoolExecutor(min(_UPLOAD_WORKERS, len(items)), thread_name_prefix="shared-upload") as pool:
+            futures = [pool.submit(self.write_shared, key, source) for key, source in items]
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise error
+        return [future.result() for future in futures]
 
     def write_metadata(self, metadata: CheckpointMetadata) -> None:
         """Complete the checkpoint by writing its ``_metadata`` durably (contract rule 2).

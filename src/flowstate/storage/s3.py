@@ -81,6 +81,7 @@ from flowstate.storage.format import (
     SHARED_DIR,
     check_checkpoint_id,
     check_key,
+    check_keys,
     check_state_name,
     checkpoint_dir_name,
     decode_metadata,
@@ -285,6 +286,24 @@ class S3CheckpointStorage:
                 )
         self._put(path, body, sha256)
         return StateHandle(path, size, sha256)
+
+    def write_shared_many(
+        self, items: Iterable[tuple[str, bytes | os.PathLike[str]]]
+    ) -> list[StateHandle]:
+        """``write_shared`` of every ``(key, source)``, ``workers`` at a time; the handles in the
+        order given. Keys are validated (and must differ) before anything is written; when writes fail,
+        the first failure is raised once every write has ended."""
+        items = list(items)
+        check_keys([key for key, _ in items])
+        if len(items) <= 1:
+            return [self.write_shared(key, source) for key, source in items]
+        with ThreadPoolExecutor(min(self._workers, len(items)), thread_name_prefix="shared-upload") as pool:
+            futures = [pool.submit(self.write_shared, key, source) for key, source in items]
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise error
+        return [future.result() for future in futures]
 
     def write_metadata(self, metadata: CheckpointMetadata) -> None:
         """Complete the checkpoint with a create-only PUT of its ``_metadata`` (contract rule 2,
