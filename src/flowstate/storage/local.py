@@ -328,7 +328,9 @@ class LocalCheckpointStorage:
         check_key(key)
         relative = shared_path(key)
         path = self._root / relative
-        data = (source if isinstance(source, bytes) else bytes(source)) if isinstance(source, bytes | bytearray | memoryview) else None
+        data = None
+        if isinstance(source, bytes | bytearray | memoryview):
+            data = source if isinstance(source, bytes) else bytes(source)
         source_path = None if data is not None else Path(source)
         existing = self._existing_size(path)
         if existing is not None:
@@ -360,8 +362,8 @@ class LocalCheckpointStorage:
         self, items: Iterable[tuple[str, bytes | os.PathLike[str]]]
     ) -> list[StateHandle]:
         """``write_shared`` of every ``(key, source)``, four at a time; the handles in the
-        order given. Keys are validated (and must differ) before anything is written; when writes fail,
-        the first failure is raised once every write has ended."""
+        order given. Keys are validated (and must differ) before anything is written; when writes
+        fail, the first failure is raised once every write has ended."""
         items = list(items)
         check_keys([key for key, _ in items])
         if len(items) <= 1:

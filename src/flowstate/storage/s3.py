@@ -23,9 +23,9 @@ Rules:
    every referenced file, ``workers`` files at a time. A store that cannot be reached is not a
    verdict on a checkpoint: validation, ``sweep`` and ``sweep_orphans`` then raise
    ``ObjectStoreError`` instead of refusing checkpoints or taking their files for orphans.
-   ``local_path`` downloads a file into ``cache_dir`` under its SHA-256 (verified before it is renamed into place) and reuses a cached
-   copy when it still verifies. The cache is never pruned by the storage; clear it between runs if
-   space matters.
+   ``local_path`` downloads a file into ``cache_dir`` under its SHA-256 (verified before it is
+   renamed into place) and reuses a cached copy when it still verifies. The cache is never pruned
+   by the storage; clear it between runs if space matters.
 5. Removal deletes ``_metadata`` first, then the rest of the checkpoint's objects, then the shared
    files it released; a crash in between leaves an incomplete checkpoint or orphans, never a
    checkpoint that looks complete but is not.
@@ -291,8 +291,8 @@ class S3CheckpointStorage:
         self, items: Iterable[tuple[str, bytes | os.PathLike[str]]]
     ) -> list[StateHandle]:
         """``write_shared`` of every ``(key, source)``, ``workers`` at a time; the handles in the
-        order given. Keys are validated (and must differ) before anything is written; when writes fail,
-        the first failure is raised once every write has ended."""
+        order given. Keys are validated (and must differ) before anything is written; when writes
+        fail, the first failure is raised once every write has ended."""
         items = list(items)
         check_keys([key for key, _ in items])
         if len(items) <= 1:

@@ -18,8 +18,9 @@ Problems, each listed with the file it concerns:
   an incomplete or corrupt checkpoint, a temporary file), older than the grace period. Younger
   orphans are listed but are no problem: they may belong to a checkpoint being written.
 * ``retention`` (with ``retained=N``): the bytes stored, less the orphans and broken metadata files
-  already reported, exceed the bound: what the N newest checkpoints with decodable metadata (savepoints excepted) and every
-  savepoint reference, their ``_metadata`` files, and the young orphans.
+  already reported, exceed the bound: what the N newest checkpoints with decodable metadata
+  (savepoints aside) and every savepoint reference, their ``_metadata`` files, and the young
+  orphans.
 
 Sizes are of the stored files (``list_files``): a file's own directory, ``shared/`` and temporary
 files count; files of the root that are not the storage's (a job's lock file) do not.
