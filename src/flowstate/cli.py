@@ -1,7 +1,9 @@
-"""The ``flowstate`` command line: ``run``, ``checkpoints list``, ``demo``.
+"""The ``flowstate`` command line: ``run``, ``checkpoints list``, ``checkpoints verify``, ``demo``.
 
 Exit status: 0 when a bounded job finished with its output committed; 1 when the job failed (its
 restart strategy gave up); 2 for a mistake in the command, the job file or the configuration.
+``checkpoints verify`` exits 0 when everything verifies, 1 on any problem (each one listed) or when
+the storage cannot be read, 2 for a mistake in the command.
 """
 
 from __future__ import annotations
@@ -130,6 +132,15 @@ def _parser() -> argparse.ArgumentParser:
     csub = checkpoints.add_subparsers(dest="checkpoints_command", required=True)
     listing = csub.add_parser("list", help="list checkpoints: id, status, time, size, duration")
     listing.add_argument("directory")
+    verifying = csub.add_parser(
+        "verify", help="verify every checkpoint file, list orphans, check retention; exit 1 on any problem")
+    verifying.add_argument("location", metavar="DIR_OR_URL", help="a checkpoint directory or s3://bucket/prefix")
+    verifying.add_argument("--retained", type=int,
+                           help="the job's retained checkpoints: fail when more bytes are stored than they reference")
+    verifying.add_argument("--grace", default="1h",
+                           help="unreferenced files younger than this may belong to a checkpoint in progress (default 1h)")
+    verifying.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                           help="storage option, e.g. endpoint=http://localhost:9000 or region=eu-west-1 (repeatable)")
 
     demo = sub.add_parser("demo", help="word count with a crash, a recovery and a check against a batch count")
     demo.add_argument("--dir", default="demo-run", help="working directory of the demo (default ./demo-run)")
@@ -194,6 +205,46 @@ def _checkpoints_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _storage_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as an int, a float, true/false, or else kept as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"cannot read storage option {text!r}: use KEY=VALUE")
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _checkpoints_verify(args: argparse.Namespace) -> int:
+    from flowstate.clock import SystemClock
+    from flowstate.storage.factory import is_url, open_storage
+    from flowstate.storage.verify import format_report, verify
+
+    location = args.location
+    if args.retained is not None and args.retained < 1:
+        raise ConfigError(f"--retained must be at least 1, not {args.retained}")
+    grace = parse_duration(args.grace, what="grace period")
+    options = dict(_storage_option(text) for text in args.option)
+    local = location[len("file://"):] if location.startswith("file://") else None if is_url(location) else location
+    if local is not None and not Path(local).is_dir():
+        raise ConfigError(f"{local} is not a directory")
+    try:
+        storage = open_storage(location, **options)
+        report = verify(storage, location=location, grace_seconds=grace, now=SystemClock().wall(), retained=args.retained)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        print(f"flowstate: cannot verify {location}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(format_report(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
@@ -201,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "checkpoints":
+            if args.checkpoints_command == "verify":
+                return _checkpoints_verify(args)
             return _checkpoints_list(args)
         if args.command == "demo":
             from flowstate.demo import run_demo

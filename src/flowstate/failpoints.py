@@ -40,7 +40,7 @@ SINK_MID_PRE_COMMIT = "sink.mid_pre_commit"
 """A sink made its in-progress output durable and has not renamed it to its pending name."""
 SINK_AFTER_PRE_COMMIT = "sink.pre_committed_before_ack"
 """A sink pre-committed its output for a checkpoint; the task has not acknowledged yet."""
-STATE_MID_WRITE = "storage.state_mid_write"
+STORAGE_STATE_MID_WRITE = "storage.state_mid_write"
 """Part of a state file is written to its temporary name (the asynchronous part of a snapshot)."""
 TASK_AFTER_SNAPSHOT = "task.after_snapshot_before_ack"
 """The task's state files are durable; it has not acknowledged yet."""
@@ -48,9 +48,9 @@ COORDINATOR_SOME_ACKS = "coordinator.some_acks"
 """The coordinator holds some acknowledgements of a checkpoint, not all."""
 COORDINATOR_BEFORE_METADATA = "coordinator.all_acks_before_metadata"
 """Every task acknowledged; the metadata is not written yet."""
-METADATA_TORN = "storage.metadata_torn"
+STORAGE_METADATA_TORN = "storage.metadata_torn"
 """Half of the metadata is written to its temporary name (a torn write)."""
-METADATA_BEFORE_RENAME = "storage.metadata_before_rename"
+STORAGE_METADATA_BEFORE_RENAME = "storage.metadata_before_rename"
 """The metadata is written and fsynced under its temporary name, not renamed yet."""
 COORDINATOR_AFTER_METADATA = "coordinator.metadata_before_notify"
 """The checkpoint is complete on disk; tasks are not notified yet."""
@@ -71,9 +71,9 @@ OPERATOR_PROCESS = "operator.process"
 
 KNOWN = frozenset({
     SOURCE_BEFORE_SNAPSHOT, SOURCE_AFTER_SNAPSHOT, BARRIER_FIRST, ALIGNMENT_BLOCKED, TASK_BEFORE_SNAPSHOT,
-    TASK_BEFORE_FORWARD, FINAL_CHECKPOINT, SINK_MID_PRE_COMMIT, SINK_AFTER_PRE_COMMIT, STATE_MID_WRITE,
-    TASK_AFTER_SNAPSHOT, COORDINATOR_SOME_ACKS, COORDINATOR_BEFORE_METADATA, METADATA_TORN,
-    METADATA_BEFORE_RENAME, COORDINATOR_AFTER_METADATA, SINK_BEFORE_COMMIT, SINK_MID_COMMIT,
+    TASK_BEFORE_FORWARD, FINAL_CHECKPOINT, SINK_MID_PRE_COMMIT, SINK_AFTER_PRE_COMMIT, STORAGE_STATE_MID_WRITE,
+    TASK_AFTER_SNAPSHOT, COORDINATOR_SOME_ACKS, COORDINATOR_BEFORE_METADATA, STORAGE_METADATA_TORN,
+    STORAGE_METADATA_BEFORE_RENAME, COORDINATOR_AFTER_METADATA, SINK_BEFORE_COMMIT, SINK_MID_COMMIT,
     SINK_AFTER_COMMIT, RECOVERY_CHECKPOINT_CHOSEN, RECOVERY_MID_LOAD, RECOVERY_STATE_LOADED, OPERATOR_PROCESS,
 })
 """Every failpoint, in the order a checkpoint and a recovery meet them."""

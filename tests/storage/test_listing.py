@@ -10,7 +10,7 @@ import pytest
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId
 from flowstate.storage.base import CheckpointInfo, CheckpointMetadata, TaskState
-from flowstate.storage.listing import format_checkpoint_table
+from flowstate.storage.listing import format_checkpoint_table, format_size_short
 from flowstate.storage.local import NO_METADATA, LocalCheckpointStorage
 
 # 2023-11-14T22:13:20Z
@@ -231,3 +231,62 @@ def test_alignment_and_in_flight_bytes_are_shown_when_a_checkpoint_has_them():
 
 def test_without_alignment_or_in_flight_data_the_table_has_no_such_columns():
     assert "ALIGNMENT" not in table([completed(1), completed(2)])[0]
+
+
+def incremental(checkpoint_id: int, *, sync: float, slowest_async: float, written: int, full: int) -> CheckpointInfo:
+    tasks = tuple(
+        TaskState(
+            TaskId(f"count#{i}"), "count", i, None, sync_seconds=sync * (i + 1) / 2,
+            async_seconds=slowest_async * (i + 1) / 2, bytes_written=written // 2, full_size=full // 2,
+        )
+        for i in range(2)
+    )
+    base = metadata(checkpoint_id)
+    found = CheckpointMetadata(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "tasks": tasks})
+    return CheckpointInfo(CheckpointId(checkpoint_id), "completed", None, found, 3 * 1024 * 1024)
+
+
+def test_incremental_checkpoints_show_the_longest_snapshot_parts_and_the_bytes_written_and_full():
+    lines = table([
+        incremental(1, sync=0.0042, slowest_async=0.125, written=20 * 1024**2, full=20 * 1024**2),
+        incremental(2, sync=0.0125, slowest_async=1.5, written=1024**2, full=21 * 1024**2),
+        incremental(3, sync=0.0, slowest_async=0.0, written=0, full=0),
+    ])
+
+    assert cells(lines[0]) == ["ID", "STATUS", "COMPLETED", "AT", "SIZE", "DURATION", "SYNC/ASYNC", "WRITTEN", "FULL", "FINAL"]
+    assert cells(lines[1])[7:13] == ["4.2/125", "ms", "20.0", "MiB", "20.0", "MiB"]
+    assert cells(lines[2])[7:13] == ["12/1500", "ms", "1.0", "MiB", "21.0", "MiB"]
+    assert cells(lines[3])[7:10] == ["-", "-", "-"]  # nothing reported: not known, not zero
+
+
+def test_a_table_of_incremental_checkpoints_fits_in_100_columns():
+    infos = [
+        incremental(n, sync=0.0123, slowest_async=2.5, written=123 * 1024**2, full=1023 * 1024**2)
+        for n in (99_998, 99_999)
+    ]
+
+    lines = format_checkpoint_table(infos, tz=timezone(timedelta(hours=-9, minutes=-30))).split("\n")
+
+    assert max(len(line) for line in lines) <= 100, "\n".join(lines)
+    assert "WRITTEN" in lines[0]
+
+
+def test_all_optional_columns_appear_in_order_after_the_duration():
+    with_all = incremental(1, sync=0.001, slowest_async=0.002, written=10, full=20)
+    tasks = tuple(
+        TaskState(**{**{f: getattr(t, f) for f in t.__dataclass_fields__}, "alignment_seconds": 0.5, "channel_state_bytes": 7})
+        for t in with_all.metadata.tasks
+    )
+    found = CheckpointMetadata(**{**{f: getattr(with_all.metadata, f) for f in with_all.metadata.__dataclass_fields__}, "tasks": tasks})
+
+    header = table([CheckpointInfo(CheckpointId(1), "completed", None, found, 100)])[0]
+
+    assert cells(header)[4:] == ["SIZE", "DURATION", "SYNC/ASYNC", "ALIGNMENT", "IN-FLIGHT", "WRITTEN", "FULL", "FINAL"]
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [(512, "512 B"), (int(99.94 * 1024), "99.9 KiB"), (123 * 1024**2, "123 MiB"), (1023 * 1024**2, "1023 MiB"), (5 * 1024**3, "5.0 GiB")],
+)
+def test_incremental_sizes_are_shown_to_three_significant_digits_from_100_on(size, shown):
+    assert format_size_short(size) == shown

@@ -1,6 +1,6 @@
 """Checkpoint storage in a directory of the local file system.
 
-Layout under the root directory::
+Layout under the root directory (names and the metadata encoding: ``flowstate.storage.format``)::
 
     root/
       chk-000001/
@@ -8,331 +8,101 @@ Layout under the root directory::
         _metadata               written last; its presence completes the checkpoint
       chk-000002/
         .map#0.state.tmp-9f3a…  a write in progress, or what a crash left of one
+      shared/
+        map#0/000042.sst        shared files (``write_shared``), referenced by several checkpoints
 
 Rules:
 
-1. A checkpoint directory is ``chk-`` and the id in decimal, zero padded to six digits (larger ids
-   simply have more digits). Any width is parsed back; ids start at 1.
-2. A file is written in three steps, in this order: (1) write and ``fsync`` it under a temporary
+1. A file is written in three steps, in this order: (1) write and ``fsync`` it under a temporary
    name ``.<name>.tmp-<random>`` in its final directory; (2) ``os.replace`` it onto its final name;
    (3) ``fsync`` the directory. After a crash a file is absent or complete under its final name,
-   never partial. A checkpoint directory is made durable in the root (root fsynced) by the write
-   that creates it, before that write returns.
-3. ``_metadata`` is the commit point. The caller writes it after every state file it references is
+   never partial. A directory (checkpoint, ``shared``, a key's first segment) is made durable in
+   its parent (parent fsynced) by the write that creates it, before that write returns.
+2. ``_metadata`` is the commit point. The caller writes it after every file it references is
    durable; a directory without it is *incomplete* and is never restored from.
-4. ``_metadata`` is UTF-8 JSON with sorted keys, indented by two spaces, ending with a newline. It
-   holds every field of ``CheckpointMetadata``, a ``format_version`` and a ``checksum``: the SHA-256
-   (hex) of the canonical JSON of every other field (sorted keys, no whitespace, UTF-8). The file
-   must be byte for byte what this module writes for its content, so that *any* alteration is
-   detected, including those the JSON parser would forgive (a lost final newline, ``E`` for ``e``
-   in a number, ``A`` for ``a`` in the checksum).
-5. Validation trusts nothing on disk: the metadata parses, matches its checksum, has a known format
-   version and names the checkpoint of its own directory, and every file it references exists with
-   the recorded size and SHA-256. Each refusal is a sentence that names the file.
-6. Removal (``discard``, ``sweep``) deletes ``_metadata`` first and fsyncs the directory, so that a
+3. Validation trusts nothing on disk: the metadata parses, matches its checksum, has a known format
+   version and names the checkpoint of its own directory, and every file it references (state
+   files and shared files) exists with the recorded size and SHA-256. Each refusal is a sentence
+   that names the file.
+4. Removal (``discard``, ``sweep``) deletes ``_metadata`` first and fsyncs the directory, so that a
    crash half way through leaves an incomplete checkpoint, never one that looks complete but is not.
+   Shared files are deleted after the metadata and directory of the checkpoint that released them.
+5. The age of a file, for ``sweep_orphans``, is its modification time. ``write_shared`` of bytes
+   already stored under the key, when no checkpoint references them yet, refreshes that time: the
+   file is about to be referenced again and must not be swept as an old orphan meanwhile.
+6. Failpoints (when a ``Failpoints`` object with actions is given): ``storage.state_mid_write``
+   after half the bytes of a state file are written to its temporary file;
+   ``storage.metadata_torn`` after half the bytes of ``_metadata`` are written to its temporary
+   file; ``storage.metadata_before_rename`` once ``_metadata`` is complete and fsynced under its
+   temporary name, before the rename. An exception raised there removes the temporary file (as any
+   failed write does); a process killed there leaves it, and it is never read as metadata.
 
 Not guaranteed: two writers of the same file name in one checkpoint (names are unique per checkpoint
-by contract); ``sweep`` running while a checkpoint that is not in ``keep`` is being written.
+by contract); ``sweep`` running while a checkpoint that is not in ``keep`` is being written; two
+storage instances writing the same root (the job holds a lock on the directory).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
-import re
 import secrets
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
-from flowstate.checkpoint.ids import CheckpointId, TaskId
+from flowstate import failpoints as fpn
+from flowstate.checkpoint.ids import CheckpointId
 from flowstate.checkpoint.restore import Invalid, Valid
+from flowstate.failpoints import Failpoints
 from flowstate.storage.base import (
     CheckpointInfo,
     CheckpointMetadata,
     CorruptCheckpointError,
     StateHandle,
-    TaskState,
+    StoredFile,
 )
-
-METADATA_FILE = "_metadata"
-METADATA_FORMAT_VERSION = 1
-NO_METADATA = "no metadata: the checkpoint never completed"
-MAX_NAME_BYTES = 200
-"""Longest state file name (UTF-8 bytes); leaves room for the temporary-name affixes in 255."""
-
-_DIR_NAME = re.compile(r"chk-([0-9]+)")
-_TEMPORARY_NAME = re.compile(r"\..+\.tmp-[0-9a-f]+")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-_BODY_FIELDS = frozenset(
-    {
-        "format_version",
-        "checkpoint_id",
-        "job",
-        "mode",
-        "final",
-        "trigger_time",
-        "completion_time",
-        "max_parallelism",
-        "parallelism",
-        "tasks",
-        "extra",
-    }
+from flowstate.storage.compression import check_codec, compress, decompress
+from flowstate.storage.format import (
+    MAX_NAME_BYTES,
+    METADATA_FILE,
+    METADATA_FORMAT_VERSION,
+    NO_METADATA,
+    SHARED_DIR,
+    TEMPORARY_NAME,
+    check_checkpoint_id,
+    check_key,
+    check_keys,
+    check_state_name,
+    checkpoint_dir_name,
+    decode_metadata,
+    encode_metadata,
+    hash_problem,
+    parse_checkpoint_dir_name,
+    reference_problem,
+    relative_path_problem,
+    shared_path,
 )
-_TASK_FIELDS = frozenset({
-    "task", "vertex", "subtask", "handle", "sync_seconds", "async_seconds", "alignment_seconds", "channel_state_bytes",
-})
-_HANDLE_FIELDS = frozenset({"path", "size", "sha256"})
+from flowstate.storage.registry import SharedStateRegistry, shared_files
 
+__all__ = [
+    "MAX_NAME_BYTES",
+    "METADATA_FILE",
+    "METADATA_FORMAT_VERSION",
+    "NO_METADATA",
+    "LocalCheckpointStorage",
+    "checkpoint_dir_name",
+    "decode_metadata",
+    "encode_metadata",
+    "parse_checkpoint_dir_name",
+]
 
-# --- names -------------------------------------------------------------------------------------
-
-
-def checkpoint_dir_name(checkpoint_id: CheckpointId) -> str:
-    """``chk-000042`` for checkpoint 42 (rule 1)."""
-    return f"chk-{checkpoint_id:06d}"
-
-
-def parse_checkpoint_dir_name(name: str) -> CheckpointId | None:
-    """The id of a checkpoint directory name of any width, or ``None`` if ``name`` is not one."""
-    match = _DIR_NAME.fullmatch(name)
-    if match is None:
-        return None
-    checkpoint_id = int(match.group(1))
-    return CheckpointId(checkpoint_id) if checkpoint_id >= 1 else None
-
-
-def _check_checkpoint_id(checkpoint_id: int) -> None:
-    if isinstance(checkpoint_id, bool) or not isinstance(checkpoint_id, int) or checkpoint_id < 1:
-        raise ValueError(f"checkpoint ids are integers from 1, not {checkpoint_id!r}")
-
-
-def _check_state_name(name: str) -> None:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a state file name must be a non-empty string, not {name!r}")
-    if "/" in name or "\\" in name or "\0" in name:
-        raise ValueError(f"state file name {name!r} must not contain '/', '\\' or NUL")
-    if name[0] in "._":
-        raise ValueError(
-            f"state file name {name!r} must not start with '.' or '_' "
-            "(reserved for temporary files and the metadata)"
-        )
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise ValueError(f"state file name {name[:40]!r}… is longer than {MAX_NAME_BYTES} bytes")
-
-
-def _relative_path_problem(path: object) -> str | None:
-    """Why ``path`` is not a normalised POSIX path inside the root, or ``None`` if it is one."""
-    if not isinstance(path, str) or not path:
-        return f"file path {path!r} is not a non-empty string"
-    posix = PurePosixPath(path)
-    if (
-        posix.is_absolute()
-        or str(posix) != path
-        or any(part in ("", ".", "..") for part in posix.parts)
-        or "\0" in path
-    ):
-        return f"file path {path!r} is not a normalised relative path inside the storage root"
-    return None
-
-
-# --- metadata encoding (pure) ------------------------------------------------------------------
-
-
-def _canonical_json(value: object) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
-def _file_layout(document: Mapping[str, object]) -> bytes:
-    return (
-        json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    ).encode("utf-8")
-
-
-def _handle_document(handle: StateHandle | None) -> dict[str, object] | None:
-    if handle is None:
-        return None
-    return {"path": handle.path, "size": handle.size, "sha256": handle.sha256}
-
-
-def encode_metadata(metadata: CheckpointMetadata) -> bytes:
-    """The bytes of the ``_metadata`` file for ``metadata`` (rule 4).
-
-    Raises ``ValueError`` when ``metadata`` would not be read back equal: ``extra`` must hold only
-    JSON values (dicts with ``str`` keys, lists, strings, numbers, booleans, ``None``; no tuples),
-    times must be finite, and every handle must have a relative path and a SHA-256 in lowercase hex.
-    """
-    body: dict[str, object] = {
-        "format_version": METADATA_FORMAT_VERSION,
-        "checkpoint_id": metadata.checkpoint_id,
-        "job": metadata.job,
-        "mode": metadata.mode,
-        "final": metadata.final,
-        "trigger_time": metadata.trigger_time,
-        "completion_time": metadata.completion_time,
-        "max_parallelism": metadata.max_parallelism,
-        "parallelism": dict(metadata.parallelism),
-        "tasks": [
-            {
-                "task": task.task,
-                "vertex": task.vertex,
-                "subtask": task.subtask,
-                "handle": _handle_document(task.handle),
-                "sync_seconds": task.sync_seconds,
-                "async_seconds": task.async_seconds,
-                "alignment_seconds": task.alignment_seconds,
-                "channel_state_bytes": task.channel_state_bytes,
-            }
-            for task in metadata.tasks
-        ],
-        "extra": dict(metadata.extra),
-    }
-    where = f"metadata of checkpoint {metadata.checkpoint_id}"
-    try:
-        checksum = hashlib.sha256(_canonical_json(body)).hexdigest()
-        raw = _file_layout({**body, "checksum": checksum})
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where} cannot be written as JSON: {error}") from error
-    try:
-        read_back = decode_metadata(raw)
-    except CorruptCheckpointError as error:
-        raise ValueError(f"{where} is not valid: {error}") from error
-    if read_back != metadata:
-        raise ValueError(
-            f"{where} would not read back equal (a tuple, a non-str key or a non-JSON value?)"
-        )
-    return raw
-
-
-def _no_constants(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _typed(value: object, kind: type, what: str) -> object:
-    # bool is an int to Python, but never a valid count, id or time here (nor an int a valid bool).
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise CorruptCheckpointError(f"{what} is {type(value).__name__}, not {kind.__name__}")
-    return value
-
-
-def _number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CorruptCheckpointError(f"{what} is {type(value).__name__}, not a number")
-    return value
-
-
-def _fields(value: object, expected: frozenset[str], what: str) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise CorruptCheckpointError(f"{what} is {type(value).__name__}, not a JSON object")
-    missing = sorted(expected - value.keys())
-    if missing:
-        raise CorruptCheckpointError(f"{what} lacks {', '.join(missing)}")
-    unknown = sorted(value.keys() - expected)
-    if unknown:
-        raise CorruptCheckpointError(f"{what} has unknown fields {', '.join(unknown)}")
-    return value
-
-
-def _decode_handle(value: object, what: str) -> StateHandle | None:
-    if value is None:
-        return None
-    fields = _fields(value, _HANDLE_FIELDS, what)
-    path = fields["path"]
-    problem = _relative_path_problem(path)
-    if problem is not None:
-        raise CorruptCheckpointError(f"{what}: {problem}")
-    size = _typed(fields["size"], int, f"{what} size")
-    if size < 0:
-        raise CorruptCheckpointError(f"{what} size is negative")
-    sha256 = _typed(fields["sha256"], str, f"{what} sha256")
-    if not _SHA256_HEX.fullmatch(sha256):
-        raise CorruptCheckpointError(f"{what} sha256 is not 64 lowercase hex digits")
-    return StateHandle(path=path, size=size, sha256=sha256)
-
-
-def _decode_task(value: object, index: int) -> TaskState:
-    what = f"task {index}"
-    fields = _fields(value, _TASK_FIELDS, what)
-    return TaskState(
-        task=TaskId(_typed(fields["task"], str, f"{what} task")),
-        vertex=_typed(fields["vertex"], str, f"{what} vertex"),
-        subtask=_typed(fields["subtask"], int, f"{what} subtask"),
-        handle=_decode_handle(fields["handle"], f"{what} handle"),
-        sync_seconds=_number(fields["sync_seconds"], f"{what} sync_seconds"),
-        async_seconds=_number(fields["async_seconds"], f"{what} async_seconds"),
-        alignment_seconds=_number(fields["alignment_seconds"], f"{what} alignment_seconds"),
-        channel_state_bytes=_typed(fields["channel_state_bytes"], int, f"{what} channel_state_bytes"),
-    )
-
-
-def decode_metadata(raw: bytes) -> CheckpointMetadata:
-    """The metadata encoded in ``raw`` (the bytes of a ``_metadata`` file), verified.
-
-    Checks, in this order: UTF-8, JSON, checksum, exact encoding (rule 4), format version, fields
-    and their types. Raises ``CorruptCheckpointError`` with a short reason on the first failure.
-    The order matters for the reason given: a flipped bit is reported as a checksum mismatch, not
-    as whatever nonsense the flipped field now says.
-    """
-    if not raw:
-        raise CorruptCheckpointError("the file is empty")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise CorruptCheckpointError(f"not UTF-8 at byte {error.start}: torn or corrupt") from None
-    try:
-        document = json.loads(text, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as error:
-        raise CorruptCheckpointError(f"not valid JSON ({error}): torn or corrupt") from None
-    if not isinstance(document, dict):
-        raise CorruptCheckpointError(f"not a JSON object but {type(document).__name__}: corrupt")
-    recorded = document.pop("checksum", None)
-    if not isinstance(recorded, str):
-        raise CorruptCheckpointError("no checksum field: corrupt")
-    try:
-        computed = hashlib.sha256(_canonical_json(document)).hexdigest()
-        reencoded = _file_layout({**document, "checksum": recorded})
-    except ValueError as error:  # a lone surrogate (from a \ud800 escape) has no UTF-8
-        raise CorruptCheckpointError(f"content cannot be re-encoded ({error}): corrupt") from None
-    if recorded != computed:
-        raise CorruptCheckpointError(
-            f"checksum mismatch (recorded {recorded[:16]}…, computed {computed[:16]}…)"
-        )
-    if reencoded != raw:
-        raise CorruptCheckpointError(
-            "not in the exact encoding it was written in: altered after it was written"
-        )
-    version = document.get("format_version")
-    if isinstance(version, bool) or version != METADATA_FORMAT_VERSION:
-        raise CorruptCheckpointError(
-            f"unsupported format version {version!r} (this version reads {METADATA_FORMAT_VERSION})"
-        )
-    body = _fields(document, _BODY_FIELDS, "the metadata")
-    checkpoint_id = _typed(body["checkpoint_id"], int, "checkpoint_id")
-    if checkpoint_id < 1:
-        raise CorruptCheckpointError(f"checkpoint_id {checkpoint_id} is below 1")
-    parallelism = _typed(body["parallelism"], dict, "parallelism")
-    for vertex, count in parallelism.items():
-        _typed(count, int, f"parallelism of {vertex!r}")
-    tasks = _typed(body["tasks"], list, "tasks")
-    return CheckpointMetadata(
-        checkpoint_id=CheckpointId(checkpoint_id),
-        job=_typed(body["job"], str, "job"),
-        mode=_typed(body["mode"], str, "mode"),
-        final=_typed(body["final"], bool, "final"),
-        trigger_time=_number(body["trigger_time"], "trigger_time"),
-        completion_time=_number(body["completion_time"], "completion_time"),
-        max_parallelism=_typed(body["max_parallelism"], int, "max_parallelism"),
-        parallelism=parallelism,
-        tasks=tuple(_decode_task(task, index) for index, task in enumerate(tasks)),
-        extra=_typed(body["extra"], dict, "extra"),
-    )
+_COPY_CHUNK = 1024 * 1024
+_UPLOAD_WORKERS = 4
 
 
 # --- file-system steps -------------------------------------------------------------------------
@@ -348,19 +118,62 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _unlink_if_present(path: Path | str) -> None:
+def _unlink_if_present(path: Path | str) -> bool:
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass
+        return False
+    return True
 
 
-def _write_durably(directory: Path, name: str, data: bytes) -> None:
-    """Rule 2: temporary file, fsync, rename, directory fsync."""
-    temporary = directory / f".{name}.tmp-{secrets.token_hex(8)}"
+def _temporary(directory: Path, name: str) -> Path:
+    return directory / f".{name}.tmp-{secrets.token_hex(8)}"
+
+
+def _write_durably(
+    directory: Path,
+    name: str,
+    data: bytes,
+    *,
+    failpoints: Failpoints | None = None,
+    torn: str | None = None,
+    before_rename: str | None = None,
+) -> None:
+    """Rule 1: temporary file, fsync, rename, directory fsync. ``torn`` and ``before_rename`` are
+    the failpoints hit half way through the bytes and before the rename (rule 6)."""
+    temporary = _temporary(directory, name)
     try:
         with open(temporary, "xb") as file:
-            file.write(data)
+            if failpoints and torn:
+                half = len(data) // 2
+                file.write(data[:half])
+                file.flush()
+                failpoints.hit(torn)
+                file.write(data[half:])
+            else:
+                file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        if failpoints and before_rename:
+            failpoints.hit(before_rename)
+        os.replace(temporary, directory / name)
+    except BaseException:
+        _unlink_if_present(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _copy_durably(directory: Path, name: str, source: Path) -> tuple[int, str]:
+    """Rule 1 for a copy of the file ``source``; returns the size and SHA-256 of what was copied."""
+    temporary = _temporary(directory, name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(source, "rb") as reader, open(temporary, "xb") as file:
+            while chunk := reader.read(_COPY_CHUNK):
+                digest.update(chunk)
+                file.write(chunk)
+                size += len(chunk)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, directory / name)
@@ -368,6 +181,7 @@ def _write_durably(directory: Path, name: str, data: bytes) -> None:
         _unlink_if_present(temporary)
         raise
     _fsync_directory(directory)
+    return size, digest.hexdigest()
 
 
 def _make_directories_durably(path: Path) -> None:
@@ -384,7 +198,7 @@ def _make_directories_durably(path: Path) -> None:
 
 
 def _remove_checkpoint_directory(directory: Path, *, attempts: int = 3) -> None:
-    """Rule 6. Anything already gone is fine: a concurrent removal got there first.
+    """Rule 4. Anything already gone is fine: a concurrent removal got there first.
 
     A task still writing its snapshot of an aborted checkpoint can drop a file into the directory
     after the walk and before the final ``rmdir`` (which then fails with ``ENOTEMPTY``): the walk
@@ -432,21 +246,9 @@ def _bytes_on_disk(directory: Path) -> int:
     return total
 
 
-def _hash_problem(handle: StateHandle, size: int, sha256: str | None) -> str | None:
-    """Why a file of ``size`` bytes and digest ``sha256`` is not ``handle``; ``None`` if it is.
-
-    ``sha256`` may be ``None`` when the size already differs (the digest was not computed)."""
-    if size != handle.size:
-        return (
-            f"{handle.path} has {size} bytes, the metadata records {handle.size}: "
-            "truncated or altered"
-        )
-    if sha256 != handle.sha256:
-        return (
-            f"{handle.path} does not match its SHA-256 "
-            f"(recorded {handle.sha256[:16]}…, found {(sha256 or '')[:16]}…): corrupt"
-        )
-    return None
+def _digest_of(path: Path | str) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 # --- the adapter -------------------------------------------------------------------------------
@@ -463,18 +265,23 @@ class _Inspection:
 class LocalCheckpointStorage:
     """``CheckpointStorage`` in a directory of the local file system (see the module rules).
 
-    Holds nothing but the root path, so one instance may be shared by threads: tasks writing state
-    files of the same checkpoint concurrently, the coordinator writing metadata.
+    One instance may be shared by threads: tasks writing state and shared files concurrently, the
+    coordinator writing metadata and discarding checkpoints. The reference counts of shared files
+    are guarded by a lock.
     """
 
-    __slots__ = ("_root",)
+    __slots__ = ("_failpoints", "_lock", "_registry", "_root")
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        """Use ``root``, creating it (and its missing parents) durably if it does not exist."""
+    def __init__(self, root: str | os.PathLike[str], *, failpoints: Failpoints | None = None) -> None:
+        """Use ``root``, creating it (and its missing parents) durably if it does not exist, and
+        count the shared files referenced by every checkpoint whose metadata is valid."""
         self._root = Path(root)
+        self._failpoints = failpoints
+        self._lock = threading.Lock()
         _make_directories_durably(self._root)
         if not self._root.is_dir():
             raise NotADirectoryError(f"checkpoint storage root {str(self._root)!r} is no directory")
+        self._registry = SharedStateRegistry.from_metadata(self._valid_metadata())
 
     @property
     def root(self) -> Path:
@@ -485,69 +292,168 @@ class LocalCheckpointStorage:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def write_state(self, checkpoint_id: CheckpointId, name: str, data: bytes) -> StateHandle:
-        """Make ``data`` durable as ``chk-<id>/<name>`` and return its handle (contract rule 1).
+    def write_state(
+        self, checkpoint_id: CheckpointId, name: str, data: bytes, *, codec: str = "none"
+    ) -> StateHandle:
+        """Make ``data``, compressed with ``codec``, durable as ``chk-<id>/<name>`` and return its
+        handle (contract rule 1).
 
-        ``name`` must not contain ``/`` nor start with ``.`` or ``_`` (``ValueError``); nothing is
-        written then.
+        ``name`` must not contain ``/`` nor start with ``.`` or ``_``, and ``codec`` must be known
+        (``ValueError``); nothing is written then.
         """
-        _check_state_name(name)
+        check_state_name(name)
+        check_codec(codec)
+        check_checkpoint_id(checkpoint_id)
+        stored = compress(codec, data)
         directory = self._checkpoint_directory(checkpoint_id)
-        _write_durably(directory, name, data)
+        _write_durably(
+            directory, name, stored, failpoints=self._failpoints, torn=fpn.STORAGE_STATE_MID_WRITE
+        )
         return StateHandle(
             path=f"{directory.name}/{name}",
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(stored),
+            sha256=hashlib.sha256(stored).hexdigest(),
+            codec=codec,
         )
+
+    def write_shared(self, key: str, source: bytes | os.PathLike[str]) -> StateHandle:
+        """Make ``source`` (bytes, or the path of a file to copy) durable as ``shared/<key>`` and
+        return its handle (contract rule 6); the bytes are stored as given (codec ``"none"``).
+
+        Idempotent: when the file already holds the same bytes it is not rewritten (rule 5 for its
+        age). Other bytes under a key that a checkpoint references raise ``FileExistsError``; under
+        a key that none references (debris of a crashed upload) they replace the old file.
+        ``ValueError`` for a bad key.
+        """
+        check_key(key)
+        relative = shared_path(key)
+        path = self._root / relative
+        data = None
+        if isinstance(source, bytes | bytearray | memoryview):
+            data = source if isinstance(source, bytes) else bytes(source)
+        source_path = None if data is not None else Path(source)
+        existing = self._existing_size(path)
+        if existing is not None:
+            if data is not None:
+                size, sha256 = len(data), hashlib.sha256(data).hexdigest()
+            else:
+                size = os.stat(source_path).st_size
+                sha256 = _digest_of(source_path) if size == existing else ""
+            same = existing == size and _digest_of(path) == sha256
+            with self._lock:
+                referenced = self._registry.count(relative) > 0
+            if same:
+                if not referenced:
+                    os.utime(path)
+                return StateHandle(relative, size, sha256)
+            if referenced:
+                raise FileExistsError(
+                    f"{relative} already holds other bytes, referenced by a checkpoint: a shared "
+                    "file is immutable, so its key must name its content"
+                )
+        _make_directories_durably(path.parent)
+        if data is not None:
+            _write_durably(path.parent, path.name, data)
+            return StateHandle(relative, len(data), hashlib.sha256(data).hexdigest())
+        size, sha256 = _copy_durably(path.parent, path.name, source_path)
+        return StateHandle(relative, size, sha256)
+
+    def write_shared_many(
+        self, items: Iterable[tuple[str, bytes | os.PathLike[str]]]
+    ) -> list[StateHandle]:
+        """``write_shared`` of every ``(key, source)``, four at a time; the handles in the
+        order given. Keys are validated (and must differ) before anything is written; when writes
+        fail, the first failure is raised once every write has ended."""
+        items = list(items)
+        check_keys([key for key, _ in items])
+        if len(items) <= 1:
+            return [self.write_shared(key, source) for key, source in items]
+        with ThreadPoolExecutor(min(_UPLOAD_WORKERS, len(items)), thread_name_prefix="shared-upload") as pool:
+            futures = [pool.submit(self.write_shared, key, source) for key, source in items]
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise error
+        return [future.result() for future in futures]
 
     def write_metadata(self, metadata: CheckpointMetadata) -> None:
         """Complete the checkpoint by writing its ``_metadata`` durably (contract rule 2).
 
         Before anything is written: ``ValueError`` if the metadata would not read back equal (see
-        ``encode_metadata``), ``CorruptCheckpointError`` if a file it references is missing or has
-        another size. The second check is cheap (no hashing) and keeps a caller's mistake from
-        publishing a checkpoint that cannot be restored, which the coordinator would then let
-        subsume the older, valid ones.
+        ``encode_metadata``) or references a file it may not (``format.reference_problem``);
+        ``CorruptCheckpointError`` if a file it references is missing or has another size. The
+        second check is cheap (no hashing) and keeps a caller's mistake from publishing a
+        checkpoint that cannot be restored, which the coordinator would then let subsume the older,
+        valid ones. The checkpoint's shared files are counted (under the same lock as ``discard``
+        deletes them) before the metadata is written: a shared file the check found cannot be
+        deleted before the checkpoint that references it is discarded.
         """
         raw = encode_metadata(metadata)
-        for handle in dict.fromkeys(t.handle for t in metadata.tasks if t.handle is not None):
-            try:
-                size = (self._root / handle.path).stat().st_size
-            except FileNotFoundError:
-                raise CorruptCheckpointError(
-                    f"cannot complete checkpoint {metadata.checkpoint_id}: {handle.path} is missing"
-                ) from None
-            if size != handle.size:
-                raise CorruptCheckpointError(
-                    f"cannot complete checkpoint {metadata.checkpoint_id}: {handle.path} has "
-                    f"{size} bytes, its handle says {handle.size}"
-                )
+        problem = reference_problem(metadata)
+        if problem is not None:
+            raise ValueError(f"cannot complete checkpoint {metadata.checkpoint_id}: {problem}")
+        with self._lock:
+            for handle in metadata.files():
+                size = self._existing_size(self._root / handle.path)
+                if size is None:
+                    raise CorruptCheckpointError(
+                        f"cannot complete checkpoint {metadata.checkpoint_id}: {handle.path} is missing"
+                    )
+                if size != handle.size:
+                    raise CorruptCheckpointError(
+                        f"cannot complete checkpoint {metadata.checkpoint_id}: {handle.path} has "
+                        f"{size} bytes, its handle says {handle.size}"
+                    )
+            self._registry.register(metadata.checkpoint_id, shared_files(metadata))
         # When tasks write concurrently, a write_state may find the directory made by another one
         # that has not yet fsynced the root. That is fine: the metadata is written only after every
         # write_state has returned, the creating one included, so the directory is durable by now.
         directory = self._checkpoint_directory(metadata.checkpoint_id)
-        _write_durably(directory, METADATA_FILE, raw)
+        _write_durably(
+            directory,
+            METADATA_FILE,
+            raw,
+            failpoints=self._failpoints,
+            torn=fpn.STORAGE_METADATA_TORN,
+            before_rename=fpn.STORAGE_METADATA_BEFORE_RENAME,
+        )
 
     # --- reading -------------------------------------------------------------------------------
 
     def read_state(self, handle: StateHandle) -> bytes:
-        """The bytes of ``handle``, verified again (contract rule 4).
+        """The bytes given to ``write_state`` for ``handle``, verified again (contract rule 4).
 
         Raises ``CorruptCheckpointError`` naming the file when it is missing or its size or SHA-256
-        differs from the handle; ``ValueError`` when the handle's path leaves the storage root.
+        differs from the handle (or it does not decompress); ``ValueError`` when the handle's path
+        leaves the storage root or its codec is unknown.
         """
-        problem = _relative_path_problem(handle.path)
+        problem = relative_path_problem(handle.path)
         if problem is not None:
             raise ValueError(problem)
+        check_codec(handle.codec)
         try:
             data = (self._root / handle.path).read_bytes()
         except FileNotFoundError:
             raise CorruptCheckpointError(f"{handle.path} is missing") from None
         sha256 = hashlib.sha256(data).hexdigest() if len(data) == handle.size else None
-        problem = _hash_problem(handle, len(data), sha256)
+        problem = hash_problem(handle, len(data), sha256)
         if problem is not None:
             raise CorruptCheckpointError(problem)
-        return data
+        try:
+            return decompress(handle.codec, data)
+        except CorruptCheckpointError as error:
+            raise CorruptCheckpointError(f"{handle.path}: {error}") from None
+
+    def local_path(self, handle: StateHandle) -> Path:
+        """The file of ``handle`` in place, verified first (contract rule 4); the same errors as
+        ``read_state``. Its bytes are as stored (compressed with ``handle.codec``)."""
+        problem = relative_path_problem(handle.path)
+        if problem is not None:
+            raise ValueError(problem)
+        problem = self.file_problem(handle)
+        if problem is not None:
+            raise CorruptCheckpointError(problem)
+        return self._root / handle.path
 
     def restore_candidates(self) -> Iterator[Valid[CheckpointMetadata] | Invalid]:
         """Every checkpoint directory, newest first, each validated only when it is reached
@@ -580,10 +486,58 @@ class LocalCheckpointStorage:
         """The highest id of any ``chk-N`` directory, complete or not; 0 when there is none."""
         return max((found_id for found_id, _ in self._checkpoint_directories()), default=0)
 
+    # --- inspection (``flowstate checkpoints verify``) ------------------------------------------
+
+    def checkpoint_ids(self) -> list[CheckpointId]:
+        """The id of every checkpoint directory, oldest first."""
+        return [checkpoint_id for checkpoint_id, _ in self._checkpoint_directories()]
+
+    def load_metadata(self, checkpoint_id: CheckpointId) -> CheckpointMetadata:
+        """The decoded metadata of ``checkpoint_id``: ``FileNotFoundError`` when it has none,
+        ``CorruptCheckpointError`` naming the file when it does not decode or names another
+        checkpoint, another ``OSError`` when it cannot be read."""
+        directory = dict(self._checkpoint_directories()).get(checkpoint_id)
+        if directory is None:
+            raise FileNotFoundError(f"checkpoint {checkpoint_id} has no directory")
+        return self._load_metadata(checkpoint_id, directory)
+
+    def file_problem(self, handle: StateHandle) -> str | None:
+        """Why the file of ``handle`` is missing, unreadable or differs in size or SHA-256."""
+        try:
+            with open(self._root / handle.path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                sha256 = (
+                    hashlib.file_digest(file, "sha256").hexdigest() if size == handle.size else None
+                )
+        except FileNotFoundError:
+            return f"{handle.path} is missing"
+        except OSError as error:
+            return f"cannot read {handle.path}: {error.strerror}"
+        return hash_problem(handle, size, sha256)
+
+    def list_files(self) -> list[StoredFile]:
+        """Every file in the checkpoint directories and under ``shared/``, in path order (other
+        files in the root, such as the job's lock file, are not the storage's)."""
+        found: list[StoredFile] = []
+        tops = [directory for _, directory in self._all_checkpoint_directories()]
+        tops.append(self._root / SHARED_DIR)
+        for top in tops:
+            for parent, _subdirectories, files in os.walk(top):
+                for name in files:
+                    path = Path(parent, name)
+                    try:
+                        info = path.lstat()
+                    except FileNotFoundError:
+                        continue
+                    relative = path.relative_to(self._root).as_posix()
+                    found.append(StoredFile(relative, info.st_size, info.st_mtime))
+        return sorted(found, key=lambda f: f.path)
+
     # --- removing ------------------------------------------------------------------------------
 
     def discard(self, checkpoint_id: CheckpointId) -> None:
-        """Delete the checkpoint's directory, metadata first (rule 6). Missing is fine."""
+        """Delete the checkpoint's directory, metadata first (rule 4), then the shared files no
+        other checkpoint references (contract rules 6 and 7). Missing is fine."""
         removed = False
         for found_id, directory in self._all_checkpoint_directories():
             if found_id == checkpoint_id:
@@ -591,11 +545,12 @@ class LocalCheckpointStorage:
                 removed = True
         if removed:
             _fsync_directory(self._root)
+        self._release(checkpoint_id)
 
     def sweep(self, keep: set[CheckpointId]) -> list[CheckpointId]:
         """Delete every checkpoint directory not in ``keep`` whose metadata is missing or invalid,
         and stray temporary files in the valid ones not in ``keep``; return the deleted ids, oldest
-        first.
+        first. A deleted checkpoint releases its shared files as ``discard`` does.
 
         ``keep`` must hold every checkpoint still being written. Only the metadata is checked (no
         hashing of state files): a checkpoint with intact metadata but a damaged state file is left
@@ -607,19 +562,75 @@ class LocalCheckpointStorage:
                 continue
             inspection = self._inspect(checkpoint_id, directory, verify_files=False)
             if isinstance(inspection.verdict, Valid):
-                self._remove_temporary_files(directory)
+                self._remove_temporary_files(directory, older_than=None)
             else:
                 _remove_checkpoint_directory(directory)
                 removed.append(checkpoint_id)
         if removed:
             _fsync_directory(self._root)
+        for checkpoint_id in removed:
+            self._release(checkpoint_id)
         return removed
+
+    def sweep_orphans(self, grace_seconds: float, now: float) -> list[str]:
+        """Delete every file under ``shared/`` that no valid metadata references (nor any
+        checkpoint being completed by this instance) and that was last modified more than
+        ``grace_seconds`` before ``now`` (wall-clock seconds since the epoch), and temporary files
+        that old in checkpoint directories (contract rule 8). Returns the deleted paths, sorted.
+        """
+        if grace_seconds < 0:
+            raise ValueError(f"the grace period cannot be negative, not {grace_seconds!r}")
+        cutoff = now - grace_seconds
+        referenced = {h.path for metadata in self._valid_metadata() for h in shared_files(metadata)}
+        deleted: list[str] = []
+        with self._lock:
+            referenced |= self._registry.referenced()
+            shared_root = self._root / SHARED_DIR
+            for parent, _subdirectories, files in os.walk(shared_root):
+                for name in files:
+                    path = Path(parent, name)
+                    relative = path.relative_to(self._root).as_posix()
+                    if relative in referenced or not self._older_than(path, cutoff):
+                        continue
+                    if _unlink_if_present(path):
+                        deleted.append(relative)
+                if files:
+                    _fsync_directory(Path(parent))
+        for _, directory in self._all_checkpoint_directories():
+            deleted.extend(self._remove_temporary_files(directory, older_than=cutoff))
+        return sorted(deleted)
 
     # --- internals -----------------------------------------------------------------------------
 
+    def _release(self, checkpoint_id: CheckpointId) -> None:
+        """Forget ``checkpoint_id``'s references and delete the shared files it held last."""
+        with self._lock:
+            released = self._registry.unregister(checkpoint_id)
+            directories = set()
+            for relative in released:
+                path = self._root / relative
+                if _unlink_if_present(path):
+                    directories.add(path.parent)
+            for directory in directories:
+                _fsync_directory(directory)
+
+    @staticmethod
+    def _existing_size(path: Path) -> int | None:
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def _older_than(path: Path, cutoff: float) -> bool:
+        try:
+            return path.lstat().st_mtime < cutoff
+        except FileNotFoundError:
+            return False
+
     def _checkpoint_directory(self, checkpoint_id: CheckpointId) -> Path:
         """The directory of ``checkpoint_id``, created durably (root fsynced) if it is new."""
-        _check_checkpoint_id(checkpoint_id)
+        check_checkpoint_id(checkpoint_id)
         directory = self._root / checkpoint_dir_name(checkpoint_id)
         try:
             directory.mkdir()
@@ -651,54 +662,62 @@ class LocalCheckpointStorage:
             chosen.setdefault(checkpoint_id, directory)
         return sorted(chosen.items())
 
+    def _valid_metadata(self) -> Iterator[CheckpointMetadata]:
+        """The metadata of every checkpoint whose metadata is valid (files not verified)."""
+        for checkpoint_id, directory in self._checkpoint_directories():
+            try:
+                yield self._load_metadata(checkpoint_id, directory)
+            except (OSError, CorruptCheckpointError):
+                continue
+
+    def _load_metadata(self, checkpoint_id: CheckpointId, directory: Path) -> CheckpointMetadata:
+        where = f"{directory.name}/{METADATA_FILE}"
+        raw = (directory / METADATA_FILE).read_bytes()
+        try:
+            metadata = decode_metadata(raw)
+        except CorruptCheckpointError as error:
+            raise CorruptCheckpointError(f"{where}: {error}") from None
+        if metadata.checkpoint_id != checkpoint_id:
+            raise CorruptCheckpointError(
+                f"{where} names checkpoint {metadata.checkpoint_id}, "
+                f"not {checkpoint_id} of its directory"
+            )
+        return metadata
+
     def _inspect(
         self, checkpoint_id: CheckpointId, directory: Path, *, verify_files: bool = True
     ) -> _Inspection:
-        where = f"{directory.name}/{METADATA_FILE}"
-
         def corrupt(reason: str, metadata: CheckpointMetadata | None = None) -> _Inspection:
             return _Inspection(Invalid(checkpoint_id, reason), "corrupt", metadata)
 
         try:
-            raw = (directory / METADATA_FILE).read_bytes()
+            metadata = self._load_metadata(checkpoint_id, directory)
         except FileNotFoundError:
             return _Inspection(Invalid(checkpoint_id, NO_METADATA), "incomplete", None)
-        except OSError as error:
-            return corrupt(f"cannot read {where}: {error.strerror}")
-        try:
-            metadata = decode_metadata(raw)
         except CorruptCheckpointError as error:
-            return corrupt(f"{where}: {error}")
-        if metadata.checkpoint_id != checkpoint_id:
-            return corrupt(
-                f"{where} names checkpoint {metadata.checkpoint_id}, "
-                f"not {checkpoint_id} of its directory"
-            )
+            return corrupt(str(error))
+        except OSError as error:
+            return corrupt(f"cannot read {directory.name}/{METADATA_FILE}: {error.strerror}")
         if verify_files:
-            for handle in dict.fromkeys(t.handle for t in metadata.tasks if t.handle is not None):
-                problem = self._file_problem(handle)
+            for handle in metadata.files():
+                problem = self.file_problem(handle)
                 if problem is not None:
                     return corrupt(problem, metadata)
         return _Inspection(Valid(checkpoint_id, metadata), "completed", metadata)
 
-    def _file_problem(self, handle: StateHandle) -> str | None:
-        try:
-            with open(self._root / handle.path, "rb") as file:
-                size = os.fstat(file.fileno()).st_size
-                sha256 = (
-                    hashlib.file_digest(file, "sha256").hexdigest() if size == handle.size else None
-                )
-        except FileNotFoundError:
-            return f"{handle.path} is missing"
-        except OSError as error:
-            return f"cannot read {handle.path}: {error.strerror}"
-        return _hash_problem(handle, size, sha256)
-
-    def _remove_temporary_files(self, directory: Path) -> None:
+    def _remove_temporary_files(self, directory: Path, *, older_than: float | None) -> list[str]:
+        """Delete the temporary files in ``directory`` (only those last modified before
+        ``older_than`` when it is given); return their paths relative to the root."""
         try:
             entries = list(os.scandir(directory))
         except FileNotFoundError:
-            return
+            return []
+        removed = []
         for entry in entries:
-            if _TEMPORARY_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                _unlink_if_present(entry.path)
+            if not (TEMPORARY_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            if older_than is not None and not self._older_than(Path(entry.path), older_than):
+                continue
+            if _unlink_if_present(entry.path):
+                removed.append(f"{directory.name}/{entry.name}")
+        return removed
