@@ -195,13 +195,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _checkpoints_list(args: argparse.Namespace) -> int:
+    from flowstate.storage.factory import is_url, open_storage
     from flowstate.storage.listing import format_checkpoint_table
-    from flowstate.storage.local import LocalCheckpointStorage
 
-    directory = Path(args.directory)
-    if not directory.is_dir():
-        raise ConfigError(f"{directory} is not a directory")
-    print(format_checkpoint_table(LocalCheckpointStorage(directory).list_checkpoints()))
+    location = args.directory
+    if not is_url(location) and not Path(location).is_dir():
+        raise ConfigError(f"{location} is not a directory")
+    try:
+        storage = open_storage(location)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(format_checkpoint_table(storage.list_checkpoints()))
     return EXIT_OK
 
 

@@ -121,7 +121,8 @@ class JobConfig:
     """Everything ``flowstate.run`` needs besides the dataflow itself."""
 
     mode: Mode = Mode.EXACTLY_ONCE
-    checkpoint_dir: Path | None = None
+    checkpoint_dir: Path | str | None = None
+    """A local directory (``Path``) or an object-store URL such as ``s3://bucket/prefix`` (``str``)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     restart: RestartStrategy = field(default_factory=lambda: FixedDelayRestart(3, 0.5))
     parallelism: int | None = None

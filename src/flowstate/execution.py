@@ -11,6 +11,16 @@ from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError
 from flowstate.failpoints import Failpoints
 from flowstate.runtime.job import JobResult, JobRunner
+from flowstate.storage.factory import is_url
+
+
+def _location(checkpoint_dir: str | Path | None) -> str | Path | None:
+    """An object-store URL stays a string; anything else is a local path."""
+    if checkpoint_dir is None:
+        return None
+    if isinstance(checkpoint_dir, str) and is_url(checkpoint_dir):
+        return checkpoint_dir
+    return Path(checkpoint_dir)
 
 
 def run(
@@ -58,7 +68,7 @@ def run(
         raise ConfigError(str(exc)) from None
     config = JobConfig(
         mode=Mode.parse(mode),
-        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
+        checkpoint_dir=_location(checkpoint_dir),
         checkpoint=checkpoint,
         restart=restart if restart is not None else FixedDelayRestart(3, 0.5),
         parallelism=parallelism,

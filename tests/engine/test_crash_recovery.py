@@ -229,7 +229,7 @@ class _RacingDiscard(LocalCheckpointStorage):
 
 def test_a_failed_removal_of_an_aborted_checkpoint_does_not_fail_the_job(monkeypatch, dirs, expected):
     monkeypatch.setattr(_RacingDiscard, "raced", [])
-    monkeypatch.setattr(job_module, "LocalCheckpointStorage", _RacingDiscard)
+    monkeypatch.setattr(job_module, "open_storage", lambda location, **options: _RacingDiscard(location, **options))
     failpoints = fs.Failpoints({"task.after_snapshot_before_ack": first_hit_after(COMPLETED_BEFORE_CRASH, TASKS)})
 
     result = run_wordcount(dirs, "exactly_once", failpoints, tolerable_failures=1)

@@ -64,6 +64,7 @@ from flowstate.runtime.output import Output, OutputEdge
 from flowstate.runtime.task import SOURCE_STATE, SourceTask, StreamTask, Task, TaskEnv
 from flowstate.runtime.transport import ChannelWriter, Executor, ThreadExecutor
 from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, CorruptCheckpointError, TaskState
+from flowstate.storage.factory import open_storage
 from flowstate.storage.local import LocalCheckpointStorage
 
 log = logging.getLogger("flowstate")
@@ -138,9 +139,12 @@ class JobRunner:
         self.graph: JobGraph = build_job_graph(flow, config.parallelism)
         self._progress = progress_stream or sys.stderr
         self._check_sources()
-        self.storage: CheckpointStorage | None = (
-            LocalCheckpointStorage(Path(config.checkpoint_dir)) if config.mode.checkpoints and config.checkpoint_dir else None
-        )
+        self.storage: CheckpointStorage | None = None
+        if config.mode.checkpoints and config.checkpoint_dir is not None:
+            try:
+                self.storage = open_storage(config.checkpoint_dir, failpoints=self.failpoints)
+            except ValueError as exc:
+                raise ConfigError(f"checkpoint storage {config.checkpoint_dir}: {exc}") from None
         self._next_id = 1
 
     def _check_sources(self) -> None:
@@ -166,7 +170,9 @@ class JobRunner:
         config = self.config
         result = JobResult(self.flow.name, config.mode)
         started = self.clock.monotonic()
-        lock = CheckpointDirLock(Path(config.checkpoint_dir)) if self.storage is not None else None
+        # Object storage has no lock: two runs on one bucket prefix are the user's to avoid.
+        storage = self.storage
+        lock = CheckpointDirLock(storage.root) if isinstance(storage, LocalCheckpointStorage) else None
         try:
             if config.fresh and self.storage is not None:
                 for info in self.storage.list_checkpoints():
@@ -240,12 +246,26 @@ class JobRunner:
                      md.checkpoint_id, len(md.tasks), md.state_size)
             keep = {md.checkpoint_id}
             storage.sweep(keep)
+            self._sweep_orphans()
             if self.failpoints:
                 self.failpoints.hit(fpn.RECOVERY_CHECKPOINT_CHOSEN)
             return md
         storage.sweep(set())
+        self._sweep_orphans()
         log.info("no completed checkpoint to restore from: starting from scratch")
         return None
+
+    def _sweep_orphans(self) -> None:
+        """Delete shared files that no valid checkpoint references: uploads of checkpoints that were
+        aborted or crashed. A local directory is locked by this run, so nothing is uploading into it
+        and no grace period is needed; object storage keeps files younger than the checkpoint
+        timeout, which an upload of another run may still reference soon."""
+        storage = self.storage
+        assert storage is not None
+        grace = 0.0 if isinstance(storage, LocalCheckpointStorage) else self.config.checkpoint.timeout
+        swept = storage.sweep_orphans(grace, self.clock.wall())
+        if swept:
+            log.info("deleted %d orphaned shared file(s) of aborted or crashed checkpoints", len(swept))
 
     def _check_compatible(self, md: CheckpointMetadata) -> None:
         if md.max_parallelism != self.graph.max_parallelism:
