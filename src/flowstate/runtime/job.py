@@ -308,7 +308,7 @@ class JobRunner:
         config = self.config
         states = self._load_states(restored)
         env = TaskEnv(config.mode, self.storage, reports, pool, self.failpoints, self.clock, config.batch_size,
-                      config.alignment_timeout, config.max_inflight_bytes)
+                      config.alignment_timeout, config.max_inflight_bytes, config.compression)
         gates: dict[tuple[str, int], InputGate] = {}
         bases: dict[str, list[int]] = {}
         for v in graph.vertices:

@@ -82,6 +82,8 @@ class TaskEnv:
     batch_size: int
     alignment_timeout: float | None = None
     max_inflight_bytes: int = 64 * 1024 * 1024
+    compression: str = "none"
+    """Codec of the task's state files (recorded in their handles)."""
 
 
 class Task:
@@ -199,13 +201,15 @@ class Task:
             if state:
                 assert env.storage is not None
                 data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-                handle = env.storage.write_state(cid, f"{self.task_id}.state", data)
+                handle = env.storage.write_state(cid, f"{self.task_id}.state", data, codec=env.compression)
             if env.failpoints:
                 env.failpoints.hit(fpn.TASK_AFTER_SNAPSHOT)
             async_seconds = env.clock.monotonic() - t0
             env.reports.put(Ack(self.task_id, cid, TaskState(
                 self.task_id, self.vertex, self.subtask, handle, snapshot.sync_seconds, async_seconds,
-                snapshot.alignment_seconds, snapshot.channel_bytes)))
+                snapshot.alignment_seconds, snapshot.channel_bytes,
+                bytes_written=handle.size if handle is not None else 0,
+                full_size=handle.size if handle is not None else 0)))
         except Exception as exc:  # noqa: BLE001 - a failed snapshot declines the checkpoint
             env.reports.put(Decline(self.task_id, cid, CheckpointFailureReason.SNAPSHOT_FAILURE,
                                     f"{type(exc).__name__}: {exc}"))
