@@ -370,8 +370,8 @@ class CheckpointCoordinator:
         # a slot arrives as a fact and triggers from there (otherwise the runtime would spin).
         running = self._running_since is not None and not self._finished
         if running and self._requests:
-            if self._request_ready(self._requests[0]):  # never left waiting in practice: see rule 6
-                times.append(now)
+            # A request is triggered by the fact that makes it ready (rule 6); this is a safeguard.
+            times += [now] if self._request_ready(self._requests[0]) else []
         elif (self._running_since is not None and not self._finished and not self._final_is_live()
                 and self._in_flight() < self.config.max_concurrent and not self._savepoint_in_flight()):
             if self.config.interval is not None:
