@@ -372,14 +372,14 @@ class CheckpointCoordinator:
         if running and self._requests:
             # A request is triggered by the fact that makes it ready (rule 6); this is a safeguard.
             times += [now] if self._request_ready(self._requests[0]) else []
-        elif (self._running_since is not None and not self._finished and not self._final_is_live()
+        elif (running and self.config.interval is not None and not self._final_is_live()
                 and self._in_flight() < self.config.max_concurrent and not self._savepoint_in_flight()):
-            if self.config.interval is not None:
-                last = self._last_trigger if self._last_trigger is not None else self._running_since
-                due = last + self.config.interval
-                if self._last_completion is not None:
-                    due = max(due, self._last_completion + self.config.min_pause)
-                times.append(due)
+            assert self._running_since is not None
+            last = self._last_trigger if self._last_trigger is not None else self._running_since
+            due = last + self.config.interval
+            if self._last_completion is not None:
+                due = max(due, self._last_completion + self.config.min_pause)
+            times.append(due)
         return min(times) if times else None
 
     # ---- internals -------------------------------------------------------------------------------
