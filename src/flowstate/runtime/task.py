@@ -455,8 +455,8 @@ class SourceTask(Task):
             if self.env.mode is Mode.STOP_THE_WORLD:
                 self._paused_for = mail.barrier.checkpoint_id
             barrier = mail.barrier
-            if self.env.mode is Mode.UNALIGNED and not barrier.final:
-                # The final barrier stays behind the data (rule 7 of flowstate.checkpoint.unaligned).
+            if self.env.mode is Mode.UNALIGNED and not barrier.always_aligned:
+                # Final and savepoint barriers stay behind the data (rule 7 of flowstate.checkpoint.unaligned).
                 barrier = CheckpointBarrier(barrier.checkpoint_id, barrier.timestamp, barrier.final, unaligned=True)
             self._snapshot(barrier, {SOURCE_STATE: position})
             return False
