@@ -1,13 +1,18 @@
-"""The ``flowstate`` command line: ``run``, ``checkpoints list``, ``demo``.
+"""The ``flowstate`` command line: ``run``, ``checkpoints list``, ``demo``, and the control of a
+running job: ``status``, ``checkpoint``, ``savepoint``, ``stop`` (each given the job's checkpoint
+directory, where ``run`` writes the address and token of its control endpoint).
 
-Exit status: 0 when a bounded job finished with its output committed; 1 when the job failed (its
-restart strategy gave up); 2 for a mistake in the command, the job file or the configuration.
+Exit status: 0 when a bounded job finished with its output committed (or a control request
+succeeded); 1 when the job failed (its restart strategy gave up), when no job is running with the
+checkpoint directory, or when the requested checkpoint failed; 2 for a mistake in the command, the
+job file or the configuration, and when the control endpoint refuses the token.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import runpy
 import sys
@@ -19,6 +24,7 @@ from typing import Any, TypeVar
 from flowstate.config import ExponentialBackoffRestart, FixedDelayRestart, Mode, NoRestart, RestartStrategy, parse_duration
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
+from flowstate.runtime.control import TokenRefused
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 T = TypeVar("T")
@@ -120,11 +126,39 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-inflight-bytes", type=int, default=64 * 1024 * 1024,
                      help="unaligned: decline a checkpoint whose in-flight data per task exceeds this (default 64 MiB)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--from-savepoint", metavar="PATH",
+                     help="restore from this savepoint (at any parallelism); running the same command again "
+                     "after a crash resumes from the run's own newest checkpoint")
+    run.add_argument("--allow-non-restored-state", action="store_true",
+                     help="drop state of the restored snapshot that maps to no operator of the job (by uid) "
+                     "instead of refusing to start")
+    run.add_argument("--savepoint-dir", metavar="DIR",
+                     help="where savepoints are written (default: CHECKPOINT_DIR/savepoints)")
+    run.add_argument("--no-control", action="store_true",
+                     help="serve no control endpoint (flowstate status/checkpoint/savepoint/stop)")
+    run.add_argument("--control-host", default="127.0.0.1",
+                     help="address of the control endpoint (default 127.0.0.1, loopback only)")
 
     checkpoints = sub.add_parser("checkpoints", help="inspect a checkpoint directory")
     csub = checkpoints.add_subparsers(dest="checkpoints_command", required=True)
     listing = csub.add_parser("list", help="list checkpoints: id, status, time, size, duration")
     listing.add_argument("directory")
+
+    status = sub.add_parser("status", help="show the status of the job running with a checkpoint directory")
+    status.add_argument("directory", help="the job's checkpoint directory")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    trigger = sub.add_parser("checkpoint", help="take a checkpoint of the running job now")
+    trigger.add_argument("directory", help="the job's checkpoint directory")
+    savepoint = sub.add_parser("savepoint", help="take a savepoint of the running job; prints its directory")
+    savepoint.add_argument("directory", help="the job's checkpoint directory")
+    savepoint.add_argument("--target", metavar="DIR", help="create the savepoint under DIR (default: the job's --savepoint-dir)")
+    stop = sub.add_parser("stop", help="stop the running job after a last checkpoint, with its output committed")
+    stop.add_argument("directory", help="the job's checkpoint directory")
+    stop.add_argument("--savepoint", action="store_true", help="make the last checkpoint a savepoint; prints its directory")
+    stop.add_argument("--target", metavar="DIR", help="with --savepoint: create it under DIR")
+    for command in (status, trigger, savepoint, stop):
+        command.add_argument("--timeout", type=float, default=3600.0,
+                             help="seconds to wait for the answer (default 3600)")
 
     demo = sub.add_parser("demo", help="word count with a crash, a recovery and a check against a batch count")
     demo.add_argument("--dir", default="demo-run", help="working directory of the demo (default ./demo-run)")
@@ -166,6 +200,11 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         alignment_timeout=args.alignment_timeout,
         max_inflight_bytes=args.max_inflight_bytes,
+        from_savepoint=args.from_savepoint,
+        allow_non_restored_state=args.allow_non_restored_state,
+        savepoint_dir=args.savepoint_dir,
+        control_endpoint=not args.no_control and args.checkpoint_dir is not None and Mode.parse(args.mode).checkpoints,
+        control_host=args.control_host,
     )
     logging.getLogger("flowstate").info(
         "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s)",
@@ -185,6 +224,42 @@ def _checkpoints_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _control(args: argparse.Namespace) -> int:
+    from flowstate.runtime.control import call, read_endpoint
+
+    endpoint = read_endpoint(args.directory)
+    if args.command == "status":
+        status = call(endpoint, "GET", "/status", timeout=args.timeout)
+        if args.json:
+            print(json.dumps(status, indent=2, sort_keys=True))
+        else:
+            for key in sorted(status):
+                print(f"{key}: {json.dumps(status[key])}")
+        return EXIT_OK
+    if args.command == "checkpoint":
+        answer = call(endpoint, "POST", "/checkpoint", timeout=args.timeout)
+        print(f"checkpoint {answer['checkpoint_id']} completed")
+        return EXIT_OK
+    if args.command == "savepoint":
+        answer = call(endpoint, "POST", "/savepoint", {"target": _absolute(args.target)}, timeout=args.timeout)
+        print(answer["path"])
+        return EXIT_OK
+    if args.target is not None and not args.savepoint:
+        raise ConfigError("stop --target names where the savepoint goes: add --savepoint")
+    answer = call(endpoint, "POST", "/stop", {"savepoint": args.savepoint, "target": _absolute(args.target)},
+                  timeout=args.timeout)
+    if answer.get("path"):
+        print(answer["path"])
+    else:
+        print(f"job stopped after checkpoint {answer['checkpoint_id']}")
+    return EXIT_OK
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path given on this command line, as the job (which may run elsewhere) must read it."""
+    return str(Path(path).resolve()) if path is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
@@ -193,11 +268,13 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "checkpoints":
             return _checkpoints_list(args)
+        if args.command in ("status", "checkpoint", "savepoint", "stop"):
+            return _control(args)
         if args.command == "demo":
             from flowstate.demo import run_demo
 
             return run_demo(Path(args.dir), lines=args.lines, parallelism=args.parallelism, kill_after=args.kill_after)
-    except (ConfigError, GraphError) as exc:
+    except (ConfigError, GraphError, TokenRefused) as exc:
         print(f"flowstate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except JobFailedError as exc:

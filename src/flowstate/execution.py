@@ -33,12 +33,22 @@ def run(
     progress: bool = False,
     alignment_timeout: float | str | None = None,
     max_inflight_bytes: int = 64 * 1024 * 1024,
+    from_savepoint: str | Path | None = None,
+    allow_non_restored_state: bool = False,
+    savepoint_dir: str | Path | None = None,
+    control_endpoint: bool = False,
+    control_host: str = "127.0.0.1",
     failpoints: Failpoints | None = None,
     clock: Clock | None = None,
 ) -> JobResult:
     """Run ``flow`` until its bounded input is exhausted and its output committed (or forever, for an
     unbounded source). A run with the same ``checkpoint_dir`` after a crash resumes from the latest
-    completed checkpoint. Raises ``JobFailedError`` when the restart strategy gives up."""
+    completed checkpoint. Raises ``JobFailedError`` when the restart strategy gives up.
+
+    ``from_savepoint`` restores from a savepoint (at any parallelism); ``allow_non_restored_state``
+    drops state that maps to no operator of the job instead of refusing it. ``control_endpoint``
+    serves ``flowstate status | checkpoint | savepoint | stop`` for ``checkpoint_dir``; savepoints go
+    under ``savepoint_dir`` (default ``<checkpoint_dir>/savepoints``)."""
     if not isinstance(flow, Dataflow):
         raise ConfigError(f"run() takes a flowstate.Dataflow, got {type(flow).__name__}")
     try:
@@ -65,5 +75,10 @@ def run(
         progress=progress,
         alignment_timeout=None if alignment_timeout is None else parse_duration(alignment_timeout, what="alignment timeout"),
         max_inflight_bytes=max_inflight_bytes,
+        from_savepoint=Path(from_savepoint) if from_savepoint is not None else None,
+        allow_non_restored_state=allow_non_restored_state,
+        savepoint_dir=Path(savepoint_dir) if savepoint_dir is not None else None,
+        control_endpoint=control_endpoint,
+        control_host=control_host,
     )
     return JobRunner(flow, config, failpoints=failpoints, clock=clock).run()

@@ -260,10 +260,12 @@ def test_fresh_discards_checkpoints_that_the_changed_job_cannot_restore(tmp_path
     first = flowstate("run", str(job), "--checkpoint-dir", "chk", "--parallelism", "1", cwd=tmp_path)
     assert first.returncode == 0, shown(first)
 
-    job.write_text(ONE_FLOW.format(input=str(text), output=str(tmp_path / "out-2")))
-    rescaled = flowstate("run", str(job), "--checkpoint-dir", "chk", "--parallelism", "2", cwd=tmp_path)
-    assert rescaled.returncode == 2, shown(rescaled)
-    assert "--fresh" in rescaled.stderr, shown(rescaled)
+    # The counter got another uid: its keyed state in the checkpoint maps to no operator.
+    job.write_text(ONE_FLOW.replace('uid="count"', 'uid="tally"').format(input=str(text), output=str(tmp_path / "out-2")))
+    changed = flowstate("run", str(job), "--checkpoint-dir", "chk", "--parallelism", "2", cwd=tmp_path)
+    assert changed.returncode == 2, shown(changed)
+    assert "(uid 'count')" in changed.stderr and "keyed state 'count'" in changed.stderr, shown(changed)
+    assert "--allow-non-restored-state" in changed.stderr and "--fresh" in changed.stderr, shown(changed)
 
     fresh = flowstate("run", str(job), "--checkpoint-dir", "chk", "--parallelism", "2", "--fresh", cwd=tmp_path)
     assert fresh.returncode == 0, shown(fresh)

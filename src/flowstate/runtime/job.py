@@ -56,16 +56,10 @@ from flowstate.errors import ConfigError, JobFailedError
 from flowstate.failpoints import Failpoints
 from flowstate.graph import JobGraph, JobVertex, build_job_graph
 from flowstate.runtime.channels import InputGate
-from flowstate.runtime.control import (
-    ControlError,
-    ControlRequest,
-    ControlServer,
-    JobControl,
-    RequestKind,
-)
+from flowstate.runtime.control import ControlError, ControlRequest, ControlServer, JobControl, RequestKind
 from flowstate.runtime.messages import (
-    Aborted,
     Ack,
+    Aborted,
     Complete,
     Decline,
     SourceEnded,
@@ -87,12 +81,7 @@ from flowstate.runtime.savepoint import (
 from flowstate.runtime.state_assignment import assign_states, describe_graph
 from flowstate.runtime.task import SOURCE_STATE, SourceTask, StreamTask, Task, TaskEnv
 from flowstate.runtime.transport import ChannelWriter, Executor, ThreadExecutor
-from flowstate.storage.base import (
-    CheckpointMetadata,
-    CheckpointStorage,
-    CorruptCheckpointError,
-    TaskState,
-)
+from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, CorruptCheckpointError, TaskState
 from flowstate.storage.local import LocalCheckpointStorage
 
 log = logging.getLogger("flowstate")
