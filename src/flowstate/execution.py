@@ -10,6 +10,7 @@ from flowstate.config import FixedDelayRestart, JobConfig, Mode, RestartStrategy
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError
 from flowstate.failpoints import Failpoints
+from flowstate.runtime.control import JobControl
 from flowstate.runtime.job import JobResult, JobRunner
 
 
@@ -38,6 +39,7 @@ def run(
     savepoint_dir: str | Path | None = None,
     control_endpoint: bool = False,
     control_host: str = "127.0.0.1",
+    control: JobControl | None = None,
     failpoints: Failpoints | None = None,
     clock: Clock | None = None,
 ) -> JobResult:
@@ -48,7 +50,8 @@ def run(
     ``from_savepoint`` restores from a savepoint (at any parallelism); ``allow_non_restored_state``
     drops state that maps to no operator of the job instead of refusing it. ``control_endpoint``
     serves ``flowstate status | checkpoint | savepoint | stop`` for ``checkpoint_dir``; savepoints go
-    under ``savepoint_dir`` (default ``<checkpoint_dir>/savepoints``)."""
+    under ``savepoint_dir`` (default ``<checkpoint_dir>/savepoints``). ``control`` (a ``JobControl``)
+    takes the same requests from another thread of this process."""
     if not isinstance(flow, Dataflow):
         raise ConfigError(f"run() takes a flowstate.Dataflow, got {type(flow).__name__}")
     try:
@@ -81,4 +84,4 @@ def run(
         control_endpoint=control_endpoint,
         control_host=control_host,
     )
-    return JobRunner(flow, config, failpoints=failpoints, clock=clock).run()
+    return JobRunner(flow, config, failpoints=failpoints, clock=clock, control=control).run()

@@ -151,7 +151,7 @@ class CheckpointDirLock:
 class JobRunner:
     def __init__(
         self, flow: Dataflow, config: JobConfig, *, failpoints: Failpoints | None = None,
-        clock: Clock | None = None, progress_stream: TextIO | None = None,
+        clock: Clock | None = None, progress_stream: TextIO | None = None, control: JobControl | None = None,
     ) -> None:
         self.flow = flow
         self.config = config
@@ -164,7 +164,7 @@ class JobRunner:
             LocalCheckpointStorage(Path(config.checkpoint_dir)) if config.mode.checkpoints and config.checkpoint_dir else None
         )
         self._next_id = 1
-        self.control = JobControl()
+        self.control = control if control is not None else JobControl()
         """Ask the running job for a checkpoint, a savepoint or a stop (any thread)."""
         self._targets = SnapshotTargets(self.storage)
         self._assigned: dict[TaskId, dict[str, Any]] = {}
