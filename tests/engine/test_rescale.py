@@ -19,7 +19,18 @@ import pytest
 
 import flowstate as fs
 
-from .jobs import INPUT_LINES, INTERVAL, RATE, batch_reference, committed_output, difference, generator_source, line, wordcount
+from .jobs import (
+    INPUT_LINES,
+    INTERVAL,
+    RATE,
+    batch_reference,
+    committed_output,
+    difference,
+    generator_source,
+    line,
+    wordcount,
+)
+
 
 def crash_after_three_checkpoints(flow: fs.Dataflow, checkpoints: Path, **settings) -> None:
     with pytest.raises(fs.JobFailedError, match="InjectedFailure"):
