@@ -247,7 +247,8 @@ class ControlServer:
         _write_private(directory / CONTROL_FILE, {
             "host": host, "port": self.port, "token": self._token, "pid": os.getpid(), "job": job,
         })
-        self._thread = threading.Thread(target=self._server.serve_forever, name="control", daemon=True)
+        # A short poll interval: closing the endpoint (at the end of the run) waits for one poll.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="control", daemon=True)
         self._thread.start()
         log.info("control endpoint on http://%s:%d (token in %s)", host, self.port, directory / CONTROL_FILE)
 
