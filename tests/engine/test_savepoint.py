@@ -263,3 +263,6 @@ def test_a_path_that_holds_no_savepoint_is_refused(dirs, tmp_path):
     with pytest.raises(fs.ConfigError, match="holds no snapshot"):
         fs.run(wordcount(dirs.output, source=generator_source(10)), checkpoint_dir=dirs.checkpoints,
                from_savepoint=tmp_path / "empty")
+    with pytest.raises(fs.ConfigError, match="names the checkpoint directory"):
+        fs.run(wordcount(dirs.output, source=generator_source(10)), checkpoint_dir=dirs.checkpoints,
+               from_savepoint=dirs.checkpoints)

@@ -207,6 +207,12 @@ class JobRunner:
                     self.storage.discard(info.checkpoint_id)
                 log.info("--fresh: discarded the existing checkpoints in %s", config.checkpoint_dir)
             if config.from_savepoint is not None:
+                if config.checkpoint_dir is not None and Path(config.from_savepoint).resolve() == Path(
+                        config.checkpoint_dir).resolve():
+                    raise ConfigError(
+                        f"--from-savepoint names the checkpoint directory {config.checkpoint_dir} itself; run "
+                        "without --from-savepoint to resume from its newest checkpoint"
+                    )
                 self._savepoint = open_savepoint(config.from_savepoint)
             if config.control_endpoint:
                 assert config.checkpoint_dir is not None
