@@ -592,11 +592,11 @@ class _Shell:
                         continue
                     if fp:
                         fp.hit(fpn.COORDINATOR_AFTER_METADATA)
-                    states = [s for s in checkpoint.task_states.values() if isinstance(s, TaskState)]
                     if checkpoint.savepoint:
                         self.execute(coordinator.stored(checkpoint.checkpoint_id, now))
                         continue
                     self.last_duration = checkpoint.duration
+                    states = [s for s in checkpoint.task_states.values() if isinstance(s, TaskState)]
                     self.result.checkpoint_stats.append(CheckpointStats(
                         int(checkpoint.checkpoint_id), checkpoint.duration,
                         max((s.alignment_seconds for s in states), default=0.0),
