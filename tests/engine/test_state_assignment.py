@@ -210,3 +210,17 @@ def test_channel_state_without_recorded_inputs_is_refused_at_another_parallelism
         0: [pickle.dumps(["word-1"])]}
     with pytest.raises(fs.ConfigError, match="operator chain 'count' but does not record the vertex's inputs"):
         assign_states(build_job_graph(flow(3)), md, states)
+
+
+def test_an_operator_that_snapshotted_nothing_may_leave_the_job_without_a_refusal():
+    states = old_states(2, KEYS, sink_state=None)
+    for i in range(2):
+        states[task_id("count", i)]["out"] = None
+    md = snapshot(flow(2, sink=fs.CallbackSink(print)), states)
+    other = fs.Dataflow("job", parallelism=2)
+    (other.source(fs.GeneratorSource(str, 100, splits=4), uid="src").key_by(lambda w: w)
+          .process(Count(), uid="count").sink(fs.FileSink("/nonexistent/out"), uid="files"))
+
+    assigned = assign_states(build_job_graph(other), md, states).states
+
+    assert "files" not in assigned[task_id("count", 0)] and "count" in assigned[task_id("count", 0)]

@@ -118,6 +118,8 @@ def assign_states(
                 if value:
                     channels.setdefault(ts.vertex, {})[ts.subtask] = value
                 continue
+            if value is None:
+                continue  # an operator without state (an at-least-once sink): nothing to restore
             table = sources if key == SOURCE_STATE else uids
             uid = ts.vertex if key == SOURCE_STATE else key
             old = table.setdefault(uid, _OldState(uid, ts.vertex, parallelism))
