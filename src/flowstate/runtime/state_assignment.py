@@ -42,11 +42,7 @@ from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.errors import ConfigError
 from flowstate.graph import JobGraph, JobVertex
 from flowstate.runtime.task import CHANNEL_STATE, SOURCE_STATE
-from flowstate.state.keygroups import (
-    key_group_of,
-    key_group_range,
-    subtask_for_key_group,
-)
+from flowstate.state.keygroups import key_group_of, key_group_range, routing_table, subtask_for_key_group
 from flowstate.state.memory import FORMAT as HEAP_FORMAT
 from flowstate.storage.base import CheckpointMetadata
 
@@ -234,20 +230,41 @@ def _describe_state(kind: str, old: _OldState) -> str:
 
 
 def _assign_keyed(v: JobVertex, old: _OldState, max_parallelism: int) -> list[Any]:
-    """Rule 1: every old snapshot whose key-group range overlaps the new subtask's."""
-    ranges: list[tuple[range, Any]] = []
+    """Rule 1: every old snapshot whose key-group range overlaps the new subtask's. A heap snapshot
+    that spans several new ranges is split here, hashing each key once, into one piece per new
+    subtask (each then loads its piece as it is) rather than filtered by every subtask it overlaps."""
+    mine = [key_group_range(max_parallelism, v.parallelism, i) for i in range(v.parallelism)]
+    out: list[list[Any]] = [[] for _ in range(v.parallelism)]
     for subtask, part in sorted(old.parts.items()):
         groups = part.get("key_groups") if isinstance(part, dict) else None
         if groups is not None:
             owned = range(groups[0], groups[1])
         else:
             owned = key_group_range(max_parallelism, old.parallelism, subtask)
-        ranges.append((owned, part))
-    out: list[Any] = []
-    for i in range(v.parallelism):
-        mine = key_group_range(max_parallelism, v.parallelism, i)
-        out.append([part for owned, part in ranges if owned.start < mine.stop and mine.start < owned.stop])
+        targets = [i for i, r in enumerate(mine) if owned.start < r.stop and r.start < owned.stop]
+        if len(targets) > 1 and isinstance(part, dict) and part.get("format") == HEAP_FORMAT:
+            for i, piece in _split_heap(part, max_parallelism, v.parallelism, mine, targets).items():
+                out[i].append(piece)
+            continue
+        for i in targets:
+            out[i].append(part)
     return out
+
+
+def _split_heap(
+    part: dict[str, Any], max_parallelism: int, parallelism: int, ranges: list[range], targets: list[int],
+) -> dict[int, dict[str, Any]]:
+    route = routing_table(max_parallelism, parallelism)
+    pieces: dict[int, dict[str, Any]] = {
+        i: {**part, "key_groups": [ranges[i].start, ranges[i].stop], "tables": {}} for i in targets
+    }
+    for name, table in part["tables"].items():
+        buckets: dict[int, dict[Any, Any]] = {i: {} for i in targets}
+        for key, value in table["entries"].items():
+            buckets[route[key_group_of(key, max_parallelism)]][key] = value
+        for i in targets:
+            pieces[i]["tables"][name] = {**table, "entries": buckets[i]}
+    return pieces
 
 
 def _assign_positions(v: JobVertex, node: Any, old: _OldState, refusals: list[str]) -> list[Any]:
