@@ -227,6 +227,8 @@ def _checkpoints_list(args: argparse.Namespace) -> int:
 def _control(args: argparse.Namespace) -> int:
     from flowstate.runtime.control import call, read_endpoint
 
+    if args.command == "stop" and args.target is not None and not args.savepoint:
+        raise ConfigError("stop --target names where the savepoint goes: add --savepoint")
     endpoint = read_endpoint(args.directory)
     if args.command == "status":
         status = call(endpoint, "GET", "/status", timeout=args.timeout)
@@ -244,8 +246,6 @@ def _control(args: argparse.Namespace) -> int:
         answer = call(endpoint, "POST", "/savepoint", {"target": _absolute(args.target)}, timeout=args.timeout)
         print(answer["path"])
         return EXIT_OK
-    if args.target is not None and not args.savepoint:
-        raise ConfigError("stop --target names where the savepoint goes: add --savepoint")
     answer = call(endpoint, "POST", "/stop", {"savepoint": args.savepoint, "target": _absolute(args.target)},
                   timeout=args.timeout)
     if answer.get("path"):

@@ -338,3 +338,14 @@ def test_checkpoints_list_of_a_missing_directory_exits_2_naming_it(tmp_path: Pat
 
     assert listed.returncode == 2, shown(listed)
     assert "no-such-dir" in listed.stderr, shown(listed)
+
+
+def test_control_commands_without_a_running_job_exit_1_and_a_stray_target_exits_2(tmp_path: Path) -> None:
+    for command in (["status", "chk"], ["checkpoint", "chk"], ["savepoint", "chk"], ["stop", "chk", "--savepoint"]):
+        result = flowstate(*command, cwd=tmp_path)
+        assert result.returncode == 1, shown(result)
+        assert "no job is running with checkpoint directory chk" in result.stderr, shown(result)
+
+    stray = flowstate("stop", "chk", "--target", "elsewhere", cwd=tmp_path)
+    assert stray.returncode == 2 and "add --savepoint" in stray.stderr, shown(stray)
+
