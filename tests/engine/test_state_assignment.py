@@ -224,3 +224,27 @@ def test_an_operator_that_snapshotted_nothing_may_leave_the_job_without_a_refusa
     assigned = assign_states(build_job_graph(other), md, states).states
 
     assert "files" not in assigned[task_id("count", 0)] and "count" in assigned[task_id("count", 0)]
+
+
+class Tally(fs.ProcessFunction):
+    def process(self, value, ctx):
+        yield value
+
+
+def test_non_keyed_operator_state_is_restored_only_at_its_old_parallelism():
+    def with_process(parallelism: int) -> fs.Dataflow:
+        f = fs.Dataflow("job", parallelism=parallelism)
+        (f.source(fs.GeneratorSource(str, 100, splits=4), uid="src").process(Tally(), uid="tally")
+          .sink(fs.CallbackSink(print), uid="out"))
+        return f
+
+    states = {task_id("src", i): {"tally": {"seen": 10 + i}} for i in range(2)}
+    md = snapshot(with_process(2), states)
+    md = CheckpointMetadata(**{**{f: getattr(md, f) for f in md.__dataclass_fields__}, "extra": {
+        **md.extra, "operators": {"tally": {"name": "Tally", "kind": "process", "vertex": "src"}}}})
+
+    same = assign_states(build_job_graph(with_process(2)), md, states).states
+    assert [same[task_id("src", i)]["tally"] for i in range(2)] == [{"seen": 10}, {"seen": 11}]
+    with pytest.raises(fs.ConfigError, match=r"operator 'Tally' \(uid 'tally'\) ran with parallelism 2 and now has 3, "
+                                             r"but its non-keyed operator state cannot be redistributed"):
+        assign_states(build_job_graph(with_process(3)), md, states)
