@@ -22,13 +22,14 @@ from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedE
 from flowstate.execution import run
 from flowstate.failpoints import Failpoints, InjectedFailure
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
+from flowstate.runtime.control import ControlError, JobControl
 from flowstate.runtime.job import JobResult
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchCallbackSink", "CallbackSink", "ConfigError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
+    "BatchCallbackSink", "CallbackSink", "ConfigError", "ControlError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
     "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError",
-    "InjectedFailure", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "NoRestart",
+    "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "NoRestart",
     "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
 ]

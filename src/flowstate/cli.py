@@ -1,15 +1,20 @@
-"""The ``flowstate`` command line: ``run``, ``checkpoints list``, ``checkpoints verify``, ``demo``.
+"""The ``flowstate`` command line: ``run``, ``checkpoints list``, ``checkpoints verify``, ``chaos``,
+``demo``, and the control of a running job: ``status``, ``checkpoint``, ``savepoint``, ``stop`` (each
+given the job's checkpoint directory, where ``run`` writes the address and token of its control
+endpoint).
 
-Exit status: 0 when a bounded job finished with its output committed; 1 when the job failed (its
-restart strategy gave up); 2 for a mistake in the command, the job file or the configuration.
+Exit status: 0 when a bounded job finished with its output committed (or a control request
+succeeded); 1 when the job failed (its restart strategy gave up), when no job is running with the
+checkpoint directory, or when the requested checkpoint failed; 2 for a mistake in the command, the
+job file or the configuration, and when the control endpoint refuses the token.
 ``checkpoints verify`` exits 0 when everything verifies, 1 on any problem (each one listed) or when
-the storage cannot be read, 2 for a mistake in the command.
-"""
+the storage cannot be read, 2 for a mistake in the command."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import runpy
 import sys
@@ -21,6 +26,7 @@ from typing import Any, TypeVar
 from flowstate.config import ExponentialBackoffRestart, FixedDelayRestart, Mode, NoRestart, RestartStrategy, parse_duration
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
+from flowstate.runtime.control import TokenRefused
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 T = TypeVar("T")
@@ -127,6 +133,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--compression", default="zstd", help="state file codec: zstd or none (default zstd)")
     run.add_argument("--state-dir", help="rocksdb working directory (default: a temporary directory)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--from-savepoint", metavar="PATH",
+                     help="restore from this savepoint (at any parallelism); running the same command again "
+                     "after a crash resumes from the run's own newest checkpoint")
+    run.add_argument("--allow-non-restored-state", action="store_true",
+                     help="drop state of the restored snapshot that maps to no operator of the job (by uid) "
+                     "instead of refusing to start")
+    run.add_argument("--savepoint-dir", metavar="DIR",
+                     help="where savepoints are written (default: CHECKPOINT_DIR/savepoints)")
+    run.add_argument("--no-control", action="store_true",
+                     help="serve no control endpoint (flowstate status/checkpoint/savepoint/stop)")
+    run.add_argument("--control-host", default="127.0.0.1",
+                     help="address of the control endpoint (default 127.0.0.1, loopback only)")
 
     checkpoints = sub.add_parser("checkpoints", help="inspect a checkpoint directory")
     csub = checkpoints.add_subparsers(dest="checkpoints_command", required=True)
@@ -141,6 +159,22 @@ def _parser() -> argparse.ArgumentParser:
                            help="unreferenced files younger than this may belong to a checkpoint in progress (default 1h)")
     verifying.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                            help="storage option, e.g. endpoint=http://localhost:9000 or region=eu-west-1 (repeatable)")
+
+    status = sub.add_parser("status", help="show the status of the job running with a checkpoint directory")
+    status.add_argument("directory", help="the job's checkpoint directory")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    trigger = sub.add_parser("checkpoint", help="take a checkpoint of the running job now")
+    trigger.add_argument("directory", help="the job's checkpoint directory")
+    savepoint = sub.add_parser("savepoint", help="take a savepoint of the running job; prints its directory")
+    savepoint.add_argument("directory", help="the job's checkpoint directory")
+    savepoint.add_argument("--target", metavar="DIR", help="create the savepoint under DIR (default: the job's --savepoint-dir)")
+    stop = sub.add_parser("stop", help="stop the running job after a last checkpoint, with its output committed")
+    stop.add_argument("directory", help="the job's checkpoint directory")
+    stop.add_argument("--savepoint", action="store_true", help="make the last checkpoint a savepoint; prints its directory")
+    stop.add_argument("--target", metavar="DIR", help="with --savepoint: create it under DIR")
+    for command in (status, trigger, savepoint, stop):
+        command.add_argument("--timeout", type=float, default=3600.0,
+                             help="seconds to wait for the answer (default 3600)")
 
     demo = sub.add_parser("demo", help="word count with a crash, a recovery and a check against a batch count")
     demo.add_argument("--dir", default="demo-run", help="working directory of the demo (default ./demo-run)")
@@ -186,6 +220,11 @@ def _run(args: argparse.Namespace) -> int:
         incremental=not args.full_checkpoints,
         compression=args.compression,
         state_dir=args.state_dir,
+        from_savepoint=args.from_savepoint,
+        allow_non_restored_state=args.allow_non_restored_state,
+        savepoint_dir=args.savepoint_dir,
+        control_endpoint=not args.no_control and args.checkpoint_dir is not None and Mode.parse(args.mode).checkpoints,
+        control_host=args.control_host,
     )
     logging.getLogger("flowstate").info(
         "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s)",
@@ -247,6 +286,40 @@ def _checkpoints_verify(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(format_report(report))
     return EXIT_OK if report.ok else EXIT_FAILED
+def _control(args: argparse.Namespace) -> int:
+    from flowstate.runtime.control import call, read_endpoint
+
+    if args.command == "stop" and args.target is not None and not args.savepoint:
+        raise ConfigError("stop --target names where the savepoint goes: add --savepoint")
+    endpoint = read_endpoint(args.directory)
+    if args.command == "status":
+        status = call(endpoint, "GET", "/status", timeout=args.timeout)
+        if args.json:
+            print(json.dumps(status, indent=2, sort_keys=True))
+        else:
+            for key in sorted(status):
+                print(f"{key}: {json.dumps(status[key])}")
+        return EXIT_OK
+    if args.command == "checkpoint":
+        answer = call(endpoint, "POST", "/checkpoint", timeout=args.timeout)
+        print(f"checkpoint {answer['checkpoint_id']} completed")
+        return EXIT_OK
+    if args.command == "savepoint":
+        answer = call(endpoint, "POST", "/savepoint", {"target": _absolute(args.target)}, timeout=args.timeout)
+        print(answer["path"])
+        return EXIT_OK
+    answer = call(endpoint, "POST", "/stop", {"savepoint": args.savepoint, "target": _absolute(args.target)},
+                  timeout=args.timeout)
+    if answer.get("path"):
+        print(answer["path"])
+    else:
+        print(f"job stopped after checkpoint {answer['checkpoint_id']}")
+    return EXIT_OK
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path given on this command line, as the job (which may run elsewhere) must read it."""
+    return str(Path(path).resolve()) if path is not None else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,11 +332,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.checkpoints_command == "verify":
                 return _checkpoints_verify(args)
             return _checkpoints_list(args)
+        if args.command in ("status", "checkpoint", "savepoint", "stop"):
+            return _control(args)
         if args.command == "demo":
             from flowstate.demo import run_demo
 
             return run_demo(Path(args.dir), lines=args.lines, parallelism=args.parallelism, kill_after=args.kill_after)
-    except (ConfigError, GraphError) as exc:
+    except (ConfigError, GraphError, TokenRefused) as exc:
         print(f"flowstate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except JobFailedError as exc:

@@ -148,6 +148,26 @@ class JobConfig:
     """Codec of state files: ``zstd`` or ``none``."""
     state_dir: Path | None = None
     """Local working directory of the ``rocksdb`` backend (default: a temporary directory)."""
+    from_savepoint: Path | None = None
+    """Restore from this savepoint (or any directory holding one snapshot) rather than from scratch;
+    once the run has checkpoints of its own, a restart resumes from the newest of them."""
+    allow_non_restored_state: bool = False
+    """Drop, with a warning, state of the restored snapshot that maps to no operator of the job."""
+    savepoint_dir: Path | None = None
+    """Where savepoints go unless a request names another directory (default: ``savepoints/`` in
+    the checkpoint directory)."""
+    control_endpoint: bool = False
+    """Serve the control endpoint (status, checkpoint, savepoint, stop) for ``flowstate status``…"""
+    control_host: str = "127.0.0.1"
+
+    @property
+    def savepoints(self) -> Path | None:
+        """The default directory of savepoints."""
+        if self.savepoint_dir is not None:
+            return self.savepoint_dir
+        if isinstance(self.checkpoint_dir, Path):
+            return self.checkpoint_dir / "savepoints"
+        return None  # no checkpoints, or object storage: a savepoint request names its directory
 
     def __post_init__(self) -> None:
         if self.mode.checkpoints and self.checkpoint_dir is None:
@@ -176,3 +196,8 @@ class JobConfig:
             raise ConfigError(f"unknown compression {self.compression!r}: use one of {', '.join(COMPRESSIONS)}")
         if self.max_inflight_bytes < 1:
             raise ConfigError(f"max_inflight_bytes must be ≥ 1, got {self.max_inflight_bytes}")
+        if self.control_endpoint and not (self.mode.checkpoints and self.checkpoint_dir is not None):
+            raise ConfigError(
+                "the control endpoint needs a job that takes checkpoints, with a checkpoint directory "
+                "(its token is written there)"
+            )

@@ -10,6 +10,7 @@ from flowstate.config import FixedDelayRestart, JobConfig, Mode, RestartStrategy
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError
 from flowstate.failpoints import Failpoints
+from flowstate.runtime.control import JobControl
 from flowstate.runtime.job import JobResult, JobRunner
 from flowstate.storage.factory import is_url
 
@@ -47,12 +48,24 @@ def run(
     incremental: bool = True,
     compression: str = "zstd",
     state_dir: str | Path | None = None,
+    from_savepoint: str | Path | None = None,
+    allow_non_restored_state: bool = False,
+    savepoint_dir: str | Path | None = None,
+    control_endpoint: bool = False,
+    control_host: str = "127.0.0.1",
+    control: JobControl | None = None,
     failpoints: Failpoints | None = None,
     clock: Clock | None = None,
 ) -> JobResult:
     """Run ``flow`` until its bounded input is exhausted and its output committed (or forever, for an
     unbounded source). A run with the same ``checkpoint_dir`` after a crash resumes from the latest
-    completed checkpoint. Raises ``JobFailedError`` when the restart strategy gives up."""
+    completed checkpoint. Raises ``JobFailedError`` when the restart strategy gives up.
+
+    ``from_savepoint`` restores from a savepoint (at any parallelism); ``allow_non_restored_state``
+    drops state that maps to no operator of the job instead of refusing it. ``control_endpoint``
+    serves ``flowstate status | checkpoint | savepoint | stop`` for ``checkpoint_dir``; savepoints go
+    under ``savepoint_dir`` (default ``<checkpoint_dir>/savepoints``). ``control`` (a ``JobControl``)
+    takes the same requests from another thread of this process."""
     if not isinstance(flow, Dataflow):
         raise ConfigError(f"run() takes a flowstate.Dataflow, got {type(flow).__name__}")
     try:
@@ -83,5 +96,10 @@ def run(
         incremental=incremental,
         compression=compression,
         state_dir=Path(state_dir) if state_dir is not None else None,
+        from_savepoint=Path(from_savepoint) if from_savepoint is not None else None,
+        allow_non_restored_state=allow_non_restored_state,
+        savepoint_dir=Path(savepoint_dir) if savepoint_dir is not None else None,
+        control_endpoint=control_endpoint,
+        control_host=control_host,
     )
-    return JobRunner(flow, config, failpoints=failpoints, clock=clock).run()
+    return JobRunner(flow, config, failpoints=failpoints, clock=clock, control=control).run()

@@ -260,10 +260,12 @@ def test_fresh_discards_checkpoints_that_the_changed_job_cannot_restore(tmp_path
     first = flowstate("run", str(job), "--checkpoint-dir", "chk", "--parallelism", "1", cwd=tmp_path)
     assert first.returncode == 0, shown(first)
 
-    job.write_text(ONE_FLOW.format(input=str(text), output=str(tmp_path / "out-2")))
-    rescaled = flowstate("run", str(job), "--checkpoint-dir", "chk", "--parallelism", "2", cwd=tmp_path)
-    assert rescaled.returncode == 2, shown(rescaled)
-    assert "--fresh" in rescaled.stderr, shown(rescaled)
+    # The counter got another uid: its keyed state in the checkpoint maps to no operator.
+    job.write_text(ONE_FLOW.replace('uid="count"', 'uid="tally"').format(input=str(text), output=str(tmp_path / "out-2")))
+    changed = flowstate("run", str(job), "--checkpoint-dir", "chk", "--parallelism", "2", cwd=tmp_path)
+    assert changed.returncode == 2, shown(changed)
+    assert "(uid 'count')" in changed.stderr and "keyed state 'count'" in changed.stderr, shown(changed)
+    assert "--allow-non-restored-state" in changed.stderr and "--fresh" in changed.stderr, shown(changed)
 
     fresh = flowstate("run", str(job), "--checkpoint-dir", "chk", "--parallelism", "2", "--fresh", cwd=tmp_path)
     assert fresh.returncode == 0, shown(fresh)
@@ -336,3 +338,14 @@ def test_checkpoints_list_of_a_missing_directory_exits_2_naming_it(tmp_path: Pat
 
     assert listed.returncode == 2, shown(listed)
     assert "no-such-dir" in listed.stderr, shown(listed)
+
+
+def test_control_commands_without_a_running_job_exit_1_and_a_stray_target_exits_2(tmp_path: Path) -> None:
+    for command in (["status", "chk"], ["checkpoint", "chk"], ["savepoint", "chk"], ["stop", "chk", "--savepoint"]):
+        result = flowstate(*command, cwd=tmp_path)
+        assert result.returncode == 1, shown(result)
+        assert "no job is running with checkpoint directory chk" in result.stderr, shown(result)
+
+    stray = flowstate("stop", "chk", "--target", "elsewhere", cwd=tmp_path)
+    assert stray.returncode == 2 and "add --savepoint" in stray.stderr, shown(stray)
+

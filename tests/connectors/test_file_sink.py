@@ -332,3 +332,93 @@ def test_a_crash_after_the_pending_rename_but_before_the_snapshot_deletes_that_p
     resumed.pre_commit(2)
     resumed.commit(2)
     assert visible_records(tmp_path) == [1, 2]
+
+
+# ---- restore at another parallelism (Step 4) -----------------------------------------------------
+
+
+def run_writers(sink, parallelism, states, batches, *, checkpoint, complete=True, leave_in_progress=False):
+    """Build ``parallelism`` writers from ``states``, write ``batches[i]`` with writer ``i``, pre-commit
+    ``checkpoint`` (and commit it when ``complete``); returns their snapshots."""
+    writers = [sink.build_writer(i, parallelism, restored(states[i]) if states else None) for i in range(parallelism)]
+    for writer, batch in zip(writers, batches):
+        writer.write_batch(batch)
+    for writer in writers:
+        writer.pre_commit(checkpoint)
+    snapshots = [writer.snapshot() for writer in writers]
+    if leave_in_progress:
+        for writer, batch in zip(writers, batches):
+            writer.write_batch([f"uncommitted after {checkpoint}: {record}" for record in batch])
+    if complete:
+        for writer in writers:
+            writer.commit(checkpoint)
+    for writer in writers:
+        writer.close()
+    return snapshots
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, 2), (2, 3), (4, 1), (3, 2)])
+def test_a_rescaled_restore_commits_every_pending_file_once_and_deletes_every_leftover(tmp_path, before, after):
+    sink = FileSink(tmp_path)
+    committed = run_writers(sink, before, None, [[f"a{i}"] for i in range(before)], checkpoint=1)
+    # Checkpoint 2 completed (its snapshots are what we restore) but the crash came before any commit;
+    # records written after it were never pre-committed.
+    states = run_writers(sink, before, committed, [[f"b{i}"] for i in range(before)], checkpoint=2,
+                         complete=False, leave_in_progress=True)
+
+    new_states = sink.redistribute_state(states, after)
+    assert len(new_states) == after
+    writers = [sink.build_writer(i, after, restored(new_states[i])) for i in range(after)]
+
+    assert sorted(visible_records(tmp_path)) == sorted([f"a{i}" for i in range(before)] + [f"b{i}" for i in range(before)])
+    assert hidden(tmp_path) == []
+    for writer in writers:
+        writer.close()
+
+
+def test_scaling_down_and_up_again_never_reuses_the_name_of_a_committed_file(tmp_path):
+    sink = FileSink(tmp_path)
+    at_two = run_writers(sink, 2, None, [["a0"], ["a1"]], checkpoint=1)
+    at_two = run_writers(sink, 2, at_two, [["b0"], ["b1"]], checkpoint=2)
+    assert visible(tmp_path) == ["part-0-0.jsonl", "part-0-1.jsonl", "part-1-0.jsonl", "part-1-1.jsonl"]
+
+    at_one = run_writers(sink, 1, sink.redistribute_state(at_two, 1), [["c0"]], checkpoint=3)
+    assert at_one == [{"seq": 3, "pending": [(3, ".part-0-2.pending")], "retired": {1: 2}}]
+    at_two_again = run_writers(sink, 2, sink.redistribute_state(at_one, 2), [["d0"], ["d1"]], checkpoint=4)
+
+    assert at_two_again == [{"seq": 4, "pending": [(4, ".part-0-3.pending")]},
+                            {"seq": 3, "pending": [(4, ".part-1-2.pending")]}]
+    assert sorted(visible_records(tmp_path)) == ["a0", "a1", "b0", "b1", "c0", "d0", "d1"]
+    assert "part-1-2.jsonl" in visible(tmp_path)
+
+
+def test_redistribution_gives_each_pending_file_to_exactly_one_writer_in_checkpoint_order(tmp_path):
+    sink = FileSink(tmp_path)
+    states = [
+        {"seq": 2, "pending": [(3, ".part-0-0.pending"), (4, ".part-0-1.pending")]},
+        {"seq": 1, "pending": [(4, ".part-1-0.pending")]},
+        {"seq": 5, "pending": [], "retired": {5: 7}},
+        {"seq": 1, "pending": [(3, ".part-3-0.pending")]},
+    ]
+
+    assert sink.redistribute_state(states, 2) == [
+        {"seq": 2, "pending": [(3, ".part-0-0.pending"), (4, ".part-0-1.pending")], "retired": {2: 5}},
+        {"seq": 1, "pending": [(3, ".part-3-0.pending"), (4, ".part-1-0.pending")], "retired": {3: 1, 5: 7}},
+    ]
+
+
+def test_a_writer_deletes_the_leftovers_of_the_retired_subtasks_it_looks_after_and_no_others(tmp_path):
+    for name in (".part-0-4.inprogress", ".part-2-1.pending", ".part-3-0.inprogress", ".part-1-9.pending"):
+        (tmp_path / name).write_text("leftover\n")
+
+    FileSink(tmp_path).build_writer(0, 2, {"seq": 4, "pending": [], "retired": {2: 1}}).close()
+
+    assert hidden(tmp_path) == [".part-1-9.pending", ".part-3-0.inprogress"]
+
+
+def test_a_snapshot_with_a_bad_retired_entry_is_rejected(tmp_path):
+    sink = FileSink(tmp_path)
+    with pytest.raises(ValueError, match="retired"):
+        sink.build_writer(0, 1, {"seq": 0, "pending": [], "retired": {1: -1}})
+    with pytest.raises(ValueError, match="retired"):
+        sink.build_writer(1, 2, {"seq": 0, "pending": [], "retired": {1: 3}})

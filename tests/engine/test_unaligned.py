@@ -1,7 +1,8 @@
 """Unaligned checkpoints end to end: in-flight data persisted under back-pressure, exactly-once output
 across crashes while it is captured and while it is replayed, the order of every channel kept, the
-bank-transfer audit of every retained checkpoint, the bound on in-flight bytes, and the refusal to
-rescale an unaligned checkpoint.
+bank-transfer audit of every retained checkpoint, the bound on in-flight bytes, and rescaling: channel
+state restored at another parallelism is replayed by the tasks that receive its records now, and
+refused when the inputs of its operator chain changed.
 
 The sequence job: a source of ``SPLITS`` splits, record *i* being ``(NAMES[i % SPLITS], i // SPLITS)``
 (split name, sequence number) → ``key_by(split name)`` → ``InOrder`` → ``FileSink``. Records of one
@@ -325,18 +326,39 @@ def test_in_flight_data_beyond_the_bound_declines_checkpoints_and_the_final_alig
 # ---- rescaling ---------------------------------------------------------------------------------------
 
 
-def test_a_checkpoint_with_channel_state_is_not_restored_at_another_parallelism(dirs):
+def crash_with_channel_state_in_checkpoint_2(dirs) -> None:
     with pytest.raises(fs.JobFailedError):
         run_sequences(dirs, UNALIGNED, fs.Failpoints({"coordinator.all_acks_before_metadata": "raise@3"}),
                       restart=fs.NoRestart())
     (latest,) = completed_metadata(dirs.checkpoints)
     assert latest.checkpoint_id == 2 and sum(t.channel_state_bytes for t in latest.tasks) > 0, latest
 
-    with pytest.raises(fs.ConfigError, match=r"parallelism 2 in checkpoint 2 and now has 3"):
-        fs.run(sequences(dirs.output, parallelism=3), mode="unaligned", checkpoint_dir=dirs.checkpoints,
-               interval=INTERVAL, batch_size=BATCH_SIZE)
 
-    # The refusal left the checkpoint as it was: at the old parallelism the job resumes from it.
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_channel_state_restored_at_another_parallelism_is_replayed_by_the_tasks_that_own_its_keys(dirs, parallelism):
+    crash_with_channel_state_in_checkpoint_2(dirs)
+
+    resumed = fs.run(sequences(dirs.output, parallelism=parallelism), mode="unaligned", checkpoint_dir=dirs.checkpoints,
+                     interval=INTERVAL, batch_size=BATCH_SIZE)
+
+    assert resumed.restored_from == [2]
+    assert_every_sequence_complete_once_and_in_order(dirs.output)
+
+
+def test_channel_state_whose_inputs_changed_is_refused_naming_the_operator_chain(dirs):
+    crash_with_channel_state_in_checkpoint_2(dirs)
+    changed = fs.Dataflow("sequences", parallelism=PARALLELISM)
+    (changed.source(fs.GeneratorSource(sequence_record, RECORDS, splits=SPLITS, name="sequences"), uid="sequences")
+            .map(lambda record: record, uid="relay", parallelism=3)
+            .key_by(lambda record: record[0])
+            .process(InOrder(), uid="in-order")
+            .sink(fs.FileSink(dirs.output), uid="out"))
+
+    with pytest.raises(fs.ConfigError, match=r"in-flight records .* of operator chain 'in-order', whose inputs changed"):
+        fs.run(changed, mode="unaligned", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, batch_size=BATCH_SIZE,
+               allow_non_restored_state=True)
+
+    # The refusal left the checkpoint as it was: the job as it was resumes from it.
     resumed = run_sequences(dirs, UNALIGNED)
     assert resumed.restored_from == [2]
     assert_every_sequence_complete_once_and_in_order(dirs.output)

@@ -366,6 +366,27 @@ def test_the_final_barrier_during_a_capture_aborts_it_and_aligns() -> None:
     assert handler.on_barrier(C1, barrier(4, final=True)) == [TakeSnapshot(barrier(4, final=True)), resume(C0)]
 
 
+def savepoint(n: int) -> CheckpointBarrier:
+    """The barrier of savepoint ``n``, triggered at time ``10 n``, behind the data."""
+    return CheckpointBarrier(CheckpointId(n), timestamp=10.0 * n, savepoint=True)
+
+
+def test_a_savepoint_barrier_aligns_even_without_an_alignment_timeout() -> None:
+    handler = UnalignedBarrierHandler(2)
+
+    assert handler.on_barrier(C0, savepoint(4)) == [BlockChannel(C0)]
+    assert handler.capturing == frozenset()
+    assert handler.on_barrier(C1, savepoint(4)) == [TakeSnapshot(savepoint(4)), resume(C0)]
+
+
+def test_a_savepoint_alignment_never_switches_to_unaligned_at_the_timeout() -> None:
+    handler = UnalignedBarrierHandler(2, alignment_timeout=TIMEOUT)
+
+    assert handler.on_barrier(C0, savepoint(4), now=1000.0) == [BlockChannel(C0)]
+    assert handler.tick(5000.0) == []
+    assert handler.on_barrier(C1, savepoint(4), now=5000.0) == [TakeSnapshot(savepoint(4)), resume(C0)]
+
+
 # ---- aligned with a timeout ----------------------------------------------------------------------------
 
 

@@ -20,12 +20,22 @@ class CheckpointBarrier:
     last checkpoint of a bounded job, taken after every source reached the end of its input.
     ``unaligned`` is set on a barrier that overtakes the data queued ahead of it (an unaligned
     checkpoint, or an aligned one that timed out): whoever reads it captures what it overtook.
+    ``savepoint`` is set on the barrier of a savepoint; a final barrier that is not the end of a
+    bounded input (a stop) makes the sources read nothing after it.
     """
 
     checkpoint_id: CheckpointId
     timestamp: float
     final: bool = False
     unaligned: bool = False
+    savepoint: bool = False
+
+    @property
+    def always_aligned(self) -> bool:
+        """A final checkpoint and a savepoint never overtake data nor switch to unaligned: the final
+        one must see every record before it, and a savepoint holds no channel state, so that it can
+        be restored after the job's topology changed."""
+        return self.final or self.savepoint
 
 
 @dataclass(frozen=True, slots=True)

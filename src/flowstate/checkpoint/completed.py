@@ -20,6 +20,8 @@ class CompletedCheckpoint:
     final: bool
     task_states: Mapping[TaskId, object]
     """Each task's acknowledged state handle, as the task sent it."""
+    savepoint: bool = False
+    """A savepoint: owned by the user, written to its own directory, never subsumed nor discarded."""
 
     @property
     def duration(self) -> float:

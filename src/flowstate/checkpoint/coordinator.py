@@ -24,16 +24,35 @@ Rules:
    is a *final* checkpoint, triggered as soon as concurrency allows (interval and pause ignored). No
    checkpoint follows it unless it fails, in which case another final checkpoint is triggered.
    ``finished`` is true once a final checkpoint is complete.
+6. **On demand.** ``request`` asks for a checkpoint, a savepoint or a stop now. Requests are
+   triggered in the order asked, before any periodic or final checkpoint, ignoring ``interval`` and
+   ``min_pause``: a checkpoint as soon as fewer than ``max_concurrent`` are in flight, a savepoint or
+   a stop only when nothing is in flight. While a request waits, nothing else is triggered. Its
+   trigger carries the request's id. A request is refused (``RequestRefusal``) once a stop was asked,
+   or once a final checkpoint is in flight or complete.
+7. **Savepoints.** A savepoint is exclusive: nothing else is triggered while it is in flight (a
+   newer barrier would make the tasks abort it). Once stored it is complete and tasks are notified
+   with ``commit=False``: sinks do not publish what it pre-committed, because the job may still fail
+   over to an older checkpoint whose replay writes that output again (the next completed checkpoint
+   commits it). A savepoint is never one of the ``completed`` checkpoints: it subsumes nothing and is
+   never subsumed nor discarded by retention. A failed savepoint is aborted and discarded like a
+   checkpoint but never counts as a failure.
+8. **Stop.** A stop request triggers a *final* checkpoint (a savepoint if asked) as soon as nothing is
+   in flight. Sources read nothing after its barrier. Its completion is notified as final with
+   ``commit=True`` (sinks publish, tasks end) and ``finished`` becomes true. If it fails, the job goes
+   on as before the request.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 
 from flowstate.checkpoint.completed import CompletedCheckpoint
 from flowstate.checkpoint.failure import CheckpointFailureReason
-from flowstate.checkpoint.ids import CheckpointId, TaskId
+from flowstate.checkpoint.ids import CheckpointId, RequestId, TaskId
 from flowstate.checkpoint.pending import AckResult, PendingCheckpoint
 
 
@@ -74,6 +93,10 @@ class TriggerCheckpoint:
     checkpoint_id: CheckpointId
     timestamp: float
     final: bool
+    savepoint: bool = False
+    """Write it as a savepoint (rule 7)."""
+    request: RequestId | None = None
+    """The request it answers (rule 6); ``None`` for a periodic or final checkpoint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +108,17 @@ class StoreCheckpoint:
 
 @dataclass(frozen=True, slots=True)
 class NotifyComplete:
-    """Tell every task that ``checkpoint_id`` is complete (sinks commit what it pre-committed)."""
+    """Tell every task that ``checkpoint_id`` is complete; when ``commit``, sinks publish what it
+    pre-committed."""
 
     checkpoint_id: CheckpointId
     final: bool
+    savepoint: bool = False
+
+    @property
+    def commit(self) -> bool:
+        """False only for a savepoint that does not stop the job (rule 7)."""
+        return self.final or not self.savepoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +141,26 @@ class FailJob:
     """Too many checkpoints failed in a row: fail the job (the restart strategy decides what next)."""
 
     reason: str
+
+
+class RequestRefusal(Enum):
+    """Why ``request`` refused (rule 6)."""
+
+    STOPPING = "stopping"
+    """A stop was asked already."""
+    FINISHED = "finished"
+    """The job's final checkpoint is in flight or complete."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    request_id: RequestId
+    savepoint: bool
+    stop: bool
+
+    @property
+    def exclusive(self) -> bool:
+        return self.savepoint or self.stop
 
 
 CoordinatorAction = TriggerCheckpoint | StoreCheckpoint | NotifyComplete | NotifyAborted | DiscardCheckpoint | FailJob
@@ -153,6 +203,11 @@ class CheckpointCoordinator:
         self._sources_ended: frozenset[TaskId] = frozenset()
         self._final_triggered: CheckpointId | None = None
         self._finished = False
+        self._requests: deque[_Request] = deque()
+        self._last_request = RequestId(0)
+        self._stopping = False
+        self._stop_checkpoint: CheckpointId | None = None
+        self._savepoints_completed: set[CheckpointId] = set()
 
     # ---- facts the runtime reports -----------------------------------------------------------------
 
@@ -182,6 +237,21 @@ class CheckpointCoordinator:
             actions.append(trigger)
         return actions
 
+    def request(
+        self, now: float, *, savepoint: bool = False, stop: bool = False
+    ) -> tuple[RequestId | RequestRefusal, list[CoordinatorAction]]:
+        """Ask for a checkpoint (a savepoint with ``savepoint``; the job's last one with ``stop``) now
+        (rules 6-8). Returns the request's id, or why it was refused, and what to do at once."""
+        if self._stopping:
+            return RequestRefusal.STOPPING, []
+        if self._finished or self._final_is_live():
+            return RequestRefusal.FINISHED, []
+        self._last_request = RequestId(self._last_request + 1)
+        self._requests.append(_Request(self._last_request, savepoint, stop))
+        if stop:
+            self._stopping = True
+        return self._last_request, self._trigger_now(now, [])
+
     def acknowledge(
         self, task: TaskId, checkpoint_id: CheckpointId, state: object, now: float
     ) -> tuple[AckResult, list[CoordinatorAction]]:
@@ -209,21 +279,31 @@ class CheckpointCoordinator:
         if checkpoint_id not in self._pending or task not in self.tasks:
             return []
         actions = self._abort(checkpoint_id, reason)
-        return actions + self._trigger_final_if_due(now, actions)
+        return actions + self._trigger_now(now, actions)
 
     def stored(self, checkpoint_id: CheckpointId, now: float) -> list[CoordinatorAction]:
         """The metadata of ``checkpoint_id`` is durable: it is complete."""
         completed = self._storing.pop(checkpoint_id, None)
         if completed is None:
             raise ValueError(f"checkpoint {checkpoint_id} is not being stored")
+        if completed.savepoint:
+            # Rule 7: complete, but none of the completed checkpoints (nothing subsumed, no retention).
+            self._savepoints_completed.add(checkpoint_id)
+            self._last_completion = now
+            self._failures = 0
+            actions: list[CoordinatorAction] = [NotifyComplete(checkpoint_id, completed.final, savepoint=True)]
+            if completed.final:
+                self._finished = True
+                return actions
+            return actions + self._trigger_now(now, actions)
         latest = self.latest_completed
         if latest is not None and latest.checkpoint_id > checkpoint_id:
             # With max_concurrent > 1 the metadata of n + 1 can become durable before n's. Then n is
             # subsumed: tasks were told n + 1 is complete (sinks committed up to it), and a later
             # NotifyComplete(n) would make the completed ids go backwards.
             subsumed = self._fail(checkpoint_id, CheckpointFailureReason.SUBSUMED)
-            return subsumed + self._trigger_final_if_due(now, subsumed)
-        actions: list[CoordinatorAction] = [NotifyComplete(checkpoint_id, completed.final)]
+            return subsumed + self._trigger_now(now, subsumed)
+        actions = [NotifyComplete(checkpoint_id, completed.final)]
         self._completed.append(completed)
         self._completed.sort(key=lambda c: c.checkpoint_id)
         self._last_completion = now
@@ -235,14 +315,15 @@ class CheckpointCoordinator:
         if completed.final:
             self._finished = True
         else:
-            actions += self._trigger_final_if_due(now, actions)
+            actions += self._trigger_now(now, actions)
         return actions
 
     def store_failed(self, checkpoint_id: CheckpointId, now: float) -> list[CoordinatorAction]:
-        if self._storing.pop(checkpoint_id, None) is None:
+        completed = self._storing.pop(checkpoint_id, None)
+        if completed is None:
             raise ValueError(f"checkpoint {checkpoint_id} is not being stored")
-        actions = self._fail(checkpoint_id, CheckpointFailureReason.STORAGE_FAILURE)
-        return actions + self._trigger_final_if_due(now, actions)
+        actions = self._fail(checkpoint_id, CheckpointFailureReason.STORAGE_FAILURE, counted=not completed.savepoint)
+        return actions + self._trigger_now(now, actions)
 
     def abort_all(self, reason: CheckpointFailureReason) -> list[CoordinatorAction]:
         """Abort every pending checkpoint (the job is going down). Not counted as failures."""
@@ -250,6 +331,9 @@ class CheckpointCoordinator:
         for cid in sorted(self._pending):
             del self._pending[cid]
             actions += [NotifyAborted(cid, reason), DiscardCheckpoint(cid)]
+            if cid == self._stop_checkpoint:
+                self._stop_checkpoint = None
+                self._stopping = False
         return actions
 
     # ---- queries ---------------------------------------------------------------------------------
@@ -274,35 +358,61 @@ class CheckpointCoordinator:
     def next_id(self) -> CheckpointId:
         return self._next_id
 
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked and has not failed (rule 8)."""
+        return self._stopping
+
     def next_deadline(self, now: float) -> float | None:
         """The earliest time at which ``tick`` has something to do, or ``None``."""
         times = [p.trigger_time + self.config.timeout for p in self._pending.values()]
         # A trigger blocked by max_concurrent is not a deadline: the completion or abort that frees
         # a slot arrives as a fact and triggers from there (otherwise the runtime would spin).
-        if (self._running_since is not None and not self._finished and self._final_triggered is None
-                and self._in_flight() < self.config.max_concurrent):
-            if self.config.interval is not None:
-                last = self._last_trigger if self._last_trigger is not None else self._running_since
-                due = last + self.config.interval
-                if self._last_completion is not None:
-                    due = max(due, self._last_completion + self.config.min_pause)
-                times.append(due)
+        running = self._running_since is not None and not self._finished
+        if running and self._requests:
+            # A request is triggered by the fact that makes it ready (rule 6); this is a safeguard.
+            times += [now] if self._request_ready(self._requests[0]) else []
+        elif (running and self.config.interval is not None and not self._final_is_live()
+                and self._in_flight() < self.config.max_concurrent and not self._savepoint_in_flight()):
+            assert self._running_since is not None
+            last = self._last_trigger if self._last_trigger is not None else self._running_since
+            due = last + self.config.interval
+            if self._last_completion is not None:
+                due = max(due, self._last_completion + self.config.min_pause)
+            times.append(due)
         return min(times) if times else None
 
     # ---- internals -------------------------------------------------------------------------------
 
     def _is_completed(self, checkpoint_id: CheckpointId) -> bool:
-        return any(c.checkpoint_id == checkpoint_id for c in self._completed)
+        return checkpoint_id in self._savepoints_completed or any(
+            c.checkpoint_id == checkpoint_id for c in self._completed)
 
     def _in_flight(self) -> int:
         return len(self._pending) + len(self._storing)
 
+    def _savepoint_in_flight(self) -> bool:
+        return any(p.savepoint for p in self._pending.values()) or any(c.savepoint for c in self._storing.values())
+
+    def _request_ready(self, request: _Request) -> bool:
+        if request.exclusive:
+            return self._in_flight() == 0
+        return self._in_flight() < self.config.max_concurrent and not self._savepoint_in_flight()
+
     def _due(self, now: float) -> TriggerCheckpoint | None:
-        if self._running_since is None or self._in_flight() >= self.config.max_concurrent:
+        if self._running_since is None or self._finished:
+            return None
+        if self._requests:
+            # Rule 6: requests go first, in order; while one waits, nothing else is triggered.
+            request = self._requests[0]
+            if not self._request_ready(request):
+                return None
+            self._requests.popleft()
+            return self._trigger(now, final=request.stop, savepoint=request.savepoint, request=request.request_id)
+        if (self._in_flight() >= self.config.max_concurrent or self._savepoint_in_flight()
+                or self._final_is_live()):
             return None
         if self._sources_ended == self.sources:
-            if self._final_triggered is not None and self._final_is_live():
-                return None
             return self._trigger(now, final=True)
         if self.config.interval is None:
             return None
@@ -317,30 +427,42 @@ class CheckpointCoordinator:
         cid = self._final_triggered
         return cid is not None and (cid in self._pending or cid in self._storing or self._is_completed(cid))
 
-    def _trigger(self, now: float, *, final: bool) -> TriggerCheckpoint:
+    def _trigger(
+        self, now: float, *, final: bool, savepoint: bool = False, request: RequestId | None = None,
+    ) -> TriggerCheckpoint:
         cid = self._next_id
         self._next_id = CheckpointId(cid + 1)
         self._last_trigger = now
-        self._pending[cid] = PendingCheckpoint(cid, now, final, self.tasks)
+        self._pending[cid] = PendingCheckpoint(cid, now, final, self.tasks, savepoint=savepoint)
         if final:
             self._final_triggered = cid
-        return TriggerCheckpoint(cid, now, final)
+            if request is not None:
+                self._stop_checkpoint = cid
+        return TriggerCheckpoint(cid, now, final, savepoint, request)
 
-    def _trigger_final_if_due(self, now: float, so_far: list[CoordinatorAction]) -> list[CoordinatorAction]:
+    def _trigger_now(self, now: float, so_far: list[CoordinatorAction]) -> list[CoordinatorAction]:
+        """A trigger that is due whatever the interval: a waiting request (rule 6) or the final
+        checkpoint (rule 5)."""
         if self._finished or any(isinstance(a, FailJob) for a in so_far):
             return []
-        if self._sources_ended != self.sources:
+        if not self._requests and self._sources_ended != self.sources:
             return []
         trigger = self._due(now)
         return [trigger] if trigger is not None else []
 
     def _abort(self, checkpoint_id: CheckpointId, reason: CheckpointFailureReason) -> list[CoordinatorAction]:
-        del self._pending[checkpoint_id]
-        return self._fail(checkpoint_id, reason)
+        pending = self._pending.pop(checkpoint_id)
+        return self._fail(checkpoint_id, reason, counted=not pending.savepoint)
 
-    def _fail(self, checkpoint_id: CheckpointId, reason: CheckpointFailureReason) -> list[CoordinatorAction]:
+    def _fail(
+        self, checkpoint_id: CheckpointId, reason: CheckpointFailureReason, *, counted: bool = True,
+    ) -> list[CoordinatorAction]:
         actions: list[CoordinatorAction] = [NotifyAborted(checkpoint_id, reason), DiscardCheckpoint(checkpoint_id)]
-        if reason not in _NOT_COUNTED:
+        if checkpoint_id == self._stop_checkpoint:
+            # Rule 8: a failed stop leaves the job running as before the request.
+            self._stop_checkpoint = None
+            self._stopping = False
+        if counted and reason not in _NOT_COUNTED:
             self._failures += 1
             if self._failures > self.config.tolerable_failures:
                 actions.append(

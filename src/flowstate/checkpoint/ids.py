@@ -17,6 +17,10 @@ TaskId = NewType("TaskId", str)
 ChannelIndex = NewType("ChannelIndex", int)
 """The position of one input channel within a task's input gate (0-based)."""
 
+RequestId = NewType("RequestId", int)
+"""One on-demand checkpoint, savepoint or stop asked of the coordinator while the job runs, numbered
+from 1 in the order asked."""
+
 OperatorId = NewType("OperatorId", str)
 """The stable id (uid) of one operator; its state in a checkpoint is filed under it."""
 

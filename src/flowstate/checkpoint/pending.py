@@ -41,6 +41,7 @@ class PendingCheckpoint:
     final: bool
     not_yet_acknowledged: frozenset[TaskId]
     acknowledged: Mapping[TaskId, object] = field(default_factory=lambda: _frozen({}))
+    savepoint: bool = False
 
     @property
     def fully_acknowledged(self) -> bool:
@@ -70,4 +71,5 @@ class PendingCheckpoint:
             completion_time=completion_time,
             final=self.final,
             task_states=self.acknowledged,
+            savepoint=self.savepoint,
         )

@@ -31,7 +31,8 @@ Aligned-with-timeout rules (``alignment_timeout`` set):
    the other channels as in rule 2. A first barrier that arrives after the timeout switches at once.
 
 7. The **final** checkpoint of a bounded job is always aligned and never switches: everything must be
-   processed before it, or what an overtaken record produced after it would never be committed.
+   processed before it, or what an overtaken record produced after it would never be committed. A
+   **savepoint** is always aligned too: it holds no channel state, so it maps onto a changed job.
 
 Illegal events (on a channel that ended, or on a channel that is blocked) raise ``ProtocolError``
 and leave the handler unchanged.
@@ -141,17 +142,17 @@ class UnalignedBarrierHandler:
                 state = Idle()
         match state:
             case Idle():
-                if (barrier.unaligned or self._timeout is None) and not barrier.final:
+                if (barrier.unaligned or self._timeout is None) and not barrier.always_aligned:
                     return actions + self._capture_from(barrier, frozenset({channel}), channel, ())
                 if self._open == {channel}:
                     return actions + self._done(TakeSnapshot(barrier), cid)
-                if not barrier.final and now - barrier.timestamp >= self._timeout:
+                if not barrier.always_aligned and now - barrier.timestamp >= self._timeout:
                     # Rule 6: late already; the barrier overtook nothing and blocked nothing.
                     return actions + self._capture_from(barrier, frozenset({channel}), None, ())
                 self._state = Aligning(barrier, frozenset({channel}), barrier.timestamp)
                 return actions + [BlockChannel(channel)]
             case Aligning(arrived=arrived):
-                if barrier.unaligned and not state.barrier.final:
+                if barrier.unaligned and not state.barrier.always_aligned:
                     return actions + self._switch(state, channel)
                 arrived = arrived | {channel}
                 if self._open <= arrived:
@@ -207,7 +208,7 @@ class UnalignedBarrierHandler:
 
     def tick(self, now: float) -> list[HandlerAction]:
         state = self._state
-        if (isinstance(state, Aligning) and self._timeout is not None and not state.barrier.final
+        if (isinstance(state, Aligning) and self._timeout is not None and not state.barrier.always_aligned
                 and now - state.started >= self._timeout):
             return self._switch(state, None)
         return []

@@ -9,6 +9,12 @@ reader does is derived from its resume state.
 **Sinks** build one writer per subtask. A transactional writer takes part in two-phase commit:
 ``pre_commit`` on the barrier, ``commit`` when that checkpoint completes, and, when built from a
 resume state, it first commits what that state names and deletes its own uncommitted leftovers.
+
+**Rescaling** (a restore at another parallelism): a source's positions are reassigned split by
+split, so a reader's snapshot must map split ids to positions. A sink whose writers have state may
+define ``redistribute_state(states, parallelism) -> list`` (see ``RescalableSink``): the resume
+states of the new writers from those of the old ones; without it the sink is only restored at its
+old parallelism.
 """
 
 from __future__ import annotations
@@ -95,4 +101,12 @@ class Sink(Protocol):
         """A writer for one subtask. With ``resume_state`` (from ``snapshot()`` of the restored, complete
         checkpoint), the writer first commits what it names, idempotently, and removes this
         subtask's uncommitted leftovers."""
+        ...
+
+
+class RescalableSink(Sink, Protocol):
+    def redistribute_state(self, states: Sequence[Any | None], parallelism: int) -> list[Any]:
+        """The resume states of ``parallelism`` new writers from the snapshots of every old writer
+        (index = old subtask; ``None`` for one without state). Every committable of the old states
+        must be committed by exactly one new writer, and their leftovers cleaned up by some writer."""
         ...

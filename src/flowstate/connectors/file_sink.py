@@ -22,6 +22,13 @@ checkpoints that never completed; the replay writes their records again), then c
 A writer built without a snapshot cleans up the same way, with nothing to commit: no checkpoint of
 this job completed. Files of other subtasks are never touched.
 
+Step (4) restore at another parallelism *p* (``redistribute_state``): every pending file of every
+old writer goes to exactly one new writer (old *j*'s to new ``j % p``), which commits it as in Step
+(3). The *seq* reached by every subtask index ever used travels with the state, so new subtask *i*
+continues where subtask *i* stopped (in this run or in an earlier one at a higher parallelism) and no
+new file takes the name of a committed one. An index that no longer runs is *retired*: writer
+``r % p`` deletes its hidden leftovers as its own and keeps its *seq* in its snapshot (``retired``).
+
 Records are written as JSON Lines by default (UTF-8, ``ensure_ascii=False``, compact separators;
 tuples become arrays); ``encoder`` (record → str without newline) replaces that. Each batch is one
 write call. A fresh writer starts at *seq* 0 and replaces visible files of the same name: give each
@@ -33,7 +40,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowstate import failpoints as fpn
@@ -88,6 +95,29 @@ class FileSink:
     def transactional(self) -> bool:
         return True
 
+    def redistribute_state(self, states: Sequence[Any | None], parallelism: int) -> list[dict[str, Any]]:
+        """Step (4): the resume states of ``parallelism`` writers from the snapshots of every writer
+        of the restored checkpoint (index = old subtask; ``None`` for a writer without one)."""
+        if parallelism < 1:
+            raise ValueError(f"FileSink {self._name!r}: parallelism must be ≥ 1, got {parallelism}")
+        seqs: dict[int, int] = {}
+        pending: list[list[tuple[int, str]]] = [[] for _ in range(parallelism)]
+        for j, state in enumerate(states):
+            if state is None:
+                continue
+            seq, entries, retired = _parse_snapshot(state)
+            for index, reached in [(j, seq), *retired.items()]:
+                seqs[index] = max(seqs.get(index, 0), reached)
+            pending[j % parallelism].extend(entries)
+        return [
+            {
+                "seq": seqs.get(i, 0),
+                "pending": sorted(pending[i], key=lambda entry: entry[0]),
+                "retired": {r: seq for r, seq in sorted(seqs.items()) if r >= parallelism and r % parallelism == i},
+            }
+            for i in range(parallelism)
+        ]
+
     def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> FileSinkWriter:
         if not 0 <= subtask < parallelism:
             raise ValueError(f"FileSink {self._name!r}: subtask {subtask} outside 0..{parallelism - 1}")
@@ -97,10 +127,11 @@ class FileSink:
 
 
 class FileSinkWriter:
-    """The files of one subtask. State: the next *seq* and the ``CommitLog`` of pending files."""
+    """The files of one subtask. State: the next *seq*, the ``CommitLog`` of pending files, and the
+*seq* of every retired subtask index it looks after (Step 4)."""
 
     __slots__ = (
-        "_directory", "_prefix", "_suffix", "_subtask", "_encode", "_seq", "_log", "_file", "_hidden",
+        "_directory", "_prefix", "_suffix", "_subtask", "_encode", "_seq", "_log", "_file", "_hidden", "_retired",
         "_failpoints",
     )
 
@@ -118,21 +149,26 @@ class FileSinkWriter:
         self._suffix = suffix
         self._subtask = subtask
         self._encode = encode
-        self._hidden = re.compile(
-            rf"\.{re.escape(prefix)}-{subtask}-[0-9]+(?:{re.escape(_IN_PROGRESS)}|{re.escape(_PENDING)})"
-        )
         self._file: Any = None
         self._failpoints: Any = None
         self._log: CommitLog[str] = CommitLog()
         self._seq = 0
+        self._retired: dict[int, int] = {}
         named: list[str] = []
         if resume_state is not None:
-            seq, pending = _parse_snapshot(resume_state)
+            seq, pending, retired = _parse_snapshot(resume_state)
+            if subtask in retired:
+                raise ValueError(f"FileSink: subtask {subtask} is listed as retired in its own snapshot")
             # Step (3): the restored checkpoint completed, so what it names is committed first.
             _, to_commit = CommitLog.restore(pending)
             named = list(to_commit)
             self._publish(to_commit)
             self._seq = seq
+            self._retired = retired
+        indices = "|".join(str(i) for i in [subtask, *sorted(self._retired)])
+        self._hidden = re.compile(
+            rf"\.{re.escape(prefix)}-(?:{indices})-[0-9]+(?:{re.escape(_IN_PROGRESS)}|{re.escape(_PENDING)})"
+        )
         existing = [n for n in os.listdir(directory) if self._hidden.fullmatch(n)]
         strays = stray_outputs(existing, named)
         for stray in strays:
@@ -166,7 +202,10 @@ class FileSinkWriter:
         self._seq += 1
 
     def snapshot(self) -> dict[str, Any]:
-        return {"seq": self._seq, "pending": self._log.snapshot()}
+        state: dict[str, Any] = {"seq": self._seq, "pending": self._log.snapshot()}
+        if self._retired:
+            state["retired"] = dict(self._retired)
+        return state
 
     def commit(self, checkpoint_id: int) -> None:
         log, to_commit = self._log.complete(CheckpointId(checkpoint_id))
@@ -230,18 +269,20 @@ class FileSinkWriter:
         _fsync_directory(self._directory)
 
 
-def _parse_snapshot(state: Any) -> tuple[int, list[tuple[int, str]]]:
+def _parse_snapshot(state: Any) -> tuple[int, list[tuple[int, str]], dict[int, int]]:
     try:
         seq = state["seq"]
         pending = [(int(cid), str(name)) for cid, name in state["pending"]]
-    except (TypeError, KeyError, ValueError) as error:
+        retired = dict(state.get("retired") or {})
+    except (TypeError, KeyError, ValueError, AttributeError) as error:
         raise ValueError(f"FileSink: not a file sink snapshot: {state!r}") from error
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise ValueError(f"FileSink: snapshot seq must be an int ≥ 0, got {seq!r}")
+    for value in (seq, *retired.keys(), *retired.values()):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"FileSink: snapshot seq and retired subtasks must be ints ≥ 0, got {value!r}")
     for _, name in pending:
         if not (name.startswith(".") and name.endswith(_PENDING)) or os.sep in name or "/" in name:
             raise ValueError(f"FileSink: snapshot names {name!r}, which is not a pending file")
-    return seq, pending
+    return seq, pending, retired
 
 
 def _fsync_directory(directory: str) -> None:

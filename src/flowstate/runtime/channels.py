@@ -83,8 +83,8 @@ class InputGate:
     def promote_overdue(self, started_before: float) -> int:
         """Turn each in-order barrier queued behind data whose checkpoint started before
         ``started_before`` into an unaligned one at the head of its channel, recording the batches it
-        now overtakes (an aligned checkpoint that timed out). Blocked channels and final barriers are
-        left alone. Returns how many barriers were promoted."""
+        now overtakes (an aligned checkpoint that timed out). Blocked channels, final barriers and
+        savepoint barriers are left alone. Returns how many barriers were promoted."""
         promoted = 0
         with self._lock:
             for ch, queue in enumerate(self._queues):
@@ -94,7 +94,7 @@ class InputGate:
                     if type(item) is Overtaking:
                         break
                     if type(item) is CheckpointBarrier:
-                        if position and not item.final and not item.unaligned and item.timestamp <= started_before:
+                        if position and not item.always_aligned and not item.unaligned and item.timestamp <= started_before:
                             ahead = [queue.popleft() for _ in range(position)]
                             queue.popleft()  # the barrier itself
                             queue.extendleft(reversed(ahead))

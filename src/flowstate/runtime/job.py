@@ -4,12 +4,17 @@ One attempt, step by step (the order matters):
 
 Step 1: choose the restore point: the newest checkpoint whose metadata and files verify
         (``flowstate.checkpoint.restore``); every newer one that was skipped is logged with its reason
-        and deleted. New checkpoint ids continue after the highest id ever used.
-Step 2: load every task's state from that checkpoint, then build all tasks: sources rewind to the
-        stored positions, sinks commit what the checkpoint pre-committed.
+        and deleted. With ``--from-savepoint``, the savepoint, unless a checkpoint of this job descends
+        from it (``flowstate.runtime.savepoint``). New checkpoint ids continue after the highest id
+        ever used. Load every task's state from it and assign it to the tasks of the job as it is
+        now, by operator uid, at any parallelism (``flowstate.runtime.state_assignment``); what
+        cannot be assigned stops the run with a ``ConfigError`` naming the operator and the state.
+Step 2: build all tasks from the assigned states: sources rewind to the stored positions, sinks
+        commit what the snapshot pre-committed.
 Step 3: start the tasks; tell the coordinator they run; then loop: take a report (ack, decline,
-        source ended, finished, failed), feed it to the coordinator, execute the returned actions in
-        order. The metadata is written before any task hears that a checkpoint completed.
+        source ended, finished, failed) or a control request (``flowstate.runtime.control``), feed it
+        to the coordinator, execute the returned actions in order. The metadata is written before any
+        task hears that a checkpoint completed.
 Step 4: on a failure, cancel every task, wait for in-flight snapshot writes, and let the restart
         strategy decide: another attempt from Step 1, or ``JobFailedError``.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import pickle
 import queue
 import sys
@@ -37,6 +43,7 @@ from flowstate.checkpoint.coordinator import (
     FailJob,
     NotifyAborted,
     NotifyComplete,
+    RequestRefusal,
     StoreCheckpoint,
     TriggerCheckpoint,
 )
@@ -49,6 +56,7 @@ from flowstate.errors import ConfigError, JobFailedError
 from flowstate.failpoints import Failpoints
 from flowstate.graph import JobGraph, JobVertex, build_job_graph
 from flowstate.runtime.channels import InputGate
+from flowstate.runtime.control import ControlError, ControlRequest, ControlServer, JobControl, RequestKind
 from flowstate.runtime.messages import (
     Ack,
     Aborted,
@@ -61,6 +69,16 @@ from flowstate.runtime.messages import (
 )
 from flowstate.runtime.operators import OperatorEnv, build_operator
 from flowstate.runtime.output import Output, OutputEdge
+from flowstate.runtime.savepoint import (
+    ORIGIN,
+    SAVEPOINT,
+    Savepoint,
+    SnapshotTargets,
+    identity,
+    open_savepoint,
+    same_origin,
+)
+from flowstate.runtime.state_assignment import assign_states, describe_graph
 from flowstate.runtime.task import SOURCE_STATE, SourceTask, StreamTask, Task, TaskEnv
 from flowstate.runtime.transport import ChannelWriter, Executor, ThreadExecutor
 from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, CorruptCheckpointError, TaskState
@@ -89,6 +107,10 @@ class JobResult:
     """One entry per checkpoint completed in this run, oldest first."""
     checkpoints_failed: int = 0
     """Checkpoints aborted in this run (expired, declined, storage failures)."""
+    restored_savepoint: str | None = None
+    """The savepoint an attempt restored from (``--from-savepoint``), if one did."""
+    savepoints: list[str] = field(default_factory=list)
+    """Directories of the savepoints completed in this run, oldest first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +152,7 @@ class CheckpointDirLock:
 class JobRunner:
     def __init__(
         self, flow: Dataflow, config: JobConfig, *, failpoints: Failpoints | None = None,
-        clock: Clock | None = None, progress_stream: TextIO | None = None,
+        clock: Clock | None = None, progress_stream: TextIO | None = None, control: JobControl | None = None,
     ) -> None:
         self.flow = flow
         self.config = config
@@ -146,6 +168,15 @@ class JobRunner:
             except ValueError as exc:
                 raise ConfigError(f"checkpoint storage {config.checkpoint_dir}: {exc}") from None
         self._next_id = 1
+        self.control = control if control is not None else JobControl()
+        """Ask the running job for a checkpoint, a savepoint or a stop (any thread)."""
+        self._targets = SnapshotTargets(self.storage)
+        self._assigned: dict[TaskId, dict[str, Any]] = {}
+        self._savepoint: Savepoint | None = None
+        self._origin: dict[str, Any] | None = None
+        self._state = "starting"
+        self._running_tasks = 0
+        self._result: JobResult | None = None
 
     def _check_sources(self) -> None:
         for vertex in self.graph.vertices:
@@ -169,21 +200,39 @@ class JobRunner:
     def run(self) -> JobResult:
         config = self.config
         result = JobResult(self.flow.name, config.mode)
+        self._result = result
+        self.control.publish(self._status)
         started = self.clock.monotonic()
         # Object storage has no lock: two runs on one bucket prefix are the user's to avoid.
         storage = self.storage
         lock = CheckpointDirLock(storage.root) if isinstance(storage, LocalCheckpointStorage) else None
+        server: ControlServer | None = None
         try:
             if config.fresh and self.storage is not None:
                 for info in self.storage.list_checkpoints():
                     self.storage.discard(info.checkpoint_id)
                 log.info("--fresh: discarded the existing checkpoints in %s", config.checkpoint_dir)
+            if config.from_savepoint is not None:
+                if config.checkpoint_dir is not None and Path(config.from_savepoint).resolve() == Path(
+                        config.checkpoint_dir).resolve():
+                    raise ConfigError(
+                        f"--from-savepoint names the checkpoint directory {config.checkpoint_dir} itself; run "
+                        "without --from-savepoint to resume from its newest checkpoint"
+                    )
+                self._savepoint = open_savepoint(config.from_savepoint)
+            if config.control_endpoint:
+                assert config.checkpoint_dir is not None
+                server = ControlServer(self.control, Path(config.checkpoint_dir), job=self.flow.name,
+                                       host=config.control_host, wait=2 * config.checkpoint.timeout + 60.0)
             failures = 0
             while True:
                 try:
+                    self._state = "running"
                     self._attempt(result)
                     break
                 except _AttemptFailed as failed:
+                    self._state = "restarting"
+                    self.control.fail_waiting(f"the job failed before the checkpoint completed: {failed.what}")
                     failures += 1
                     result.failures.append(failed.what)
                     delay = config.restart.delay(failures)
@@ -196,10 +245,36 @@ class JobRunner:
                     result.restarts += 1
                     self.clock.sleep(delay)
         finally:
+            self._state = "ended"
+            self.control.fail_all("the job ended before the request was served")
+            if server is not None:
+                server.close()
             if lock is not None:
                 lock.release()
         result.seconds = self.clock.monotonic() - started
         return result
+
+    def _status(self) -> dict[str, Any]:
+        """What ``flowstate status`` shows (read from any thread)."""
+        result = self._result
+        assert result is not None
+        return {
+            "job": self.flow.name,
+            "mode": self.config.mode.value,
+            "state": self._state,
+            "pid": os.getpid(),
+            "records": result.records,
+            "checkpoints_completed": result.checkpoints_completed,
+            "last_checkpoint": result.last_checkpoint,
+            "checkpoints_failed": result.checkpoints_failed,
+            "restarts": result.restarts,
+            "restored_from": result.restored_from[-1] if result.restored_from else None,
+            "restored_savepoint": result.restored_savepoint,
+            "savepoints": list(result.savepoints),
+            "tasks": sum(v.parallelism for v in self.graph.vertices),
+            "running_tasks": self._running_tasks,
+            "parallelism": {v.name: v.parallelism for v in self.graph.vertices},
+        }
 
     # ---- one attempt --------------------------------------------------------------------------------
 
@@ -231,29 +306,48 @@ class JobRunner:
             pool.shutdown(wait=True)
 
     def _choose_restore_point(self) -> CheckpointMetadata | None:
+        """Step 1: the snapshot to restore from, its states loaded and assigned to the tasks."""
         storage = self.storage
-        if storage is None:
-            return None
-        decision = choose(storage.restore_candidates())
-        for skipped in decision.skipped:
-            log.warning("skipping checkpoint %d: %s", skipped.checkpoint_id, skipped.reason)
-            storage.discard(skipped.checkpoint_id)
-        self._next_id = max(self._next_id, storage.highest_id() + 1)
-        if isinstance(decision, RestoreFrom):
-            md: CheckpointMetadata = decision.metadata
-            self._check_compatible(md)
-            log.info("restoring from checkpoint %d (completed with %d task states, %d bytes)",
-                     md.checkpoint_id, len(md.tasks), md.state_size)
-            keep = {md.checkpoint_id}
-            storage.sweep(keep)
-            self._sweep_orphans()
-            if self.failpoints:
-                self.failpoints.hit(fpn.RECOVERY_CHECKPOINT_CHOSEN)
+        md: CheckpointMetadata | None = None
+        if storage is not None:
+            decision = choose(storage.restore_candidates())
+            for skipped in decision.skipped:
+                log.warning("skipping checkpoint %d: %s", skipped.checkpoint_id, skipped.reason)
+                storage.discard(skipped.checkpoint_id)
+            self._next_id = max(self._next_id, storage.highest_id() + 1)
+            if isinstance(decision, RestoreFrom):
+                md = decision.metadata
+        savepoint = self._savepoint
+        if savepoint is not None and (md is None or not same_origin(md, savepoint.metadata)):
+            if storage is not None:
+                self._discard_other_runs(storage, savepoint)
+            md = savepoint.metadata
+            self._next_id = max(self._next_id, int(md.checkpoint_id) + 1)
+            self._origin = {**identity(md), "path": str(savepoint.path)}
+            log.info("restoring from savepoint %s (checkpoint %d, %d task states, %d bytes)",
+                     savepoint.path, md.checkpoint_id, len(md.tasks), md.state_size)
+            assert self._result is not None
+            self._result.restored_savepoint = str(savepoint.path)
+            self._assigned = self._assign(md, savepoint.storage, f"savepoint {str(savepoint.path)!r}")
             return md
-        storage.sweep(set())
+        if md is None:
+            if storage is not None:
+                storage.sweep(set())
+                self._sweep_orphans()
+            log.info("no completed checkpoint to restore from: starting from scratch")
+            self._assigned = {}
+            return None
+        assert storage is not None
+        origin = md.extra.get(ORIGIN)
+        self._origin = dict(origin) if isinstance(origin, dict) else None
+        log.info("restoring from checkpoint %d (completed with %d task states, %d bytes)",
+                 md.checkpoint_id, len(md.tasks), md.state_size)
+        storage.sweep({md.checkpoint_id})
         self._sweep_orphans()
-        log.info("no completed checkpoint to restore from: starting from scratch")
-        return None
+        if self.failpoints:
+            self.failpoints.hit(fpn.RECOVERY_CHECKPOINT_CHOSEN)
+        self._assigned = self._assign(md, storage, f"checkpoint {md.checkpoint_id}")
+        return md
 
     def _sweep_orphans(self) -> None:
         """Delete shared files that no valid checkpoint references: uploads of checkpoints that were
@@ -267,39 +361,39 @@ class JobRunner:
         if swept:
             log.info("deleted %d orphaned shared file(s) of aborted or crashed checkpoints", len(swept))
 
-    def _check_compatible(self, md: CheckpointMetadata) -> None:
-        if md.max_parallelism != self.graph.max_parallelism:
-            raise ConfigError(
-                f"checkpoint {md.checkpoint_id} was taken with max_parallelism {md.max_parallelism}; "
-                f"the job now has {self.graph.max_parallelism}. max_parallelism cannot change"
-            )
-        names = {v.name: v for v in self.graph.vertices}
-        for state in md.tasks:
-            if state.handle is None:
-                continue
-            vertex = names.get(state.vertex)
-            if vertex is None:
-                raise ConfigError(
-                    f"checkpoint {md.checkpoint_id} holds state of operator chain {state.vertex!r}, which the "
-                    "job no longer has; start with --fresh or restore the operator (give operators a uid= to "
-                    "keep their identity when the job changes)"
-                )
-            if vertex.parallelism != md.parallelism.get(state.vertex):
-                raise ConfigError(
-                    f"operator chain {state.vertex!r} ran with parallelism {md.parallelism.get(state.vertex)} "
-                    f"in checkpoint {md.checkpoint_id} and now has {vertex.parallelism}: rescaling a checkpoint "
-                    "is not supported yet; run with the same parallelism or start with --fresh"
-                )
+    def _discard_other_runs(self, storage: CheckpointStorage, savepoint: Savepoint) -> None:
+        """Checkpoints in the directory that do not descend from the savepoint belong to another run
+        of the job: restoring from one of them later would undo the restore from the savepoint."""
+        gone = [info.checkpoint_id for info in storage.list_checkpoints()
+                if info.metadata is None or not same_origin(info.metadata, savepoint.metadata)]
+        for checkpoint_id in gone:
+            storage.discard(checkpoint_id)
+        if gone:
+            log.info("restoring from savepoint %s: discarded %d checkpoint(s) of an earlier run in %s",
+                     savepoint.path, len(gone), self.config.checkpoint_dir)
+
+    def _assign(self, md: CheckpointMetadata, storage: CheckpointStorage, what: str) -> dict[TaskId, dict[str, Any]]:
+        try:
+            states: dict[TaskId, dict[str, Any]] = {}
+            for ts in md.tasks:
+                if states and self.failpoints:
+                    self.failpoints.hit(fpn.RECOVERY_MID_LOAD)
+                states[ts.task] = pickle.loads(storage.read_state(ts.handle)) if ts.handle else {}
+        except Exception as exc:  # noqa: BLE001 - a state that cannot be read fails the attempt
+            raise _AttemptFailed(f"reading the state of {what} failed: {type(exc).__name__}: {exc}", exc) from exc
+        assignment = assign_states(self.graph, md, states, allow_non_restored_state=self.config.allow_non_restored_state,
+                                   what=what)
+        for dropped in assignment.dropped:
+            log.warning("dropping state (--allow-non-restored-state): %s", dropped)
+        rescaled = [f"{v.name} {md.parallelism[v.name]} -> {v.parallelism}" for v in self.graph.vertices
+                    if v.name in md.parallelism and md.parallelism[v.name] != v.parallelism]
+        if rescaled:
+            log.info("rescaling from %s: %s", what, ", ".join(rescaled))
+        return assignment.states
 
     def _load_states(self, md: CheckpointMetadata | None) -> dict[TaskId, dict[str, Any]]:
-        if md is None or self.storage is None:
-            return {}
-        states: dict[TaskId, dict[str, Any]] = {}
-        for ts in md.tasks:
-            if states and self.failpoints:
-                self.failpoints.hit(fpn.RECOVERY_MID_LOAD)
-            states[ts.task] = pickle.loads(self.storage.read_state(ts.handle)) if ts.handle else {}
-        return states
+        """The states assigned to the tasks in Step 1."""
+        return self._assigned if md is not None else {}
 
     def _build_tasks(
         self, restored: CheckpointMetadata | None, reports: queue.Queue[Any], pool: ThreadPoolExecutor,
@@ -307,7 +401,8 @@ class JobRunner:
         graph = self.graph
         config = self.config
         states = self._load_states(restored)
-        env = TaskEnv(config.mode, self.storage, reports, pool, self.failpoints, self.clock, config.batch_size,
+        storage = self._targets if self.storage is not None else None
+        env = TaskEnv(config.mode, storage, reports, pool, self.failpoints, self.clock, config.batch_size,
                       config.alignment_timeout, config.max_inflight_bytes, config.compression)
         gates: dict[tuple[str, int], InputGate] = {}
         bases: dict[str, list[int]] = {}
@@ -400,6 +495,7 @@ class JobRunner:
                         shell.report(report, now)
                 if coordinator is not None:
                     shell.execute(coordinator.tick(now))
+                shell.serve_control(now, finished)
                 shell.progress(now)
             shell.progress(clock.monotonic(), final=True)
         except _AttemptFailed:
@@ -414,7 +510,7 @@ class JobRunner:
 
 
 class _Shell:
-    """Executes coordinator actions and feeds it reports, for one attempt."""
+    """Executes coordinator actions and feeds it reports and control requests, for one attempt."""
 
     def __init__(
         self, runner: JobRunner, coordinator: CheckpointCoordinator | None, tasks: dict[TaskId, Task],
@@ -431,6 +527,54 @@ class _Shell:
         self.last_records = 0
         self.last_duration: float | None = None
         self.completed_here = 0
+        self.targets = runner._targets
+        self.control = runner.control
+
+    def serve_control(self, now: float, finished: set[TaskId]) -> None:
+        """Turn each control request into a coordinator request (``flowstate.runtime.control``)."""
+        runner = self.runner
+        runner._running_tasks = len(self.tasks) - len(finished)
+        coordinator = self.coordinator
+        if coordinator is not None:
+            runner._state = "stopping" if coordinator.stopping else "running"
+        for request in self.control.take():
+            if coordinator is None:
+                request.reply.set_exception(ControlError(
+                    f"mode {runner.config.mode.value} takes no checkpoints, so no {request.kind.value} either"))
+                continue
+            if request.savepoint:
+                problem = self._savepoint_parent_problem(request)
+                if problem is not None:
+                    request.reply.set_exception(ControlError(problem))
+                    continue
+            outcome, actions = coordinator.request(now, savepoint=request.savepoint, stop=request.kind is RequestKind.STOP)
+            if isinstance(outcome, RequestRefusal):
+                why = ("the job is already stopping" if outcome is RequestRefusal.STOPPING
+                       else "the job is finishing: its final checkpoint is in flight or complete")
+                request.reply.set_exception(ControlError(f"{request.kind.value} refused: {why}"))
+                continue
+            self.control.asked[outcome] = request
+            if request.kind is RequestKind.STOP:
+                runner._state = "stopping"
+                log.info("stop requested%s", " with a savepoint" if request.savepoint else "")
+            self.execute(actions)
+
+    def _savepoint_parent_problem(self, request: ControlRequest) -> str | None:
+        parent = self._savepoint_parent(request)
+        if parent is None:
+            return "no savepoint directory: give a target"
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create the savepoint directory {parent}: {exc}"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"cannot write into the savepoint directory {parent}"
+        return None
+
+    def _savepoint_parent(self, request: ControlRequest | None) -> Path | None:
+        if request is not None and request.target is not None:
+            return request.target
+        return self.runner.config.savepoints
 
     def report(self, report: Any, now: float) -> None:
         coordinator = self.coordinator
@@ -457,8 +601,16 @@ class _Shell:
         fp = runner.failpoints
         for action in actions:
             match action:
-                case TriggerCheckpoint(checkpoint_id=cid, timestamp=ts, final=final):
-                    barrier = CheckpointBarrier(cid, ts, final)
+                case TriggerCheckpoint(checkpoint_id=cid, timestamp=ts, final=final, savepoint=savepoint, request=rid):
+                    request = self.control.asked.pop(rid, None) if rid is not None else None
+                    if request is not None:
+                        self.control.triggered[cid] = request
+                    if savepoint:
+                        parent = self._savepoint_parent(request)
+                        assert parent is not None
+                        path = self.targets.add_savepoint(cid, parent)
+                        log.info("savepoint %d triggered into %s", cid, path)
+                    barrier = CheckpointBarrier(cid, ts, final, savepoint=savepoint)
                     for t in self.tasks.values():
                         if isinstance(t, SourceTask):
                             t.gate.post(Trigger(barrier))
@@ -467,14 +619,16 @@ class _Shell:
                         fp.hit(fpn.COORDINATOR_BEFORE_METADATA)
                     now = self.clock.monotonic()
                     try:
-                        assert runner.storage is not None
-                        runner.storage.write_metadata(self._metadata(checkpoint))
+                        self.targets.write_metadata(self._metadata(checkpoint))
                     except (OSError, CorruptCheckpointError) as exc:
                         log.warning("writing the metadata of checkpoint %d failed: %s", checkpoint.checkpoint_id, exc)
                         self.execute(coordinator.store_failed(checkpoint.checkpoint_id, now))
                         continue
                     if fp:
                         fp.hit(fpn.COORDINATOR_AFTER_METADATA)
+                    if checkpoint.savepoint:
+                        self.execute(coordinator.stored(checkpoint.checkpoint_id, now))
+                        continue
                     self.last_duration = checkpoint.duration
                     states = [s for s in checkpoint.task_states.values() if isinstance(s, TaskState)]
                     self.result.checkpoint_stats.append(CheckpointStats(
@@ -484,21 +638,34 @@ class _Shell:
                         sum(s.handle.size for s in states if s.handle is not None),
                     ))
                     self.execute(coordinator.stored(checkpoint.checkpoint_id, now))
-                case NotifyComplete(checkpoint_id=cid, final=final):
-                    self.result.checkpoints_completed += 1
-                    self.result.last_checkpoint = int(cid)
-                    self.completed_here += 1
+                case NotifyComplete(checkpoint_id=cid, final=final, savepoint=savepoint):
+                    path = self.targets.paths.get(cid) if savepoint else None
+                    if path is not None:
+                        self.result.savepoints.append(str(path))
+                        log.info("savepoint %d completed: %s", cid, path)
+                    else:
+                        self.result.checkpoints_completed += 1
+                        self.result.last_checkpoint = int(cid)
+                        self.completed_here += 1
                     for t in self.tasks.values():
-                        t.gate.post(Complete(cid, final))
+                        t.gate.post(Complete(cid, final, action.commit))
+                    request = self.control.triggered.pop(cid, None)
+                    if request is not None:
+                        request.reply.set_result({"checkpoint_id": int(cid), "savepoint": savepoint,
+                                                  "path": str(path) if path is not None else None, "stopped": final})
                 case NotifyAborted(checkpoint_id=cid, reason=reason):
                     log.info("checkpoint %d aborted: %s", cid, reason.value)
                     self.result.checkpoints_failed += 1
                     for t in self.tasks.values():
                         t.gate.post(Aborted(cid))
+                    request = self.control.triggered.pop(cid, None)
+                    if request is not None:
+                        request.reply.set_exception(ControlError(
+                            f"{request.kind.value} (checkpoint {cid}) failed: {reason.value}"))
                 case DiscardCheckpoint(checkpoint_id=cid):
-                    if runner.storage is not None:
+                    if runner.storage is not None or cid in self.targets.paths:
                         try:
-                            runner.storage.discard(cid)
+                            self.targets.discard(cid)
                         except OSError as exc:
                             # An aborted checkpoint is discarded while the snapshot writes of other
                             # tasks may still land in its directory (rmdir: directory not empty).
@@ -522,7 +689,18 @@ class _Shell:
             max_parallelism=runner.graph.max_parallelism,
             parallelism={v.name: v.parallelism for v in runner.graph.vertices},
             tasks=states,
+            extra=self._extra(checkpoint),
         )
+
+    def _extra(self, checkpoint: CompletedCheckpoint) -> dict[str, Any]:
+        """The job's stateful operators and inputs (for restores into a changed job), whether this is
+        a savepoint, and the savepoint the run descends from."""
+        extra: dict[str, Any] = describe_graph(self.runner.graph)
+        if checkpoint.savepoint:
+            extra[SAVEPOINT] = True
+        if self.runner._origin is not None:
+            extra[ORIGIN] = dict(self.runner._origin)
+        return extra
 
     def progress(self, now: float, final: bool = False) -> None:
         runner = self.runner

@@ -24,8 +24,12 @@ class Trigger:
 
 @dataclass(frozen=True, slots=True)
 class Complete:
+    """``checkpoint_id`` is complete. Sinks publish what it pre-committed only when ``commit`` (not
+    for a savepoint that leaves the job running). After a ``final`` one, tasks end with their input."""
+
     checkpoint_id: CheckpointId
     final: bool
+    commit: bool = True
 
 
 @dataclass(frozen=True, slots=True)

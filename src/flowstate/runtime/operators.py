@@ -2,8 +2,9 @@
 
 Contract of every operator, in the order the task calls it:
 
-1. ``open(resume_state)``: restore from the state this operator snapshotted in the restored
-   checkpoint (``None`` on a fresh start), then open user functions.
+1. ``open(resume_state)``: restore from the state assigned to this subtask from the restored
+   checkpoint (``None`` on a fresh start; ``flowstate.runtime.state_assignment``), then open user
+   functions.
 2. ``process_batch(batch)`` for every input batch, returning the output batch (a new list; the
    input list is never changed) or ``None`` for a sink.
 3. ``snapshot(checkpoint_id)``: the synchronous part, between two batches; returns a
@@ -182,8 +183,10 @@ class _Keyed(Operator):
         )
 
     def open(self, resume_state: Any) -> None:
+        """``resume_state`` is the list of keyed snapshots whose key-group ranges overlap this
+        subtask's (several after a rescale; see ``flowstate.runtime.state_assignment``), or one."""
         if resume_state is not None:
-            self.backend.restore([resume_state])
+            self.backend.restore(resume_state if isinstance(resume_state, list) else [resume_state])
 
     def snapshot(self, checkpoint_id: int) -> KeyedSnapshot:
         return self.backend.snapshot()

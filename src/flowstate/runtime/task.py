@@ -14,7 +14,9 @@ Step 3: the asynchronous part (materialise, pickle, write, fsync) runs on the jo
 Step 4: only when the state file is durable is the checkpoint acknowledged.
 
 A task of a job with checkpoints ends only after every input ended **and** it was notified that a
-final checkpoint completed: sinks commit their last output on that notification.
+final checkpoint completed: sinks commit their last output on that notification. A final barrier
+that reaches a source before the end of its input is a **stop** (``flowstate stop``): the source
+reads nothing after it, ends its input when the checkpoint completes, and reads on if it is aborted.
 """
 
 from __future__ import annotations
@@ -216,8 +218,9 @@ class Task:
 
     def _notify(self, mail: Complete | Aborted) -> None:
         if isinstance(mail, Complete):
-            for op in self.ops:
-                op.notify_complete(mail.checkpoint_id)
+            if mail.commit:
+                for op in self.ops:
+                    op.notify_complete(mail.checkpoint_id)
             if mail.final:
                 self._final_notified = True
         else:
@@ -418,6 +421,9 @@ class SourceTask(Task):
         super().__init__(*args, **kwargs)
         self.reader = reader
         self._paused_for: CheckpointId | None = None
+        self._stopping_at: CheckpointId | None = None
+        """A final barrier before the end of the input (a stop): nothing is read after it; its
+        completion ends the input, its abort resumes reading."""
         self._ended = False
 
     def _run(self) -> None:
@@ -466,15 +472,21 @@ class SourceTask(Task):
                 self.env.failpoints.hit(fpn.SOURCE_AFTER_SNAPSHOT)
             if self.env.mode is Mode.STOP_THE_WORLD:
                 self._paused_for = mail.barrier.checkpoint_id
+            if mail.barrier.final and not self._ended:
+                self._stopping_at = self._paused_for = mail.barrier.checkpoint_id
             barrier = mail.barrier
-            if self.env.mode is Mode.UNALIGNED and not barrier.final:
-                # The final barrier stays behind the data (rule 7 of flowstate.checkpoint.unaligned).
+            if self.env.mode is Mode.UNALIGNED and not barrier.always_aligned:
+                # Final and savepoint barriers stay behind the data (rule 7 of flowstate.checkpoint.unaligned).
                 barrier = CheckpointBarrier(barrier.checkpoint_id, barrier.timestamp, barrier.final, unaligned=True)
             self._snapshot(barrier, {SOURCE_STATE: position})
             return False
         if isinstance(mail, (Complete, Aborted)):
             if self._paused_for is not None and mail.checkpoint_id >= self._paused_for:
                 self._paused_for = None
+            if self._stopping_at is not None and mail.checkpoint_id >= self._stopping_at:
+                if isinstance(mail, Complete):
+                    self._ended = True
+                self._stopping_at = None
             self._notify(mail)
             if self._ended and self._final_notified:
                 self._end_of_input()
