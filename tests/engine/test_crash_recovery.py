@@ -179,7 +179,7 @@ def test_a_crash_while_restoring_is_followed_by_another_restore_from_the_same_ch
     assert point in result.failures[1]
     # An attempt that failed while choosing its checkpoint restored nothing and is not listed.
     restores = result.restored_from[1:]
-    assert len(restores) == (1 if point == "recovery.checkpoint_chosen" else 2), restores
+    assert len(restores) == (2 if point == "recovery.state_loaded" else 1), restores
     assert all(r is not None and r >= COMPLETED_BEFORE_CRASH for r in restores), restores
     assert restores == sorted(restores), restores
     assert_output(mode, dirs, expected)
