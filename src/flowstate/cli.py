@@ -1,7 +1,8 @@
-"""The ``flowstate`` command line: ``run``, ``checkpoints list``, ``demo``.
+"""The ``flowstate`` command line: ``run``, ``checkpoints list``, ``chaos``, ``demo``.
 
 Exit status: 0 when a bounded job finished with its output committed; 1 when the job failed (its
 restart strategy gave up); 2 for a mistake in the command, the job file or the configuration.
+``chaos`` exits 0 when every run matched the run without failures, 1 on any difference.
 """
 
 from __future__ import annotations
@@ -126,6 +127,27 @@ def _parser() -> argparse.ArgumentParser:
     listing = csub.add_parser("list", help="list checkpoints: id, status, time, size, duration")
     listing.add_argument("directory")
 
+    chaos = sub.add_parser("chaos", help="kill a job at random moments and at every failpoint, restart it, and compare "
+                                          "its committed output with a run without failures")
+    chaos.add_argument("job", help="FILE.py, FILE.py:ATTR or package.module:ATTR naming a flowstate.Dataflow with a FileSink")
+    chaos.add_argument("--kills", type=int, default=10, help="kills at random moments, per mode (default 10)")
+    chaos.add_argument("--failpoint-kills", type=int, default=2, help="kills at each failpoint, per mode (default 2)")
+    chaos.add_argument("--mode", action="append",
+                       help="snapshot mode; repeat it or give a comma list (default exactly_once)")
+    chaos.add_argument("--seed", type=int, help="seed of every random choice (default: a new one, printed)")
+    chaos.add_argument("--failpoints", default="all", help="all, none, or a comma list of failpoint names (default all)")
+    chaos.add_argument("--checkpoint-interval", default="100ms", help="checkpoint interval of every run (default 100ms)")
+    chaos.add_argument("--retained", type=int, default=1, help="completed checkpoints each run keeps (default 1)")
+    chaos.add_argument("--batch-size", type=int, help="records per batch in every run (default: the engine's, 2048)")
+    chaos.add_argument("--oracle", action="append", default=[],
+                       help="module:ATTR naming a flowstate.testing.Oracle (or a function returning one) whose checks "
+                            "run after every run and job, e.g. flowstate.testing.oracles.sequence:oracle")
+    chaos.add_argument("--timeout", default="2m", help="longest a run may take before it counts as hung (default 2m)")
+    chaos.add_argument("--workers", type=int, default=1, help="jobs run at the same time (default 1)")
+    chaos.add_argument("--work-dir", help="where the run directories go (default: a new temporary directory)")
+    chaos.add_argument("--keep", action="store_true", help="keep the run directories (they are always kept on a difference)")
+    chaos.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
+
     demo = sub.add_parser("demo", help="word count with a crash, a recovery and a check against a batch count")
     demo.add_argument("--dir", default="demo-run", help="working directory of the demo (default ./demo-run)")
     demo.add_argument("--lines", type=int, default=300_000, help="lines of generated text (default 300000)")
@@ -185,6 +207,58 @@ def _checkpoints_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_oracle(spec: str) -> Any:
+    from flowstate.testing.oracles import Oracle
+
+    module, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), attr or "oracle")
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load oracle {spec!r}: {exc}") from None
+    if callable(obj) and not isinstance(obj, Oracle):
+        obj = _job_code(f"oracle {spec}", obj)
+    if not isinstance(obj, Oracle):
+        raise ConfigError(f"oracle {spec!r} is a {type(obj).__name__}, not a flowstate.testing.Oracle")
+    return obj
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    import json
+    import random
+    import shutil
+    import tempfile
+
+    from flowstate.testing.chaos import (
+        ChaosConfig,
+        Progress,
+        parse_failpoint_selection,
+        run_chaos,
+    )
+
+    modes = tuple(m.strip() for text in (args.mode or ["exactly_once"]) for m in text.split(",") if m.strip())
+    oracles = tuple(_load_oracle(spec) for spec in args.oracle)
+    config = ChaosConfig(
+        job=args.job, modes=modes, kills=args.kills, failpoint_kills=args.failpoint_kills,
+        failpoints=parse_failpoint_selection(args.failpoints),
+        seed=args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31),
+        checkpoint_interval=args.checkpoint_interval, retained=args.retained, batch_size=args.batch_size,
+        run_timeout=args.timeout, workers=args.workers, oracles=oracles,
+    )
+    created = args.work_dir is None
+    work_dir = Path(tempfile.mkdtemp(prefix="flowstate-chaos-")) if created else Path(args.work_dir)
+    progress = Progress(sys.stderr)
+    try:
+        report = run_chaos(config, work_dir, progress=progress)
+    finally:
+        progress.close()
+    keep = args.keep or not report.ok or not created
+    if not keep:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        report.work_dir = None
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
@@ -193,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "checkpoints":
             return _checkpoints_list(args)
+        if args.command == "chaos":
+            return _chaos(args)
         if args.command == "demo":
             from flowstate.demo import run_demo
 
