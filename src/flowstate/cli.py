@@ -33,18 +33,7 @@ def load_dataflow(spec: str) -> Dataflow:
     target, attr = spec, ""
     if ":" in spec and not Path(spec).exists():
         target, attr = spec.rsplit(":", 1)
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise ConfigError(f"job file {target} does not exist")
-        sys.path.insert(0, str(path.resolve().parent))
-        namespace: dict[str, Any] = _job_code(
-            f"job file {target}", lambda: runpy.run_path(str(path), run_name="__flowstate_job__"), str(path))
-    else:
-        try:
-            namespace = vars(importlib.import_module(target))
-        except ImportError as exc:
-            raise ConfigError(f"cannot import job module {target!r}: {exc}") from None
+    namespace = _namespace(target, "job")
     if attr:
         if attr not in namespace:
             raise ConfigError(f"{target} has no attribute {attr!r}")
@@ -60,6 +49,22 @@ def load_dataflow(spec: str) -> Dataflow:
     if not flows:
         raise ConfigError(f"{target} defines no module-level flowstate.Dataflow; name one with {target}:ATTR")
     raise ConfigError(f"{target} defines several Dataflows ({', '.join(sorted(flows))}); choose one with {target}:ATTR")
+
+
+def _namespace(target: str, what: str) -> dict[str, Any]:
+    """The globals of ``FILE.py`` (run as a script, its directory put on ``sys.path``) or of an
+    importable module; ``what`` names it in errors ("job", "oracle")."""
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise ConfigError(f"{what} file {target} does not exist")
+        sys.path.insert(0, str(path.resolve().parent))
+        return _job_code(f"{what} file {target}", lambda: runpy.run_path(str(path), run_name=f"__flowstate_{what}__"),
+                         str(path))
+    try:
+        return vars(importlib.import_module(target))
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {what} module {target!r}: {exc}") from None
 
 
 def _job_code(what: str, call: Callable[[], T], filename: str | None = None) -> T:
@@ -140,8 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--retained", type=int, default=1, help="completed checkpoints each run keeps (default 1)")
     chaos.add_argument("--batch-size", type=int, help="records per batch in every run (default: the engine's, 2048)")
     chaos.add_argument("--oracle", action="append", default=[],
-                       help="module:ATTR naming a flowstate.testing.Oracle (or a function returning one) whose checks "
-                            "run after every run and job, e.g. flowstate.testing.oracles.sequence:oracle")
+                       help="FILE.py:ATTR or module:ATTR naming a flowstate.testing.Oracle (or a function returning one) "
+                            "whose checks run after every run and job, e.g. flowstate.testing.oracles.sequence:oracle")
     chaos.add_argument("--timeout", default="2m", help="longest a run may take before it counts as hung (default 2m)")
     chaos.add_argument("--workers", type=int, default=1, help="jobs run at the same time (default 1)")
     chaos.add_argument("--work-dir", help="where the run directories go (default: a new temporary directory)")
@@ -210,11 +215,11 @@ def _checkpoints_list(args: argparse.Namespace) -> int:
 def _load_oracle(spec: str) -> Any:
     from flowstate.testing.oracles import Oracle
 
-    module, _, attr = spec.partition(":")
-    try:
-        obj = getattr(importlib.import_module(module), attr or "oracle")
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot load oracle {spec!r}: {exc}") from None
+    target, _, attr = spec.rpartition(":") if ":" in spec else (spec, "", "oracle")
+    namespace = _namespace(target, "oracle")
+    if attr not in namespace:
+        raise ConfigError(f"{target} has no attribute {attr!r}")
+    obj = namespace[attr]
     if callable(obj) and not isinstance(obj, Oracle):
         obj = _job_code(f"oracle {spec}", obj)
     if not isinstance(obj, Oracle):

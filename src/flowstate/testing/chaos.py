@@ -631,6 +631,10 @@ class _ModeRunner:
         started = time.monotonic()
         outcome = job.run(_counting(fpn.KNOWN))
         self.reference_seconds = time.monotonic() - started
+        if outcome.code == 2:
+            errors = [line.removeprefix("flowstate: error: ") for line in outcome.stderr.splitlines()
+                      if line.startswith("flowstate: error: ")]
+            raise ConfigError(errors[-1] if errors else f"the job cannot run: {_tail(outcome.stderr)}")
         if outcome.code != 0 or outcome.report is None:
             return f"{self.mode}: the run without failures exited with status {outcome.code}: {_tail(outcome.stderr)}"
         self.hits = {name: int(outcome.report["hits"].get(name, 0)) for name in fpn.KNOWN}
@@ -724,8 +728,8 @@ class _ModeRunner:
 
 def run_chaos(config: ChaosConfig, work_dir: Path, *, progress: Progress | None = None) -> ChaosReport:
     """Steps 1-3 of the module docstring for every mode of ``config``, in ``work_dir`` (created;
-    kept as it is), with up to ``config.workers`` jobs at once. Never raises for what the job does:
-    every failure is in the report."""
+    kept as it is), with up to ``config.workers`` jobs at once. Raises ``ConfigError`` when the job
+    cannot run at all (its file, its graph, its options); every other failure is in the report."""
     report = ChaosReport(config.job, config.mode_names, config.seed, work_dir=work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     runners = [_ModeRunner(config, mode, work_dir, progress) for mode in config.mode_names]

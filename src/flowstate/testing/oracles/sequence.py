@@ -106,13 +106,14 @@ class Track(fs.KeyedProcessFunction):
 
 
 def sequence_job(output: str | os.PathLike[str], *, count: int = COUNT, splits: int = SPLITS,
-                 parallelism: int = 2) -> fs.Dataflow:
-    """The sequence dataflow over records ``0 .. count - 1``, committing to ``output``."""
+                 parallelism: int = 2, sink: Any = None) -> fs.Dataflow:
+    """The sequence dataflow over records ``0 .. count - 1``, committing to ``FileSink(output)`` (or
+    to ``sink``: a test of the checkers can give a sink that breaks exactly-once)."""
     flow = fs.Dataflow("sequence", parallelism=parallelism)
     (flow.source(fs.GeneratorSource(_Records(splits), count, splits=splits, name="sequence"), uid="sequence")
          .key_by(lambda r: r[0])
          .process(Track(), uid=TRACK_UID)
-         .sink(fs.FileSink(output), uid="out"))
+         .sink(sink if sink is not None else fs.FileSink(output), uid="out"))
     return flow
 
 
