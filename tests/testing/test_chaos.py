@@ -178,7 +178,7 @@ def chaos_command(job: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "flowstate", "chaos", job, "--checkpoint-interval", "50ms", "--batch-size", "64",
          "--kills", "0", "--failpoint-kills", "2", "--seed", "5", *args],
-        capture_output=True, text=True, timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL,
+        check=False, capture_output=True, text=True, timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL,
     )
 
 

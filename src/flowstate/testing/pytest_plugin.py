@@ -21,7 +21,12 @@ from typing import Any
 
 import pytest
 
-from flowstate.testing.chaos import ChaosConfig, ChaosReport, parse_failpoint_selection, run_chaos
+from flowstate.testing.chaos import (
+    ChaosConfig,
+    ChaosReport,
+    parse_failpoint_selection,
+    run_chaos,
+)
 from flowstate.testing.oracles import Oracle
 
 
