@@ -87,9 +87,13 @@ def test_the_bank_workload_conserves_money_in_every_checkpoint_and_credits_every
     assert bank_report.total("records") >= 20 * BANK_COUNT
 
 
-def test_the_gate_kills_fifty_times_and_every_reachable_failpoint_a_few_times(sequence_report, bank_report):
+def test_the_gate_kills_fifty_times_and_every_reachable_failpoint_a_few_times(
+    sequence_report, bank_report, capsys: pytest.CaptureFixture[str],
+):
     reports = [sequence_report, bank_report]
     tables = "\n\n".join(r.table() for r in reports)
+    with capsys.disabled():
+        print(f"\n{tables}")
     assert sum(r.kills for r in reports) >= MIN_KILLS, tables
     reached = {s.where for r in reports for s in r.scenarios if s.reached and s.where != RANDOM}
     assert reached, tables

@@ -15,12 +15,18 @@ import platform
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from flowstate import failpoints as fpn
-from flowstate.testing.chaos import RANDOM, ChaosConfig, ChaosReport, Progress, run_chaos
+from flowstate.clock import SystemClock
+from flowstate.testing.chaos import (
+    RANDOM,
+    ChaosConfig,
+    ChaosReport,
+    Progress,
+    run_chaos,
+)
 from flowstate.testing.oracles import EXACTLY_ONCE_MODES, Oracle, bank, sequence
 
 BEGIN = "<!-- chaos:begin -->"
@@ -83,13 +89,13 @@ def section(reports: list[tuple[Workload, ChaosReport]], *, command: str, second
         BEGIN,
         "## Chaos runs",
         "",
-        f"`{command}` — {total_kills} process kills in {seconds / 60:.1f} minutes on {os.cpu_count()} cores "
+        (f"`{command}` — {total_kills} process kills in {seconds / 60:.1f} minutes on {os.cpu_count()} cores "
         f"(Python {platform.python_version()}, {platform.system()}). Each job ran with checkpoints every 50 ms and "
         "batches of 64 records; after every kill it was started again until it completed, and its committed output "
-        "was compared with a run without failures.",
+        "was compared with a run without failures."),
         "",
-        "| workload | mode | kills | after a completed checkpoint | records checked | lost | duplicated | unexpected |"
-        " oracle problems | result |",
+        ("| workload | mode | kills | after a completed checkpoint | records checked | lost | duplicated | unexpected |"
+        " oracle problems | result |"),
         "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for workload, report in reports:
@@ -100,11 +106,11 @@ def section(reports: list[tuple[Workload, ChaosReport]], *, command: str, second
             lines.append(
                 f"| {workload.name} | `{mode}` | {sum(s.all_kills for s in scenarios)} | "
                 f"{sum(s.kills_after_checkpoint for s in scenarios)} | {sum(s.records for s in scenarios):,} | "
-                f"{sum(s.lost for s in scenarios)} | {sum(s.duplicated for s in scenarios)} | "
-                f"{sum(s.unexpected for s in scenarios)} | {problems} | {'FAILED' if failed else 'ok'} |")
-    lines += ["", "Kills per failpoint (a failpoint only a restored run reaches is preceded by a kill just after "
+                f"{sum(s.lost for s in scenarios):,} | {sum(s.duplicated for s in scenarios):,} | "
+                f"{sum(s.unexpected for s in scenarios):,} | {problems} | {'FAILED' if failed else 'ok'} |")
+    lines += ["", ("Kills per failpoint (a failpoint only a restored run reaches is preceded by a kill just after "
               "the first checkpoint, counted in parentheses; *not reached*: the mode lacks the feature, e.g. "
-              "alignment):", ""]
+              "alignment):"), ""]
     for workload, report in reports:
         lines += [f"**{workload.name}** — {workload.description}.", "",
                   "| kills at | " + " | ".join(f"`{m}`" for m in report.modes) + " |",
@@ -115,9 +121,9 @@ def section(reports: list[tuple[Workload, ChaosReport]], *, command: str, second
         lines.append("")
     at_least_once = [(w, r) for w, r in reports if any(m not in EXACTLY_ONCE_MODES for m in r.modes)]
     if at_least_once:
-        lines += ["In `at_least_once` duplicates are allowed and counted (and, for the sequence workload, the "
+        lines += [("In `at_least_once` duplicates are allowed and counted (and, for the sequence workload, the "
                   "`miscounted` records of a state that counted a replayed record twice are the unexpected "
-                  "ones); nothing may be lost. The exactly-once modes allow no difference at all.", ""]
+                  "ones); nothing may be lost. The exactly-once modes allow no difference at all."), ""]
     verdicts = [f"- {w.name}: {r.verdict()}" for w, r in reports]
     problems = [f"  - {p}" for _, r in reports for p in r.all_problems()[:20]]
     lines += ["Verdicts:", "", *verdicts, *problems, "", END]
@@ -144,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--write", type=Path, help="the markdown file to update between the markers")
     args = parser.parse_args(argv)
-    started = time.monotonic()
+    clock = SystemClock()
+    started = clock.monotonic()
     reports = []
     work = Path(tempfile.mkdtemp(prefix="flowstate-campaign-"))
     for workload in WORKLOADS:
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.table(), end="\n\n")
     command = (f"make chaos (python -m flowstate.testing.campaign --kills {args.kills} --failpoint-kills "
                f"{args.failpoint_kills} --workers {args.workers} --seed {args.seed})")
-    text = section(reports, command=command, seconds=time.monotonic() - started)
+    text = section(reports, command=command, seconds=clock.monotonic() - started)
     if args.write is not None:
         write(args.write, text)
         print(f"wrote the results to {args.write}")

@@ -52,15 +52,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from flowstate import failpoints as fpn
+from flowstate.clock import Clock, SystemClock
 from flowstate.config import Mode, parse_duration
 from flowstate.errors import ConfigError
 from flowstate.testing.oracles import EXACTLY_ONCE_MODES, Oracle
@@ -283,8 +283,8 @@ class ChaosReport:
 
     def verdict(self) -> str:
         """One sentence: what survived, what was checked, what was found."""
-        counts = (f"{self.kills} kills, {self.total('records'):,} records checked: {self.total('lost')} lost, "
-                  f"{self.total('duplicated')} duplicated, {self.total('unexpected')} unexpected")
+        counts = (f"{self.kills} kills, {self.total('records'):,} records checked: {self.total('lost'):,} lost, "
+                  f"{self.total('duplicated'):,} duplicated, {self.total('unexpected'):,} unexpected")
         if not self.ok:
             return f"DIFFERENCES FOUND after {counts}"
         if any(mode not in EXACTLY_ONCE_MODES for mode in self.modes):
@@ -322,7 +322,8 @@ class Progress:
     Thread-safe: jobs report from the runner's worker threads."""
 
     def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None, width: int = 24,
-                 every: float = 5.0) -> None:
+                 every: float = 5.0, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
         self._stream = stream if stream is not None else sys.stderr
         self._tty = self._stream.isatty() if tty is None else tty
         self._width = width
@@ -332,7 +333,7 @@ class Progress:
         self._failed = 0
         self._label = ""
         self._every = every
-        self._started = time.monotonic()
+        self._started = self._clock.monotonic()
         self._printed = self._started
 
     def plan(self, kills: int) -> None:
@@ -363,7 +364,8 @@ class Progress:
 
     def _draw(self) -> None:
         total = max(self._total, self._done, 1)
-        elapsed = time.monotonic() - self._started
+        now = self._clock.monotonic()
+        elapsed = now - self._started
         failed = f" · {self._failed} FAILED" if self._failed else ""
         if self._tty:
             filled = round(self._width * self._done / total)
@@ -371,7 +373,6 @@ class Progress:
             self._stream.write(f"\r\x1b[Kchaos [{bar}] {self._done}/{total} kills · {elapsed:.0f}s · {self._label}{failed}")
             self._stream.flush()
             return
-        now = time.monotonic()
         if now - self._printed >= self._every or self._done == total:
             self._printed = now
             print(f"chaos: {self._done}/{total} kills ({elapsed:.0f}s) · {self._label}{failed}",
@@ -472,13 +473,14 @@ class _Job:
                                        stderr=stderr, env=env)
         killed = timed_out = False
         try:
-            started = time.monotonic()
+            clock = self.runner.clock
+            started = clock.monotonic()
             delay = kill_after
             if kill_after_checkpoint is not None:
                 while process.poll() is None and latest_completed_checkpoint(self.chk) <= before:
-                    if time.monotonic() - started > timeout:
+                    if clock.monotonic() - started > timeout:
                         break
-                    time.sleep(_POLL)
+                    clock.sleep(_POLL)
                 delay = kill_after_checkpoint
             if delay is not None and process.poll() is None:
                 try:
@@ -487,7 +489,7 @@ class _Job:
                     process.send_signal(signal.SIGKILL)
                     killed = True
             try:
-                process.wait(timeout=max(0.0, timeout - (time.monotonic() - started)))
+                process.wait(timeout=max(0.0, timeout - (clock.monotonic() - started)))
             except subprocess.TimeoutExpired:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
@@ -532,7 +534,7 @@ class _Job:
             self.problem(f"run {self.runs} exited with status {outcome.code}: {_tail(outcome.stderr)}")
         for oracle in self.runner.config.oracles:
             if oracle.check_checkpoints is not None:
-                for problem in oracle.check_checkpoints(self.chk, self.runner.mode):
+                for problem in _call(oracle.check_checkpoints, self.chk, self.runner.mode):
                     self.problem(f"after run {self.runs}, {oracle.name} checkpoint check: {problem}")
 
     def complete(self, failpoints: str | None = None) -> _Outcome | None:
@@ -576,8 +578,16 @@ class _Job:
         directories = {uid: self.out / uid for uid in reference}
         for oracle in runner.config.oracles:
             if oracle.check_output is not None:
-                for problem in oracle.check_output(directories, runner.mode):
+                for problem in _call(oracle.check_output, directories, runner.mode):
                     self.problem(f"{oracle.name} output check: {problem}")
+
+
+def _call(check: Callable[..., list[str]], *args: Any) -> list[str]:
+    """An oracle's problems; an oracle that raises is a problem too, not the end of the chaos run."""
+    try:
+        return list(check(*args))
+    except Exception as exc:  # noqa: BLE001 - reported, see the docstring
+        return [f"the check raised {type(exc).__name__}: {exc}"]
 
 
 def _tail(text: str, lines: int = 6) -> str:
@@ -599,8 +609,9 @@ def _counting(names: Iterable[str]) -> str:
 
 
 class _ModeRunner:
-    def __init__(self, config: ChaosConfig, mode: str, root: Path, progress: Progress | None) -> None:
+    def __init__(self, config: ChaosConfig, mode: str, root: Path, progress: Progress | None, clock: Clock) -> None:
         self.config = config
+        self.clock = clock
         self.mode = mode
         self.root = root / mode
         self.progress = progress
@@ -628,9 +639,9 @@ class _ModeRunner:
     def run_reference(self) -> str | None:
         """The reference run; returns why it failed, or None."""
         job = _Job(self, "reference", ScenarioResult(self.mode, "reference"))
-        started = time.monotonic()
+        started = self.clock.monotonic()
         outcome = job.run(_counting(fpn.KNOWN))
-        self.reference_seconds = time.monotonic() - started
+        self.reference_seconds = self.clock.monotonic() - started
         if outcome.code == 2:
             errors = [line.removeprefix("flowstate: error: ") for line in outcome.stderr.splitlines()
                       if line.startswith("flowstate: error: ")]
@@ -726,13 +737,15 @@ class _ModeRunner:
 # ---- all modes --------------------------------------------------------------------------------------
 
 
-def run_chaos(config: ChaosConfig, work_dir: Path, *, progress: Progress | None = None) -> ChaosReport:
+def run_chaos(config: ChaosConfig, work_dir: Path, *, progress: Progress | None = None,
+              clock: Clock | None = None) -> ChaosReport:
     """Steps 1-3 of the module docstring for every mode of ``config``, in ``work_dir`` (created;
     kept as it is), with up to ``config.workers`` jobs at once. Raises ``ConfigError`` when the job
     cannot run at all (its file, its graph, its options); every other failure is in the report."""
     report = ChaosReport(config.job, config.mode_names, config.seed, work_dir=work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    runners = [_ModeRunner(config, mode, work_dir, progress) for mode in config.mode_names]
+    clock = clock or SystemClock()
+    runners = [_ModeRunner(config, mode, work_dir, progress, clock) for mode in config.mode_names]
     selected = config.selected_failpoints
     with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="chaos") as pool:
         # Step 1.
