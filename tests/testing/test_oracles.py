@@ -3,6 +3,9 @@ correct inputs pass. Then the same checkers on checkpoints the engine really wro
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import flowstate as fs
+from flowstate.testing import oracles
 from flowstate.testing.oracles import bank, sequence
 from flowstate.testing.oracles.checkpoints import (
     Checkpoint,
@@ -316,3 +320,38 @@ def test_the_sequence_checkers_accept_every_checkpoint_and_the_output_of_a_real_
         "no checkpoint persisted records in flight"
     assert sequence.check_checkpoints(tmp_path / "chk", "unaligned") == []
     assert totals(sequence.check_output(tmp_path / "out", count=4000)) == NOTHING
+
+
+def test_a_malformed_task_list_is_reported_not_raised(tmp_path):
+    directory = sequence_cut(tmp_path, 6, positions={"gen-0": 6, "gen-1": 5}, counts={"s0": 3, "s1": 2})
+    metadata = json.loads((directory / "_metadata").read_text())
+    body = {k: v for k, v in metadata.items() if k != "checksum"}
+    del body["tasks"][0]["handle"]["sha256"]
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    (directory / "_metadata").write_text(json.dumps({**body, "checksum": hashlib.sha256(canonical).hexdigest()}))
+
+    (found,) = completed_checkpoints(tmp_path)
+
+    assert isinstance(found, Unreadable) and "malformed task list (KeyError" in found.reason
+
+
+# ---- the oracles share no code with the engine -----------------------------------------------------------
+
+ENGINE = ("flowstate.storage", "flowstate.state", "flowstate.runtime", "flowstate.checkpoint", "flowstate.connectors")
+
+
+@pytest.mark.parametrize("module", ["checkpoints", "sequence", "bank"])
+def test_an_oracle_module_imports_nothing_of_the_engine(module):
+    """The workloads are built with the public API (``import flowstate``); the checkers read files
+    with the standard library only."""
+    source = Path(oracles.__file__).with_name(f"{module}.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+
+    assert not [name for name in imported if name.startswith(ENGINE)], imported
+    if module == "checkpoints":
+        assert not [name for name in imported if name.startswith("flowstate")], imported

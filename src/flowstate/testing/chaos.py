@@ -786,7 +786,8 @@ def run_chaos(config: ChaosConfig, work_dir: Path, *, progress: Progress | None 
                 if runner.hits.get(name, 0) or runner.restored_hits.get(name, 0):
                     kills += [(runner, name, i) for i in range(config.failpoint_kills)]
         if progress is not None:
-            progress.plan(len(kills))
+            # A failpoint only restored runs reach costs a kill before its own.
+            progress.plan(sum(1 if runner.hits.get(name, 0) else 2 for runner, name, _ in kills))
             progress.phase("kills at failpoints")
         failpoint_results = list(pool.map(lambda k: k[0].failpoint_kill(k[1], k[2]), kills))
 

@@ -111,25 +111,29 @@ def _read(root: Path, checkpoint_id: int, directory: Path) -> Checkpoint | Unrea
     if body.get("checkpoint_id") != checkpoint_id:
         return refuse(f"{METADATA} names checkpoint {body.get('checkpoint_id')!r}")
     states: dict[str, dict[str, Any]] = {}
-    for task in body.get("tasks", []):
-        handle = task.get("handle")
-        if handle is None:
-            continue
-        path = root / handle["path"]
-        if os.path.isabs(handle["path"]) or ".." in Path(handle["path"]).parts:
-            return refuse(f"task {task.get('task')!r} names a file outside the directory: {handle['path']!r}")
+    try:
+        tasks = [(str(task["task"]), task["handle"]) for task in body["tasks"]]
+        handles = [(task, h["path"], h["size"], h["sha256"]) for task, h in tasks if h is not None]
+    except (KeyError, TypeError) as error:
+        return refuse(f"{METADATA} has a malformed task list ({type(error).__name__}: {error})")
+    for task, relative, size, sha256 in handles:
+        if not isinstance(relative, str) or os.path.isabs(relative) or ".." in Path(relative).parts:
+            return refuse(f"task {task} names a file outside the directory: {relative!r}")
         try:
-            data = path.read_bytes()
+            data = (root / relative).read_bytes()
         except OSError as error:
-            return refuse(f"{handle['path']} cannot be read: {error.strerror}")
-        if len(data) != handle["size"]:
-            return refuse(f"{handle['path']} has {len(data)} bytes, the metadata says {handle['size']}")
-        if hashlib.sha256(data).hexdigest() != handle["sha256"]:
-            return refuse(f"{handle['path']} does not match its SHA-256")
-        state = pickle.loads(data)
+            return refuse(f"{relative} cannot be read: {error.strerror}")
+        if len(data) != size:
+            return refuse(f"{relative} has {len(data)} bytes, the metadata says {size}")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return refuse(f"{relative} does not match its SHA-256")
+        try:
+            state = pickle.loads(data)
+        except Exception as error:  # noqa: BLE001 - whatever the bytes hold, it is a finding
+            return refuse(f"{relative} matches its SHA-256 but does not unpickle: {error}")
         if not isinstance(state, dict):
-            return refuse(f"{handle['path']} holds a {type(state).__name__}, not a dict")
-        states[str(task["task"])] = state
+            return refuse(f"{relative} holds a {type(state).__name__}, not a dict")
+        states[task] = state
     return Checkpoint(checkpoint_id, str(body.get("mode")), bool(body.get("final")), states)
 
 
