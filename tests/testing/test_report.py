@@ -104,6 +104,7 @@ def test_the_failpoint_selection_reads_all_none_or_a_list(text, selection):
     ({"modes": ("exactly_once", "exactly-once")}, "a mode is given twice"),
     ({"kills": -1}, "kills must be ≥ 0"),
     ({"workers": 0}, "workers must be ≥ 1"),
+    ({"batch_size": 0}, "batch_size must be ≥ 1"),
     ({"failpoints": ("disk.on_fire",)}, "unknown failpoints disk.on_fire"),
     ({"checkpoint_interval": "soon"}, "cannot read checkpoint interval 'soon'"),
 ])

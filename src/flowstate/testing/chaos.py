@@ -117,7 +117,8 @@ class ChaosConfig:
             if value < 0:
                 raise ConfigError(f"chaos: {name} must be ≥ 0, got {value}")
         for name, value in (("max_kills_per_job", self.max_kills_per_job), ("workers", self.workers),
-                            ("retained", self.retained), ("batch_size", self.batch_size or 1)):
+                            ("retained", self.retained),
+                            ("batch_size", 1 if self.batch_size is None else self.batch_size)):
             if value < 1:
                 raise ConfigError(f"chaos: {name} must be ≥ 1, got {value}")
         unknown = sorted(set(self.failpoints or ()) - fpn.KNOWN)
