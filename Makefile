@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --write
+
+# The long chaos run (by hand, about 5-10 minutes): both oracle workloads, every mode, 300+ kills;
+# the results replace the chaos section of docs/reliability.md.
+chaos: $(STAMP)
+	$(PY) -m flowstate.testing.campaign --write docs/reliability.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

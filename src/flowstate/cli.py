@@ -8,7 +8,8 @@ succeeded); 1 when the job failed (its restart strategy gave up), when no job is
 checkpoint directory, or when the requested checkpoint failed; 2 for a mistake in the command, the
 job file or the configuration, and when the control endpoint refuses the token.
 ``checkpoints verify`` exits 0 when everything verifies, 1 on any problem (each one listed) or when
-the storage cannot be read, 2 for a mistake in the command."""
+the storage cannot be read, 2 for a mistake in the command. ``chaos`` exits 0 when every run
+matched the run without failures, 1 on any difference."""
 
 from __future__ import annotations
 
@@ -40,18 +41,7 @@ def load_dataflow(spec: str) -> Dataflow:
     target, attr = spec, ""
     if ":" in spec and not Path(spec).exists():
         target, attr = spec.rsplit(":", 1)
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise ConfigError(f"job file {target} does not exist")
-        sys.path.insert(0, str(path.resolve().parent))
-        namespace: dict[str, Any] = _job_code(
-            f"job file {target}", lambda: runpy.run_path(str(path), run_name="__flowstate_job__"), str(path))
-    else:
-        try:
-            namespace = vars(importlib.import_module(target))
-        except ImportError as exc:
-            raise ConfigError(f"cannot import job module {target!r}: {exc}") from None
+    namespace = _namespace(target, "job")
     if attr:
         if attr not in namespace:
             raise ConfigError(f"{target} has no attribute {attr!r}")
@@ -67,6 +57,22 @@ def load_dataflow(spec: str) -> Dataflow:
     if not flows:
         raise ConfigError(f"{target} defines no module-level flowstate.Dataflow; name one with {target}:ATTR")
     raise ConfigError(f"{target} defines several Dataflows ({', '.join(sorted(flows))}); choose one with {target}:ATTR")
+
+
+def _namespace(target: str, what: str) -> dict[str, Any]:
+    """The globals of ``FILE.py`` (run as a script, its directory put on ``sys.path``) or of an
+    importable module; ``what`` names it in errors ("job", "oracle")."""
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise ConfigError(f"{what} file {target} does not exist")
+        sys.path.insert(0, str(path.resolve().parent))
+        return _job_code(f"{what} file {target}", lambda: runpy.run_path(str(path), run_name=f"__flowstate_{what}__"),
+                         str(path))
+    try:
+        return vars(importlib.import_module(target))
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {what} module {target!r}: {exc}") from None
 
 
 def _job_code(what: str, call: Callable[[], T], filename: str | None = None) -> T:
@@ -175,6 +181,27 @@ def _parser() -> argparse.ArgumentParser:
     for command in (status, trigger, savepoint, stop):
         command.add_argument("--timeout", type=float, default=3600.0,
                              help="seconds to wait for the answer (default 3600)")
+
+    chaos = sub.add_parser("chaos", help="kill a job at random moments and at every failpoint, restart it, and compare "
+                                          "its committed output with a run without failures")
+    chaos.add_argument("job", help="FILE.py, FILE.py:ATTR or package.module:ATTR naming a flowstate.Dataflow with a FileSink")
+    chaos.add_argument("--kills", type=int, default=10, help="kills at random moments, per mode (default 10)")
+    chaos.add_argument("--failpoint-kills", type=int, default=2, help="kills at each failpoint, per mode (default 2)")
+    chaos.add_argument("--mode", action="append",
+                       help="snapshot mode; repeat it or give a comma list (default exactly_once)")
+    chaos.add_argument("--seed", type=int, help="seed of every random choice (default: a new one, printed)")
+    chaos.add_argument("--failpoints", default="all", help="all, none, or a comma list of failpoint names (default all)")
+    chaos.add_argument("--checkpoint-interval", default="100ms", help="checkpoint interval of every run (default 100ms)")
+    chaos.add_argument("--retained", type=int, default=1, help="completed checkpoints each run keeps (default 1)")
+    chaos.add_argument("--batch-size", type=int, help="records per batch in every run (default: the engine's, 2048)")
+    chaos.add_argument("--oracle", action="append", default=[],
+                       help="FILE.py:ATTR or module:ATTR naming a flowstate.testing.Oracle (or a function returning one) "
+                            "whose checks run after every run and job, e.g. flowstate.testing.oracles.sequence:oracle")
+    chaos.add_argument("--timeout", default="2m", help="longest a run may take before it counts as hung (default 2m)")
+    chaos.add_argument("--workers", type=int, default=1, help="jobs run at the same time (default 1)")
+    chaos.add_argument("--work-dir", help="where the run directories go (default: a new temporary directory)")
+    chaos.add_argument("--keep", action="store_true", help="keep the run directories (they are always kept on a difference)")
+    chaos.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
 
     demo = sub.add_parser("demo", help="word count with a crash, a recovery and a check against a batch count")
     demo.add_argument("--dir", default="demo-run", help="working directory of the demo (default ./demo-run)")
@@ -286,6 +313,8 @@ def _checkpoints_verify(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(format_report(report))
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def _control(args: argparse.Namespace) -> int:
     from flowstate.runtime.control import call, read_endpoint
 
@@ -322,6 +351,58 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path is not None else None
 
 
+def _load_oracle(spec: str) -> Any:
+    from flowstate.testing.oracles import Oracle
+
+    target, _, attr = spec.rpartition(":") if ":" in spec else (spec, "", "oracle")
+    namespace = _namespace(target, "oracle")
+    if attr not in namespace:
+        raise ConfigError(f"{target} has no attribute {attr!r}")
+    obj = namespace[attr]
+    if callable(obj) and not isinstance(obj, Oracle):
+        obj = _job_code(f"oracle {spec}", obj)
+    if not isinstance(obj, Oracle):
+        raise ConfigError(f"oracle {spec!r} is a {type(obj).__name__}, not a flowstate.testing.Oracle")
+    return obj
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    import json
+    import random
+    import shutil
+    import tempfile
+
+    from flowstate.testing.chaos import (
+        ChaosConfig,
+        Progress,
+        parse_failpoint_selection,
+        run_chaos,
+    )
+
+    modes = tuple(m.strip() for text in (args.mode or ["exactly_once"]) for m in text.split(",") if m.strip())
+    oracles = tuple(_load_oracle(spec) for spec in args.oracle)
+    config = ChaosConfig(
+        job=args.job, modes=modes, kills=args.kills, failpoint_kills=args.failpoint_kills,
+        failpoints=parse_failpoint_selection(args.failpoints),
+        seed=args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31),
+        checkpoint_interval=args.checkpoint_interval, retained=args.retained, batch_size=args.batch_size,
+        run_timeout=args.timeout, workers=args.workers, oracles=oracles,
+    )
+    created = args.work_dir is None
+    work_dir = Path(tempfile.mkdtemp(prefix="flowstate-chaos-")) if created else Path(args.work_dir)
+    progress = Progress(sys.stderr)
+    try:
+        report = run_chaos(config, work_dir, progress=progress)
+    finally:
+        progress.close()
+    keep = args.keep or not report.ok or not created
+    if not keep:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        report.work_dir = None
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
@@ -334,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             return _checkpoints_list(args)
         if args.command in ("status", "checkpoint", "savepoint", "stop"):
             return _control(args)
+        if args.command == "chaos":
+            return _chaos(args)
         if args.command == "demo":
             from flowstate.demo import run_demo
 

@@ -42,8 +42,8 @@ import pytest
 import flowstate as fs
 from flowstate.state.keygroups import key_group_of, subtask_for_key_group
 from flowstate.storage.local import LocalCheckpointStorage
+from flowstate.testing.oracles import bank
 
-from . import bank
 from .jobs import FAST_RESTART, committed_values
 
 NAMES = ("mercury", "venus", "earth", "jupiter")

@@ -37,6 +37,7 @@ job its own directory or prefix.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -117,6 +118,17 @@ class FileSink:
             }
             for i in range(parallelism)
         ]
+    @property
+    def directory(self) -> str:
+        """Where committed files appear."""
+        return self._directory
+
+    def with_directory(self, directory: str | os.PathLike[str]) -> FileSink:
+        """The same sink (same class, prefix, suffix, encoder and name) writing to ``directory``:
+        how a test harness gives each run of a job its own output."""
+        clone = copy.copy(self)
+        clone._directory = os.fspath(directory)
+        return clone
 
     def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> FileSinkWriter:
         if not 0 <= subtask < parallelism:

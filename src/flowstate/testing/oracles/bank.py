@@ -16,8 +16,10 @@ The job: a source of transfers ``("transfer", i, payer, payee, amount)`` → ``k
 An account's money is its debit-side balance (``OPENING_BALANCE`` while ``Debit`` has not seen it)
 plus what it received. Money in a credit record has left its payer and not yet reached its payee.
 
-The audit reads a checkpoint directory through ``LocalCheckpointStorage`` and ``pickle`` only, and
-checks each completed checkpoint as a Chandy–Lamport cut. In a consistent cut:
+The audit reads a checkpoint directory with the standard library only
+(``flowstate.testing.oracles.checkpoints``: metadata JSON and checksums parsed here, every state
+file's SHA-256 checked before it is unpickled) and checks each completed checkpoint as a
+Chandy–Lamport cut. In a consistent cut:
 
 1. **Conservation**: the money of every account plus the amounts of the credits persisted as channel
    state of the ``Credit`` tasks equals ``OPENING_BALANCE`` times the number of accounts, exactly.
@@ -29,26 +31,31 @@ checks each completed checkpoint as a Chandy–Lamport cut. In a consistent cut:
    channel state of the ``Credit`` tasks, never both; each payee received the sum of the former.
 
 An aligned checkpoint has no channel state: rules 2 and 3 then say that each operator applied
-exactly what was upstream of the cut.
+exactly what was upstream of the cut. ``at_least_once`` checkpoints are not consistent cuts (a task
+snapshots after records that followed the barrier on a fast channel), so the audit does not hold
+them to these rules.
 """
 
 from __future__ import annotations
 
-import pickle
-import time
+import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import flowstate as fs
-from flowstate.storage.local import LocalCheckpointStorage
+from flowstate.clock import SystemClock
+from flowstate.testing.oracles import EXACTLY_ONCE_MODES, Oracle
+from flowstate.testing.oracles.checkpoints import Unreadable, completed_checkpoints
+from flowstate.testing.oracles.sequence import committed_lines
 
 ACCOUNTS = ("ada", "bo", "cy", "dot", "eve", "fay", "gus", "hal", "ivy", "jo", "kim", "lou", "max", "ned", "ola", "pat")
 """The known set of accounts. Both subtasks of a keyed operator at parallelism 2 own some of them."""
 OPENING_BALANCE = 1000
 SPLITS = 4
+COUNT = 8000
 SLOW_EVERY = 16
 """``Credit`` sleeps 1 ms every this many records."""
 SLOW_READ_EVERY = 8
@@ -57,10 +64,9 @@ SLOW_READ_EVERY = 8
 DEBIT_UID = "debit"
 CREDIT_UID = "credit"
 
-# Names in the task state files, as ``flowstate.runtime.task`` and the generator source write them
-# (restated here, not imported: the audit shares no code with the engine).
-SOURCE_STATE = "__source__"
-CHANNEL_STATE = "__channels__"
+
+def _sleep(seconds: float) -> None:
+    SystemClock().sleep(seconds)
 
 
 def transfer(i: int) -> tuple[str, int, str, str, int]:
@@ -74,7 +80,7 @@ def transfer(i: int) -> tuple[str, int, str, str, int]:
 def read_transfer(i: int) -> tuple[str, int, str, str, int]:
     """What the source reads: ``transfer(i)``, slowly for the odd splits."""
     if i % 2 and (i // 2) % SLOW_READ_EVERY == 0:
-        time.sleep(0.001)
+        _sleep(0.001)
     return transfer(i)
 
 
@@ -84,8 +90,8 @@ class Debit(fs.KeyedProcessFunction):
     def open(self, ctx: fs.RuntimeContext) -> None:
         self.balance = ctx.value_state("balance")
 
-    def process(self, record: tuple[str, int, str, str, int], ctx: fs.RuntimeContext) -> Iterable[tuple[Any, ...]]:
-        _, i, _, payee, amount = record
+    def process(self, value: tuple[str, int, str, str, int], ctx: fs.RuntimeContext) -> Iterable[tuple[Any, ...]]:
+        _, i, _, payee, amount = value
         balance = self.balance.value()
         if balance is None:
             balance = OPENING_BALANCE
@@ -100,16 +106,16 @@ class Credit(fs.KeyedProcessFunction):
         self.received = ctx.value_state("received", default=0)
         self.seen = 0
 
-    def process(self, record: tuple[str, int, str, int], ctx: fs.RuntimeContext) -> Iterable[int]:
+    def process(self, value: tuple[str, int, str, int], ctx: fs.RuntimeContext) -> Iterable[int]:
         self.seen += 1
         if self.seen % SLOW_EVERY == 0:
-            time.sleep(0.001)
-        _, i, _, amount = record
+            _sleep(0.001)
+        _, i, _, amount = value
         self.received.update(self.received.value() + amount)
         yield i
 
 
-def bank(output: Path, count: int, *, parallelism: int = 2) -> fs.Dataflow:
+def bank(output: str | os.PathLike[str], count: int = COUNT, *, parallelism: int = 2) -> fs.Dataflow:
     """The bank dataflow over transfers ``0 .. count - 1``, committing credited ids to ``output``."""
     flow = fs.Dataflow("bank", parallelism=parallelism)
     (flow.source(fs.GeneratorSource(read_transfer, count, splits=SPLITS, name="transfers"), uid="transfers")
@@ -119,6 +125,12 @@ def bank(output: Path, count: int, *, parallelism: int = 2) -> fs.Dataflow:
          .process(Credit(), uid=CREDIT_UID)
          .sink(fs.FileSink(output), uid="credited"))
     return flow
+
+
+def job() -> fs.Dataflow:
+    """The workload with its defaults, writing to ``bank-out/``: ``flowstate chaos
+    flowstate.testing.oracles.bank:job``."""
+    return bank("bank-out")
 
 
 # ---- the batch reference -------------------------------------------------------------------------
@@ -143,6 +155,7 @@ class Cut:
 
     checkpoint_id: int
     final: bool
+    mode: str
     positions: dict[str, int]
     """Split → next transfer index its source reader would read."""
     balances: dict[str, int]
@@ -158,37 +171,21 @@ class Cut:
         return {a: self.balances.get(a, OPENING_BALANCE) + self.received.get(a, 0) for a in ACCOUNTS}
 
 
-def _entries(operator_state: Any, table: str) -> dict[str, int]:
-    """The entries of keyed value state ``table`` in an operator's part of a task state file."""
-    return dict(operator_state["tables"].get(table, {"entries": {}})["entries"])
+class UnreadableCheckpointError(ValueError):
+    """A completed checkpoint whose metadata or files do not verify."""
 
 
-def read_cuts(checkpoint_dir: Path) -> list[Cut]:
-    """Every completed checkpoint in ``checkpoint_dir``, oldest first."""
-    storage = LocalCheckpointStorage(checkpoint_dir)
+def read_cuts(checkpoint_dir: str | os.PathLike[str]) -> list[Cut]:
+    """Every completed checkpoint in ``checkpoint_dir``, oldest first. Raises
+    ``UnreadableCheckpointError`` for one whose metadata or files do not verify."""
     cuts = []
-    for info in storage.list_checkpoints():
-        if info.status != "completed":
-            continue
-        metadata = info.metadata
-        positions: dict[str, int] = {}
-        balances: dict[str, int] = {}
-        received: dict[str, int] = {}
-        in_flight: list[tuple[Any, ...]] = []
-        for task in metadata.tasks:
-            if task.handle is None:
-                continue
-            state = pickle.loads(storage.read_state(task.handle))
-            positions.update(state.get(SOURCE_STATE, {}))
-            if DEBIT_UID in state:
-                balances.update(_entries(state[DEBIT_UID], "balance"))
-            if CREDIT_UID in state:
-                received.update(_entries(state[CREDIT_UID], "received"))
-            for _channel, batches in sorted(state.get(CHANNEL_STATE, {}).items()):
-                for data in batches:
-                    in_flight.extend(tuple(record) for record in pickle.loads(data))
+    for checkpoint in completed_checkpoints(checkpoint_dir):
+        if isinstance(checkpoint, Unreadable):
+            raise UnreadableCheckpointError(checkpoint.reason)
+        in_flight = [tuple(r) for uid in (DEBIT_UID, CREDIT_UID) for _task, rs in checkpoint.in_flight(uid) for r in rs]
         cuts.append(Cut(
-            int(metadata.checkpoint_id), metadata.final, positions, balances, received,
+            checkpoint.checkpoint_id, checkpoint.final, checkpoint.mode, checkpoint.source_positions(),
+            checkpoint.keyed_entries(DEBIT_UID, "balance"), checkpoint.keyed_entries(CREDIT_UID, "received"),
             tuple(r for r in in_flight if r[0] == "transfer"), tuple(r for r in in_flight if r[0] == "credit"),
         ))
     return cuts
@@ -222,8 +219,8 @@ def audit(cut: Cut, count: int) -> list[str]:
         problems.append(f"{name}: transfers in flight twice or not read: "
                         f"{sorted(i for i, n in pending.items() if n > 1 or i not in read)[:5]}")
     applied = read - set(pending)
-    debited = Counter()
-    owed = Counter()
+    debited: Counter[str] = Counter()
+    owed: Counter[str] = Counter()
     for i in applied:
         _, _, payer, payee, amount = transfer(i)
         debited[payer] += amount
@@ -239,7 +236,7 @@ def audit(cut: Cut, count: int) -> list[str]:
     if [i for i, n in credits.items() if n > 1 or i not in applied]:
         problems.append(f"{name}: credits in flight twice or of a transfer not applied: "
                         f"{sorted(i for i, n in credits.items() if n > 1 or i not in applied)[:5]}")
-    arriving = Counter()
+    arriving: Counter[str] = Counter()
     for _, _, payee, amount in cut.credits_in_flight:
         arriving[payee] += amount
     for account in ACCOUNTS:
@@ -247,3 +244,46 @@ def audit(cut: Cut, count: int) -> list[str]:
             problems.append(f"{name}: {account} received {cut.received.get(account, 0)} with {arriving[account]} "
                             f"in flight, the transfers applied before the cut owe it {owed[account]}")
     return problems
+
+
+def check_checkpoints(checkpoint_dir: str | os.PathLike[str], mode: str, count: int = COUNT) -> list[str]:
+    """The audit of every completed checkpoint in ``checkpoint_dir`` (rules 1-3), for a job that ran
+    in ``mode``; an unreadable checkpoint is a problem in every mode, broken rules only in the
+    exactly-once modes."""
+    try:
+        cuts = read_cuts(checkpoint_dir)
+    except UnreadableCheckpointError as error:
+        return [str(error)]
+    if mode not in EXACTLY_ONCE_MODES:
+        return []
+    return [problem for cut in cuts for problem in audit(cut, count)]
+
+
+def check_output(directory: str | os.PathLike[str], mode: str, count: int = COUNT) -> list[str]:
+    """Every transfer ``0 .. count - 1`` credited exactly once (at least once in ``at_least_once``),
+    and nothing else."""
+    credited: Counter[Any] = Counter()
+    for line in committed_lines(directory):
+        credited[line] += 1
+    expected = Counter(str(i) for i in range(count))
+    lost = expected - credited
+    extra = credited - expected
+    problems = []
+    if lost:
+        problems.append(f"{sum(lost.values())} transfers never credited, e.g. {sorted(lost, key=int)[:5]}")
+    strange = [line for line in extra if line not in expected]
+    if strange:
+        problems.append(f"{len(strange)} lines that are no transfer id, e.g. {strange[:3]}")
+    twice = sum(n for line, n in extra.items() if line in expected)
+    if twice and mode in EXACTLY_ONCE_MODES:
+        problems.append(f"{twice} transfers credited more than once")
+    return problems
+
+
+def oracle(count: int = COUNT) -> Oracle:
+    """The bank checks for the chaos runner."""
+
+    def output(directories: Mapping[str, Path], mode: str) -> list[str]:
+        return [f"sink {uid}: {p}" for uid, d in sorted(directories.items()) for p in check_output(d, mode, count)]
+
+    return Oracle("bank", output, lambda root, mode: check_checkpoints(root, mode, count))

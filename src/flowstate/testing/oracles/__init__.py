@@ -1,0 +1,43 @@
+"""Workloads whose correctness can be checked without trusting the engine.
+
+Each oracle module defines a job and a checker. The checkers read what the job left on disk (the
+committed output files, the checkpoint directory) with nothing but the standard library: they share
+no code with the engine's storage, state or runtime, so a bug there cannot make its own check pass.
+
+- ``sequence``: every source split emits ``(source, seq)``; the checker counts lost, duplicated and
+  out-of-order records per source, and checks every completed checkpoint as a consistent cut.
+- ``bank``: transfers between keyed accounts across two shuffles; the checker loads every completed
+  checkpoint and asserts that balances plus in-flight credits equal the opening total (the
+  Chandy-Lamport consistent-cut invariant).
+
+An ``Oracle`` bundles a workload's checks for ``flowstate.testing.chaos``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+OutputCheck = Callable[[Mapping[str, Path], str], list[str]]
+"""(committed output directory of each ``FileSink``, by operator uid; mode) → problems found."""
+CheckpointCheck = Callable[[Path, str], list[str]]
+"""(checkpoint directory; mode) → problems found."""
+
+
+@dataclass(frozen=True, slots=True)
+class Oracle:
+    """Independent checks of one workload, as the chaos runner calls them.
+
+    ``check_checkpoints`` runs after **every** run of a job, killed or not, on its checkpoint
+    directory; ``check_output`` once a job has completed, on its committed output. Each returns a
+    list of problems (empty: nothing wrong); a check that does not apply to a mode returns ``[]``.
+    """
+
+    name: str
+    check_output: OutputCheck | None = None
+    check_checkpoints: CheckpointCheck | None = None
+
+
+EXACTLY_ONCE_MODES = frozenset({"exactly_once", "unaligned", "stop_the_world"})
+"""Modes whose checkpoints are consistent cuts and whose ``FileSink`` output is exactly-once."""

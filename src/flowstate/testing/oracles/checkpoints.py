@@ -1,0 +1,153 @@
+"""Reading a checkpoint directory offline, for the oracles: shares no code with the engine.
+
+Everything the engine's storage and tasks write is restated here from the documented layout, so
+that a bug in the engine's reader cannot hide a bug in its writer:
+
+1. A completed checkpoint is a directory ``chk-<id>`` (decimal, any zero padding, id ≥ 1) holding a
+   file ``_metadata``. A directory without it never completed and is ignored.
+2. ``_metadata`` is UTF-8 JSON. Its ``checksum`` is the SHA-256 (hex) of the canonical JSON of every
+   other field (sorted keys, no whitespace, UTF-8 without escaping). Its ``checkpoint_id`` is the one
+   of its directory. Its ``tasks`` name, per task, a ``handle`` (``path`` relative to the checkpoint
+   root, ``size``, ``sha256``) or ``null`` for a task without state.
+3. A state file is checked against its handle (size, then SHA-256) **before** it is unpickled, and
+   holds a pickled dict: operator uid → that operator's state, ``"__source__"`` → the source
+   reader's positions (split → next record), ``"__channels__"`` → input channel → list of pickled
+   batches (the in-flight records an unaligned checkpoint persisted).
+4. Keyed state of an operator is ``{"format": "heap-v1", "tables": {name: {"kind", "entries"}}}``.
+
+A checkpoint that breaks rule 2 or 3 is returned as ``Unreadable`` with the reason: for a checker
+that is a finding, never something to skip silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+METADATA = "_metadata"
+SOURCE_STATE = "__source__"
+CHANNEL_STATE = "__channels__"
+KEYED_FORMAT = "heap-v1"
+_DIRECTORY = re.compile(r"chk-([0-9]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One completed checkpoint, read and verified."""
+
+    checkpoint_id: int
+    mode: str
+    final: bool
+    states: dict[str, dict[str, Any]]
+    """Task id → its unpickled state dict (tasks without state are absent)."""
+
+    def source_positions(self) -> dict[str, Any]:
+        """Split → position, over every source task."""
+        positions: dict[str, Any] = {}
+        for state in self.states.values():
+            positions.update(state.get(SOURCE_STATE, {}))
+        return positions
+
+    def keyed_entries(self, uid: str, table: str) -> dict[Any, Any]:
+        """The entries of keyed state ``table`` of operator ``uid``, over every subtask."""
+        entries: dict[Any, Any] = {}
+        for task, state in self.states.items():
+            if uid not in state:
+                continue
+            operator = state[uid]
+            if not isinstance(operator, dict) or operator.get("format") != KEYED_FORMAT:
+                found = operator.get("format") if isinstance(operator, dict) else type(operator).__name__
+                raise ValueError(f"checkpoint {self.checkpoint_id}, task {task}: keyed state of {uid!r} "
+                                 f"is {found!r}; this checker reads {KEYED_FORMAT!r}")
+            entries.update(operator["tables"].get(table, {"entries": {}})["entries"])
+        return entries
+
+    def in_flight(self, uid: str) -> list[tuple[str, list[Any]]]:
+        """The channel state of the tasks that run operator ``uid``: (task, records in channel order)."""
+        found = []
+        for task, state in sorted(self.states.items()):
+            if uid not in state:
+                continue
+            for _channel, batches in sorted(state.get(CHANNEL_STATE, {}).items()):
+                records: list[Any] = []
+                for data in batches:
+                    records.extend(pickle.loads(data))
+                found.append((task, records))
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A checkpoint with metadata that does not verify: a finding."""
+
+    checkpoint_id: int
+    reason: str
+
+
+def _canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _read(root: Path, checkpoint_id: int, directory: Path) -> Checkpoint | Unreadable:
+    def refuse(reason: str) -> Unreadable:
+        return Unreadable(checkpoint_id, f"checkpoint {checkpoint_id}: {reason}")
+
+    try:
+        document = json.loads((directory / METADATA).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return refuse(f"{METADATA} does not parse: {error}")
+    if not isinstance(document, dict):
+        return refuse(f"{METADATA} is not a JSON object")
+    body = {k: v for k, v in document.items() if k != "checksum"}
+    if document.get("checksum") != hashlib.sha256(_canonical(body)).hexdigest():
+        return refuse(f"{METADATA} does not match its checksum")
+    if body.get("checkpoint_id") != checkpoint_id:
+        return refuse(f"{METADATA} names checkpoint {body.get('checkpoint_id')!r}")
+    states: dict[str, dict[str, Any]] = {}
+    try:
+        tasks = [(str(task["task"]), task["handle"]) for task in body["tasks"]]
+        handles = [(task, h["path"], h["size"], h["sha256"]) for task, h in tasks if h is not None]
+    except (KeyError, TypeError) as error:
+        return refuse(f"{METADATA} has a malformed task list ({type(error).__name__}: {error})")
+    for task, relative, size, sha256 in handles:
+        if not isinstance(relative, str) or os.path.isabs(relative) or ".." in Path(relative).parts:
+            return refuse(f"task {task} names a file outside the directory: {relative!r}")
+        try:
+            data = (root / relative).read_bytes()
+        except OSError as error:
+            return refuse(f"{relative} cannot be read: {error.strerror}")
+        if len(data) != size:
+            return refuse(f"{relative} has {len(data)} bytes, the metadata says {size}")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return refuse(f"{relative} does not match its SHA-256")
+        try:
+            state = pickle.loads(data)
+        except Exception as error:  # noqa: BLE001 - whatever the bytes hold, it is a finding
+            return refuse(f"{relative} matches its SHA-256 but does not unpickle: {error}")
+        if not isinstance(state, dict):
+            return refuse(f"{relative} holds a {type(state).__name__}, not a dict")
+        states[task] = state
+    return Checkpoint(checkpoint_id, str(body.get("mode")), bool(body.get("final")), states)
+
+
+def completed_checkpoints(root: str | os.PathLike[str]) -> Iterator[Checkpoint | Unreadable]:
+    """Every completed checkpoint under ``root`` (rule 1), oldest first, each read and verified."""
+    root = Path(root)
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return
+    found = []
+    for entry in entries:
+        match = _DIRECTORY.fullmatch(entry.name)
+        if match and int(match[1]) >= 1 and entry.is_dir() and os.path.exists(os.path.join(entry.path, METADATA)):
+            found.append((int(match[1]), Path(entry.path)))
+    for checkpoint_id, directory in sorted(found):
+        yield _read(root, checkpoint_id, directory)
