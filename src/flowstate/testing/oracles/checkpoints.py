@@ -8,9 +8,10 @@ that a bug in the engine's reader cannot hide a bug in its writer:
 2. ``_metadata`` is UTF-8 JSON. Its ``checksum`` is the SHA-256 (hex) of the canonical JSON of every
    other field (sorted keys, no whitespace, UTF-8 without escaping). Its ``checkpoint_id`` is the one
    of its directory. Its ``tasks`` name, per task, a ``handle`` (``path`` relative to the checkpoint
-   root, ``size``, ``sha256``) or ``null`` for a task without state.
-3. A state file is checked against its handle (size, then SHA-256) **before** it is unpickled, and
-   holds a pickled dict: operator uid → that operator's state, ``"__source__"`` → the source
+   root, ``size``, ``sha256``, optionally ``codec``: ``zstd`` or ``none``, the default) or ``null``
+   for a task without state.
+3. A state file is checked against its handle (size, then SHA-256 of the stored bytes) **before** it
+   is decompressed (zstd frames, with the ``zstandard`` package) and unpickled, and holds a pickled dict: operator uid → that operator's state, ``"__source__"`` → the source
    reader's positions (split → next record), ``"__channels__"`` → input channel → list of pickled
    batches (the in-flight records an unaligned checkpoint persisted).
 4. Keyed state of an operator is ``{"format": "heap-v1", "tables": {name: {"kind", "entries"}}}``.
@@ -30,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import zstandard
 
 METADATA = "_metadata"
 SOURCE_STATE = "__source__"
@@ -113,10 +116,10 @@ def _read(root: Path, checkpoint_id: int, directory: Path) -> Checkpoint | Unrea
     states: dict[str, dict[str, Any]] = {}
     try:
         tasks = [(str(task["task"]), task["handle"]) for task in body["tasks"]]
-        handles = [(task, h["path"], h["size"], h["sha256"]) for task, h in tasks if h is not None]
+        handles = [(task, h["path"], h["size"], h["sha256"], h.get("codec", "none")) for task, h in tasks if h is not None]
     except (KeyError, TypeError) as error:
         return refuse(f"{METADATA} has a malformed task list ({type(error).__name__}: {error})")
-    for task, relative, size, sha256 in handles:
+    for task, relative, size, sha256, codec in handles:
         if not isinstance(relative, str) or os.path.isabs(relative) or ".." in Path(relative).parts:
             return refuse(f"task {task} names a file outside the directory: {relative!r}")
         try:
@@ -127,6 +130,13 @@ def _read(root: Path, checkpoint_id: int, directory: Path) -> Checkpoint | Unrea
             return refuse(f"{relative} has {len(data)} bytes, the metadata says {size}")
         if hashlib.sha256(data).hexdigest() != sha256:
             return refuse(f"{relative} does not match its SHA-256")
+        if codec == "zstd":
+            try:
+                data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            except zstandard.ZstdError as error:
+                return refuse(f"{relative} matches its SHA-256 but is not a zstd frame: {error}")
+        elif codec != "none":
+            return refuse(f"{relative} has the unknown codec {codec!r}")
         try:
             state = pickle.loads(data)
         except Exception as error:  # noqa: BLE001 - whatever the bytes hold, it is a finding
