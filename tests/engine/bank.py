@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import flowstate as fs
+from flowstate.state.memory import heap_snapshot_entries
 from flowstate.storage.local import LocalCheckpointStorage
 
 ACCOUNTS = ("ada", "bo", "cy", "dot", "eve", "fay", "gus", "hal", "ivy", "jo", "kim", "lou", "max", "ned", "ola", "pat")
@@ -160,7 +161,7 @@ class Cut:
 
 def _entries(operator_state: Any, table: str) -> dict[str, int]:
     """The entries of keyed value state ``table`` in an operator's part of a task state file."""
-    return dict(operator_state["tables"].get(table, {"entries": {}})["entries"])
+    return heap_snapshot_entries(operator_state.data, table)
 
 
 def read_cuts(checkpoint_dir: Path) -> list[Cut]:
