@@ -59,6 +59,28 @@ def complete(snapshot: KeyedSnapshot, store: Store) -> RestoredState:
     return RestoredState(pickle.loads(pickle.dumps(parts.data, protocol=pickle.HIGHEST_PROTOCOL)), files)
 
 
+def dump(backend: Any, kinds: dict[str, str]) -> dict[str, dict[Any, Any]]:
+    """Every entry of the states named in ``kinds`` (name -> kind), read through state objects."""
+    out: dict[str, dict[Any, Any]] = {}
+    for name, kind in kinds.items():
+        if kind == "value":
+            value = backend.value_state(name)
+            read: Callable[[], Any] = value.value
+        elif kind == "list":
+            read = backend.list_state(name).get
+        elif kind == "map":
+            items = backend.map_state(name).items
+            read = lambda items=items: dict(items())  # noqa: E731
+        else:
+            read = backend.reducing_state(name, lambda a, b: a + b).get
+        entries = {}
+        for key in backend.state_keys(name):
+            backend.keys.current_key = key
+            entries[key] = read()
+        out[name] = entries
+    return out
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "store")

@@ -16,36 +16,11 @@ from flowstate.functions import RuntimeContext
 from flowstate.state.backend import RestoredState, StateError
 from flowstate.state.keygroups import key_group_of, key_group_range
 
-from .conftest import BACKENDS, MAXP, complete
+from .conftest import BACKENDS, MAXP, complete, dump
 
 
 def ctx_for(backend) -> RuntimeContext:
     return RuntimeContext("op", 0, 1, backend)
-
-
-def dump(backend, kinds: dict[str, str]) -> dict[str, dict]:
-    """Every entry of the states named in ``kinds`` (name -> kind), read through state objects."""
-    out: dict[str, dict] = {}
-    for name, kind in kinds.items():
-        state = {
-            "value": lambda n: backend.value_state(n),
-            "list": lambda n: backend.list_state(n),
-            "map": lambda n: backend.map_state(n),
-            "reducing": lambda n: backend.reducing_state(n, lambda a, b: a + b),
-        }[kind](name)
-        entries = {}
-        for key in backend.state_keys(name):
-            backend.keys.current_key = key
-            if kind == "value":
-                entries[key] = state.value()
-            elif kind == "list":
-                entries[key] = state.get()
-            elif kind == "map":
-                entries[key] = dict(state.items())
-            else:
-                entries[key] = state.get()
-        out[name] = entries
-    return out
 
 
 KINDS = {"count": "value", "items": "list", "seen": "map", "total": "reducing"}

@@ -517,7 +517,7 @@ class RocksDBKeyedStateBackend:
         column.write()
         keys = []
         last = b""
-        for row in column.cf.keys():
+        for row in column.cf.keys():  # noqa: SIM118 - an Rdict, not a dict: it has no __iter__
             if not last or not row.startswith(last):
                 last, key = split_prefix(row)
                 keys.append(key)
