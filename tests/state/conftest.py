@@ -69,8 +69,10 @@ def dump(backend: Any, kinds: dict[str, str]) -> dict[str, dict[Any, Any]]:
         elif kind == "list":
             read = backend.list_state(name).get
         elif kind == "map":
-            items = backend.map_state(name).items
-            read = lambda items=items: dict(items())  # noqa: E731
+            state = backend.map_state(name)
+
+            def read(state: Any = state) -> dict[Any, Any]:
+                return dict(state.items())
         else:
             read = backend.reducing_state(name, lambda a, b: a + b).get
         entries = {}

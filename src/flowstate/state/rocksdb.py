@@ -464,7 +464,7 @@ class RocksDBKeyedStateBackend:
             access = AccessType.read_only(False) if read_only else AccessType.read_write()
             try:
                 db = Rdict(str(path), options, column_families=families, access_type=access)
-            except Exception as exc:  # noqa: BLE001 - RocksDB reports a missing codec as a generic error
+            except Exception as exc:  # RocksDB reports a codec it lacks as a generic error
                 if "compression" not in str(exc).lower() or len(choices) == 1:
                     raise
                 error = exc
