@@ -17,9 +17,10 @@ from flowstate.state.rocksdb import key_prefix, split_prefix, successor
 SCALAR_KEYS = st.none() | st.booleans() | st.integers() | st.text() | st.binary() | st.floats(allow_nan=False)
 KEYS = st.recursive(SCALAR_KEYS, lambda inner: st.tuples(inner) | st.tuples(inner, inner) | st.lists(inner).map(tuple),
                     max_leaves=12)
+INT64 = st.integers(-(2**63), 2**64 - 1)
 PLAIN = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text() | st.binary(),
-    lambda inner: st.lists(inner) | st.lists(inner).map(tuple) | st.dictionaries(st.text() | st.integers(), inner),
+    st.none() | st.booleans() | INT64 | st.floats(allow_nan=False) | st.text() | st.binary(),
+    lambda inner: st.lists(inner) | st.lists(inner).map(tuple) | st.dictionaries(st.text() | INT64, inner),
     max_leaves=20,
 )
 ANY_VALUE = st.recursive(

@@ -16,10 +16,13 @@ write-ahead log: durability comes from checkpoints. SST files are compressed wit
 bundled RocksDB has it (it does in rocksdict 0.3), else lz4, else not at all (``compression`` says
 which).
 
-**Write buffer.** Point writes (value, reducing, list ``add``, map ``put``/``remove``) go into a small
-dict per state first and reach RocksDB as one ``WriteBatch`` when it holds ``write_batch_entries``
-rows, before any scan or range delete of that state, and in the synchronous part of a snapshot. Point
-reads look in that dict before RocksDB, so every read sees every earlier write.
+**Write buffer.** Point writes (value, reducing, list ``add``, map ``put``/``remove``) go into a
+dict per state first (the encoded row, or ``None`` for a delete) and reach RocksDB as one
+``WriteBatch`` when it holds ``write_batch_entries`` rows or about ``write_batch_bytes`` bytes,
+before any scan or range delete of that state, and in the synchronous part of a snapshot. Point reads
+look in that dict before RocksDB, so every read sees every earlier write, and a key updated by many
+records in a row costs dict operations until the batch is written. Key prefixes of recent keys are
+cached too.
 
 **Snapshots.** Step (1), the synchronous part: write the buffers, then create a RocksDB checkpoint
 of the database in ``snapshots/<n>`` of the working directory. A checkpoint flushes the memtables
@@ -83,13 +86,16 @@ from flowstate.state.keygroups import key_group_of
 FORMAT = "rocksdb-v1"
 CF_PREFIX = "state:"
 DEFAULT_WRITE_BUFFER_SIZE = 32 << 20
-DEFAULT_WRITE_BATCH_ENTRIES = 4096
+DEFAULT_WRITE_BATCH_ENTRIES = 16_384
+DEFAULT_WRITE_BATCH_BYTES = 8 << 20
 COMPRESSIONS = ("zstd", "lz4", "none")
 _COMPRESSION_TYPES: dict[str, Callable[[], DBCompressionType]] = {
     "zstd": DBCompressionType.zstd, "lz4": DBCompressionType.lz4, "none": DBCompressionType.none,
 }
 _pack_sequence = struct.Struct(">Q").pack
 _RESTORE_BATCH_ROWS = 10_000
+_PREFIX_CACHE_ENTRIES = 1 << 16
+_MISS = object()
 
 
 def successor(prefix: bytes) -> bytes | None:
@@ -114,46 +120,56 @@ def split_prefix(row: bytes) -> tuple[bytes, Any]:
 
 
 class _RocksKeyContext(KeyContext):
-    """The current key, and its key prefix computed once per key (not once per state access)."""
+    """The current key, and its key prefix, computed once per record (not once per state access)
+    and remembered for keys seen recently (a bounded cache of ``str``, ``bytes`` and ``int`` keys:
+    the types whose equal values always have equal prefixes)."""
 
-    __slots__ = ("_key", "_maxp", "_prefix")
+    __slots__ = ("_cache", "_maxp", "_prefix", "_prefix_of")
 
     def __init__(self, max_parallelism: int) -> None:
+        super().__init__()
         self._maxp = max_parallelism
-        self._key: Any = None
-        self._prefix: bytes | None = None
-
-    @property  # type: ignore[override]
-    def current_key(self) -> Any:
-        return self._key
-
-    @current_key.setter
-    def current_key(self, key: Any) -> None:
-        self._key = key
-        self._prefix = None
+        self._prefix_of: Any = _MISS
+        self._prefix = b""
+        self._cache: dict[Any, bytes] = {}
 
     def prefix(self) -> bytes:
-        prefix = self._prefix
-        if prefix is None:
-            prefix = self._prefix = key_prefix(self._key, self._maxp)
+        key = self.current_key
+        if key is self._prefix_of:
+            return self._prefix
+        kind = type(key)
+        if kind is str or kind is bytes or kind is int:
+            cache = self._cache
+            prefix = cache.get(key)
+            if prefix is None:
+                if len(cache) >= _PREFIX_CACHE_ENTRIES:
+                    cache.clear()
+                prefix = cache[key] = key_prefix(key, self._maxp)
+        else:
+            prefix = key_prefix(key, self._maxp)
+        self._prefix_of = key
+        self._prefix = prefix
         return prefix
 
 
-_MISS = object()
-
-
 class _Column:
-    """One state: its column family, and the write buffer of its point writes (``None``: delete)."""
+    """One state: its column family, and the write buffer of its point writes (``None``: delete).
 
-    __slots__ = ("cf", "db", "handle", "kind", "limit", "pending")
+    The buffer is written to RocksDB when it holds ``limit`` rows or about ``byte_limit`` bytes (the
+    sizes of all writes since the last batch are added up, overwrites included: a bound, not a
+    measure)."""
 
-    def __init__(self, db: Rdict, name: str, kind: StateKind, limit: int) -> None:
+    __slots__ = ("byte_limit", "bytes", "cf", "db", "handle", "kind", "limit", "pending")
+
+    def __init__(self, db: Rdict, name: str, kind: StateKind, limit: int, byte_limit: int) -> None:
         self.db = db
         self.cf = db.get_column_family(CF_PREFIX + name)
         self.cf.set_write_options(_write_options())
         self.handle = db.get_column_family_handle(CF_PREFIX + name)
         self.kind = kind
         self.limit = limit
+        self.byte_limit = byte_limit
+        self.bytes = 0
         self.pending: dict[bytes, bytes | None] = {}
 
     def get(self, row: bytes) -> bytes | None:
@@ -163,7 +179,9 @@ class _Column:
     def put(self, row: bytes, value: bytes | None) -> None:
         pending = self.pending
         pending[row] = value
-        if len(pending) >= self.limit:
+        if value is not None:
+            self.bytes += len(value)
+        if len(pending) >= self.limit or self.bytes >= self.byte_limit:
             self.write()
 
     def write(self) -> None:
@@ -179,6 +197,7 @@ class _Column:
                 batch.put(row, value, handle)
         self.db.write(batch)
         self.pending.clear()
+        self.bytes = 0
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """The rows that start with ``prefix``, in order (after writing the buffer).
@@ -389,12 +408,14 @@ class RocksDBKeyedStateBackend:
     def __init__(self, max_parallelism: int, key_groups: range, directory: str | os.PathLike[str] | None = None,
                  *, base_dir: str | os.PathLike[str] | None = None, compression: str | None = None,
                  write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE,
-                 write_batch_entries: int = DEFAULT_WRITE_BATCH_ENTRIES) -> None:
+                 write_batch_entries: int = DEFAULT_WRITE_BATCH_ENTRIES,
+                 write_batch_bytes: int = DEFAULT_WRITE_BATCH_BYTES) -> None:
         check_key_groups(max_parallelism, key_groups)
         if compression is not None and compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)} or None, not {compression!r}")
-        if write_batch_entries < 1:
-            raise ValueError(f"write_batch_entries must be at least 1, not {write_batch_entries}")
+        if write_batch_entries < 1 or write_batch_bytes < 1:
+            raise ValueError(f"write_batch_entries ({write_batch_entries}) and write_batch_bytes "
+                             f"({write_batch_bytes}) must be at least 1")
         if directory is None:
             if base_dir is not None:
                 os.makedirs(base_dir, exist_ok=True)
@@ -411,6 +432,7 @@ class RocksDBKeyedStateBackend:
         """The SST compression in use, once the database is open."""
         self._write_buffer_size = write_buffer_size
         self._batch_entries = write_batch_entries
+        self._batch_bytes = write_batch_bytes
         self._keys = _RocksKeyContext(max_parallelism)
         self._codec = ValueCodec()
         self._sequence = _Sequence()
@@ -493,7 +515,7 @@ class RocksDBKeyedStateBackend:
         if CF_PREFIX + name not in self._families:
             db.create_column_family(CF_PREFIX + name, self._options())
             self._families.add(CF_PREFIX + name)
-        column = self._columns[name] = _Column(db, name, kind, self._batch_entries)
+        column = self._columns[name] = _Column(db, name, kind, self._batch_entries, self._batch_bytes)
         return column
 
     # ---- state objects (rule 1) ------------------------------------------------------------------
@@ -685,8 +707,10 @@ class RocksDBBackendFactory:
     compression: str | None = None
     write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE
     write_batch_entries: int = DEFAULT_WRITE_BATCH_ENTRIES
+    write_batch_bytes: int = DEFAULT_WRITE_BATCH_BYTES
 
     def __call__(self, max_parallelism: int, key_groups: range) -> RocksDBKeyedStateBackend:
         return RocksDBKeyedStateBackend(max_parallelism, key_groups, base_dir=self.base_dir,
                                         compression=self.compression, write_buffer_size=self.write_buffer_size,
-                                        write_batch_entries=self.write_batch_entries)
+                                        write_batch_entries=self.write_batch_entries,
+                                        write_batch_bytes=self.write_batch_bytes)
