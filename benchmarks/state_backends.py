@@ -34,7 +34,6 @@ from flowstate.state.backend import RestoredState
 from flowstate.state.memory import HeapKeyedStateBackend
 from flowstate.state.rocksdb import RocksDBKeyedStateBackend
 
-
 MAXP = 128
 
 
