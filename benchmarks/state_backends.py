@@ -7,7 +7,8 @@ Measures, for the heap and the RocksDB backend, with one value state of N keys (
    the keys changed in between; the heap's fold of those changes; then the next snapshot after another
    1 % changed (the steady state of periodic checkpoints);
 2. the restore of the snapshot into a fresh backend at the same parallelism (heap: unpickle and
-   load; RocksDB: link the stored SST files and open the database);
+   load; RocksDB: link the stored SST files and open the database), and at another parallelism
+   (``--rescale-keys``: 1 → 2 and 2 → 1);
 3. for RocksDB, the bytes of an incremental snapshot (its SST files not in the base snapshot) when
    1 %, 10 %, 50 % and 100 % of the keys changed, against the pickled size of the changed entries;
 4. the hot path: value()/update() of a value state, 1 M records over 10 k keys.
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from flowstate.state.backend import RestoredState
+from flowstate.state.keygroups import key_group_of, key_group_range
 from flowstate.state.memory import HeapKeyedStateBackend
 from flowstate.state.rocksdb import RocksDBKeyedStateBackend
 
@@ -41,18 +43,30 @@ def key(i: int) -> str:
     return f"key-{i:08d}"
 
 
-def build(kind: str, base: Path) -> Any:
+def build(kind: str, base: Path, groups: range = range(MAXP)) -> Any:
     if kind == "heap":
-        return HeapKeyedStateBackend(MAXP, range(MAXP))
-    return RocksDBKeyedStateBackend(MAXP, range(MAXP), base_dir=base)
+        return HeapKeyedStateBackend(MAXP, groups)
+    return RocksDBKeyedStateBackend(MAXP, groups, base_dir=base)
 
 
-def load(backend: Any, n: int, first: int = 0, step: int = 1, value: Callable[[int], Any] = lambda i: i) -> None:
+def load(backend: Any, n: int, first: int = 0, step: int = 1, value: Callable[[int], Any] = lambda i: i,
+         groups: range | None = None) -> None:
     count = backend.value_state("count")
     keys = backend.keys
     for i in range(first, n, step):
-        keys.current_key = key(i)
-        count.update(value(i))
+        k = key(i)
+        if groups is None or key_group_of(k, MAXP) in groups:
+            keys.current_key = k
+            count.update(value(i))
+
+
+def stored_snapshot(backend: Any, store: Path) -> RestoredState:
+    snapshot = backend.snapshot()
+    parts = snapshot.materialize()
+    state = RestoredState(pickle.loads(pickle.dumps(parts.data, protocol=pickle.HIGHEST_PROTOCOL)),
+                          store_files(dict(parts.files), store))
+    snapshot.release()
+    return state
 
 
 def store_files(files: dict[str, str], store: Path) -> dict[str, str]:
@@ -152,6 +166,41 @@ def incremental_rows(n: int, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def rescale_row(kind: str, n: int, work: Path) -> dict[str, Any]:
+    """Restores at another parallelism: subtask 0 of 2 from one snapshot of every key (heap: hashes
+    every key and keeps half; RocksDB: opens the files and deletes the other half's range), and one
+    subtask from the snapshots of two halves (heap: loads both; RocksDB: opens the larger one and
+    copies the other's range)."""
+    store = work / "store"
+    store.mkdir(parents=True)
+    whole = build(kind, work)
+    load(whole, n)
+    state_whole = stored_snapshot(whole, store)
+    whole.close()
+    halves = []
+    for subtask in range(2):
+        groups = key_group_range(MAXP, 2, subtask)
+        half = build(kind, work, groups)
+        load(half, n, groups=groups)
+        halves.append(stored_snapshot(half, store))
+        half.close()
+    split = build(kind, work, key_group_range(MAXP, 2, 0))
+    t0 = time.perf_counter()
+    split.restore([state_whole])
+    split_s = time.perf_counter() - t0
+    split.close()
+    merged = build(kind, work)
+    t0 = time.perf_counter()
+    merged.restore(halves)
+    merge_s = time.perf_counter() - t0
+    count = merged.value_state("count")
+    merged.keys.current_key = key(n - 1)
+    assert count.value() == n - 1
+    merged.close()
+    shutil.rmtree(store)
+    return {"backend": kind, "keys": n, "split_s": split_s, "merge_s": merge_s}
+
+
 def hot_path(kind: str, work: Path, records: int = 1_000_000, repeat: int = 5) -> float:
     """Seconds for ``records`` value()+update() calls over 10 k keys (median of ``repeat``)."""
     runs = []
@@ -184,6 +233,8 @@ def main() -> None:
                         help="comma-separated key counts (default 10000,100000,1000000; try 10000000)")
     parser.add_argument("--backends", default="heap,rocksdb")
     parser.add_argument("--incremental-keys", type=int, default=1_000_000)
+    parser.add_argument("--rescale-keys", type=int, default=1_000_000)
+    parser.add_argument("--skip-rescale", action="store_true")
     parser.add_argument("--skip-incremental", action="store_true")
     parser.add_argument("--skip-hot-path", action="store_true")
     parser.add_argument("--work-dir", default=None, help="where RocksDB works (default: the temp directory)")
@@ -199,6 +250,8 @@ def main() -> None:
                 print(f"  {kind}: {n:,} keys …", file=sys.stderr)
                 rows.append(snapshot_row(kind, n, work))
                 shutil.rmtree(work, ignore_errors=True)
+        rescale = [] if args.skip_rescale else [
+            rescale_row(kind, args.rescale_keys, work_root / f"rescale-{kind}") for kind in kinds]
         incremental = [] if args.skip_incremental else incremental_rows(args.incremental_keys, work_root / "incr")
         hot = {} if args.skip_hot_path else {kind: hot_path(kind, work_root / "hot") for kind in kinds}
     finally:
@@ -220,6 +273,14 @@ def main() -> None:
         print(f"| {r['backend']} | {r['keys']:,} | {r['load_s']:.1f} s | {r['sync_ms']:.2f} ms | "
               f"{r['async_ms']:.1f} ms | {r['sync2_ms']:.2f} ms | {r['async2_ms']:.1f} ms | {fold} | "
               f"{r['restore_s'] * 1e3:.0f} ms | {fmt_bytes(r['bytes'])} |")
+    if rescale:
+        print(f"\n### Restore at another parallelism: {args.rescale_keys:,} keys\n")
+        print("1 → 2 = subtask 0 of 2 restores from the snapshot of one subtask that held every key; "
+              "2 → 1 = one subtask restores from the snapshots of two.\n")
+        print("| backend | 1 → 2 (subtask 0) | 2 → 1 |")
+        print("|---|---|---|")
+        for r in rescale:
+            print(f"| {r['backend']} | {r['split_s'] * 1e3:.0f} ms | {r['merge_s'] * 1e3:.0f} ms |")
     if incremental:
         print(f"\n### Incremental RocksDB snapshots: {args.incremental_keys:,} keys, a fraction of them changed\n")
         print("New bytes = the SST files of the snapshot that the base snapshot did not have (what an "

@@ -466,7 +466,7 @@ class RocksDBKeyedStateBackend:
         options.set_keep_log_file_num(2)
         options.set_max_log_file_size(1 << 20)
         # The manifest is copied inline into every snapshot: keep it small.
-        options.set_max_manifest_file_size(1 << 20)
+        options.set_max_manifest_file_size(256 << 10)
         if self.compression is not None:
             options.set_compression_type(_COMPRESSION_TYPES[self.compression]())
         return options
