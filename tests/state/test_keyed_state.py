@@ -137,10 +137,14 @@ def test_reducing_state_combines_with_its_function_and_clears(make):
     for word in ["ab", "abcd", "abc"]:
         longest.add(word)
     assert longest.get() == "abcd"
+    assert longest.add_and_get("abcdef") == "abcdef" and longest.add_and_get("x") == "abcdef"
     longest.clear()
     assert longest.get() is None
     longest.add("x")
     assert longest.get() == "x"
+    snapshot = backend.snapshot()  # and while a snapshot holds the entry
+    assert longest.add_and_get("xy") == "xy" and longest.get() == "xy"
+    snapshot.release()
 
 
 def test_two_objects_for_one_state_name_see_the_same_entries(make):

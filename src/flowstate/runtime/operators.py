@@ -251,16 +251,14 @@ class ReduceOperator(_Keyed):
         self.backend.maybe_fold()
         key_fn = self.key_fn
         keys = self.backend.keys
-        add = self.state.add
-        get = self.state.get
+        add_and_get = self.state.add_and_get
         out: list[Any] = []
         append = out.append
         record = None
         try:
             for record in batch:
                 keys.current_key = key_fn(record)
-                add(record)
-                append(get())
+                append(add_and_get(record))
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
         return out

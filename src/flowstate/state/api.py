@@ -119,5 +119,10 @@ class ReducingState(Generic[V]):
     def add(self, value: V) -> None:
         raise NotImplementedError
 
+    def add_and_get(self, value: V) -> V:
+        """``add(value)``, then the new reduced value (backends do it in one lookup)."""
+        self.add(value)
+        return self.get()  # type: ignore[return-value]
+
     def clear(self) -> None:
         raise NotImplementedError

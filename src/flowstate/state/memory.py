@@ -291,12 +291,14 @@ class HeapReducingState(_View, ReducingState[Any]):
         return self._top.get(self._keys.current_key)
 
     def add(self, value: Any) -> None:
+        self.add_and_get(value)
+
+    def add_and_get(self, value: Any) -> Any:
         key = self._keys.current_key
         top = self._top
-        if key in top:
-            top[key] = self._fn(top[key], value)
-        else:
-            top[key] = value
+        old = top.get(key, _ABSENT)  # flat: no tombstones, _ABSENT means no entry
+        new = top[key] = value if old is _ABSENT else self._fn(old, value)
+        return new
 
 
 class _LayeredReducingState(_LayeredView, HeapReducingState):
@@ -306,10 +308,11 @@ class _LayeredReducingState(_LayeredView, HeapReducingState):
         entry = self._get(self._keys.current_key)
         return None if entry is _ABSENT else entry
 
-    def add(self, value: Any) -> None:
+    def add_and_get(self, value: Any) -> Any:
         key = self._keys.current_key
         old = self._get(key)
-        self._top[key] = value if old is _ABSENT else self._fn(old, value)
+        new = self._top[key] = value if old is _ABSENT else self._fn(old, value)
+        return new
 
 
 for _flat, _layered in ((HeapValueState, _LayeredValueState), (HeapListState, _LayeredListState),

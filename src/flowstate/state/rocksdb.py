@@ -252,9 +252,14 @@ class RocksReducingState(ReducingState[Any]):
         return None if raw is None else self._decode(raw)
 
     def add(self, value: Any) -> None:
+        self.add_and_get(value)
+
+    def add_and_get(self, value: Any) -> Any:
         row = self._keys.prefix()
         raw = self._col.get(row)
-        self._col.put(row, self._encode(value if raw is None else self._fn(self._decode(raw), value)))
+        new = value if raw is None else self._fn(self._decode(raw), value)
+        self._col.put(row, self._encode(new))
+        return new
 
     def clear(self) -> None:
         self._col.put(self._keys.prefix(), None)
