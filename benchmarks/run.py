@@ -69,13 +69,13 @@ def throughput(path: Path, repeat: int) -> list[dict[str, object]]:
 
 
 def heap_state(keys: int):  # type: ignore[no-untyped-def]
-    from flowstate.state.backend import StateKind
     from flowstate.state.memory import HeapKeyedStateBackend
 
     backend = HeapKeyedStateBackend(128, range(128))
-    table = backend.table("count", StateKind.VALUE)
+    count = backend.value_state("count")
     for i in range(keys):
-        table[f"k{i:07d}"] = i
+        backend.keys.current_key = f"k{i:07d}"
+        count.update(i)
     return backend
 
 
@@ -89,6 +89,7 @@ def snapshot_parts(sizes: list[int]) -> list[dict[str, float]]:
             snap = backend.snapshot()
             t1 = time.perf_counter()
             data = pickle.dumps(snap.materialize(), protocol=pickle.HIGHEST_PROTOCOL)
+            snap.release()
             t2 = time.perf_counter()
             syncs.append(t1 - t0)
             asyncs.append(t2 - t1)
@@ -99,6 +100,7 @@ def snapshot_parts(sizes: list[int]) -> list[dict[str, float]]:
 
 def restore_time(keys: int) -> dict[str, float]:
     from flowstate.checkpoint.ids import CheckpointId
+    from flowstate.state.backend import RestoredState
     from flowstate.state.memory import HeapKeyedStateBackend
     from flowstate.storage.local import LocalCheckpointStorage
 
@@ -111,7 +113,7 @@ def restore_time(keys: int) -> dict[str, float]:
         t1 = time.perf_counter()
         state = pickle.loads(storage.read_state(handle))
         fresh = HeapKeyedStateBackend(128, range(128))
-        fresh.restore([state["count"]])
+        fresh.restore([RestoredState.of(state["count"])])
         t2 = time.perf_counter()
     assert fresh.entry_count() == keys
     return {"keys": keys, "write_s": t1 - t0, "restore_s": t2 - t1, "bytes": len(data)}
@@ -147,7 +149,7 @@ def markdown(tp: list[dict[str, object]], snaps: list[dict[str, float]], restore
         "",
         "### Heap state snapshot: synchronous and asynchronous parts against state size",
         "",
-        "| keys | sync part (copy) | async part (pickle) | bytes |",
+        "| keys | sync part (copy-on-write freeze) | async part (pickle) | bytes |",
         "|---|---|---|---|",
     ]
     for s in snaps:

@@ -13,7 +13,7 @@ from typing import Any
 
 from flowstate.errors import GraphError
 from flowstate.state.api import KeyContext, ListState, MapState, ReducingState, ValueState
-from flowstate.state.backend import KeyedStateBackend, StateKind
+from flowstate.state.backend import KeyedStateBackend
 
 
 class RuntimeContext:
@@ -42,22 +42,18 @@ class RuntimeContext:
         return self._backend
 
     def value_state(self, name: str, default: Any = None) -> ValueState[Any]:
-        backend = self._state_backend(f"value state {name!r}")
-        return ValueState(backend.table(name, StateKind.VALUE), self._keys, default)
+        return self._state_backend(f"value state {name!r}").value_state(name, default)
 
     def list_state(self, name: str) -> ListState[Any]:
-        backend = self._state_backend(f"list state {name!r}")
-        return ListState(backend.table(name, StateKind.LIST), self._keys)
+        return self._state_backend(f"list state {name!r}").list_state(name)
 
     def map_state(self, name: str) -> MapState[Any, Any]:
-        backend = self._state_backend(f"map state {name!r}")
-        return MapState(backend.table(name, StateKind.MAP), self._keys)
+        return self._state_backend(f"map state {name!r}").map_state(name)
 
     def reducing_state(self, name: str, reduce_fn: Callable[[Any, Any], Any]) -> ReducingState[Any]:
         if not callable(reduce_fn):
             raise GraphError(f"operator {self.operator!r}: the reduce function of state {name!r} is not callable")
-        backend = self._state_backend(f"reducing state {name!r}")
-        return ReducingState(backend.table(name, StateKind.REDUCING), self._keys, reduce_fn)
+        return self._state_backend(f"reducing state {name!r}").reducing_state(name, reduce_fn)
 
 
 class ProcessFunction:

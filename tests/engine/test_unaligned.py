@@ -41,6 +41,7 @@ import pytest
 
 import flowstate as fs
 from flowstate.state.keygroups import key_group_of, subtask_for_key_group
+from flowstate.state.memory import heap_snapshot_entries
 from flowstate.storage.local import LocalCheckpointStorage
 from flowstate.testing.oracles import bank
 
@@ -191,7 +192,7 @@ def assert_every_checkpoint_is_a_consistent_cut_of_the_sequences(checkpoint_dir:
                 k = int(split.removeprefix("gen-"))
                 read[NAMES[k]] = (position - k) // SPLITS
             if "in-order" in state:
-                applied.update(state["in-order"]["tables"]["last"]["entries"])
+                applied.update(heap_snapshot_entries(state["in-order"].data, "last"))
             channels = state.get("__channels__", {})
             assert sum(len(b) for batches in channels.values() for b in batches) == task.channel_state_bytes
             assert set(channels) <= set(range(PARALLELISM)), (task, set(channels))

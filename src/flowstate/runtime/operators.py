@@ -9,7 +9,10 @@ Contract of every operator, in the order the task calls it:
    input list is never changed) or ``None`` for a sink.
 3. ``snapshot(checkpoint_id)``: the synchronous part, between two batches; returns a
    ``SnapshotPart`` whose ``materialize()`` (the asynchronous part) yields a picklable value, or
-   ``None`` when the operator has no state.
+   ``None`` when the operator has no state. A keyed operator returns the ``KeyedSnapshot`` of its
+   state backend (``flowstate.state.backend``): its ``materialize()`` yields ``SnapshotParts``, and
+   its ``release()`` is to be called once the parts are stored. Its ``open`` takes back a
+   ``RestoredState`` (or the ``SnapshotParts`` as stored, or a list of either after a rescale).
 4. ``notify_complete(id)`` / ``notify_aborted(id)`` whenever the coordinator says so.
 5. ``end_of_input()`` once every input ended; ``close()`` last, always.
 
@@ -33,7 +36,7 @@ from flowstate import failpoints as fp_names
 from flowstate.errors import UserFunctionError
 from flowstate.failpoints import Failpoints
 from flowstate.functions import ProcessFunction, RuntimeContext
-from flowstate.state.backend import KeyedSnapshot, StateKind
+from flowstate.state.backend import BackendFactory, KeyedSnapshot, as_restored
 from flowstate.state.keygroups import key_group_range
 from flowstate.state.memory import HeapKeyedStateBackend
 
@@ -55,6 +58,8 @@ class OperatorEnv:
     max_parallelism: int
     checkpoints: bool
     failpoints: Failpoints
+    state_backend: BackendFactory = HeapKeyedStateBackend
+    """Builds the keyed state backend of each keyed operator subtask (heap unless configured)."""
 
 
 class Operator:
@@ -178,7 +183,7 @@ class _Keyed(Operator):
     def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any]) -> None:
         super().__init__(uid, name, env)
         self.key_fn = key_fn
-        self.backend = HeapKeyedStateBackend(
+        self.backend = env.state_backend(
             env.max_parallelism, key_group_range(env.max_parallelism, env.parallelism, env.subtask)
         )
 
@@ -186,10 +191,13 @@ class _Keyed(Operator):
         """``resume_state`` is the list of keyed snapshots whose key-group ranges overlap this
         subtask's (several after a rescale; see ``flowstate.runtime.state_assignment``), or one."""
         if resume_state is not None:
-            self.backend.restore(resume_state if isinstance(resume_state, list) else [resume_state])
+            self.backend.restore(as_restored(resume_state))
 
     def snapshot(self, checkpoint_id: int) -> KeyedSnapshot:
         return self.backend.snapshot()
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 class KeyedProcessOperator(_Keyed):
@@ -206,6 +214,7 @@ class KeyedProcessOperator(_Keyed):
             raise UserFunctionError(self.name, "<open>", exc) from exc
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
+        self.backend.maybe_fold()
         process = self.fn.process
         key_fn = self.key_fn
         keys = self.backend.keys
@@ -224,7 +233,10 @@ class KeyedProcessOperator(_Keyed):
         return out
 
     def close(self) -> None:
-        self.fn.close()
+        try:
+            self.fn.close()
+        finally:
+            super().close()
 
 
 class ReduceOperator(_Keyed):
@@ -233,34 +245,26 @@ class ReduceOperator(_Keyed):
     def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any], fn: Callable[[Any, Any], Any]) -> None:
         super().__init__(uid, name, env, key_fn)
         self.fn = fn
-        self.table = self.backend.table("reduce", StateKind.VALUE)
 
     def open(self, resume_state: Any) -> None:
         super().open(resume_state)
-        self.table = self.backend.table("reduce", StateKind.VALUE)
+        self.state = self.backend.reducing_state("reduce", self.fn)
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
-        fn = self.fn
+        self.backend.maybe_fold()
         key_fn = self.key_fn
-        table = self.table
-        get = table.get
+        keys = self.backend.keys
+        add_and_get = self.state.add_and_get
         out: list[Any] = []
         append = out.append
-        missing = _MISSING
         record = None
         try:
             for record in batch:
-                key = key_fn(record)
-                old = get(key, missing)
-                new = record if old is missing else fn(old, record)
-                table[key] = new
-                append(new)
+                keys.current_key = key_fn(record)
+                append(add_and_get(record))
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
         return out
-
-
-_MISSING = object()
 
 
 class SinkOperator(Operator):

@@ -2,14 +2,20 @@
 
 Every state object reads and writes the entry of the **current key**, which the runtime sets before
 each call of a keyed function. A state object is created once, in ``open``, and used for every key.
+The classes below are the contract; each backend (``flowstate.state.memory``,
+``flowstate.state.rocksdb``) creates its own implementation of them, so that a record costs what the
+backend needs and nothing more.
 
-Values are stored by reference. Do not mutate an object after storing it unless you store it again:
-a checkpoint copies entries when it is taken, not when they change.
+Values are handed to the backend on ``update``/``add``/``put``. The heap backend keeps them by
+reference: do not mutate an object after storing it unless you store it again (a snapshot may hold
+the object that was stored, not a copy). The RocksDB backend serializes them when they are stored.
+Lists returned by ``ListState.get`` and the iterators of ``MapState`` are copies: changing them
+changes nothing in the state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
@@ -28,124 +34,95 @@ class KeyContext:
 class ValueState(Generic[V]):
     """One value per key. ``value()`` returns ``default`` for a key that has none."""
 
-    __slots__ = ("_table", "_keys", "_default")
-
-    def __init__(self, table: dict[Any, V], keys: KeyContext, default: V | None) -> None:
-        self._table = table
-        self._keys = keys
-        self._default = default
+    __slots__ = ()
 
     def value(self) -> V | None:
-        return self._table.get(self._keys.current_key, self._default)
+        raise NotImplementedError
 
     def update(self, value: V | None) -> None:
         """Set the value of the current key; ``None`` clears it."""
-        if value is None:
-            self._table.pop(self._keys.current_key, None)
-        else:
-            self._table[self._keys.current_key] = value
+        raise NotImplementedError
 
     def clear(self) -> None:
-        self._table.pop(self._keys.current_key, None)
+        raise NotImplementedError
 
 
 class ListState(Generic[V]):
-    """A list per key."""
+    """A list per key. A key whose list becomes empty has no entry."""
 
-    __slots__ = ("_table", "_keys")
-
-    def __init__(self, table: dict[Any, list[V]], keys: KeyContext) -> None:
-        self._table = table
-        self._keys = keys
+    __slots__ = ()
 
     def get(self) -> list[V]:
         """A copy of the current key's list (empty when it has none)."""
-        return list(self._table.get(self._keys.current_key, ()))
+        raise NotImplementedError
 
     def add(self, value: V) -> None:
-        self._table.setdefault(self._keys.current_key, []).append(value)
+        raise NotImplementedError
 
     def add_all(self, values: Iterable[V]) -> None:
-        self._table.setdefault(self._keys.current_key, []).extend(values)
+        raise NotImplementedError
 
     def update(self, values: Iterable[V]) -> None:
-        new = list(values)
-        if new:
-            self._table[self._keys.current_key] = new
-        else:
-            self._table.pop(self._keys.current_key, None)
+        """Replace the list; an empty ``values`` clears it."""
+        raise NotImplementedError
 
     def clear(self) -> None:
-        self._table.pop(self._keys.current_key, None)
+        raise NotImplementedError
 
 
 class MapState(Generic[K, V]):
-    """A dictionary per key."""
+    """A dictionary per key. A key whose dictionary becomes empty has no entry."""
 
-    __slots__ = ("_table", "_keys")
-
-    def __init__(self, table: dict[Any, dict[K, V]], keys: KeyContext) -> None:
-        self._table = table
-        self._keys = keys
-
-    def _map(self) -> dict[K, V]:
-        return self._table.get(self._keys.current_key) or {}
+    __slots__ = ()
 
     def get(self, key: K, default: V | None = None) -> V | None:
-        return self._map().get(key, default)
+        raise NotImplementedError
 
     def put(self, key: K, value: V) -> None:
-        self._table.setdefault(self._keys.current_key, {})[key] = value
+        raise NotImplementedError
 
     def put_all(self, entries: dict[K, V]) -> None:
-        self._table.setdefault(self._keys.current_key, {}).update(entries)
+        raise NotImplementedError
 
     def contains(self, key: K) -> bool:
-        return key in self._map()
+        raise NotImplementedError
 
     def remove(self, key: K) -> None:
-        m = self._table.get(self._keys.current_key)
-        if m is not None:
-            m.pop(key, None)
-            if not m:
-                del self._table[self._keys.current_key]
+        """Remove ``key`` if present (no error when it is not)."""
+        raise NotImplementedError
 
     def keys(self) -> Iterator[K]:
-        return iter(list(self._map()))
+        """The map keys of the current key, as they were when called."""
+        raise NotImplementedError
 
     def values(self) -> Iterator[V]:
-        return iter(list(self._map().values()))
+        raise NotImplementedError
 
     def items(self) -> Iterator[tuple[K, V]]:
-        return iter(list(self._map().items()))
+        raise NotImplementedError
 
     def is_empty(self) -> bool:
-        return not self._map()
+        raise NotImplementedError
 
     def clear(self) -> None:
-        self._table.pop(self._keys.current_key, None)
+        raise NotImplementedError
 
 
 class ReducingState(Generic[V]):
-    """One value per key, combined with ``reduce_fn`` on every ``add``."""
+    """One value per key, combined with ``reduce_fn(old, new)`` on every ``add``."""
 
-    __slots__ = ("_table", "_keys", "_fn")
-
-    def __init__(self, table: dict[Any, V], keys: KeyContext, reduce_fn: Callable[[V, V], V]) -> None:
-        self._table = table
-        self._keys = keys
-        self._fn = reduce_fn
+    __slots__ = ()
 
     def get(self) -> V | None:
-        return self._table.get(self._keys.current_key)
+        raise NotImplementedError
 
     def add(self, value: V) -> None:
-        key = self._keys.current_key
-        table = self._table
-        if key in table:
-            table[key] = self._fn(table[key], value)
-        else:
-            table[key] = value
+        raise NotImplementedError
+
+    def add_and_get(self, value: V) -> V:
+        """``add(value)``, then the new reduced value (backends do it in one lookup)."""
+        self.add(value)
+        return self.get()  # type: ignore[return-value]
 
     def clear(self) -> None:
-        self._table.pop(self._keys.current_key, None)
+        raise NotImplementedError

@@ -1,0 +1,727 @@
+"""Embedded RocksDB keyed state backend (through ``rocksdict``), with incremental snapshots.
+
+**Layout.** One database per operator subtask, in a working directory of its own; one column family
+per state (``"state:" + name``). Every row key starts with the **key prefix** of its key: the key
+group (two bytes, big-endian), the length of the key's canonical encoding (a varint) and that
+encoding (``flowstate.state.codec``). The prefix is prefix-free, so the rows of one key are exactly
+the rows that start with its prefix, and the rows of a key-group range are one contiguous range:
+
+- value and reducing state: the row key is the prefix;
+- list state: prefix + an 8-byte big-endian sequence number, one row per element in the order they
+  were added (``add`` writes one row, never reads the list);
+- map state: prefix + the canonical encoding of the map key, one row per entry.
+
+Row values are ``codec.ValueCodec`` encodings (a tag byte, then msgpack or pickle). Writes skip the
+write-ahead log: durability comes from checkpoints. SST files are compressed with zstd when the
+bundled RocksDB has it (it does in rocksdict 0.3), else lz4, else not at all (``compression`` says
+which).
+
+**Write buffer.** Point writes (value, reducing, list ``add``, map ``put``/``remove``) go into a
+dict per state first (the encoded row, or ``None`` for a delete) and reach RocksDB as one
+``WriteBatch`` when it holds ``write_batch_entries`` rows or about ``write_batch_bytes`` bytes,
+before any scan or range delete of that state, and in the synchronous part of a snapshot. Point reads
+look in that dict before RocksDB, so every read sees every earlier write, and a key updated by many
+records in a row costs dict operations until the batch is written. Key prefixes of recent keys are
+cached too.
+
+**Snapshots.** Step (1), the synchronous part: write the buffers, then create a RocksDB checkpoint
+of the database in ``snapshots/<n>`` of the working directory. A checkpoint flushes the memtables
+and hard-links the SST files (immutable) and copies the small files. Its cost is the size of the
+memtables and the number of files, not the size of the state. Step (2), the asynchronous part
+(``materialize``) lists that directory: every SST becomes a shared file keyed
+``"<uuid of the database instance that wrote it>-<file name>"`` (RocksDB never reuses a file number
+within one instance, so a key always names the same bytes, and an SST that outlives several
+checkpoints keeps its key: the caller uploads it once); the other small files (manifest,
+``CURRENT``; not the options files, which RocksDB writes anew when it opens a database) are inline in
+``data``. Step (3), ``release`` deletes the directory.
+
+``data`` (format ``rocksdb-v1``): ``{"format", "max_parallelism", "key_groups": [start, stop],
+"states": {name: kind}, "sst": {file name: file key}, "inline": {file name: bytes},
+"next_sequence": int, "full": bool}``.
+
+**Restore.** Of the snapshots given, the one that shares the most key groups with this subtask is the
+base: its SSTs are hard-linked (or copied) into the new database directory under their own names,
+its small files written, and the database opened as it is; when it holds key groups this subtask
+does not own, they are deleted with two range deletes (cheap: RocksDB drops them in later
+compactions). Every other snapshot that shares key groups is opened read-only in a scratch directory
+and only the rows of the shared key-group range are read (range scans) and written. So a restore at
+the same parallelism opens the files in place, and a rescale reads only its ranges.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rocksdict import (
+    AccessType,
+    Checkpoint,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
+
+from flowstate.state.api import KeyContext, ListState, MapState, ReducingState, ValueState
+from flowstate.state.backend import (
+    RestoredState,
+    SnapshotParts,
+    StateError,
+    StateKind,
+    check_header,
+    check_key_groups,
+)
+from flowstate.state.codec import ValueCodec, decode_key, encode_key, read_varint, varint
+from flowstate.state.keygroups import key_group_of
+
+FORMAT = "rocksdb-v1"
+CF_PREFIX = "state:"
+DEFAULT_WRITE_BUFFER_SIZE = 32 << 20
+DEFAULT_WRITE_BATCH_ENTRIES = 16_384
+DEFAULT_WRITE_BATCH_BYTES = 8 << 20
+COMPRESSIONS = ("zstd", "lz4", "none")
+_COMPRESSION_TYPES: dict[str, Callable[[], DBCompressionType]] = {
+    "zstd": DBCompressionType.zstd, "lz4": DBCompressionType.lz4, "none": DBCompressionType.none,
+}
+_pack_sequence = struct.Struct(">Q").pack
+_RESTORE_BATCH_ROWS = 10_000
+_PREFIX_CACHE_ENTRIES = 1 << 16
+_MISS = object()
+
+
+def successor(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string that starts with ``prefix`` (``None``:
+    there is none, ``prefix`` is all 0xff)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
+
+
+def key_prefix(key: Any, max_parallelism: int) -> bytes:
+    """The prefix of every row of ``key``: key group, length, canonical encoding."""
+    encoded = encode_key(key)
+    return key_group_of(key, max_parallelism).to_bytes(2, "big") + varint(len(encoded)) + encoded
+
+
+def split_prefix(row: bytes) -> tuple[bytes, Any]:
+    """The key prefix a row key starts with, and the key it encodes."""
+    size, pos = read_varint(row, 2)
+    return row[: pos + size], decode_key(row[pos : pos + size])
+
+
+class _RocksKeyContext(KeyContext):
+    """The current key, and its key prefix, computed once per record (not once per state access)
+    and remembered for keys seen recently (a bounded cache of ``str``, ``bytes`` and ``int`` keys:
+    the types whose equal values always have equal prefixes)."""
+
+    __slots__ = ("_cache", "_maxp", "_prefix", "_prefix_of")
+
+    def __init__(self, max_parallelism: int) -> None:
+        super().__init__()
+        self._maxp = max_parallelism
+        self._prefix_of: Any = _MISS
+        self._prefix = b""
+        self._cache: dict[Any, bytes] = {}
+
+    def prefix(self) -> bytes:
+        key = self.current_key
+        if key is self._prefix_of:
+            return self._prefix
+        kind = type(key)
+        if kind is str or kind is bytes or kind is int:
+            cache = self._cache
+            prefix = cache.get(key)
+            if prefix is None:
+                if len(cache) >= _PREFIX_CACHE_ENTRIES:
+                    cache.clear()
+                prefix = cache[key] = key_prefix(key, self._maxp)
+        else:
+            prefix = key_prefix(key, self._maxp)
+        self._prefix_of = key
+        self._prefix = prefix
+        return prefix
+
+
+class _Column:
+    """One state: its column family, and the write buffer of its point writes (``None``: delete).
+
+    The buffer is written to RocksDB when it holds ``limit`` rows or about ``byte_limit`` bytes (the
+    sizes of all writes since the last batch are added up, overwrites included: a bound, not a
+    measure)."""
+
+    __slots__ = ("byte_limit", "bytes", "cf", "db", "handle", "kind", "limit", "pending")
+
+    def __init__(self, db: Rdict, name: str, kind: StateKind, limit: int, byte_limit: int) -> None:
+        self.db = db
+        self.cf = db.get_column_family(CF_PREFIX + name)
+        self.cf.set_write_options(_write_options())
+        self.handle = db.get_column_family_handle(CF_PREFIX + name)
+        self.kind = kind
+        self.limit = limit
+        self.byte_limit = byte_limit
+        self.bytes = 0
+        self.pending: dict[bytes, bytes | None] = {}
+
+    def get(self, row: bytes) -> bytes | None:
+        found = self.pending.get(row, _MISS)
+        return self.cf.get(row) if found is _MISS else found  # type: ignore[return-value]
+
+    def put(self, row: bytes, value: bytes | None) -> None:
+        pending = self.pending
+        pending[row] = value
+        if value is not None:
+            self.bytes += len(value)
+        if len(pending) >= self.limit or self.bytes >= self.byte_limit:
+            self.write()
+
+    def write(self) -> None:
+        """Writes the buffer to RocksDB as one batch."""
+        if not self.pending:
+            return
+        batch = WriteBatch(raw_mode=True)
+        handle = self.handle
+        for row, value in self.pending.items():
+            if value is None:
+                batch.delete(row, handle)
+            else:
+                batch.put(row, value, handle)
+        self.db.write(batch)
+        self.pending.clear()
+        self.bytes = 0
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The rows that start with ``prefix``, in order (after writing the buffer).
+
+        The end of the range is checked here rather than with ``ReadOptions`` bounds: rocksdict
+        does not keep a bound alive for as long as the iterator that uses it."""
+        self.write()
+        for row, value in self.cf.items(from_key=prefix):
+            if not row.startswith(prefix):
+                return
+            yield row, value
+
+    def delete_prefix(self, prefix: bytes) -> None:
+        self.write()
+        self.cf.delete_range(prefix, successor(prefix))
+
+
+class RocksValueState(ValueState[Any]):
+    __slots__ = ("_col", "_decode", "_default", "_encode", "_keys")
+
+    def __init__(self, col: _Column, keys: _RocksKeyContext, codec: ValueCodec, default: Any) -> None:
+        self._col = col
+        self._keys = keys
+        self._encode = codec.encode
+        self._decode = codec.decode
+        self._default = default
+
+    def value(self) -> Any:
+        raw = self._col.get(self._keys.prefix())
+        return self._default if raw is None else self._decode(raw)
+
+    def update(self, value: Any) -> None:
+        self._col.put(self._keys.prefix(), None if value is None else self._encode(value))
+
+    def clear(self) -> None:
+        self._col.put(self._keys.prefix(), None)
+
+
+class RocksReducingState(ReducingState[Any]):
+    __slots__ = ("_col", "_decode", "_encode", "_fn", "_keys")
+
+    def __init__(self, col: _Column, keys: _RocksKeyContext, codec: ValueCodec,
+                 reduce_fn: Callable[[Any, Any], Any]) -> None:
+        self._col = col
+        self._keys = keys
+        self._encode = codec.encode
+        self._decode = codec.decode
+        self._fn = reduce_fn
+
+    def get(self) -> Any:
+        raw = self._col.get(self._keys.prefix())
+        return None if raw is None else self._decode(raw)
+
+    def add(self, value: Any) -> None:
+        self.add_and_get(value)
+
+    def add_and_get(self, value: Any) -> Any:
+        row = self._keys.prefix()
+        raw = self._col.get(row)
+        new = value if raw is None else self._fn(self._decode(raw), value)
+        self._col.put(row, self._encode(new))
+        return new
+
+    def clear(self) -> None:
+        self._col.put(self._keys.prefix(), None)
+
+
+class _Sequence:
+    """The next sequence number of a list element, for every list state of one backend."""
+
+    __slots__ = ("next",)
+
+    def __init__(self) -> None:
+        self.next = 0
+
+
+class RocksListState(ListState[Any]):
+    __slots__ = ("_codec", "_col", "_keys", "_sequence")
+
+    def __init__(self, col: _Column, keys: _RocksKeyContext, codec: ValueCodec, sequence: _Sequence) -> None:
+        self._col = col
+        self._keys = keys
+        self._codec = codec
+        self._sequence = sequence
+
+    def get(self) -> list[Any]:
+        decode = self._codec.decode
+        return [decode(raw) for _, raw in self._col.scan(self._keys.prefix())]
+
+    def add(self, value: Any) -> None:
+        sequence = self._sequence
+        number = sequence.next
+        sequence.next = number + 1
+        self._col.put(self._keys.prefix() + _pack_sequence(number), self._codec.encode(value))
+
+    def add_all(self, values: Iterable[Any]) -> None:
+        for value in values:
+            self.add(value)
+
+    def update(self, values: Iterable[Any]) -> None:
+        new = list(values)  # before the clear: ``values`` may be a generator over this very list
+        self.clear()
+        self.add_all(new)
+
+    def clear(self) -> None:
+        self._col.delete_prefix(self._keys.prefix())
+
+
+class RocksMapState(MapState[Any, Any]):
+    __slots__ = ("_codec", "_col", "_keys")
+
+    def __init__(self, col: _Column, keys: _RocksKeyContext, codec: ValueCodec) -> None:
+        self._col = col
+        self._keys = keys
+        self._codec = codec
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        raw = self._col.get(self._keys.prefix() + encode_key(key))
+        return default if raw is None else self._codec.decode(raw)
+
+    def put(self, key: Any, value: Any) -> None:
+        self._col.put(self._keys.prefix() + encode_key(key), self._codec.encode(value))
+
+    def put_all(self, entries: dict[Any, Any]) -> None:
+        prefix = self._keys.prefix()
+        encode = self._codec.encode
+        for key, value in entries.items():
+            self._col.put(prefix + encode_key(key), encode(value))
+
+    def contains(self, key: Any) -> bool:
+        return self._col.get(self._keys.prefix() + encode_key(key)) is not None
+
+    def remove(self, key: Any) -> None:
+        self._col.put(self._keys.prefix() + encode_key(key), None)
+
+    def _entries(self) -> list[tuple[Any, Any]]:
+        prefix = self._keys.prefix()
+        start = len(prefix)
+        decode = self._codec.decode
+        return [(decode_key(row[start:]), decode(raw)) for row, raw in self._col.scan(prefix)]
+
+    def keys(self) -> Iterator[Any]:
+        prefix = self._keys.prefix()
+        start = len(prefix)
+        return iter([decode_key(row[start:]) for row, _ in self._col.scan(prefix)])
+
+    def values(self) -> Iterator[Any]:
+        decode = self._codec.decode
+        return iter([decode(raw) for _, raw in self._col.scan(self._keys.prefix())])
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        return iter(self._entries())
+
+    def is_empty(self) -> bool:
+        return next(iter(self._col.scan(self._keys.prefix())), None) is None
+
+    def clear(self) -> None:
+        self._col.delete_prefix(self._keys.prefix())
+
+
+class RocksDBSnapshot:
+    """A RocksDB checkpoint directory taken by the synchronous part (Step 1)."""
+
+    __slots__ = ("_backend", "_file_keys", "_header", "_instance", "_path", "_state")
+
+    def __init__(self, backend: RocksDBKeyedStateBackend, path: Path, header: dict[str, Any],
+                 instance: str, file_keys: dict[str, str]) -> None:
+        self._backend = backend
+        self._path = path
+        self._header = header
+        self._instance = instance
+        self._file_keys = file_keys
+        self._state = "taken"
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint directory (until ``release``)."""
+        return self._path
+
+    def materialize(self) -> SnapshotParts:
+        """Step 2: lists the checkpoint directory."""
+        if self._state != "taken":
+            raise StateError(f"this snapshot was already {self._state}")
+        self._state = "materialized"
+        sst: dict[str, str] = {}
+        inline: dict[str, bytes] = {}
+        files: dict[str, str] = {}
+        for entry in sorted(os.scandir(self._path), key=lambda e: e.name):
+            if entry.name.endswith(".sst"):
+                key = self._file_keys.get(entry.name) or f"{self._instance}-{entry.name}"
+                sst[entry.name] = key
+                files[key] = entry.path
+            elif not entry.name.startswith("OPTIONS-"):  # RocksDB writes them anew on open
+                inline[entry.name] = Path(entry.path).read_bytes()
+        return SnapshotParts({**self._header, "sst": sst, "inline": inline}, files)
+
+    def release(self) -> None:
+        """Step 3: deletes the checkpoint directory (its hard links)."""
+        if self._state == "released":
+            return
+        self._state = "released"
+        self._backend._release(self._path)
+
+
+class RocksDBKeyedStateBackend:
+    """Keyed state in an embedded RocksDB database (see the module docstring).
+
+    ``directory`` is the working directory (it must not exist or be empty; it is created); without
+    it, a new temporary directory under ``base_dir`` (the system's temporary directory by default).
+    Either way the backend owns it and deletes it on ``close``. ``compression`` is one of
+    ``COMPRESSIONS`` or ``None`` for the best one available."""
+
+    def __init__(self, max_parallelism: int, key_groups: range, directory: str | os.PathLike[str] | None = None,
+                 *, base_dir: str | os.PathLike[str] | None = None, compression: str | None = None,
+                 write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE,
+                 write_batch_entries: int = DEFAULT_WRITE_BATCH_ENTRIES,
+                 write_batch_bytes: int = DEFAULT_WRITE_BATCH_BYTES) -> None:
+        check_key_groups(max_parallelism, key_groups)
+        if compression is not None and compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)} or None, not {compression!r}")
+        if write_batch_entries < 1 or write_batch_bytes < 1:
+            raise ValueError(f"write_batch_entries ({write_batch_entries}) and write_batch_bytes "
+                             f"({write_batch_bytes}) must be at least 1")
+        if directory is None:
+            if base_dir is not None:
+                os.makedirs(base_dir, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="flowstate-rocksdb-", dir=base_dir))
+        else:
+            self._dir = Path(directory)
+            self._dir.mkdir(parents=True, exist_ok=True)
+            if any(self._dir.iterdir()):
+                raise StateError(f"the working directory {self._dir} of a RocksDB state backend must be empty")
+        self._maxp = max_parallelism
+        self._key_groups = key_groups
+        self._wanted_compression = compression
+        self.compression: str | None = None
+        """The SST compression in use, once the database is open."""
+        self._write_buffer_size = write_buffer_size
+        self._batch_entries = write_batch_entries
+        self._batch_bytes = write_batch_bytes
+        self._keys = _RocksKeyContext(max_parallelism)
+        self._codec = ValueCodec()
+        self._sequence = _Sequence()
+        self._instance = uuid.uuid4().hex
+        self._db: Rdict | None = None
+        self._columns: dict[str, _Column] = {}
+        self._families: set[str] = set()
+        self._file_keys: dict[str, str] = {}
+        self._snapshots_taken = 0
+        self._lock = threading.Lock()
+        self._outstanding: set[Path] = set()
+        self._used = False
+        self._closed = False
+
+    @property
+    def keys(self) -> KeyContext:
+        return self._keys
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    # ---- the database ----------------------------------------------------------------------------
+
+    def _options(self) -> Options:
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.create_missing_column_families(True)
+        options.set_write_buffer_size(self._write_buffer_size)
+        options.set_max_background_jobs(2)
+        options.set_keep_log_file_num(2)
+        options.set_max_log_file_size(1 << 20)
+        # The manifest is copied inline into every snapshot: keep it small.
+        options.set_max_manifest_file_size(256 << 10)
+        if self.compression is not None:
+            options.set_compression_type(_COMPRESSION_TYPES[self.compression]())
+        return options
+
+    def _open_db(self, path: Path, read_only: bool = False) -> Rdict:
+        """Opens the database at ``path`` with every column family it has; on the first open, picks
+        the best compression the bundled RocksDB supports."""
+        choices = [self.compression] if self.compression else (
+            [self._wanted_compression] if self._wanted_compression else list(COMPRESSIONS))
+        error: Exception | None = None
+        for choice in choices:
+            self.compression = choice
+            options = self._options()
+            families = {}
+            if (path / "CURRENT").exists():
+                families = {cf: self._options() for cf in Rdict.list_cf(str(path), options) if cf != "default"}
+            access = AccessType.read_only(False) if read_only else AccessType.read_write()
+            try:
+                db = Rdict(str(path), options, column_families=families, access_type=access)
+            except Exception as exc:  # RocksDB reports a codec it lacks as a generic error
+                if "compression" not in str(exc).lower() or len(choices) == 1:
+                    raise
+                error = exc
+                continue
+            if not read_only:
+                db.set_write_options(_write_options())
+                self._families = set(families)
+            return db
+        raise StateError(f"no SST compression of {COMPRESSIONS} is available: {error}")
+
+    def _database(self) -> Rdict:
+        if self._closed:
+            raise StateError("the RocksDB state backend is closed")
+        if self._db is None:
+            self._db = self._open_db(self._dir / "db")
+        return self._db
+
+    def _column(self, name: str, kind: StateKind) -> _Column:
+        self._used = True
+        column = self._columns.get(name)
+        if column is not None:
+            if column.kind is not kind:
+                raise StateError(f"state {name!r} is {column.kind.value} state; it cannot also be {kind.value} state")
+            return column
+        db = self._database()
+        if CF_PREFIX + name not in self._families:
+            db.create_column_family(CF_PREFIX + name, self._options())
+            self._families.add(CF_PREFIX + name)
+        column = self._columns[name] = _Column(db, name, kind, self._batch_entries, self._batch_bytes)
+        return column
+
+    # ---- state objects (rule 1) ------------------------------------------------------------------
+
+    def value_state(self, name: str, default: Any = None) -> RocksValueState:
+        return RocksValueState(self._column(name, StateKind.VALUE), self._keys, self._codec, default)
+
+    def list_state(self, name: str) -> RocksListState:
+        return RocksListState(self._column(name, StateKind.LIST), self._keys, self._codec, self._sequence)
+
+    def map_state(self, name: str) -> RocksMapState:
+        return RocksMapState(self._column(name, StateKind.MAP), self._keys, self._codec)
+
+    def reducing_state(self, name: str, reduce_fn: Callable[[Any, Any], Any]) -> RocksReducingState:
+        return RocksReducingState(self._column(name, StateKind.REDUCING), self._keys, self._codec, reduce_fn)
+
+    def state_keys(self, name: str) -> Iterator[Any]:
+        column = self._columns.get(name)
+        if column is None:
+            return iter(())
+        column.write()
+        keys = []
+        last = b""
+        for row in column.cf.keys():  # noqa: SIM118 - an Rdict, not a dict: it has no __iter__
+            if not last or not row.startswith(last):
+                last, key = split_prefix(row)
+                keys.append(key)
+        return iter(keys)
+
+    # ---- snapshots (rules 3 to 5) ----------------------------------------------------------------
+
+    def snapshot(self, full: bool = False) -> RocksDBSnapshot:
+        """Step 1 (see the module docstring). ``full`` is recorded in the data; the files are the
+        same (the caller copies them all into a savepoint)."""
+        db = self._database()
+        self._used = True
+        for column in self._columns.values():
+            column.write()
+        self._snapshots_taken += 1
+        path = self._dir / "snapshots" / f"{self._snapshots_taken:08d}"
+        path.parent.mkdir(exist_ok=True)
+        Checkpoint(db).create_checkpoint(str(path))
+        with self._lock:
+            self._outstanding.add(path)
+        header = {
+            "format": FORMAT, "max_parallelism": self._maxp,
+            "key_groups": [self._key_groups.start, self._key_groups.stop],
+            "states": {name: column.kind.value for name, column in self._columns.items()},
+            "next_sequence": self._sequence.next, "full": full,
+        }
+        return RocksDBSnapshot(self, path, header, self._instance, self._file_keys)
+
+    def _release(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        with self._lock:
+            self._outstanding.discard(path)
+            last = self._closed and not self._outstanding  # else close() deletes the directory
+        if last:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def maybe_fold(self) -> None:
+        """Nothing to do: RocksDB compacts in its own threads."""
+
+    # ---- restore (rule 2) ------------------------------------------------------------------------
+
+    def restore(self, states: Iterable[RestoredState]) -> None:
+        if self._used or self._db is not None:
+            raise StateError("restore() must come first: state was already created or snapshotted in this backend")
+        self._used = True
+        own = self._key_groups
+        shared: list[tuple[RestoredState, range, range]] = []
+        for state in states:
+            theirs = check_header(state.data, FORMAT, self._maxp, "rocksdb")
+            for name, key in state.data["sst"].items():
+                if key not in state.files:
+                    raise StateError(f"the snapshot lists file {key!r} ({name}), but restore() was not given its path")
+            common = range(max(own.start, theirs.start), min(own.stop, theirs.stop))
+            if common:
+                shared.append((state, theirs, common))
+        if not shared:
+            return
+        shared.sort(key=lambda item: len(item[2]), reverse=True)
+        base, base_range, _ = shared[0]
+        _lay_out(base, self._dir / "db")
+        self._db = self._open_db(self._dir / "db")
+        self._file_keys = dict(base.data["sst"])
+        for name, kind in base.data["states"].items():
+            self._column(name, StateKind(kind))
+        self._clip(base_range)
+        for number, (state, _, common) in enumerate(shared[1:]):
+            self._copy_rows(state, common, self._dir / f"restore-{number}")
+        self._sequence.next = max(state.data["next_sequence"] for state, _, _ in shared)
+
+    def _clip(self, theirs: range) -> None:
+        """Deletes the rows of key groups outside this subtask's range (the base held more)."""
+        own = self._key_groups
+        for column in self._columns.values():
+            if theirs.start < own.start:
+                column.cf.delete_range(theirs.start.to_bytes(2, "big"), own.start.to_bytes(2, "big"))
+            if own.stop < theirs.stop:
+                column.cf.delete_range(own.stop.to_bytes(2, "big"), theirs.stop.to_bytes(2, "big"))
+
+    def _copy_rows(self, state: RestoredState, common: range, scratch: Path) -> None:
+        """Reads the rows of key groups ``common`` from another snapshot (range scans) into this one."""
+        _lay_out(state, scratch)
+        source = self._open_db(scratch, read_only=True)
+        try:
+            for name, kind in state.data["states"].items():
+                column = self._column(name, StateKind(kind))
+                stop = common.stop.to_bytes(2, "big")
+                rows = source.get_column_family(CF_PREFIX + name).items(from_key=common.start.to_bytes(2, "big"))
+                batch = WriteBatch(raw_mode=True)
+                for row, value in rows:
+                    if row[:2] >= stop:
+                        break
+                    batch.put(row, value, column.handle)
+                    if len(batch) >= _RESTORE_BATCH_ROWS:
+                        column.db.write(batch)
+                        batch = WriteBatch(raw_mode=True)
+                column.db.write(batch)
+                del rows
+        finally:
+            source.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    # ---- resources and metrics (rules 6 and 7) ---------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self._db is not None:
+            # Dropping the column families first spares the flush of their memtables that closing a
+            # database without a write-ahead log does (the files are deleted next anyway). The
+            # database is closed before the state objects let go of their column family handles:
+            # the other order makes rocksdict's close wait a second.
+            for family in self._families:
+                self._db.drop_column_family(family)
+            self._db.close()
+            self._db = None
+        self._columns.clear()
+        shutil.rmtree(self._dir / "db", ignore_errors=True)
+        with self._lock:
+            self._closed = True
+            last = not self._outstanding
+        if last:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _property_sum(self, name: str) -> int:
+        total = 0
+        for column in self._columns.values():
+            total += column.cf.property_int_value(name) or 0
+        return total
+
+    def entry_count(self) -> int:
+        """RocksDB's estimate of the rows (``rocksdb.estimate-num-keys``): one per value or reducing
+        key, one per list element and map entry; rows overwritten or deleted since the last
+        compaction may be counted. Plus the rows waiting in the write buffers."""
+        return self._property_sum("rocksdb.estimate-num-keys") + sum(
+            len(column.pending) for column in self._columns.values())
+
+    def state_size_bytes(self) -> int:
+        """The size of the live SST files plus the memtables."""
+        return self._property_sum("rocksdb.live-sst-files-size") + self._property_sum(
+            "rocksdb.cur-size-all-mem-tables")
+
+
+def _write_options() -> WriteOptions:
+    """No write-ahead log: checkpoints make the state durable, and a restart restores one."""
+    options = WriteOptions()
+    options.disable_wal = True
+    return options
+
+
+def _lay_out(state: RestoredState, target: Path) -> None:
+    """Builds the database directory of a snapshot: its SSTs hard-linked (copied across file
+    systems) under their own names, its small files written. The restored files are never changed:
+    RocksDB only ever reads an SST, and deleting a link leaves the original in place."""
+    target.mkdir(parents=True)
+    for name, key in state.data["sst"].items():
+        source = state.files[key]
+        try:
+            os.link(source, target / name)
+        except OSError:
+            shutil.copyfile(source, target / name)
+    for name, content in state.data["inline"].items():
+        (target / name).write_bytes(content)
+
+
+@dataclass(frozen=True, slots=True)
+class RocksDBBackendFactory:
+    """Builds a ``RocksDBKeyedStateBackend`` per operator subtask, each in a new temporary directory
+    under ``base_dir`` (``OperatorEnv.state_backend``)."""
+
+    base_dir: str | None = None
+    compression: str | None = None
+    write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE
+    write_batch_entries: int = DEFAULT_WRITE_BATCH_ENTRIES
+    write_batch_bytes: int = DEFAULT_WRITE_BATCH_BYTES
+
+    def __call__(self, max_parallelism: int, key_groups: range) -> RocksDBKeyedStateBackend:
+        return RocksDBKeyedStateBackend(max_parallelism, key_groups, base_dir=self.base_dir,
+                                        compression=self.compression, write_buffer_size=self.write_buffer_size,
+                                        write_batch_entries=self.write_batch_entries,
+                                        write_batch_bytes=self.write_batch_bytes)

@@ -1,0 +1,259 @@
+"""The RocksDB backend: row layout by key group, incremental snapshots as shared SST files, restores
+that open the files in place, and the working directory's life cycle (``flowstate.state.rocksdb``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from flowstate.state.backend import RestoredState, StateError
+from flowstate.state.codec import decode_key, encode_key
+from flowstate.state.keygroups import key_group_of, key_group_range
+from flowstate.state.rocksdb import RocksDBBackendFactory, RocksDBKeyedStateBackend, key_prefix
+
+from .conftest import Store, complete, dump
+
+MAXP = 128
+
+
+@pytest.fixture
+def backends(tmp_path):
+    built = []
+
+    def build(groups: range = range(MAXP), **kwargs) -> RocksDBKeyedStateBackend:
+        backend = RocksDBKeyedStateBackend(MAXP, groups, base_dir=tmp_path / "work", **kwargs)
+        built.append(backend)
+        return backend
+
+    yield build
+    for backend in built:
+        backend.close()
+
+
+def write_counts(backend, keys, value=0) -> None:
+    count = backend.value_state("count")
+    for key in keys:
+        backend.keys.current_key = key
+        count.update(value)
+
+
+def rows(backend, name):
+    column = backend._columns[name]
+    column.write()
+    return list(column.cf.items())
+
+
+def test_rows_start_with_the_key_group_then_the_key_then_the_element(backends):
+    backend = backends()
+    items = backend.list_state("items")
+    seen = backend.map_state("seen")
+    write_counts(backend, ["a", "b", 7])
+    backend.keys.current_key = "a"
+    items.add("x")
+    items.add("y")
+    seen.put(("m", 1), True)
+    count_rows = rows(backend, "count")
+    assert [r for r, _ in count_rows] == sorted(key_prefix(k, MAXP) for k in ["a", "b", 7])
+    for row, _ in count_rows:
+        assert int.from_bytes(row[:2], "big") == key_group_of(decode_key(row[3:]), MAXP)
+    prefix = key_prefix("a", MAXP)
+    assert [r for r, _ in rows(backend, "items")] == [prefix + (0).to_bytes(8, "big"), prefix + (1).to_bytes(8, "big")]
+    assert [r for r, _ in rows(backend, "seen")] == [prefix + encode_key(("m", 1))]
+
+
+def test_a_second_snapshot_after_few_changes_lists_mostly_the_same_files_and_uploads_only_the_new_ones(
+        backends, tmp_path):
+    store = Store(tmp_path / "store")
+    backend = backends()
+    write_counts(backend, range(20_000))
+    first = backend.snapshot()
+    files1 = dict(first.materialize().files)
+    store.put(files1)
+    first.release()
+    uploads = store.uploads
+    write_counts(backend, range(10), value=1)
+    second = backend.snapshot()
+    files2 = dict(second.materialize().files)
+    store.put(files2)
+    second.release()
+    assert set(files1) <= set(files2)
+    assert len(set(files2) - set(files1)) == 1, "one new SST: the ten changed keys"
+    assert store.uploads == uploads + 1
+    new = store.root / (set(files2) - set(files1)).pop()
+    assert new.stat().st_size < sum((store.root / k).stat().st_size for k in files1) / 10
+
+
+def test_a_file_key_always_names_the_same_bytes(backends, tmp_path):
+    backend = backends()
+    digests: dict[str, str] = {}
+    for round_ in range(4):
+        write_counts(backend, range(round_ * 1000, (round_ + 1) * 1000))
+        snapshot = backend.snapshot()
+        for key, path in snapshot.materialize().files.items():
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            assert digests.setdefault(key, digest) == digest
+        snapshot.release()
+    assert len(digests) >= 4
+
+
+def test_a_restore_at_the_same_parallelism_opens_the_stored_files_in_place_and_keeps_their_keys(backends, tmp_path):
+    store = Store(tmp_path / "store")
+    source = backends()
+    write_counts(source, range(5000))
+    state = complete(source.snapshot(), store)
+    restored = backends()
+    restored.restore([state])
+    linked = [p for p in (restored.directory / "db").iterdir() if p.suffix == ".sst"]
+    assert linked and all(os.path.samefile(p, store.root / state.data["sst"][p.name]) for p in linked)
+    again = restored.snapshot()
+    files = again.materialize().files
+    again.release()
+    assert set(state.files) <= set(files), "the restored files keep their keys: nothing to upload again"
+
+
+def test_the_restored_files_are_never_changed(backends, tmp_path):
+    store = Store(tmp_path / "store")
+    source = backends()
+    write_counts(source, range(3000))
+    state = complete(source.snapshot(), store)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in store.root.iterdir()}
+    restored = backends()
+    restored.restore([state])
+    write_counts(restored, range(3000), value=9)
+    restored.list_state("items")
+    restored._database().compact_range(None, None)
+    complete(restored.snapshot(), store)
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in store.root.iterdir()
+            if p.name in before} == before
+
+
+def test_a_restore_into_part_of_the_key_groups_drops_the_others(backends, tmp_path):
+    store = Store(tmp_path / "store")
+    source = backends()
+    write_counts(source, range(2000))
+    state = complete(source.snapshot(), store)
+    own = key_group_range(MAXP, 4, 1)
+    part = backends(own)
+    part.restore([state])
+    assert sorted(dump(part, {"count": "value"})["count"]) == [k for k in range(2000) if key_group_of(k, MAXP) in own]
+    assert [p.name for p in part.directory.iterdir()] == ["db"], "no scratch directory is left behind"
+
+
+def test_restore_names_a_file_it_was_not_given(backends, tmp_path):
+    source = backends()
+    write_counts(source, range(10))
+    snapshot = source.snapshot()
+    parts = snapshot.materialize()
+    missing = min(parts.files)
+    with pytest.raises(StateError, match=f"lists file '{missing}'"):
+        backends().restore([RestoredState(parts.data, {k: v for k, v in parts.files.items() if k != missing})])
+    snapshot.release()
+
+
+def test_writes_skip_the_write_ahead_log(backends):
+    backend = backends()
+    write_counts(backend, range(1000))
+    snapshot = backend.snapshot()
+    data = snapshot.materialize().data
+    snapshot.release()
+    logs = {name: content for name, content in data["inline"].items() if name.endswith(".log")}
+    assert logs and all(content == b"" for content in logs.values())
+
+
+def test_snapshot_data_is_small_and_the_sst_files_are_compressed_with_zstd(backends):
+    sizes = {}
+    for compression in (None, "none"):
+        backend = backends(compression=compression)
+        assert backend.compression is None, "chosen when the database opens"
+        write_counts(backend, [f"key-{i:06d}" for i in range(50_000)], value="the same long value " * 4)
+        snapshot = backend.snapshot(full=True)
+        parts = snapshot.materialize()
+        sizes[backend.compression] = sum(os.path.getsize(p) for p in parts.files.values())
+        snapshot.release()
+        assert parts.data["full"] is True
+        assert sum(len(c) for c in parts.data["inline"].values()) < 64 * 1024
+    assert sizes["zstd"] < sizes["none"] / 3
+
+
+def test_another_compression_can_be_chosen_and_a_bad_one_is_refused(backends):
+    backend = backends(compression="lz4")
+    write_counts(backend, range(10))
+    assert backend.compression == "lz4"
+    with pytest.raises(ValueError, match="compression must be one of zstd, lz4, none"):
+        backends(compression="brotli")
+
+
+def test_release_deletes_the_snapshot_directory_and_close_deletes_the_working_directory(backends):
+    backend = backends()
+    write_counts(backend, range(10))
+    snapshot = backend.snapshot()
+    assert snapshot.path.is_dir()
+    snapshot.materialize()
+    snapshot.release()
+    assert not snapshot.path.exists()
+    backend.close()
+    assert not backend.directory.exists()
+
+
+def test_a_snapshot_still_pending_at_close_keeps_its_files_until_it_is_released(backends):
+    backend = backends()
+    write_counts(backend, range(10))
+    snapshot = backend.snapshot()
+    backend.close()
+    parts = snapshot.materialize()
+    assert all(os.path.exists(p) for p in parts.files.values())
+    assert not (backend.directory / "db").exists()
+    snapshot.release()
+    assert not backend.directory.exists()
+
+
+def test_the_working_directory_can_be_given_and_must_be_empty(tmp_path):
+    given = tmp_path / "given"
+    backend = RocksDBKeyedStateBackend(MAXP, range(MAXP), given)
+    write_counts(backend, ["k"])
+    assert (given / "db").is_dir()
+    backend.close()
+    assert not given.exists()
+    given.mkdir()
+    (given / "other").write_text("x")
+    with pytest.raises(StateError, match="must be empty"):
+        RocksDBKeyedStateBackend(MAXP, range(MAXP), given)
+
+
+def test_a_closed_backend_refuses_to_be_used(backends):
+    backend = backends()
+    backend.close()
+    with pytest.raises(StateError, match="closed"):
+        backend.value_state("v")
+
+
+@pytest.mark.parametrize(("maxp", "groups"), [(65536, range(65536)), (128, range(0)), (128, range(100, 200))])
+def test_key_groups_must_fit_two_bytes_and_the_max_parallelism(maxp, groups, tmp_path):
+    with pytest.raises(ValueError, match="max_parallelism|key groups"):
+        RocksDBKeyedStateBackend(maxp, groups, base_dir=tmp_path)
+
+
+def test_metrics_estimate_the_rows_and_bytes(backends):
+    backend = backends()
+    write_counts(backend, range(1000))
+    assert backend.entry_count() == 1000, "the write buffer counts too"
+    snapshot = backend.snapshot()
+    snapshot.release()
+    assert backend.entry_count() == 1000
+    assert backend.state_size_bytes() > 1000
+
+
+def test_the_factory_builds_one_backend_per_subtask_under_its_base_directory(tmp_path):
+    factory = RocksDBBackendFactory(base_dir=str(tmp_path / "base"), compression="none", write_batch_entries=2)
+    first, second = factory(MAXP, range(64)), factory(MAXP, range(64, 128))
+    try:
+        assert first.directory != second.directory
+        assert first.directory.parent == second.directory.parent == tmp_path / "base"
+        write_counts(first, range(5))
+        assert first.compression == "none"
+    finally:
+        first.close()
+        second.close()
