@@ -12,9 +12,10 @@ import flowstate as fs
 from flowstate.checkpoint.ids import CheckpointId, TaskId, task_id
 from flowstate.graph import build_job_graph
 from flowstate.runtime.state_assignment import assign_states, describe_graph
-from flowstate.state.backend import StateKind
+from flowstate.runtime.task import KEYED_FILES
+from flowstate.state.backend import RestoredState
 from flowstate.state.keygroups import key_group_of, key_group_range
-from flowstate.state.memory import HeapKeyedStateBackend
+from flowstate.state.memory import HeapKeyedStateBackend, heap_snapshot_entries
 from flowstate.storage.base import CheckpointMetadata, TaskState
 
 MAXP = 128
@@ -59,10 +60,21 @@ def flow(parallelism: int, *, source: Any = None, sink: Any = None, count_uid: s
 
 
 def keyed(parallelism: int, subtask: int, keys: dict[str, int]) -> dict[str, Any]:
+    """A keyed operator's part of a task state file, as a task stores it."""
+    owned = key_group_range(MAXP, parallelism, subtask)
+    backend = HeapKeyedStateBackend(MAXP, owned)
+    count = backend.value_state("count")
+    for k, v in keys.items():
+        if key_group_of(k, MAXP) in owned:
+            backend.keys.current_key = k
+            count.update(v)
+    return {**backend.snapshot().materialize().data, KEYED_FILES: {}}
+
+
+def restored_entries(parallelism: int, subtask: int, parts: list[dict[str, Any]]) -> dict[str, int]:
     backend = HeapKeyedStateBackend(MAXP, key_group_range(MAXP, parallelism, subtask))
-    table = backend.table("count", StateKind.VALUE)
-    table.update({k: v for k, v in keys.items() if key_group_of(k, MAXP) in key_group_range(MAXP, parallelism, subtask)})
-    return backend.snapshot().materialize()
+    backend.restore([RestoredState({k: v for k, v in p.items() if k != KEYED_FILES}) for p in parts])
+    return heap_snapshot_entries(backend.snapshot().materialize().data, "count")
 
 
 def snapshot(old: fs.Dataflow, states: dict[TaskId, dict[str, Any]], *, extra: bool = True) -> CheckpointMetadata:
@@ -100,9 +112,7 @@ def test_every_key_and_every_split_position_lands_in_exactly_one_new_subtask(bef
 
     restored: dict[str, int] = {}
     for i in range(after):
-        backend = HeapKeyedStateBackend(MAXP, key_group_range(MAXP, after, i))
-        backend.restore(assigned[task_id("count", i)]["count"])
-        table = backend.table("count", StateKind.VALUE)
+        table = restored_entries(after, i, assigned[task_id("count", i)]["count"])
         assert not set(table) & set(restored), "a key restored twice"
         restored.update(table)
     assert restored == KEYS

@@ -192,7 +192,7 @@ def assert_every_checkpoint_is_a_consistent_cut_of_the_sequences(checkpoint_dir:
                 k = int(split.removeprefix("gen-"))
                 read[NAMES[k]] = (position - k) // SPLITS
             if "in-order" in state:
-                applied.update(heap_snapshot_entries(state["in-order"].data, "last"))
+                applied.update(heap_snapshot_entries(state["in-order"], "last"))
             channels = state.get("__channels__", {})
             assert sum(len(b) for batches in channels.values() for b in batches) == task.channel_state_bytes
             assert set(channels) <= set(range(PARALLELISM)), (task, set(channels))

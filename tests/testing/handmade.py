@@ -24,9 +24,9 @@ def channel_state(*batches: list[Any]) -> dict[int, list[bytes]]:
 
 
 def keyed(**tables: dict[Any, Any]) -> dict[str, Any]:
-    """An operator's keyed state (format heap-v1) with value-state ``tables``."""
-    return {"format": "heap-v1", "max_parallelism": 128, "key_groups": [0, 128],
-            "tables": {name: {"kind": "value", "entries": entries} for name, entries in tables.items()}}
+    """An operator's keyed state (heap format, as a task stores it) with value-state ``tables``."""
+    return {"format": "heap-v2", "max_parallelism": 128, "key_groups": [0, 128], "__files__": {},
+            "states": {name: {"kind": "value", "chunks": [pickle.dumps(entries)]} for name, entries in tables.items()}}
 
 
 def write_checkpoint(root: Path, checkpoint_id: int, states: dict[str, dict[str, Any]], *,

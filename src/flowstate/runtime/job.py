@@ -56,10 +56,16 @@ from flowstate.errors import ConfigError, JobFailedError
 from flowstate.failpoints import Failpoints
 from flowstate.graph import JobGraph, JobVertex, build_job_graph
 from flowstate.runtime.channels import InputGate
-from flowstate.runtime.control import ControlError, ControlRequest, ControlServer, JobControl, RequestKind
+from flowstate.runtime.control import (
+    ControlError,
+    ControlRequest,
+    ControlServer,
+    JobControl,
+    RequestKind,
+)
 from flowstate.runtime.messages import (
-    Ack,
     Aborted,
+    Ack,
     Complete,
     Decline,
     SourceEnded,
@@ -79,9 +85,24 @@ from flowstate.runtime.savepoint import (
     same_origin,
 )
 from flowstate.runtime.state_assignment import assign_states, describe_graph
-from flowstate.runtime.task import SOURCE_STATE, SourceTask, StreamTask, Task, TaskEnv
+from flowstate.runtime.task import (
+    KEYED_FILES,
+    SOURCE_STATE,
+    SourceTask,
+    StreamTask,
+    Task,
+    TaskEnv,
+)
 from flowstate.runtime.transport import ChannelWriter, Executor, ThreadExecutor
-from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, CorruptCheckpointError, TaskState
+from flowstate.state.backend import BackendFactory, RestoredState
+from flowstate.state.memory import HeapKeyedStateBackend
+from flowstate.storage.base import (
+    CheckpointMetadata,
+    CheckpointStorage,
+    CorruptCheckpointError,
+    StateHandle,
+    TaskState,
+)
 from flowstate.storage.factory import open_storage
 from flowstate.storage.local import LocalCheckpointStorage
 
@@ -168,6 +189,7 @@ class JobRunner:
             except ValueError as exc:
                 raise ConfigError(f"checkpoint storage {config.checkpoint_dir}: {exc}") from None
         self._next_id = 1
+        self._state_backend = _backend_factory(config)
         self.control = control if control is not None else JobControl()
         """Ask the running job for a checkpoint, a savepoint or a stop (any thread)."""
         self._targets = SnapshotTargets(self.storage)
@@ -389,7 +411,8 @@ class JobRunner:
                     if v.name in md.parallelism and md.parallelism[v.name] != v.parallelism]
         if rescaled:
             log.info("rescaling from %s: %s", what, ", ".join(rescaled))
-        return assignment.states
+        return {tid: {uid: _restorable(value, storage) for uid, value in state.items()}
+                for tid, state in assignment.states.items()}
 
     def _load_states(self, md: CheckpointMetadata | None) -> dict[TaskId, dict[str, Any]]:
         """The states assigned to the tasks in Step 1."""
@@ -403,7 +426,7 @@ class JobRunner:
         states = self._load_states(restored)
         storage = self._targets if self.storage is not None else None
         env = TaskEnv(config.mode, storage, reports, pool, self.failpoints, self.clock, config.batch_size,
-                      config.alignment_timeout, config.max_inflight_bytes, config.compression)
+                      config.alignment_timeout, config.max_inflight_bytes, config.compression, config.incremental)
         gates: dict[tuple[str, int], InputGate] = {}
         bases: dict[str, list[int]] = {}
         for v in graph.vertices:
@@ -444,7 +467,8 @@ class JobRunner:
         self, v: JobVertex, i: int, tid: TaskId, output: Output, cancelled: threading.Event, gate: InputGate,
         env: TaskEnv, resume: dict[str, Any] | None,
     ) -> Task:
-        op_env = OperatorEnv(i, v.parallelism, self.graph.max_parallelism, self.config.mode.checkpoints, self.failpoints)
+        op_env = OperatorEnv(i, v.parallelism, self.graph.max_parallelism, self.config.mode.checkpoints, self.failpoints,
+                             self._state_backend)
         key_fn = v.inputs[0].key_fn if v.inputs else None
         nodes = v.chain[1:] if v.is_source else v.chain
         ops = [build_operator(n, op_env, key_fn if idx == 0 and not v.is_source else None) for idx, n in enumerate(nodes)]
@@ -507,6 +531,33 @@ class JobRunner:
             # every directory without valid metadata once the snapshot writes have stopped.
             if coordinator is not None:
                 self._next_id = max(self._next_id, int(coordinator.next_id))
+
+
+def _backend_factory(config: JobConfig) -> BackendFactory:
+    if config.state_backend != "rocksdb":
+        return HeapKeyedStateBackend
+    try:
+        from flowstate.state.rocksdb import RocksDBBackendFactory
+    except ImportError as exc:
+        raise ConfigError(
+            f"the rocksdb state backend needs the rocksdict and msgpack packages ({exc}): "
+            "pip install 'flowstate[rocksdb]'"
+        ) from None
+    return RocksDBBackendFactory(base_dir=str(config.state_dir) if config.state_dir is not None else None)
+
+
+def _restorable(value: Any, storage: CheckpointStorage) -> Any:
+    """A keyed operator's stored part (or the list of them a rescale assigned) as the backend takes
+    it back: its data, and a readable local path for every file it references (checked against its
+    size and checksum on the way). Any other state is returned as it is."""
+    if isinstance(value, list):
+        return [_restorable(v, storage) for v in value]
+    if not isinstance(value, dict) or KEYED_FILES not in value:
+        return value
+    data = {k: v for k, v in value.items() if k != KEYED_FILES}
+    files = {key: str(storage.local_path(StateHandle(h["path"], h["size"], h["sha256"], h.get("codec", "none"))))
+             for key, h in value[KEYED_FILES].items()}
+    return RestoredState(data, files)
 
 
 class _Shell:

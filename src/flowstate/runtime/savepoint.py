@@ -28,7 +28,12 @@ from typing import Any
 from flowstate.checkpoint.ids import CheckpointId
 from flowstate.checkpoint.restore import Invalid, RestoreFrom, Valid, choose
 from flowstate.errors import ConfigError
-from flowstate.storage.base import CheckpointInfo, CheckpointMetadata, CheckpointStorage, StateHandle
+from flowstate.storage.base import (
+    CheckpointInfo,
+    CheckpointMetadata,
+    CheckpointStorage,
+    StateHandle,
+)
 from flowstate.storage.local import LocalCheckpointStorage, parse_checkpoint_dir_name
 
 log = logging.getLogger("flowstate")

@@ -42,7 +42,12 @@ from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.errors import ConfigError
 from flowstate.graph import JobGraph, JobVertex
 from flowstate.runtime.task import CHANNEL_STATE, SOURCE_STATE
-from flowstate.state.keygroups import key_group_of, key_group_range, routing_table, subtask_for_key_group
+from flowstate.state.keygroups import (
+    key_group_of,
+    key_group_range,
+    routing_table,
+    subtask_for_key_group,
+)
 from flowstate.state.memory import FORMAT as HEAP_FORMAT
 from flowstate.storage.base import CheckpointMetadata
 
@@ -222,7 +227,7 @@ def _describe_state(kind: str, old: _OldState) -> str:
         shown = ", ".join(repr(s) for s in splits[:4]) + (f" and {len(splits) - 4} more" if len(splits) > 4 else "")
         return f"the read positions of {shown or 'no split'}"
     if kind in KEYED_KINDS:
-        tables = sorted({t for p in old.parts.values() if isinstance(p, dict) for t in p.get("tables", {})})
+        tables = sorted({t for p in old.parts.values() if isinstance(p, dict) for t in p.get("states", {})})
         return "keyed state " + (", ".join(repr(t) for t in tables) if tables else "(no table)")
     if kind == "sink":
         return "the sink writers' state (pending commits)"
@@ -256,14 +261,16 @@ def _split_heap(
 ) -> dict[int, dict[str, Any]]:
     route = routing_table(max_parallelism, parallelism)
     pieces: dict[int, dict[str, Any]] = {
-        i: {**part, "key_groups": [ranges[i].start, ranges[i].stop], "tables": {}} for i in targets
+        i: {**part, "key_groups": [ranges[i].start, ranges[i].stop], "states": {}} for i in targets
     }
-    for name, table in part["tables"].items():
+    for name, table in part["states"].items():
         buckets: dict[int, dict[Any, Any]] = {i: {} for i in targets}
-        for key, value in table["entries"].items():
-            buckets[route[key_group_of(key, max_parallelism)]][key] = value
+        for chunk in table["chunks"]:
+            for key, value in pickle.loads(chunk).items():
+                buckets[route[key_group_of(key, max_parallelism)]][key] = value
         for i in targets:
-            pieces[i]["tables"][name] = {**table, "entries": buckets[i]}
+            chunks = [pickle.dumps(buckets[i], protocol=pickle.HIGHEST_PROTOCOL)] if buckets[i] else []
+            pieces[i]["states"][name] = {**table, "chunks": chunks}
     return pieces
 
 

@@ -26,6 +26,7 @@ import queue
 import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flowstate import failpoints as fpn
@@ -54,8 +55,8 @@ from flowstate.config import Mode
 from flowstate.failpoints import Failpoints
 from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
 from flowstate.runtime.messages import (
-    Ack,
     Aborted,
+    Ack,
     Complete,
     Decline,
     SourceEnded,
@@ -65,12 +66,16 @@ from flowstate.runtime.messages import (
 )
 from flowstate.runtime.operators import Operator, Ready
 from flowstate.runtime.output import Output
-from flowstate.storage.base import CheckpointStorage, TaskState
+from flowstate.state.backend import SnapshotParts
+from flowstate.storage.base import CheckpointStorage, StateHandle, TaskState
 
 SOURCE_STATE = "__source__"
 """Key under which a source task files its reader's position in the task's state."""
 CHANNEL_STATE = "__channels__"
 """Key under which a task files the in-flight batches of an unaligned checkpoint, per input channel."""
+KEYED_FILES = "__files__"
+"""Key, in a keyed operator's part of the state file, of the files its snapshot references: file key →
+handle (``path``, ``size``, ``sha256``, ``codec``). The rest of that part is the backend's data."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,9 @@ class TaskEnv:
     max_inflight_bytes: int = 64 * 1024 * 1024
     compression: str = "none"
     """Codec of the task's state files (recorded in their handles)."""
+    incremental: bool = True
+    """Files of keyed snapshots are uploaded once as shared files and referenced by later checkpoints;
+    otherwise every checkpoint copies them into its own directory."""
 
 
 class Task:
@@ -107,6 +115,11 @@ class Task:
         self._failpoints = env.failpoints
         self._capture: _Capture | None = None
         self._final_notified = False
+        # Incremental checkpoints (Step 3): the shared files the newest completed checkpoint
+        # references, which a later snapshot refers to instead of uploading them again, and the
+        # references of checkpoints acknowledged and not yet completed.
+        self._uploaded: dict[str, StateHandle] = {}
+        self._acked_files: dict[CheckpointId, dict[str, StateHandle]] = {}
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -178,7 +191,7 @@ class Task:
         if fp:
             fp.hit(fpn.TASK_BEFORE_FORWARD)
         self.output.broadcast_barrier(barrier)
-        snapshot = _Snapshot(cid, parts, sync_seconds, alignment_seconds)
+        snapshot = _Snapshot(cid, parts, sync_seconds, alignment_seconds, full=barrier.savepoint)
         if barrier.unaligned and self.gate.num_channels:
             # A task with inputs records what precedes the barrier on them (see StreamTask).
             self._capture = _Capture(snapshot, env.max_inflight_bytes)
@@ -192,11 +205,28 @@ class Task:
             self.env.snapshot_pool.submit(self._write_and_ack, snapshot)
 
     def _write_and_ack(self, snapshot: _Snapshot) -> None:
+        """Step 3 then Step 4. A keyed snapshot's files are uploaded first (each shared file once:
+        those the newest completed checkpoint references are only referred to), then the state file
+        naming them; every snapshot part is released however this ends."""
         env = self.env
         cid = snapshot.checkpoint_id
         try:
             t0 = env.clock.monotonic()
-            state = {uid: part.materialize() for uid, part in snapshot.parts}
+            state: dict[str, Any] = {}
+            files: dict[str, StateHandle] = {}
+            written = 0
+            for uid, part in snapshot.parts:
+                value = part.materialize()
+                if isinstance(value, SnapshotParts):
+                    refs: dict[str, dict[str, Any]] = {}
+                    for key, path in value.files.items():
+                        handle, new_bytes = self._upload(cid, key, path, snapshot.full)
+                        files[key] = handle
+                        written += new_bytes
+                        refs[key] = {"path": handle.path, "size": handle.size, "sha256": handle.sha256,
+                                     "codec": handle.codec}
+                    value = {**value.data, KEYED_FILES: refs}
+                state[uid] = value
             if snapshot.channels:
                 state[CHANNEL_STATE] = snapshot.channels
             handle = None
@@ -204,20 +234,48 @@ class Task:
                 assert env.storage is not None
                 data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
                 handle = env.storage.write_state(cid, f"{self.task_id}.state", data, codec=env.compression)
+                written += handle.size
             if env.failpoints:
                 env.failpoints.hit(fpn.TASK_AFTER_SNAPSHOT)
             async_seconds = env.clock.monotonic() - t0
+            if files and not snapshot.full and env.incremental:
+                self._acked_files[cid] = files
+            shared = tuple(files.values())
             env.reports.put(Ack(self.task_id, cid, TaskState(
                 self.task_id, self.vertex, self.subtask, handle, snapshot.sync_seconds, async_seconds,
-                snapshot.alignment_seconds, snapshot.channel_bytes,
-                bytes_written=handle.size if handle is not None else 0,
-                full_size=handle.size if handle is not None else 0)))
+                snapshot.alignment_seconds, snapshot.channel_bytes, shared=shared, bytes_written=written,
+                full_size=(handle.size if handle is not None else 0) + sum(h.size for h in shared))))
         except Exception as exc:  # noqa: BLE001 - a failed snapshot declines the checkpoint
             env.reports.put(Decline(self.task_id, cid, CheckpointFailureReason.SNAPSHOT_FAILURE,
                                     f"{type(exc).__name__}: {exc}"))
+        finally:
+            snapshot.release()
+
+    def _upload(self, cid: CheckpointId, key: str, path: str, full: bool) -> tuple[StateHandle, int]:
+        """The handle of file ``key`` of a keyed snapshot, and the bytes written to store it. A full
+        snapshot (a savepoint, or incremental checkpoints off) copies the file into the checkpoint's
+        own directory; an incremental one uploads it as a shared file unless the newest completed
+        checkpoint already references it (shared files are immutable: same key, same bytes)."""
+        storage = self.env.storage
+        assert storage is not None
+        if full or not self.env.incremental:
+            with open(path, "rb") as f:
+                data = f.read()
+            handle = storage.write_state(cid, f"{self.task_id}-{key}", data)
+            return handle, handle.size
+        known = self._uploaded.get(key)
+        if known is not None:
+            return known, 0
+        handle = storage.write_shared(key, Path(path))
+        return handle, handle.size
 
     def _notify(self, mail: Complete | Aborted) -> None:
         if isinstance(mail, Complete):
+            files = self._acked_files.pop(mail.checkpoint_id, None)
+            if files is not None:
+                self._uploaded = files
+            for older in [c for c in self._acked_files if c < mail.checkpoint_id]:
+                del self._acked_files[older]
             if mail.commit:
                 for op in self.ops:
                     op.notify_complete(mail.checkpoint_id)
@@ -257,6 +315,17 @@ class _Snapshot:
     alignment_seconds: float
     channels: dict[int, list[bytes]] | None = None
     channel_bytes: int = 0
+    full: bool = False
+    """A self-contained snapshot (a savepoint): it references no file of another checkpoint."""
+
+    def release(self) -> None:
+        """Let every part drop what it holds for this snapshot (keyed snapshots: frozen layers, hard
+        links); called once, whether the snapshot was written, failed or dropped."""
+        parts, self.parts = self.parts, []
+        for _, part in parts:
+            release = getattr(part, "release", None)
+            if release is not None:
+                release()
 
 
 class _Capture:
@@ -405,7 +474,11 @@ class StreamTask(Task):
                         capture.snapshot.channels = capture.channels
                         capture.snapshot.channel_bytes = capture.bytes
                         self._write(capture.snapshot)
+                    elif capture is not None:
+                        capture.snapshot.release()  # declined when it crossed the bound
                 case DiscardCapture():
+                    if self._capture is not None:
+                        self._capture.snapshot.release()
                     self._capture = None
                 case AbortCheckpoint(checkpoint_id=cid, reason=reason):
                     self.env.reports.put(Decline(self.task_id, cid, reason))

@@ -14,7 +14,8 @@ that a bug in the engine's reader cannot hide a bug in its writer:
    is decompressed (zstd frames, with the ``zstandard`` package) and unpickled, and holds a pickled dict: operator uid → that operator's state, ``"__source__"`` → the source
    reader's positions (split → next record), ``"__channels__"`` → input channel → list of pickled
    batches (the in-flight records an unaligned checkpoint persisted).
-4. Keyed state of an operator is ``{"format": "heap-v1", "tables": {name: {"kind", "entries"}}}``.
+4. Keyed state of an operator (heap backend) is ``{"format": "heap-v2", "states": {name: {"kind",
+   "chunks"}}, "__files__": {}, …}`` where each chunk is a pickled dict of entries (key → value).
 
 A checkpoint that breaks rule 2 or 3 is returned as ``Unreadable`` with the reason: for a checker
 that is a finding, never something to skip silently.
@@ -37,7 +38,7 @@ import zstandard
 METADATA = "_metadata"
 SOURCE_STATE = "__source__"
 CHANNEL_STATE = "__channels__"
-KEYED_FORMAT = "heap-v1"
+KEYED_FORMAT = "heap-v2"
 _DIRECTORY = re.compile(r"chk-([0-9]+)")
 
 
@@ -69,7 +70,8 @@ class Checkpoint:
                 found = operator.get("format") if isinstance(operator, dict) else type(operator).__name__
                 raise ValueError(f"checkpoint {self.checkpoint_id}, task {task}: keyed state of {uid!r} "
                                  f"is {found!r}; this checker reads {KEYED_FORMAT!r}")
-            entries.update(operator["tables"].get(table, {"entries": {}})["entries"])
+            for chunk in operator["states"].get(table, {"chunks": ()})["chunks"]:
+                entries.update(pickle.loads(chunk))
         return entries
 
     def in_flight(self, uid: str) -> list[tuple[str, list[Any]]]:
