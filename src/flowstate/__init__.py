@@ -11,14 +11,25 @@
     fs.run(flow, checkpoint_dir="chk", mode="exactly_once", interval="1s")
 """
 
-from flowstate.config import ExponentialBackoffRestart, FixedDelayRestart, Mode, NoRestart
+from flowstate.config import (
+    ExponentialBackoffRestart,
+    FixedDelayRestart,
+    Mode,
+    NoRestart,
+)
 from flowstate.connectors.file_sink import FileSink
 from flowstate.connectors.files import FileSource
 from flowstate.connectors.generator import GeneratorSource
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
 from flowstate.connectors.socket import SocketSource
 from flowstate.dataflow import Dataflow, KeyedStream, Stream
-from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError, UserFunctionError
+from flowstate.errors import (
+    ConfigError,
+    FlowstateError,
+    GraphError,
+    JobFailedError,
+    UserFunctionError,
+)
 from flowstate.execution import run
 from flowstate.failpoints import Failpoints, InjectedFailure
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext

@@ -24,7 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flowstate.config import ExponentialBackoffRestart, FixedDelayRestart, Mode, NoRestart, RestartStrategy, parse_duration
+from flowstate.config import (
+    ExponentialBackoffRestart,
+    FixedDelayRestart,
+    Mode,
+    NoRestart,
+    RestartStrategy,
+    parse_duration,
+)
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
 from flowstate.runtime.control import TokenRefused

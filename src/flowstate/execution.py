@@ -6,7 +6,13 @@ from pathlib import Path
 
 from flowstate.checkpoint.coordinator import CheckpointConfig
 from flowstate.clock import Clock
-from flowstate.config import FixedDelayRestart, JobConfig, Mode, RestartStrategy, parse_duration
+from flowstate.config import (
+    FixedDelayRestart,
+    JobConfig,
+    Mode,
+    RestartStrategy,
+    parse_duration,
+)
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError
 from flowstate.failpoints import Failpoints

@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flowstate.errors import GraphError
-from flowstate.state.api import KeyContext, ListState, MapState, ReducingState, ValueState
+from flowstate.state.api import (
+    KeyContext,
+    ListState,
+    MapState,
+    ReducingState,
+    ValueState,
+)
 from flowstate.state.backend import KeyedStateBackend
 
 

@@ -21,7 +21,12 @@ from __future__ import annotations
 from flowstate.checkpoint.alignment import ProtocolError
 from flowstate.checkpoint.barrier import CheckpointBarrier
 from flowstate.checkpoint.failure import CheckpointFailureReason
-from flowstate.checkpoint.handler import AbortCheckpoint, AllInputsEnded, HandlerAction, TakeSnapshot
+from flowstate.checkpoint.handler import (
+    AbortCheckpoint,
+    AllInputsEnded,
+    HandlerAction,
+    TakeSnapshot,
+)
 from flowstate.checkpoint.ids import ChannelIndex, CheckpointId
 
 

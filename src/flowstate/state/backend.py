@@ -46,7 +46,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from flowstate.state.api import KeyContext, ListState, MapState, ReducingState, ValueState
+from flowstate.state.api import (
+    KeyContext,
+    ListState,
+    MapState,
+    ReducingState,
+    ValueState,
+)
 
 MAX_KEY_GROUPS = 32768
 """The largest supported ``max_parallelism`` (key groups are stored as two bytes, as in Flink)."""

@@ -38,8 +38,20 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from flowstate.state.api import KeyContext, ListState, MapState, ReducingState, ValueState
-from flowstate.state.backend import RestoredState, SnapshotParts, StateError, StateKind, check_header
+from flowstate.state.api import (
+    KeyContext,
+    ListState,
+    MapState,
+    ReducingState,
+    ValueState,
+)
+from flowstate.state.backend import (
+    RestoredState,
+    SnapshotParts,
+    StateError,
+    StateKind,
+    check_header,
+)
 from flowstate.state.keygroups import key_group_of
 
 FORMAT = "heap-v2"

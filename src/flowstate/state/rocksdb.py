@@ -71,7 +71,13 @@ from rocksdict import (
     WriteOptions,
 )
 
-from flowstate.state.api import KeyContext, ListState, MapState, ReducingState, ValueState
+from flowstate.state.api import (
+    KeyContext,
+    ListState,
+    MapState,
+    ReducingState,
+    ValueState,
+)
 from flowstate.state.backend import (
     RestoredState,
     SnapshotParts,
@@ -80,7 +86,13 @@ from flowstate.state.backend import (
     check_header,
     check_key_groups,
 )
-from flowstate.state.codec import ValueCodec, decode_key, encode_key, read_varint, varint
+from flowstate.state.codec import (
+    ValueCodec,
+    decode_key,
+    encode_key,
+    read_varint,
+    varint,
+)
 from flowstate.state.keygroups import key_group_of
 
 FORMAT = "rocksdb-v1"
