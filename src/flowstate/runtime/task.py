@@ -138,6 +138,9 @@ class Task:
             if not self.cancelled.is_set():
                 self.env.reports.put(TaskFailed(self.task_id, exc))
         finally:
+            if self._capture is not None:
+                self._capture.snapshot.release()  # an unaligned snapshot still recording
+                self._capture = None
             for op in self.ops:
                 try:
                     op.close()
@@ -182,16 +185,20 @@ class Task:
         cid = barrier.checkpoint_id
         t0 = env.clock.monotonic()
         parts: list[tuple[str, Any]] = [(k, Ready(v)) for k, v in (extra or {}).items()]
-        for op in self.ops:
-            if op.stateful:
-                part = op.snapshot(cid)
-                if part is not None:
-                    parts.append((op.uid, part))
-        sync_seconds = env.clock.monotonic() - t0
-        if fp:
-            fp.hit(fpn.TASK_BEFORE_FORWARD)
-        self.output.broadcast_barrier(barrier)
-        snapshot = _Snapshot(cid, parts, sync_seconds, alignment_seconds, full=barrier.savepoint)
+        snapshot = _Snapshot(cid, parts, 0.0, alignment_seconds, full=barrier.savepoint)
+        try:
+            for op in self.ops:
+                if op.stateful:
+                    part = op.snapshot(cid)
+                    if part is not None:
+                        parts.append((op.uid, part))
+            snapshot.sync_seconds = env.clock.monotonic() - t0
+            if fp:
+                fp.hit(fpn.TASK_BEFORE_FORWARD)
+            self.output.broadcast_barrier(barrier)
+        except BaseException:
+            snapshot.release()  # the parts taken so far hold hard links and layers
+            raise
         if barrier.unaligned and self.gate.num_channels:
             # A task with inputs records what precedes the barrier on them (see StreamTask).
             self._capture = _Capture(snapshot, env.max_inflight_bytes)
