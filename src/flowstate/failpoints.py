@@ -42,6 +42,8 @@ SINK_AFTER_PRE_COMMIT = "sink.pre_committed_before_ack"
 """A sink pre-committed its output for a checkpoint; the task has not acknowledged yet."""
 STORAGE_STATE_MID_WRITE = "storage.state_mid_write"
 """Part of a state file is written to its temporary name (the asynchronous part of a snapshot)."""
+STORAGE_SHARED_MID_UPLOAD = "storage.shared_mid_upload"
+"""Part of a shared file (a RocksDB SST of an incremental checkpoint) is uploaded, not all of it."""
 TASK_AFTER_SNAPSHOT = "task.after_snapshot_before_ack"
 """The task's state files are durable; it has not acknowledged yet."""
 COORDINATOR_SOME_ACKS = "coordinator.some_acks"
@@ -72,6 +74,7 @@ OPERATOR_PROCESS = "operator.process"
 KNOWN = frozenset({
     SOURCE_BEFORE_SNAPSHOT, SOURCE_AFTER_SNAPSHOT, BARRIER_FIRST, ALIGNMENT_BLOCKED, TASK_BEFORE_SNAPSHOT,
     TASK_BEFORE_FORWARD, FINAL_CHECKPOINT, SINK_MID_PRE_COMMIT, SINK_AFTER_PRE_COMMIT, STORAGE_STATE_MID_WRITE,
+    STORAGE_SHARED_MID_UPLOAD,
     TASK_AFTER_SNAPSHOT, COORDINATOR_SOME_ACKS, COORDINATOR_BEFORE_METADATA, STORAGE_METADATA_TORN,
     STORAGE_METADATA_BEFORE_RENAME, COORDINATOR_AFTER_METADATA, SINK_BEFORE_COMMIT, SINK_MID_COMMIT,
     SINK_AFTER_COMMIT, RECOVERY_CHECKPOINT_CHOSEN, RECOVERY_MID_LOAD, RECOVERY_STATE_LOADED, OPERATOR_PROCESS,

@@ -163,8 +163,11 @@ def _write_durably(
     _fsync_directory(directory)
 
 
-def _copy_durably(directory: Path, name: str, source: Path) -> tuple[int, str]:
-    """Rule 1 for a copy of the file ``source``; returns the size and SHA-256 of what was copied."""
+def _copy_durably(
+    directory: Path, name: str, source: Path, *, failpoints: Failpoints | None = None, torn: str | None = None,
+) -> tuple[int, str]:
+    """Rule 1 for a copy of the file ``source``; returns the size and SHA-256 of what was copied.
+    ``torn`` is the failpoint hit once the first chunk is written."""
     temporary = _temporary(directory, name)
     digest = hashlib.sha256()
     size = 0
@@ -173,6 +176,9 @@ def _copy_durably(directory: Path, name: str, source: Path) -> tuple[int, str]:
             while chunk := reader.read(_COPY_CHUNK):
                 digest.update(chunk)
                 file.write(chunk)
+                if failpoints and torn and size == 0:
+                    file.flush()
+                    failpoints.hit(torn)
                 size += len(chunk)
             file.flush()
             os.fsync(file.fileno())
@@ -353,9 +359,10 @@ class LocalCheckpointStorage:
                 )
         _make_directories_durably(path.parent)
         if data is not None:
-            _write_durably(path.parent, path.name, data)
+            _write_durably(path.parent, path.name, data, failpoints=self._failpoints, torn=fpn.STORAGE_SHARED_MID_UPLOAD)
             return StateHandle(relative, len(data), hashlib.sha256(data).hexdigest())
-        size, sha256 = _copy_durably(path.parent, path.name, source_path)
+        size, sha256 = _copy_durably(path.parent, path.name, source_path, failpoints=self._failpoints,
+                                     torn=fpn.STORAGE_SHARED_MID_UPLOAD)
         return StateHandle(relative, size, sha256)
 
     def write_shared_many(

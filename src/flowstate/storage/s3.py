@@ -271,6 +271,8 @@ class S3CheckpointStorage:
             size = body.stat().st_size
             with open(body, "rb") as file:
                 sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+        if self._failpoints:
+            self._failpoints.hit(fpn.STORAGE_SHARED_MID_UPLOAD)  # a put leaves no partial object
         existing = self._head(path)
         if existing is not None:
             stored_size, attributes = existing
