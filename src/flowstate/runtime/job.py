@@ -490,6 +490,12 @@ class JobRunner:
         sources = [t.task_id for t in tasks.values() if isinstance(t, SourceTask)]
         completed = []
         if restored is not None:
+            if self.storage is not None and self._result is not None and self._result.restored_savepoint is None:
+                # Older completed checkpoints retained before the failure: retention goes on
+                # counting them, or they would stay on storage forever (with their shared files).
+                completed += [CompletedCheckpoint(info.checkpoint_id, 0.0, 0.0, False, {})
+                              for info in self.storage.list_checkpoints()
+                              if info.status == "completed" and info.checkpoint_id < restored.checkpoint_id]
             completed.append(CompletedCheckpoint(restored.checkpoint_id, 0.0, 0.0, restored.final, {}))
         coordinator = CheckpointCoordinator(
             config.checkpoint, tasks, sources, first_id=CheckpointId(self._next_id), completed=completed,
