@@ -23,7 +23,16 @@ import flowstate as fs
 from flowstate.runtime.savepoint import SAVEPOINT, open_savepoint
 from flowstate.storage.local import LocalCheckpointStorage
 
-from .jobs import INPUT_LINES, INTERVAL, RATE, Count, committed_output, difference, generator_source, wordcount
+from .jobs import (
+    INPUT_LINES,
+    INTERVAL,
+    RATE,
+    Count,
+    committed_output,
+    difference,
+    generator_source,
+    wordcount,
+)
 
 WAIT = 60.0
 """Seconds a step may take before the test gives up: a guard against a hang, not a measurement."""

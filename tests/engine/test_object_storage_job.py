@@ -1,0 +1,64 @@
+"""Jobs whose checkpoints live in an S3-compatible bucket (moto's server, on loopback): a crash
+restores from a checkpoint read back from the bucket, with heap state and with incremental RocksDB
+state whose shared files are uploaded once and referenced by later checkpoints."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from storage.object_store import BUCKET, require_moto, unique_prefix
+
+import flowstate as fs
+from flowstate.storage.factory import open_storage
+
+from .jobs import (
+    FAST_RESTART,
+    INPUT_LINES,
+    INTERVAL,
+    RATE,
+    assert_restored_from_a_checkpoint,
+    committed_output,
+    difference,
+    generator_source,
+    wordcount,
+)
+
+
+@pytest.fixture(scope="module")
+def moto():
+    server = require_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto, monkeypatch) -> str:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    return f"s3://{BUCKET}/{unique_prefix()}"
+
+
+@pytest.mark.parametrize("backend", ["heap", "rocksdb"])
+def test_a_job_restores_from_a_checkpoint_in_object_storage_after_a_crash(backend, bucket, dirs, tmp_path, expected):
+    failpoints = fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"})
+    flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE), parallelism=2)
+
+    result = fs.run(flow, checkpoint_dir=bucket, interval=INTERVAL, restart=FAST_RESTART, retained=2,
+                    state_backend=backend, state_dir=tmp_path / "rocksdb", failpoints=failpoints)
+
+    assert failpoints.fired("coordinator.metadata_before_notify") == 1
+    assert_restored_from_a_checkpoint(result)
+    actual = committed_output(dirs.output)
+    assert Counter(actual) == expected, difference(actual, expected)
+    storage = open_storage(bucket)
+    retained = [info.metadata for info in storage.list_checkpoints() if info.metadata is not None]
+    assert len(retained) == 2
+    if backend == "rocksdb":
+        # Every SST file of the newest checkpoint is a shared object of the bucket (compactions may
+        # have replaced the older ones: which files two checkpoints share is tested on local storage).
+        newest = retained[-1]
+        assert all(h.path.startswith("shared/") for t in newest.tasks for h in t.shared)
+        assert any(t.shared for t in newest.tasks)
