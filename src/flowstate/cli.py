@@ -16,7 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flowstate.config import ExponentialBackoffRestart, FixedDelayRestart, Mode, NoRestart, RestartStrategy, parse_duration
+from flowstate.config import (
+    EXECUTORS,
+    ExponentialBackoffRestart,
+    FixedDelayRestart,
+    Mode,
+    NoRestart,
+    RestartStrategy,
+    parse_duration,
+)
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
 
@@ -119,6 +127,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--alignment-timeout", help="exactly_once: switch a checkpoint to unaligned when its alignment lasts longer (e.g. 200ms)")
     run.add_argument("--max-inflight-bytes", type=int, default=64 * 1024 * 1024,
                      help="unaligned: decline a checkpoint whose in-flight data per task exceeds this (default 64 MiB)")
+    run.add_argument("--executor", choices=EXECUTORS,
+                     help="where tasks run: threads of this process, worker processes, or Ray actors "
+                          "(default: processes when an operator has parallelism > 1, else threads)")
+    run.add_argument("--workers", type=int, help="worker processes (default: one per core, at most the parallelism)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
     checkpoints = sub.add_parser("checkpoints", help="inspect a checkpoint directory")
@@ -166,6 +178,8 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         alignment_timeout=args.alignment_timeout,
         max_inflight_bytes=args.max_inflight_bytes,
+        executor=args.executor,
+        workers=args.workers,
     )
     logging.getLogger("flowstate").info(
         "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s)",

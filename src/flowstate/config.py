@@ -112,6 +112,10 @@ class ExponentialBackoffRestart:
 RestartStrategy = NoRestart | FixedDelayRestart | ExponentialBackoffRestart
 
 
+EXECUTORS = ("threads", "processes", "ray")
+"""The executors a job can run on (``JobConfig.executor``)."""
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Everything ``flowstate.run`` needs besides the dataflow itself."""
@@ -135,6 +139,13 @@ class JobConfig:
     """``exactly_once`` only: an alignment that lasts longer switches its checkpoint to unaligned."""
     max_inflight_bytes: int = 64 * 1024 * 1024
     """Unaligned checkpoints: a task declines a checkpoint whose in-flight data exceeds this."""
+    executor: str | None = None
+    """Where tasks run: ``threads`` (of this process), ``processes`` (worker processes forked from it)
+    or ``ray`` (Ray actors). ``None``: ``processes`` when an operator runs more than one subtask, else
+    ``threads``."""
+    workers: int | None = None
+    """Worker processes (``processes``, ``ray``); default one per core for ``processes``, one per
+    subtask of the widest operator for ``ray``; never more than the widest operator has subtasks."""
 
     def __post_init__(self) -> None:
         if self.mode.checkpoints and self.checkpoint_dir is None:
@@ -155,5 +166,10 @@ class JobConfig:
                 )
             if self.alignment_timeout < 0:
                 raise ConfigError(f"alignment timeout must be ≥ 0, got {self.alignment_timeout}")
+        if self.executor is not None and self.executor not in EXECUTORS:
+            raise ConfigError(f"unknown executor {self.executor!r}: choose one of {', '.join(EXECUTORS)}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ConfigError(f"workers must be an integer ≥ 1, got {self.workers!r}")
         if self.max_inflight_bytes < 1:
             raise ConfigError(f"max_inflight_bytes must be ≥ 1, got {self.max_inflight_bytes}")

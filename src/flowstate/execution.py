@@ -33,12 +33,19 @@ def run(
     progress: bool = False,
     alignment_timeout: float | str | None = None,
     max_inflight_bytes: int = 64 * 1024 * 1024,
+    executor: str | None = None,
+    workers: int | None = None,
     failpoints: Failpoints | None = None,
     clock: Clock | None = None,
 ) -> JobResult:
     """Run ``flow`` until its bounded input is exhausted and its output committed (or forever, for an
     unbounded source). A run with the same ``checkpoint_dir`` after a crash resumes from the latest
-    completed checkpoint. Raises ``JobFailedError`` when the restart strategy gives up."""
+    completed checkpoint. Raises ``JobFailedError`` when the restart strategy gives up.
+
+    ``executor`` is ``threads``, ``processes`` or ``ray`` (default: ``processes`` when an operator
+    runs more than one subtask); ``workers`` the number of worker processes. Under ``processes`` and
+    ``ray`` user functions run in the workers: what they change in this process's memory is not seen
+    here."""
     if not isinstance(flow, Dataflow):
         raise ConfigError(f"run() takes a flowstate.Dataflow, got {type(flow).__name__}")
     try:
@@ -65,5 +72,7 @@ def run(
         progress=progress,
         alignment_timeout=None if alignment_timeout is None else parse_duration(alignment_timeout, what="alignment timeout"),
         max_inflight_bytes=max_inflight_bytes,
+        executor=executor,
+        workers=workers,
     )
     return JobRunner(flow, config, failpoints=failpoints, clock=clock).run()

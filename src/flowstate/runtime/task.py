@@ -20,7 +20,6 @@ final checkpoint completed: sinks commit their last output on that notification.
 from __future__ import annotations
 
 import pickle
-import queue
 import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -52,8 +51,8 @@ from flowstate.config import Mode
 from flowstate.failpoints import Failpoints
 from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
 from flowstate.runtime.messages import (
-    Ack,
     Aborted,
+    Ack,
     Complete,
     Decline,
     SourceEnded,
@@ -63,6 +62,7 @@ from flowstate.runtime.messages import (
 )
 from flowstate.runtime.operators import Operator, Ready
 from flowstate.runtime.output import Output
+from flowstate.runtime.transport import Reports
 from flowstate.storage.base import CheckpointStorage, TaskState
 
 SOURCE_STATE = "__source__"
@@ -75,7 +75,7 @@ CHANNEL_STATE = "__channels__"
 class TaskEnv:
     mode: Mode
     storage: CheckpointStorage | None
-    reports: queue.Queue[Any]
+    reports: Reports
     snapshot_pool: Executor
     failpoints: Failpoints
     clock: Clock
@@ -85,6 +85,8 @@ class TaskEnv:
 
 
 class Task:
+    is_source = False
+
     def __init__(
         self, task_id: TaskId, vertex: str, subtask: int, ops: list[Operator], output: Output,
         gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None, cancelled: threading.Event,
@@ -109,6 +111,10 @@ class Task:
     def cancel(self) -> None:
         self.cancelled.set()
         self.gate.cancel()
+
+    def post(self, mail: Any) -> None:
+        """Mail for the task (a trigger, a notification): read before any channel item."""
+        self.gate.post(mail)
 
     def run(self) -> None:
         try:
@@ -252,7 +258,7 @@ class _Capture:
     """In-flight batches recorded for an unaligned checkpoint, pickled as they are recorded so that
     their size is known and bounded."""
 
-    __slots__ = ("snapshot", "limit", "recording", "channels", "bytes", "over_limit")
+    __slots__ = ("bytes", "channels", "limit", "over_limit", "recording", "snapshot")
 
     def __init__(self, snapshot: _Snapshot, limit: int) -> None:
         self.snapshot = snapshot
@@ -403,6 +409,8 @@ class StreamTask(Task):
 
 class SourceTask(Task):
     """The head of a chain that starts with a source."""
+
+    is_source = True
 
     def __init__(self, *args: Any, reader: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
