@@ -57,7 +57,7 @@ from flowstate.runtime.control import (
     WorkerLostError,
     place,
 )
-from flowstate.runtime.messages import TaskFailed
+from flowstate.runtime.messages import TaskFailed, TaskFinished
 from flowstate.runtime.remote import ControlChannel
 from flowstate.runtime.transport import STOP_TIMEOUT, Reports
 
@@ -83,6 +83,7 @@ class WorkerLink:
         self.control: ControlChannel | None = None
         self.address: Address | None = None
         self.records: dict[TaskId, int] = {}
+        self.finished: set[TaskId] = set()
         self.ended: str | None = None
         """How the worker ended (``"was killed by SIGKILL"``), once known."""
 
@@ -250,10 +251,13 @@ class WorkerPool:
                 elif isinstance(message, PeerLost):
                     self._peer_lost(message, reports)
                 else:
+                    if isinstance(message, TaskFinished):
+                        link.finished.add(message.task)
                     reports.put(message)
         except Exception as exc:  # noqa: BLE001 - a broken control connection is a lost worker
             closed = f"broke its control connection ({type(exc).__name__}: {exc})"
-        if not self._stopping:
+        # A worker whose tasks all finished has nothing left to lose (its sinks committed).
+        if not self._stopping and not link.finished.issuperset(link.tasks):
             ended = self._wait_ended(link, DEATH_GRACE) or closed
             self._report_lost(link, WorkerLostError(f"{link.describe()} {ended}"), reports)
 

@@ -135,12 +135,18 @@ class RemoteChannelWriter:
 
 class CreditGate(InputGate):
     """An input gate some of whose channels are fed from other processes: taking a batch of such a
-    channel returns its credit to the producer (rule 2)."""
+    channel returns its credit to the producer (rule 2).
+
+    Credits go back ``grant`` at a time (half the capacity): a frame per batch would cost the
+    producer's process a wake-up per batch. At most ``grant - 1`` credits of a channel are held
+    back, so a producer whose batches were all taken always has a credit left."""
 
     def __init__(self, gate: int, num_channels: int, capacity: int) -> None:
         super().__init__(num_channels, capacity)
         self._returns: list[Connection | None] = [None] * num_channels
-        self._credit_frames = [credit(gate, ch) for ch in range(num_channels)]
+        self._taken = [0] * num_channels
+        self._grant = max(1, capacity // 2)
+        self._credit_frames = [credit(gate, ch, self._grant) for ch in range(num_channels)]
 
     def receive(self, channel: int, item: Any, connection: Connection) -> None:
         """An in-order item that arrived on ``connection`` (by the reading thread)."""
@@ -150,12 +156,18 @@ class CreditGate(InputGate):
     def take(self, timeout: float) -> tuple[int, Any] | None:
         got = super().take(timeout)
         if got is not None and type(got[1]) is list:
-            connection = self._returns[got[0]] if got[0] >= 0 else None
+            ch = got[0]
+            connection = self._returns[ch]
             if connection is not None:
-                try:
-                    connection.send(self._credit_frames[got[0]])
-                except OSError:
-                    pass  # the producer's process is gone: nobody needs the credit
+                taken = self._taken[ch] + 1
+                if taken < self._grant:
+                    self._taken[ch] = taken
+                else:
+                    self._taken[ch] = 0
+                    try:
+                        connection.send(self._credit_frames[ch])
+                    except OSError:
+                        pass  # the producer's process is gone: nobody needs the credit
         return got
 
 
@@ -237,6 +249,9 @@ class DataPlane:
         except Exception as exc:  # noqa: BLE001 - a broken connection is reported, whatever broke it
             reason = f"{type(exc).__name__}: {exc}"
         finally:
+            import os, sys, time
+            if os.environ.get("FS_DEBUG_THREADS"):
+                print(os.getpid(), "reader", time.thread_time(), file=sys.stderr)
             for writer in writers:
                 if writer is not None and writer._connection is connection:
                     writer.lose()
