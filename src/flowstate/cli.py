@@ -181,9 +181,11 @@ def _run(args: argparse.Namespace) -> int:
         executor=args.executor,
         workers=args.workers,
     )
+    where = f"{result.workers} worker process(es)" if result.executor == "processes" else (
+        f"{result.workers} Ray worker(s)" if result.executor == "ray" else "threads")
     logging.getLogger("flowstate").info(
-        "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s)",
-        flow.name, f"{result.records:,}", result.seconds, result.checkpoints_completed, result.restarts,
+        "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s), on %s",
+        flow.name, f"{result.records:,}", result.seconds, result.checkpoints_completed, result.restarts, where,
     )
     return EXIT_OK
 

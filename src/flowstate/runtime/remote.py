@@ -249,9 +249,6 @@ class DataPlane:
         except Exception as exc:  # noqa: BLE001 - a broken connection is reported, whatever broke it
             reason = f"{type(exc).__name__}: {exc}"
         finally:
-            import os, sys, time
-            if os.environ.get("FS_DEBUG_THREADS"):
-                print(os.getpid(), "reader", time.thread_time(), file=sys.stderr)
             for writer in writers:
                 if writer is not None and writer._connection is connection:
                     writer.lose()

@@ -127,9 +127,6 @@ class Task:
             if not self.cancelled.is_set():
                 self.env.reports.put(TaskFailed(self.task_id, exc))
         finally:
-            import os, sys, time
-            if os.environ.get("FS_DEBUG_THREADS"):
-                print(os.getpid(), self.task_id, time.thread_time(), file=sys.stderr)
             for op in self.ops:
                 try:
                     op.close()

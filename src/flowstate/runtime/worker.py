@@ -146,13 +146,6 @@ def serve(
                 reports.progress()
                 next_progress = clock.monotonic() + PROGRESS_EVERY
     finally:
-        if os.environ.get("FS_DEBUG_THREADS"):
-            import threading, sys
-            names = {t.native_id: t.name for t in threading.enumerate()}
-            tick = os.sysconf("SC_CLK_TCK")
-            for tid in os.listdir("/proc/self/task"):
-                f = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
-                print(worker, names.get(int(tid), tid), (int(f[11]) + int(f[12])) / tick, file=sys.stderr)
         if executor is not None:
             executor.stop(graceful=True)
         if plane is not None:
