@@ -275,6 +275,7 @@ class WorkerPool:
             if self._lost_reported:
                 return
             self._lost_reported = True
+        log.info("%s: failing the attempt", error)
         self._events.put(error)
         reports.put(TaskFailed(link.tasks[0], error))
 
