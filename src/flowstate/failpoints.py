@@ -104,6 +104,7 @@ class Failpoints:
                 raise ValueError(f"unknown failpoint {name!r}; known: {', '.join(sorted(KNOWN))}")
             parsed[name] = action if isinstance(action, Action) else parse(f"{name}={action}")[name]
         self._actions = parsed
+        self._seed = seed
         self._hits: dict[str, int] = {}
         self._fired: dict[str, int] = {}
         self._lock: Any = threading.Lock()
@@ -111,6 +112,11 @@ class Failpoints:
         self._shared: Any = None
         """After ``share()``: hits then fired count of each name of ``_names``, in shared memory."""
         self._names: dict[str, int] = {}
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Sent to a process that is not forked (a Ray actor): the actions travel, the counts start
+        # at zero there.
+        return (Failpoints, (dict(self._actions),), {"_seed": self._seed, "_rng": random.Random(self._seed)})
 
     def share(self) -> None:
         """Keep the counts in memory shared with the processes forked after this call (idempotent)."""

@@ -79,6 +79,7 @@ class WorkerLink:
     def __init__(self, index: int, tasks: tuple[TaskId, ...]) -> None:
         self.index = index
         self.tasks = tasks
+        self.started = False
         self.pid: int | None = None
         self.control: ControlChannel | None = None
         self.address: Address | None = None
@@ -280,6 +281,8 @@ class WorkerPool:
         reports.put(TaskFailed(link.tasks[0], error))
 
     def _wait_ended(self, link: WorkerLink, timeout: float) -> str | None:
+        if not link.started:
+            return "was never started"
         give_up = self._clock.monotonic() + timeout
         while True:
             ended = self._poll(link)
@@ -308,6 +311,7 @@ class ProcessExecutor(WorkerPool):
             if pid == 0:
                 self._child(link.index, restored, coordinator, token, parent)
             link.pid = pid
+            link.started = True
 
     def _child(self, worker: int, restored: CheckpointMetadata | None, coordinator: Address, token: str,
                parent: int) -> NoReturn:
