@@ -266,7 +266,7 @@ class WorkerPool:
         """A worker lost its connection to another. When the other one died, its own reading thread
         reports that (a better account); otherwise the connection broke by itself."""
         peer = self._links[message.peer]
-        if self._wait_ended(peer, DEATH_GRACE) is not None or self._stopping:
+        if self._stopping or self._wait_ended(peer, DEATH_GRACE) is not None:
             return
         error = WorkerLostError(f"worker {message.worker} lost its connection to {peer.describe()}: {message.reason}")
         self._report_lost(self._links[message.worker], error, reports)
