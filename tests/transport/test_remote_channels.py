@@ -16,9 +16,11 @@ import pytest
 from flowstate.checkpoint.barrier import END_OF_INPUT, CheckpointBarrier
 from flowstate.checkpoint.ids import CheckpointId
 from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
-from flowstate.runtime.remote import CreditGate, DataPlane, RemoteChannelWriter
+from flowstate.runtime.remote import WINDOW, CreditGate, DataPlane, RemoteChannelWriter
 
 CAPACITY = 4
+"""Of a local channel; a channel between processes has ``CREDITS``."""
+CREDITS = WINDOW * CAPACITY
 GATE = 1
 """The consumer's gate number (gate 0 is unused: numbers come from the job's placement)."""
 CHANNELS = 2
@@ -83,29 +85,30 @@ def test_batches_barriers_and_end_of_input_arrive_in_order_on_each_channel(pair)
 
 
 def test_a_producer_waits_for_credit_like_for_room_in_a_full_local_channel(pair):
-    for i in range(CAPACITY):
+    # The window of a channel between processes is wider than a local channel (rule 2).
+    for i in range(CREDITS):
         pair.writer.put(0, [i])
-    eventually(lambda: pair.gate.queued(0) == CAPACITY, "the batches arrive")
+    eventually(lambda: pair.gate.queued(0) == CREDITS, "the batches arrive")
     assert not pair.writer.has_room(0)
     assert pair.writer.has_room(1), "credits are per channel"
 
     sent = threading.Event()
-    blocked = threading.Thread(target=lambda: (pair.writer.put(0, [CAPACITY]), sent.set()), daemon=True)
+    blocked = threading.Thread(target=lambda: (pair.writer.put(0, [CREDITS]), sent.set()), daemon=True)
     blocked.start()
     time.sleep(0.2)
     assert not sent.is_set(), "a producer without credit must wait"
 
-    # Credits go back half a window at a time: one batch taken is not enough yet, two are.
+    # Credits go back two at a time (half a local channel's capacity): one batch taken is not enough yet.
     take(pair.gate)
     time.sleep(0.1)
     assert not sent.is_set()
     take(pair.gate)
     eventually(sent.is_set, "two batches taken return two credits")
     blocked.join()
-    assert [take(pair.gate)[1] for _ in range(CAPACITY - 1)] == [[2], [3], [CAPACITY]]
+    assert [take(pair.gate)[1] for _ in range(CREDITS - 1)] == [[i] for i in range(2, CREDITS + 1)]
 
 
-def test_the_batches_of_a_channel_queued_at_the_consumer_never_exceed_its_capacity(pair):
+def test_the_batches_of_a_channel_queued_at_the_consumer_never_exceed_its_window(pair):
     done = threading.Event()
 
     def produce() -> None:
@@ -123,18 +126,18 @@ def test_the_batches_of_a_channel_queued_at_the_consumer_never_exceed_its_capaci
             time.sleep(0.005)  # a slow consumer: the producer is held back by credits
 
     assert received == list(range(200))
-    assert most_queued <= CAPACITY
+    assert most_queued <= CREDITS
     assert done.is_set()
 
 
 def test_barriers_and_end_of_input_need_no_credit(pair):
-    for i in range(CAPACITY):
+    for i in range(CREDITS):
         pair.writer.put(0, [i])
 
     pair.writer.put(0, barrier(1))
     pair.writer.put(0, END_OF_INPUT)
 
-    eventually(lambda: pair.gate.queued(0) == CAPACITY + 2, "barrier and end-of-input arrive behind the batches")
+    eventually(lambda: pair.gate.queued(0) == CREDITS + 2, "barrier and end-of-input arrive behind the batches")
 
 
 def test_an_unaligned_barrier_overtakes_exactly_the_batches_queued_at_the_consumer(pair):
@@ -156,7 +159,7 @@ def test_an_unaligned_barrier_overtakes_exactly_the_batches_queued_at_the_consum
 
 
 def test_a_broken_connection_cancels_a_producer_waiting_for_credit_and_is_reported(pair):
-    for i in range(CAPACITY):
+    for i in range(CREDITS):
         pair.writer.put(0, [i])
     failure: list[BaseException] = []
 

@@ -58,8 +58,8 @@ from flowstate.failpoints import Failpoints
 from flowstate.graph import JobGraph, JobVertex, build_job_graph
 from flowstate.runtime.channels import InputGate
 from flowstate.runtime.messages import (
-    Aborted,
     Ack,
+    Aborted,
     Complete,
     Decline,
     SourceEnded,
@@ -70,21 +70,8 @@ from flowstate.runtime.messages import (
 from flowstate.runtime.operators import OperatorEnv, build_operator
 from flowstate.runtime.output import Output, OutputEdge
 from flowstate.runtime.task import SOURCE_STATE, SourceTask, StreamTask, Task, TaskEnv
-from flowstate.runtime.transport import (
-    ChannelWriter,
-    Executor,
-    LocalWiring,
-    Reports,
-    TaskHandle,
-    ThreadExecutor,
-    Wiring,
-)
-from flowstate.storage.base import (
-    CheckpointMetadata,
-    CheckpointStorage,
-    CorruptCheckpointError,
-    TaskState,
-)
+from flowstate.runtime.transport import ChannelWriter, Executor, LocalWiring, Reports, TaskHandle, ThreadExecutor, Wiring
+from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, CorruptCheckpointError, TaskState
 from flowstate.storage.local import LocalCheckpointStorage
 
 log = logging.getLogger("flowstate")

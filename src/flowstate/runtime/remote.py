@@ -7,11 +7,14 @@ Rules:
    the socket: it appends what arrives to the consumer's gate (``InputGate.deliver``) and hands
    credits to the producers.
 2. A producer sends a batch only with a **credit** of its channel. A channel starts with
-   ``capacity`` credits (the capacity of a channel inside one process) and its consumer returns one
-   each time its task takes a batch of that channel from the gate. The batches of a channel that are
-   queued at the consumer or in flight therefore never exceed ``capacity``: a slow consumer
-   back-pressures its producer across processes exactly as a full local channel does, and the reading
-   thread never has to wait for room (rule 1).
+   ``WINDOW × capacity`` credits (``capacity``: that of a channel inside one process) and its consumer
+   returns one each time its task takes a batch of that channel from the gate. The batches of a
+   channel that are queued at the consumer or in flight therefore never exceed the window: a slow
+   consumer back-pressures its producer across processes as a full local channel does, and the
+   reading thread never has to wait for room (rule 1). The window is wider than a local channel
+   because a credit takes a while to travel back (the producer's process must wake up and get the
+   interpreter lock); with ``capacity`` credits only, producers stall meanwhile
+   (``benchmarks/scaling.py``).
 3. Barriers and end-of-input take no credit: at most a few of them are ever in a channel.
 4. An unaligned barrier (a ``PRIORITY`` frame) is put at the head of its channel by the reading
    thread (``InputGate.put_priority``), which records the batches it overtakes. By rule 1 every
@@ -47,6 +50,8 @@ from flowstate.runtime.frames import (
 )
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
+WINDOW = 2
+"""Credits of a channel between processes, in multiples of the capacity of a local channel (rule 2)."""
 
 
 class Connection:
@@ -137,9 +142,9 @@ class CreditGate(InputGate):
     """An input gate some of whose channels are fed from other processes: taking a batch of such a
     channel returns its credit to the producer (rule 2).
 
-    Credits go back ``grant`` at a time (half the capacity): a frame per batch would cost the
-    producer's process a wake-up per batch. At most ``grant - 1`` credits of a channel are held
-    back, so a producer whose batches were all taken always has a credit left."""
+    Credits go back ``grant`` at a time (half a local channel's capacity): a frame per batch would
+    cost the producer's process a wake-up per batch. At most ``grant - 1`` credits of a channel are
+    held back, so a producer whose batches were all taken always has a credit left."""
 
     def __init__(self, gate: int, num_channels: int, capacity: int) -> None:
         super().__init__(num_channels, capacity)
@@ -201,7 +206,7 @@ class DataPlane:
         connection = self._connections.get(peer)
         if connection is None:
             raise ValueError(f"no connection to worker {peer}, which runs gate {gate}")
-        made = RemoteChannelWriter(connection, gate, num_channels, self._capacity)
+        made = RemoteChannelWriter(connection, gate, num_channels, WINDOW * self._capacity)
         self._writers[gate] = made
         return made
 

@@ -51,8 +51,8 @@ from flowstate.config import Mode
 from flowstate.failpoints import Failpoints
 from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
 from flowstate.runtime.messages import (
-    Aborted,
     Ack,
+    Aborted,
     Complete,
     Decline,
     SourceEnded,
@@ -258,7 +258,7 @@ class _Capture:
     """In-flight batches recorded for an unaligned checkpoint, pickled as they are recorded so that
     their size is known and bounded."""
 
-    __slots__ = ("bytes", "channels", "limit", "over_limit", "recording", "snapshot")
+    __slots__ = ("snapshot", "limit", "recording", "channels", "bytes", "over_limit")
 
     def __init__(self, snapshot: _Snapshot, limit: int) -> None:
         self.snapshot = snapshot
