@@ -17,7 +17,6 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from flowstate.checkpoint.ids import TaskId
-from flowstate.clock import SystemClock
 from flowstate.runtime.control import (
     Address,
     BuildFailed,
@@ -86,15 +85,15 @@ class _Reports:
         elif isinstance(report, TaskFinished):
             task = self.tasks.get(report.task)
             if task is not None and task.is_source:
-                self._send(Progress(((task.task_id, task.records_in),)))
-        self._send(report)
+                self.send(Progress(((task.task_id, task.records_in),)))
+        self.send(report)
 
     def progress(self) -> None:
         records = tuple((t.task_id, t.records_in) for t in self.tasks.values() if t.is_source)
         if records:
-            self._send(Progress(records))
+            self.send(Progress(records))
 
-    def _send(self, message: Any) -> None:
+    def send(self, message: Any) -> None:
         try:
             self._control.send(message)
         except OSError:
@@ -108,7 +107,7 @@ def serve(
     """Run worker ``worker`` of one attempt until the coordinator says ``Stop`` (returns 0). When the
     coordinator goes away the process ends at once (``os._exit``): a worker never outlives it, and
     never writes for an attempt that is over."""
-    clock = SystemClock()
+    clock = runner.clock
     listener = socket.create_server((host, 0), backlog=max(placement.count, 1))
     control = ControlChannel(socket.create_connection(coordinator))
     control.send(Hello(worker, listener.getsockname()[:2], os.getpid(), token))
@@ -128,7 +127,7 @@ def serve(
             return 1
         finally:
             listener.close()
-        plane.start(lambda peer, reason: reports._send(PeerLost(worker, peer, reason)))
+        plane.start(lambda peer, reason: reports.send(PeerLost(worker, peer, reason)))
         control.send(Built(worker))
         if isinstance(_expect(control, (Start, Stop)), Stop):
             return 0
