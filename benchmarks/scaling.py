@@ -111,8 +111,9 @@ def child_throughput(args: argparse.Namespace) -> None:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
     json.dump({"records": result.records, "seconds": seconds, "records_per_s": result.records / seconds,
-               "cpu_ns_per_record": cpu / max(result.records, 1) * 1e9, "checkpoints": result.checkpoints_completed,
-               "executor": result.executor, "workers": result.workers}, sys.stdout)
+               "cpu_ns_per_record": cpu / max(result.records, 1) * 1e9, "cpu_seconds": cpu,
+               "checkpoints": result.checkpoints_completed, "executor": result.executor, "workers": result.workers},
+              sys.stdout)
     print()
 
 
@@ -147,18 +148,30 @@ def ensure_data() -> Path:
     return parts
 
 
+def busy_seconds() -> float:
+    """CPU seconds every process of the machine has used so far (``/proc/stat``)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(repeat: int) -> list[dict[str, Any]]:
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in CONFIGS}
     for i in range(repeat):
         for label, executor, workers, parallelism in CONFIGS:
+            busy, started = busy_seconds(), time.perf_counter()
             out = subprocess.run(
                 [sys.executable, __file__, "--child", "throughput", "--executor", executor, "--workers", str(workers),
                  "--parallelism", str(parallelism)],
                 check=True, capture_output=True, text=True,
             ).stdout
-            runs[label].append(json.loads(out))
-            print(f"  round {i + 1}: {label:>40}: {runs[label][-1]['records_per_s']:,.0f} rec/s, "
-                  f"{runs[label][-1]['cpu_ns_per_record']:.0f} ns CPU/record", file=sys.stderr)
+            wall, busy = time.perf_counter() - started, busy_seconds() - busy
+            run = json.loads(out)
+            # The cores other work took from the machine while the job ran (its own process tree excluded).
+            run["others"] = max(0.0, busy - run["cpu_seconds"]) / wall
+            runs[label].append(run)
+            print(f"  round {i + 1}: {label:>40}: {run['records_per_s']:,.0f} rec/s, "
+                  f"{run['cpu_ns_per_record']:.0f} ns CPU/record, other work {run['others']:.2f} cores", file=sys.stderr)
     rows = []
     for label, executor, workers, parallelism in CONFIGS:
         rs = runs[label]
@@ -167,6 +180,8 @@ def throughput(repeat: int) -> list[dict[str, Any]]:
             "records_per_s": statistics.median(r["records_per_s"] for r in rs),
             "min": min(r["records_per_s"] for r in rs), "max": max(r["records_per_s"] for r in rs),
             "cpu_ns": statistics.median(r["cpu_ns_per_record"] for r in rs),
+            "others": statistics.median(r["others"] for r in rs),
+            "best_quiet": max(rs, key=lambda r: -r["others"])["records_per_s"],
             "checkpoints": statistics.median(r["checkpoints"] for r in rs),
         })
     return rows
@@ -301,10 +316,12 @@ def markdown(tp: list[dict[str, Any]], fo: list[dict[str, Any]], repeat: int) ->
          "system time of the whole process tree (coordinator and workers) divided by the records. *Scaling* is the "
          "throughput against the same dataflow on 1 worker. *CPU bound* is the scaling the CPU per record allows "
          "when every worker has a core to itself: `min(workers, cores) × (CPU per record on 1 worker) / (CPU per "
-         "record)`; the throughput falls short of it when other processes take the cores."),
+         "record)`; the throughput falls short of it when other processes take the cores. *Other work* is the CPU "
+         "the rest of the machine used while the row's job ran, in cores (from `/proc/stat`, the job's own process "
+         "tree left out)."),
         "",
-        "| configuration | parallelism | records/s (median) | min – max | scaling | CPU per record | CPU bound | checkpoints |",
-        "|---|---|---|---|---|---|---|---|",
+        "| configuration | parallelism | records/s (median) | min – max | scaling | CPU per record | CPU bound | other work (median) | checkpoints |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in tp:
         processes = r["executor"] == "processes"
@@ -312,14 +329,16 @@ def markdown(tp: list[dict[str, Any]], fo: list[dict[str, Any]], repeat: int) ->
         bound = f"{min(r['workers'], cores) * one['cpu_ns'] / r['cpu_ns']:.2f}×" if processes else "—"
         lines.append(
             f"| {r['label']} | {r['parallelism']} | {r['records_per_s']:,.0f} | {r['min']:,.0f} – {r['max']:,.0f} "
-            f"| {scaling} | {r['cpu_ns']:.0f} ns | {bound} | {r['checkpoints']:.0f} |"
+            f"| {scaling} | {r['cpu_ns']:.0f} ns | {bound} | {r['others']:.2f} cores | {r['checkpoints']:.0f} |"
         )
     lines += [
         "",
         (f"2 workers against 1 worker: **{two['records_per_s'] / one['records_per_s']:.2f}×** (CPU bound "
          f"{min(2, cores) * one['cpu_ns'] / two['cpu_ns']:.2f}×); against the fastest configuration on threads of "
          f"one process ({single['label']}, {single['records_per_s']:,.0f} records/s): "
-         f"**{two['records_per_s'] / single['records_per_s']:.2f}×**."),
+         f"**{two['records_per_s'] / single['records_per_s']:.2f}×**. Taking for each the run during which other "
+         f"work took the least CPU: {one['best_quiet']:,.0f} and {two['best_quiet']:,.0f} records/s, "
+         f"**{two['best_quiet'] / one['best_quiet']:.2f}×**."),
         "",
         "### Worker failover against state size",
         "",
