@@ -15,6 +15,8 @@
    written by a worker of the new attempt). The restart delay is 0; every task restores from the
    latest completed checkpoint.
 
+3. Transport alone: records/s through four processes in a line.
+
 Prints Markdown; with ``--write`` it replaces the section between ``<!-- scaling:begin -->`` and
 ``<!-- scaling:end -->`` of ``docs/benchmarks.md``.
 """
@@ -187,6 +189,74 @@ def throughput(repeat: int) -> list[dict[str, Any]]:
     return rows
 
 
+def transport(records: int = 5_000_000, batch: int = 1024) -> dict[str, float]:
+    """Records/s through four stages, each a process: the first sends batches of the workload's lines,
+    the two in the middle forward every batch they take to the next, the last counts. Every hop is a
+    channel of ``flowstate.runtime.remote`` over loopback TCP (pickled by the sender, unpickled by
+    the receiver, credit-based flow control)."""
+    import socket
+
+    from flowstate.checkpoint.barrier import END_OF_INPUT
+    from flowstate.runtime.remote import DataPlane
+
+    lines = (DATA / "events_5m_10k.txt").read_text().split("\n")[:batch * 64]
+    batches = [lines[k : k + batch] for k in range(0, len(lines), batch)]
+    hops = []
+    for _ in range(3):
+        listener = socket.create_server(("127.0.0.1", 0))
+        sender = socket.create_connection(listener.getsockname())
+        receiver, _ = listener.accept()
+        listener.close()
+        hops.append((sender, receiver))
+    result_r, result_w = os.pipe()
+    pids = []
+    for stage in range(4):
+        pid = os.fork()
+        if pid == 0:
+            plane = DataPlane(4, 8)
+            if stage > 0:
+                plane.add_peer(stage - 1, hops[stage - 1][1])
+                gate = plane.gate(stage, 1)
+            if stage < 3:
+                plane.add_peer(stage + 1, hops[stage][0])
+                writer = plane.writer(stage + 1, stage + 1, 1)
+            plane.start(lambda peer, reason: None)
+            if stage == 0:
+                sent = 0
+                while sent < records:
+                    for b in batches:
+                        writer.put(0, b)
+                    sent += len(lines)
+                writer.put(0, END_OF_INPUT)
+            else:
+                count, started = 0, 0.0
+                while True:
+                    _, item = gate.take(10.0)
+                    if item is END_OF_INPUT:
+                        break
+                    if not count:
+                        started = time.perf_counter()
+                    count += len(item)
+                    if stage < 3:
+                        writer.put(0, item)
+                if stage < 3:
+                    writer.put(0, END_OF_INPUT)
+                else:
+                    os.write(result_w, json.dumps([count, time.perf_counter() - started]).encode())
+            time.sleep(0.2)
+            os._exit(0)
+        pids.append(pid)
+    for sender, receiver in hops:
+        sender.close()
+        receiver.close()
+    for pid in pids:
+        os.waitpid(pid, 0)
+    os.close(result_w)
+    count, seconds = json.loads(os.read(result_r, 100))
+    os.close(result_r)
+    return {"records": count, "seconds": seconds, "records_per_s": count / seconds, "batch": batch}
+
+
 def worker_pids(parent: int) -> list[int]:
     children = []
     for entry in os.listdir("/proc"):
@@ -298,7 +368,7 @@ def failover(repeat: int) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(tp: list[dict[str, Any]], fo: list[dict[str, Any]], repeat: int) -> str:
+def markdown(tp: list[dict[str, Any]], fo: list[dict[str, Any]], hops: list[dict[str, float]], repeat: int) -> str:
     by = {r["label"]: r for r in tp}
     one = by["processes, 1 worker"]
     two = by["processes, 2 workers"]
@@ -339,6 +409,14 @@ def markdown(tp: list[dict[str, Any]], fo: list[dict[str, Any]], repeat: int) ->
          f"**{two['records_per_s'] / single['records_per_s']:.2f}×**. Taking for each the run during which other "
          f"work took the least CPU: {one['best_quiet']:,.0f} and {two['best_quiet']:,.0f} records/s, "
          f"**{two['best_quiet'] / one['best_quiet']:.2f}×**."),
+        "",
+        "### Transport: records through four stages",
+        "",
+        ("Four processes in a line, each hop a channel between processes (`flowstate.runtime.remote` over loopback "
+         "TCP: pickled once by the sender, credit-based flow control): the first sends batches of 1,024 lines of "
+         "the workload, the two in the middle forward every batch, the last counts. Records/s at the last stage, "
+         f"median of {len(hops)} runs: **{statistics.median(h['records_per_s'] for h in hops):,.0f}** "
+         f"(min {min(h['records_per_s'] for h in hops):,.0f}, max {max(h['records_per_s'] for h in hops):,.0f})."),
         "",
         "### Worker failover against state size",
         "",
@@ -383,10 +461,11 @@ def main() -> None:
     ensure_data()
     tp = [] if args.skip_throughput else throughput(args.repeat)
     fo = [] if args.skip_failover else failover(args.repeat)
+    hops = [transport() for _ in range(args.repeat)]
     if not tp or not fo:
-        print(json.dumps({"throughput": tp, "failover": fo}, indent=1, default=str))
+        print(json.dumps({"throughput": tp, "failover": fo, "transport": hops}, indent=1, default=str))
         return
-    text = markdown(tp, fo, args.repeat)
+    text = markdown(tp, fo, hops, args.repeat)
     print(text)
     if args.write:
         doc = ROOT / "docs" / "benchmarks.md"
