@@ -157,10 +157,23 @@ def busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def throughput(repeat: int) -> list[dict[str, Any]]:
+def wait_for_a_quiet_machine(patience: float, threshold: float = 0.15) -> None:
+    """Wait (up to ``patience`` seconds) until the rest of the machine used less than ``threshold``
+    cores over the last half second: a job that needs every core measures the machine otherwise."""
+    give_up = time.monotonic() + patience
+    while time.monotonic() < give_up:
+        busy = busy_seconds()
+        time.sleep(0.5)
+        if (busy_seconds() - busy) / 0.5 < threshold:
+            return
+        time.sleep(0.5)
+
+
+def throughput(repeat: int, patience: float) -> list[dict[str, Any]]:
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in CONFIGS}
     for i in range(repeat):
         for label, executor, workers, parallelism in CONFIGS:
+            wait_for_a_quiet_machine(patience)
             busy, started = busy_seconds(), time.perf_counter()
             out = subprocess.run(
                 [sys.executable, __file__, "--child", "throughput", "--executor", executor, "--workers", str(workers),
@@ -376,8 +389,7 @@ def markdown(tp: list[dict[str, Any]], fo: list[dict[str, Any]], hops: list[dict
     cores = os.cpu_count() or 1
     lines = [
         (f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, {cores} "
-         f"cores, shared with other work while measured. Command: `python benchmarks/scaling.py --repeat {repeat} "
-         "--write`."),
+         f"cores, shared with other work. Command: `python benchmarks/scaling.py --repeat {repeat} --write`."),
         "",
         "### Throughput against worker processes",
         "",
@@ -386,9 +398,10 @@ def markdown(tp: list[dict[str, Any]], fo: list[dict[str, Any]], hops: list[dict
          "system time of the whole process tree (coordinator and workers) divided by the records. *Scaling* is the "
          "throughput against the same dataflow on 1 worker. *CPU bound* is the scaling the CPU per record allows "
          "when every worker has a core to itself: `min(workers, cores) × (CPU per record on 1 worker) / (CPU per "
-         "record)`; the throughput falls short of it when other processes take the cores. *Other work* is the CPU "
-         "the rest of the machine used while the row's job ran, in cores (from `/proc/stat`, the job's own process "
-         "tree left out)."),
+         "record)`; the throughput falls short of it when other processes take the cores. Before each run the "
+         "benchmark waits (up to `--patience` seconds) for the rest of the machine to go quiet; *other work* is the "
+         "CPU the rest of the machine still used while the row's job ran, in cores (from `/proc/stat`, the job's "
+         "own process tree left out)."),
         "",
         "| configuration | parallelism | records/s (median) | min – max | scaling | CPU per record | CPU bound | other work (median) | checkpoints |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -441,6 +454,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--patience", type=float, default=60.0,
+                        help="seconds to wait before each throughput run for other work on the machine to stop")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--child", choices=["throughput", "failover"], help=argparse.SUPPRESS)
@@ -459,7 +474,7 @@ def main() -> None:
         child_failover(args)
         return
     ensure_data()
-    tp = [] if args.skip_throughput else throughput(args.repeat)
+    tp = [] if args.skip_throughput else throughput(args.repeat, args.patience)
     fo = [] if args.skip_failover else failover(args.repeat)
     hops = [transport() for _ in range(args.repeat)]
     if not tp or not fo:
