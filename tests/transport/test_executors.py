@@ -96,3 +96,15 @@ def test_a_function_failing_in_a_worker_fails_the_job_naming_operator_exception_
     cause = failed.value.cause
     assert isinstance(cause, fs.UserFunctionError)
     assert (cause.operator, cause.record, type(cause.cause)) == ("halve", 7, ValueError)
+
+
+def test_a_record_that_cannot_cross_processes_fails_the_job_saying_why(tmp_path):
+    flow = fs.Dataflow("generators", parallelism=2)
+    (flow.source(fs.GeneratorSource(lambda i: i, 40, splits=2), uid="numbers")
+         .map(lambda i: (i, (x for x in range(i))), uid="pairs")
+         .key_by(lambda pair: pair[0])
+         .map(lambda pair: pair[0], uid="firsts")
+         .sink(fs.FileSink(tmp_path / "out"), uid="out"))
+
+    with pytest.raises(fs.JobFailedError, match="cannot be pickled .*must be picklable, or run the job with executor threads"):
+        fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="processes", restart=fs.NoRestart())

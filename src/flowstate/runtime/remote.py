@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flowstate.checkpoint.barrier import END_OF_INPUT, CheckpointBarrier, EndOfInput
+from flowstate.errors import FlowstateError
 from flowstate.runtime.channels import Cancelled, InputGate
 from flowstate.runtime.frames import (
     BARRIER,
@@ -52,6 +53,10 @@ from flowstate.runtime.frames import (
 _PICKLE = pickle.HIGHEST_PROTOCOL
 WINDOW = 2
 """Credits of a channel between processes, in multiples of the capacity of a local channel (rule 2)."""
+
+
+class UnpicklableRecordError(FlowstateError):
+    """A batch bound for another process holds a record that pickle cannot serialise."""
 
 
 class Connection:
@@ -103,7 +108,14 @@ class RemoteChannelWriter:
                         raise Cancelled()
                     cond.wait(0.05)
                 credits[channel] -= 1
-            self._send(encode(BATCH, self._gate, channel, pickle.dumps(item, _PICKLE)))
+            try:
+                payload = pickle.dumps(item, _PICKLE)
+            except Exception as exc:
+                raise UnpicklableRecordError(
+                    f"a record for a task in another worker process cannot be pickled ({type(exc).__name__}: {exc}); "
+                    "records that cross processes must be picklable, or run the job with executor threads"
+                ) from exc
+            self._send(encode(BATCH, self._gate, channel, payload))
         elif kind is CheckpointBarrier:
             self._send(encode(BARRIER, self._gate, channel, pickle.dumps(item, _PICKLE)))
         elif kind is EndOfInput:
