@@ -16,15 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flowstate.config import (
-    EXECUTORS,
-    ExponentialBackoffRestart,
-    FixedDelayRestart,
-    Mode,
-    NoRestart,
-    RestartStrategy,
-    parse_duration,
-)
+from flowstate.config import EXECUTORS, ExponentialBackoffRestart, FixedDelayRestart, Mode, NoRestart, RestartStrategy, parse_duration
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
 
