@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from flowstate.config import (
+    EXECUTORS,
     ExponentialBackoffRestart,
     FixedDelayRestart,
     Mode,
@@ -145,6 +146,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="rocksdb: every checkpoint uploads all files (default: incremental)")
     run.add_argument("--compression", default="zstd", help="state file codec: zstd or none (default zstd)")
     run.add_argument("--state-dir", help="rocksdb working directory (default: a temporary directory)")
+    run.add_argument("--executor", choices=EXECUTORS,
+                     help="where tasks run: threads of this process, worker processes, or Ray actors "
+                          "(default: processes when an operator has parallelism > 1, else threads)")
+    run.add_argument("--workers", type=int, help="worker processes (default: one per core, at most the parallelism)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--from-savepoint", metavar="PATH",
                      help="restore from this savepoint (at any parallelism); running the same command again "
@@ -259,10 +264,14 @@ def _run(args: argparse.Namespace) -> int:
         savepoint_dir=args.savepoint_dir,
         control_endpoint=not args.no_control and args.checkpoint_dir is not None and Mode.parse(args.mode).checkpoints,
         control_host=args.control_host,
+        executor=args.executor,
+        workers=args.workers,
     )
+    where = f"{result.workers} worker process(es)" if result.executor == "processes" else (
+        f"{result.workers} Ray worker(s)" if result.executor == "ray" else "threads")
     logging.getLogger("flowstate").info(
-        "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s)",
-        flow.name, f"{result.records:,}", result.seconds, result.checkpoints_completed, result.restarts,
+        "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s), on %s",
+        flow.name, f"{result.records:,}", result.seconds, result.checkpoints_completed, result.restarts, where,
     )
     return EXIT_OK
 

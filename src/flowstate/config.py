@@ -114,6 +114,8 @@ RestartStrategy = NoRestart | FixedDelayRestart | ExponentialBackoffRestart
 
 STATE_BACKENDS = ("heap", "rocksdb")
 COMPRESSIONS = ("zstd", "none")
+EXECUTORS = ("threads", "processes", "ray")
+"""The executors a job can run on (``JobConfig.executor``)."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,13 @@ class JobConfig:
         if isinstance(self.checkpoint_dir, Path):
             return self.checkpoint_dir / "savepoints"
         return None  # no checkpoints, or object storage: a savepoint request names its directory
+    executor: str | None = None
+    """Where tasks run: ``threads`` (of this process), ``processes`` (worker processes forked from it)
+    or ``ray`` (Ray actors). ``None``: ``processes`` when an operator runs more than one subtask, else
+    ``threads``."""
+    workers: int | None = None
+    """Worker processes (``processes``, ``ray``); default one per core for ``processes``, one per
+    subtask of the widest operator for ``ray``; never more than the widest operator has subtasks."""
 
     def __post_init__(self) -> None:
         if self.mode.checkpoints and self.checkpoint_dir is None:
@@ -194,6 +203,11 @@ class JobConfig:
             )
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"unknown compression {self.compression!r}: use one of {', '.join(COMPRESSIONS)}")
+        if self.executor is not None and self.executor not in EXECUTORS:
+            raise ConfigError(f"unknown executor {self.executor!r}: choose one of {', '.join(EXECUTORS)}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ConfigError(f"workers must be an integer ≥ 1, got {self.workers!r}")
         if self.max_inflight_bytes < 1:
             raise ConfigError(f"max_inflight_bytes must be ≥ 1, got {self.max_inflight_bytes}")
         if self.control_endpoint and not (self.mode.checkpoints and self.checkpoint_dir is not None):

@@ -27,6 +27,10 @@ class UserFunctionError(FlowstateError):
             shown = shown[:200] + "…"
         super().__init__(f"operator {operator!r} failed on record {shown}: {type(cause).__name__}: {cause}")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled when a task in a worker process fails (its report crosses to the coordinator).
+        return (type(self), (self.operator, self.record, self.cause))
+
 
 class JobFailedError(FlowstateError):
     """The job failed and its restart strategy gave up."""

@@ -60,6 +60,8 @@ def run(
     control_endpoint: bool = False,
     control_host: str = "127.0.0.1",
     control: JobControl | None = None,
+    executor: str | None = None,
+    workers: int | None = None,
     failpoints: Failpoints | None = None,
     clock: Clock | None = None,
 ) -> JobResult:
@@ -71,7 +73,11 @@ def run(
     drops state that maps to no operator of the job instead of refusing it. ``control_endpoint``
     serves ``flowstate status | checkpoint | savepoint | stop`` for ``checkpoint_dir``; savepoints go
     under ``savepoint_dir`` (default ``<checkpoint_dir>/savepoints``). ``control`` (a ``JobControl``)
-    takes the same requests from another thread of this process."""
+    takes the same requests from another thread of this process.
+    ``executor`` is ``threads``, ``processes`` or ``ray`` (default: ``processes`` when an operator
+    runs more than one subtask); ``workers`` the number of worker processes. Under ``processes`` and
+    ``ray`` user functions run in the workers: what they change in this process's memory is not seen
+    here."""
     if not isinstance(flow, Dataflow):
         raise ConfigError(f"run() takes a flowstate.Dataflow, got {type(flow).__name__}")
     try:
@@ -107,5 +113,7 @@ def run(
         savepoint_dir=Path(savepoint_dir) if savepoint_dir is not None else None,
         control_endpoint=control_endpoint,
         control_host=control_host,
+        executor=executor,
+        workers=workers,
     )
     return JobRunner(flow, config, failpoints=failpoints, clock=clock, control=control).run()

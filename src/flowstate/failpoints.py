@@ -8,6 +8,10 @@ Syntax of the environment variable: ``name=action[@N | %P][;name=action…]`` wh
 ``raise``, ``kill`` (SIGKILL of the own process) or ``stall(SECONDS)``; ``@N`` fires on the Nth hit
 only, ``%P`` with probability P on every hit (seeded by ``FLOWSTATE_FAILPOINTS_SEED``), neither fires
 on every hit.
+
+A job whose tasks run in worker processes counts hits across all of them: before forking, the
+executor calls ``share()``, which moves the counts into memory shared with the forked workers, so
+``@N`` still fires once, on the job's N-th hit. Draws of ``%P`` stay per process.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # The names the engine hits, in the order a checkpoint meets them.
 SOURCE_BEFORE_SNAPSHOT = "source.before_snapshot"
@@ -131,10 +136,35 @@ class Failpoints:
                 raise ValueError(f"unknown failpoint {name!r}; known: {', '.join(sorted(KNOWN))}")
             parsed[name] = action if isinstance(action, Action) else parse(f"{name}={action}")[name]
         self._actions = parsed
+        self._seed = seed
         self._hits: dict[str, int] = {}
         self._fired: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._lock: Any = threading.Lock()
         self._rng = random.Random(seed)
+        self._shared: Any = None
+        """After ``share()``: hits then fired count of each name of ``_names``, in shared memory."""
+        self._names: dict[str, int] = {}
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Sent to a process that is not forked (a Ray actor): the actions travel, the counts start
+        # at zero there.
+        return (Failpoints, (dict(self._actions),), {"_seed": self._seed, "_rng": random.Random(self._seed)})
+
+    def share(self) -> None:
+        """Keep the counts in memory shared with the processes forked after this call (idempotent)."""
+        if self._shared is not None or not self._actions:
+            return
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        names = {name: k for k, name in enumerate(sorted(self._actions))}
+        shared = context.RawArray("q", 2 * len(names))
+        for name, k in names.items():
+            shared[2 * k] = self._hits.get(name, 0)
+            shared[2 * k + 1] = self._fired.get(name, 0)
+        self._lock = context.Lock()
+        self._names = names
+        self._shared = shared
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Failpoints:
@@ -146,9 +176,13 @@ class Failpoints:
         return bool(self._actions)
 
     def hits(self, name: str) -> int:
+        if self._shared is not None and name in self._names:
+            return int(self._shared[2 * self._names[name]])
         return self._hits.get(name, 0)
 
     def fired(self, name: str) -> int:
+        if self._shared is not None and name in self._names:
+            return int(self._shared[2 * self._names[name] + 1])
         return self._fired.get(name, 0)
 
     def hit(self, name: str) -> None:
@@ -156,7 +190,12 @@ class Failpoints:
         if action is None:
             return
         with self._lock:
-            n = self._hits[name] = self._hits.get(name, 0) + 1
+            shared = self._shared
+            if shared is not None:
+                k = 2 * self._names[name]
+                n = shared[k] = shared[k] + 1
+            else:
+                n = self._hits[name] = self._hits.get(name, 0) + 1
             if action.nth is not None:
                 fire = n == action.nth
             elif action.probability is not None:
@@ -164,7 +203,10 @@ class Failpoints:
             else:
                 fire = True
             if fire:
-                self._fired[name] = self._fired.get(name, 0) + 1
+                if shared is not None:
+                    shared[k + 1] += 1
+                else:
+                    self._fired[name] = self._fired.get(name, 0) + 1
         if not fire:
             return
         if action.kind == "raise":

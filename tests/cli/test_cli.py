@@ -195,6 +195,27 @@ def test_a_job_file_that_raises_while_loading_exits_2_naming_the_file_and_the_er
     assert "Traceback" not in result.stderr, shown(result)
 
 
+@pytest.mark.parametrize(("options", "where"), [
+    (["--executor", "threads"], "on threads"),
+    (["--executor", "processes", "--workers", "2"], "on 2 worker process(es)"),
+    ([], "worker process(es)"),
+])
+def test_run_executes_on_the_executor_chosen_and_says_where(tmp_path: Path, job: Path, options, where) -> None:
+    result = flowstate("run", job.name, "--checkpoint-dir", "chk", "--interval", "100ms", *options, cwd=tmp_path)
+
+    assert result.returncode == 0, shown(result)
+    assert committed_records(tmp_path / "out") == expected_counts()
+    assert where in result.stderr, shown(result)
+
+
+def test_workers_for_the_threads_executor_exit_2(tmp_path: Path, job: Path) -> None:
+    result = flowstate("run", job.name, "--checkpoint-dir", "chk", "--executor", "threads", "--workers", "2",
+                       cwd=tmp_path)
+
+    assert result.returncode == 2, shown(result)
+    assert "workers=2 needs the processes or ray executor" in result.stderr, shown(result)
+
+
 def test_an_unknown_mode_exits_2_naming_every_accepted_mode(tmp_path: Path, job: Path) -> None:
     result = flowstate("run", str(job), "--checkpoint-dir", "chk", "--mode", "exactly_twice", cwd=tmp_path)
 

@@ -16,6 +16,11 @@ test asserts that
   committed output equals the batch reference; in ``at_least_once`` every expected record is present
   (duplicates are allowed).
 
+Every test runs under both executors of one machine: ``threads`` (every task a thread of the test's
+process) and ``processes`` (two worker processes forked for each attempt, records crossing between
+them in frames; a failpoint's ``@N`` counts the hits of the whole job, across processes, and a
+failure raised in a worker fails the attempt from there).
+
 A checkpoint that fails without a crash (a task declines it) is different: within
 ``tolerable_failures`` the job goes on. Discarding the declined checkpoint races with the snapshot
 writes other tasks still make into its directory; the last two tests pin that such a race does not
@@ -57,6 +62,7 @@ SWITCHING = "exactly_once+alignment_timeout"
 ALIGNMENT_TIMEOUT = "1ms"
 EXACT_MODES = ("exactly_once", "stop_the_world", "unaligned", SWITCHING)
 ALL_CHECKPOINTING_MODES = (*EXACT_MODES, "at_least_once")
+EXECUTORS = ("threads", "processes")
 
 
 def mode_settings(mode: str) -> dict[str, str]:
@@ -129,16 +135,25 @@ CRASHES = [
 
 
 CASES = [
-    pytest.param(crash, mode, id=f"{crash.failpoint}-{mode}") for crash in CRASHES for mode in crash.modes
+    pytest.param(crash, mode, executor, id=f"{crash.failpoint}-{mode}-{executor}")
+    for crash in CRASHES for mode in crash.modes for executor in EXECUTORS
 ]
 
 
-def run_wordcount(dirs, mode: str, failpoints: fs.Failpoints, **settings) -> fs.JobResult:
+@pytest.fixture(params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def run_wordcount(dirs, mode: str, failpoints: fs.Failpoints, executor: str, **settings) -> fs.JobResult:
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE), parallelism=PARALLELISM)
-    return fs.run(
+    result = fs.run(
         flow, checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=FAST_RESTART,
-        failpoints=failpoints, **mode_settings(mode), **settings,
+        failpoints=failpoints, executor=executor, **mode_settings(mode), **settings,
     )
+    assert result.executor == executor
+    assert result.workers == (PARALLELISM if executor == "processes" else 0)
+    return result
 
 
 def assert_output(mode: str, dirs, expected: Counter) -> None:
@@ -150,9 +165,9 @@ def assert_output(mode: str, dirs, expected: Counter) -> None:
         assert not missing, difference(actual, expected)
 
 
-@pytest.mark.parametrize(("crash", "mode"), CASES)
-def test_a_crash_at_a_failpoint_restarts_from_a_checkpoint_and_loses_nothing(crash, mode, dirs, expected):
-    check_a_crash(crash, mode, dirs, expected)
+@pytest.mark.parametrize(("crash", "mode", "executor"), CASES)
+def test_a_crash_at_a_failpoint_restarts_from_a_checkpoint_and_loses_nothing(crash, mode, executor, dirs, expected):
+    check_a_crash(crash, mode, executor, dirs, expected)
 
 
 ROCKSDB_CASES = [
@@ -167,15 +182,16 @@ ROCKSDB_CASES = [
 def test_with_rocksdb_state_a_crash_at_a_failpoint_restarts_from_a_checkpoint_and_loses_nothing(
     crash, mode, dirs, expected, tmp_path,
 ):
-    check_a_crash(crash, mode, dirs, expected, state_backend="rocksdb", state_dir=tmp_path / "rocksdb")
+    # Under the default executor for parallelism 2: worker processes.
+    check_a_crash(crash, mode, "processes", dirs, expected, state_backend="rocksdb", state_dir=tmp_path / "rocksdb")
     assert not any((tmp_path / "rocksdb").iterdir()), "a RocksDB working directory was left behind"
 
 
-def check_a_crash(crash, mode, dirs, expected, **settings):
+def check_a_crash(crash, mode, executor, dirs, expected, **settings):
     failpoints = fs.Failpoints({crash.failpoint: crash.action})
     batch_size = 1 if crash.hits_per_checkpoint is None else 2048
 
-    result = run_wordcount(dirs, mode, failpoints, batch_size=batch_size, **settings)
+    result = run_wordcount(dirs, mode, failpoints, executor, batch_size=batch_size, **settings)
 
     assert failpoints.fired(crash.failpoint) == 1, f"{crash.failpoint} was hit {failpoints.hits(crash.failpoint)} times"
     assert result.failures, "the run recorded no failure"
@@ -188,14 +204,16 @@ RECOVERY_POINTS = ("recovery.checkpoint_chosen", "recovery.mid_state_load", "rec
 
 @pytest.mark.parametrize("point", RECOVERY_POINTS)
 @pytest.mark.parametrize("mode", ALL_CHECKPOINTING_MODES)
-def test_a_crash_while_restoring_is_followed_by_another_restore_from_the_same_checkpoint(point, mode, dirs, expected):
+def test_a_crash_while_restoring_is_followed_by_another_restore_from_the_same_checkpoint(
+    point, mode, executor, dirs, expected,
+):
     failpoints = fs.Failpoints({
         "task.before_snapshot": first_hit_after(COMPLETED_BEFORE_CRASH, TASKS),
         # Hit only when restoring from a checkpoint: the first restore raises there.
         point: "raise@1",
     })
 
-    result = run_wordcount(dirs, mode, failpoints)
+    result = run_wordcount(dirs, mode, failpoints, executor)
 
     assert failpoints.fired("task.before_snapshot") == 1
     assert failpoints.fired(point) == 1
@@ -211,10 +229,10 @@ def test_a_crash_while_restoring_is_followed_by_another_restore_from_the_same_ch
 
 
 @pytest.mark.parametrize("mode", ["stop_the_world", "at_least_once"])
-def test_only_exactly_once_blocks_channels_for_alignment(mode, dirs, expected):
+def test_only_exactly_once_blocks_channels_for_alignment(mode, executor, dirs, expected):
     failpoints = fs.Failpoints({"alignment.channel_blocked": "raise"})
 
-    result = run_wordcount(dirs, mode, failpoints)
+    result = run_wordcount(dirs, mode, failpoints, executor)
 
     assert failpoints.hits("alignment.channel_blocked") == 0
     assert result.failures == [] and result.restarts == 0
@@ -223,10 +241,10 @@ def test_only_exactly_once_blocks_channels_for_alignment(mode, dirs, expected):
 
 
 @pytest.mark.parametrize("mode", ALL_CHECKPOINTING_MODES)
-def test_a_declined_checkpoint_within_the_tolerable_failures_does_not_restart_the_job(mode, dirs, expected):
+def test_a_declined_checkpoint_within_the_tolerable_failures_does_not_restart_the_job(mode, executor, dirs, expected):
     failpoints = fs.Failpoints({"task.after_snapshot_before_ack": first_hit_after(COMPLETED_BEFORE_CRASH, TASKS)})
 
-    result = run_wordcount(dirs, mode, failpoints, tolerable_failures=1)
+    result = run_wordcount(dirs, mode, failpoints, executor, tolerable_failures=1)
 
     assert failpoints.fired("task.after_snapshot_before_ack") == 1
     assert result.restarts == 0, result.failures
@@ -252,12 +270,12 @@ class _RacingDiscard(LocalCheckpointStorage):
             raise OSError(errno.ENOTEMPTY, "Directory not empty", str(directory))
 
 
-def test_a_failed_removal_of_an_aborted_checkpoint_does_not_fail_the_job(monkeypatch, dirs, expected):
+def test_a_failed_removal_of_an_aborted_checkpoint_does_not_fail_the_job(monkeypatch, executor, dirs, expected):
     monkeypatch.setattr(_RacingDiscard, "raced", [])
     monkeypatch.setattr(job_module, "open_storage", lambda location, **options: _RacingDiscard(location, **options))
     failpoints = fs.Failpoints({"task.after_snapshot_before_ack": first_hit_after(COMPLETED_BEFORE_CRASH, TASKS)})
 
-    result = run_wordcount(dirs, "exactly_once", failpoints, tolerable_failures=1)
+    result = run_wordcount(dirs, "exactly_once", failpoints, executor, tolerable_failures=1)
 
     assert _RacingDiscard.raced == [COMPLETED_BEFORE_CRASH + 1]
     assert result.restarts == 0, result.failures

@@ -289,9 +289,10 @@ def _replaying() -> bool:
 def test_a_crash_in_the_middle_of_replaying_channel_state_loses_nothing_and_replays_nothing_twice(dirs):
     # The first attempt crashes before checkpoint 3 completes; the second replays the channel state
     # of checkpoint 2 and crashes on its third replayed batch, after two were processed and emitted.
+    # Threads: the failpoints count replayed batches in this process's memory.
     failpoints = CrashWhileReplaying({"coordinator.all_acks_before_metadata": "raise@3"}, nth=3)
 
-    result = run_sequences(dirs, UNALIGNED, failpoints)
+    result = run_sequences(dirs, UNALIGNED, failpoints, executor="threads")
 
     assert len(result.failures) == 2 and "replayed batch 3" in result.failures[1], result.failures
     assert failpoints.replayed > 3, "the third attempt replayed the channel state again"

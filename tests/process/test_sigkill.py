@@ -11,6 +11,10 @@ n = 1..count(word):
 
 A restart from scratch also gives the right answer, so every test also proves that a run restored a
 checkpoint with id ≥ 1 (the runner logs "restoring from checkpoint N" to stderr).
+
+The random kills hit the job as it runs by default: under the multi-process executor, a coordinator
+process and two workers, all of which die with it. The kills at failpoints run the job on threads,
+so that the point kills the whole job; ``test_worker_failover`` kills single workers instead.
 """
 
 from __future__ import annotations
@@ -195,10 +199,10 @@ class JobDir:
     def out(self) -> Path:
         return self.root / "out"
 
-    def start(self, mode: str, failpoints: str | None = None) -> Run:
+    def start(self, mode: str, failpoints: str | None = None, executor: str | None = None) -> Run:
         # Not --quiet: it also silences the "restoring from checkpoint N" line these tests look for.
         command = [sys.executable, "-m", "flowstate", "run", str(self.job), "--checkpoint-dir", str(self.chk),
-                   "--mode", mode, "--interval", "100ms"]
+                   "--mode", mode, "--interval", "100ms", *(["--executor", executor] if executor else [])]
         stderr_path = self.root / f"run-{len(self.runs) + 1}.stderr"
         with open(stderr_path, "wb") as stderr:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
@@ -207,8 +211,8 @@ class JobDir:
         self.runs.append(run)
         return run
 
-    def run(self, mode: str, failpoints: str | None = None) -> Run:
-        run = self.start(mode, failpoints)
+    def run(self, mode: str, failpoints: str | None = None, executor: str | None = None) -> Run:
+        run = self.start(mode, failpoints, executor)
         try:
             run.process.wait(timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -331,6 +335,7 @@ def test_a_job_killed_twenty_times_at_random_moments_resumes_from_checkpoints_to
     with capsys.disabled():
         print(f"\n{log.summary()}")
     assert last.code == 0, f"{log.summary()}\nthe final run: {last.describe()}"
+    assert "on 2 worker process(es)" in last.stderr() or (os.cpu_count() or 1) < 2, last.describe()
 
     exact = mode != "at_least_once"
     for job in jobs:
@@ -369,7 +374,7 @@ def test_a_run_killed_at_a_failpoint_is_completed_by_the_next_run_from_a_checkpo
 ) -> None:
     job = JobDir(tmp_path / "job", corpus.data)
 
-    killed = job.run(mode, failpoints=failpoint)
+    killed = job.run(mode, failpoints=failpoint, executor="threads")
     assert killed.code == KILLED, f"the run with {failpoint} was not killed there: {killed.describe()}"
 
     resumed = job.run(mode)
@@ -385,10 +390,10 @@ def test_a_run_killed_while_restoring_state_is_completed_by_the_next_run_from_th
 ) -> None:
     job = JobDir(tmp_path / "job", corpus.data)
 
-    first = job.run(mode, failpoints="coordinator.metadata_before_notify=kill@2")
+    first = job.run(mode, failpoints="coordinator.metadata_before_notify=kill@2", executor="threads")
     assert first.code == KILLED, first.describe()
 
-    restoring = job.run(mode, failpoints="recovery.state_loaded=kill")
+    restoring = job.run(mode, failpoints="recovery.state_loaded=kill", executor="threads")
     assert restoring.code == KILLED, f"the run was not killed after loading state: {restoring.describe()}"
     checkpoint = restoring.restored_from()
     assert checkpoint is not None and checkpoint >= 1, restoring.describe()

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 
 from hypothesis import settings, target
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from flowstate.checkpoint.alignment import AlignedBarrierHandler
 from flowstate.checkpoint.barrier import CheckpointBarrier

@@ -31,7 +31,12 @@ from flowstate.checkpoint.handler import (
     TakeSnapshot,
 )
 from flowstate.checkpoint.ids import ChannelIndex, CheckpointId
-from flowstate.checkpoint.unaligned import Aligning, Capturing, Idle, UnalignedBarrierHandler
+from flowstate.checkpoint.unaligned import (
+    Aligning,
+    Capturing,
+    Idle,
+    UnalignedBarrierHandler,
+)
 
 C0, C1, C2 = ChannelIndex(0), ChannelIndex(1), ChannelIndex(2)
 SUBSUMED_BY_NEWER_BARRIER = CheckpointFailureReason.SUBSUMED_BY_NEWER_BARRIER

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowstate.state.codec import ValueCodec, decode_key, encode_key, read_varint, varint
+from flowstate.state.codec import (
+    ValueCodec,
+    decode_key,
+    encode_key,
+    read_varint,
+    varint,
+)
 from flowstate.state.rocksdb import key_prefix, split_prefix, successor
 
 SCALAR_KEYS = st.none() | st.booleans() | st.integers() | st.text() | st.binary() | st.floats(allow_nan=False)

@@ -8,7 +8,12 @@ import pickle
 import pytest
 
 from flowstate.state.backend import RestoredState
-from flowstate.state.memory import HeapKeyedStateBackend, HeapListState, HeapValueState, heap_snapshot_entries
+from flowstate.state.memory import (
+    HeapKeyedStateBackend,
+    HeapListState,
+    HeapValueState,
+    heap_snapshot_entries,
+)
 
 from .conftest import dump
 

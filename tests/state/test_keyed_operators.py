@@ -10,7 +10,11 @@ import pytest
 
 import flowstate as fs
 from flowstate.failpoints import Failpoints
-from flowstate.runtime.operators import KeyedProcessOperator, OperatorEnv, ReduceOperator
+from flowstate.runtime.operators import (
+    KeyedProcessOperator,
+    OperatorEnv,
+    ReduceOperator,
+)
 from flowstate.state.backend import RestoredState, SnapshotParts, StateError
 from flowstate.state.keygroups import key_group_of, key_group_range
 from flowstate.state.memory import HeapKeyedStateBackend

@@ -12,7 +12,11 @@ import pytest
 from flowstate.state.backend import RestoredState, StateError
 from flowstate.state.codec import decode_key, encode_key
 from flowstate.state.keygroups import key_group_of, key_group_range
-from flowstate.state.rocksdb import RocksDBBackendFactory, RocksDBKeyedStateBackend, key_prefix
+from flowstate.state.rocksdb import (
+    RocksDBBackendFactory,
+    RocksDBKeyedStateBackend,
+    key_prefix,
+)
 
 from .conftest import Store, complete, dump
 

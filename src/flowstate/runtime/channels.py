@@ -69,6 +69,15 @@ class InputGate:
             queue.append(item)
             self._readable.notify()
 
+    def deliver(self, channel: int, item: Any) -> None:
+        """Append ``item`` to ``channel`` without waiting: for a transport that bounds the channel
+        itself (credits granted by the consumer, ``flowstate.runtime.remote``)."""
+        with self._lock:
+            if self._cancelled:
+                raise Cancelled()
+            self._queues[channel].append(item)
+            self._readable.notify()
+
     def put_priority(self, channel: int, barrier: Any) -> None:
         """Put ``barrier`` at the head of ``channel``, ahead of the batches queued there; never waits
         (an unaligned barrier must overtake back-pressure, not queue behind it)."""

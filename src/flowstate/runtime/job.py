@@ -15,8 +15,14 @@ Step 3: start the tasks; tell the coordinator they run; then loop: take a report
         source ended, finished, failed) or a control request (``flowstate.runtime.control``), feed it
         to the coordinator, execute the returned actions in order. The metadata is written before any
         task hears that a checkpoint completed.
-Step 4: on a failure, cancel every task, wait for in-flight snapshot writes, and let the restart
-        strategy decide: another attempt from Step 1, or ``JobFailedError``.
+Step 4: on a failure, cancel every task, wait for in-flight snapshot writes (or for the end of the
+        processes that make them), and let the restart strategy decide: another attempt from Step 1,
+        or ``JobFailedError``.
+
+Where the tasks run is the executor's business (``flowstate.runtime.transport.Executor``): threads
+of this process, worker processes forked from it (``flowstate.runtime.processes``) or Ray actors
+(``flowstate.runtime.ray_cluster``). The steps above, the coordinator and its shell are the same for
+all of them: the shell sees tasks only as ``TaskHandle``s.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import pickle
 import queue
 import sys
 import threading
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +100,15 @@ from flowstate.runtime.task import (
     Task,
     TaskEnv,
 )
-from flowstate.runtime.transport import ChannelWriter, Executor, ThreadExecutor
+from flowstate.runtime.transport import (
+    ChannelWriter,
+    Executor,
+    LocalWiring,
+    Reports,
+    TaskHandle,
+    ThreadExecutor,
+    Wiring,
+)
 from flowstate.state.backend import BackendFactory, RestoredState
 from flowstate.state.memory import HeapKeyedStateBackend
 from flowstate.storage.base import (
@@ -132,6 +147,10 @@ class JobResult:
     """The savepoint an attempt restored from (``--from-savepoint``), if one did."""
     savepoints: list[str] = field(default_factory=list)
     """Directories of the savepoints completed in this run, oldest first."""
+    executor: str = "threads"
+    """Where the tasks ran: ``threads``, ``processes`` or ``ray``."""
+    workers: int = 0
+    """Worker processes of each attempt (0: the tasks ran as threads of this process)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,16 +173,27 @@ class _AttemptFailed(Exception):
 
 
 class CheckpointDirLock:
-    """Keeps two runs from writing the same checkpoint directory."""
+    """Keeps two runs from writing the same checkpoint directory.
 
-    def __init__(self, directory: Path) -> None:
+    Worker processes inherit the lock, so it is free only once every process of a run is gone. A run
+    killed with SIGKILL takes its workers with it within milliseconds; a lock still held is therefore
+    tried again for up to ``wait`` seconds before the directory counts as in use."""
+
+    def __init__(self, directory: Path, clock: Clock | None = None, wait: float = 1.0) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._file = open(directory / "_lock", "a+")  # noqa: SIM115 - held for the run
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.close()
-            raise ConfigError(f"another flowstate run is using the checkpoint directory {directory}") from None
+        clock = clock or SystemClock()
+        give_up = clock.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if clock.monotonic() < give_up:
+                    clock.sleep(0.02)
+                    continue
+                self._file.close()
+                raise ConfigError(f"another flowstate run is using the checkpoint directory {directory}") from None
 
     def release(self) -> None:
         fcntl.flock(self._file, fcntl.LOCK_UN)
@@ -188,6 +218,7 @@ class JobRunner:
                 self.storage = open_storage(config.checkpoint_dir, failpoints=self.failpoints)
             except ValueError as exc:
                 raise ConfigError(f"checkpoint storage {config.checkpoint_dir}: {exc}") from None
+        self.executor_name, self.workers = choose_executor(config, self.graph)
         self._next_id = 1
         self._state_backend = _backend_factory(config)
         self.control = control if control is not None else JobControl()
@@ -221,13 +252,13 @@ class JobRunner:
 
     def run(self) -> JobResult:
         config = self.config
-        result = JobResult(self.flow.name, config.mode)
+        result = JobResult(self.flow.name, config.mode, executor=self.executor_name, workers=self.workers)
         self._result = result
         self.control.publish(self._status)
         started = self.clock.monotonic()
         # Object storage has no lock: two runs on one bucket prefix are the user's to avoid.
         storage = self.storage
-        lock = CheckpointDirLock(storage.root) if isinstance(storage, LocalCheckpointStorage) else None
+        lock = CheckpointDirLock(storage.root, self.clock) if isinstance(storage, LocalCheckpointStorage) else None
         server: ControlServer | None = None
         try:
             if config.fresh and self.storage is not None:
@@ -309,23 +340,31 @@ class JobRunner:
             raise _AttemptFailed(f"choosing the checkpoint to restore failed: {type(exc).__name__}: {exc}", exc) from exc
         result.restored_from.append(int(restored.checkpoint_id) if restored else None)
         reports: queue.Queue[Any] = queue.Queue()
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
-        tasks: dict[TaskId, Task] = {}
-        executor = ThreadExecutor()
+        executor = self._executor()
+        graceful = False
         try:
             try:
-                tasks = self._build_tasks(restored, reports, pool)
+                tasks = executor.build(restored, reports)
             except Exception as exc:  # noqa: BLE001 - a failure to restore is a failure of the attempt
                 raise _AttemptFailed(f"building the tasks failed: {type(exc).__name__}: {exc}", exc) from exc
             self._run_tasks(tasks, executor, reports, restored, result)
+            graceful = True
         finally:
-            for t in tasks.values():
-                t.cancel()
-            for tid in executor.join(timeout=10):
-                log.warning("task %s did not stop within 10 s", tid)
-            # Wait for in-flight snapshot writes: a late write must never land in a checkpoint
-            # directory whose id the next attempt reuses.
-            pool.shutdown(wait=True)
+            # Returns once no task of this attempt can write: a late snapshot write must never land
+            # in a checkpoint directory whose id the next attempt reuses.
+            executor.stop(graceful)
+
+    def _executor(self) -> Executor:
+        """A new executor for one attempt (see ``choose_executor``)."""
+        if self.executor_name == "processes":
+            from flowstate.runtime.processes import ProcessExecutor
+
+            return ProcessExecutor(self, self.workers)
+        if self.executor_name == "ray":
+            from flowstate.runtime.ray_cluster import RayExecutor
+
+            return RayExecutor(self, self.workers)
+        return ThreadExecutor(self._build_tasks, self.clock)
 
     def _choose_restore_point(self) -> CheckpointMetadata | None:
         """Step 1: the snapshot to restore from, its states loaded and assigned to the tasks."""
@@ -414,30 +453,41 @@ class JobRunner:
         return {tid: {uid: _restorable(value, storage) for uid, value in state.items()}
                 for tid, state in assignment.states.items()}
 
-    def _load_states(self, md: CheckpointMetadata | None) -> dict[TaskId, dict[str, Any]]:
-        """The states assigned to the tasks in Step 1."""
-        return self._assigned if md is not None else {}
+    def _load_states(self, md: CheckpointMetadata | None, only: Collection[TaskId] | None = None) -> dict[TaskId, dict[str, Any]]:
+        """The states assigned to the tasks in Step 1 (to the tasks in ``only``, when given)."""
+        if md is None:
+            return {}
+        return {tid: state for tid, state in self._assigned.items() if only is None or tid in only}
 
     def _build_tasks(
-        self, restored: CheckpointMetadata | None, reports: queue.Queue[Any], pool: ThreadPoolExecutor,
+        self, restored: CheckpointMetadata | None, reports: Reports, pool: ThreadPoolExecutor,
+        wiring: Wiring | None = None,
     ) -> dict[TaskId, Task]:
+        """The tasks that run in this process (``wiring.is_local``; all of them by default), each
+        restored from its state in ``restored``. A producer writes to the gate ``wiring`` gives for
+        its consumer: the consumer's own input gate when it is local, else a writer to it."""
         graph = self.graph
         config = self.config
-        states = self._load_states(restored)
+        wiring = wiring or LocalWiring(config.channel_capacity)
+        local = {task_id(v.name, i) for v in graph.vertices for i in range(v.parallelism)
+                 if wiring.is_local(task_id(v.name, i))}
+        states = self._load_states(restored, local)
         storage = self._targets if self.storage is not None else None
         env = TaskEnv(config.mode, storage, reports, pool, self.failpoints, self.clock, config.batch_size,
                       config.alignment_timeout, config.max_inflight_bytes, config.compression, config.incremental)
-        gates: dict[tuple[str, int], InputGate] = {}
+        gates: dict[tuple[str, int], Any] = {}
         bases: dict[str, list[int]] = {}
         for v in graph.vertices:
             widths = [1 if e.partition == "forward" else graph.vertex(e.source).parallelism for e in v.inputs]
             bases[v.name] = [sum(widths[:k]) for k in range(len(widths))]
             for i in range(v.parallelism):
-                gates[(v.name, i)] = InputGate(sum(widths), config.channel_capacity)
+                gates[(v.name, i)] = wiring.gate(task_id(v.name, i), sum(widths))
         tasks: dict[TaskId, Task] = {}
         for v in graph.vertices:
             for i in range(v.parallelism):
                 tid = task_id(v.name, i)
+                if tid not in local:
+                    continue
                 resume = states.get(tid) if restored is not None else None
                 if restored is not None and resume is None:
                     resume = {}
@@ -447,7 +497,7 @@ class JobRunner:
         return tasks
 
     def _output(
-        self, v: JobVertex, i: int, gates: dict[tuple[str, int], InputGate], bases: dict[str, list[int]],
+        self, v: JobVertex, i: int, gates: dict[tuple[str, int], Any], bases: dict[str, list[int]],
         cancelled: threading.Event,
     ) -> Output:
         """Subtask ``i`` of ``v`` writes to channel ``base + i`` of every consumer subtask (one
@@ -482,12 +532,12 @@ class JobRunner:
     # ---- the coordinator's shell ---------------------------------------------------------------------
 
     def _run_tasks(
-        self, tasks: dict[TaskId, Task], executor: Executor, reports: queue.Queue[Any],
+        self, tasks: Mapping[TaskId, TaskHandle], executor: Executor, reports: queue.Queue[Any],
         restored: CheckpointMetadata | None, result: JobResult,
     ) -> None:
         config = self.config
         clock = self.clock
-        sources = [t.task_id for t in tasks.values() if isinstance(t, SourceTask)]
+        sources = [t.task_id for t in tasks.values() if t.is_source]
         completed = []
         if restored is not None:
             if self.storage is not None and self._result is not None and self._result.restored_savepoint is None:
@@ -501,7 +551,7 @@ class JobRunner:
             config.checkpoint, tasks, sources, first_id=CheckpointId(self._next_id), completed=completed,
         ) if config.mode.checkpoints else None
         shell = _Shell(self, coordinator, tasks, result, restored)
-        executor.launch(tasks.values())
+        executor.launch()
         finished: set[TaskId] = set()
         now = clock.monotonic()
         try:
@@ -570,7 +620,7 @@ class _Shell:
     """Executes coordinator actions and feeds it reports and control requests, for one attempt."""
 
     def __init__(
-        self, runner: JobRunner, coordinator: CheckpointCoordinator | None, tasks: dict[TaskId, Task],
+        self, runner: JobRunner, coordinator: CheckpointCoordinator | None, tasks: Mapping[TaskId, TaskHandle],
         result: JobResult, restored: CheckpointMetadata | None,
     ) -> None:
         self.runner = runner
@@ -669,8 +719,8 @@ class _Shell:
                         log.info("savepoint %d triggered into %s", cid, path)
                     barrier = CheckpointBarrier(cid, ts, final, savepoint=savepoint)
                     for t in self.tasks.values():
-                        if isinstance(t, SourceTask):
-                            t.gate.post(Trigger(barrier))
+                        if t.is_source:
+                            t.post(Trigger(barrier))
                 case StoreCheckpoint(checkpoint=checkpoint):
                     if fp:
                         fp.hit(fpn.COORDINATOR_BEFORE_METADATA)
@@ -705,7 +755,7 @@ class _Shell:
                         self.result.last_checkpoint = int(cid)
                         self.completed_here += 1
                     for t in self.tasks.values():
-                        t.gate.post(Complete(cid, final, action.commit))
+                        t.post(Complete(cid, final, action.commit))
                     request = self.control.triggered.pop(cid, None)
                     if request is not None:
                         request.reply.set_result({"checkpoint_id": int(cid), "savepoint": savepoint,
@@ -714,7 +764,7 @@ class _Shell:
                     log.info("checkpoint %d aborted: %s", cid, reason.value)
                     self.result.checkpoints_failed += 1
                     for t in self.tasks.values():
-                        t.gate.post(Aborted(cid))
+                        t.post(Aborted(cid))
                     request = self.control.triggered.pop(cid, None)
                     if request is not None:
                         request.reply.set_exception(ControlError(
@@ -761,7 +811,7 @@ class _Shell:
 
     def progress(self, now: float, final: bool = False) -> None:
         runner = self.runner
-        records = sum(t.records_in for t in self.tasks.values() if isinstance(t, SourceTask))
+        records = sum(t.records_in for t in self.tasks.values() if t.is_source)
         self.result.records = records
         if not runner.config.progress or (not final and now - self.last_print < 1.0):
             return
@@ -778,6 +828,28 @@ class _Shell:
                          + (f" (last #{last}{took})" if last else ""))
         parts.append(f"restarts {self.result.restarts}")
         print(" · ".join(parts), file=runner._progress, flush=True)
+
+
+def choose_executor(config: JobConfig, graph: JobGraph) -> tuple[str, int]:
+    """The executor of a job and its number of workers.
+
+    Rules: ``config.executor`` when set, else ``processes`` when some vertex runs more than one
+    subtask (or ``config.workers`` is set) and ``threads`` otherwise. ``processes`` defaults to one
+    worker per core, ``ray`` to one per subtask of the widest vertex; neither uses more workers than
+    the widest vertex has subtasks. ``threads`` has no workers (0)."""
+    widest = max(v.parallelism for v in graph.vertices)
+    name = config.executor or ("processes" if widest > 1 or config.workers is not None else "threads")
+    if name == "threads":
+        if config.workers is not None:
+            raise ConfigError(
+                f"workers={config.workers} needs the processes or ray executor; the threads executor runs "
+                "every task in this process"
+            )
+        return name, 0
+    if name == "processes" and not hasattr(os, "fork"):
+        raise ConfigError("the processes executor forks its workers, which this platform cannot; use executor threads")
+    default = (os.cpu_count() or 1) if name == "processes" else widest
+    return name, min(config.workers or default, widest)
 
 
 def run_job(flow: Dataflow, config: JobConfig, *, failpoints: Failpoints | None = None, clock: Clock | None = None) -> JobResult:

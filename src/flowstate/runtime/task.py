@@ -22,7 +22,6 @@ reads nothing after it, ends its input when the checkpoint completes, and reads 
 from __future__ import annotations
 
 import pickle
-import queue
 import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -66,6 +65,7 @@ from flowstate.runtime.messages import (
 )
 from flowstate.runtime.operators import Operator, Ready
 from flowstate.runtime.output import Output
+from flowstate.runtime.transport import Reports
 from flowstate.state.backend import SnapshotParts
 from flowstate.storage.base import CheckpointStorage, StateHandle, TaskState
 
@@ -82,7 +82,7 @@ handle (``path``, ``size``, ``sha256``, ``codec``). The rest of that part is the
 class TaskEnv:
     mode: Mode
     storage: CheckpointStorage | None
-    reports: queue.Queue[Any]
+    reports: Reports
     snapshot_pool: Executor
     failpoints: Failpoints
     clock: Clock
@@ -97,6 +97,8 @@ class TaskEnv:
 
 
 class Task:
+    is_source = False
+
     def __init__(
         self, task_id: TaskId, vertex: str, subtask: int, ops: list[Operator], output: Output,
         gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None, cancelled: threading.Event,
@@ -126,6 +128,10 @@ class Task:
     def cancel(self) -> None:
         self.cancelled.set()
         self.gate.cancel()
+
+    def post(self, mail: Any) -> None:
+        """Mail for the task (a trigger, a notification): read before any channel item."""
+        self.gate.post(mail)
 
     def run(self) -> None:
         try:
@@ -496,6 +502,8 @@ class StreamTask(Task):
 
 class SourceTask(Task):
     """The head of a chain that starts with a source."""
+
+    is_source = True
 
     def __init__(self, *args: Any, reader: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,0 +1,381 @@
+"""The multi-process executor: worker processes, each running a share of the tasks, with the
+coordinator in this (the parent) process. Records cross processes as batches pickled once, in frames
+over loopback TCP with credit-based flow control (``flowstate.runtime.remote``); barriers travel
+in-band, in the same frames; the worker protocol is ``flowstate.runtime.worker_control``.
+
+Rules:
+
+1. Workers are forked (jobs are built from lambdas and closures, which cannot be pickled) at the
+   start of each attempt, once the restore point is chosen and before this process starts any
+   thread of the attempt. A worker inherits the job, the restore point and the failpoints, whose
+   counts are shared with it (``Failpoints.share``). It loads the state of its own tasks only.
+2. A worker dies with the coordinator: on Linux it asks the kernel for SIGKILL when its parent
+   exits, and everywhere it ends itself when its control connection closes. It holds the checkpoint
+   directory's lock (inherited), so a new run cannot start while a worker of the old one lives.
+3. A worker that exits or is killed while its attempt runs is noticed when its control connection
+   closes, which the kernel does as the process dies: the attempt fails with a ``WorkerLostError``
+   naming the worker, its tasks and how it ended. The restart strategy decides as for any failure.
+   Every worker of a failed attempt is killed, so no task of it writes anything any more, and the
+   next attempt forks new workers, every task restored from the latest completed checkpoint (a full
+   restart). A checkpoint in flight at the failure is never completed: its coordinator ends with the
+   attempt, and the next attempt sweeps the files it left.
+4. A successful attempt stops its workers gracefully: each cancels its (finished) tasks, waits for
+   its snapshot writes and exits.
+
+``WorkerPool`` is everything but how workers are started, watched and killed; the Ray executor
+(``flowstate.runtime.ray_cluster``) shares it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import secrets
+import signal
+import socket
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from flowstate.checkpoint.ids import TaskId, task_id
+from flowstate.runtime.messages import TaskFailed, TaskFinished
+from flowstate.runtime.remote import ControlChannel
+from flowstate.runtime.transport import STOP_TIMEOUT, Reports
+from flowstate.runtime.worker_control import (
+    Address,
+    BuildFailed,
+    Built,
+    Hello,
+    Mail,
+    PeerLost,
+    Peers,
+    Progress,
+    Start,
+    Stop,
+    WorkerLostError,
+    place,
+)
+
+if TYPE_CHECKING:
+    from flowstate.runtime.job import JobRunner
+    from flowstate.storage.base import CheckpointMetadata
+
+log = logging.getLogger("flowstate")
+
+STARTUP_TIMEOUT = 120.0
+"""Seconds the coordinator waits for its workers to connect."""
+DEATH_GRACE = 1.0
+"""Seconds the coordinator waits, after a worker's control connection closed, to learn how it ended."""
+
+
+class WorkerLink:
+    """The coordinator's side of one worker: its control channel, tasks, progress and end."""
+
+    def __init__(self, index: int, tasks: tuple[TaskId, ...]) -> None:
+        self.index = index
+        self.tasks = tasks
+        self.started = False
+        self.pid: int | None = None
+        self.control: ControlChannel | None = None
+        self.address: Address | None = None
+        self.records: dict[TaskId, int] = {}
+        self.finished: set[TaskId] = set()
+        self.ended: str | None = None
+        """How the worker ended (``"was killed by SIGKILL"``), once known."""
+
+    def send(self, message: Any) -> None:
+        """Best effort: a worker that is gone is reported by its reading thread, not here."""
+        if self.control is not None:
+            try:
+                self.control.send(message)
+            except OSError:
+                pass
+
+    def describe(self) -> str:
+        return f"worker {self.index} (pid {self.pid}; tasks {', '.join(self.tasks)})"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RemoteTask:
+    """The ``TaskHandle`` of a task that runs in a worker."""
+
+    task_id: TaskId
+    is_source: bool
+    link: WorkerLink
+
+    @property
+    def records_in(self) -> int:
+        return self.link.records.get(self.task_id, 0)
+
+    def post(self, mail: Any) -> None:
+        self.link.send(Mail(self.task_id, mail))
+
+
+class WorkerPool:
+    """An executor whose tasks run in worker processes (see the module rules). Subclasses say how
+    workers start (``_spawn``), how one is seen to have ended (``_poll``) and how it is killed."""
+
+    name = "workers"
+    host = "127.0.0.1"
+    """Where the control listener binds; workers reach the coordinator there."""
+
+    def __init__(self, runner: JobRunner, workers: int) -> None:
+        self._runner = runner
+        self._clock = runner.clock
+        self._placement = place(runner.graph, workers)
+        self.workers = self._placement.count
+        sources = {task_id(v.name, i) for v in runner.graph.vertices if v.is_source for i in range(v.parallelism)}
+        self._links = [WorkerLink(w, self._placement.tasks_of(w)) for w in range(self.workers)]
+        self._handles = {tid: RemoteTask(tid, tid in sources, link) for link in self._links for tid in link.tasks}
+        self._events: queue.Queue[Any] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._listener: socket.socket | None = None
+        self._stopping = False
+        self._lost = threading.Lock()
+        self._lost_reported = False
+
+    # ---- Executor ----------------------------------------------------------------------------------
+
+    def build(self, restored: CheckpointMetadata | None, reports: Reports) -> dict[TaskId, RemoteTask]:
+        self._listener = socket.create_server((self.host, 0), backlog=self.workers)
+        token = secrets.token_hex(16)
+        self._spawn(restored, self._listener.getsockname()[:2], token)
+        self._accept(token)
+        peers = Peers(tuple(link.address for link in self._links))  # type: ignore[misc]
+        for link in self._links:
+            link.send(peers)
+        for link in self._links:
+            thread = threading.Thread(target=self._serve, args=(link, reports), daemon=True,
+                                      name=f"control of worker {link.index}")
+            self._threads.append(thread)
+            thread.start()
+        built: set[int] = set()
+        while len(built) < self.workers:
+            event = self._events.get()
+            if isinstance(event, Built):
+                built.add(event.worker)
+            elif isinstance(event, BuildFailed):
+                raise event.error
+            elif isinstance(event, BaseException):
+                raise event
+        return dict(self._handles)
+
+    def launch(self) -> None:
+        for link in self._links:
+            link.send(Start())
+
+    def stop(self, graceful: bool) -> None:
+        self._stopping = True
+        if graceful:
+            for link in self._links:
+                link.send(Stop())
+            for link in self._links:
+                if link.pid is not None and self._wait_ended(link, STOP_TIMEOUT) is None:
+                    log.warning("%s did not stop within %.0f s; killing it", link.describe(), STOP_TIMEOUT)
+                    self._kill(link)
+        else:
+            for link in self._links:
+                self._kill(link)
+        for link in self._links:
+            self._wait_ended(link, STOP_TIMEOUT)
+            if link.control is not None:
+                link.control.close()
+        if self._listener is not None:
+            self._listener.close()
+        for thread in self._threads:
+            thread.join(STOP_TIMEOUT)
+
+    # ---- for subclasses -------------------------------------------------------------------------------
+
+    def _spawn(self, restored: CheckpointMetadata | None, coordinator: Address, token: str) -> None:
+        """Start every worker; each runs ``worker.serve`` for its index."""
+        raise NotImplementedError
+
+    def _poll(self, link: WorkerLink) -> str | None:
+        """How the worker ended, if it has (never waits)."""
+        raise NotImplementedError
+
+    def _kill(self, link: WorkerLink) -> None:
+        raise NotImplementedError
+
+    # ---- the coordinator's side of the protocol -----------------------------------------------------
+
+    def _accept(self, token: str) -> None:
+        """Step 2 of ``flowstate.runtime.worker_control``: every worker connects and says hello."""
+        listener = self._listener
+        assert listener is not None
+        listener.settimeout(0.1)
+        give_up = self._clock.monotonic() + STARTUP_TIMEOUT
+        waiting = {link.index for link in self._links}
+        while waiting:
+            for w in waiting:
+                ended = self._poll(self._links[w])
+                if ended is not None:
+                    raise WorkerLostError(f"{self._links[w].describe()} {ended} before it connected")
+            if self._clock.monotonic() > give_up:
+                raise WorkerLostError(f"workers {sorted(waiting)} did not connect within {STARTUP_TIMEOUT:.0f} s")
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            sock.settimeout(None)
+            channel = ControlChannel(sock)
+            hello = channel.receive(timeout=STARTUP_TIMEOUT)
+            if not isinstance(hello, Hello) or hello.token != token or hello.worker not in waiting:
+                channel.close()  # not a worker of this attempt
+                continue
+            link = self._links[hello.worker]
+            link.control = channel
+            link.address = hello.address
+            link.pid = link.pid or hello.pid
+            waiting.discard(hello.worker)
+
+    def _serve(self, link: WorkerLink, reports: Reports) -> None:
+        """Read one worker's control connection until it closes."""
+        control = link.control
+        assert control is not None
+        closed = "closed its control connection"
+        try:
+            while True:
+                message = control.receive()
+                if message is None:
+                    break
+                if isinstance(message, Progress):
+                    link.records.update(message.records)
+                elif isinstance(message, (Built, BuildFailed)):
+                    self._events.put(message)
+                elif isinstance(message, PeerLost):
+                    self._peer_lost(message, reports)
+                else:
+                    if isinstance(message, TaskFinished):
+                        link.finished.add(message.task)
+                    reports.put(message)
+        except Exception as exc:  # noqa: BLE001 - a broken control connection is a lost worker
+            closed = f"broke its control connection ({type(exc).__name__}: {exc})"
+        # A worker whose tasks all finished has nothing left to lose (its sinks committed).
+        if not self._stopping and not link.finished.issuperset(link.tasks):
+            ended = self._wait_ended(link, DEATH_GRACE) or closed
+            self._report_lost(link, WorkerLostError(f"{link.describe()} {ended}"), reports)
+
+    def _peer_lost(self, message: PeerLost, reports: Reports) -> None:
+        """A worker lost its connection to another. When the other one died, its own reading thread
+        reports that (a better account); otherwise the connection broke by itself."""
+        peer = self._links[message.peer]
+        if self._stopping or self._wait_ended(peer, DEATH_GRACE) is not None:
+            return
+        error = WorkerLostError(f"worker {message.worker} lost its connection to {peer.describe()}: {message.reason}")
+        self._report_lost(self._links[message.worker], error, reports)
+
+    def _report_lost(self, link: WorkerLink, error: WorkerLostError, reports: Reports) -> None:
+        with self._lost:
+            if self._lost_reported:
+                return
+            self._lost_reported = True
+        log.info("%s: failing the attempt", error)
+        self._events.put(error)
+        reports.put(TaskFailed(link.tasks[0], error))
+
+    def _wait_ended(self, link: WorkerLink, timeout: float) -> str | None:
+        if not link.started:
+            return "was never started"
+        give_up = self._clock.monotonic() + timeout
+        while True:
+            ended = self._poll(link)
+            if ended is not None or self._clock.monotonic() >= give_up:
+                return ended
+            self._clock.sleep(0.005)
+
+
+class ProcessExecutor(WorkerPool):
+    """Workers forked from this process (rule 1)."""
+
+    name = "processes"
+
+    def __init__(self, runner: JobRunner, workers: int) -> None:
+        super().__init__(runner, workers)
+        self._reaping = threading.Lock()
+
+    def _spawn(self, restored: CheckpointMetadata | None, coordinator: Address, token: str) -> None:
+        runner = self._runner
+        if runner.failpoints:
+            runner.failpoints.share()
+        _flush_standard_streams()  # or the workers would write what is buffered once more
+        parent = os.getpid()
+        for link in self._links:
+            pid = os.fork()
+            if pid == 0:
+                self._child(link.index, restored, coordinator, token, parent)
+            link.pid = pid
+            link.started = True
+
+    def _child(self, worker: int, restored: CheckpointMetadata | None, coordinator: Address, token: str,
+               parent: int) -> NoReturn:
+        from flowstate.runtime.worker import serve
+
+        code = 1
+        try:
+            _die_with_parent(parent)
+            # Ctrl-C reaches the whole process group: the coordinator decides, and kills the workers.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if self._listener is not None:
+                self._listener.close()  # the coordinator's
+            code = serve(self._runner, restored, self._placement, worker, coordinator, token, self.host)
+        except BaseException:  # noqa: BLE001 - the process ends here whatever happened
+            with contextlib.suppress(Exception):
+                traceback.print_exc()
+        finally:
+            _flush_standard_streams()
+            os._exit(code)
+
+    def _poll(self, link: WorkerLink) -> str | None:
+        with self._reaping:  # the control thread of a worker and stop() may both ask
+            if link.ended is None and link.pid is not None:
+                try:
+                    pid, status = os.waitpid(link.pid, os.WNOHANG)
+                except ChildProcessError:
+                    link.ended = "ended"
+                else:
+                    if pid:
+                        link.ended = describe_exit(status)
+            return link.ended
+
+    def _kill(self, link: WorkerLink) -> None:
+        if link.pid is not None and link.ended is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(link.pid, signal.SIGKILL)
+
+
+def describe_exit(status: int) -> str:
+    """``"was killed by SIGKILL"`` or ``"exited with status 1"`` for a ``waitpid`` status."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"was killed by {name}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
+def _flush_standard_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Rule 2: SIGKILL this process when its parent exits (Linux; elsewhere the closed control
+    connection does it, a little later). The parent may have died before the request was made."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
