@@ -32,7 +32,9 @@ import logging
 import os
 import pickle
 import queue
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -340,6 +342,7 @@ class JobRunner:
             raise _AttemptFailed(f"choosing the checkpoint to restore failed: {type(exc).__name__}: {exc}", exc) from exc
         result.restored_from.append(int(restored.checkpoint_id) if restored else None)
         reports: queue.Queue[Any] = queue.Queue()
+        state_dir = self._attempt_state_dir()
         executor = self._executor()
         graceful = False
         try:
@@ -353,6 +356,22 @@ class JobRunner:
             # Returns once no task of this attempt can write: a late snapshot write must never land
             # in a checkpoint directory whose id the next attempt reuses.
             executor.stop(graceful)
+            if state_dir is not None:
+                # Working files of the attempt's RocksDB instances, also those of killed workers.
+                shutil.rmtree(state_dir, ignore_errors=True)
+
+    def _attempt_state_dir(self) -> str | None:
+        """A working directory for the local state of this attempt's tasks (``rocksdb``), removed when
+        the attempt ends, however it ends."""
+        config = self.config
+        if config.state_backend != "rocksdb":
+            return None
+        base = config.state_dir
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        state_dir = tempfile.mkdtemp(prefix="flowstate-attempt-", dir=base)
+        self._state_backend = _backend_factory(config, state_dir)
+        return state_dir
 
     def _executor(self) -> Executor:
         """A new executor for one attempt (see ``choose_executor``)."""
@@ -589,7 +608,7 @@ class JobRunner:
                 self._next_id = max(self._next_id, int(coordinator.next_id))
 
 
-def _backend_factory(config: JobConfig) -> BackendFactory:
+def _backend_factory(config: JobConfig, state_dir: str | None = None) -> BackendFactory:
     if config.state_backend != "rocksdb":
         return HeapKeyedStateBackend
     try:
@@ -599,7 +618,7 @@ def _backend_factory(config: JobConfig) -> BackendFactory:
             f"the rocksdb state backend needs the rocksdict and msgpack packages ({exc}): "
             "pip install 'flowstate[rocksdb]'"
         ) from None
-    return RocksDBBackendFactory(base_dir=str(config.state_dir) if config.state_dir is not None else None)
+    return RocksDBBackendFactory(base_dir=state_dir)
 
 
 def _restorable(value: Any, storage: CheckpointStorage) -> Any:
