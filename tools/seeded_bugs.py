@@ -68,10 +68,10 @@ CATALOGUE: tuple[Bug, ...] = (
     bug(
         "ack-before-write", "acknowledge a snapshot before its state file is durable",
         ("tests/engine/test_crash_recovery.py",),
-        (TASK, "            t0 = env.clock.monotonic()\n            state = {uid: part.materialize()",
+        (TASK, "            t0 = env.clock.monotonic()\n            state: dict[str, Any] = {}",
          "            env.reports.put(Ack(self.task_id, cid, TaskState(self.task_id, self.vertex, self.subtask, None)))\n"
          "            return\n"
-         "            t0 = env.clock.monotonic()\n            state = {uid: part.materialize()"),
+         "            t0 = env.clock.monotonic()\n            state: dict[str, Any] = {}"),
     ),
     bug(
         "metadata-before-all-acks", "complete a checkpoint when all acks but one arrived",
@@ -85,7 +85,7 @@ CATALOGUE: tuple[Bug, ...] = (
         ("tests/engine/test_crash_recovery.py",),
         (JOB, "                    if fp:\n                        fp.hit(fpn.COORDINATOR_BEFORE_METADATA)\n",
          "                    for t in self.tasks.values():\n"
-         "                        t.gate.post(Complete(checkpoint.checkpoint_id, checkpoint.final))\n"
+         "                        t.post(Complete(checkpoint.checkpoint_id, checkpoint.final))\n"
          "                    if fp:\n                        fp.hit(fpn.COORDINATOR_BEFORE_METADATA)\n"),
     ),
     bug(
@@ -150,6 +150,25 @@ CATALOGUE: tuple[Bug, ...] = (
         (TASK, "                    if self._capture is not None and overtaken:\n"
          "                        self._record(self._capture, ch, overtaken)",
          "                    pass"),
+    ),
+    bug(
+        "shared-file-freed-early", "free a shared file when the first checkpoint referencing it is discarded",
+        ("tests/storage/test_registry.py",),
+        ("src/flowstate/storage/registry.py", "            count = self._counts[path] - 1\n            if count:",
+         "            count = 0\n            if count:"),
+    ),
+    bug(
+        "heap-snapshot-shares-lists", "a heap snapshot shares list entries that the task changes in place afterwards",
+        ("tests/state",),
+        ("src/flowstate/state/memory.py",
+         "            entry = self._top[key] = [] if found is _ABSENT else list(found)",
+         "            entry = self._top[key] = [] if found is _ABSENT else found"),
+    ),
+    bug(
+        "rescale-keeps-own-range", "a rescaled subtask restores only the old snapshot with its own index",
+        ("tests/engine/test_state_assignment.py",),
+        ("src/flowstate/runtime/state_assignment.py", "        for i in targets:\n            out[i].append(part)",
+         "        for i in targets:\n            if i == subtask:\n                out[i].append(part)"),
     ),
     bug(
         "stop-the-world-no-pause", "stop_the_world keeps its sources running during a checkpoint",
