@@ -74,20 +74,20 @@ def measure(inputs: list[Path], repeat: int) -> dict[tuple[str, str, str], list[
 
 def markdown(runs: dict[tuple[str, str, str], list[dict[str, Any]]], repeat: int) -> str:
     lines = [
-        f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        (f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} cores, shared with other work while measured (others were running test suites: "
         f"read wall-time figures as ±30 %, CPU per record is steadier); {datetime.date.today().isoformat()}. "
-        f"Command: `python benchmarks/checkpoint_overhead.py {' '.join(sys.argv[1:])}`.",
+        f"Command: `python benchmarks/checkpoint_overhead.py {' '.join(sys.argv[1:])}`."),
         "",
         "### Throughput: checkpoints every 1 s against checkpoints off",
         "",
-        f"Median of {repeat} fresh processes per row, run interleaved; parallelism 1; `exactly_once` checkpoints "
+        (f"Median of {repeat} fresh processes per row, run interleaved; parallelism 1; `exactly_once` checkpoints "
         "every 1 s, RocksDB incremental, zstd compression of state files; every checkpoint kept (retained=1000) so "
         "that its metadata can be read after the run. Overhead is against `none` on the same input and backend; "
-        "CPU per record is the process's user + system CPU time divided by the records.",
+        "CPU per record is the process's user + system CPU time divided by the records."),
         "",
-        "| input | backend | checkpoints | records/s (median) | min – max | checkpoints taken | wall overhead | "
-        "CPU per record | CPU overhead | peak RSS |",
+        ("| input | backend | checkpoints | records/s (median) | min – max | checkpoints taken | wall overhead | "
+        "CPU per record | CPU overhead | peak RSS |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, backend, mode), rs in runs.items():
@@ -107,13 +107,13 @@ def markdown(runs: dict[tuple[str, str, str], list[dict[str, Any]]], repeat: int
         "",
         "### Bytes written per checkpoint against the full size of the state",
         "",
-        "Over every checkpoint of every run with checkpoints (the final one included). Written = the task's "
+        ("Over every checkpoint of every run with checkpoints (the final one included). Written = the task's "
         "state file plus the shared files it uploaded for that checkpoint; full size = the state file plus every "
         "file the checkpoint references. Sync / async = the synchronous part on the task thread and the "
-        "asynchronous part (serialise, compress, upload, fsync), from the checkpoint's metadata.",
+        "asynchronous part (serialise, compress, upload, fsync), from the checkpoint's metadata."),
         "",
-        "| input | backend | checkpoints | written p50 | full size p50 | written / full (all checkpoints) | "
-        "sync part p50 / max | async part p50 / max |",
+        ("| input | backend | checkpoints | written p50 | full size p50 | written / full (all checkpoints) | "
+        "sync part p50 / max | async part p50 / max |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for (name, backend, mode), rs in runs.items():
