@@ -20,6 +20,8 @@ Prints Markdown tables. Run from the repository root with flowstate installed (`
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import pickle
 import platform
 import shutil
@@ -37,6 +39,20 @@ from flowstate.state.memory import HeapKeyedStateBackend
 from flowstate.state.rocksdb import RocksDBKeyedStateBackend
 
 MAXP = 128
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- backends:begin -->", "<!-- backends:end -->"
+SECTION = f"""## State backends: snapshots, incremental checkpoints and restore
+
+Measured on the backends alone, without a job (`benchmarks/state_backends.py`): one value state of N
+keys, the synchronous part of a snapshot (on the task thread) and its asynchronous part, the bytes of an
+incremental RocksDB snapshot against the fraction of keys changed, and the restore. Targets: a sync part
+under 1 ms that stays flat from 10 k to 10 M keys; incremental bytes within 2× of the changed keys' bytes;
+a restore of 1 M keys within 2 s. Reproduce with `python benchmarks/state_backends.py --sizes
+10000,100000,1000000,10000000 --write`.
+
+{BEGIN}
+{END}
+"""
 
 
 def key(i: int) -> str:
@@ -227,6 +243,72 @@ def fmt_bytes(n: float) -> str:
     raise AssertionError
 
 
+def markdown(args: argparse.Namespace, rows: list[dict[str, Any]], rescale: list[dict[str, Any]],
+             incremental: list[dict[str, Any]], hot: dict[str, float]) -> str:
+    lines: list[str] = []
+
+    def out(line: str = "") -> None:
+        lines.append(line)
+
+    out(f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} cores, shared with other work while measured; {datetime.date.today().isoformat()}. "
+        f"Command: `python benchmarks/state_backends.py {' '.join(sys.argv[1:])}`.\n")
+    out("### Snapshot parts and restore against state size (one value state)\n")
+    out("Sync = synchronous part on the task thread, right after loading the keys; async = `materialize()` "
+        "plus pickling its `data` (RocksDB: listing the files; copying them to storage is not included); "
+        "heap fold = folding back the 1 % of keys written while the snapshot was pending; "
+        "\"1 % changed\" = the next snapshot after another 1 % of the keys were updated. "
+        "Restore = of the first snapshot into a fresh backend at the same parallelism.\n")
+    out("| backend | keys | load | sync | async | sync, 1 % changed | async, 1 % changed | heap fold | "
+        "restore | snapshot bytes |")
+    out("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        fold = f"{r['fold_ms']:.2f} ms" if r["backend"] == "heap" else "—"
+        out(f"| {r['backend']} | {r['keys']:,} | {r['load_s']:.1f} s | {r['sync_ms']:.2f} ms | "
+            f"{r['async_ms']:.1f} ms | {r['sync2_ms']:.2f} ms | {r['async2_ms']:.1f} ms | {fold} | "
+            f"{r['restore_s'] * 1e3:.0f} ms | {fmt_bytes(r['bytes'])} |")
+    if rescale:
+        out(f"\n### Restore at another parallelism: {args.rescale_keys:,} keys\n")
+        out("1 → 2 = subtask 0 of 2 restores from the snapshot of one subtask that held every key; "
+            "2 → 1 = one subtask restores from the snapshots of two.\n")
+        out("| backend | 1 → 2 (subtask 0) | 2 → 1 |")
+        out("|---|---|---|")
+        for r in rescale:
+            out(f"| {r['backend']} | {r['split_s'] * 1e3:.0f} ms | {r['merge_s'] * 1e3:.0f} ms |")
+    if incremental:
+        out(f"\n### Incremental RocksDB snapshots: {args.incremental_keys:,} keys, a fraction of them changed\n")
+        out("New bytes = the SST files of the snapshot that the base snapshot did not have (what an "
+            "incremental checkpoint uploads); against the pickled size of the changed entries alone, and "
+            f"the full snapshot ({fmt_bytes(incremental[0]['full_bytes'])} of SST files).\n")
+        out("| changed | keys changed | files (new) | new bytes | changed entries pickled | new / changed | "
+            "new / full |")
+        out("|---|---|---|---|---|---|---|")
+        for r in incremental:
+            out(f"| {r['fraction']:.0%} | {r['changed']:,} | {r['files']} ({r['new_files']}) | "
+                f"{fmt_bytes(r['new_bytes'])} | {fmt_bytes(r['changed_pickled'])} | "
+                f"{r['new_bytes'] / r['changed_pickled']:.2f} | {r['new_bytes'] / r['full_bytes']:.1%} |")
+    if hot:
+        out("\n### Hot path: value() + update() of a value state, 1,000,000 records over 10,000 keys\n")
+        out("| backend | time | records/s |")
+        out("|---|---|---|")
+        for kind, seconds in hot.items():
+            out(f"| {kind} | {seconds * 1e3:.0f} ms | {1_000_000 / seconds:,.0f} |")
+
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replaces the text between the markers in docs/benchmarks.md; adds the section (heading, method,
+    targets, markers) at the end of the file when the markers are absent."""
+    doc = DOC.read_text()
+    if BEGIN not in doc or END not in doc:
+        doc = doc.rstrip("\n") + "\n\n" + SECTION
+    head, _, rest = doc.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    DOC.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    print(f"updated {DOC}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000",
@@ -237,6 +319,8 @@ def main() -> None:
     parser.add_argument("--skip-rescale", action="store_true")
     parser.add_argument("--skip-incremental", action="store_true")
     parser.add_argument("--skip-hot-path", action="store_true")
+    parser.add_argument("--write", action="store_true",
+                        help="replace the section between the backends markers of docs/benchmarks.md")
     parser.add_argument("--work-dir", default=None, help="where RocksDB works (default: the temp directory)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -248,7 +332,9 @@ def main() -> None:
             for kind in kinds:
                 work = work_root / f"{kind}-{n}"
                 print(f"  {kind}: {n:,} keys …", file=sys.stderr)
+                t0 = time.perf_counter()
                 rows.append(snapshot_row(kind, n, work))
+                print(f"    {time.perf_counter() - t0:.0f} s", file=sys.stderr)
                 shutil.rmtree(work, ignore_errors=True)
         rescale = [] if args.skip_rescale else [
             rescale_row(kind, args.rescale_keys, work_root / f"rescale-{kind}") for kind in kinds]
@@ -257,48 +343,10 @@ def main() -> None:
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
 
-    print(f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}. "
-          f"Command: `python benchmarks/state_backends.py --sizes {args.sizes}`.\n")
-    print("### Snapshot parts and restore against state size (one value state)\n")
-    print("Sync = synchronous part on the task thread, right after loading the keys; async = `materialize()` "
-          "plus pickling its `data` (RocksDB: listing the files; copying them to storage is not included); "
-          "heap fold = folding back the 1 % of keys written while the snapshot was pending; "
-          "\"1 % changed\" = the next snapshot after another 1 % of the keys were updated. "
-          "Restore = of the first snapshot into a fresh backend at the same parallelism.\n")
-    print("| backend | keys | load | sync | async | sync, 1 % changed | async, 1 % changed | heap fold | "
-          "restore | snapshot bytes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        fold = f"{r['fold_ms']:.2f} ms" if r["backend"] == "heap" else "—"
-        print(f"| {r['backend']} | {r['keys']:,} | {r['load_s']:.1f} s | {r['sync_ms']:.2f} ms | "
-              f"{r['async_ms']:.1f} ms | {r['sync2_ms']:.2f} ms | {r['async2_ms']:.1f} ms | {fold} | "
-              f"{r['restore_s'] * 1e3:.0f} ms | {fmt_bytes(r['bytes'])} |")
-    if rescale:
-        print(f"\n### Restore at another parallelism: {args.rescale_keys:,} keys\n")
-        print("1 → 2 = subtask 0 of 2 restores from the snapshot of one subtask that held every key; "
-              "2 → 1 = one subtask restores from the snapshots of two.\n")
-        print("| backend | 1 → 2 (subtask 0) | 2 → 1 |")
-        print("|---|---|---|")
-        for r in rescale:
-            print(f"| {r['backend']} | {r['split_s'] * 1e3:.0f} ms | {r['merge_s'] * 1e3:.0f} ms |")
-    if incremental:
-        print(f"\n### Incremental RocksDB snapshots: {args.incremental_keys:,} keys, a fraction of them changed\n")
-        print("New bytes = the SST files of the snapshot that the base snapshot did not have (what an "
-              "incremental checkpoint uploads); against the pickled size of the changed entries alone, and "
-              f"the full snapshot ({fmt_bytes(incremental[0]['full_bytes'])} of SST files).\n")
-        print("| changed | keys changed | files (new) | new bytes | changed entries pickled | new / changed | "
-              "new / full |")
-        print("|---|---|---|---|---|---|---|")
-        for r in incremental:
-            print(f"| {r['fraction']:.0%} | {r['changed']:,} | {r['files']} ({r['new_files']}) | "
-                  f"{fmt_bytes(r['new_bytes'])} | {fmt_bytes(r['changed_pickled'])} | "
-                  f"{r['new_bytes'] / r['changed_pickled']:.2f} | {r['new_bytes'] / r['full_bytes']:.1%} |")
-    if hot:
-        print("\n### Hot path: value() + update() of a value state, 1,000,000 records over 10,000 keys\n")
-        print("| backend | time | records/s |")
-        print("|---|---|---|")
-        for kind, seconds in hot.items():
-            print(f"| {kind} | {seconds * 1e3:.0f} ms | {1_000_000 / seconds:,.0f} |")
+    text = markdown(args, rows, rescale, incremental, hot)
+    print(text)
+    if args.write:
+        write_section(text)
 
 
 if __name__ == "__main__":
