@@ -62,3 +62,10 @@ def test_a_job_restores_from_a_checkpoint_in_object_storage_after_a_crash(backen
         newest = retained[-1]
         assert all(h.path.startswith("shared/") for t in newest.tasks for h in t.shared)
         assert any(t.shared for t in newest.tasks)
+
+
+def test_worker_processes_are_refused_with_checkpoints_in_object_storage(bucket, dirs):
+    flow = wordcount(dirs.output, source=generator_source(10), parallelism=2)
+
+    with pytest.raises(fs.ConfigError, match="threads executor only"):
+        fs.run(flow, checkpoint_dir=bucket, executor="processes")

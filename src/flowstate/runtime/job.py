@@ -120,7 +120,7 @@ from flowstate.storage.base import (
     StateHandle,
     TaskState,
 )
-from flowstate.storage.factory import open_storage
+from flowstate.storage.factory import is_url, open_storage
 from flowstate.storage.local import LocalCheckpointStorage
 
 log = logging.getLogger("flowstate")
@@ -857,6 +857,17 @@ def choose_executor(config: JobConfig, graph: JobGraph) -> tuple[str, int]:
     worker per core, ``ray`` to one per subtask of the widest vertex; neither uses more workers than
     the widest vertex has subtasks. ``threads`` has no workers (0)."""
     widest = max(v.parallelism for v in graph.vertices)
+    remote = isinstance(config.checkpoint_dir, str) and is_url(config.checkpoint_dir) \
+        and not config.checkpoint_dir.startswith("file:")
+    if remote and (config.executor in ("processes", "ray") or config.workers is not None):
+        # The object-store client runs its own I/O threads, which a forked worker does not inherit.
+        raise ConfigError(
+            f"checkpoints in object storage ({config.checkpoint_dir}) are written by the threads executor only: "
+            f"the {config.executor or 'processes'} executor's workers cannot share this process's object-store client; use "
+            "executor threads, or a checkpoint directory on a file system every worker sees"
+        )
+    if remote:
+        return "threads", 0
     name = config.executor or ("processes" if widest > 1 or config.workers is not None else "threads")
     if name == "threads":
         if config.workers is not None:
