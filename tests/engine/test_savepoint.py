@@ -145,8 +145,9 @@ def test_a_savepoint_commits_nothing_and_a_job_restored_from_it_after_a_crash_gi
         return f
 
     # No periodic checkpoints: the savepoint is the only snapshot, and nothing commits output.
+    # Threads: the crash is switched on through this process's memory.
     job = Running(flow(2, words), checkpoint_dir=dirs.checkpoints, interval=None, restart=fs.NoRestart(),
-                  mode="unaligned")
+                  mode="unaligned", executor="threads")
     job.wait_for_records(INPUT_LINES // 3)
     taken = answer(job.control.savepoint())
     crash.set()

@@ -29,6 +29,8 @@ class CheckpointBarrier:
     final: bool = False
     unaligned: bool = False
     savepoint: bool = False
+    target: str | None = None
+    """A savepoint's directory: every task writes its part there, wherever the task runs."""
 
     @property
     def always_aligned(self) -> bool:

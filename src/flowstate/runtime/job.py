@@ -731,12 +731,14 @@ class _Shell:
                     request = self.control.asked.pop(rid, None) if rid is not None else None
                     if request is not None:
                         self.control.triggered[cid] = request
+                    target = None
                     if savepoint:
                         parent = self._savepoint_parent(request)
                         assert parent is not None
                         path = self.targets.add_savepoint(cid, parent)
+                        target = str(path)
                         log.info("savepoint %d triggered into %s", cid, path)
-                    barrier = CheckpointBarrier(cid, ts, final, savepoint=savepoint)
+                    barrier = CheckpointBarrier(cid, ts, final, savepoint=savepoint, target=target)
                     for t in self.tasks.values():
                         if t.is_source:
                             t.post(Trigger(barrier))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,20 @@ class SnapshotTargets:
         self._checkpoints = checkpoints
         self._savepoints: dict[CheckpointId, Any] = {}
         self.paths: dict[CheckpointId, Path] = {}
+        self._routing = threading.Lock()
+
+    def route_savepoint(self, checkpoint_id: CheckpointId, path: Path) -> None:
+        """Route the writes of savepoint ``checkpoint_id`` to ``path`` (made by ``add_savepoint`` in
+        the coordinator's process) unless they already are: how a task in another process learns it."""
+        with self._routing:
+            if checkpoint_id in self._savepoints:
+                return
+            try:
+                self._savepoints[checkpoint_id] = LocalCheckpointStorage(path)
+            except OSError as exc:
+                log.warning("cannot open savepoint directory %s: %s", path, exc)
+                self._savepoints[checkpoint_id] = _Unwritable(exc)
+            self.paths[checkpoint_id] = path
 
     def add_savepoint(self, checkpoint_id: CheckpointId, parent: Path) -> Path:
         """Make the directory of savepoint ``checkpoint_id`` under ``parent`` and route its writes

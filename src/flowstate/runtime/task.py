@@ -189,6 +189,9 @@ class Task:
             if barrier.final:
                 fp.hit(fpn.FINAL_CHECKPOINT)
         cid = barrier.checkpoint_id
+        if barrier.target is not None:
+            # Tasks in worker processes learn where a savepoint goes from its barrier.
+            env.storage.route_savepoint(cid, Path(barrier.target))  # type: ignore[union-attr]
         t0 = env.clock.monotonic()
         parts: list[tuple[str, Any]] = [(k, Ready(v)) for k, v in (extra or {}).items()]
         snapshot = _Snapshot(cid, parts, 0.0, alignment_seconds, full=barrier.savepoint)
