@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         if not sinks:
             raise ConfigError(f"{args.job} has no FileSink: the chaos runner compares committed FileSink output")
         result = run(flow, mode=args.mode, checkpoint_dir=args.checkpoint_dir, interval=args.interval,
-                     retained=args.retained, batch_size=args.batch_size, restart=NoRestart(), failpoints=failpoints)
+                     retained=args.retained, batch_size=args.batch_size, restart=NoRestart(), failpoints=failpoints,
+                     # Threads: a failpoint's kill then ends the whole job, as a crash of its machine
+                     # does (worker processes would only lose the worker that hit it: that failover
+                     # is tested on its own, in tests/process/test_worker_failover.py).
+                     executor="threads")
     except (ConfigError, GraphError, ValueError) as exc:
         print(f"flowstate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
