@@ -82,7 +82,7 @@ CATALOGUE: tuple[Bug, ...] = (
     ),
     bug(
         "notify-before-metadata", "notify tasks of completion before the metadata is durable",
-        ("tests/engine/test_crash_recovery.py",),
+        ("tests/engine/test_checkpoint_order.py", "tests/engine/test_crash_recovery.py"),
         (JOB, "                    if fp:\n                        fp.hit(fpn.COORDINATOR_BEFORE_METADATA)\n",
          "                    for t in self.tasks.values():\n"
          "                        t.post(Complete(checkpoint.checkpoint_id, checkpoint.final))\n"
@@ -172,7 +172,7 @@ CATALOGUE: tuple[Bug, ...] = (
     ),
     bug(
         "stop-the-world-no-pause", "stop_the_world keeps its sources running during a checkpoint",
-        ("tests/engine/test_engine.py",),
+        ("tests/engine/test_checkpoint_order.py", "tests/engine/test_engine.py"),
         (TASK, "                self._paused_for = mail.barrier.checkpoint_id", "                pass"),
     ),
 )
