@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import docsection
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -142,15 +144,7 @@ def markdown(runs: dict[tuple[str, str, str], list[dict[str, Any]]], repeat: int
 
 
 def write_section(text: str) -> None:
-    """Replaces the text between the markers in docs/benchmarks.md; adds the section (heading, method,
-    target, markers) at the end of the file when the markers are absent."""
-    doc = DOC.read_text()
-    if BEGIN not in doc or END not in doc:
-        doc = doc.rstrip("\n") + "\n\n" + SECTION
-    head, _, rest = doc.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    DOC.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
-    print(f"updated {DOC}", file=sys.stderr)
+    docsection.write_section(DOC, BEGIN, END, text, absent=SECTION)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import docsection
 from flowstate.state.backend import RestoredState
 from flowstate.state.keygroups import key_group_of, key_group_range
 from flowstate.state.memory import HeapKeyedStateBackend
@@ -298,15 +299,7 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]], rescale: list
 
 
 def write_section(text: str) -> None:
-    """Replaces the text between the markers in docs/benchmarks.md; adds the section (heading, method,
-    targets, markers) at the end of the file when the markers are absent."""
-    doc = DOC.read_text()
-    if BEGIN not in doc or END not in doc:
-        doc = doc.rstrip("\n") + "\n\n" + SECTION
-    head, _, rest = doc.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    DOC.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
-    print(f"updated {DOC}", file=sys.stderr)
+    docsection.write_section(DOC, BEGIN, END, text, absent=SECTION)
 
 
 def main() -> None:

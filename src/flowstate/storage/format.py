@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId
@@ -41,7 +41,7 @@ from flowstate.storage.base import (
     StateHandle,
     TaskState,
 )
-from flowstate.storage.compression import CODECS
+from flowstate.storage.compression import CODECS, check_codec, decompress
 
 METADATA_FILE = "_metadata"
 METADATA_FORMAT_VERSION = 1
@@ -201,6 +201,33 @@ def reference_problem(metadata: CheckpointMetadata) -> str | None:
                     f"in the checkpoint's own directory {own}"
                 )
     return None
+
+
+def check_handle(handle: StateHandle) -> None:
+    """``ValueError`` when ``handle``'s path leaves the storage root or its codec is unknown."""
+    problem = relative_path_problem(handle.path)
+    if problem is not None:
+        raise ValueError(problem)
+    check_codec(handle.codec)
+
+
+def verified_state(handle: StateHandle, read: Callable[[str], bytes]) -> bytes:
+    """The bytes of ``handle`` as given to ``write_state``: ``read(path)`` fetches them as stored
+    (``FileNotFoundError`` when missing), then their size and SHA-256 are checked against the
+    handle before they are decompressed. ``CorruptCheckpointError`` names the file otherwise."""
+    check_handle(handle)
+    try:
+        data = read(handle.path)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"{handle.path} is missing") from None
+    sha256 = hashlib.sha256(data).hexdigest() if len(data) == handle.size else None
+    problem = hash_problem(handle, len(data), sha256)
+    if problem is not None:
+        raise CorruptCheckpointError(problem)
+    try:
+        return decompress(handle.codec, data)
+    except CorruptCheckpointError as error:
+        raise CorruptCheckpointError(f"{handle.path}: {error}") from None
 
 
 def hash_problem(handle: StateHandle, size: int, sha256: str | None) -> str | None:

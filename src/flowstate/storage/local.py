@@ -66,7 +66,7 @@ from flowstate.storage.base import (
     StateHandle,
     StoredFile,
 )
-from flowstate.storage.compression import check_codec, compress, decompress
+from flowstate.storage.compression import check_codec, compress
 from flowstate.storage.format import (
     MAX_NAME_BYTES,
     METADATA_FILE,
@@ -86,6 +86,7 @@ from flowstate.storage.format import (
     reference_problem,
     relative_path_problem,
     shared_path,
+    verified_state,
 )
 from flowstate.storage.registry import SharedStateRegistry, shared_files
 
@@ -434,22 +435,7 @@ class LocalCheckpointStorage:
         differs from the handle (or it does not decompress); ``ValueError`` when the handle's path
         leaves the storage root or its codec is unknown.
         """
-        problem = relative_path_problem(handle.path)
-        if problem is not None:
-            raise ValueError(problem)
-        check_codec(handle.codec)
-        try:
-            data = (self._root / handle.path).read_bytes()
-        except FileNotFoundError:
-            raise CorruptCheckpointError(f"{handle.path} is missing") from None
-        sha256 = hashlib.sha256(data).hexdigest() if len(data) == handle.size else None
-        problem = hash_problem(handle, len(data), sha256)
-        if problem is not None:
-            raise CorruptCheckpointError(problem)
-        try:
-            return decompress(handle.codec, data)
-        except CorruptCheckpointError as error:
-            raise CorruptCheckpointError(f"{handle.path}: {error}") from None
+        return verified_state(handle, lambda path: (self._root / path).read_bytes())
 
     def local_path(self, handle: StateHandle) -> Path:
         """The file of ``handle`` in place, verified first (contract rule 4); the same errors as

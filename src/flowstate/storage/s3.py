@@ -74,7 +74,7 @@ from flowstate.storage.base import (
     StateHandle,
     StoredFile,
 )
-from flowstate.storage.compression import check_codec, compress, decompress
+from flowstate.storage.compression import check_codec, compress
 from flowstate.storage.format import (
     METADATA_FILE,
     NO_METADATA,
@@ -91,6 +91,7 @@ from flowstate.storage.format import (
     reference_problem,
     relative_path_problem,
     shared_path,
+    verified_state,
 )
 from flowstate.storage.registry import SharedStateRegistry, shared_files
 
@@ -352,22 +353,7 @@ class S3CheckpointStorage:
 
     def read_state(self, handle: StateHandle) -> bytes:
         """The bytes given to ``write_state`` for ``handle``, verified (contract rule 4)."""
-        problem = relative_path_problem(handle.path)
-        if problem is not None:
-            raise ValueError(problem)
-        check_codec(handle.codec)
-        try:
-            data = self._get_bytes(handle.path)
-        except FileNotFoundError:
-            raise CorruptCheckpointError(f"{handle.path} is missing") from None
-        sha256 = hashlib.sha256(data).hexdigest() if len(data) == handle.size else None
-        problem = hash_problem(handle, len(data), sha256)
-        if problem is not None:
-            raise CorruptCheckpointError(problem)
-        try:
-            return decompress(handle.codec, data)
-        except CorruptCheckpointError as error:
-            raise CorruptCheckpointError(f"{handle.path}: {error}") from None
+        return verified_state(handle, self._get_bytes)
 
     def local_path(self, handle: StateHandle) -> Path:
         """A verified copy of ``handle``'s bytes as stored, in the cache (module rule 4)."""
