@@ -73,7 +73,8 @@ def test_full_checkpoints_reference_no_shared_file(dirs, tmp_path, expected):
         for task in info.metadata.tasks:
             assert all(h.path.startswith(f"chk-{info.checkpoint_id:06d}/") for h in task.shared), task.shared
             assert task.bytes_written == task.full_size
-    assert not list((dirs.checkpoints / "shared").rglob("*")) if (dirs.checkpoints / "shared").exists() else True
+    shared = dirs.checkpoints / "shared"
+    assert not shared.exists() or not any(shared.rglob("*")), "a full checkpoint uploaded shared files"
     assert_storage_verifies(dirs)
 
 
