@@ -26,12 +26,9 @@ from typing import Any, TypeVar
 
 from flowstate.config import (
     EXECUTORS,
-    ExponentialBackoffRestart,
-    FixedDelayRestart,
     Mode,
-    NoRestart,
-    RestartStrategy,
     parse_duration,
+    parse_restart,
 )
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
@@ -95,28 +92,6 @@ def _job_code(what: str, call: Callable[[], T], filename: str | None = None) -> 
         lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
         where = f", line {lines[-1]}," if lines else ""
         raise ConfigError(f"{what}{where} raised {type(exc).__name__}: {exc}") from exc
-
-
-def parse_restart(text: str) -> RestartStrategy:
-    """``none``, ``fixed:ATTEMPTS:DELAY`` or ``exponential:ATTEMPTS:INITIAL:MAX``."""
-    parts = text.split(":")
-    try:
-        if parts[0] == "none" and len(parts) == 1:
-            return NoRestart()
-        if parts[0] == "fixed" and len(parts) in (1, 2, 3):
-            attempts = int(parts[1]) if len(parts) > 1 else 3
-            delay = parse_duration(parts[2], what="restart delay") if len(parts) > 2 else 0.5
-            return FixedDelayRestart(attempts, delay)
-        if parts[0] == "exponential" and len(parts) in (1, 2, 3, 4):
-            attempts = int(parts[1]) if len(parts) > 1 else 10
-            initial = parse_duration(parts[2], what="initial backoff") if len(parts) > 2 else 0.1
-            maximum = parse_duration(parts[3], what="maximum backoff") if len(parts) > 3 else 10.0
-            return ExponentialBackoffRestart(attempts, initial, maximum)
-    except ValueError:
-        pass
-    raise ConfigError(
-        f"cannot read restart strategy {text!r}: use none, fixed:ATTEMPTS:DELAY or exponential:ATTEMPTS:INITIAL:MAX"
-    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -248,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         tolerable_failures=args.tolerable_failures,
         retained=args.retained,
-        restart=parse_restart(args.restart),
+        restart=args.restart,
         parallelism=args.parallelism,
         fresh=args.fresh,
         allow_non_replayable=args.allow_non_replayable,

@@ -112,6 +112,36 @@ class ExponentialBackoffRestart:
 RestartStrategy = NoRestart | FixedDelayRestart | ExponentialBackoffRestart
 
 
+def parse_restart(value: RestartStrategy | str) -> RestartStrategy:
+    """A restart strategy, or one written as ``none``, ``fixed:ATTEMPTS:DELAY`` or
+    ``exponential:ATTEMPTS:INITIAL:MAX`` (how ``--restart`` and ``fs.run(restart=...)`` take it)."""
+    if isinstance(value, (NoRestart, FixedDelayRestart, ExponentialBackoffRestart)):
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"restart must be a restart strategy or a string such as 'fixed:3:0.5', not {type(value).__name__}"
+        )
+    text = value
+    parts = text.split(":")
+    try:
+        if parts[0] == "none" and len(parts) == 1:
+            return NoRestart()
+        if parts[0] == "fixed" and len(parts) in (1, 2, 3):
+            attempts = int(parts[1]) if len(parts) > 1 else 3
+            delay = parse_duration(parts[2], what="restart delay") if len(parts) > 2 else 0.5
+            return FixedDelayRestart(attempts, delay)
+        if parts[0] == "exponential" and len(parts) in (1, 2, 3, 4):
+            attempts = int(parts[1]) if len(parts) > 1 else 10
+            initial = parse_duration(parts[2], what="initial backoff") if len(parts) > 2 else 0.1
+            maximum = parse_duration(parts[3], what="maximum backoff") if len(parts) > 3 else 10.0
+            return ExponentialBackoffRestart(attempts, initial, maximum)
+    except ValueError:
+        pass
+    raise ConfigError(
+        f"cannot read restart strategy {text!r}: use none, fixed:ATTEMPTS:DELAY or exponential:ATTEMPTS:INITIAL:MAX"
+    )
+
+
 STATE_BACKENDS = ("heap", "rocksdb")
 COMPRESSIONS = ("zstd", "none")
 EXECUTORS = ("threads", "processes", "ray")

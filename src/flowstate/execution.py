@@ -12,6 +12,7 @@ from flowstate.config import (
     Mode,
     RestartStrategy,
     parse_duration,
+    parse_restart,
 )
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError
@@ -41,7 +42,7 @@ def run(
     max_concurrent: int = 1,
     tolerable_failures: int = 0,
     retained: int = 1,
-    restart: RestartStrategy | None = None,
+    restart: RestartStrategy | str | None = None,
     parallelism: int | None = None,
     fresh: bool = False,
     allow_non_replayable: bool = False,
@@ -74,6 +75,8 @@ def run(
     serves ``flowstate status | checkpoint | savepoint | stop`` for ``checkpoint_dir``; savepoints go
     under ``savepoint_dir`` (default ``<checkpoint_dir>/savepoints``). ``control`` (a ``JobControl``)
     takes the same requests from another thread of this process.
+    String settings are read by the same code as the options of ``flowstate run``: durations such as
+    ``"500ms"``, ``mode="unaligned"``, ``restart="fixed:3:0.5"`` or ``"exponential:10:0.1:10"``.
     ``executor`` is ``threads``, ``processes`` or ``ray`` (default: ``processes`` when an operator
     runs more than one subtask); ``workers`` the number of worker processes. Under ``processes`` and
     ``ray`` user functions run in the workers: what they change in this process's memory is not seen
@@ -95,7 +98,7 @@ def run(
         mode=Mode.parse(mode),
         checkpoint_dir=_location(checkpoint_dir),
         checkpoint=checkpoint,
-        restart=restart if restart is not None else FixedDelayRestart(3, 0.5),
+        restart=parse_restart(restart) if restart is not None else FixedDelayRestart(3, 0.5),
         parallelism=parallelism,
         fresh=fresh,
         allow_non_replayable=allow_non_replayable,

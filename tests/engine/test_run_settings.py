@@ -1,0 +1,67 @@
+"""``fs.run`` reads its string settings with the same code as the options of ``flowstate run``.
+
+The README shows ``restart="fixed:3:0.5"``: a string restart strategy must work from Python exactly
+as ``--restart fixed:3:0.5`` works on the command line, also when the job actually fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import flowstate as fs
+from flowstate.config import ExponentialBackoffRestart, FixedDelayRestart, NoRestart, parse_restart
+
+from .conftest import Dirs
+from .jobs import committed_values
+
+
+def flaky_job(dirs: Dirs) -> fs.Dataflow:
+    flow = fs.Dataflow("flaky")
+    (flow.source(fs.GeneratorSource(lambda i: f"r{i}", count=300, splits=1), uid="numbers")
+         .sink(fs.FileSink(dirs.output), uid="out"))
+    return flow
+
+
+def test_a_string_restart_strategy_restarts_a_failed_job_as_the_cli_option_does(dirs: Dirs) -> None:
+    # The first checkpoint's metadata write fails once: one restart, then the job completes.
+    failpoints = fs.Failpoints({"coordinator.metadata_before_notify": "raise@1"})
+
+    result = fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, interval="50ms", restart="fixed:3:0.01",
+                    failpoints=failpoints)
+
+    assert result.restarts == 1
+    assert sorted(committed_values(dirs.output)) == sorted(f"r{i}" for i in range(300))
+
+
+def test_a_string_restart_strategy_that_gives_up_raises_job_failed_with_the_cause(dirs: Dirs) -> None:
+    failpoints = fs.Failpoints({"coordinator.metadata_before_notify": "raise"})
+
+    with pytest.raises(fs.JobFailedError, match=r"gave up after 1 restart\(s\)") as failed:
+        fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, interval="50ms", restart="fixed:1:0.01",
+               failpoints=failpoints)
+    assert "failpoint coordinator.metadata_before_notify" in str(failed.value), "the cause is kept"
+
+
+@pytest.mark.parametrize(("text", "strategy"), [
+    ("none", NoRestart()),
+    ("fixed:3:0.5", FixedDelayRestart(3, 0.5)),
+    ("fixed:2:500ms", FixedDelayRestart(2, 0.5)),
+    ("exponential:4:0.1:2s", ExponentialBackoffRestart(4, 0.1, 2.0)),
+])
+def test_restart_strings_read_the_same_in_python_and_on_the_command_line(text: str, strategy: object) -> None:
+    from flowstate import cli
+
+    assert parse_restart(text) == strategy
+    assert cli.parse_restart is parse_restart  # one reader for both
+
+
+@pytest.mark.parametrize("bad", ["fixed:x", "sometimes", "fixed:1:2:3"])
+def test_an_unreadable_restart_string_is_a_config_error_before_anything_runs(dirs: Dirs, bad: str) -> None:
+    with pytest.raises(fs.ConfigError, match="cannot read restart strategy"):
+        fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, restart=bad)
+    assert not dirs.checkpoints.exists()
+
+
+def test_a_restart_that_is_neither_a_strategy_nor_a_string_is_a_config_error(dirs: Dirs) -> None:
+    with pytest.raises(fs.ConfigError, match="restart must be a restart strategy"):
+        fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, restart=3)  # type: ignore[arg-type]
