@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowstate.errors import GraphError
-from flowstate.functions import KeyedProcessFunction, ProcessFunction
+from flowstate.functions import KeyedProcessFunction, ProcessFunction, copy_for_subtask
 from flowstate.state.keygroups import DEFAULT_MAX_PARALLELISM
 
 
@@ -156,6 +156,7 @@ class Stream:
             )
         if not isinstance(fn, ProcessFunction):
             raise GraphError(f"process {shown!r}: expected a ProcessFunction or KeyedProcessFunction, got {fn!r}")
+        copy_for_subtask(fn, shown)  # refused now, while the job is built, rather than in every attempt
         kind = "keyed_process" if self._key_fn is not None else "process"
         return Stream(self._flow, self._flow._add(kind, shown, fn, parallelism, self._edge(), uid))
 

@@ -32,6 +32,19 @@ class UserFunctionError(FlowstateError):
         return (type(self), (self.operator, self.record, self.cause))
 
 
+class UnwritableRecordError(FlowstateError, ValueError):
+    """A sink cannot write ``record`` (its encoder raised, or gave no single line); the sink's
+    operator reports it as a ``UserFunctionError`` naming the sink and the record."""
+
+    def __init__(self, record: object, cause: BaseException) -> None:
+        self.record = record
+        self.cause = cause
+        super().__init__(f"cannot encode the record: {type(cause).__name__}: {cause}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.record, self.cause))
+
+
 class JobFailedError(FlowstateError):
     """The job failed and its restart strategy gave up."""
 

@@ -3,11 +3,18 @@
 Lifecycle contract of a ``ProcessFunction`` (and ``KeyedProcessFunction``): each parallel subtask
 gets its **own copy** of the function object; ``open(ctx)`` is called once before the first record
 (after state was restored), ``process(value, ctx)`` once per record, ``close()`` once at the end.
-``process`` returns an iterable of output records (a generator is fine) or ``None``.
+``process`` yields its output records, or returns a list of them or ``None``; a ``str``,
+``bytes``, ``dict`` or ``tuple`` returned is refused, since iterating it would emit its elements as
+separate records (``flowstate.runtime.operators``).
+
+The copy is ``copy.deepcopy`` of the function as the job built it, so everything the function
+holds before ``open`` must be copyable: create connections, clients, locks, files and threads in
+``open(ctx)``. A function that cannot be copied is refused when the job is built (``copy_for_subtask``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -77,3 +84,16 @@ class ProcessFunction:
 
 class KeyedProcessFunction(ProcessFunction):
     """A process function over a keyed stream: it may use keyed state through ``ctx``."""
+
+
+def copy_for_subtask(fn: ProcessFunction, operator: str) -> ProcessFunction:
+    """The copy of ``fn`` that one subtask of ``operator`` owns. Raises ``GraphError`` naming the
+    operator when ``fn`` cannot be copied (it holds a lock, a socket, an open file, …)."""
+    try:
+        return copy.deepcopy(fn)
+    except Exception as exc:  # noqa: BLE001 - whatever deepcopy raises, the cause is in the message
+        raise GraphError(
+            f"process {operator!r}: {type(fn).__name__} cannot be copied for each subtask "
+            f"({type(exc).__name__}: {exc}); create objects such as connections, clients, locks and "
+            "open files in open(ctx), not in __init__"
+        ) from exc

@@ -47,6 +47,7 @@ from typing import Any
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.commit import CommitLog, stray_outputs
 from flowstate.checkpoint.ids import CheckpointId
+from flowstate.errors import UnwritableRecordError
 
 _IN_PROGRESS = ".inprogress"
 _PENDING = ".pending"
@@ -195,9 +196,13 @@ class FileSinkWriter:
     def write_batch(self, records: list[Any]) -> None:
         if not records:
             return
-        text = "\n".join(map(self._encode, records))
+        try:
+            text = "\n".join(map(self._encode, records))
+        except Exception as exc:  # noqa: BLE001 - the encoder's error, with the record it failed on
+            raise _unencodable(self._encode, records) or UnwritableRecordError(records, exc) from exc
         if text.count("\n") != len(records) - 1:
-            raise ValueError("FileSink: an encoded record contains a newline; one record must be one line")
+            raise _unencodable(self._encode, records) or ValueError(
+                "FileSink: an encoded record contains a newline; one record must be one line")
         if self._file is None:
             self._file = open(self._path(self._hidden_name(self._seq, _IN_PROGRESS)), "xb")
         self._file.write((text + "\n").encode("utf-8"))
@@ -279,6 +284,21 @@ class FileSinkWriter:
                         "the output of a completed checkpoint is lost"
                     ) from None
         _fsync_directory(self._directory)
+
+
+def _unencodable(encode: Callable[[Any], str], records: list[Any]) -> UnwritableRecordError | None:
+    """The error for the first of ``records`` that ``encode`` fails on or turns into more than one
+    line (found again, one record at a time, only once a batch failed)."""
+    for record in records:
+        try:
+            line = encode(record)
+        except Exception as exc:  # noqa: BLE001
+            return UnwritableRecordError(record, exc)
+        if not isinstance(line, str):
+            return UnwritableRecordError(record, TypeError(f"the encoder returned a {type(line).__name__}, not a str"))
+        if "\n" in line:
+            return UnwritableRecordError(record, ValueError("its encoding contains a newline; one record must be one line"))
+    return None
 
 
 def _parse_snapshot(state: Any) -> tuple[int, list[tuple[int, str]], dict[int, int]]:

@@ -61,7 +61,7 @@ from flowstate.checkpoint.restore import RestoreFrom, choose
 from flowstate.clock import Clock, SystemClock
 from flowstate.config import JobConfig, Mode
 from flowstate.dataflow import Dataflow
-from flowstate.errors import ConfigError, JobFailedError
+from flowstate.errors import ConfigError, FlowstateError, JobFailedError
 from flowstate.failpoints import Failpoints
 from flowstate.graph import JobGraph, JobVertex, build_job_graph
 from flowstate.runtime.channels import InputGate
@@ -589,7 +589,7 @@ class JobRunner:
                     if isinstance(report, TaskFinished):
                         finished.add(report.task)
                     elif isinstance(report, TaskFailed):
-                        raise _AttemptFailed(f"task {report.task} failed: {report.error}", report.error)
+                        raise _AttemptFailed(f"task {report.task} failed: {describe_error(report.error)}", report.error)
                     elif coordinator is not None:
                         shell.report(report, now)
                 if coordinator is not None:
@@ -606,6 +606,18 @@ class JobRunner:
             # every directory without valid metadata once the snapshot writes have stopped.
             if coordinator is not None:
                 self._next_id = max(self._next_id, int(coordinator.next_id))
+
+
+def describe_error(error: BaseException) -> str:
+    """``error`` as the message of a failed job shows it: flowstate's own errors name what failed
+    (operator, record, cause) in their text; any other keeps its type, which its text alone may not
+    say (``KeyError: 'x'``, ``OSError: [Errno 28] …``)."""
+    error_type = getattr(error, "error_type", "")  # an error sent from a worker as text
+    if error_type:
+        return f"{error_type}: {error}"
+    if isinstance(error, FlowstateError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _backend_factory(config: JobConfig, state_dir: str | None = None) -> BackendFactory:
@@ -655,6 +667,9 @@ class _Shell:
         self.completed_here = 0
         self.targets = runner._targets
         self.control = runner.control
+        self.declined: dict[CheckpointId, str] = {}
+        """The first reason given for declining each checkpoint, for the message of a failed job."""
+        self.last_aborted: CheckpointId | None = None
 
     def serve_control(self, now: float, finished: set[TaskId]) -> None:
         """Turn each control request into a coordinator request (``flowstate.runtime.control``)."""
@@ -714,6 +729,8 @@ class _Shell:
         elif isinstance(report, Decline):
             log.info("task %s declined checkpoint %d: %s %s", report.task, report.checkpoint_id,
                      report.reason.value, report.detail)
+            if report.detail:
+                self.declined.setdefault(report.checkpoint_id, f"task {report.task}: {report.detail}")
             self.execute(coordinator.decline(report.task, report.checkpoint_id, report.reason, now))
         elif isinstance(report, SourceEnded):
             self.execute(coordinator.source_ended(report.task, now))
@@ -783,6 +800,7 @@ class _Shell:
                                                   "path": str(path) if path is not None else None, "stopped": final})
                 case NotifyAborted(checkpoint_id=cid, reason=reason):
                     log.info("checkpoint %d aborted: %s", cid, reason.value)
+                    self.last_aborted = cid
                     self.result.checkpoints_failed += 1
                     for t in self.tasks.values():
                         t.post(Aborted(cid))
@@ -801,7 +819,9 @@ class _Shell:
                             # ack discards it again, the next attempt sweeps it.
                             log.warning("discarding checkpoint %d failed: %s", cid, exc)
                 case FailJob(reason=reason):
-                    raise _AttemptFailed(reason)
+                    # The cause a task gave for declining (a value that cannot be pickled, …).
+                    detail = self.declined.get(self.last_aborted) if self.last_aborted is not None else None
+                    raise _AttemptFailed(f"{reason} ({detail})" if detail else reason)
 
     def _metadata(self, checkpoint: CompletedCheckpoint) -> CheckpointMetadata:
         runner = self.runner

@@ -20,6 +20,12 @@ A user function that raises inside ``process_batch`` is reported as ``UserFuncti
 operator and the record: the loops keep the record in a local that survives the exception, so
 nothing is re-run to find it.
 
+``process`` (of a ``ProcessFunction``) and the function of ``flat_map`` return the records to emit
+as an iterable: a generator (``yield``), a list, or ``None`` for nothing. A ``str``, ``bytes``,
+``dict`` or ``tuple`` is refused (``returned_one_record``): iterating it would emit its characters,
+bytes, keys or fields as separate records, which is never what ``return (word, n)`` meant. The test
+is one ``isinstance`` per call, on the object returned, not per record emitted.
+
 The batch loops of map, filter, flat_map, process and reduce look alike on purpose: each is the hot
 loop of its operator, written out with its locals bound so that a record costs one call of the user
 function and little else; a shared loop would add a call per record.
@@ -27,17 +33,17 @@ function and little else; a shared loop would add a call per record.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from flowstate import failpoints as fp_names
-from flowstate.errors import UserFunctionError
+from flowstate.errors import UnwritableRecordError, UserFunctionError
 from flowstate.failpoints import Failpoints
-from flowstate.functions import ProcessFunction, RuntimeContext
-from flowstate.state.backend import BackendFactory, KeyedSnapshot, as_restored
+from flowstate.functions import ProcessFunction, RuntimeContext, copy_for_subtask
+from flowstate.state.backend import BackendFactory, KeyedSnapshot, StateError, as_restored
 from flowstate.state.keygroups import key_group_range
+from flowstate.state.keygroups import stable_key_bytes as check_key
 from flowstate.state.memory import HeapKeyedStateBackend
 
 
@@ -125,15 +131,35 @@ class FilterOperator(MapOperator):
         return out
 
 
+NOT_AN_ITERABLE_OF_RECORDS = (str, bytes, dict, tuple)
+"""What ``process`` and a ``flat_map`` function must not return (see the module)."""
+
+
+def returned_one_record(what: str, result: Any) -> TypeError:
+    """The error for ``result``, one of ``NOT_AN_ITERABLE_OF_RECORDS`` returned by ``what``."""
+    shown = repr(result)
+    if len(shown) > 80:
+        shown = shown[:80] + "…"
+    kind = type(result).__name__
+    return TypeError(
+        f"{what} returned the {kind} {shown}, which would emit each of its elements as a separate record: "
+        f"yield each output record (yield {shown}) or return a list of them (return [{shown}])"
+    )
+
+
 class FlatMapOperator(MapOperator):
     def process_batch(self, batch: list[Any]) -> list[Any]:
         fn = self.fn
         out: list[Any] = []
         extend = out.extend
+        refused = NOT_AN_ITERABLE_OF_RECORDS
         record = None
         try:
             for record in batch:
-                extend(fn(record))
+                result = fn(record)
+                if isinstance(result, refused):
+                    raise returned_one_record("the flat_map function", result)
+                extend(result)
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
         return out
@@ -149,7 +175,7 @@ class ProcessOperator(Operator):
 
     def __init__(self, uid: str, name: str, env: OperatorEnv, fn: ProcessFunction) -> None:
         super().__init__(uid, name, env)
-        self.fn = copy.deepcopy(fn)  # each subtask owns its copy (see flowstate.functions)
+        self.fn = copy_for_subtask(fn, name)  # each subtask owns its copy (see flowstate.functions)
         self.ctx = RuntimeContext(name, env.subtask, env.parallelism, None)
 
     def open(self, resume_state: Any) -> None:
@@ -163,11 +189,14 @@ class ProcessOperator(Operator):
         ctx = self.ctx
         out: list[Any] = []
         extend = out.extend
+        refused = NOT_AN_ITERABLE_OF_RECORDS
         record = None
         try:
             for record in batch:
                 result = process(record, ctx)
                 if result is not None:
+                    if isinstance(result, refused):
+                        raise returned_one_record("process", result)
                     extend(result)
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
@@ -175,6 +204,32 @@ class ProcessOperator(Operator):
 
     def close(self) -> None:
         self.fn.close()
+
+
+class _OperatorSnapshot:
+    """The keyed snapshot of one operator: its asynchronous part fails naming the operator (the
+    backend's message names the state: a value that cannot be pickled, …)."""
+
+    __slots__ = ("_inner", "_operator")
+
+    def __init__(self, inner: KeyedSnapshot, operator: str) -> None:
+        self._inner = inner
+        self._operator = operator
+
+    def materialize(self) -> Any:
+        try:
+            return self._inner.materialize()
+        except Exception as exc:
+            raise StateError(f"operator {self._operator!r}: {exc}") from exc
+
+    def release(self) -> None:
+        self._inner.release()
+
+
+KEY_BY = "key_by"
+"""How errors name the key selector: a key function that raises, or returns a key that is not
+allowed (``flowstate.state.keygroups``), fails as the ``key_by`` operator, not as the keyed operator
+after it (``flowstate.runtime.output`` names it so on a keyed exchange too)."""
 
 
 class _Keyed(Operator):
@@ -194,7 +249,7 @@ class _Keyed(Operator):
             self.backend.restore(as_restored(resume_state))
 
     def snapshot(self, checkpoint_id: int) -> KeyedSnapshot:
-        return self.backend.snapshot()
+        return _OperatorSnapshot(self.backend.snapshot(), self.name)
 
     def close(self) -> None:
         self.backend.close()
@@ -203,7 +258,7 @@ class _Keyed(Operator):
 class KeyedProcessOperator(_Keyed):
     def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any], fn: ProcessFunction) -> None:
         super().__init__(uid, name, env, key_fn)
-        self.fn = copy.deepcopy(fn)
+        self.fn = copy_for_subtask(fn, name)
         self.ctx = RuntimeContext(name, env.subtask, env.parallelism, self.backend)
 
     def open(self, resume_state: Any) -> None:
@@ -221,13 +276,24 @@ class KeyedProcessOperator(_Keyed):
         ctx = self.ctx
         out: list[Any] = []
         extend = out.extend
+        refused = NOT_AN_ITERABLE_OF_RECORDS
         record = None
         try:
             for record in batch:
-                keys.current_key = key_fn(record)
+                try:
+                    key = key_fn(record)
+                    if type(key) is not str:
+                        check_key(key)
+                except Exception as exc:
+                    raise UserFunctionError(KEY_BY, record, exc) from exc
+                keys.current_key = key
                 result = process(record, ctx)
                 if result is not None:
+                    if isinstance(result, refused):
+                        raise returned_one_record("process", result)
                     extend(result)
+        except UserFunctionError:
+            raise
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
         return out
@@ -260,8 +326,16 @@ class ReduceOperator(_Keyed):
         record = None
         try:
             for record in batch:
-                keys.current_key = key_fn(record)
+                try:
+                    key = key_fn(record)
+                    if type(key) is not str:
+                        check_key(key)
+                except Exception as exc:
+                    raise UserFunctionError(KEY_BY, record, exc) from exc
+                keys.current_key = key
                 append(add_and_get(record))
+        except UserFunctionError:
+            raise
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
         return out
@@ -284,7 +358,10 @@ class SinkOperator(Operator):
             attach(self.env.failpoints)
 
     def process_batch(self, batch: list[Any]) -> None:
-        self.writer.write_batch(batch)
+        try:
+            self.writer.write_batch(batch)
+        except UnwritableRecordError as exc:
+            raise UserFunctionError(self.name, exc.record, exc.cause) from exc
         return None
 
     def snapshot(self, checkpoint_id: int) -> Ready:

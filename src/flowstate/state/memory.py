@@ -353,10 +353,16 @@ class HeapSnapshot:
         if layers is None:
             raise StateError("this snapshot was already materialized or released")
         try:
-            states = {
-                name: {"kind": kind.value, "chunks": list(_pickled_chunks(frozen, self._chunk_entries))}
-                for name, (kind, frozen) in layers.items()
-            }
+            states = {}
+            for name, (kind, frozen) in layers.items():
+                try:
+                    chunks = list(_pickled_chunks(frozen, self._chunk_entries))
+                except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                    raise StateError(
+                        f"state {name!r} holds a value that cannot be pickled ({type(exc).__name__}: {exc}); "
+                        "keep only picklable values (and keys) in keyed state"
+                    ) from exc
+                states[name] = {"kind": kind.value, "chunks": chunks}
         finally:
             self._layers = None
             self.done = True
