@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from flowstate.checkpoint.coordinator import CheckpointConfig
@@ -29,6 +31,27 @@ def _location(checkpoint_dir: str | Path | None) -> str | Path | None:
     if isinstance(checkpoint_dir, str) and is_url(checkpoint_dir):
         return checkpoint_dir
     return Path(checkpoint_dir)
+
+
+def check_writable(directory: Path) -> None:
+    """Refuse, with a ``ConfigError`` of one line, a local checkpoint directory that this process
+    cannot write: a file, a directory without write permission, one on a read-only file system.
+
+    The directory itself is not created here (the storage creates it durably): the test creates
+    and removes a file in it, or in its nearest existing ancestor when it does not exist yet."""
+    existing = directory
+    while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        why = "it is a file" if existing == directory else f"{existing} is a file, not a directory"
+        raise ConfigError(f"cannot write to checkpoint directory {directory}: {why}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".flowstate-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if existing == directory else f" (creating it in {existing})"
+        raise ConfigError(f"cannot write to checkpoint directory {directory}{where}: {exc.strerror or exc}") from None
 
 
 def run(
@@ -94,9 +117,12 @@ def run(
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    location = _location(checkpoint_dir)
+    if isinstance(location, Path) and Mode.parse(mode).checkpoints:
+        check_writable(location)
     config = JobConfig(
         mode=Mode.parse(mode),
-        checkpoint_dir=_location(checkpoint_dir),
+        checkpoint_dir=location,
         checkpoint=checkpoint,
         restart=parse_restart(restart) if restart is not None else FixedDelayRestart(3, 0.5),
         parallelism=parallelism,
