@@ -3,10 +3,13 @@
 given the job's checkpoint directory, where ``run`` writes the address and token of its control
 endpoint).
 
-Exit status: 0 when a bounded job finished with its output committed (or a control request
-succeeded); 1 when the job failed (its restart strategy gave up), when no job is running with the
-checkpoint directory, or when the requested checkpoint failed; 2 for a mistake in the command, the
-job file or the configuration, and when the control endpoint refuses the token.
+Exit status: 0 when a bounded job finished (it read all its input) with its output committed, or a
+control request succeeded; 3 when ``run`` ended on a stop (``flowstate stop``, or SIGTERM) after a
+final checkpoint that committed the output up to it; 1 when the job failed (its restart strategy gave
+up), when no job is running with the checkpoint directory, or when the requested checkpoint failed;
+2 for a mistake in the command, the job file or the configuration, and when the control endpoint
+refuses the token; 143 when ``run`` was stopped at once (a second SIGTERM, or no stop within
+``--stop-timeout``) and 130 on Ctrl-C, both without a final checkpoint: the same command resumes.
 ``checkpoints verify`` exits 0 when everything verifies, 1 on any problem (each one listed) or when
 the storage cannot be read, 2 for a mistake in the command. ``chaos`` exits 0 when every run
 matched the run without failures, 1 on any difference."""
@@ -19,6 +22,7 @@ import json
 import logging
 import runpy
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +36,11 @@ from flowstate.config import (
 )
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
-from flowstate.runtime.control import TokenRefused
+from flowstate.runtime.control import Terminated, TokenRefused
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_TERMINATED = 128 + 15  # as a shell reports a process ended by SIGTERM
+EXIT_INTERRUPTED = 128 + 2
 T = TypeVar("T")
 
 
@@ -125,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="where tasks run: threads of this process, worker processes, or Ray actors "
                           "(default: processes when an operator has parallelism > 1, else threads)")
     run.add_argument("--workers", type=int, help="worker processes (default: one per core, at most the parallelism)")
+    run.add_argument("--stop-timeout", default="30s",
+                     help="on SIGTERM the job stops after a final checkpoint, as with flowstate stop; without "
+                     "that done within this time (or on a second SIGTERM) it stops at once (default 30s)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--from-savepoint", metavar="PATH",
                      help="restore from this savepoint (at any parallelism); running the same command again "
@@ -210,10 +219,34 @@ def _setup_logging() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from flowstate.runtime.control import JobControl, StopOnSignal
+
+    stop_timeout = parse_duration(args.stop_timeout, what="stop timeout")
+    flow = load_dataflow(args.job)
+    control = JobControl()
+    # SIGTERM asks for a stop (a job without checkpoints has none to take: it stops at once).
+    on_sigterm = StopOnSignal(control, grace=stop_timeout if Mode.parse(args.mode).checkpoints else 0.0) \
+        if threading.current_thread() is threading.main_thread() else None
+    try:
+        result = _run_flow(flow, args, control)
+    finally:
+        if on_sigterm is not None:
+            on_sigterm.close()
+    where = f"{result.workers} worker process(es)" if result.executor == "processes" else (
+        f"{result.workers} Ray worker(s)" if result.executor == "ray" else "threads")
+    logging.getLogger("flowstate").info(
+        "job %r %s: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s), on %s",
+        flow.name, "stopped" if result.stopped else "finished", f"{result.records:,}", result.seconds,
+        result.checkpoints_completed, result.restarts, where,
+    )
+    return EXIT_STOPPED if result.stopped else EXIT_OK
+
+
+def _run_flow(flow: Dataflow, args: argparse.Namespace, control: Any) -> Any:
+    """``fs.run`` with the options of ``flowstate run``: every string is read by ``fs.run`` itself."""
     from flowstate.execution import run
 
-    flow = load_dataflow(args.job)
-    result = run(
+    return run(
         flow,
         mode=args.mode,
         checkpoint_dir=args.checkpoint_dir,
@@ -241,14 +274,8 @@ def _run(args: argparse.Namespace) -> int:
         control_host=args.control_host,
         executor=args.executor,
         workers=args.workers,
+        control=control,
     )
-    where = f"{result.workers} worker process(es)" if result.executor == "processes" else (
-        f"{result.workers} Ray worker(s)" if result.executor == "ray" else "threads")
-    logging.getLogger("flowstate").info(
-        "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s), on %s",
-        flow.name, f"{result.records:,}", result.seconds, result.checkpoints_completed, result.restarts, where,
-    )
-    return EXIT_OK
 
 
 def _checkpoints_list(args: argparse.Namespace) -> int:
@@ -421,9 +448,13 @@ def main(argv: list[str] | None = None) -> int:
     except FlowstateError as exc:
         print(f"flowstate: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except Terminated as exc:
+        print(f"flowstate: stopped at once ({exc.why}), without a final checkpoint; run the same command again "
+              "to resume from the latest checkpoint", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("flowstate: interrupted; run the same command again to resume from the latest checkpoint", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     raise AssertionError(f"unhandled command {args.command}")
 
 

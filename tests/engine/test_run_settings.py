@@ -6,6 +6,9 @@ as ``--restart fixed:3:0.5`` works on the command line, also when the job actual
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 
 import flowstate as fs
@@ -65,3 +68,24 @@ def test_an_unreadable_restart_string_is_a_config_error_before_anything_runs(dir
 def test_a_restart_that_is_neither_a_strategy_nor_a_string_is_a_config_error(dirs: Dirs) -> None:
     with pytest.raises(fs.ConfigError, match="restart must be a restart strategy"):
         fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, restart=3)  # type: ignore[arg-type]
+
+
+def test_a_run_ended_by_a_stop_says_stopped_and_one_that_read_all_its_input_does_not(dirs: Dirs) -> None:
+    def slow_job(output: Path) -> fs.Dataflow:
+        flow = fs.Dataflow("slow")
+        (flow.source(fs.GeneratorSource(lambda i: i, count=100_000, splits=1, rate=2000.0), uid="numbers")
+             .sink(fs.FileSink(output), uid="out"))
+        return flow
+
+    control = fs.JobControl()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(fs.run, slow_job(dirs.output), checkpoint_dir=dirs.checkpoints, interval="100ms",
+                              control=control)
+        assert control.stop().result(timeout=60)["stopped"]
+        stopped = running.result(timeout=60)
+
+    assert stopped.stopped and 0 < len(committed_values(dirs.output)) < 100_000
+
+    other = Dirs(dirs.output.with_name("finished-output"), dirs.checkpoints.with_name("finished-checkpoints"))
+    finished = fs.run(flaky_job(other), checkpoint_dir=other.checkpoints, interval="50ms")
+    assert not finished.stopped and len(committed_values(other.output)) == 300

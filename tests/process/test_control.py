@@ -194,7 +194,7 @@ def test_status_checkpoint_savepoint_and_stop_with_savepoint_through_the_cli_the
     assert stop.returncode == 0, shown(stop)
     final = Path(stop.stdout.strip())
     assert final.parent == job.chk / "savepoints"
-    assert job.wait() == 0, job.stderr()
+    assert job.wait() == 3, job.stderr()  # stopped, not finished: distinct from a job that read all its input
     assert not job.control_file.exists(), "the endpoint closed with the job"
     first = committed(job.out)
     assert first and sum(first.values()) < sum(expected().values()), "stopped mid-input, output committed"
@@ -217,11 +217,14 @@ def test_a_stop_without_savepoint_commits_and_the_same_command_resumes_from_its_
     stop = cli("stop", str(job.chk), cwd=job.root)
     assert stop.returncode == 0, shown(stop)
     assert re.fullmatch(r"job stopped after checkpoint \d+\n", stop.stdout), shown(stop)
-    assert job.wait() == 0, job.stderr()
+    assert job.wait() == 3, job.stderr()
+    assert re.search(r"job 'controlled' stopped: [\d,]+ records", job.stderr()), job.stderr()
+    assert "finished" not in job.stderr()
 
     again = Job(job.root, rate=2000.0)
     assert again.wait() == 0, again.stderr()
     assert re.search(r"restoring from checkpoint [1-9]\d*", again.stderr()), again.stderr()
+    assert "job 'controlled' finished" in again.stderr(), "read all its input: finished, exit 0"
     assert committed(job.out) == expected()
 
 

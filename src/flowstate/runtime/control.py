@@ -5,6 +5,9 @@ future; the runner's shell takes the requests on its own thread, turns each into
 request (the coordinator stays pure) and answers through the future when the checkpoint completes or
 fails. ``status`` reads what the runner publishes.
 
+``StopOnSignal`` turns SIGTERM (what systemd, Docker and Kubernetes send) into the same stop for
+``flowstate run``; see its rules.
+
 ``ControlServer`` serves ``JobControl`` over HTTP for the ``flowstate status | checkpoint |
 savepoint | stop`` commands. Rules:
 
@@ -28,6 +31,7 @@ import logging
 import os
 import queue
 import secrets
+import signal
 import threading
 import urllib.error
 import urllib.request
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from flowstate.checkpoint.ids import CheckpointId, RequestId
+from flowstate.clock import Clock, SystemClock
 from flowstate.errors import FlowstateError
 
 log = logging.getLogger("flowstate")
@@ -145,6 +150,114 @@ class JobControl:
 def _fail(request: ControlRequest, reason: str) -> None:
     if not request.reply.done():
         request.reply.set_exception(ControlError(reason))
+
+
+# ---- SIGTERM ----------------------------------------------------------------------------------------
+
+
+class Terminated(BaseException):
+    """Raised in the main thread to stop a run at once (rule 2 of ``StopOnSignal``). Like
+    ``KeyboardInterrupt`` it is no ``Exception``: no handler of a failure catches it, so the run
+    unwinds (its tasks cancelled, its control file removed, its lock released) and ends."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class StopOnSignal:
+    """SIGTERM stops a run gracefully, as ``flowstate stop`` does.
+
+    Rules:
+
+    1. The first SIGTERM asks ``control`` for a stop: a final checkpoint, the output up to it
+       committed, then the job ends (``JobResult.stopped``). A stop that is refused or fails (the
+       job is restarting, its checkpoint was aborted) is asked again until the run ends.
+    2. A second SIGTERM, or ``grace`` seconds after the first without the run having ended, stops
+       the run at once: ``Terminated`` is raised in the main thread. Nothing after the latest
+       completed checkpoint is committed; the next run resumes from it.
+    3. The signal handler only counts and writes one byte to a pipe (no lock is taken in it); a
+       thread of its own reads the pipe and makes the requests. Only the main thread can install
+       it; ``close()`` puts the previous handler back, after which nothing is raised any more.
+    """
+
+    def __init__(self, control: JobControl, *, grace: float, signum: int = signal.SIGTERM,
+                 clock: Clock | None = None) -> None:
+        self._control = control
+        self._grace = grace
+        self._signum = signum
+        self._clock = clock or SystemClock()
+        self._signals = 0
+        self._active = True
+        self._timed_out = False
+        self._ended = threading.Event()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous = signal.signal(signum, self._handle)
+        self._thread = threading.Thread(target=self._serve, name="stop-on-signal", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """The run ended: restore the previous handler and end the thread (main thread)."""
+        self._active = False
+        signal.signal(self._signum, self._previous)
+        self._ended.set()
+        try:
+            os.write(self._write, b"x")  # wakes the thread if no signal came
+        except OSError:
+            pass
+        self._thread.join(timeout=5.0)
+        os.close(self._read)
+        os.close(self._write)
+
+    def __enter__(self) -> StopOnSignal:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            try:
+                os.write(self._write, b"s")
+            except OSError:
+                pass
+            return
+        if self._active:
+            name = signal.Signals(signum).name
+            raise Terminated(f"a second {name}" if self._signals == 2 and not self._timed_out else
+                             f"no stop within {self._grace:g} s of {name}")
+
+    def _serve(self) -> None:
+        os.read(self._read, 1)
+        if self._ended.is_set():
+            return
+        name = signal.Signals(self._signum).name
+        log.warning("%s: stopping the job after a final checkpoint (a second %s, or %g s without the stop "
+                    "done, stops it at once)", name, name, self._grace)
+        clock = self._clock
+        deadline = clock.monotonic() + self._grace
+        stopped = False
+        while not self._ended.is_set():
+            left = deadline - clock.monotonic()
+            if left <= 0:
+                self._timed_out = True
+                log.warning("the job did not stop within %g s of %s: stopping it at once", self._grace, name)
+                # Delivered to the main thread, so that a call blocking there is interrupted too.
+                signal.pthread_kill(threading.main_thread().ident or 0, self._signum)
+                return
+            if stopped:
+                self._ended.wait(left)
+                continue
+            try:
+                self._control.stop().result(timeout=left)
+                stopped = True
+            except ControlError as exc:
+                log.info("stop on %s not done yet: %s", name, exc)
+                self._ended.wait(min(0.2, max(left, 0.0)))
+            except FutureTimeout:
+                continue
 
 
 # ---- the HTTP endpoint ---------------------------------------------------------------------------

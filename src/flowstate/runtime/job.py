@@ -153,6 +153,9 @@ class JobResult:
     """Where the tasks ran: ``threads``, ``processes`` or ``ray``."""
     workers: int = 0
     """Worker processes of each attempt (0: the tasks ran as threads of this process)."""
+    stopped: bool = False
+    """The job ended on a stop (``flowstate stop``, ``JobControl.stop``, SIGTERM under ``flowstate
+    run``) after a final checkpoint that committed its output, not because its input ended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,6 +670,7 @@ class _Shell:
         self.completed_here = 0
         self.targets = runner._targets
         self.control = runner.control
+        result.stopped = False  # an attempt that fails after its stop's checkpoint restarts and reads on
         self.declined: dict[CheckpointId, str] = {}
         """The first reason given for declining each checkpoint, for the message of a failed job."""
         self.last_aborted: CheckpointId | None = None
@@ -792,6 +796,8 @@ class _Shell:
                         self.result.checkpoints_completed += 1
                         self.result.last_checkpoint = int(cid)
                         self.completed_here += 1
+                    if final and coordinator.stopping:
+                        self.result.stopped = True
                     for t in self.tasks.values():
                         t.post(Complete(cid, final, action.commit))
                     request = self.control.triggered.pop(cid, None)

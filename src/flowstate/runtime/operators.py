@@ -135,6 +135,16 @@ NOT_AN_ITERABLE_OF_RECORDS = (str, bytes, dict, tuple)
 """What ``process`` and a ``flat_map`` function must not return (see the module)."""
 
 
+def accept(accepted: set[type], result: Any, what: str) -> None:
+    """Add the type of ``result``, returned by ``what``, to the types ``accepted`` as iterables of
+    records, or raise when it is one of ``NOT_AN_ITERABLE_OF_RECORDS`` (or a subclass: a
+    namedtuple is one record too). The loops call this only for a type not accepted yet, so that a
+    call costs one set lookup: a full ``isinstance`` on every generator would cost several times more."""
+    if isinstance(result, NOT_AN_ITERABLE_OF_RECORDS):
+        raise returned_one_record(what, result)
+    accepted.add(result.__class__)
+
+
 def returned_one_record(what: str, result: Any) -> TypeError:
     """The error for ``result``, one of ``NOT_AN_ITERABLE_OF_RECORDS`` returned by ``what``."""
     shown = repr(result)
@@ -148,17 +158,22 @@ def returned_one_record(what: str, result: Any) -> TypeError:
 
 
 class FlatMapOperator(MapOperator):
+    def __init__(self, uid: str, name: str, env: OperatorEnv, fn: Callable[[Any], Any]) -> None:
+        super().__init__(uid, name, env, fn)
+        self.accepted: set[type] = set()
+        """Types ``fn`` returned that are iterables of records (``accept``)."""
+
     def process_batch(self, batch: list[Any]) -> list[Any]:
         fn = self.fn
         out: list[Any] = []
         extend = out.extend
-        refused = NOT_AN_ITERABLE_OF_RECORDS
+        accepted = self.accepted
         record = None
         try:
             for record in batch:
                 result = fn(record)
-                if isinstance(result, refused):
-                    raise returned_one_record("the flat_map function", result)
+                if result.__class__ not in accepted:
+                    accept(accepted, result, "the flat_map function")
                 extend(result)
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
@@ -177,6 +192,8 @@ class ProcessOperator(Operator):
         super().__init__(uid, name, env)
         self.fn = copy_for_subtask(fn, name)  # each subtask owns its copy (see flowstate.functions)
         self.ctx = RuntimeContext(name, env.subtask, env.parallelism, None)
+        self.accepted: set[type] = set()
+        """Types ``process`` returned that are iterables of records (``accept``)."""
 
     def open(self, resume_state: Any) -> None:
         try:
@@ -189,14 +206,14 @@ class ProcessOperator(Operator):
         ctx = self.ctx
         out: list[Any] = []
         extend = out.extend
-        refused = NOT_AN_ITERABLE_OF_RECORDS
+        accepted = self.accepted
         record = None
         try:
             for record in batch:
                 result = process(record, ctx)
                 if result is not None:
-                    if isinstance(result, refused):
-                        raise returned_one_record("process", result)
+                    if result.__class__ not in accepted:
+                        accept(accepted, result, "process")
                     extend(result)
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
@@ -229,7 +246,7 @@ class _OperatorSnapshot:
 KEY_BY = "key_by"
 """How errors name the key selector: a key function that raises, or returns a key that is not
 allowed (``flowstate.state.keygroups``), fails as the ``key_by`` operator, not as the keyed operator
-after it (``flowstate.runtime.output`` names it so on a keyed exchange too)."""
+after it (``flowstate.runtime.output`` names it so on a keyed exchange too; ``_Keyed.failure``)."""
 
 
 class _Keyed(Operator):
@@ -251,6 +268,19 @@ class _Keyed(Operator):
     def snapshot(self, checkpoint_id: int) -> KeyedSnapshot:
         return _OperatorSnapshot(self.backend.snapshot(), self.name)
 
+    def failure(self, record: Any, error: Exception) -> UserFunctionError:
+        """The error of a batch that failed on ``record``: the ``key_by`` operator's when the key
+        selector raises on the record or returns a key that is not allowed, else this operator's.
+        Only on this path is the key selector called again (a key must be a deterministic function
+        of the record), so that the loops pay nothing per record to tell the two apart."""
+        try:
+            key = self.key_fn(record)
+            if type(key) is not str:
+                check_key(key)
+        except Exception as key_error:  # noqa: BLE001 - whatever the key selector raises
+            return UserFunctionError(KEY_BY, record, key_error)
+        return UserFunctionError(self.name, record, error)
+
     def close(self) -> None:
         self.backend.close()
 
@@ -260,6 +290,8 @@ class KeyedProcessOperator(_Keyed):
         super().__init__(uid, name, env, key_fn)
         self.fn = copy_for_subtask(fn, name)
         self.ctx = RuntimeContext(name, env.subtask, env.parallelism, self.backend)
+        self.accepted: set[type] = set()
+        """Types ``process`` returned that are iterables of records (``accept``)."""
 
     def open(self, resume_state: Any) -> None:
         super().open(resume_state)
@@ -276,26 +308,18 @@ class KeyedProcessOperator(_Keyed):
         ctx = self.ctx
         out: list[Any] = []
         extend = out.extend
-        refused = NOT_AN_ITERABLE_OF_RECORDS
+        accepted = self.accepted
         record = None
         try:
             for record in batch:
-                try:
-                    key = key_fn(record)
-                    if type(key) is not str:
-                        check_key(key)
-                except Exception as exc:
-                    raise UserFunctionError(KEY_BY, record, exc) from exc
-                keys.current_key = key
+                keys.current_key = key_fn(record)
                 result = process(record, ctx)
                 if result is not None:
-                    if isinstance(result, refused):
-                        raise returned_one_record("process", result)
+                    if result.__class__ not in accepted:
+                        accept(accepted, result, "process")
                     extend(result)
-        except UserFunctionError:
-            raise
         except Exception as exc:
-            raise UserFunctionError(self.name, record, exc) from exc
+            raise self.failure(record, exc) from exc
         return out
 
     def close(self) -> None:
@@ -326,18 +350,10 @@ class ReduceOperator(_Keyed):
         record = None
         try:
             for record in batch:
-                try:
-                    key = key_fn(record)
-                    if type(key) is not str:
-                        check_key(key)
-                except Exception as exc:
-                    raise UserFunctionError(KEY_BY, record, exc) from exc
-                keys.current_key = key
+                keys.current_key = key_fn(record)
                 append(add_and_get(record))
-        except UserFunctionError:
-            raise
         except Exception as exc:
-            raise UserFunctionError(self.name, record, exc) from exc
+            raise self.failure(record, exc) from exc
         return out
 
 

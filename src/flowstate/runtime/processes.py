@@ -320,8 +320,10 @@ class ProcessExecutor(WorkerPool):
         code = 1
         try:
             _die_with_parent(parent)
-            # Ctrl-C reaches the whole process group: the coordinator decides, and kills the workers.
+            # Ctrl-C reaches the whole process group, and so may SIGTERM (systemd stops a service's
+            # every process): the coordinator decides, stops the job and ends the workers.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if self._listener is not None:
                 self._listener.close()  # the coordinator's
             code = serve(self._runner, restored, self._placement, worker, coordinator, token, self.host)
