@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -57,11 +57,17 @@ class Pairs(fs.ProcessFunction):
 # ---- process and flat_map: yield, or return a list ---------------------------------------------
 
 
+class Pair(NamedTuple):
+    word: str
+    n: int
+
+
 @pytest.mark.parametrize(("make", "kind"), [
     (lambda w: (w, 1), "tuple"),
     (lambda w: w, "str"),
     (lambda w: w.encode(), "bytes"),
     (lambda w: {w: 1}, "dict"),
+    (lambda w: Pair(w, 1), "Pair"),
 ])
 def test_a_keyed_process_returning_one_record_instead_of_yielding_it_is_refused(
         dirs: Dirs, make: Any, kind: str) -> None:

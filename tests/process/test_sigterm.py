@@ -80,7 +80,7 @@ class Run:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "flowstate", "run", str(job), "--checkpoint-dir", str(self.chk), "--quiet",
-                 "--executor", "processes", *extra],
+                 *(extra if "--executor" in extra else ("--executor", "processes", *extra))],
                 cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
 
@@ -118,8 +118,10 @@ def runs():
         run.kill()
 
 
-def test_sigterm_stops_after_a_final_checkpoint_and_the_same_command_resumes_from_it(tmp_path: Path, runs) -> None:
-    first = Run(tmp_path, "--interval", "200ms")
+@pytest.mark.parametrize("executor", ["processes", "threads"])
+def test_sigterm_stops_after_a_final_checkpoint_and_the_same_command_resumes_from_it(
+        tmp_path: Path, runs, executor: str) -> None:
+    first = Run(tmp_path, "--interval", "200ms", "--executor", executor)
     runs.append(first)
     first.wait_for("control endpoint on")
     time.sleep(1.0)

@@ -238,7 +238,9 @@ class StopOnSignal:
                     "done, stops it at once)", name, name, self._grace)
         clock = self._clock
         deadline = clock.monotonic() + self._grace
+        reply: Future[dict[str, Any]] | None = None
         stopped = False
+        refused = ""
         while not self._ended.is_set():
             left = deadline - clock.monotonic()
             if left <= 0:
@@ -247,17 +249,22 @@ class StopOnSignal:
                 # Delivered to the main thread, so that a call blocking there is interrupted too.
                 signal.pthread_kill(threading.main_thread().ident or 0, self._signum)
                 return
-            if stopped:
-                self._ended.wait(left)
+            if stopped:  # the final checkpoint is complete: the run is ending
+                self._ended.wait(min(left, 0.25))
                 continue
+            if reply is None:
+                reply = self._control.stop()
             try:
-                self._control.stop().result(timeout=left)
+                reply.result(timeout=min(left, 0.25))
                 stopped = True
-            except ControlError as exc:
-                log.info("stop on %s not done yet: %s", name, exc)
-                self._ended.wait(min(0.2, max(left, 0.0)))
             except FutureTimeout:
                 continue
+            except ControlError as exc:  # refused or failed (rule 1): asked again
+                if str(exc) != refused:
+                    refused = str(exc)
+                    log.info("the stop on %s is not done yet: %s", name, exc)
+                reply = None
+                self._ended.wait(min(left, 0.2))
 
 
 # ---- the HTTP endpoint ---------------------------------------------------------------------------

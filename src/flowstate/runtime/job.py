@@ -672,8 +672,9 @@ class _Shell:
         self.control = runner.control
         result.stopped = False  # an attempt that fails after its stop's checkpoint restarts and reads on
         self.declined: dict[CheckpointId, str] = {}
-        """The first reason given for declining each checkpoint, for the message of a failed job."""
-        self.last_aborted: CheckpointId | None = None
+        """The first reason a task gave for declining each checkpoint not aborted yet."""
+        self.abort_detail: str | None = None
+        """That reason for the checkpoint aborted last: the message of a failed job keeps it."""
 
     def serve_control(self, now: float, finished: set[TaskId]) -> None:
         """Turn each control request into a coordinator request (``flowstate.runtime.control``)."""
@@ -806,7 +807,8 @@ class _Shell:
                                                   "path": str(path) if path is not None else None, "stopped": final})
                 case NotifyAborted(checkpoint_id=cid, reason=reason):
                     log.info("checkpoint %d aborted: %s", cid, reason.value)
-                    self.last_aborted = cid
+                    self.abort_detail = self.declined.get(cid)
+                    self.declined = {c: d for c, d in self.declined.items() if c > cid}
                     self.result.checkpoints_failed += 1
                     for t in self.tasks.values():
                         t.post(Aborted(cid))
@@ -825,8 +827,8 @@ class _Shell:
                             # ack discards it again, the next attempt sweeps it.
                             log.warning("discarding checkpoint %d failed: %s", cid, exc)
                 case FailJob(reason=reason):
-                    # The cause a task gave for declining (a value that cannot be pickled, …).
-                    detail = self.declined.get(self.last_aborted) if self.last_aborted is not None else None
+                    # With the cause a task gave for declining (a value that cannot be pickled, …).
+                    detail = self.abort_detail
                     raise _AttemptFailed(f"{reason} ({detail})" if detail else reason)
 
     def _metadata(self, checkpoint: CompletedCheckpoint) -> CheckpointMetadata:
