@@ -24,7 +24,8 @@ nothing is re-run to find it.
 as an iterable: a generator (``yield``), a list, or ``None`` for nothing. A ``str``, ``bytes``,
 ``dict`` or ``tuple`` is refused (``returned_one_record``): iterating it would emit its characters,
 bytes, keys or fields as separate records, which is never what ``return (word, n)`` meant. The test
-is one ``isinstance`` per call, on the object returned, not per record emitted.
+costs one set lookup per call, of the returned object's type among the types already accepted
+(``accept``); nothing is checked per record emitted.
 
 The batch loops of map, filter, flat_map, process and reduce look alike on purpose: each is the hot
 loop of its operator, written out with its locals bound so that a record costs one call of the user
