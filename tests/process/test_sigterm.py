@@ -178,3 +178,15 @@ def test_a_stop_not_done_within_the_stop_timeout_stops_at_once(tmp_path: Path, r
     assert "the job did not stop within 0.5 s of SIGTERM" in run.stderr(), run.stderr()
     assert "stopped at once (no stop within 0.5 s of SIGTERM)" in run.stderr(), run.stderr()
     assert not (run.chk / "_control.json").exists(), "the control file is removed"
+
+
+def test_a_job_without_checkpoints_stops_at_once_on_the_first_sigterm(tmp_path: Path, runs) -> None:
+    run = Run(tmp_path, "--mode", "none", "--executor", "threads")
+    runs.append(run)
+    run.wait_for("starting from scratch")
+    time.sleep(0.3)
+
+    run.terminate_group()
+
+    assert run.wait() == 143, run.stderr()
+    assert "stopped at once (SIGTERM), without a final checkpoint" in run.stderr(), run.stderr()

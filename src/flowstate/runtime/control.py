@@ -174,7 +174,8 @@ class StopOnSignal:
        committed, then the job ends (``JobResult.stopped``). A stop that is refused or fails (the
        job is restarting, its checkpoint was aborted) is asked again until the run ends.
     2. A second SIGTERM, or ``grace`` seconds after the first without the run having ended, stops
-       the run at once: ``Terminated`` is raised in the main thread. Nothing after the latest
+       the run at once: ``Terminated`` is raised in the main thread (with ``grace`` 0, for a job
+       that takes no checkpoints, the first SIGTERM does). Nothing after the latest
        completed checkpoint is committed; the next run resumes from it.
     3. The signal handler only counts and writes one byte to a pipe (no lock is taken in it); a
        thread of its own reads the pipe and makes the requests. Only the main thread can install
@@ -226,16 +227,18 @@ class StopOnSignal:
             return
         if self._active:
             name = signal.Signals(signum).name
-            raise Terminated(f"a second {name}" if self._signals == 2 and not self._timed_out else
-                             f"no stop within {self._grace:g} s of {name}")
+            if not self._timed_out:
+                raise Terminated(f"a second {name}")
+            raise Terminated(f"no stop within {self._grace:g} s of {name}" if self._grace > 0 else name)
 
     def _serve(self) -> None:
         os.read(self._read, 1)
         if self._ended.is_set():
             return
         name = signal.Signals(self._signum).name
-        log.warning("%s: stopping the job after a final checkpoint (a second %s, or %g s without the stop "
-                    "done, stops it at once)", name, name, self._grace)
+        if self._grace > 0:
+            log.warning("%s: stopping the job after a final checkpoint (a second %s, or %g s without the stop "
+                        "done, stops it at once)", name, name, self._grace)
         clock = self._clock
         deadline = clock.monotonic() + self._grace
         reply: Future[dict[str, Any]] | None = None
@@ -245,7 +248,8 @@ class StopOnSignal:
             left = deadline - clock.monotonic()
             if left <= 0:
                 self._timed_out = True
-                log.warning("the job did not stop within %g s of %s: stopping it at once", self._grace, name)
+                if self._grace > 0:
+                    log.warning("the job did not stop within %g s of %s: stopping it at once", self._grace, name)
                 # Delivered to the main thread, so that a call blocking there is interrupted too.
                 signal.pthread_kill(threading.main_thread().ident or 0, self._signum)
                 return
