@@ -52,6 +52,7 @@ from flowstate.checkpoint.unaligned import UnalignedBarrierHandler
 from flowstate.clock import Clock
 from flowstate.config import Mode
 from flowstate.failpoints import Failpoints
+from flowstate.observe.counters import TaskCounters
 from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
 from flowstate.runtime.messages import (
     Aborted,
@@ -113,6 +114,10 @@ class Task:
         self.resume = resume
         self.cancelled = cancelled  # shared with the task's Output: a full channel stops waiting when set
         self.records_in = 0
+        self.records_out = 0
+        self.backpressure_seconds = 0.0
+        """Time spent waiting for room in a full output channel."""
+        self.state_entries = 0
         self._steps = [op.process_batch for op in ops]
         self._failpoints = env.failpoints
         self._capture: _Capture | None = None
@@ -128,6 +133,9 @@ class Task:
     def cancel(self) -> None:
         self.cancelled.set()
         self.gate.cancel()
+
+    def counters(self) -> TaskCounters:
+        return TaskCounters(self.records_in, self.records_out, self.backpressure_seconds, self.state_entries)
 
     def post(self, mail: Any) -> None:
         """Mail for the task (a trigger, a notification): read before any channel item."""
@@ -172,7 +180,14 @@ class Task:
             batch = step(batch)  # type: ignore[assignment]
             if not batch:
                 return
-        self.output.emit(batch)
+        self.records_out += len(batch)
+        if self.output.has_room():
+            self.output.emit(batch)
+        else:  # back-pressure: the emit waits for a full channel
+            clock = self.env.clock
+            t0 = clock.monotonic()
+            self.output.emit(batch)
+            self.backpressure_seconds += clock.monotonic() - t0
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -202,6 +217,7 @@ class Task:
                     if part is not None:
                         parts.append((op.uid, part))
             snapshot.sync_seconds = env.clock.monotonic() - t0
+            self.state_entries = sum(op.backend.entry_count() for op in self.ops if hasattr(op, "backend"))
             if fp:
                 fp.hit(fpn.TASK_BEFORE_FORWARD)
             self.output.broadcast_barrier(barrier)
@@ -538,7 +554,9 @@ class SourceTask(Task):
             if not output.has_room():
                 # Back-pressure: wait here, where a checkpoint trigger wakes the task at once,
                 # rather than inside a put that would hold the trigger back until a slot frees up.
+                t0 = self.env.clock.monotonic()
                 got = gate.take(0.005)
+                self.backpressure_seconds += self.env.clock.monotonic() - t0
                 if got is not None and self._on_mail(got[1]):
                     return
                 continue

@@ -1,0 +1,24 @@
+"""What every task counts while it runs, read by the coordinator (directly for a task in its own
+process, through the worker's progress messages for a task in a worker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCounters:
+    """Totals of one task since it was built (one attempt)."""
+
+    records_in: int = 0
+    """Records the task read (a source: records it polled)."""
+    records_out: int = 0
+    """Records the task's chain emitted downstream (0 for a task that ends in a sink)."""
+    backpressure_seconds: float = 0.0
+    """Time the task waited for room in a full output channel."""
+    state_entries: int = 0
+    """Keyed state entries of the task's operators at its last snapshot."""
+
+    def __add__(self, other: TaskCounters) -> TaskCounters:
+        return TaskCounters(self.records_in + other.records_in, self.records_out + other.records_out,
+                            self.backpressure_seconds + other.backpressure_seconds, other.state_entries)
