@@ -224,17 +224,17 @@ def _dominant_subtask(facts: Facts) -> Finding | None:
     done = [c for c in _completed(facts) if len(c.subtasks) >= 2]
     if len(done) < 3:
         return None
-    last = Counter(s.task for c in done if (s := _slowest(c)) is not None)
+    last = Counter(s.task for c in done if (s := _slowest(c)) is not None
+                   and any(p.task != s.task and _vertex(p.task) == _vertex(s.task) for p in c.subtasks))
     if not last:
         return None
     task, count = last.most_common(1)[0]
     if count < 0.6 * len(done):
         return None
     mine = [t for c in done for s in c.subtasks if s.task == task if (t := _total(s)) is not None]
+    # Its peers are the other subtasks of its vertex: another vertex may do much more per record.
     others = [t for c in done for s in c.subtasks if s.task != task and _vertex(s.task) == _vertex(task)
               if (t := _total(s)) is not None]
-    if not others:  # a subtask of its own vertex alone: compare with every other subtask
-        others = [t for c in done for s in c.subtasks if s.task != task if (t := _total(s)) is not None]
     if not mine or not others:
         return None
     own, rest = statistics.median(mine), statistics.median(others)
@@ -268,13 +268,13 @@ def _sync_part(facts: Facts) -> Finding | None:
                 f"(most often {task}), {median_sync / max(median_duration, 1e-9):.0%} of a checkpoint's "
                 f"{_seconds(median_duration)}; the task processes no record meanwhile.")
     chain = facts.chains.get(_vertex(task), "")
-    if "sink(" in chain:
+    if facts.settings.get("state_backend") == "rocksdb" and ("keyed_process(" in chain or "reduce(" in chain):
+        suggestion = ("RocksDB flushes its write buffers to a file in the synchronous part: checkpoint more often "
+                      "(shorter --interval) so that each flush is small, or write less state per record.")
+    elif "sink(" in chain:
         suggestion = ("The sink of this task pre-commits in the synchronous part (closes, flushes and syncs its file): "
                       "checkpoint more often (shorter --interval) so that each pre-commit has less to flush, or put the "
                       "output files on faster storage.")
-    elif facts.settings.get("state_backend") == "rocksdb":
-        suggestion = ("RocksDB flushes its write buffers in the synchronous part: checkpoint more often (shorter "
-                      "--interval) so that each flush is small.")
     else:
         suggestion = "An operator's snapshot does its work on the task thread: move serialisation into the asynchronous part."
     return Finding(Rule.SYNC_PART, Severity.WARNING, sentence, suggestion)
