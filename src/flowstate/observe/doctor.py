@@ -214,8 +214,8 @@ def _backpressure(facts: Facts) -> Finding | None:
         suggestion = "Run with --mode unaligned: its barriers overtake the queued records instead of waiting behind them."
     else:
         suggestion = ("Run with --mode unaligned (barriers overtake queued records; the checkpoint persists them) or "
-                      "--alignment-timeout 200ms (only slow alignments switch to unaligned); or remove the bottleneck: "
-                      "the operator downstream of the most back-pressured task (flowstate_task_backpressure_seconds_total).")
+                      "--alignment-timeout 200ms (only slow alignments switch to unaligned); or remove the bottleneck, "
+                      "which lies downstream of the most back-pressured task (flowstate_task_backpressure_seconds_total).")
     severity = Severity.CRITICAL if durations >= float(facts.settings.get("interval") or 1e9) else Severity.WARNING
     return Finding(Rule.BACKPRESSURE, severity, sentence, suggestion)
 
