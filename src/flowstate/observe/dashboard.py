@@ -90,7 +90,9 @@ font-variant-numeric:tabular-nums} th{font-weight:600;color:#555} td.num,th.num{
 .failed{color:#b00020} .completed{color:#2e7d32} details summary{cursor:pointer}
 .finding{border-left:4px solid #e0a800;padding:4px 10px;margin:6px 0} .finding.critical{border-color:#b00020}
 .finding .suggestion{color:#444} .charts{display:flex;gap:12px;flex-wrap:wrap} .muted{color:#777}
-.cols{display:grid;grid-template-columns:1fr 1fr;gap:12px}
+.cols{display:grid;grid-template-columns:1fr 1fr;gap:12px} section{overflow-x:auto} td.num,td:first-child{white-space:nowrap}
+tr.subtasks-row{display:none} tr:has(details[open]) + tr.subtasks-row{display:table-row}
+tr.subtasks-row>td{background:#f7f9fc;padding:4px 8px 10px 28px} details>summary{list-style-position:inside}
 """
 
 _SCRIPT = """
@@ -298,23 +300,30 @@ def _history(view: View) -> str:
             f"<td class='num'>{_seconds(c.max_sync) if c.completed else ''}</td>"
             f"<td class='num'>{_seconds(c.max_async) if c.completed else ''}</td>"
             f"<td class='num'>{_seconds(c.max_alignment) if c.completed else ''}</td>"
-            f"<td class='failure'>{failure}</td></tr>")
+            f"<td class='failure'>{failure}</td></tr>{_subtasks(c)}")
     return f"<table>{head}{''.join(body)}</table>"
 
 
 def _details(c: CheckpointRecord) -> str:
+    """The id, which opens the row of the checkpoint's subtasks below (CSS ``:has``)."""
     if not c.subtasks:
         return str(c.checkpoint_id)
+    return f"<details id='chk-{c.checkpoint_id}'><summary>{c.checkpoint_id}</summary></details>"
+
+
+def _subtasks(c: CheckpointRecord) -> str:
+    if not c.subtasks:
+        return ""
     rows = "".join(
         f"<tr><td>{_e(s.task)}</td><td class='num'>{'' if s.ack_seconds is None else _seconds(s.ack_seconds)}</td>"
         f"<td class='num'>{_seconds(s.alignment_seconds)}</td><td class='num'>{_seconds(s.sync_seconds)}</td>"
         f"<td class='num'>{_seconds(s.async_seconds)}</td><td class='num'>{_size(s.channel_bytes)}</td>"
         f"<td class='num'>{_size(s.bytes_written)}</td><td class='num'>{_size(s.full_size)}</td></tr>"
         for s in c.subtasks)
-    return (f"<details id='chk-{c.checkpoint_id}'><summary>{c.checkpoint_id}</summary><table class='subtasks'>"
+    return (f"<tr class='subtasks-row' id='sub-{c.checkpoint_id}'><td colspan='11'><table class='subtasks'>"
             "<tr><th>subtask</th><th class='num'>acknowledged</th><th class='num'>alignment</th><th class='num'>sync</th>"
             "<th class='num'>async</th><th class='num'>in-flight</th><th class='num'>written</th><th class='num'>state</th></tr>"
-            f"{rows}</table></details>")
+            f"{rows}</table></td></tr>")
 
 
 def _restores(view: View) -> str:
