@@ -43,14 +43,15 @@ def keyed_count(records: int, rate: float, *, parallelism: int = 2, sink: Any = 
 class Running:
     """A job running on a thread of the test, with its metrics and dashboard server on a free port."""
 
-    def __init__(self, flow: fs.Dataflow, directory: Path, *, control: bool = True, **settings: Any) -> None:
+    def __init__(self, flow: fs.Dataflow, directory: Path, *, control: bool = True, failpoints: fs.Failpoints | None = None,
+                 **settings: Any) -> None:
         checkpoint = CheckpointConfig(interval=settings.pop("interval", 0.3), timeout=settings.pop("timeout", 30.0),
                                       tolerable_failures=settings.pop("tolerable_failures", 1000))
         config = JobConfig(mode=Mode.parse(settings.pop("mode", "exactly_once")), checkpoint_dir=directory,
                            checkpoint=checkpoint, restart=settings.pop("restart", NoRestart()), metrics_port=0,
                            control_endpoint=control, **settings)
         self.control = fs.JobControl()
-        self.runner = JobRunner(flow, config, control=self.control)
+        self.runner = JobRunner(flow, config, control=self.control, failpoints=failpoints)
         self.result: JobResult | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
