@@ -52,6 +52,8 @@ def ui(location: str, host: str, port: int, stop: threading.Event | None = None)
     print(f"dashboard of {directory} on {server.url} (Ctrl-C to stop)", flush=True)
     try:
         (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass
     finally:
         server.close()
     return 0
