@@ -115,7 +115,12 @@ class Observer:
         from flowstate.observe.server import ObserveServer
 
         self.metrics = JobMetrics(self.task_counters, lambda: dict(self._state_sizes))
-        self.server = ObserveServer(self, self.metrics_host, self.metrics_port, control=control, token=token)
+        try:
+            self.server = ObserveServer(self, self.metrics_host, self.metrics_port, control=control, token=token)
+        except OSError as exc:
+            from flowstate.errors import ConfigError
+
+            raise ConfigError(f"cannot serve metrics on {self.metrics_host}:{self.metrics_port}: {exc}") from None
 
     def close(self) -> None:
         self.state = "ended"
