@@ -159,11 +159,11 @@ def _summary(view: View) -> str:
     failed = len(view.checkpoints) - completed
     records = sum(t.counters.records_in for name, t in view.tasks.items() if _is_source(view, name))
     parts = [f"<span class='state {_e(view.state)}' data-testid='state'>{_e(view.state)}</span>",
-             f"<span data-testid='completed'>{completed} checkpoints completed</span>",
-             f"<span data-testid='failed'>{failed} failed</span>",
-             f"<span>{len(view.restarts)} restarts</span>"]
-    if view.live:
-        parts.append(f"<span>{records:,} records read</span>")
+             f"<span data-testid='completed'>checkpoints completed: {completed}</span>",
+             f"<span data-testid='failed'>failed: {failed}</span>",
+             f"<span>restarts: {len(view.restarts)}</span>"]
+    if view.tasks:
+        parts.append(f"<span>records read: {records:,}</span>")
     return f"<section style='display:flex;gap:18px'>{''.join(parts)}</section>"
 
 
