@@ -3,7 +3,9 @@ process, through the worker's progress messages for a task in a worker)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,3 +24,12 @@ class TaskCounters:
     def __add__(self, other: TaskCounters) -> TaskCounters:
         return TaskCounters(self.records_in + other.records_in, self.records_out + other.records_out,
                             self.backpressure_seconds + other.backpressure_seconds, other.state_entries)
+
+
+def keyed_entries(operators: Iterable[Any], previous: int) -> int:
+    """The keyed state entries of a chain's operators (``previous`` when a backend cannot say: a
+    metric never fails a snapshot)."""
+    try:
+        return sum(op.backend.entry_count() for op in operators if hasattr(op, "backend"))
+    except Exception:  # noqa: BLE001
+        return previous

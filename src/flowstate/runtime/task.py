@@ -52,7 +52,7 @@ from flowstate.checkpoint.unaligned import UnalignedBarrierHandler
 from flowstate.clock import Clock
 from flowstate.config import Mode
 from flowstate.failpoints import Failpoints
-from flowstate.observe.counters import TaskCounters
+from flowstate.observe.counters import TaskCounters, keyed_entries
 from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
 from flowstate.runtime.messages import (
     Aborted,
@@ -217,7 +217,7 @@ class Task:
                     if part is not None:
                         parts.append((op.uid, part))
             snapshot.sync_seconds = env.clock.monotonic() - t0
-            self.state_entries = sum(op.backend.entry_count() for op in self.ops if hasattr(op, "backend"))
+            self.state_entries = keyed_entries(self.ops, self.state_entries)
             if fp:
                 fp.hit(fpn.TASK_BEFORE_FORWARD)
             self.output.broadcast_barrier(barrier)
