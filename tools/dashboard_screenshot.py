@@ -45,11 +45,12 @@ def main() -> None:
             time.sleep(9)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page = browser.new_page(viewport={"width": 1280, "height": 1180})
                 page.goto(job.url)
                 page.wait_for_timeout(2500)
                 newest = page.locator("[data-testid=checkpoint][data-status=completed]").first.get_attribute("data-id")
                 page.locator(f"#chk-{newest} summary").click()
+                page.evaluate("window.scrollTo(0, 0)")
                 page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=False)
                 browser.close()
         finally:
