@@ -68,6 +68,13 @@ def test_counters_scraped_from_a_multi_process_job_add_up_to_the_records_process
                    for i in range(2)]
     assert all(n > 0 for n in per_subtask) and sum(per_subtask) == RECORDS
     assert total(final, "flowstate_task_state_entries", "1-keyed_process") == 97
+    # Per operator of the chain keyed_process(Count) -> sink: Count emitted one record per record.
+    by_operator = {dict(labels)["operator"]: 0.0 for (n, labels), _ in final.items()
+                   if n == "flowstate_operator_records_out_total"}
+    for (n, labels), v in final.items():
+        if n == "flowstate_operator_records_out_total":
+            by_operator[dict(labels)["operator"]] += v
+    assert by_operator == {"Count": RECORDS, "callback": 0}
     assert final[("flowstate_checkpoints_total", (("outcome", "completed"),))] == result.checkpoints_completed
     assert final[("flowstate_checkpoint_duration_seconds_count", ())] == result.checkpoints_completed
     assert final[("flowstate_last_checkpoint_id", ())] == result.last_checkpoint
@@ -82,6 +89,7 @@ def test_every_metric_is_in_the_documented_table_and_the_readme() -> None:
                if not f.name.endswith("_created")}  # prometheus_client's creation times
     documented = {name.removesuffix("_total") if kind == "counter" else name for name, kind, _, _ in METRICS}
     task_metrics = {"flowstate_task_records_in", "flowstate_task_records_out", "flowstate_task_backpressure_seconds",
+                    "flowstate_operator_records_out",
                     "flowstate_task_state_entries", "flowstate_task_state_size_bytes"}
     assert exposed | task_metrics == documented
     readme = (Path(__file__).parents[2] / "README.md").read_text()

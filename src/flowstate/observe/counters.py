@@ -20,10 +20,18 @@ class TaskCounters:
     """Time the task waited for room in a full output channel."""
     state_entries: int = 0
     """Keyed state entries of the task's operators at its last snapshot."""
+    operators_out: tuple[int, ...] = ()
+    """Records each operator of the task's chain emitted, in chain order (a source's reader is not
+    one of them: what it emits is ``records_in``)."""
 
     def __add__(self, other: TaskCounters) -> TaskCounters:
+        ops = self.operators_out
+        if len(ops) == len(other.operators_out):
+            ops = tuple(a + b for a, b in zip(ops, other.operators_out))
+        elif other.operators_out:
+            ops = other.operators_out
         return TaskCounters(self.records_in + other.records_in, self.records_out + other.records_out,
-                            self.backpressure_seconds + other.backpressure_seconds, other.state_entries)
+                            self.backpressure_seconds + other.backpressure_seconds, other.state_entries, ops)
 
 
 def keyed_entries(operators: Iterable[Any], previous: int) -> int:

@@ -12,7 +12,7 @@ a base that the next attempt's counts are added to, so a counter never goes down
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,6 +30,8 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("flowstate_task_records_out_total", "counter", "task, subtask", "Records a subtask emitted downstream."),
     ("flowstate_task_backpressure_seconds_total", "counter", "task, subtask",
      "Time a subtask waited for room in a full output channel."),
+    ("flowstate_operator_records_out_total", "counter", "task, subtask, operator",
+     "Records an operator of a subtask's chain emitted (a filter's selectivity, a flat_map's fan-out)."),
     ("flowstate_task_state_entries", "gauge", "task, subtask", "Keyed state entries of a subtask at its last snapshot."),
     ("flowstate_task_state_size_bytes", "gauge", "task, subtask",
      "Bytes of a subtask's state in the last completed checkpoint."),
@@ -69,10 +71,12 @@ def outcome(record: CheckpointRecord) -> str:
 class JobMetrics:
     """The registry of one job and the hooks that update it."""
 
-    def __init__(self, tasks: Callable[[], Mapping[str, TaskCounters]], state_sizes: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, tasks: Callable[[], Mapping[str, TaskCounters]], state_sizes: Callable[[], Mapping[str, int]],
+                 operators: Mapping[str, Sequence[str]] | None = None) -> None:
+        """``operators``: each vertex's chained operators, in the order of ``operators_out``."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.registry.register(_TaskCollector(tasks, state_sizes))
+        self.registry.register(_TaskCollector(tasks, state_sizes, operators or {}))
         self.checkpoints = Counter("flowstate_checkpoints", "Checkpoints by outcome: completed, expired, declined, failed.",
                                    ["outcome"], registry=r)
         for name in ("completed", "expired", "declined", "failed"):
@@ -136,9 +140,11 @@ class JobMetrics:
 class _TaskCollector:
     """Task metrics, read when scraped."""
 
-    def __init__(self, tasks: Callable[[], Mapping[str, TaskCounters]], state_sizes: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, tasks: Callable[[], Mapping[str, TaskCounters]], state_sizes: Callable[[], Mapping[str, int]],
+                 operators: Mapping[str, Sequence[str]]) -> None:
         self._tasks = tasks
         self._state_sizes = state_sizes
+        self._operators = operators
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -151,6 +157,10 @@ class _TaskCollector:
                                            "Time a subtask waited for room in a full output channel.", labels=labels)
         entries = GaugeMetricFamily("flowstate_task_state_entries", "Keyed state entries of a subtask at its last snapshot.",
                                     labels=labels)
+        operators_out = CounterMetricFamily(
+            "flowstate_operator_records_out",
+            "Records an operator of a subtask's chain emitted (a filter's selectivity, a flat_map's fan-out).",
+            labels=["task", "subtask", "operator"])
         sizes = GaugeMetricFamily("flowstate_task_state_size_bytes",
                                   "Bytes of a subtask's state in the last completed checkpoint.", labels=labels)
         state_sizes = self._state_sizes()
@@ -162,4 +172,6 @@ class _TaskCollector:
             backpressure.add_metric(values, c.backpressure_seconds)
             entries.add_metric(values, c.state_entries)
             sizes.add_metric(values, state_sizes.get(task, 0))
-        return [records_in, records_out, backpressure, entries, sizes]
+            for name, count in zip(self._operators.get(vertex, ()), c.operators_out):
+                operators_out.add_metric([vertex, index, name], count)
+        return [records_in, records_out, backpressure, operators_out, entries, sizes]

@@ -114,7 +114,8 @@ class Observer:
         from flowstate.observe.metrics import JobMetrics
         from flowstate.observe.server import ObserveServer
 
-        self.metrics = JobMetrics(self.task_counters, lambda: dict(self._state_sizes))
+        operators = {v.name: [n.name for n in (v.chain[1:] if v.is_source else v.chain)] for v in self.graph.vertices}
+        self.metrics = JobMetrics(self.task_counters, lambda: dict(self._state_sizes), operators)
         try:
             self.server = ObserveServer(self, self.metrics_host, self.metrics_port, control=control, token=token)
         except OSError as exc:

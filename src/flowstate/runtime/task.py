@@ -118,6 +118,7 @@ class Task:
         self.backpressure_seconds = 0.0
         """Time spent waiting for room in a full output channel."""
         self.state_entries = 0
+        self.operators_out = [0] * len(ops)
         self._steps = [op.process_batch for op in ops]
         self._failpoints = env.failpoints
         self._capture: _Capture | None = None
@@ -135,7 +136,8 @@ class Task:
         self.gate.cancel()
 
     def counters(self) -> TaskCounters:
-        return TaskCounters(self.records_in, self.records_out, self.backpressure_seconds, self.state_entries)
+        return TaskCounters(self.records_in, self.records_out, self.backpressure_seconds, self.state_entries,
+                            tuple(self.operators_out))
 
     def post(self, mail: Any) -> None:
         """Mail for the task (a trigger, a notification): read before any channel item."""
@@ -176,10 +178,12 @@ class Task:
     def _process(self, batch: list[Any]) -> None:
         if self._failpoints:
             self._failpoints.hit(fpn.OPERATOR_PROCESS)
-        for step in self._steps:
+        counts = self.operators_out
+        for i, step in enumerate(self._steps):
             batch = step(batch)  # type: ignore[assignment]
             if not batch:
                 return
+            counts[i] += len(batch)
         self.records_out += len(batch)
         if self.output.has_room():
             self.output.emit(batch)
