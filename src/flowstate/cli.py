@@ -36,6 +36,8 @@ from flowstate.config import (
 )
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
+from flowstate.observe.logs import FORMATS as LOG_FORMATS
+from flowstate.observe.logs import LEVELS as LOG_LEVELS
 from flowstate.runtime.control import Terminated, TokenRefused
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
@@ -147,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="serve no control endpoint (flowstate status/checkpoint/savepoint/stop)")
     run.add_argument("--control-host", default="127.0.0.1",
                      help="address of the control endpoint (default 127.0.0.1, loopback only)")
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve Prometheus metrics (/metrics) and the dashboard (/) on this port (0: any free one)")
+    run.add_argument("--metrics-host", default="127.0.0.1",
+                     help="address of the metrics and dashboard server (default 127.0.0.1, loopback only)")
 
     checkpoints = sub.add_parser("checkpoints", help="inspect a checkpoint directory")
     csub = checkpoints.add_subparsers(dest="checkpoints_command", required=True)
@@ -155,6 +161,10 @@ def _parser() -> argparse.ArgumentParser:
     verifying = csub.add_parser(
         "verify", help="verify every checkpoint file, list orphans, check retention; exit 1 on any problem")
     verifying.add_argument("location", metavar="DIR_OR_URL", help="a checkpoint directory or s3://bucket/prefix")
+    doctoring = csub.add_parser("doctor", help="explain why checkpoints are slow or failing, and what to change; "
+                                               "exit 1 when something is found")
+    doctoring.add_argument("directory")
+    doctoring.add_argument("--json", action="store_true", help="print the findings as JSON")
     verifying.add_argument("--retained", type=int,
                            help="the job's retained checkpoints: fail when more bytes are stored than they reference")
     verifying.add_argument("--grace", default="1h",
@@ -199,23 +209,28 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--keep", action="store_true", help="keep the run directories (they are always kept on a difference)")
     chaos.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
 
+    ui = sub.add_parser("ui", help="serve the dashboard of a checkpoint directory (a stopped job) from what is on disk")
+    ui.add_argument("directory")
+    ui.add_argument("--port", type=int, default=8086, help="port (default 8086; 0: any free one)")
+    ui.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1, loopback only)")
+
     demo = sub.add_parser("demo", help="word count with a crash, a recovery and a check against a batch count")
     demo.add_argument("--dir", default="demo-run", help="working directory of the demo (default ./demo-run)")
     demo.add_argument("--lines", type=int, default=300_000, help="lines of generated text (default 300000)")
     demo.add_argument("--parallelism", type=int, default=2)
     demo.add_argument("--kill-after", type=int, default=2, help="kill the job after this many completed checkpoints")
+    for command in [c for name, c in sub.choices.items() if name != "checkpoints"] + list(csub.choices.values()):
+        command.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="default info")
+        command.add_argument("--log-format", default="text", choices=LOG_FORMATS, help="text or json (one object a line)")
     return parser
 
 
-def _setup_logging() -> None:
-    """Restore decisions, skipped checkpoints and restarts are always shown; ``--quiet`` only
-    silences the progress lines."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("flowstate: %(message)s"))
-    logger = logging.getLogger("flowstate")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+def _setup_logging(level: str = "info", fmt: str = "text") -> None:
+    """Restore decisions, skipped checkpoints and restarts are shown at the default level (info);
+    ``--quiet`` only silences the progress lines."""
+    from flowstate.observe.logs import setup
+
+    setup(level, fmt)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -272,6 +287,8 @@ def _run_flow(flow: Dataflow, args: argparse.Namespace, control: Any) -> Any:
         savepoint_dir=args.savepoint_dir,
         control_endpoint=not args.no_control and args.checkpoint_dir is not None and Mode.parse(args.mode).checkpoints,
         control_host=args.control_host,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         executor=args.executor,
         workers=args.workers,
         control=control,
@@ -423,18 +440,26 @@ def _chaos(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging()
+    _setup_logging(args.log_level, args.log_format)
     try:
         if args.command == "run":
             return _run(args)
         if args.command == "checkpoints":
             if args.checkpoints_command == "verify":
                 return _checkpoints_verify(args)
+            if args.checkpoints_command == "doctor":
+                from flowstate.observe.commands import doctor
+
+                return doctor(args.directory, args.json)
             return _checkpoints_list(args)
         if args.command in ("status", "checkpoint", "savepoint", "stop"):
             return _control(args)
         if args.command == "chaos":
             return _chaos(args)
+        if args.command == "ui":
+            from flowstate.observe.commands import ui
+
+            return ui(args.directory, args.host, args.port)
         if args.command == "demo":
             from flowstate.demo import run_demo
 

@@ -191,6 +191,9 @@ class JobConfig:
     control_endpoint: bool = False
     """Serve the control endpoint (status, checkpoint, savepoint, stop) for ``flowstate status``…"""
     control_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    """Serve Prometheus metrics (``/metrics``) and the dashboard (``/``) on this port (0: any free one)."""
+    metrics_host: str = "127.0.0.1"
 
     @property
     def savepoints(self) -> Path | None:

@@ -84,6 +84,8 @@ def run(
     control_endpoint: bool = False,
     control_host: str = "127.0.0.1",
     control: JobControl | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     executor: str | None = None,
     workers: int | None = None,
     failpoints: Failpoints | None = None,
@@ -142,6 +144,8 @@ def run(
         savepoint_dir=Path(savepoint_dir) if savepoint_dir is not None else None,
         control_endpoint=control_endpoint,
         control_host=control_host,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
         executor=executor,
         workers=workers,
     )

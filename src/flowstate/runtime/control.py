@@ -376,6 +376,10 @@ class ControlServer:
         self._thread.start()
         log.info("control endpoint on http://%s:%d (token in %s)", host, self.port, directory / CONTROL_FILE)
 
+    @property
+    def token(self) -> str:
+        return self._token
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()

@@ -64,6 +64,7 @@ from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, JobFailedError
 from flowstate.failpoints import Failpoints
 from flowstate.graph import JobGraph, JobVertex, build_job_graph
+from flowstate.observe.observer import Observer
 from flowstate.runtime.channels import InputGate
 from flowstate.runtime.control import (
     ControlError,
@@ -235,6 +236,8 @@ class JobRunner:
         self._state = "starting"
         self._running_tasks = 0
         self._result: JobResult | None = None
+        self.observer = Observer(flow.name, config, self.graph, self.clock, executor=self.executor_name,
+                                 workers=self.workers, metrics_port=config.metrics_port, metrics_host=config.metrics_host)
 
     def _check_sources(self) -> None:
         for vertex in self.graph.vertices:
@@ -282,6 +285,7 @@ class JobRunner:
                 assert config.checkpoint_dir is not None
                 server = ControlServer(self.control, Path(config.checkpoint_dir), job=self.flow.name,
                                        host=config.control_host, wait=2 * config.checkpoint.timeout + 60.0)
+            self.observer.start(self.control, server.token if server is not None else None)
             failures = 0
             while True:
                 try:
@@ -292,6 +296,7 @@ class JobRunner:
                     self._state = "restarting"
                     self.control.fail_waiting(f"the job failed before the checkpoint completed: {failed.what}")
                     failures += 1
+                    self.observer.restarted(failed.what)
                     result.failures.append(failed.what)
                     delay = config.restart.delay(failures)
                     if delay is None:
@@ -305,6 +310,7 @@ class JobRunner:
         finally:
             self._state = "ended"
             self.control.fail_all("the job ended before the request was served")
+            self.observer.close()
             if server is not None:
                 server.close()
             if lock is not None:
@@ -337,6 +343,7 @@ class JobRunner:
     # ---- one attempt --------------------------------------------------------------------------------
 
     def _attempt(self, result: JobResult) -> None:
+        restore_started = self.clock.monotonic()
         try:
             restored = self._choose_restore_point()
         except ConfigError:
@@ -353,6 +360,9 @@ class JobRunner:
                 tasks = executor.build(restored, reports)
             except Exception as exc:  # noqa: BLE001 - a failure to restore is a failure of the attempt
                 raise _AttemptFailed(f"building the tasks failed: {type(exc).__name__}: {exc}", exc) from exc
+            self.observer.attempt_started(tasks)
+            self.observer.restored(result.restored_from[-1], self.clock.monotonic() - restore_started,
+                                   result.restored_savepoint)
             self._run_tasks(tasks, executor, reports, restored, result)
             graceful = True
         finally:
@@ -726,6 +736,7 @@ class _Shell:
         coordinator = self.coordinator
         assert coordinator is not None
         if isinstance(report, Ack):
+            self.runner.observer.acknowledged(report.task, report.checkpoint_id, now)
             _, actions = coordinator.acknowledge(report.task, report.checkpoint_id, report.state, now)
             fp = self.runner.failpoints
             if fp and not any(isinstance(a, StoreCheckpoint) for a in actions):
@@ -736,6 +747,7 @@ class _Shell:
                      report.reason.value, report.detail)
             if report.detail:
                 self.declined.setdefault(report.checkpoint_id, f"task {report.task}: {report.detail}")
+            self.runner.observer.declined(report.task, report.checkpoint_id, report.reason, report.detail)
             self.execute(coordinator.decline(report.task, report.checkpoint_id, report.reason, now))
         elif isinstance(report, SourceEnded):
             self.execute(coordinator.source_ended(report.task, now))
@@ -761,6 +773,7 @@ class _Shell:
                         target = str(path)
                         log.info("savepoint %d triggered into %s", cid, path)
                     barrier = CheckpointBarrier(cid, ts, final, savepoint=savepoint, target=target)
+                    runner.observer.triggered(cid, ts, savepoint)
                     for t in self.tasks.values():
                         if t.is_source:
                             t.post(Trigger(barrier))
@@ -768,14 +781,16 @@ class _Shell:
                     if fp:
                         fp.hit(fpn.COORDINATOR_BEFORE_METADATA)
                     now = self.clock.monotonic()
+                    metadata = self._metadata(checkpoint)
                     try:
-                        self.targets.write_metadata(self._metadata(checkpoint))
+                        self.targets.write_metadata(metadata)
                     except (OSError, CorruptCheckpointError) as exc:
                         log.warning("writing the metadata of checkpoint %d failed: %s", checkpoint.checkpoint_id, exc)
                         self.execute(coordinator.store_failed(checkpoint.checkpoint_id, now))
                         continue
                     if fp:
                         fp.hit(fpn.COORDINATOR_AFTER_METADATA)
+                    runner.observer.completed(metadata)
                     if checkpoint.savepoint:
                         self.execute(coordinator.stored(checkpoint.checkpoint_id, now))
                         continue
@@ -810,6 +825,7 @@ class _Shell:
                     self.abort_detail = self.declined.get(cid)
                     self.declined = {c: d for c, d in self.declined.items() if c > cid}
                     self.result.checkpoints_failed += 1
+                    runner.observer.aborted(cid, reason, self.clock.monotonic())
                     for t in self.tasks.values():
                         t.post(Aborted(cid))
                     request = self.control.triggered.pop(cid, None)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from flowstate.checkpoint.ids import TaskId, task_id
+from flowstate.observe.counters import TaskCounters
 from flowstate.runtime.messages import TaskFailed, TaskFinished
 from flowstate.runtime.remote import ControlChannel
 from flowstate.runtime.transport import STOP_TIMEOUT, Reports
@@ -84,6 +85,7 @@ class WorkerLink:
         self.control: ControlChannel | None = None
         self.address: Address | None = None
         self.records: dict[TaskId, int] = {}
+        self.counters: dict[TaskId, TaskCounters] = {}
         self.finished: set[TaskId] = set()
         self.ended: str | None = None
         """How the worker ended (``"was killed by SIGKILL"``), once known."""
@@ -111,6 +113,9 @@ class RemoteTask:
     @property
     def records_in(self) -> int:
         return self.link.records.get(self.task_id, 0)
+
+    def counters(self) -> TaskCounters:
+        return self.link.counters.get(self.task_id) or TaskCounters()
 
     def post(self, mail: Any) -> None:
         self.link.send(Mail(self.task_id, mail))
@@ -247,6 +252,7 @@ class WorkerPool:
                     break
                 if isinstance(message, Progress):
                     link.records.update(message.records)
+                    link.counters.update(message.counters)
                 elif isinstance(message, (Built, BuildFailed)):
                     self._events.put(message)
                 elif isinstance(message, PeerLost):

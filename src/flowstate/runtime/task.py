@@ -52,6 +52,7 @@ from flowstate.checkpoint.unaligned import UnalignedBarrierHandler
 from flowstate.clock import Clock
 from flowstate.config import Mode
 from flowstate.failpoints import Failpoints
+from flowstate.observe.counters import TaskCounters, keyed_entries
 from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
 from flowstate.runtime.messages import (
     Aborted,
@@ -113,6 +114,11 @@ class Task:
         self.resume = resume
         self.cancelled = cancelled  # shared with the task's Output: a full channel stops waiting when set
         self.records_in = 0
+        self.records_out = 0
+        self.backpressure_seconds = 0.0
+        """Time spent waiting for room in a full output channel."""
+        self.state_entries = 0
+        self.operators_out = [0] * len(ops)
         self._steps = [op.process_batch for op in ops]
         self._failpoints = env.failpoints
         self._capture: _Capture | None = None
@@ -128,6 +134,10 @@ class Task:
     def cancel(self) -> None:
         self.cancelled.set()
         self.gate.cancel()
+
+    def counters(self) -> TaskCounters:
+        return TaskCounters(self.records_in, self.records_out, self.backpressure_seconds, self.state_entries,
+                            tuple(self.operators_out))
 
     def post(self, mail: Any) -> None:
         """Mail for the task (a trigger, a notification): read before any channel item."""
@@ -168,11 +178,20 @@ class Task:
     def _process(self, batch: list[Any]) -> None:
         if self._failpoints:
             self._failpoints.hit(fpn.OPERATOR_PROCESS)
-        for step in self._steps:
+        counts = self.operators_out
+        for i, step in enumerate(self._steps):
             batch = step(batch)  # type: ignore[assignment]
             if not batch:
                 return
-        self.output.emit(batch)
+            counts[i] += len(batch)
+        self.records_out += len(batch)
+        if self.output.has_room():
+            self.output.emit(batch)
+        else:  # back-pressure: the emit waits for a full channel
+            clock = self.env.clock
+            t0 = clock.monotonic()
+            self.output.emit(batch)
+            self.backpressure_seconds += clock.monotonic() - t0
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -202,6 +221,7 @@ class Task:
                     if part is not None:
                         parts.append((op.uid, part))
             snapshot.sync_seconds = env.clock.monotonic() - t0
+            self.state_entries = keyed_entries(self.ops, self.state_entries)
             if fp:
                 fp.hit(fpn.TASK_BEFORE_FORWARD)
             self.output.broadcast_barrier(barrier)
@@ -538,7 +558,9 @@ class SourceTask(Task):
             if not output.has_room():
                 # Back-pressure: wait here, where a checkpoint trigger wakes the task at once,
                 # rather than inside a put that would hold the trigger back until a slot frees up.
+                t0 = self.env.clock.monotonic()
                 got = gate.take(0.005)
+                self.backpressure_seconds += self.env.clock.monotonic() - t0
                 if got is not None and self._on_mail(got[1]):
                     return
                 continue

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from flowstate.checkpoint.ids import TaskId
     from flowstate.clock import Clock
+    from flowstate.observe.counters import TaskCounters
     from flowstate.runtime.task import Task
     from flowstate.storage.base import CheckpointMetadata
 
@@ -82,6 +83,10 @@ class TaskHandle(Protocol):
     @property
     def records_in(self) -> int:
         """Records the task has read so far (as last reported, for a task in another process)."""
+        ...
+
+    def counters(self) -> TaskCounters:
+        """What the task counted so far (as last reported, for a task in another process)."""
         ...
 
     def post(self, mail: Any) -> None:

@@ -84,14 +84,15 @@ class _Reports:
             report = TaskFailed(report.task, portable(report.error))
         elif isinstance(report, TaskFinished):
             task = self.tasks.get(report.task)
-            if task is not None and task.is_source:
-                self.send(Progress(((task.task_id, task.records_in),)))
+            if task is not None:
+                records = ((task.task_id, task.records_in),) if task.is_source else ()
+                self.send(Progress(records, ((task.task_id, task.counters()),)))
         self.send(report)
 
     def progress(self) -> None:
         records = tuple((t.task_id, t.records_in) for t in self.tasks.values() if t.is_source)
-        if records:
-            self.send(Progress(records))
+        if self.tasks:
+            self.send(Progress(records, tuple((t.task_id, t.counters()) for t in self.tasks.values())))
 
     def send(self, message: Any) -> None:
         try:

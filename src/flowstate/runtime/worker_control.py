@@ -31,6 +31,7 @@ from typing import Any
 from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.errors import FlowstateError
 from flowstate.graph import JobGraph
+from flowstate.observe.counters import TaskCounters
 
 Address = tuple[str, int]
 
@@ -155,9 +156,11 @@ class Mail:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """Worker → coordinator: records read so far by each of the worker's source tasks."""
+    """Worker → coordinator: records read so far by each of the worker's source tasks, and the
+    counters of every task of the worker (metrics)."""
 
     records: tuple[tuple[TaskId, int], ...]
+    counters: tuple[tuple[TaskId, TaskCounters], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
