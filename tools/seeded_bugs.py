@@ -175,6 +175,20 @@ CATALOGUE: tuple[Bug, ...] = (
         ("tests/engine/test_checkpoint_order.py", "tests/engine/test_engine.py"),
         (TASK, "                self._paused_for = mail.barrier.checkpoint_id", "                pass"),
     ),
+    bug(
+        "postgres-recommit-not-idempotent", "PostgresSink writes a checkpoint's rows again when it re-commits after a restore",
+        ("tests/connectors/test_postgres_sink.py",),
+        ("src/flowstate/connectors/postgres.py",
+         "if found is not None and found[0] == lineage and found[1] >= cid:",
+         "if False:"),
+    ),
+    bug(
+        "postgres-fresh-start-over-committed-rows", "PostgresSink starts without a checkpoint into a table holding committed rows",
+        ("tests/connectors/test_postgres_sink.py",),
+        ("src/flowstate/connectors/postgres.py",
+         'if markers and sink._mode == "insert":',
+         "if False:"),
+    ),
 )
 
 

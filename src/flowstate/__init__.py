@@ -20,6 +20,7 @@ from flowstate.config import (
 from flowstate.connectors.file_sink import FileSink
 from flowstate.connectors.files import FileSource
 from flowstate.connectors.generator import GeneratorSource
+from flowstate.connectors.postgres import PostgresSink
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
 from flowstate.connectors.socket import SocketSource
 from flowstate.dataflow import Dataflow, KeyedStream, Stream
@@ -42,5 +43,5 @@ __all__ = [
     "BatchCallbackSink", "CallbackSink", "ConfigError", "ControlError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
     "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError",
     "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "NoRestart",
-    "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
+    "PostgresSink", "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
 ]
