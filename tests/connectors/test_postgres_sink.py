@@ -235,9 +235,11 @@ class Count:
 def test_records_map_to_columns_from_tuples_dicts_dataclasses_and_a_row_function(table):
     writer = PostgresSink(table, DSN, delivery="at_least_once").build_writer(0, 1, None)
     writer.write_batch([("t", 1), {"word": "d", "n": 2}, Count("c", 3)])
+    writer.finish()
     writer.close()
     writer = PostgresSink(table, DSN, delivery="at_least_once", row=lambda r: (r[1], r[0])).build_writer(0, 1, None)
     writer.write_batch([(4, "f")])
+    writer.pre_commit(1)
     writer.close()
     assert rows(table) == [("c", 3), ("d", 2), ("f", 4), ("t", 1)]
 
@@ -314,3 +316,16 @@ def test_dict_and_list_values_go_into_jsonb_columns(server):
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f"DROP TABLE {name}")
             conn.execute(f"DELETE FROM {MARKER_TABLE} WHERE sink = %s", (f"postgres-sink:{name}",))
+
+
+def test_at_least_once_loses_nothing_under_a_crash(table, tmp_path):
+    failpoints = fs.Failpoints({"sink.before_commit": "raise@5"})
+    flow = wordcount(tmp_path / "unused", source=generator_source(INPUT_LINES, rate=RATE),
+                     sink=PostgresSink(table, DSN, delivery="at_least_once"))
+    result = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval=INTERVAL, restart=FAST_RESTART,
+                    failpoints=failpoints, mode="exactly_once", executor="threads")
+    assert failpoints.fired("sink.before_commit") == 1
+    assert_restored_from_a_checkpoint(result)
+    expected = batch_reference(lines(INPUT_LINES))
+    actual = Counter(rows(table))
+    assert not expected - actual, difference(actual, expected)
