@@ -183,6 +183,14 @@ CATALOGUE: tuple[Bug, ...] = (
          "if False:"),
     ),
     bug(
+        "cdc-slot-advanced-before-completion", "PostgresCdcSource advances its slot when the checkpoint is taken, not when it completes",
+        ("tests/connectors/test_postgres_cdc.py",),
+        ("src/flowstate/connectors/postgres_cdc.py",
+         "        self._remembered[checkpoint_id] = self._done\n        return self.snapshot()",
+         "        self._remembered[checkpoint_id] = self._done\n        self.notify_complete(checkpoint_id)\n"
+         "        return self.snapshot()"),
+    ),
+    bug(
         "postgres-fresh-start-over-committed-rows", "PostgresSink starts without a checkpoint into a table holding committed rows",
         ("tests/connectors/test_postgres_sink.py",),
         ("src/flowstate/connectors/postgres.py",

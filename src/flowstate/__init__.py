@@ -21,6 +21,7 @@ from flowstate.connectors.file_sink import FileSink
 from flowstate.connectors.files import FileSource
 from flowstate.connectors.generator import GeneratorSource
 from flowstate.connectors.postgres import PostgresSink
+from flowstate.connectors.postgres_cdc import Change, PostgresCdcSource
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
 from flowstate.connectors.socket import SocketSource
 from flowstate.dataflow import Dataflow, KeyedStream, Stream
@@ -40,8 +41,8 @@ from flowstate.runtime.job import JobResult
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchCallbackSink", "CallbackSink", "ConfigError", "ControlError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
+    "BatchCallbackSink", "CallbackSink", "Change", "ConfigError", "ControlError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
     "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError",
     "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "NoRestart",
-    "PostgresSink", "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
+    "PostgresCdcSource", "PostgresSink", "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
 ]
