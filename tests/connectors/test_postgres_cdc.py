@@ -381,3 +381,18 @@ def test_a_job_reproduces_a_table_written_concurrently_under_crashes(names, tmp_
     assert failpoints.fired("sink.before_commit") == 1 and failpoints.fired("operator.process") == 1
     assert result.restarts == 2 and all(c is not None and c >= 1 for c in result.restored_from[1:]), result
     assert table_rows(copy, "WHERE alive") == table_rows(names.table)
+
+
+def test_the_postgres_slots_command_lists_and_drops_a_slot(names, capsys):
+    from flowstate.cli import main
+
+    slot = names.slot()
+    source = PostgresCdcSource([names.table], DSN, slot)
+    source.build_reader(source.splits(), None).close()
+    assert main(["postgres-slots", DSN]) == 0
+    assert slot in capsys.readouterr().out
+    assert main(["postgres-slots", DSN, "--drop", slot]) == 0
+    assert main(["postgres-slots", DSN]) == 0
+    assert slot not in capsys.readouterr().out.split("publication")[-1]
+    assert main(["postgres-slots", "postgresql://postgres@127.0.0.1:1/postgres"]) == 2
+    assert "connection" in capsys.readouterr().err
