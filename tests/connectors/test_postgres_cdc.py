@@ -392,7 +392,8 @@ def test_the_postgres_slots_command_lists_and_drops_a_slot(names, capsys):
     assert main(["postgres-slots", DSN]) == 0
     assert slot in capsys.readouterr().out
     assert main(["postgres-slots", DSN, "--drop", slot]) == 0
+    assert f"dropped slot {slot}" in capsys.readouterr().out
     assert main(["postgres-slots", DSN]) == 0
-    assert slot not in capsys.readouterr().out.split("publication")[-1]
+    assert slot not in capsys.readouterr().out
     assert main(["postgres-slots", "postgresql://postgres@127.0.0.1:1/postgres"]) == 2
     assert "connection" in capsys.readouterr().err
