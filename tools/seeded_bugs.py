@@ -191,6 +191,14 @@ CATALOGUE: tuple[Bug, ...] = (
          "        return self.snapshot()"),
     ),
     bug(
+        "journal-released-before-completion", "the ingress journal releases records when a checkpoint is taken, not when it completes",
+        ("tests/connectors/test_journal.py",),
+        ("src/flowstate/connectors/ingress.py",
+         "        self._remembered[checkpoint_id] = self._next\n        return self.snapshot()",
+         "        self._remembered[checkpoint_id] = self._next\n        self.notify_complete(checkpoint_id)\n"
+         "        return self.snapshot()"),
+    ),
+    bug(
         "postgres-fresh-start-over-committed-rows", "PostgresSink starts without a checkpoint into a table holding committed rows",
         ("tests/connectors/test_postgres_sink.py",),
         ("src/flowstate/connectors/postgres.py",

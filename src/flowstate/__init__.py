@@ -20,6 +20,7 @@ from flowstate.config import (
 from flowstate.connectors.file_sink import FileSink
 from flowstate.connectors.files import FileSource
 from flowstate.connectors.generator import GeneratorSource
+from flowstate.connectors.ingress import HttpSource, MqttSource
 from flowstate.connectors.postgres import PostgresSink
 from flowstate.connectors.postgres_cdc import Change, PostgresCdcSource
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
@@ -42,7 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchCallbackSink", "CallbackSink", "Change", "ConfigError", "ControlError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
-    "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError",
-    "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "NoRestart",
+    "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError", "HttpSource",
+    "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "MqttSource", "NoRestart",
     "PostgresCdcSource", "PostgresSink", "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
 ]
