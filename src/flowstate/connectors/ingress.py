@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -193,6 +194,14 @@ class _HttpReceiver:
         path, as_json = self._path, self._json
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: a sender may POST many bodies on one connection
+
+            def setup(self) -> None:
+                super().setup()
+                # The answer is written in two parts (head, body): without this, Nagle's algorithm and
+                # the sender's delayed ACK hold the body back ~40 ms.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def do_POST(self) -> None:  # noqa: N802 (the http.server name)
                 if self.path != path:
                     self._answer(404, f"no source at {self.path}; POST to {path}")
