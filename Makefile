@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/flowstate demo
 
 test: $(STAMP)
+	bash .ci/services
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -175,6 +175,36 @@ CATALOGUE: tuple[Bug, ...] = (
         ("tests/engine/test_checkpoint_order.py", "tests/engine/test_engine.py"),
         (TASK, "                self._paused_for = mail.barrier.checkpoint_id", "                pass"),
     ),
+    bug(
+        "postgres-recommit-not-idempotent", "PostgresSink writes a checkpoint's rows again when it re-commits after a restore",
+        ("tests/connectors/test_postgres_sink.py",),
+        ("src/flowstate/connectors/postgres.py",
+         "if found is not None and found[0] == lineage and found[1] >= cid:",
+         "if False:"),
+    ),
+    bug(
+        "cdc-slot-advanced-before-completion", "PostgresCdcSource advances its slot when the checkpoint is taken, not when it completes",
+        ("tests/connectors/test_postgres_cdc.py",),
+        ("src/flowstate/connectors/postgres_cdc.py",
+         "        self._remembered[checkpoint_id] = self._done\n        return self.snapshot()",
+         "        self._remembered[checkpoint_id] = self._done\n        self.notify_complete(checkpoint_id)\n"
+         "        return self.snapshot()"),
+    ),
+    bug(
+        "journal-released-before-completion", "the ingress journal releases records when a checkpoint is taken, not when it completes",
+        ("tests/connectors/test_journal.py",),
+        ("src/flowstate/connectors/ingress.py",
+         "        self._remembered[checkpoint_id] = self._next\n        return self.snapshot()",
+         "        self._remembered[checkpoint_id] = self._next\n        self.notify_complete(checkpoint_id)\n"
+         "        return self.snapshot()"),
+    ),
+    bug(
+        "postgres-fresh-start-over-committed-rows", "PostgresSink starts without a checkpoint into a table holding committed rows",
+        ("tests/connectors/test_postgres_sink.py",),
+        ("src/flowstate/connectors/postgres.py",
+         'if markers and sink._mode == "insert":',
+         "if False:"),
+    ),
 )
 
 

@@ -20,6 +20,9 @@ from flowstate.config import (
 from flowstate.connectors.file_sink import FileSink
 from flowstate.connectors.files import FileSource
 from flowstate.connectors.generator import GeneratorSource
+from flowstate.connectors.ingress import HttpSource, MqttSource
+from flowstate.connectors.postgres import PostgresSink
+from flowstate.connectors.postgres_cdc import Change, PostgresCdcSource
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
 from flowstate.connectors.socket import SocketSource
 from flowstate.dataflow import Dataflow, KeyedStream, Stream
@@ -39,8 +42,8 @@ from flowstate.runtime.job import JobResult
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchCallbackSink", "CallbackSink", "ConfigError", "ControlError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
-    "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError",
-    "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "NoRestart",
-    "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
+    "BatchCallbackSink", "CallbackSink", "Change", "ConfigError", "ControlError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
+    "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError", "HttpSource",
+    "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "MqttSource", "NoRestart",
+    "PostgresCdcSource", "PostgresSink", "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
 ]

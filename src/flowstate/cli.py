@@ -213,6 +213,10 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("directory")
     ui.add_argument("--port", type=int, default=8086, help="port (default 8086; 0: any free one)")
     ui.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1, loopback only)")
+    slots = sub.add_parser("postgres-slots", help="list the logical replication slots of a PostgreSQL server "
+                           "(those of PostgresCdcSource keep WAL until dropped); --drop NAME drops one")
+    slots.add_argument("dsn", help="the server, e.g. postgresql://user@host:5432/db")
+    slots.add_argument("--drop", metavar="SLOT", help="drop this slot and its publication (SLOT_pub)")
 
     demo = sub.add_parser("demo", help="word count with a crash, a recovery and a check against a batch count")
     demo.add_argument("--dir", default="demo-run", help="working directory of the demo (default ./demo-run)")
@@ -438,6 +442,28 @@ def _chaos(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _postgres_slots(args: argparse.Namespace) -> int:
+    from flowstate.connectors.postgres_cdc import drop_slot, list_slots
+
+    try:
+        if args.drop:
+            drop_slot(args.dsn, args.drop)
+            print(f"dropped slot {args.drop} and publication {args.drop}_pub")
+            return EXIT_OK
+        slots = list_slots(args.dsn)
+    except ImportError:
+        raise ConfigError("postgres-slots needs psycopg: pip install 'flowstate[postgres]'") from None
+    except Exception as error:  # a connection or server error: one line
+        if isinstance(error, FlowstateError):
+            raise
+        raise ConfigError(f"postgres-slots: {str(error).strip().splitlines()[0]}") from None
+    print(f"{'SLOT':<32} {'PLUGIN':<10} {'ACTIVE':<7} {'CONFIRMED':<14} {'WAL HELD':>12}")
+    for slot in slots:
+        print(f"{slot['slot']:<32} {slot['plugin']:<10} {'yes' if slot['active'] else 'no':<7} "
+              f"{slot['confirmed'] or '-':<14} {slot['retained_bytes'] or 0:>12,}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.log_level, args.log_format)
@@ -460,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             from flowstate.observe.commands import ui
 
             return ui(args.directory, args.host, args.port)
+        if args.command == "postgres-slots":
+            return _postgres_slots(args)
         if args.command == "demo":
             from flowstate.demo import run_demo
 

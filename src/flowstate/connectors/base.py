@@ -110,3 +110,27 @@ class RescalableSink(Sink, Protocol):
         (index = old subtask; ``None`` for one without state). Every committable of the old states
         must be committed by exactly one new writer, and their leftovers cleaned up by some writer."""
         ...
+
+
+class AcknowledgingReader(SourceReader, Protocol):
+    """A reader that tells its broker what the job has consumed, but only once it is safe.
+
+    Rules (in this order):
+
+    1. On a checkpoint trigger the task calls ``snapshot_for(checkpoint_id)`` instead of ``snapshot()``:
+       it returns the same positions and remembers, under ``checkpoint_id``, what was read up to them.
+    2. ``notify_complete(checkpoint_id)``: that checkpoint is durable; the reader may now acknowledge
+       (XACK, commit a consumer group's offsets, …) everything it remembered under an id ≤ it.
+       Acknowledging earlier would lose records on a restore from an older checkpoint.
+    3. ``notify_aborted(checkpoint_id)``: nothing is acknowledged; what it remembered under that id is
+       acknowledged with the next checkpoint that completes.
+
+    Acknowledgements are for monitoring and retention only: a reader always resumes from the
+    positions in the restored checkpoint, never from what the broker was told.
+    """
+
+    def snapshot_for(self, checkpoint_id: int) -> dict[str, Any]: ...
+
+    def notify_complete(self, checkpoint_id: int) -> None: ...
+
+    def notify_aborted(self, checkpoint_id: int) -> None: ...

@@ -580,7 +580,11 @@ class SourceTask(Task):
         if isinstance(mail, Trigger):
             if self.env.failpoints:
                 self.env.failpoints.hit(fpn.SOURCE_BEFORE_SNAPSHOT)
-            position = self.reader.snapshot()
+            snapshot_for = getattr(self.reader, "snapshot_for", None)  # an AcknowledgingReader
+            if snapshot_for is not None:
+                position = snapshot_for(mail.barrier.checkpoint_id)
+            else:
+                position = self.reader.snapshot()
             if self.env.failpoints:
                 self.env.failpoints.hit(fpn.SOURCE_AFTER_SNAPSHOT)
             if self.env.mode is Mode.STOP_THE_WORLD:
@@ -601,6 +605,10 @@ class SourceTask(Task):
                     self._ended = True
                 self._stopping_at = None
             self._notify(mail)
+            # An AcknowledgingReader acknowledges to its broker only what a completed checkpoint covers.
+            notify = getattr(self.reader, "notify_complete" if isinstance(mail, Complete) else "notify_aborted", None)
+            if notify is not None:
+                notify(mail.checkpoint_id)
             if self._ended and self._final_notified:
                 self._end_of_input()
                 return True

@@ -1,0 +1,453 @@
+"""``PostgresCdcSource``: inserts, updates and deletes of PostgreSQL tables as a replayable stream.
+
+Changes are read through a **logical replication slot** (the built-in ``pgoutput`` plugin and a
+publication of the tables). Rules:
+
+1. **One durable slot per source** (``slot=``), created on the first start and never consumed
+   directly: it marks what a *completed* checkpoint covers. The reader copies it into a temporary
+   slot of its own session (``pg_copy_logical_replication_slot``) and consumes that one, so reading
+   never moves the durable slot.
+2. **Whole transactions.** Changes are decoded a transaction at a time, in commit order; each change
+   carries its transaction's commit LSN and time. The position (the checkpointed state of the single
+   split ``"slot"``) is ``(end LSN of the last transaction read whole, changes already read of the
+   next one)``: it names the next change to read.
+3. **Start and restore.** A reader built without a position starts where the durable slot stands
+   (where it was created, or the position of the newest checkpoint that completed). A reader built
+   from a position skips every transaction that ended at or before it and
+   the changes of the next one it already read; it reads exactly what followed the position.
+4. **Advance only after completion** (``AcknowledgingReader``): ``snapshot_for(n)`` remembers the
+   position under *n*; ``notify_complete(n)`` advances the durable slot to it
+   (``pg_replication_slot_advance``), which lets the server recycle the WAL before it. A restore can
+   therefore always re-read from the restored position — unless it is older than the slot (a restore
+   falling back past a completed checkpoint), which is refused.
+5. **One job per slot.** A reader holds a session advisory lock on the slot's name while it runs; a
+   second job on the same slot is refused, naming the process that holds it.
+6. **Bounded runs** (``until=``): ``None`` reads forever; ``"now"`` stops at the end of the WAL as it
+   was when the source first started (kept in the position, so a restore stops at the same place); an
+   LSN string (``"0/16B3748"``) stops after the transactions that end at or before it.
+
+A slot left behind by a job that no longer runs keeps WAL on the server: it is the user's to drop
+(``flowstate postgres-slots DSN`` lists the slots, ``--drop NAME`` drops one with its publication).
+
+What the server needs: ``wal_level = logical`` and a free replication slot; for the ``before``
+values of updates and deletes, ``ALTER TABLE … REPLICA IDENTITY FULL`` (otherwise ``before`` holds
+the key columns only, or nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import re
+import struct
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from flowstate.errors import ConfigError
+
+SPLIT = "slot"
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
+_POSTGRES_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+_CHANGES_PER_CALL = 2048
+"""Changes asked of the server per decoding call (it stops at the end of a transaction past it)."""
+
+
+class PostgresCdcError(ConfigError):
+    """The source cannot read as configured; the message names it and what to change."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """One row change. ``before``/``after`` map column names to values (``None`` where the operation
+    has none: ``before`` of an insert, ``after`` of a delete); ``lsn`` is the commit LSN of its
+    transaction, ``commit_time`` its commit time (UTC)."""
+
+    op: str
+    """``insert``, ``update`` or ``delete``."""
+    table: str
+    """``schema.table``."""
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    lsn: str
+    commit_time: _dt.datetime
+
+
+def lsn_to_int(lsn: str) -> int:
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def int_to_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def _lock_key(slot: str) -> int:
+    """The advisory lock of a slot: a bigint whose high half is 0 (pg_locks shows it as classid 0)."""
+    return zlib.crc32(f"flowstate-cdc:{slot}".encode())
+
+
+class PostgresCdcSource:
+    """Row changes of ``tables`` (see the module rules). Replayable; one split, read by one subtask."""
+
+    __slots__ = ("_tables", "_dsn", "_slot", "_publication", "_until", "_name")
+
+    def __init__(
+        self,
+        tables: Sequence[str],
+        dsn: str,
+        slot: str,
+        *,
+        publication: str | None = None,
+        until: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        tables = tuple(tables)
+        if not tables:
+            raise ConfigError("PostgresCdcSource: tables must name at least one table")
+        if not _SLOT_NAME.fullmatch(slot):
+            raise ConfigError(
+                f"PostgresCdcSource: slot must be 1-63 lower-case letters, digits or underscores, got {slot!r}"
+            )
+        if until is not None and until != "now":
+            try:
+                lsn_to_int(until)
+            except ValueError:
+                raise ConfigError(f"PostgresCdcSource: until must be None, 'now' or an LSN like '0/16B3748', got {until!r}") from None
+        self._tables = tables
+        self._dsn = dsn
+        self._slot = slot
+        self._publication = publication or f"{slot}_pub"
+        self._until = until
+        self._name = name or f"postgres-cdc:{slot}"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def replayable(self) -> bool:
+        return True
+
+    def splits(self) -> list[str]:
+        return [SPLIT]
+
+    def build_reader(self, splits: Sequence[str], resume_state: dict[str, Any] | None) -> Any:
+        if not splits:
+            return _NoSplits()
+        return PostgresCdcReader(self, (resume_state or {}).get(SPLIT))
+
+
+class _NoSplits:
+    """A subtask beyond the first: the single split is read elsewhere."""
+
+    def poll(self, max_records: int) -> None:
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresCdcReader:
+    """Reads the changes through a temporary copy of the durable slot (rules 1-6)."""
+
+    def __init__(self, source: PostgresCdcSource, position: Any | None) -> None:
+        import psycopg
+
+        self._source = source
+        self._name = source.name
+        try:
+            self._conn = psycopg.connect(source._dsn, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            raise PostgresCdcError(f"PostgresCdcSource {self._name!r}: cannot connect: {_first_line(error)}") from None
+        try:
+            self._check_server()
+            self._lock()
+            self._ensure_slot()
+            self._done, self._skip, self._until = self._start(position)
+            self._temporary = f"{source._slot}_r{self._conn.info.backend_pid}"
+            self._conn.execute(
+                "SELECT pg_copy_logical_replication_slot(%s, %s, true)", (source._slot, self._temporary)
+            )
+        except BaseException:
+            self._conn.close()
+            raise
+        self._relations: dict[int, tuple[str, list[tuple[str, int]]]] = {}
+        self._loaders: dict[int, Any] = {}
+        self._buffer: deque[tuple[int, list[Change]]] = deque()
+        self._current: tuple[int, list[Change]] | None = None
+        self._remembered: dict[int, int] = {}
+        self._ended = False
+
+    # ---- set-up ---------------------------------------------------------------------------------
+
+    def _check_server(self) -> None:
+        (level,) = self._conn.execute("SHOW wal_level").fetchone()
+        if level != "logical":
+            raise PostgresCdcError(
+                f"PostgresCdcSource {self._name!r}: the server has wal_level = {level}; reading changes needs "
+                "wal_level = logical (ALTER SYSTEM SET wal_level = logical, then restart the server)"
+            )
+        for table in self._source._tables:
+            if self._conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+                raise PostgresCdcError(f"PostgresCdcSource {self._name!r}: table {table!r} does not exist")
+
+    def _lock(self) -> None:
+        key = _lock_key(self._source._slot)
+        (locked,) = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if not locked:
+            holder = self._conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                "AND classid::text::bigint = 0 AND objid::text::bigint = %s",
+                (key,),
+            ).fetchone()
+            who = f" (server process {holder[0]})" if holder else ""
+            raise PostgresCdcError(
+                f"PostgresCdcSource {self._name!r}: slot {self._source._slot!r} is held by another job{who}; "
+                "give each job its own slot"
+            )
+
+    def _ensure_slot(self) -> bool:
+        """Rule 1: the publication and the durable slot; True when the slot was created now."""
+        source = self._source
+        if self._conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (source._publication,)).fetchone() is None:
+            tables = ", ".join(source._tables)
+            self._conn.execute(f'CREATE PUBLICATION "{source._publication}" FOR TABLE {tables}')
+        found = self._conn.execute(
+            "SELECT plugin, slot_type FROM pg_replication_slots WHERE slot_name = %s", (source._slot,)
+        ).fetchone()
+        if found is not None:
+            if found != ("pgoutput", "logical"):
+                raise PostgresCdcError(
+                    f"PostgresCdcSource {self._name!r}: slot {source._slot!r} exists but is a {found[1]} slot "
+                    f"of plugin {found[0]!r}; give the source another slot name"
+                )
+            return False
+        try:
+            self._conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (source._slot,))
+        except Exception as error:
+            raise PostgresCdcError(
+                f"PostgresCdcSource {self._name!r}: cannot create slot {source._slot!r}: {_first_line(error)}"
+            ) from None
+        return True
+
+    def _start(self, position: Any | None) -> tuple[int, int, int | None]:
+        """Rules 3 and 6: (end LSN read whole, changes to skip of the next transaction, stop LSN)."""
+        (confirmed,) = self._conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self._source._slot,)
+        ).fetchone()
+        confirmed_lsn = lsn_to_int(confirmed)
+        if position is None:
+            until = self._source._until
+            if until == "now":
+                (now,) = self._conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+                stop: int | None = lsn_to_int(now)
+            else:
+                stop = None if until is None else lsn_to_int(until)
+            return confirmed_lsn, 0, stop
+        try:
+            done, skip, stop = int(position["done"]), int(position["skip"]), position["until"]
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"PostgresCdcSource {self._name!r}: not a position of this source: {position!r}") from None
+        if done < confirmed_lsn:
+            raise PostgresCdcError(
+                f"PostgresCdcSource {self._name!r}: the restored position {int_to_lsn(done)} is older than slot "
+                f"{self._source._slot!r} ({confirmed}), which a newer completed checkpoint advanced; the changes "
+                "in between are gone. Restore the newest checkpoint"
+            )
+        return done, skip, stop
+
+    # ---- the reader port --------------------------------------------------------------------------
+
+    def poll(self, max_records: int) -> list[Change] | None:
+        if self._ended:
+            return None
+        if self._current is None and not self._buffer:
+            # Read the flush position first: every transaction committed before it is decodable now.
+            flushed = self._flushed() if self._until is not None else 0
+            self._fetch()
+            if not self._buffer:
+                if self._until is not None and (self._done >= self._until or flushed >= self._until):
+                    self._ended = True
+                    return None
+                return []
+        out: list[Change] = []
+        while len(out) < max_records:
+            if self._current is None:
+                if not self._buffer:
+                    break
+                self._current = self._buffer.popleft()
+            end, changes = self._current
+            take = changes[self._skip:self._skip + max_records - len(out)]
+            out.extend(take)
+            self._skip += len(take)
+            if self._skip >= len(changes):
+                self._done, self._skip, self._current = end, 0, None
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {SPLIT: {"done": self._done, "skip": self._skip, "until": self._until}}
+
+    def snapshot_for(self, checkpoint_id: int) -> dict[str, Any]:
+        self._remembered[checkpoint_id] = self._done
+        return self.snapshot()
+
+    def notify_complete(self, checkpoint_id: int) -> None:
+        covered = [cid for cid in self._remembered if cid <= checkpoint_id]
+        if not covered:
+            return
+        target = max(self._remembered[cid] for cid in covered)
+        for cid in covered:
+            del self._remembered[cid]
+        (confirmed,) = self._conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self._source._slot,)
+        ).fetchone()
+        if target > lsn_to_int(confirmed):
+            self._conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self._source._slot, int_to_lsn(target)))
+
+    def notify_aborted(self, checkpoint_id: int) -> None:
+        pass  # what it remembered is advanced with the next checkpoint that completes
+
+    def close(self) -> None:
+        self._conn.close()  # ends the session: the temporary slot and the advisory lock go with it
+
+    # ---- decoding ---------------------------------------------------------------------------------
+
+    def _flushed(self) -> int:
+        (flushed,) = self._conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        return lsn_to_int(flushed)
+
+    def _fetch(self) -> None:
+        """Decode whole transactions from the temporary slot into the buffer (rules 2 and 3)."""
+        upto = None if self._until is None else int_to_lsn(self._until)
+        rows = self._conn.execute(
+            "SELECT data FROM pg_logical_slot_get_binary_changes(%s, %s::pg_lsn, %s, "
+            "'proto_version', '1', 'publication_names', %s)",
+            (self._temporary, upto, _CHANGES_PER_CALL, self._source._publication),
+        ).fetchall()
+        transaction: list[Change] = []
+        commit_lsn, commit_time = "0/0", _POSTGRES_EPOCH
+        for (data,) in rows:
+            kind = data[:1]
+            if kind == b"B":
+                final, micros, _ = struct.unpack_from("!QqI", data, 1)
+                commit_lsn, commit_time = int_to_lsn(final), _POSTGRES_EPOCH + _dt.timedelta(microseconds=micros)
+                transaction = []
+            elif kind == b"C":
+                _, _, end, _ = struct.unpack_from("!BQQq", data, 1)
+                if end > self._done:
+                    # Empty transactions too (changes of other tables): reading past them moves the position.
+                    self._buffer.append((end, transaction))
+                transaction = []
+            elif kind == b"R":
+                self._relation(data)
+            elif kind in (b"I", b"U", b"D"):
+                transaction.append(self._change(kind, data, commit_lsn, commit_time))
+            # 'O' origin, 'Y' type, 'T' truncate, 'M' message: nothing a change record carries
+
+    def _relation(self, data: bytes) -> None:
+        (oid,) = struct.unpack_from("!I", data, 1)
+        offset = 5
+        namespace, offset = _cstring(data, offset)
+        name, offset = _cstring(data, offset)
+        offset += 1  # replica identity
+        (count,) = struct.unpack_from("!H", data, offset)
+        offset += 2
+        columns = []
+        for _ in range(count):
+            offset += 1  # flags
+            column, offset = _cstring(data, offset)
+            type_oid, _ = struct.unpack_from("!Ii", data, offset)
+            offset += 8
+            columns.append((column, type_oid))
+        self._relations[oid] = (f"{namespace}.{name}", columns)
+
+    def _change(self, kind: bytes, data: bytes, lsn: str, time: _dt.datetime) -> Change:
+        (oid,) = struct.unpack_from("!I", data, 1)
+        table, columns = self._relations[oid]
+        offset = 5
+        before = after = None
+        if kind == b"I":
+            offset += 1  # 'N'
+            after, offset = self._tuple(data, offset, columns)
+            op = "insert"
+        elif kind == b"U":
+            if data[offset:offset + 1] in (b"K", b"O"):
+                before, offset = self._tuple(data, offset + 1, columns)
+            offset += 1  # 'N'
+            after, offset = self._tuple(data, offset, columns)
+            op = "update"
+        else:
+            before, offset = self._tuple(data, offset + 1, columns)
+            op = "delete"
+        return Change(op, table, before, after, lsn, time)
+
+    def _tuple(self, data: bytes, offset: int, columns: list[tuple[str, int]]) -> tuple[dict[str, Any], int]:
+        (count,) = struct.unpack_from("!H", data, offset)
+        offset += 2
+        values: dict[str, Any] = {}
+        for i in range(count):
+            name, type_oid = columns[i]
+            kind = data[offset:offset + 1]
+            offset += 1
+            if kind == b"t":
+                (length,) = struct.unpack_from("!I", data, offset)
+                offset += 4
+                values[name] = self._load(type_oid, data[offset:offset + length])
+                offset += length
+            elif kind == b"n":
+                values[name] = None
+            # 'u': an unchanged TOASTed value, not sent: left out of the dict
+        return values, offset
+
+    def _load(self, type_oid: int, text: bytes) -> Any:
+        """A column value from its text form, by psycopg's loader for its type (text when none)."""
+        loader = self._loaders.get(type_oid)
+        if loader is None:
+            from psycopg.pq import Format
+
+            cls = self._conn.adapters.get_loader(type_oid, Format.TEXT)
+            loader = self._loaders[type_oid] = cls(type_oid, self._conn).load if cls is not None else bytes.decode
+        return loader(text)
+
+
+def _cstring(data: bytes, offset: int) -> tuple[str, int]:
+    end = data.index(b"\0", offset)
+    return data[offset:end].decode(), end + 1
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def list_slots(dsn: str) -> list[dict[str, Any]]:
+    """The logical slots of the server with their plugin, whether a session uses them, the position
+    they keep and the WAL they hold back (bytes)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT slot_name, plugin, active, confirmed_flush_lsn::text, "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, temporary "
+            "FROM pg_replication_slots WHERE slot_type = 'logical' ORDER BY slot_name"
+        ).fetchall()
+    return [
+        {"slot": r[0], "plugin": r[1], "active": r[2], "confirmed": r[3], "retained_bytes": r[4], "temporary": r[5]}
+        for r in rows
+    ]
+
+
+def drop_slot(dsn: str, slot: str, publication: str | None = None) -> None:
+    """Drop a source's durable slot and its publication (default ``{slot}_pub``)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone() is None:
+            raise PostgresCdcError(f"no replication slot named {slot!r}")
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        conn.execute(f'DROP PUBLICATION IF EXISTS "{publication or slot + "_pub"}"')

@@ -1,0 +1,299 @@
+"""The ingress journal: durable before acknowledged, read by position, released by completed
+checkpoints; and journaled HTTP and MQTT sources that process every acknowledged record exactly once
+under crashes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowstate as fs
+from flowstate.connectors import journal as journal_module
+from flowstate.connectors.ingress import HttpSource, JournaledReader, MqttSource
+from flowstate.connectors.journal import Journal
+from flowstate.testing.conformance import SOURCE_CHECKS, SourceCase
+
+from tests.engine.jobs import FAST_RESTART
+
+
+def segments(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("seg-"))
+
+
+# ---- the journal ---------------------------------------------------------------------------------
+
+
+def test_records_are_read_back_by_index_across_segments_and_reopens(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 64)
+    journal = Journal(tmp_path)
+    for i in range(0, 30, 3):
+        assert journal.append([f"r{i}", f"r{i + 1}", f"r{i + 2}"]) == i + 3
+    assert len(segments(tmp_path)) > 3
+    assert journal.read(0, 100) == [f"r{i}" for i in range(30)]
+    assert journal.read(7, 5) == [f"r{i}" for i in range(7, 12)]
+    assert journal.read(12, 5) == [f"r{i}" for i in range(12, 17)]  # continues from the cursor
+    journal.close()
+    again = Journal(tmp_path)
+    assert again.end == 30 and again.read(25, 10) == [f"r{i}" for i in range(25, 30)]
+    assert again.append(["next"]) == 31 and again.read(30, 1) == ["next"]
+
+
+def test_a_torn_tail_was_never_acknowledged_and_is_cut_off(tmp_path):
+    journal = Journal(tmp_path)
+    journal.append(["a", "b"])
+    journal.close()
+    (segment,) = segments(tmp_path)
+    with open(tmp_path / segment, "ab") as file:
+        file.write(b"\x00\x00\x00\x10\x12\x34")  # a header and half a payload: a crash mid-append
+    again = Journal(tmp_path)
+    assert again.end == 2 and again.read(0, 10) == ["a", "b"]
+    assert again.append(["c"]) == 3 and again.read(0, 10) == ["a", "b", "c"]
+
+
+def test_released_segments_are_deleted_and_a_closed_fully_released_journal_leaves_none(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 32)
+    journal = Journal(tmp_path)
+    for i in range(10):
+        journal.append([f"record {i}"])
+    before = len(segments(tmp_path))
+    journal.release(5)
+    assert 0 < len(segments(tmp_path)) < before
+    assert journal.start == 5 and journal.read(5, 100) == [f"record {i}" for i in range(5, 10)]
+    with pytest.raises(ValueError, match="was released"):
+        journal.read(4, 1)
+    journal.release(10)
+    assert len(segments(tmp_path)) == 1  # the segment being appended to stays while the journal is open
+    journal.close()
+    assert segments(tmp_path) == []
+    again = Journal(tmp_path)
+    assert again.end == 10 and again.append(["later"]) == 11  # indices continue
+
+
+def test_the_journal_source_passes_every_source_check(tmp_path):
+    """Over a journal filled beforehand, read as a bounded source (the kit's contract)."""
+    records = [f"m{i}" for i in range(9)]
+    template = Journal(tmp_path / "template")
+    template.append(records)
+    template.close()
+    made = iter(range(100))
+    current: list[Path] = []
+
+    class Bounded:
+        name, replayable = "journal", True
+
+        def __init__(self) -> None:
+            directory = tmp_path / f"j{next(made)}"
+            directory.mkdir()
+            for path in (tmp_path / "template").iterdir():
+                (directory / path.name).write_bytes(path.read_bytes())
+            current.append(directory)
+            self.directory = directory
+
+        def splits(self) -> list[str]:
+            return ["journal"]
+
+        def build_reader(self, splits, state):
+            reader = JournaledReader(self.directory, NoReceiver(), (state or {}).get("journal"))
+            return BoundedReader(reader, len(records))
+
+    def acknowledged() -> int:  # what the reader released, read without taking the journal over
+        marker = current[-1] / "released"
+        return int(marker.read_text()) if marker.exists() else 0
+
+    for check in SOURCE_CHECKS.values():
+        check(SourceCase(Bounded, records, acknowledged=acknowledged))
+
+
+class NoReceiver:
+    def start(self, deliver) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class BoundedReader:
+    """Ends (``None``) at the end of a journal no one appends to."""
+
+    def __init__(self, inner: JournaledReader, total: int) -> None:
+        self.inner, self.total = inner, total
+
+    def poll(self, n: int):
+        if self.inner.snapshot()["journal"] >= self.total:
+            return None
+        return self.inner.poll(n)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+# ---- journaled sources end to end ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_output(directory: Path) -> list[str]:
+    import json
+
+    out: list[str] = []
+    for path in sorted(directory.iterdir()) if directory.exists() else []:
+        if not path.name.startswith("."):
+            out += [json.loads(line) for line in path.read_text().splitlines()]
+    return out
+
+
+def run_until(flow: fs.Dataflow, done, tmp_path: Path, failpoints: fs.Failpoints) -> fs.JobResult:
+    """Run ``flow`` in a thread until ``done()``, then stop it (a last checkpoint, output committed)."""
+    control = fs.JobControl()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms",
+                                       restart=FAST_RESTART, failpoints=failpoints, control=control,
+                                       executor="threads")
+        except BaseException as error:
+            outcome["error"] = error
+
+    job = threading.Thread(target=run)
+    job.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not done() and time.monotonic() < deadline:
+            assert job.is_alive(), outcome
+            time.sleep(0.05)
+    finally:
+        if job.is_alive():
+            control.stop().result(timeout=30)
+        job.join(timeout=30)
+    assert "result" in outcome, outcome
+    return outcome["result"]
+
+
+def test_every_acknowledged_http_post_is_processed_exactly_once_under_crashes(tmp_path):
+    port = free_port()
+    journal = tmp_path / "journal"
+    flow = fs.Dataflow("webhook")
+    (flow.source(HttpSource(port, path="/events", journal=journal), uid="webhook")
+         .map(str.upper)
+         .sink(fs.FileSink(tmp_path / "out"), uid="out"))
+    attempts: Counter[str] = Counter()
+    acknowledged: list[str] = []
+
+    def send() -> None:
+        for i in range(300):
+            body = f"event {i}"
+            while True:  # the sender retries until it sees the 200
+                attempts[body] += 1
+                try:
+                    request = urllib.request.Request(f"http://127.0.0.1:{port}/events", data=body.encode())
+                    with urllib.request.urlopen(request, timeout=2) as answer:
+                        if answer.status == 200:
+                            acknowledged.append(body)
+                            break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    time.sleep(0.02)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    failpoints = fs.Failpoints({"operator.process": "raise@10", "sink.before_commit": "raise@6"})
+    try:
+        result = run_until(flow, lambda: not sender.is_alive() and len(read_output(tmp_path / "out")) >= 300,
+                           tmp_path, failpoints)
+    finally:
+        sender.join(timeout=60)
+    assert failpoints.fired("operator.process") == 1 and failpoints.fired("sink.before_commit") == 1
+    assert result.restarts == 2 and all(c is not None and c >= 1 for c in result.restored_from[1:]), result
+    output = Counter(read_output(tmp_path / "out"))
+    for body in acknowledged:
+        seen = output[body.upper()]
+        if attempts[body] == 1:
+            assert seen == 1, f"{body!r}, acknowledged at its first attempt, was processed {seen} times"
+        else:
+            assert 1 <= seen <= attempts[body], f"{body!r}: {attempts[body]} attempts, processed {seen} times"
+    assert len(acknowledged) == 300
+    assert segments(journal) == [], "a journal segment was left behind after the job ended"
+
+
+def test_without_a_journal_an_exactly_once_job_refuses_the_http_source(tmp_path):
+    flow = fs.Dataflow("webhook")
+    flow.source(HttpSource(free_port())).sink(fs.FileSink(tmp_path / "out"))
+    with pytest.raises(fs.ConfigError, match="cannot replay"):
+        fs.run(flow, checkpoint_dir=tmp_path / "chk", mode="exactly_once")
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        source = HttpSource(port, journal=tmp_path / "j")
+        with pytest.raises(fs.ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            source.build_reader(source.splits(), None)
+
+
+@pytest.fixture
+def mosquitto() -> tuple[str, int]:
+    try:
+        socket.create_connection(("127.0.0.1", 1883), timeout=2).close()
+    except OSError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"Mosquitto is not reachable at 127.0.0.1:1883: {error} (.ci/services must start it)")
+        pytest.skip(f"Mosquitto is not reachable at 127.0.0.1:1883: {error}")
+    pytest.importorskip("paho.mqtt.client")
+    return "127.0.0.1", 1883
+
+
+def test_every_mqtt_message_is_processed_under_crashes_and_acknowledged_ones_exactly_once(tmp_path, mosquitto):
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    topic = f"flowstate/test/{uuid.uuid4().hex[:8]}"
+    journal = tmp_path / "journal"
+    flow = fs.Dataflow("mqtt")
+    (flow.source(MqttSource([topic], client_id=f"fs-{uuid.uuid4().hex[:8]}", journal=journal), uid="mqtt")
+         .map(lambda message: message[1])
+         .sink(fs.FileSink(tmp_path / "out"), uid="out"))
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    publisher.connect(*mosquitto)
+    publisher.loop_start()
+
+    def publish() -> None:
+        time.sleep(0.5)  # the job's session subscribes first
+        for i in range(200):
+            publisher.publish(topic, f"m{i}", qos=1).wait_for_publish(5)
+            if i % 20 == 0:
+                time.sleep(0.02)
+
+    sender = threading.Thread(target=publish)
+    sender.start()
+    failpoints = fs.Failpoints({"operator.process": "raise@8", "sink.before_commit": "raise@6"})
+    try:
+        result = run_until(flow, lambda: not sender.is_alive() and len(set(read_output(tmp_path / "out"))) >= 200,
+                           tmp_path, failpoints)
+    finally:
+        sender.join(timeout=60)
+        publisher.loop_stop()
+        publisher.disconnect()
+    assert failpoints.fired("operator.process") == 1 and failpoints.fired("sink.before_commit") == 1
+    assert result.restarts == 2 and all(c is not None and c >= 1 for c in result.restored_from[1:]), result
+    output = Counter(read_output(tmp_path / "out"))
+    assert set(output) == {f"m{i}" for i in range(200)}
+    # A message is journaled twice only if the job died between the journal's fsync and its PUBACK:
+    # with two failures raised in the job (not in the receiver), none is.
+    assert all(n == 1 for n in output.values()), {m: n for m, n in output.items() if n > 1}
+    assert segments(journal) == []
