@@ -270,8 +270,8 @@ def _run(args: argparse.Namespace) -> int:
     where = f"{result.workers} worker process(es)" if result.executor == "processes" else (
         f"{result.workers} Ray worker(s)" if result.executor == "ray" else "threads")
     logging.getLogger("flowstate").info(
-        "job %r finished: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s), on %s",
-        flow.name, f"{result.records:,}", result.seconds, result.checkpoints_completed, result.restarts, where,
+        "job %r finished: %s in %.1fs, %d checkpoint(s) completed, %d restart(s), on %s",
+        flow.name, result.records_summary(), result.seconds, result.checkpoints_completed, result.restarts, where,
     )
     return EXIT_OK
 

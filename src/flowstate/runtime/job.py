@@ -125,6 +125,11 @@ from flowstate.storage.local import LocalCheckpointStorage
 
 log = logging.getLogger("flowstate")
 
+SOURCE_RECORDS = "source_records"
+"""``extra`` of a checkpoint's metadata: the records the job's sources had read up to its barriers,
+over every attempt (and every run) that led to it; the positions in the checkpoint follow exactly
+these records. Absent from checkpoints that do not know it."""
+
 
 @dataclass
 class JobResult:
@@ -138,7 +143,14 @@ class JobResult:
     last_checkpoint: int | None = None
     restarts: int = 0
     records: int = 0
-    """Records read by the sources in the last attempt."""
+    """Records read by the sources in the last attempt (``records_read[-1]``)."""
+    records_read: list[int] = field(default_factory=list)
+    """For each attempt, the records its sources read from the positions it restored on (for an
+    attempt that failed, the last figure its tasks reported)."""
+    records_restored: list[int | None] = field(default_factory=list)
+    """For each attempt, the records the sources had read up to the barriers of the checkpoint it
+    restored, over every attempt before it (0 from scratch; ``None`` when the checkpoint does not
+    record it)."""
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
     checkpoint_stats: list[CheckpointStats] = field(default_factory=list)
@@ -153,6 +165,35 @@ class JobResult:
     """Where the tasks ran: ``threads``, ``processes`` or ``ray``."""
     workers: int = 0
     """Worker processes of each attempt (0: the tasks ran as threads of this process)."""
+
+    def count_attempt(self, restored: CheckpointMetadata | None) -> None:
+        """Opens the record counts of a new attempt that restores ``restored`` (``None``: from scratch)."""
+        if restored is None:
+            self.records_restored.append(0)
+        else:
+            known = restored.extra.get(SOURCE_RECORDS)
+            self.records_restored.append(known if isinstance(known, int) else None)
+        self.records_read.append(0)
+        self.records = 0
+
+    @property
+    def records_total(self) -> int | None:
+        """The records processed in total by the last attempt: those up to its restored checkpoint
+        plus those it read itself (``None`` when the checkpoint does not record its figure). A run
+        that completes has read its whole input exactly once by this count, however often it failed."""
+        restored = self.records_restored[-1] if self.records_restored else 0
+        return None if restored is None else restored + self.records
+
+    def records_summary(self) -> str:
+        """What the records figures of the last attempt count, in words."""
+        checkpoint = self.restored_from[-1] if self.restored_from else None
+        if checkpoint is None:
+            return f"{self.records:,} records read"
+        total = self.records_total
+        if total is None:
+            return f"{self.records:,} records read since the restore of checkpoint {checkpoint}"
+        return (f"{total:,} records processed in total ({total - self.records:,} up to checkpoint {checkpoint}, "
+                f"{self.records:,} read since its restore)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +360,8 @@ class JobRunner:
             "state": self._state,
             "pid": os.getpid(),
             "records": result.records,
+            "records_restored": result.records_restored[-1] if result.records_restored else 0,
+            "records_total": result.records_total,
             "checkpoints_completed": result.checkpoints_completed,
             "last_checkpoint": result.last_checkpoint,
             "checkpoints_failed": result.checkpoints_failed,
@@ -341,6 +384,7 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - e.g. storage unreadable: the restart strategy decides
             raise _AttemptFailed(f"choosing the checkpoint to restore failed: {type(exc).__name__}: {exc}", exc) from exc
         result.restored_from.append(int(restored.checkpoint_id) if restored else None)
+        result.count_attempt(restored)
         reports: queue.Queue[Any] = queue.Queue()
         state_dir = self._attempt_state_dir()
         executor = self._executor()
@@ -653,6 +697,9 @@ class _Shell:
         self.last_records = 0
         self.last_duration: float | None = None
         self.completed_here = 0
+        self.restored_records = result.records_restored[-1] if result.records_restored else 0
+        self.barrier_records: dict[CheckpointId, int] = {}
+        """Per pending checkpoint, the records the sources that acknowledged it read before its barrier."""
         self.targets = runner._targets
         self.control = runner.control
 
@@ -706,6 +753,8 @@ class _Shell:
         coordinator = self.coordinator
         assert coordinator is not None
         if isinstance(report, Ack):
+            if report.records:
+                self.barrier_records[report.checkpoint_id] = self.barrier_records.get(report.checkpoint_id, 0) + report.records
             _, actions = coordinator.acknowledge(report.task, report.checkpoint_id, report.state, now)
             fp = self.runner.failpoints
             if fp and not any(isinstance(a, StoreCheckpoint) for a in actions):
@@ -783,6 +832,7 @@ class _Shell:
                                                   "path": str(path) if path is not None else None, "stopped": final})
                 case NotifyAborted(checkpoint_id=cid, reason=reason):
                     log.info("checkpoint %d aborted: %s", cid, reason.value)
+                    self.barrier_records.pop(cid, None)
                     self.result.checkpoints_failed += 1
                     for t in self.tasks.values():
                         t.post(Aborted(cid))
@@ -826,6 +876,9 @@ class _Shell:
         extra: dict[str, Any] = describe_graph(self.runner.graph)
         if checkpoint.savepoint:
             extra[SAVEPOINT] = True
+        read = self.barrier_records.pop(checkpoint.checkpoint_id, 0)
+        if self.restored_records is not None:
+            extra[SOURCE_RECORDS] = self.restored_records + read
         if self.runner._origin is not None:
             extra[ORIGIN] = dict(self.runner._origin)
         return extra
@@ -834,6 +887,7 @@ class _Shell:
         runner = self.runner
         records = sum(t.records_in for t in self.tasks.values() if t.is_source)
         self.result.records = records
+        self.result.records_read[-1] = records
         if not runner.config.progress or (not final and now - self.last_print < 1.0):
             return
         rate = (records - self.last_records) / max(now - self.last_print, 1e-9)
@@ -841,7 +895,7 @@ class _Shell:
             rate = records / max(now - self.started, 1e-9)
         self.last_print = now
         self.last_records = records
-        parts = [f"[{runner.flow.name}] {records:,} records", f"{rate:,.0f} rec/s" + (" avg" if final else "")]
+        parts = [f"[{runner.flow.name}] {self.result.records_summary()}", f"{rate:,.0f} rec/s" + (" avg" if final else "")]
         if runner.config.mode.checkpoints:
             last = self.result.last_checkpoint
             took = f" in {self.last_duration * 1000:.0f} ms" if self.last_duration is not None else ""
