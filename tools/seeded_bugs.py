@@ -175,6 +175,12 @@ CATALOGUE: tuple[Bug, ...] = (
         ("tests/engine/test_checkpoint_order.py", "tests/engine/test_engine.py"),
         (TASK, "                self._paused_for = mail.barrier.checkpoint_id", "                pass"),
     ),
+    bug(
+        "tasks-ignore-resume-state", "tasks of a restored attempt ignore their resume state (built as if from scratch)",
+        ("tests/engine/test_crash_recovery.py",),
+        (JOB, "                resume = states.get(tid) if restored is not None else None\n",
+         "                resume = {} if restored is not None else None\n"),
+    ),
 )
 
 

@@ -26,6 +26,10 @@ What is checked:
 - after every kill, the next run that decides its restore point restores the newest checkpoint
   completed before the kill (``restoring from checkpoint N`` on its stderr), and a kill after a
   completed checkpoint must therefore restore an id ≥ 1;
+- after every run that completes, that it read the input exactly once: the records its sources read
+  plus those up to the checkpoint it restored are the records of the reference run, and in every
+  mode with kills some completed run restored a checkpoint holding records and read only the rest
+  (tasks that ignore their resume state, or a restart from scratch, give the right output too);
 - after every run, each oracle's checkpoint check (``flowstate.testing.oracles``);
 - after every job, its committed output against the reference, as multisets: **lost** (in the
   reference, missing), **duplicated** (in the reference, more often), **unexpected** (not in the
@@ -142,6 +146,10 @@ def run_chaos(config: ChaosConfig, work_dir: Path, *, progress: Progress | None 
             report.problems.append(
                 f"{runner.mode}: none of the {killed} kills came after a completed checkpoint, so no restore was "
                 "tested: give the job more input or lower the checkpoint interval")
+        elif killed and not sum(r.resumed for r in rows):
+            report.problems.append(
+                f"{runner.mode}: no run that completed after a kill resumed from a restored checkpoint (its sources "
+                "reading only the rest of the input), so no restore was proven")
         elif not killed and (config.kills or (config.failpoint_kills and selected)):
             report.problems.append(f"{runner.mode}: no run was killed: the job ends before any kill lands")
     return report

@@ -45,6 +45,8 @@ class ChaosConfig:
     max_kills_per_job: int = 3
     workers: int = 1
     oracles: tuple[Oracle, ...] = ()
+    state_backend: str = "heap"
+    """The keyed state backend of every run (``heap`` or ``rocksdb``)."""
 
     def __post_init__(self) -> None:
         if not self.modes:
@@ -65,6 +67,8 @@ class ChaosConfig:
         unknown = sorted(set(self.failpoints or ()) - fpn.KNOWN)
         if unknown:
             raise ConfigError(f"chaos: unknown failpoints {', '.join(unknown)}; known: {', '.join(sorted(fpn.KNOWN))}")
+        if self.state_backend not in ("heap", "rocksdb"):
+            raise ConfigError(f"chaos: unknown state backend {self.state_backend!r}; known: heap, rocksdb")
         parse_duration(self.checkpoint_interval, what="checkpoint interval")
         if parse_duration(self.run_timeout, what="run timeout") <= 0:
             raise ConfigError("chaos: the run timeout must be positive")

@@ -33,6 +33,9 @@ class ScenarioResult:
     not_fired: int = 0
     """Runs that completed before the failpoint's drawn hit."""
     jobs: int = 0
+    resumed: int = 0
+    """Completed runs that restored a checkpoint (id ≥ 1, with records before it) and whose sources
+    read only the rest of the input."""
     records: int = 0
     """Records compared with the reference, over every completed job."""
     lost: int = 0
@@ -61,6 +64,7 @@ class ScenarioResult:
         self.restored_from += other.restored_from
         self.not_fired += other.not_fired
         self.jobs += other.jobs
+        self.resumed += other.resumed
         self.records += other.records
         self.lost += other.lost
         self.duplicated += other.duplicated
@@ -72,6 +76,7 @@ class ScenarioResult:
             "mode": self.mode, "where": self.where, "status": self.status, "kills": self.kills,
             "kills_before": self.kills_before, "kills_after_checkpoint": self.kills_after_checkpoint,
             "restored_from": self.restored_from, "not_fired": self.not_fired, "jobs": self.jobs,
+            "resumed": self.resumed,
             "records": self.records, "lost": self.lost, "duplicated": self.duplicated,
             "unexpected": self.unexpected, "problems": self.problems,
         }

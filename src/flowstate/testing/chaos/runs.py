@@ -121,6 +121,8 @@ class _Job:
                    "--report", str(report)]
         if config.batch_size is not None:
             command += ["--batch-size", str(config.batch_size)]
+        if config.state_backend != "heap":
+            command += ["--state-backend", config.state_backend]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_FAILPOINTS")}
         if failpoints:
             env["FLOWSTATE_FAILPOINTS"] = failpoints
@@ -187,6 +189,7 @@ class _Job:
             if self.expected_restore is not None:
                 self.problem(f"run {self.runs} completed without saying which checkpoint it restored")
                 self.expected_restore = None
+            self._check_resumed(outcome)
         else:
             self.failed = True
             self.problem(f"run {self.runs} exited with status {outcome.code}: {_tail(outcome.stderr)}")
@@ -194,6 +197,21 @@ class _Job:
             if oracle.check_checkpoints is not None:
                 for problem in _call(oracle.check_checkpoints, self.chk, self.runner.mode):
                     self.problem(f"after run {self.runs}, {oracle.name} checkpoint check: {problem}")
+
+    def _check_resumed(self, outcome: _Outcome) -> None:
+        """A completed run read the input exactly once, counting the records its sources had read up
+        to the checkpoint it restored: one that read the whole input again after restoring records
+        did not resume from the restored positions (a restart from scratch in disguise)."""
+        report, expected = outcome.report, self.runner.input_records
+        if report is None or expected is None:
+            return
+        read, before = report["records_read"][-1], report["records_restored"][-1]
+        checkpoint = report["restored_from"][-1]
+        if report["records_total"] != expected:
+            self.problem(f"run {self.runs} restored checkpoint {checkpoint} holding {before} records and then read "
+                         f"{read:,}: {report['records_total']} in total, not the {expected:,} records of the input")
+        elif checkpoint is not None and checkpoint >= 1 and before:
+            self.result.resumed += 1
 
     def complete(self, failpoints: str | None = None) -> _Outcome | None:
         """The last run of a job: without kills (``failpoints`` may only count hits), it must
@@ -275,6 +293,8 @@ class _ModeRunner:
         self.progress = progress
         self.reference: dict[str, Counter[str]] | None = None
         self.reference_seconds = 0.0
+        self.input_records: int | None = None
+        """Records the sources read in the reference run: the whole input."""
         self.hits: dict[str, int] = {}
         self.restored_hits: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -307,6 +327,7 @@ class _ModeRunner:
         if outcome.code != 0 or outcome.report is None:
             return f"{self.mode}: the run without failures exited with status {outcome.code}: {_tail(outcome.stderr)}"
         self.hits = {name: int(outcome.report["hits"].get(name, 0)) for name in fpn.KNOWN}
+        self.input_records = outcome.report["records_total"]
         self.reference = {uid: committed_output(job.out / uid) for uid in outcome.report["sinks"]}
         if job.result.problems:
             return f"{self.mode}: the run without failures: {'; '.join(job.result.problems)}"
