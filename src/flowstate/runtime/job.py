@@ -754,7 +754,8 @@ class _Shell:
         assert coordinator is not None
         if isinstance(report, Ack):
             if report.records:
-                self.barrier_records[report.checkpoint_id] = self.barrier_records.get(report.checkpoint_id, 0) + report.records
+                cid = report.checkpoint_id
+                self.barrier_records[cid] = self.barrier_records.get(cid, 0) + report.records
             _, actions = coordinator.acknowledge(report.task, report.checkpoint_id, report.state, now)
             fp = self.runner.failpoints
             if fp and not any(isinstance(a, StoreCheckpoint) for a in actions):
@@ -895,7 +896,8 @@ class _Shell:
             rate = records / max(now - self.started, 1e-9)
         self.last_print = now
         self.last_records = records
-        parts = [f"[{runner.flow.name}] {self.result.records_summary()}", f"{rate:,.0f} rec/s" + (" avg" if final else "")]
+        parts = [f"[{runner.flow.name}] {self.result.records_summary()}",
+                 f"{rate:,.0f} rec/s" + (" avg" if final else "")]
         if runner.config.mode.checkpoints:
             last = self.result.last_checkpoint
             took = f" in {self.last_duration * 1000:.0f} ms" if self.last_duration is not None else ""

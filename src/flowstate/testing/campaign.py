@@ -1,5 +1,6 @@
 """The long chaos run behind ``make chaos``: the oracle workloads (the sequence workload also counting
-in a dict changed in place, once per state backend), every mode, many kills; the results go into ``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
+in a dict changed in place, once per state backend), every mode, many kills; the results go into
+``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
 
     python -m flowstate.testing.campaign [--kills 15] [--failpoint-kills 3] [--workers 2] [--seed 1]
         [--write docs/reliability.md]
