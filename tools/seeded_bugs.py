@@ -205,6 +205,12 @@ CATALOGUE: tuple[Bug, ...] = (
          'if markers and sink._mode == "insert":',
          "if False:"),
     ),
+    bug(
+        "tasks-ignore-resume-state", "tasks of a restored attempt ignore their resume state (built as if from scratch)",
+        ("tests/engine/test_crash_recovery.py",),
+        (JOB, "                resume = states.get(tid) if restored is not None else None\n",
+         "                resume = {} if restored is not None else None\n"),
+    ),
 )
 
 

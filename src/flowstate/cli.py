@@ -254,8 +254,8 @@ def _run(args: argparse.Namespace) -> int:
     where = f"{result.workers} worker process(es)" if result.executor == "processes" else (
         f"{result.workers} Ray worker(s)" if result.executor == "ray" else "threads")
     logging.getLogger("flowstate").info(
-        "job %r %s: %s records in %.1fs, %d checkpoint(s) completed, %d restart(s), on %s",
-        flow.name, "stopped" if result.stopped else "finished", f"{result.records:,}", result.seconds,
+        "job %r %s: %s in %.1fs, %d checkpoint(s) completed, %d restart(s), on %s",
+        flow.name, "stopped" if result.stopped else "finished", result.records_summary(), result.seconds,
         result.checkpoints_completed, result.restarts, where,
     )
     return EXIT_STOPPED if result.stopped else EXIT_OK

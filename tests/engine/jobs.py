@@ -107,13 +107,29 @@ def batch_reference(input_lines: Iterable[str]) -> Counter[tuple[str, int]]:
     return Counter((word, n) for word, c in counts.items() for n in range(1, c + 1))
 
 
-def assert_restored_from_a_checkpoint(result: fs.JobResult) -> None:
-    """The job restarted, and some attempt after the first restored a checkpoint (id ≥ 1) rather
-    than starting from scratch."""
+def assert_restored_from_a_checkpoint(result: fs.JobResult, input_records: int) -> None:
+    """The job restarted, and its last attempt restored a checkpoint (id ≥ 1) and resumed from it:
+    its sources read fewer records than the ``input_records`` of the input, and the records up to the
+    checkpoint plus those it read are the input exactly. A restart from scratch, or tasks that ignore
+    their resume state, also give the right output, and prove nothing about recovery."""
     assert result.restarts >= 1, f"the job never restarted: {result}"
-    assert len(result.restored_from) == result.restarts + 1
-    assert any(c is not None and c >= 1 for c in result.restored_from[1:]), (
-        f"no attempt after the first restored a checkpoint: restored_from={result.restored_from}"
+    assert len(result.restored_from) == len(result.records_read) == result.restarts + 1, result
+    assert (result.restored_from[-1] or 0) >= 1, (
+        f"the last attempt restored no checkpoint: restored_from={result.restored_from}"
+    )
+    assert_resumed(result, input_records)
+
+
+def assert_resumed(result: fs.JobResult, input_records: int) -> None:
+    """The last attempt's sources resumed from the restored positions: they read fewer records than
+    the input, and what they read completes the records up to the restored checkpoint to the input."""
+    assert result.records < input_records, (
+        f"the last attempt read {result.records} records of {input_records}: it did not resume from "
+        f"checkpoint {result.restored_from[-1]} (records read per attempt: {result.records_read})"
+    )
+    assert result.records_total == input_records, (
+        f"{result.records_restored[-1]} records up to checkpoint {result.restored_from[-1]} and "
+        f"{result.records} read since give {result.records_total}, not the input's {input_records}"
     )
 
 

@@ -10,8 +10,10 @@ test asserts that
 
 - the failpoint fired exactly once and the run recorded the failure (a failpoint that is never hit
   fails the test: the run would trivially be correct);
-- the job restarted, and some attempt after the first restored a checkpoint with id ≥ 1 (a restart
-  from scratch also gives the right answer, and proves nothing about recovery);
+- the job restarted, and its last attempt restored a checkpoint with id ≥ 1 and resumed from it: its
+  sources read fewer lines than the input, the lines up to the checkpoint and the lines it read are
+  the input exactly (a restart from scratch, or tasks that ignore their resume state, also give the
+  right answer, and prove nothing about recovery);
 - in ``exactly_once`` (also with an alignment timeout), ``unaligned`` and ``stop_the_world`` the
   committed output equals the batch reference; in ``at_least_once`` every expected record is present
   (duplicates are allowed).
@@ -46,6 +48,7 @@ from .jobs import (
     RATE,
     WORDS_PER_LINE,
     assert_restored_from_a_checkpoint,
+    assert_resumed,
     committed_output,
     difference,
     generator_source,
@@ -195,7 +198,7 @@ def check_a_crash(crash, mode, executor, dirs, expected, **settings):
 
     assert failpoints.fired(crash.failpoint) == 1, f"{crash.failpoint} was hit {failpoints.hits(crash.failpoint)} times"
     assert result.failures, "the run recorded no failure"
-    assert_restored_from_a_checkpoint(result)
+    assert_restored_from_a_checkpoint(result, INPUT_LINES)
     assert_output(mode, dirs, expected)
 
 
@@ -225,6 +228,7 @@ def test_a_crash_while_restoring_is_followed_by_another_restore_from_the_same_ch
     assert len(restores) == (2 if point == "recovery.state_loaded" else 1), restores
     assert all(r is not None and r >= COMPLETED_BEFORE_CRASH for r in restores), restores
     assert restores == sorted(restores), restores
+    assert_resumed(result, INPUT_LINES)
     assert_output(mode, dirs, expected)
 
 

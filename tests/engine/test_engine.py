@@ -142,7 +142,7 @@ def test_a_keyed_reduce_emits_the_running_reduction_of_every_key_across_a_restor
     result = fs.run(flow, mode=mode, checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
                     restart=FAST_RESTART, failpoints=failpoints)
 
-    assert_restored_from_a_checkpoint(result)
+    assert_restored_from_a_checkpoint(result, INPUT_LINES)
     actual = committed_output(dirs.output)
     assert Counter(actual) == expected, difference(actual, expected)
 
@@ -178,7 +178,7 @@ def test_list_map_and_reducing_state_survive_a_restore(mode, dirs):
     result = fs.run(flow, mode=mode, checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
                     restart=FAST_RESTART, failpoints=failpoints)
 
-    assert_restored_from_a_checkpoint(result)
+    assert_restored_from_a_checkpoint(result, INPUT_LINES)
     seen: dict[str, list[int]] = {}
     for i in range(INPUT_LINES):
         for word in line(i).split():
@@ -274,6 +274,36 @@ def test_a_rerun_of_a_finished_job_restores_its_last_checkpoint_and_leaves_the_o
     assert second.restored_from == [first.last_checkpoint]
     assert files_of(dirs.output) == before
     assert Counter(committed_output(dirs.output)) == expected
+
+
+def test_progress_counts_the_records_of_the_restored_checkpoint_and_those_read_since_and_says_so(dirs, capsys):
+    failpoints = fs.Failpoints({"task.before_snapshot": CRASH_AFTER_TWO_CHECKPOINTS})
+    crashed = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)), mode="exactly_once",
+                     checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=FAST_RESTART,
+                     failpoints=failpoints, progress=True)
+    crashed_lines = capsys.readouterr().err.splitlines()
+    rerun = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)), mode="exactly_once",
+                   checkpoint_dir=dirs.checkpoints, interval=INTERVAL, progress=True)
+    rerun_lines = capsys.readouterr().err.splitlines()
+
+    restored, read = crashed.records_restored[-1], crashed.records
+    assert crashed.restored_from[0] is None and crashed.records_restored[0] == 0
+    assert crashed.records_read[-1] == read and 0 < read < INPUT_LINES and restored + read == INPUT_LINES, crashed
+    assert (f"[wordcount] {INPUT_LINES:,} records processed in total ({restored:,} up to checkpoint "
+            f"{crashed.restored_from[-1]}, {read:,} read since its restore)") in crashed_lines[-1]
+    # A rerun of the finished job restores its final checkpoint and reads nothing more.
+    assert (rerun.records_read, rerun.records_restored, rerun.records_total) == ([0], [INPUT_LINES], INPUT_LINES)
+    assert (f"[wordcount] {INPUT_LINES:,} records processed in total ({INPUT_LINES:,} up to checkpoint "
+            f"{crashed.last_checkpoint}, 0 read since its restore)") in rerun_lines[-1]
+    assert rerun.records_summary() in rerun_lines[-1]
+
+
+def test_a_run_from_scratch_counts_the_records_it_read(dirs, capsys):
+    result = fs.run(wordcount(dirs.output, source=generator_source(200)), mode="exactly_once",
+                    checkpoint_dir=dirs.checkpoints, interval=INTERVAL, progress=True)
+
+    assert (result.records_read, result.records_restored, result.records_total) == ([200], [0], 200)
+    assert capsys.readouterr().err.splitlines()[-1].startswith("[wordcount] 200 records read · ")
 
 
 def test_checkpoint_ids_keep_increasing_across_runs_on_one_directory(dirs):

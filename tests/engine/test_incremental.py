@@ -88,7 +88,7 @@ def test_a_crash_mid_upload_is_never_restored_from_and_its_files_are_swept(point
 
     assert failpoints.fired(point) == 1
     assert result.failures and "failed to snapshot or write its state" in result.failures[0]
-    assert_restored_from_a_checkpoint(result)
+    assert_restored_from_a_checkpoint(result, INPUT_LINES)
     actual = committed_output(dirs.output)
     assert Counter(actual) == expected, difference(actual, expected)
     assert_storage_verifies(dirs)

@@ -50,7 +50,7 @@ def test_a_job_restores_from_a_checkpoint_in_object_storage_after_a_crash(backen
                     state_backend=backend, state_dir=tmp_path / "rocksdb", failpoints=failpoints)
 
     assert failpoints.fired("coordinator.metadata_before_notify") == 1
-    assert_restored_from_a_checkpoint(result)
+    assert_restored_from_a_checkpoint(result, INPUT_LINES)
     actual = committed_output(dirs.output)
     assert Counter(actual) == expected, difference(actual, expected)
     storage = open_storage(bucket)

@@ -23,6 +23,7 @@ from .jobs import (
     INPUT_LINES,
     INTERVAL,
     RATE,
+    assert_resumed,
     batch_reference,
     committed_output,
     difference,
@@ -54,6 +55,7 @@ def test_a_checkpoint_restored_at_another_parallelism_gives_the_batch_result(dir
                     checkpoint_dir=dirs.checkpoints, interval=INTERVAL, mode=mode)
 
     assert result.restored_from == [3]
+    assert_resumed(result, INPUT_LINES)
     assert_exactly_the_reference(dirs.output, expected)
 
 

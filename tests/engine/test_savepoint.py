@@ -28,6 +28,7 @@ from .jobs import (
     INTERVAL,
     RATE,
     Count,
+    assert_resumed,
     committed_output,
     difference,
     generator_source,
@@ -262,6 +263,7 @@ def test_running_again_with_the_same_savepoint_after_a_crash_resumes_from_the_ru
 
     assert again.restored_from == [savepoint_id + 2], "the newest checkpoint of the run restored from the savepoint"
     assert again.restored_savepoint is None
+    assert_resumed(again, INPUT_LINES)
     assert_exactly_the_reference(dirs.output, expected)
 
 

@@ -45,7 +45,7 @@ from flowstate.state.memory import heap_snapshot_entries
 from flowstate.storage.local import LocalCheckpointStorage
 from flowstate.testing.oracles import bank
 
-from .jobs import FAST_RESTART, committed_values
+from .jobs import FAST_RESTART, assert_resumed, committed_values
 
 NAMES = ("mercury", "venus", "earth", "jupiter")
 """Split names; at parallelism 2, keys mercury and jupiter go to one keyed task, venus and earth to
@@ -138,10 +138,12 @@ def channel_bytes(result: fs.JobResult) -> dict[int, int]:
     return {s.checkpoint_id: s.channel_state_bytes for s in result.checkpoint_stats}
 
 
-def assert_restored_from_a_checkpoint_with_channel_state(result: fs.JobResult) -> int:
+def assert_restored_from_a_checkpoint_with_channel_state(result: fs.JobResult, input_records: int) -> int:
     """Every attempt after the first restored a checkpoint (id ≥ 1) that had persisted channel
-    state; returns the first such id."""
+    state, and the last one resumed from it (its sources read fewer than the ``input_records``);
+    returns the first such id."""
     assert result.restarts >= 1, f"the job never restarted: {result}"
+    assert_resumed(result, input_records)
     restored = result.restored_from[1:]
     assert restored and all(c is not None and c >= 1 for c in restored), f"restored_from={result.restored_from}"
     persisted = channel_bytes(result)
@@ -234,7 +236,7 @@ def test_a_crash_while_an_unaligned_checkpoint_completes_restores_the_previous_o
 
     assert failpoints.fired(failpoint) == 1, f"{failpoint} was hit {failpoints.hits(failpoint)} times"
     assert result.restored_from[1] == 2, result.restored_from
-    assert_restored_from_a_checkpoint_with_channel_state(result)
+    assert_restored_from_a_checkpoint_with_channel_state(result, RECORDS)
     assert_every_sequence_complete_once_and_in_order(dirs.output)
 
 
@@ -251,7 +253,7 @@ def test_a_crash_while_loading_restored_state_replays_the_same_channel_state_aga
     assert result.restarts == 2, result.failures
     assert "recovery.state_loaded" in result.failures[1]
     assert result.restored_from[1:] == [2, 2]
-    assert_restored_from_a_checkpoint_with_channel_state(result)
+    assert_restored_from_a_checkpoint_with_channel_state(result, RECORDS)
     assert_every_sequence_complete_once_and_in_order(dirs.output)
 
 
@@ -297,7 +299,7 @@ def test_a_crash_in_the_middle_of_replaying_channel_state_loses_nothing_and_repl
     assert len(result.failures) == 2 and "replayed batch 3" in result.failures[1], result.failures
     assert failpoints.replayed > 3, "the third attempt replayed the channel state again"
     assert result.restored_from[1:] == [2, 2]
-    assert_restored_from_a_checkpoint_with_channel_state(result)
+    assert_restored_from_a_checkpoint_with_channel_state(result, RECORDS)
     assert_every_sequence_complete_once_and_in_order(dirs.output)
 
 
@@ -427,7 +429,7 @@ def test_money_is_conserved_across_a_restore_from_an_unaligned_checkpoint_of_the
     result = run_bank(dirs, UNALIGNED, failpoints)
 
     assert failpoints.fired("coordinator.all_acks_before_metadata") == 1
-    restored = assert_restored_from_a_checkpoint_with_channel_state(result)
+    restored = assert_restored_from_a_checkpoint_with_channel_state(result, TRANSFERS)
     cuts = bank.read_cuts(dirs.checkpoints)
     assert restored in [cut.checkpoint_id for cut in cuts]
     assert any(cut.checkpoint_id > restored for cut in cuts), "checkpoints were taken after the restore"

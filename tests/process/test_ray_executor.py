@@ -1,6 +1,8 @@
 """The Ray executor, isolated: the word count of the engine tests runs on two Ray worker actors,
 one of which is killed with SIGKILL after a checkpoint completed, and the job recovers by itself to
-the batch result, exactly once.
+the batch result, exactly once. Its last attempt must have restored the checkpoint and resumed from
+it: its sources read only the lines after the checkpoint (a restart from scratch, or actors that
+ignore their resume state, also give the right output).
 
 Ray runs bound to loopback inside a network namespace made for the test (``unshare -n``) that has
 nothing but a loopback interface, so nothing it does can leave the machine. The driver
@@ -81,7 +83,9 @@ def test_a_killed_worker_actor_is_replaced_and_the_job_recovers_exactly_once_wit
     assert (report["executor"], report["workers"]) == ("ray", 2)
     [killed] = report["killed"]
     assert len(report["failures"]) == 1 and f"(pid {killed};" in report["failures"][0], report
-    assert report["restored_from"][0] is None and report["restored_from"][1] >= 1, report
+    assert report["restored_from"][0] is None and report["restored_from"][-1] >= 1, report
+    assert report["records_read"][-1] < LINES, f"the last attempt read the whole input again: {report}"
+    assert report["records_total"] == LINES, f"the attempts read {report['records_total']} lines of {LINES}: {report}"
     actual = committed_output(tmp_path / "out")
     expected = batch_reference(lines(LINES))
     assert Counter(actual) == expected, difference(actual, expected)

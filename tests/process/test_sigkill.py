@@ -10,7 +10,9 @@ n = 1..count(word):
   words twice, so records with a larger n, and repeats, are allowed).
 
 A restart from scratch also gives the right answer, so every test also proves that a run restored a
-checkpoint with id ≥ 1 (the runner logs "restoring from checkpoint N" to stderr).
+checkpoint with id ≥ 1 (the runner logs "restoring from checkpoint N" to stderr) and resumed from
+it: the final line of a run that completes counts the lines read up to the restored checkpoint and
+those read since, which must add up to the input, the latter fewer than the input.
 
 The random kills hit the job as it runs by default: under the multi-process executor, a coordinator
 process and two workers, all of which die with it. The kills at failpoints run the job on threads,
@@ -43,6 +45,8 @@ RUN_TIMEOUT = 180.0
 hung run, not a measurement."""
 KILLED = -signal.SIGKILL
 RESTORING = re.compile(r"restoring from checkpoint (\d+)")
+FINISHED = re.compile(r"finished: ([\d,]+) records (?:read|processed in total \(([\d,]+) up to checkpoint (\d+), "
+                      r"([\d,]+) read since its restore\))")
 
 JOB = '''\
 import flowstate as fs
@@ -78,6 +82,8 @@ class Corpus:
     expected: Counter[tuple[str, int]]
     """Every (word, n) for n = 1..count(word), once: the batch result."""
     words: int
+    lines: int
+    """Records of the input (the source reads lines)."""
 
 
 def write_text(directory: Path, *, lines: int, files: int, seed: int) -> None:
@@ -107,7 +113,7 @@ def make_corpus(directory: Path, lines: int) -> Corpus:
     write_text(data, lines=lines, files=4, seed=2026)
     counts = batch_word_count(data)
     expected = Counter((word, n) for word, count in counts.items() for n in range(1, count + 1))
-    return Corpus(data, expected, sum(counts.values()))
+    return Corpus(data, expected, sum(counts.values()), lines)
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +177,44 @@ class Run:
         found = RESTORING.search(self.stderr())
         return int(found[1]) if found else None
 
+    def records(self) -> ReadCount | None:
+        """What the final line of a run that completed counts (None: no final line)."""
+        found = FINISHED.search(self.stderr())
+        if found is None:
+            return None
+        total, before, checkpoint, since = found.groups()
+        if checkpoint is None:
+            return ReadCount(int(total.replace(",", "")), None, 0, int(total.replace(",", "")))
+        return ReadCount(int(total.replace(",", "")), int(checkpoint), int(before.replace(",", "")),
+                         int(since.replace(",", "")))
+
     def describe(self) -> str:
         return f"exit {self.code}; stderr:\n{self.stderr()[-3000:]}"
+
+
+@dataclass(frozen=True)
+class ReadCount:
+    """The records of a completed run, as its final line counts them."""
+
+    total: int
+    checkpoint: int | None
+    """The checkpoint the run restored (None: it started from scratch)."""
+    before: int
+    """Records read up to that checkpoint's barriers, by earlier runs."""
+    since: int
+    """Records the run's sources read themselves."""
+
+
+def resume_problems(run: Run, corpus: Corpus) -> str:
+    """'' when ``run`` completed after restoring a checkpoint (id ≥ 1) and resuming from it: its
+    sources read fewer lines than the input, and with the lines up to the checkpoint all of it."""
+    count = run.records()
+    if count is None or count.checkpoint is None or count.checkpoint < 1:
+        return f"the run did not say it completed from a restored checkpoint: {run.describe()}"
+    if count.since >= corpus.lines or count.before + count.since != count.total or count.total != corpus.lines:
+        return (f"the run did not resume from checkpoint {count.checkpoint}: it read {count.since} lines, "
+                f"{count.before} up to the checkpoint, of {corpus.lines}")
+    return ""
 
 
 @dataclass
@@ -338,9 +380,16 @@ def test_a_job_killed_twenty_times_at_random_moments_resumes_from_checkpoints_to
     assert "on 2 worker process(es)" in last.stderr() or (os.cpu_count() or 1) < 2, last.describe()
 
     exact = mode != "at_least_once"
+    resumed = 0
     for job in jobs:
         problems = output_problems(committed_records(job.out), large_corpus.expected, exact=exact)
         assert not problems, f"{log.summary()}\n{job.root} ({len(job.runs)} runs, {large_corpus.words} words): {problems}"
+        # The run that completed the job read the input once, counting what the runs before it read
+        # up to its restored checkpoint.
+        count = job.runs[-1].records()
+        assert count is not None and count.total == large_corpus.lines, job.runs[-1].describe()
+        resumed += not resume_problems(job.runs[-1], large_corpus)
+    assert resumed >= 1, f"no completed run resumed from a restored checkpoint: {log.summary()}"
     assert log.kills.total() >= KILLS_PER_MODE, log.summary()
     assert any(checkpoint >= 1 for checkpoint in log.restored), f"no run restored a checkpoint: {log.summary()}"
     assert log.kills_after_a_checkpoint >= 1, f"no kill came after a checkpoint completed: {log.summary()}"
@@ -380,6 +429,7 @@ def test_a_run_killed_at_a_failpoint_is_completed_by_the_next_run_from_a_checkpo
     resumed = job.run(mode)
     assert resumed.code == 0, resumed.describe()
     assert (resumed.restored_from() or 0) >= 1, f"the second run did not restore a checkpoint: {resumed.describe()}"
+    assert not (problem := resume_problems(resumed, corpus)), problem
     problems = output_problems(committed_records(job.out), corpus.expected, exact=mode != "at_least_once")
     assert not problems, problems
 
@@ -401,5 +451,6 @@ def test_a_run_killed_while_restoring_state_is_completed_by_the_next_run_from_th
     resumed = job.run(mode)
     assert resumed.code == 0, resumed.describe()
     assert resumed.restored_from() == checkpoint, resumed.describe()
+    assert not (problem := resume_problems(resumed, corpus)), problem
     problems = output_problems(committed_records(job.out), corpus.expected, exact=mode != "at_least_once")
     assert not problems, problems

@@ -9,8 +9,9 @@ correct result is every (word, n) for n = 1..count(word): exactly once in ``exac
 ``unaligned`` and ``stop_the_world``, at least once in ``at_least_once``.
 
 Every test proves that a worker really died during the run (the run's failures name its pid and
-how it ended) and that an attempt after the failure restored a checkpoint with id ≥ 1: a restart
-from scratch would also give the right answer.
+how it ended) and that the last attempt restored a checkpoint with id ≥ 1 and resumed from it (its
+sources read fewer lines than the input: the rest were read up to the checkpoint): a restart from
+scratch would also give the right answer.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def test_workers_killed_at_random_moments_are_replaced_and_the_job_gives_the_bat
     lost = killed_workers(result)
     assert len(lost) >= KILLS - 1, summary
     assert all(any(f"(pid {pid};" in failure for pid in killer.killed) for failure in lost), summary
-    assert_restored_from_a_checkpoint(result)
+    assert_restored_from_a_checkpoint(result, LINES)
     assert_output(tmp_path / "out", mode)
 
 
@@ -150,7 +151,7 @@ def test_a_worker_killed_at_a_failpoint_is_replaced_and_its_tasks_restored_from_
 
     assert failpoints.fired(name) == 1, f"{name} was hit {failpoints.hits(name)} times"
     assert len(killed_workers(result)) == 1, result.failures
-    assert_restored_from_a_checkpoint(result)
+    assert_restored_from_a_checkpoint(result, LINES)
     assert_output(tmp_path / "out", "exactly_once")
 
 
@@ -165,6 +166,7 @@ def test_a_checkpoint_in_flight_when_a_worker_dies_is_aborted_and_never_complete
     assert failpoints.fired("task.after_snapshot_before_ack") == 1
     assert len(killed_workers(result)) == 1, result.failures
     assert result.restored_from[:2] == [None, 2], result.restored_from
+    assert_restored_from_a_checkpoint(result, LINES)
     completed = {int(c.checkpoint_id) for c in LocalCheckpointStorage(tmp_path / "chk").list_checkpoints()
                  if c.status == "completed"}
     assert 3 not in completed and not (tmp_path / "chk" / "chk-000003").exists()
@@ -198,7 +200,7 @@ def test_a_worker_that_exits_by_itself_fails_the_attempt_naming_it_and_the_job_r
 
     assert marker.exists()
     assert len(result.failures) == 1 and "exited with status 7" in result.failures[0], result.failures
-    assert_restored_from_a_checkpoint(result)
+    assert_restored_from_a_checkpoint(result, LINES)
     assert_output(tmp_path / "out", "exactly_once")
 
 
@@ -223,4 +225,11 @@ def test_the_command_line_reports_a_killed_worker_and_finishes_the_job_in_the_sa
     assert "was killed by SIGKILL" in run.stderr and "restart 1" in run.stderr, run.stderr
     restored = [int(n) for n in re.findall(r"restoring from checkpoint (\d+)", run.stderr)]
     assert restored and restored[0] >= 1, run.stderr
+    # The final line counts the lines up to the restored checkpoint and those read since.
+    counted = re.search(r"finished: ([\d,]+) records processed in total \(([\d,]+) up to checkpoint (\d+), "
+                        r"([\d,]+) read since its restore\)", run.stderr)
+    assert counted, run.stderr
+    total, before, checkpoint, since = (int(g.replace(",", "")) for g in counted.groups())
+    assert (total, before + since, checkpoint) == (LINES, LINES, restored[-1]), counted.group(0)
+    assert since < LINES, counted.group(0)
     assert_output(tmp_path / "out", "exactly_once")

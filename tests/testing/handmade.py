@@ -30,7 +30,7 @@ def keyed(**tables: dict[Any, Any]) -> dict[str, Any]:
 
 
 def write_checkpoint(root: Path, checkpoint_id: int, states: dict[str, dict[str, Any]], *,
-                     mode: str = "exactly_once", final: bool = False) -> Path:
+                     mode: str = "exactly_once", final: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """A completed checkpoint: one pickled state file per task, then ``_metadata`` with its checksum."""
     directory = root / f"chk-{checkpoint_id:06d}"
     directory.mkdir(parents=True)
@@ -45,7 +45,7 @@ def write_checkpoint(root: Path, checkpoint_id: int, states: dict[str, dict[str,
                       "channel_state_bytes": 0})
     body = {"format_version": 1, "checkpoint_id": checkpoint_id, "job": "handmade", "mode": mode, "final": final,
             "trigger_time": 0.0, "completion_time": 0.0, "max_parallelism": 128, "parallelism": {}, "tasks": tasks,
-            "extra": {}}
+            "extra": extra or {}}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     document = {**body, "checksum": hashlib.sha256(canonical).hexdigest()}
     (directory / "_metadata").write_text(json.dumps(document, sort_keys=True, indent=2) + "\n")

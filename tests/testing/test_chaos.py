@@ -5,8 +5,13 @@ The gate: every mode, kills at random moments and at every failpoint, the oracle
 run. Together the two workloads must total at least ``MIN_KILLS`` kills, kill every failpoint that
 some mode reaches at least ``MIN_KILLS_PER_FAILPOINT`` times, and find nothing lost or duplicated
 (nothing lost in ``at_least_once``). Every mode must also have restored a checkpoint with an id ≥ 1
-after a kill that came after a completed checkpoint: a restart from scratch would also give the right
-output, and prove nothing.
+after a kill that came after a completed checkpoint, and some run that completed must have resumed
+from it (its sources read only the records after the checkpoint): a restart from scratch, or tasks
+that ignore their resume state, would also give the right output, and prove nothing.
+
+The sequence workload also runs counting in a dict changed in place (``mutable_state``), once per
+state backend: a checkpoint must hold the state at its barrier whatever the job does with the objects
+its state hands out.
 """
 
 from __future__ import annotations
@@ -63,17 +68,31 @@ def bank_report(tmp_path_factory: pytest.TempPathFactory) -> ChaosReport:
     return run_chaos(config, root / "runs")
 
 
-def assert_guarantees_held(report: ChaosReport) -> None:
+@pytest.fixture(scope="module", params=["heap", "rocksdb"])
+def mutable_state_report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ChaosReport:
+    """One mode, kills at random moments and at two failpoints: every run's checkpoints are checked as
+    consistent cuts, which a snapshot sharing the dict with the task is not."""
+    root = tmp_path_factory.mktemp(f"mutable-{request.param}")
+    job = write_job(root, "from flowstate.testing.oracles.sequence import sequence_job\n"
+                          f"flow = sequence_job('out', count={SEQUENCE_COUNT}, mutable_state=True)\n")
+    config = ChaosConfig(str(job), modes=("exactly_once",), kills=3, seed=13, state_backend=request.param,
+                         failpoints=(fpn.TASK_BEFORE_FORWARD, fpn.COORDINATOR_AFTER_METADATA),
+                         oracles=(sequence.oracle(count=SEQUENCE_COUNT),), **SETTINGS)
+    return run_chaos(config, root / "runs")
+
+
+def assert_guarantees_held(report: ChaosReport, modes: tuple[str, ...] = MODES) -> None:
     assert report.ok, report.table()
-    assert set(report.modes) == set(MODES)
+    assert set(report.modes) == set(modes)
     for scenario in report.scenarios:
         assert scenario.lost == 0, report.table()
         if scenario.mode in EXACTLY_ONCE_MODES:
             assert scenario.duplicated == scenario.unexpected == 0, report.table()
-    for mode in MODES:
+    for mode in modes:
         scenarios = [s for s in report.scenarios if s.mode == mode]
         assert sum(s.kills_after_checkpoint for s in scenarios) >= 1, report.table()
         assert any(c >= 1 for s in scenarios for c in s.restored_from), f"{mode} never restored a checkpoint\n{report.table()}"
+        assert sum(s.resumed for s in scenarios) >= 1, f"{mode}: no completed run resumed\n{report.table()}"
         assert report.scenario(mode, RANDOM).kills >= 1, report.table()
 
 
@@ -85,6 +104,11 @@ def test_the_sequence_workload_loses_duplicates_and_reorders_nothing_under_kills
 def test_the_bank_workload_conserves_money_in_every_checkpoint_and_credits_every_transfer_under_kills(bank_report):
     assert_guarantees_held(bank_report)
     assert bank_report.total("records") >= 20 * BANK_COUNT
+
+
+def test_a_job_counting_in_a_dict_changed_in_place_is_exactly_once_under_kills_on_each_backend(mutable_state_report):
+    assert_guarantees_held(mutable_state_report, ("exactly_once",))
+    assert mutable_state_report.total("records") >= 3 * SEQUENCE_COUNT
 
 
 def test_the_gate_kills_fifty_times_and_every_reachable_failpoint_a_few_times(
@@ -224,6 +248,42 @@ def test_the_table_names_each_failpoint_with_its_kills_restores_and_findings(tmp
     assert "run directories: " in done.stdout, "kept for inspection after a difference"
     assert "chaos: kills at failpoints" in done.stderr, "plain progress lines when stderr is not a terminal"
     assert "\r" not in done.stderr
+
+
+REWINDING = '''\
+import flowstate as fs
+from flowstate.testing.oracles import sequence
+
+
+class RewindingSource(fs.GeneratorSource):
+    """Ignores its resume state: every run reads its splits from the start."""
+
+    __slots__ = ()
+
+    def build_reader(self, splits, resume_state):
+        return super().build_reader(splits, None)
+
+
+flow = fs.Dataflow("sequence", parallelism=2)
+(flow.source(RewindingSource(sequence._Records(4), 3000, splits=4, name="sequence"), uid="sequence")
+     .key_by(lambda r: r[0])
+     .process(sequence.Track(), uid=sequence.TRACK_UID)
+     .sink(fs.FileSink("out"), uid="out"))
+'''
+
+
+def test_a_run_that_reads_the_whole_input_again_after_a_restore_is_reported(tmp_path):
+    job = write_job(tmp_path, REWINDING)
+    config = ChaosConfig(str(job), kills=0, failpoints=(fpn.COORDINATOR_AFTER_METADATA,), failpoint_kills=1, seed=3,
+                         checkpoint_interval="50ms", batch_size=64)
+
+    report = run_chaos(config, tmp_path / "runs")
+
+    assert not report.ok
+    scenario = report.scenario("exactly_once", fpn.COORDINATOR_AFTER_METADATA)
+    assert scenario.kills == 1 and scenario.resumed == 0, report.table()
+    assert any("3,000 records of the input" in p for p in scenario.problems), report.table()
+    assert any("no run that completed after a kill resumed" in p for p in report.problems), report.table()
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -123,12 +123,14 @@ def test_hidden_files_are_not_output(tmp_path):
 
 
 def sequence_cut(root: Path, checkpoint_id: int, *, positions: dict[str, int], counts: dict[str, int],
-                 in_flight: list | None = None, mode: str = "exactly_once") -> Path:
-    track = {"track": keyed(count=counts)}
+                 in_flight: list | None = None, mode: str = "exactly_once", in_dicts: bool = False,
+                 source_records: int | None = None) -> Path:
+    track = {"track": keyed(counts={s: {s: n} for s, n in counts.items()}) if in_dicts else keyed(count=counts)}
     if in_flight:
         track["__channels__"] = channel_state(in_flight)
+    extra = {} if source_records is None else {"source_records": source_records}
     return write_checkpoint(root, checkpoint_id, {"sequence#0": {"__source__": positions}, "track#0": track},
-                            mode=mode)
+                            mode=mode, extra=extra)
 
 
 def test_a_checkpoint_whose_counts_match_the_source_positions_is_a_consistent_cut(tmp_path):
@@ -156,6 +158,25 @@ def test_a_checkpoint_that_is_not_a_consistent_cut_is_reported(tmp_path, counts,
     problems = sequence.check_checkpoints(tmp_path, "exactly_once", splits=SPLITS)
 
     assert len(problems) == 1 and problems[0].startswith("checkpoint 4: source s"), problems
+
+
+@pytest.mark.parametrize("in_dicts", [False, True], ids=["counts", "counts in dicts"])
+def test_counts_kept_in_a_dict_per_key_are_checked_as_a_cut_too(tmp_path, in_dicts):
+    sequence_cut(tmp_path, 1, positions={"gen-0": 6, "gen-1": 5}, counts={"s0": 3, "s1": 2}, in_dicts=in_dicts)
+    sequence_cut(tmp_path, 2, positions={"gen-0": 6, "gen-1": 5}, counts={"s0": 4, "s1": 2}, in_dicts=in_dicts)
+
+    problems = sequence.check_checkpoints(tmp_path, "exactly_once", splits=SPLITS)
+
+    assert len(problems) == 1 and problems[0].startswith("checkpoint 2: source s0 had read 3 records; Track counted 4")
+
+
+def test_the_records_a_checkpoint_says_its_sources_read_must_be_those_of_their_positions(tmp_path):
+    sequence_cut(tmp_path, 1, positions={"gen-0": 6, "gen-1": 5}, counts={"s0": 3, "s1": 2}, source_records=5)
+    sequence_cut(tmp_path, 2, positions={"gen-0": 6, "gen-1": 5}, counts={"s0": 3, "s1": 2}, source_records=10)
+
+    problems = sequence.check_checkpoints(tmp_path, "exactly_once", splits=SPLITS)
+
+    assert problems == ["checkpoint 2: the metadata says the sources had read 10 records; their positions say 5"]
 
 
 def test_at_least_once_checkpoints_are_not_held_to_the_cut_rules(tmp_path):
@@ -319,6 +340,8 @@ def test_the_sequence_checkers_accept_every_checkpoint_and_the_output_of_a_real_
     assert any(c.in_flight(sequence.TRACK_UID) for c in checkpoints if isinstance(c, Checkpoint)), \
         "no checkpoint persisted records in flight"
     assert sequence.check_checkpoints(tmp_path / "chk", "unaligned") == []
+    assert all(isinstance(c, Checkpoint) and c.extra["source_records"] > 0 for c in checkpoints)
+    assert checkpoints[-1].extra["source_records"] == 4000  # type: ignore[union-attr]
     assert totals(sequence.check_output(tmp_path / "out", count=4000)) == NOTHING
 
 

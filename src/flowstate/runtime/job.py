@@ -126,6 +126,11 @@ from flowstate.storage.local import LocalCheckpointStorage
 
 log = logging.getLogger("flowstate")
 
+SOURCE_RECORDS = "source_records"
+"""``extra`` of a checkpoint's metadata: the records the job's sources had read up to its barriers,
+over every attempt (and every run) that led to it; the positions in the checkpoint follow exactly
+these records. Absent from checkpoints that do not know it."""
+
 
 @dataclass
 class JobResult:
@@ -139,7 +144,14 @@ class JobResult:
     last_checkpoint: int | None = None
     restarts: int = 0
     records: int = 0
-    """Records read by the sources in the last attempt."""
+    """Records read by the sources in the last attempt (``records_read[-1]``)."""
+    records_read: list[int] = field(default_factory=list)
+    """For each attempt, the records its sources read from the positions it restored on (for an
+    attempt that failed, the last figure its tasks reported)."""
+    records_restored: list[int | None] = field(default_factory=list)
+    """For each attempt, the records the sources had read up to the barriers of the checkpoint it
+    restored, over every attempt before it (0 from scratch; ``None`` when the checkpoint does not
+    record it)."""
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
     checkpoint_stats: list[CheckpointStats] = field(default_factory=list)
@@ -157,6 +169,35 @@ class JobResult:
     stopped: bool = False
     """The job ended on a stop (``flowstate stop``, ``JobControl.stop``, SIGTERM under ``flowstate
     run``) after a final checkpoint that committed its output, not because its input ended."""
+
+    def count_attempt(self, restored: CheckpointMetadata | None) -> None:
+        """Opens the record counts of a new attempt that restores ``restored`` (``None``: from scratch)."""
+        if restored is None:
+            self.records_restored.append(0)
+        else:
+            known = restored.extra.get(SOURCE_RECORDS)
+            self.records_restored.append(known if isinstance(known, int) else None)
+        self.records_read.append(0)
+        self.records = 0
+
+    @property
+    def records_total(self) -> int | None:
+        """The records processed in total by the last attempt: those up to its restored checkpoint
+        plus those it read itself (``None`` when the checkpoint does not record its figure). A run
+        that completes has read its whole input exactly once by this count, however often it failed."""
+        restored = self.records_restored[-1] if self.records_restored else 0
+        return None if restored is None else restored + self.records
+
+    def records_summary(self) -> str:
+        """What the records figures of the last attempt count, in words."""
+        checkpoint = self.restored_from[-1] if self.restored_from else None
+        if checkpoint is None:
+            return f"{self.records:,} records read"
+        total = self.records_total
+        if total is None:
+            return f"{self.records:,} records read since the restore of checkpoint {checkpoint}"
+        return (f"{total:,} records processed in total ({total - self.records:,} up to checkpoint {checkpoint}, "
+                f"{self.records:,} read since its restore)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +369,8 @@ class JobRunner:
             "state": self._state,
             "pid": os.getpid(),
             "records": result.records,
+            "records_restored": result.records_restored[-1] if result.records_restored else 0,
+            "records_total": result.records_total,
             "checkpoints_completed": result.checkpoints_completed,
             "last_checkpoint": result.last_checkpoint,
             "checkpoints_failed": result.checkpoints_failed,
@@ -351,6 +394,7 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - e.g. storage unreadable: the restart strategy decides
             raise _AttemptFailed(f"choosing the checkpoint to restore failed: {type(exc).__name__}: {exc}", exc) from exc
         result.restored_from.append(int(restored.checkpoint_id) if restored else None)
+        result.count_attempt(restored)
         reports: queue.Queue[Any] = queue.Queue()
         state_dir = self._attempt_state_dir()
         executor = self._executor()
@@ -678,6 +722,9 @@ class _Shell:
         self.last_records = 0
         self.last_duration: float | None = None
         self.completed_here = 0
+        self.restored_records = result.records_restored[-1] if result.records_restored else 0
+        self.barrier_records: dict[CheckpointId, int] = {}
+        """Per pending checkpoint, the records the sources that acknowledged it read before its barrier."""
         self.targets = runner._targets
         self.control = runner.control
         result.stopped = False  # an attempt that fails after its stop's checkpoint restarts and reads on
@@ -737,6 +784,9 @@ class _Shell:
         assert coordinator is not None
         if isinstance(report, Ack):
             self.runner.observer.acknowledged(report.task, report.checkpoint_id, now)
+            if report.records:
+                cid = report.checkpoint_id
+                self.barrier_records[cid] = self.barrier_records.get(cid, 0) + report.records
             _, actions = coordinator.acknowledge(report.task, report.checkpoint_id, report.state, now)
             fp = self.runner.failpoints
             if fp and not any(isinstance(a, StoreCheckpoint) for a in actions):
@@ -824,6 +874,7 @@ class _Shell:
                     log.info("checkpoint %d aborted: %s", cid, reason.value)
                     self.abort_detail = self.declined.get(cid)
                     self.declined = {c: d for c, d in self.declined.items() if c > cid}
+                    self.barrier_records.pop(cid, None)
                     self.result.checkpoints_failed += 1
                     runner.observer.aborted(cid, reason, self.clock.monotonic())
                     for t in self.tasks.values():
@@ -870,6 +921,9 @@ class _Shell:
         extra: dict[str, Any] = describe_graph(self.runner.graph)
         if checkpoint.savepoint:
             extra[SAVEPOINT] = True
+        read = self.barrier_records.pop(checkpoint.checkpoint_id, 0)
+        if self.restored_records is not None:
+            extra[SOURCE_RECORDS] = self.restored_records + read
         if self.runner._origin is not None:
             extra[ORIGIN] = dict(self.runner._origin)
         return extra
@@ -878,6 +932,7 @@ class _Shell:
         runner = self.runner
         records = sum(t.records_in for t in self.tasks.values() if t.is_source)
         self.result.records = records
+        self.result.records_read[-1] = records
         if not runner.config.progress or (not final and now - self.last_print < 1.0):
             return
         rate = (records - self.last_records) / max(now - self.last_print, 1e-9)
@@ -885,7 +940,8 @@ class _Shell:
             rate = records / max(now - self.started, 1e-9)
         self.last_print = now
         self.last_records = records
-        parts = [f"[{runner.flow.name}] {records:,} records", f"{rate:,.0f} rec/s" + (" avg" if final else "")]
+        parts = [f"[{runner.flow.name}] {self.result.records_summary()}",
+                 f"{rate:,.0f} rec/s" + (" avg" if final else "")]
         if runner.config.mode.checkpoints:
             last = self.result.last_checkpoint
             took = f" in {self.last_duration * 1000:.0f} ms" if self.last_duration is not None else ""

@@ -45,6 +45,9 @@ class Ack:
     task: TaskId
     checkpoint_id: CheckpointId
     state: TaskState
+    records: int = 0
+    """A source task: the records it read in this attempt before the checkpoint's barrier, the
+    position its state holds (0 for any other task)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,8 +196,9 @@ class Task:
     # ---- checkpoints ------------------------------------------------------------------------------
 
     def _snapshot(self, barrier: CheckpointBarrier, extra: dict[str, Any] | None = None,
-                  alignment_seconds: float = 0.0) -> None:
-        """Steps 1-4 of the module docstring (a source passes its reader position as ``extra``).
+                  alignment_seconds: float = 0.0, records: int = 0) -> None:
+        """Steps 1-4 of the module docstring (a source passes its reader position as ``extra``, and
+        the records it read up to that position in this attempt as ``records``).
 
         For an unaligned barrier, Step 3 waits for ``FinishCapture``: the in-flight batches recorded
         after the snapshot are written in the same state file."""
@@ -213,7 +214,7 @@ class Task:
             env.storage.route_savepoint(cid, Path(barrier.target))  # type: ignore[union-attr]
         t0 = env.clock.monotonic()
         parts: list[tuple[str, Any]] = [(k, Ready(v)) for k, v in (extra or {}).items()]
-        snapshot = _Snapshot(cid, parts, 0.0, alignment_seconds, full=barrier.savepoint)
+        snapshot = _Snapshot(cid, parts, 0.0, alignment_seconds, full=barrier.savepoint, records=records)
         try:
             for op in self.ops:
                 if op.stateful:
@@ -280,7 +281,8 @@ class Task:
             env.reports.put(Ack(self.task_id, cid, TaskState(
                 self.task_id, self.vertex, self.subtask, handle, snapshot.sync_seconds, async_seconds,
                 snapshot.alignment_seconds, snapshot.channel_bytes, shared=shared, bytes_written=written,
-                full_size=(handle.size if handle is not None else 0) + sum(h.size for h in shared))))
+                full_size=(handle.size if handle is not None else 0) + sum(h.size for h in shared)),
+                records=snapshot.records))
         except Exception as exc:  # noqa: BLE001 - a failed snapshot declines the checkpoint
             env.reports.put(Decline(self.task_id, cid, CheckpointFailureReason.SNAPSHOT_FAILURE,
                                     f"{type(exc).__name__}: {exc}"))
@@ -353,6 +355,8 @@ class _Snapshot:
     channel_bytes: int = 0
     full: bool = False
     """A self-contained snapshot (a savepoint): it references no file of another checkpoint."""
+    records: int = 0
+    """A source task's records read in this attempt before the barrier (see ``Ack.records``)."""
 
     def release(self) -> None:
         """Let every part drop what it holds for this snapshot (keyed snapshots: frozen layers, hard
@@ -595,7 +599,8 @@ class SourceTask(Task):
             if self.env.mode is Mode.UNALIGNED and not barrier.always_aligned:
                 # Final and savepoint barriers stay behind the data (rule 7 of flowstate.checkpoint.unaligned).
                 barrier = CheckpointBarrier(barrier.checkpoint_id, barrier.timestamp, barrier.final, unaligned=True)
-            self._snapshot(barrier, {SOURCE_STATE: position})
+            # Taken with the position, between two batches: the records before the barrier.
+            self._snapshot(barrier, {SOURCE_STATE: position}, records=self.records_in)
             return False
         if isinstance(mail, (Complete, Aborted)):
             if self._paused_for is not None and mail.checkpoint_id >= self._paused_for:

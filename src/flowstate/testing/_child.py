@@ -1,14 +1,16 @@
 """One run of a job under the chaos runner, in its own process.
 
     python -m flowstate.testing._child JOB --out DIR --checkpoint-dir DIR --mode M
-        [--interval 100ms] [--retained 1] [--batch-size N] [--report FILE]
+        [--interval 100ms] [--retained 1] [--batch-size N] [--state-backend heap] [--report FILE]
 
 Loads the Dataflow named by JOB (as ``flowstate run`` does), points every ``FileSink`` of it at
 ``DIR/<sink uid>`` so that each job of the runner commits into its own directory, and runs it with
 the failpoints of the environment (``FLOWSTATE_FAILPOINTS``). Restore decisions go to stderr as with
 ``flowstate run`` (``restoring from checkpoint N``). When the job finishes, a JSON report is
 written to ``--report`` (temporary name, then rename): the hits of every failpoint that had an
-action, the checkpoint each attempt restored from, the checkpoints completed.
+action, the checkpoint each attempt restored from, the checkpoints completed, and the records its
+sources read (``records_read``: per attempt; ``records_restored``: up to the restored checkpoint;
+``records_total``: both, for the last attempt).
 
 The job runs without in-process restarts: a failure that is not a kill ends the run with status 1,
 for the runner to report. Exit status: 0 finished, 1 failed, 2 a mistake in the job or the options.
@@ -51,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--interval", default="100ms")
     parser.add_argument("--retained", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--state-backend", default="heap")
     parser.add_argument("--report", type=Path)
     return parser
 
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.job} has no FileSink: the chaos runner compares committed FileSink output")
         result = run(flow, mode=args.mode, checkpoint_dir=args.checkpoint_dir, interval=args.interval,
                      retained=args.retained, batch_size=args.batch_size, restart=NoRestart(), failpoints=failpoints,
+                     state_backend=args.state_backend,
                      # Threads: a failpoint's kill then ends the whole job, as a crash of its machine
                      # does (worker processes would only lose the worker that hit it: that failover
                      # is tested on its own, in tests/process/test_worker_failover.py).
@@ -94,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             "restored_from": result.restored_from,
             "checkpoints_completed": result.checkpoints_completed,
             "records": result.records,
+            "records_read": result.records_read,
+            "records_restored": result.records_restored,
+            "records_total": result.records_total,
             "seconds": result.seconds,
         })
     return EXIT_OK

@@ -1,5 +1,6 @@
-"""The long chaos run behind ``make chaos``: both oracle workloads, every mode, many kills; the
-results go into ``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
+"""The long chaos run behind ``make chaos``: the oracle workloads (the sequence workload also counting
+in a dict changed in place, once per state backend), every mode, many kills; the results go into
+``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
 
     python -m flowstate.testing.campaign [--kills 15] [--failpoint-kills 3] [--workers 2] [--seed 1]
         [--write docs/reliability.md]
@@ -42,6 +43,7 @@ class Workload:
     oracle: Oracle
     retained: int
     description: str
+    state_backend: str = "heap"
 
 
 WORKLOADS = (
@@ -55,6 +57,13 @@ WORKLOADS = (
              bank.oracle(), 1000,
              f"{bank.COUNT:,} transfers between 16 keyed accounts across two shuffles; every completed checkpoint is "
              "kept and, after every run, audited offline: balances plus credits in flight equal the opening total"),
+    *(Workload(f"dict-{backend}", f"from flowstate.testing.oracles.sequence import sequence_job\n"
+                                  f"flow = sequence_job('out', count={sequence.COUNT}, mutable_state=True)\n",
+               sequence.oracle(), 1,
+               f"the sequence workload on the {backend} state backend, its counts kept in a dict that the job changes "
+               "in place and stores again (`acc = state.value() or {}; acc[k] += 1; state.update(acc)`): a "
+               "checkpoint must hold the dict as it was at its barrier", backend)
+      for backend in ("heap", "rocksdb")),
 )
 
 
@@ -64,7 +73,7 @@ def run(workload: Workload, work_dir: Path, *, kills: int, failpoint_kills: int,
     job.write_text(workload.job)
     config = ChaosConfig(str(job), modes=MODES, kills=kills, failpoint_kills=failpoint_kills, seed=seed,
                          checkpoint_interval="50ms", batch_size=64, retained=workload.retained, workers=workers,
-                         oracles=(workload.oracle,))
+                         oracles=(workload.oracle,), state_backend=workload.state_backend)
     progress = Progress(sys.stderr)
     try:
         return run_chaos(config, work_dir / workload.name, progress=progress)

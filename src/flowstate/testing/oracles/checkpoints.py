@@ -14,7 +14,9 @@ that a bug in the engine's reader cannot hide a bug in its writer:
    is decompressed (zstd frames, with the ``zstandard`` package) and unpickled, and holds a pickled dict: operator uid → that operator's state, ``"__source__"`` → the source
    reader's positions (split → next record), ``"__channels__"`` → input channel → list of pickled
    batches (the in-flight records an unaligned checkpoint persisted).
-4. Keyed state of an operator (heap backend) is ``{"format": "heap-v2", "states": {name: {"kind",
+4. ``extra`` of the metadata may hold ``source_records``: the records the job's sources had read up
+   to the checkpoint's barriers, over every run that led to it.
+5. Keyed state of an operator (heap backend) is ``{"format": "heap-v2", "states": {name: {"kind",
    "chunks"}}, "__files__": {}, …}`` where each chunk is a pickled dict of entries (key → value).
 
 A checkpoint that breaks rule 2 or 3 is returned as ``Unreadable`` with the reason: for a checker
@@ -29,7 +31,7 @@ import os
 import pickle
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,8 @@ class Checkpoint:
     final: bool
     states: dict[str, dict[str, Any]]
     """Task id → its unpickled state dict (tasks without state are absent)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """The metadata's ``extra`` (rule 4)."""
 
     def source_positions(self) -> dict[str, Any]:
         """Split → position, over every source task."""
@@ -68,7 +72,7 @@ class Checkpoint:
             operator = state[uid]
             if not isinstance(operator, dict) or operator.get("format") != KEYED_FORMAT:
                 found = operator.get("format") if isinstance(operator, dict) else type(operator).__name__
-                raise ValueError(f"checkpoint {self.checkpoint_id}, task {task}: keyed state of {uid!r} "
+                raise NotHeapState(f"checkpoint {self.checkpoint_id}, task {task}: keyed state of {uid!r} "
                                  f"is {found!r}; this checker reads {KEYED_FORMAT!r}")
             for chunk in operator["states"].get(table, {"chunks": ()})["chunks"]:
                 entries.update(pickle.loads(chunk))
@@ -86,6 +90,10 @@ class Checkpoint:
                     records.extend(pickle.loads(data))
                 found.append((task, records))
         return found
+
+
+class NotHeapState(ValueError):
+    """Keyed state in a format this reader does not read (a RocksDB backend's files)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +154,9 @@ def _read(root: Path, checkpoint_id: int, directory: Path) -> Checkpoint | Unrea
         if not isinstance(state, dict):
             return refuse(f"{relative} holds a {type(state).__name__}, not a dict")
         states[task] = state
-    return Checkpoint(checkpoint_id, str(body.get("mode")), bool(body.get("final")), states)
+    extra = body.get("extra")
+    return Checkpoint(checkpoint_id, str(body.get("mode")), bool(body.get("final")), states,
+                      dict(extra) if isinstance(extra, dict) else {})
 
 
 def completed_checkpoints(root: str | os.PathLike[str]) -> Iterator[Checkpoint | Unreadable]:

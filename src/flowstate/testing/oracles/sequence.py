@@ -7,9 +7,12 @@ order by one reader and travel on one channel to one keyed task, so ``Track`` se
 sequence numbers in order. It keeps how many records of the source it has seen in keyed value state
 and emits ``[source, seq]``; when that count is not ``seq + 1`` (its state saw another number of
 records than the sequence says) it also emits ``["miscounted", source, seq, count]``. The output
-of a run without failures is therefore every ``[source, seq]`` once. ``Track`` sleeps a millisecond every ``SLOW_EVERY`` records and the
-odd sources are slow to read, so channels fill up, barriers queue behind data and unaligned
-checkpoints find records in flight.
+of a run without failures is therefore every ``[source, seq]`` once. ``Track`` sleeps a millisecond
+every ``SLOW_EVERY`` records and the odd sources are slow to read, so channels fill up, barriers
+queue behind data and unaligned checkpoints find records in flight. With ``mutable_state=True``,
+``TrackInDict`` keeps the count in a dict that it changes in place and stores again (``acc =
+state.value() or {}; acc[source] += 1; state.update(acc)``), as user code often does: a snapshot that
+shares that dict with the task holds effects of records after its barrier.
 
 The output checker reads the committed files (visible JSON Lines files named
 ``{prefix}-{subtask}-{n}{suffix}``; files of a subtask were committed in the order of *n*) and counts
@@ -28,8 +31,10 @@ read again) but nothing lost and nothing out of order.
 
 The checkpoint checker reads every completed checkpoint (``flowstate.testing.oracles.checkpoints``)
 and checks it as a consistent cut: per source, the records its reader had read (below the stored
-position) are the ``count`` in ``Track``'s state followed, in order, by the records persisted as
-``Track``'s channel state — nothing more, nothing less.
+position) are the count in ``Track``'s state followed, in order, by the records persisted as
+``Track``'s channel state — nothing more, nothing less. Keyed state it cannot read offline (RocksDB
+files) leaves only the positions to check. The records the metadata says the sources had read
+(``source_records``) must be those the positions say.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from typing import Any
 import flowstate as fs
 from flowstate.clock import SystemClock
 from flowstate.testing.oracles import EXACTLY_ONCE_MODES, Oracle
-from flowstate.testing.oracles.checkpoints import Unreadable, completed_checkpoints
+from flowstate.testing.oracles.checkpoints import NotHeapState, Unreadable, completed_checkpoints
 
 COUNT = 20_000
 SPLITS = 4
@@ -55,8 +60,12 @@ SLOW_EVERY = 16
 SLOW_READ_EVERY = 8
 """The odd sources sleep 1 ms every this many records they read."""
 TRACK_UID = "track"
+SOURCE_RECORDS = "source_records"
+"""``extra`` of a checkpoint's metadata: the records its sources had read (restated, not imported)."""
 MISCOUNTED = "miscounted"
 COUNT_STATE = "count"
+DICT_STATE = "counts"
+"""``TrackInDict``'s value state: source → count, one dict changed in place."""
 
 
 def source_name(k: int) -> str:
@@ -98,21 +107,40 @@ class Track(fs.KeyedProcessFunction):
         if self.seen % SLOW_EVERY == 0:
             _sleep(0.001)
         source, seq = value
-        n = self.count.value() + 1
-        self.count.update(n)
+        n = self._counted(source)
         yield [source, seq]
         if n != seq + 1:
             yield [MISCOUNTED, source, seq, n]
 
+    def _counted(self, source: str) -> int:
+        n: int = self.count.value() + 1
+        self.count.update(n)
+        return n
+
+
+class TrackInDict(Track):
+    """``Track`` keeping its count in a dict changed in place, then stored again."""
+
+    def open(self, ctx: fs.RuntimeContext) -> None:
+        self.counts = ctx.value_state(DICT_STATE)
+        self.seen = 0
+
+    def _counted(self, source: str) -> int:
+        acc = self.counts.value() or {}
+        acc[source] = acc.get(source, 0) + 1
+        self.counts.update(acc)
+        return int(acc[source])
+
 
 def sequence_job(output: str | os.PathLike[str], *, count: int = COUNT, splits: int = SPLITS,
-                 parallelism: int = 2, sink: Any = None) -> fs.Dataflow:
+                 parallelism: int = 2, sink: Any = None, mutable_state: bool = False) -> fs.Dataflow:
     """The sequence dataflow over records ``0 .. count - 1``, committing to ``FileSink(output)`` (or
-    to ``sink``: a test of the checkers can give a sink that breaks exactly-once)."""
+    to ``sink``: a test of the checkers can give a sink that breaks exactly-once); counting in a dict
+    changed in place with ``mutable_state``."""
     flow = fs.Dataflow("sequence", parallelism=parallelism)
     (flow.source(fs.GeneratorSource(_Records(splits), count, splits=splits, name="sequence"), uid="sequence")
          .key_by(lambda r: r[0])
-         .process(Track(), uid=TRACK_UID)
+         .process(TrackInDict() if mutable_state else Track(), uid=TRACK_UID)
          .sink(sink if sink is not None else fs.FileSink(output), uid="out"))
     return flow
 
@@ -121,6 +149,11 @@ def job() -> fs.Dataflow:
     """The workload with its defaults, writing to ``sequence-out/``: ``flowstate chaos
     flowstate.testing.oracles.sequence:job``."""
     return sequence_job("sequence-out")
+
+
+def mutable_job() -> fs.Dataflow:
+    """The workload counting in a dict changed in place, writing to ``sequence-out/``."""
+    return sequence_job("sequence-out", mutable_state=True)
 
 
 # ---- the output checker -----------------------------------------------------------------------------
@@ -232,11 +265,17 @@ def check_checkpoints(root: str | os.PathLike[str], mode: str, *, splits: int = 
             continue
         name = f"checkpoint {checkpoint.checkpoint_id}"
         positions = checkpoint.source_positions()
-        counts = checkpoint.keyed_entries(TRACK_UID, COUNT_STATE)
+        try:
+            counts: dict[str, int] | None = checkpoint.keyed_entries(TRACK_UID, COUNT_STATE)
+            for source, acc in checkpoint.keyed_entries(TRACK_UID, DICT_STATE).items():
+                counts[source] = acc.get(source, 0)  # type: ignore[index]
+        except NotHeapState:
+            counts = None
         in_flight: dict[str, list[int]] = defaultdict(list)
         for _task, records in checkpoint.in_flight(TRACK_UID):
             for source, seq in records:
                 in_flight[source].append(seq)
+        read_in_total = 0
         for k in range(splits):
             source = source_name(k)
             position = positions.get(f"gen-{k}")
@@ -244,10 +283,17 @@ def check_checkpoints(root: str | os.PathLike[str], mode: str, *, splits: int = 
                 problems.append(f"{name}: no position for source {source}")
                 continue
             read = (position - k) // splits
+            read_in_total += read
+            if counts is None:
+                continue
             applied = counts.get(source, 0)
             if applied + len(in_flight[source]) != read or in_flight[source] != list(range(applied, read)):
                 problems.append(f"{name}: source {source} had read {read} records; Track counted {applied} and "
                                 f"{len(in_flight[source])} were in flight ({in_flight[source][:5]}…)")
+        recorded = checkpoint.extra.get(SOURCE_RECORDS)
+        if recorded is not None and recorded != read_in_total:
+            problems.append(f"{name}: the metadata says the sources had read {recorded} records; their positions "
+                            f"say {read_in_total}")
     return problems
 
 
