@@ -107,20 +107,21 @@ def message_id(identity: str, checkpoint_id: int, index: int) -> str:
 
 
 class PublishingCommitter:
-    """Rules 1-4 for one subtask; the adapter supplies ``publish_batch(identity, checkpoint_id,
+    """Rules 1-4 for one subtask (``owner`` names the sink in errors, ``sink`` in identities); the adapter supplies ``publish_batch(identity, checkpoint_id,
     payloads)`` (idempotent) and is told of failpoints through ``hit``."""
 
-    __slots__ = ("_sink", "_encode", "_publish", "_identity", "_run", "_buffer", "_log", "failpoints")
+    __slots__ = ("_owner", "_encode", "_publish", "_identity", "_run", "_buffer", "_log", "failpoints")
 
     def __init__(
         self,
+        owner: str,
         sink: str,
         subtask: int,
         encode: Callable[[Any], bytes],
         publish_batch: Callable[[WriterIdentity, int, tuple[bytes, ...]], None],
         resume_state: Any | None,
     ) -> None:
-        self._sink = sink
+        self._owner = owner
         self._encode = encode
         self._publish = publish_batch
         self.failpoints: Any = None
@@ -130,7 +131,7 @@ class PublishingCommitter:
             self._run = new_run_id()
             pending: list[tuple[int, Batch]] = []
         else:
-            self._run, pending = parse_publishing_state(resume_state, sink)
+            self._run, pending = parse_publishing_state(resume_state, owner)
         self._identity = WriterIdentity(f"{self._run}/{sink}/{subtask}")
         # Rule 4: the restored checkpoint completed, so what it names is published first.
         for cid, (identity, payloads) in pending:
@@ -141,7 +142,7 @@ class PublishingCommitter:
         return self._identity
 
     def write_batch(self, records: list[Any]) -> None:
-        self._buffer.extend(encode_all(self._encode, records, self._sink))
+        self._buffer.extend(encode_all(self._encode, records, self._owner))
 
     def pre_commit(self, checkpoint_id: int) -> None:
         batches: tuple[Batch, ...] = ((self._identity, tuple(self._buffer)),) if self._buffer else ()

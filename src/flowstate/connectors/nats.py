@@ -321,7 +321,7 @@ class NatsSinkWriter:
             self._js = self._nc.jetstream(timeout=_REQUEST_TIMEOUT)
             self._loop.run(self._check_stream())
             if sink._delivery is Delivery.EXACTLY_ONCE:
-                self._committer = PublishingCommitter(sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
+                self._committer = PublishingCommitter(self._owner, sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
         except BaseException:
             self.close()
             raise

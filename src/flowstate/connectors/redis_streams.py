@@ -200,10 +200,13 @@ class RedisStreamReader:
             reply = self._client.xread({s.key: s.after for s in active}, count=max(1, max_records // len(active)),
                                        block=_BLOCK_MS)
             by_key = {key.decode() if isinstance(key, bytes) else key: entries for key, entries in reply or []}
+            # Up to count entries came from each stream: keep the max_records oldest of them all.
+            merged = sorted(((_entry_id(entry[0]), k, entry) for k, state in enumerate(active)
+                             for entry in by_key.get(state.key) or ()), key=lambda e: e[:2])[:max_records]
             records: list[Any] = []
             staged = []
-            for state in active:
-                got = by_key.get(state.key)
+            for k, state in enumerate(active):
+                got = [entry for _, j, entry in merged if j == k]
                 if got:
                     staged.append((state, self._take(state, got, records)))
             for state, (after, exhausted, _) in staged:
@@ -330,7 +333,7 @@ class RedisStreamSinkWriter:
         self._script = self._client.register_script(_COMMIT_SCRIPT)
         self._committer: PublishingCommitter | None = None
         if sink._delivery is Delivery.EXACTLY_ONCE:
-            self._committer = PublishingCommitter(sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
+            self._committer = PublishingCommitter(self._owner, sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
 
     def attach_failpoints(self, failpoints: Any) -> None:
         self._failpoints = failpoints
