@@ -20,6 +20,7 @@ from flowstate.config import (
 from flowstate.connectors.file_sink import FileSink
 from flowstate.connectors.files import FileSource
 from flowstate.connectors.generator import GeneratorSource
+from flowstate.connectors.kafka import KafkaSink, KafkaSource
 from flowstate.connectors.nats import NatsSink, NatsSource
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
 from flowstate.connectors.redis_streams import RedisStreamSink, RedisStreamSource
@@ -43,6 +44,6 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchCallbackSink", "CallbackSink", "ConfigError", "ControlError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
     "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError",
-    "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "NatsSink", "NatsSource", "NoRestart",
+    "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KafkaSink", "KafkaSource", "KeyedProcessFunction", "KeyedStream", "Mode", "NatsSink", "NatsSource", "NoRestart",
     "PrintSink", "ProcessFunction", "RedisStreamSink", "RedisStreamSource", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
 ]
