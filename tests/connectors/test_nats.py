@@ -165,3 +165,21 @@ def test_an_unencodable_record_names_the_sink_and_the_record(nats_url: str, uniq
             writer.write_batch([{"ok": 1}, {"bad": {1, 2}}])
     finally:
         writer.close()
+
+
+def test_a_source_without_subjects_reads_the_whole_stream_as_one_split(
+    nats_url: str, unique: str, streams: list[str],
+) -> None:
+    create_stream(nats_url, unique, [f"{unique}.>"])
+    streams.append(unique)
+    publish(nats_url, [(f"{unique}.a", b"1"), (f"{unique}.b.c", b"2")])
+    source = fs.NatsSource(stream=unique, servers=nats_url, bounded=True)
+    assert source.splits() == [f"{unique}/>"]
+    reader = source.build_reader(source.splits(), None)
+    try:
+        got: list[int] = []
+        while (batch := reader.poll(10)) is not None:
+            got += batch
+    finally:
+        reader.close()
+    assert got == [1, 2]
