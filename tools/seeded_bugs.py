@@ -201,6 +201,12 @@ CATALOGUE += (
          "[(p, None) for p in payloads]"),
     ),
     bug(
+        "kafka-recommit-ignores-marker", "the Kafka sink publishes a restored batch again although its marker is committed",
+        ("tests/connectors/test_kafka.py",),
+        ("src/flowstate/connectors/kafka.py", "        if self._committed.get(identity, 0) >= checkpoint_id:\n            return",
+         "        if False:\n            return"),
+    ),
+    bug(
         "redis-position-after-barrier", "a Redis reader reads ahead and its position counts entries fetched but not yet emitted",
         ("tests/connectors/test_redis_streams.py",),
         (REDIS, "count=max(1, max_records // len(active)),", "count=max_records,"),
