@@ -14,10 +14,13 @@ or by hand, after publishing lines to the stream:
 Configuration (environment): ``DEMO_STREAM`` (default ``demo_words``), ``DEMO_OUT`` (``demo_counts``),
 ``DEMO_NATS`` (``nats://127.0.0.1:4222``), ``DEMO_REDIS`` (``redis://127.0.0.1:6379``),
 ``DEMO_DELIVERY`` (``exactly_once`` or ``at_least_once``), ``DEMO_PARALLELISM`` (2), and
-``DEMO_READS``: a file that grows by one byte per line read (how a test tells how much an attempt read).
+``DEMO_READS``: a file that grows by one byte per line read (how a test tells how much an attempt read),
+and ``DEMO_DELAY_MS``: milliseconds of sleep per line read (so that a test's kill lands before the
+end of the input, however fast the machine).
 """
 
 import os
+import time
 
 import flowstate as fs
 
@@ -27,6 +30,7 @@ NATS = os.environ.get("DEMO_NATS", "nats://127.0.0.1:4222")
 REDIS = os.environ.get("DEMO_REDIS", "redis://127.0.0.1:6379")
 DELIVERY = os.environ.get("DEMO_DELIVERY", "exactly_once")
 READS = os.environ.get("DEMO_READS")
+DELAY = float(os.environ.get("DEMO_DELAY_MS", "0")) / 1000
 
 
 class Count(fs.KeyedProcessFunction):
@@ -43,6 +47,8 @@ def decode(payload: bytes) -> str:
     if READS:
         with open(READS, "ab", buffering=0) as f:
             f.write(b".")
+    if DELAY:
+        time.sleep(DELAY)
     return payload.decode()
 
 

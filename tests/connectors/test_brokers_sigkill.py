@@ -32,6 +32,9 @@ demo = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(demo)  # type: ignore[union-attr]
 
 LINES = 4000
+LINE_DELAY_MS = "0.3"
+"""Each line read sleeps this long: a whole read takes at least 1.2 s, so several checkpoints complete
+before the end of the input and a kill lands before it, however fast the machine."""
 RUN_TIMEOUT = 120.0
 KILLED = -signal.SIGKILL
 RESTORING = re.compile(r"restoring from checkpoint (\d+)")
@@ -55,7 +58,7 @@ class BrokerJob:
         stderr, reads = self.root / f"run-{n}.stderr", self.root / f"run-{n}.reads"
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_FAILPOINTS")}
         env.update(DEMO_STREAM=self.stream, DEMO_OUT=self.out, DEMO_NATS=self.nats_url, DEMO_REDIS=self.redis_url,
-                   DEMO_DELIVERY=self.delivery, DEMO_READS=str(reads))
+                   DEMO_DELIVERY=self.delivery, DEMO_READS=str(reads), DEMO_DELAY_MS=LINE_DELAY_MS)
         if failpoints:
             env["FLOWSTATE_FAILPOINTS"] = failpoints
         command = [sys.executable, "-m", "flowstate", "run", str(JOB), "--checkpoint-dir", str(self.root / "chk"),

@@ -29,6 +29,8 @@ RESTORING = re.compile(r"restoring from checkpoint (\d+)")
 LINES = 3000
 
 JOB = '''\
+import time
+
 import flowstate as fs
 
 
@@ -45,6 +47,7 @@ class Count(fs.KeyedProcessFunction):
 def decode(payload):
     with open({reads!r}, "ab", buffering=0) as f:
         f.write(b".")
+    time.sleep(0.0003)  # at least 0.9 s for the input: several checkpoints before its end
     return payload.decode()
 
 
