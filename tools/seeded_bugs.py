@@ -207,6 +207,12 @@ CATALOGUE += (
          "        if False:\n            return"),
     ),
     bug(
+        "kafka-offsets-committed-at-barrier", "a Kafka reader commits its group's offsets on the barrier, before completion",
+        ("tests/connectors/test_kafka.py",),
+        ("src/flowstate/connectors/kafka.py", "        self._to_commit.append((checkpoint_id, dict(self._next)))\n",
+         "        self._to_commit.append((checkpoint_id, dict(self._next)))\n        self.notify_complete(checkpoint_id)\n"),
+    ),
+    bug(
         "redis-position-after-barrier", "a Redis reader reads ahead and its position counts entries fetched but not yet emitted",
         ("tests/connectors/test_redis_streams.py",),
         (REDIS, "count=max(1, max_records // len(active)),", "count=max_records,"),

@@ -74,10 +74,23 @@ def read_topic(bootstrap: str, topic: str) -> list[Any]:
 
 @pytest.mark.parametrize("check", list(SOURCE_CHECKS))
 def test_the_kafka_source_passes_every_source_check(check: str, kafka_bootstrap: str, unique: str) -> None:
-    produce(kafka_bootstrap, unique, RECORDS)
+    partitions = produce(kafka_bootstrap, unique, RECORDS)
     expected = [None, *RECORDS]  # the record that created the topic is JSON null
+
+    def acknowledged() -> int:
+        """Records covered by the offsets committed for the source's consumer group."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        probe = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"flowstate.kafka:{unique}"})
+        try:
+            committed = probe.committed([TopicPartition(unique, p) for p in range(partitions)], timeout=10)
+            return sum(max(0, tp.offset) for tp in committed)
+        finally:
+            probe.close()
+
     SOURCE_CHECKS[check](SourceCase(
-        lambda: fs.KafkaSource(topics=[unique], bootstrap_servers=kafka_bootstrap, bounded=True), expected))
+        lambda: fs.KafkaSource(topics=[unique], bootstrap_servers=kafka_bootstrap, bounded=True), expected,
+        acknowledged))
 
 
 def kafka_sink_case(bootstrap: str, unique: str, delivery: str) -> SinkCase:

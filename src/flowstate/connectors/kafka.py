@@ -235,7 +235,8 @@ class KafkaReader:
         self._to_commit = [(cid, o) for cid, o in self._to_commit if cid > checkpoint_id]
         if covered:
             offsets = [TopicPartition(s.rpartition(":")[0], int(s.rpartition(":")[2]), o) for s, o in covered[-1].items()]
-            self._consumer.commit(offsets=offsets, asynchronous=True)
+            # Synchronous: once notify_complete returns, the group shows what the checkpoint covers.
+            self._consumer.commit(offsets=offsets, asynchronous=False)
 
     def notify_aborted(self, checkpoint_id: int) -> None:
         """Kept: committed with the next checkpoint that completes."""
