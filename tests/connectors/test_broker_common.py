@@ -88,3 +88,10 @@ def test_an_unencodable_record_is_named_with_the_sink_in_one_line() -> None:
 
 def test_message_ids_name_the_writer_the_checkpoint_and_the_index() -> None:
     assert message_id("abc/sink/1", 12, 3) == "abc/sink/1/12/3"
+
+
+def test_a_missing_client_library_is_reported_when_the_connector_is_declared() -> None:
+    from flowstate.connectors.broker_common import ConnectorError, require
+
+    with pytest.raises(ConnectorError, match=r"^NatsSink needs the no-such-client package: pip install 'flowstate\[brokers\]'$"):
+        require("no_such_client_module", "no-such-client", "NatsSink")

@@ -63,6 +63,14 @@ class UnencodableRecordError(ConnectorError):
     """A sink's encoder rejected a record."""
 
 
+def require(module: str, package: str, owner: str) -> None:
+    """Fail when the connector is declared, not when the job runs, if its client library is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConnectorError(f"{owner} needs the {package} package: pip install 'flowstate[brokers]'")
+
+
 def parse_delivery(value: str | Delivery, owner: str) -> Delivery:
     try:
         return Delivery(value)

@@ -52,6 +52,7 @@ from flowstate.connectors.broker_common import (
     json_bytes,
     json_record,
     parse_delivery,
+    require,
     redistribute_publishing_states,
 )
 
@@ -95,6 +96,7 @@ class KafkaSource:
         config: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
+        require("confluent_kafka", "confluent-kafka", "KafkaSource")
         topics = [topics] if isinstance(topics, str) else list(topics)
         if not topics or len(set(topics)) != len(topics):
             raise ValueError(f"KafkaSource: topics must be distinct and non-empty, got {topics!r}")
@@ -275,6 +277,7 @@ class KafkaSink:
         config: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
+        require("confluent_kafka", "confluent-kafka", "KafkaSink")
         if not topic:
             raise ValueError("KafkaSink: topic must be a non-empty name")
         if key is not None and not callable(key):

@@ -50,6 +50,7 @@ from flowstate.connectors.broker_common import (
     json_record,
     message_id,
     parse_delivery,
+    require,
     redistribute_publishing_states,
 )
 
@@ -96,6 +97,7 @@ class NatsSource:
         decoder: Callable[[bytes], Any] = json_record,
         name: str | None = None,
     ) -> None:
+        require("nats", "nats-py", "NatsSource")
         if not stream or any(c in stream for c in " .*>"):
             raise ValueError(f"NatsSource: stream must be a JetStream stream name, got {stream!r}")
         subjects = [subjects] if isinstance(subjects, str) else (None if subjects is None else list(subjects))
@@ -272,6 +274,7 @@ class NatsSink:
         min_duplicate_window: float | str = "10m",
         name: str | None = None,
     ) -> None:
+        require("nats", "nats-py", "NatsSink")
         if not subject or any(c in subject for c in " *>"):
             raise ValueError(f"NatsSink: subject must be a literal subject, got {subject!r}")
         if not callable(encoder):

@@ -46,6 +46,7 @@ from flowstate.connectors.broker_common import (
     hit,
     json_bytes,
     parse_delivery,
+    require,
     redistribute_publishing_states,
 )
 
@@ -106,6 +107,7 @@ class RedisStreamSource:
         decoder: Callable[[dict[bytes, bytes]], Any] = default_decoder,
         name: str | None = None,
     ) -> None:
+        require("redis", "redis", "RedisStreamSource")
         streams = [streams] if isinstance(streams, str) else list(streams)
         if not streams or len(set(streams)) != len(streams) or not all(isinstance(s, str) and s for s in streams):
             raise ValueError(f"RedisStreamSource: streams must be distinct non-empty keys, got {streams!r}")
@@ -287,6 +289,7 @@ class RedisStreamSink:
         encoder: Callable[[Any], bytes] = json_bytes,
         name: str | None = None,
     ) -> None:
+        require("redis", "redis", "RedisStreamSink")
         if not isinstance(stream, str) or not stream:
             raise ValueError(f"RedisStreamSink: stream must be a non-empty key, got {stream!r}")
         if not callable(encoder):
