@@ -15,7 +15,8 @@ transactions that carry a commit marker (client: confluent-kafka, ``pip install 
    from the checkpoint's positions, never from the group's.
 
 **KafkaSink** rules (``delivery="exactly_once"``: the publishing committer of
-``flowstate.connectors.broker_common``, one transactional id per subtask, ``{name}-{subtask}``):
+``flowstate.connectors.broker_common``, one transactional id per subtask, ``{name}-{subtask}``; two
+jobs writing at once must give their sinks different ``name``s, or they fence each other):
 
 1. The records of checkpoint *n* are kept in the sink's pre-committed state until *n* completed.
    librdkafka cannot resume another producer's open transaction after a crash (a new producer with
