@@ -58,7 +58,7 @@ _FETCH_TIMEOUT = 0.05
 """Seconds one poll waits for messages (a poll must return within about 0.1 s)."""
 _CONNECT_ATTEMPTS = 10
 _RECONNECT_WAIT = 0.5
-_PUBLISH_CHUNK = 2048
+_PUBLISH_CHUNK = 512
 """Publishes in flight at once."""
 _REQUEST_TIMEOUT = 10.0
 
@@ -363,11 +363,8 @@ class NatsSinkWriter:
     async def _publish_all(self, messages: list[tuple[bytes, dict[str, str] | None]]) -> None:
         subject = self._sink._subject
         js = self._js
-        # Sent in order on one connection, so the stream stores them in order; the acks (which raise
-        # for a message the stream refused) are awaited together.
-        acks = [await js.publish_async(subject, payload, headers=headers, wait_stall=_REQUEST_TIMEOUT)
-                for payload, headers in messages]
-        await asyncio.wait_for(asyncio.gather(*acks), _REQUEST_TIMEOUT)
+        # Sent in order on one connection, so the stream stores them in order; acks are awaited together.
+        await asyncio.gather(*(js.publish(subject, payload, headers=headers) for payload, headers in messages))
 
     def write_batch(self, records: list[Any]) -> None:
         if self._committer is not None:
