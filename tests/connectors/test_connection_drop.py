@@ -119,3 +119,44 @@ def test_a_redis_source_whose_connections_are_cut_mid_run_loses_and_repeats_noth
         for key in client.scan_iter(f"{unique}*"):
             client.delete(key)
         client.close()
+
+
+def test_a_nats_source_whose_connections_are_cut_mid_run_loses_and_repeats_nothing(
+    nats_url: str, redis_url: str, unique: str, tmp_path: Path,
+) -> None:
+    import redis
+
+    from .test_nats import create_stream, delete_stream, publish
+
+    create_stream(nats_url, unique, [f"{unique}.in"])
+    words = [f"w{(i * 31) % 97}" for i in range(6000)]
+    publish(nats_url, [(f"{unique}.in", json.dumps(w).encode()) for w in words])
+    proxy = CuttingProxy(("127.0.0.1", int(nats_url.rsplit(":", 1)[1])))
+    seen = [0]
+
+    def cut_twice(word: str) -> str:
+        seen[0] += 1
+        if seen[0] in (1500, 4000):
+            proxy.cut()
+        return word
+
+    flow = fs.Dataflow("cut-nats", parallelism=1)
+    (flow.source(fs.NatsSource(stream=unique, subjects=[f"{unique}.in"], servers=f"nats://127.0.0.1:{proxy.port}",
+                               bounded=True), uid="in")
+         .map(cut_twice, uid="cut")
+         .key_by(lambda w: w)
+         .process(Count(), uid="count")
+         .sink(fs.RedisStreamSink(stream=f"{unique}:out", url=redis_url), uid="out"))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads", batch_size=100)
+        output = Counter(tuple(json.loads(f[b"data"])) for _, f in client.xrange(f"{unique}:out"))
+        counts = Counter(words)
+        assert output == Counter((w, k) for w, c in counts.items() for k in range(1, c + 1))
+        assert proxy.cuts >= 2, "the connections were never cut"
+    finally:
+        proxy.close()
+        delete_stream(nats_url, unique)
+        for key in client.scan_iter(f"{unique}*"):
+            client.delete(key)
+        client.close()
