@@ -146,3 +146,23 @@ def test_an_unencodable_record_names_the_sink_and_the_record(redis_url: str, key
         with pytest.raises(UnencodableRecordError, match=r"^RedisStreamSink 'counts': cannot encode record b'\\xff'"):
             writer.write_batch([b"\xff"])
         writer.close()
+
+
+def test_a_source_with_a_rate_reads_no_faster_than_it(redis_url: str, client: Any, keys: str) -> None:
+    import time
+
+    for i in range(60):
+        client.xadd(f"{keys}:in", {"data": json.dumps(i)})
+    reader = fs.RedisStreamSource(streams=[f"{keys}:in"], url=redis_url, bounded=True, rate=200).build_reader(
+        [f"{keys}:in"], None)
+    started, got = time.monotonic(), []
+    try:
+        while (batch := reader.poll(1000)) is not None:
+            got += batch
+    finally:
+        reader.close()
+    assert got == list(range(60))
+    # 60 records at 200/s with a burst of 20: at least (60 - 20) / 200 = 0.2 s.
+    assert time.monotonic() - started >= 0.19
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        fs.RedisStreamSource(streams=["x"], url=redis_url, rate=0)

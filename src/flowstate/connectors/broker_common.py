@@ -71,6 +71,20 @@ def require(module: str, package: str, owner: str) -> None:
         raise ConnectorError(f"{owner} needs the {package} package: pip install 'flowstate[brokers]'")
 
 
+def read_limiter(rate: float | None, owner: str) -> Any:
+    """The token bucket of ``GeneratorSource`` (at most ``rate`` records/s per reader, bursts of 0.1 s),
+    or ``None`` without a rate. A throttled poll sleeps at most 0.05 s and returns fewer records."""
+    if rate is None:
+        return None
+    if not rate > 0:
+        raise ValueError(f"{owner}: rate must be > 0 records/s (or None), got {rate!r}")
+    from flowstate.clock import SystemClock
+    from flowstate.connectors.generator import _TokenBucket
+
+    clock = SystemClock()
+    return _TokenBucket(float(rate), clock.monotonic, clock.sleep)
+
+
 def parse_delivery(value: str | Delivery, owner: str) -> Delivery:
     try:
         return Delivery(value)

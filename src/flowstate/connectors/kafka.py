@@ -13,6 +13,8 @@ transactions that carry a commit marker (client: confluent-kafka, ``pip install 
    ``isolation.level=read_committed``. The group's offsets are committed to the broker only when a
    checkpoint covering them completed (``AcknowledgingReader``), for monitoring: a restore resumes
    from the checkpoint's positions, never from the group's.
+   ``rate``: at most that many records per second per reader (a token bucket; a throttled poll
+   sleeps at most 0.05 s).
 
 **KafkaSink** rules (``delivery="exactly_once"``: the publishing committer of
 ``flowstate.connectors.broker_common``, one transactional id per subtask, ``{name}-{subtask}``; two
@@ -53,6 +55,7 @@ from flowstate.connectors.broker_common import (
     json_bytes,
     json_record,
     parse_delivery,
+    read_limiter,
     require,
     redistribute_publishing_states,
 )
@@ -84,7 +87,7 @@ def _metadata(bootstrap: str, topics: Sequence[str], owner: str, extra: dict[str
 class KafkaSource:
     """Kafka partitions read from stored offsets (see the module rules). Replayable."""
 
-    __slots__ = ("_topics", "_bootstrap", "_start", "_bounded", "_decoder", "_name", "_config", "_splits")
+    __slots__ = ("_topics", "_bootstrap", "_start", "_bounded", "_rate", "_decoder", "_name", "_config", "_splits")
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class KafkaSource:
         *,
         start: str | int = "earliest",
         bounded: bool = False,
+        rate: float | None = None,
         decoder: Callable[[bytes], Any] = json_record,
         config: dict[str, Any] | None = None,
         name: str | None = None,
@@ -109,6 +113,8 @@ class KafkaSource:
         self._bootstrap = bootstrap_servers
         self._start = start
         self._bounded = bounded
+        self._rate = rate
+        read_limiter(rate, "KafkaSource")  # validates
         self._decoder = decoder
         self._config = dict(config or {})
         self._name = name or f"kafka:{','.join(topics)}"
@@ -139,12 +145,13 @@ class KafkaSource:
 class KafkaReader:
     """Reads the partitions of one subtask. State: ``next`` and ``end`` per partition."""
 
-    __slots__ = ("_source", "_consumer", "_next", "_end", "_done", "_to_commit")
+    __slots__ = ("_limiter", "_source", "_consumer", "_next", "_end", "_done", "_to_commit")
 
     def __init__(self, source: KafkaSource, splits: list[str], resume: dict[str, Any]) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         self._source = source
+        self._limiter = read_limiter(source._rate, source.name)
         self._consumer = Consumer({
             "bootstrap.servers": source._bootstrap, "group.id": f"flowstate.{source.name}",
             "enable.auto.commit": False, "enable.auto.offset.store": False,
@@ -186,6 +193,10 @@ class KafkaReader:
             return None
         if max_records <= 0:
             return []
+        if self._limiter is not None:
+            max_records = self._limiter.take(max_records)
+            if max_records == 0:
+                return []
         messages = self._consumer.consume(num_messages=max_records, timeout=_POLL_TIMEOUT)
         decode = self._source._decoder
         records = []

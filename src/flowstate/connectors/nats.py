@@ -14,6 +14,8 @@ by JetStream's message deduplication (client: nats-py, ``pip install 'flowstate[
    it acknowledges nothing, ever, and the stream keeps its messages under the stream's own retention.
    A restore rebuilds the consumers at the positions of the checkpoint.
 4. Records are ``decoder(payload)`` (default: JSON).
+5. ``rate``: at most that many records per second per reader (a token bucket; a throttled poll
+   sleeps at most 0.05 s).
 
 **NatsSink** rules (``delivery="exactly_once"``: the publishing committer of
 ``flowstate.connectors.broker_common``):
@@ -50,6 +52,7 @@ from flowstate.connectors.broker_common import (
     json_record,
     message_id,
     parse_delivery,
+    read_limiter,
     require,
     redistribute_publishing_states,
 )
@@ -85,7 +88,7 @@ async def _connect(servers: list[str], owner: str) -> Any:
 class NatsSource:
     """A JetStream stream read from stored stream sequences (see the module rules). Replayable."""
 
-    __slots__ = ("_stream", "_subjects", "_servers", "_decoder", "_bounded", "_name")
+    __slots__ = ("_stream", "_subjects", "_servers", "_decoder", "_bounded", "_rate", "_name")
 
     def __init__(
         self,
@@ -94,6 +97,7 @@ class NatsSource:
         servers: str | Sequence[str] = "nats://127.0.0.1:4222",
         *,
         bounded: bool = False,
+        rate: float | None = None,
         decoder: Callable[[bytes], Any] = json_record,
         name: str | None = None,
     ) -> None:
@@ -110,6 +114,8 @@ class NatsSource:
         self._servers = _servers(servers)
         self._decoder = decoder
         self._bounded = bounded
+        self._rate = rate
+        read_limiter(rate, "NatsSource")  # validates
         self._name = name or f"nats:{stream}"
 
     @property
@@ -163,10 +169,11 @@ class _Split:
 class NatsReader:
     """Reads the splits of one subtask. All state is ``next`` and ``end`` per split."""
 
-    __slots__ = ("_source", "_loop", "_nc", "_js", "_splits", "_turn")
+    __slots__ = ("_limiter", "_source", "_loop", "_nc", "_js", "_splits", "_turn")
 
     def __init__(self, source: NatsSource, splits: list[str], positions: dict[str, tuple[int, int | None] | None]) -> None:
         self._source = source
+        self._limiter = read_limiter(source._rate, source.name)
         self._splits: list[_Split] = []
         self._turn = 0
         self._loop = EventLoopThread(f"nats-source:{source.name}")
@@ -214,6 +221,10 @@ class NatsReader:
             return None
         if max_records <= 0:
             return []
+        if self._limiter is not None:
+            max_records = self._limiter.take(max_records)
+            if max_records == 0:
+                return []
         # Round-robin over the splits, one fetch per poll: each poll returns within the fetch timeout.
         state = active[self._turn % len(active)]
         self._turn += 1
