@@ -213,6 +213,56 @@ CATALOGUE: tuple[Bug, ...] = (
     ),
 )
 
+# ---- broker connectors: caught by the conformance kit against the real servers ----------------------
+REDIS = "src/flowstate/connectors/redis_streams.py"
+NATS = "src/flowstate/connectors/nats.py"
+
+CATALOGUE += (
+    bug(
+        "redis-ack-before-completion", "a Redis group reader acknowledges (XACK) at the barrier, before the checkpoint completes",
+        ("tests/connectors/test_redis_streams.py",),
+        (REDIS, "            self._to_ack.append((checkpoint_id, self._read))\n            self._read = {}\n",
+         "            self._to_ack.append((checkpoint_id, self._read))\n            self._read = {}\n"
+         "            self.notify_complete(checkpoint_id)\n"),
+    ),
+    bug(
+        "redis-recommit-not-idempotent", "the Redis sink's commit script appends a batch without checking the marker",
+        ("tests/connectors/test_redis_streams.py",),
+        (REDIS, "if checkpoint <= last then return -1 end\n", ""),
+    ),
+    bug(
+        "nats-recommit-not-idempotent", "the NATS sink publishes without a Nats-Msg-Id, so a re-publish is not deduplicated",
+        ("tests/connectors/test_nats.py",),
+        (NATS, '[(p, {"Nats-Msg-Id": message_id(identity, checkpoint_id, k)}) for k, p in enumerate(payloads)]',
+         "[(p, None) for p in payloads]"),
+    ),
+    bug(
+        "kafka-recommit-ignores-marker", "the Kafka sink publishes a restored batch again although its marker is committed",
+        ("tests/connectors/test_kafka.py",),
+        ("src/flowstate/connectors/kafka.py", "        if self._committed.get(identity, 0) >= checkpoint_id:\n            return",
+         "        if False:\n            return"),
+    ),
+    bug(
+        "kafka-offsets-committed-at-barrier", "a Kafka reader commits its group's offsets on the barrier, before completion",
+        ("tests/connectors/test_kafka.py",),
+        ("src/flowstate/connectors/kafka.py", "        self._to_commit.append((checkpoint_id, dict(self._next)))\n",
+         "        self._to_commit.append((checkpoint_id, dict(self._next)))\n        self.notify_complete(checkpoint_id)\n"),
+    ),
+    bug(
+        "redis-position-after-barrier", "a Redis reader reads ahead and its position counts entries fetched but not yet emitted",
+        ("tests/connectors/test_redis_streams.py",),
+        (REDIS, "count=max(1, max_records // len(active)),", "count=max_records,"),
+        (REDIS, "                    staged.append((state, self._take(state, got, records)))\n",
+         "                    taken = self._take(state, got, records)\n"
+         "                    staged.append((state, (self._take(state, by_key[state.key], [])[0], *taken[1:])))\n"),
+    ),
+    bug(
+        "nats-position-after-barrier", "a NATS reader's position skips past the last record it emitted",
+        ("tests/connectors/test_nats.py",),
+        (NATS, "            nxt = seq + 1\n", "            nxt = seq + 2\n"),
+    ),
+)
+
 
 def _copy_tree(destination: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis")

@@ -23,7 +23,10 @@ from flowstate.connectors.generator import GeneratorSource
 from flowstate.connectors.ingress import HttpSource, MqttSource
 from flowstate.connectors.postgres import PostgresSink
 from flowstate.connectors.postgres_cdc import Change, PostgresCdcSource
+from flowstate.connectors.kafka import KafkaSink, KafkaSource
+from flowstate.connectors.nats import NatsSink, NatsSource
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
+from flowstate.connectors.redis_streams import RedisStreamSink, RedisStreamSource
 from flowstate.connectors.socket import SocketSource
 from flowstate.dataflow import Dataflow, KeyedStream, Stream
 from flowstate.errors import (
@@ -42,8 +45,11 @@ from flowstate.runtime.job import JobResult
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchCallbackSink", "CallbackSink", "Change", "ConfigError", "ControlError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
-    "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError", "HttpSource",
-    "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "MqttSource", "NoRestart",
-    "PostgresCdcSource", "PostgresSink", "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
+    "BatchCallbackSink", "CallbackSink", "Change", "ConfigError", "ControlError", "Dataflow",
+    "ExponentialBackoffRestart", "Failpoints", "FileSink", "FileSource", "FixedDelayRestart",
+    "FlowstateError", "GeneratorSource", "GraphError", "HttpSource", "InjectedFailure", "JobControl",
+    "JobFailedError", "JobResult", "KafkaSink", "KafkaSource", "KeyedProcessFunction", "KeyedStream", "Mode",
+    "MqttSource", "NatsSink", "NatsSource", "NoRestart", "PostgresCdcSource", "PostgresSink", "PrintSink",
+    "ProcessFunction", "RedisStreamSink", "RedisStreamSource", "RuntimeContext", "SocketSource", "Stream",
+    "UserFunctionError", "run",
 ]

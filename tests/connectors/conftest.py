@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -51,3 +52,24 @@ def redis_url() -> str:
 def unique() -> str:
     """A name no other test (nor another run of this one) uses: for streams, subjects and keys."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """``FLOWSTATE_KAFKA_BOOTSTRAP`` (a real broker) or librdkafka's mock cluster, kept alive by the
+    producer that created it for the whole session (its listener is real TCP on 127.0.0.1)."""
+    pytest.importorskip("confluent_kafka")
+    real = os.environ.get("FLOWSTATE_KAFKA_BOOTSTRAP")
+    if real:
+        yield real
+        return
+    from confluent_kafka import Producer
+
+    holder = Producer({"test.mock.num.brokers": 1, "log_level": 3})
+    brokers = holder.list_topics(timeout=10).brokers.values()
+    yield ",".join(f"{b.host}:{b.port}" for b in brokers)
+    holder.flush(1)
+
+
+def on_mock_cluster() -> bool:
+    return not os.environ.get("FLOWSTATE_KAFKA_BOOTSTRAP")

@@ -63,6 +63,28 @@ class UnencodableRecordError(ConnectorError):
     """A sink's encoder rejected a record."""
 
 
+def require(module: str, package: str, owner: str) -> None:
+    """Fail when the connector is declared, not when the job runs, if its client library is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConnectorError(f"{owner} needs the {package} package: pip install 'flowstate[brokers]'")
+
+
+def read_limiter(rate: float | None, owner: str) -> Any:
+    """The token bucket of ``GeneratorSource`` (at most ``rate`` records/s per reader, bursts of 0.1 s),
+    or ``None`` without a rate. A throttled poll sleeps at most 0.05 s and returns fewer records."""
+    if rate is None:
+        return None
+    if not rate > 0:
+        raise ValueError(f"{owner}: rate must be > 0 records/s (or None), got {rate!r}")
+    from flowstate.clock import SystemClock
+    from flowstate.connectors.generator import _TokenBucket
+
+    clock = SystemClock()
+    return _TokenBucket(float(rate), clock.monotonic, clock.sleep)
+
+
 def parse_delivery(value: str | Delivery, owner: str) -> Delivery:
     try:
         return Delivery(value)
@@ -107,20 +129,21 @@ def message_id(identity: str, checkpoint_id: int, index: int) -> str:
 
 
 class PublishingCommitter:
-    """Rules 1-4 for one subtask; the adapter supplies ``publish_batch(identity, checkpoint_id,
+    """Rules 1-4 for one subtask (``owner`` names the sink in errors, ``sink`` in identities); the adapter supplies ``publish_batch(identity, checkpoint_id,
     payloads)`` (idempotent) and is told of failpoints through ``hit``."""
 
-    __slots__ = ("_sink", "_encode", "_publish", "_identity", "_run", "_buffer", "_log", "failpoints")
+    __slots__ = ("_owner", "_encode", "_publish", "_identity", "_run", "_buffer", "_log", "failpoints")
 
     def __init__(
         self,
+        owner: str,
         sink: str,
         subtask: int,
         encode: Callable[[Any], bytes],
         publish_batch: Callable[[WriterIdentity, int, tuple[bytes, ...]], None],
         resume_state: Any | None,
     ) -> None:
-        self._sink = sink
+        self._owner = owner
         self._encode = encode
         self._publish = publish_batch
         self.failpoints: Any = None
@@ -130,7 +153,7 @@ class PublishingCommitter:
             self._run = new_run_id()
             pending: list[tuple[int, Batch]] = []
         else:
-            self._run, pending = parse_publishing_state(resume_state, sink)
+            self._run, pending = parse_publishing_state(resume_state, owner)
         self._identity = WriterIdentity(f"{self._run}/{sink}/{subtask}")
         # Rule 4: the restored checkpoint completed, so what it names is published first.
         for cid, (identity, payloads) in pending:
@@ -141,7 +164,7 @@ class PublishingCommitter:
         return self._identity
 
     def write_batch(self, records: list[Any]) -> None:
-        self._buffer.extend(encode_all(self._encode, records, self._sink))
+        self._buffer.extend(encode_all(self._encode, records, self._owner))
 
     def pre_commit(self, checkpoint_id: int) -> None:
         batches: tuple[Batch, ...] = ((self._identity, tuple(self._buffer)),) if self._buffer else ()

@@ -14,6 +14,8 @@ by JetStream's message deduplication (client: nats-py, ``pip install 'flowstate[
    it acknowledges nothing, ever, and the stream keeps its messages under the stream's own retention.
    A restore rebuilds the consumers at the positions of the checkpoint.
 4. Records are ``decoder(payload)`` (default: JSON).
+5. ``rate``: at most that many records per second per reader (a token bucket; a throttled poll
+   sleeps at most 0.05 s).
 
 **NatsSink** rules (``delivery="exactly_once"``: the publishing committer of
 ``flowstate.connectors.broker_common``):
@@ -50,6 +52,8 @@ from flowstate.connectors.broker_common import (
     json_record,
     message_id,
     parse_delivery,
+    read_limiter,
+    require,
     redistribute_publishing_states,
 )
 
@@ -84,7 +88,7 @@ async def _connect(servers: list[str], owner: str) -> Any:
 class NatsSource:
     """A JetStream stream read from stored stream sequences (see the module rules). Replayable."""
 
-    __slots__ = ("_stream", "_subjects", "_servers", "_decoder", "_bounded", "_name")
+    __slots__ = ("_stream", "_subjects", "_servers", "_decoder", "_bounded", "_rate", "_name")
 
     def __init__(
         self,
@@ -93,9 +97,11 @@ class NatsSource:
         servers: str | Sequence[str] = "nats://127.0.0.1:4222",
         *,
         bounded: bool = False,
+        rate: float | None = None,
         decoder: Callable[[bytes], Any] = json_record,
         name: str | None = None,
     ) -> None:
+        require("nats", "nats-py", "NatsSource")
         if not stream or any(c in stream for c in " .*>"):
             raise ValueError(f"NatsSource: stream must be a JetStream stream name, got {stream!r}")
         subjects = [subjects] if isinstance(subjects, str) else (None if subjects is None else list(subjects))
@@ -108,6 +114,8 @@ class NatsSource:
         self._servers = _servers(servers)
         self._decoder = decoder
         self._bounded = bounded
+        self._rate = rate
+        read_limiter(rate, "NatsSource")  # validates
         self._name = name or f"nats:{stream}"
 
     @property
@@ -161,10 +169,11 @@ class _Split:
 class NatsReader:
     """Reads the splits of one subtask. All state is ``next`` and ``end`` per split."""
 
-    __slots__ = ("_source", "_loop", "_nc", "_js", "_splits", "_turn")
+    __slots__ = ("_limiter", "_source", "_loop", "_nc", "_js", "_splits", "_turn")
 
     def __init__(self, source: NatsSource, splits: list[str], positions: dict[str, tuple[int, int | None] | None]) -> None:
         self._source = source
+        self._limiter = read_limiter(source._rate, source.name)
         self._splits: list[_Split] = []
         self._turn = 0
         self._loop = EventLoopThread(f"nats-source:{source.name}")
@@ -212,6 +221,10 @@ class NatsReader:
             return None
         if max_records <= 0:
             return []
+        if self._limiter is not None:
+            max_records = self._limiter.take(max_records)
+            if max_records == 0:
+                return []
         # Round-robin over the splits, one fetch per poll: each poll returns within the fetch timeout.
         state = active[self._turn % len(active)]
         self._turn += 1
@@ -272,6 +285,7 @@ class NatsSink:
         min_duplicate_window: float | str = "10m",
         name: str | None = None,
     ) -> None:
+        require("nats", "nats-py", "NatsSink")
         if not subject or any(c in subject for c in " *>"):
             raise ValueError(f"NatsSink: subject must be a literal subject, got {subject!r}")
         if not callable(encoder):
@@ -321,7 +335,7 @@ class NatsSinkWriter:
             self._js = self._nc.jetstream(timeout=_REQUEST_TIMEOUT)
             self._loop.run(self._check_stream())
             if sink._delivery is Delivery.EXACTLY_ONCE:
-                self._committer = PublishingCommitter(sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
+                self._committer = PublishingCommitter(self._owner, sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
         except BaseException:
             self.close()
             raise

@@ -17,6 +17,8 @@ last-committed marker are written by one atomic Lua script (client: redis-py wit
    (``AcknowledgingReader``). The positions in the checkpoint, not the group, say where to resume.
 5. Records are ``decoder(fields)``; the default decodes the field ``data`` as JSON (what
    ``RedisStreamSink`` writes), or gives the fields as a ``str → str`` dict when there is no ``data``.
+   ``rate``: at most that many records per second per reader (a token bucket; a throttled poll
+   sleeps at most 0.05 s).
 
 **RedisStreamSink** rules (``delivery="exactly_once"``: the publishing committer of
 ``flowstate.connectors.broker_common``):
@@ -46,6 +48,8 @@ from flowstate.connectors.broker_common import (
     hit,
     json_bytes,
     parse_delivery,
+    read_limiter,
+    require,
     redistribute_publishing_states,
 )
 
@@ -94,7 +98,7 @@ def _client(url: str, owner: str) -> Any:
 class RedisStreamSource:
     """Redis Streams read from stored entry ids (see the module rules). Replayable."""
 
-    __slots__ = ("_streams", "_url", "_group", "_decoder", "_bounded", "_name")
+    __slots__ = ("_streams", "_url", "_group", "_decoder", "_bounded", "_rate", "_name")
 
     def __init__(
         self,
@@ -102,10 +106,12 @@ class RedisStreamSource:
         url: str = "redis://127.0.0.1:6379",
         *,
         bounded: bool = False,
+        rate: float | None = None,
         group: str | None = None,
         decoder: Callable[[dict[bytes, bytes]], Any] = default_decoder,
         name: str | None = None,
     ) -> None:
+        require("redis", "redis", "RedisStreamSource")
         streams = [streams] if isinstance(streams, str) else list(streams)
         if not streams or len(set(streams)) != len(streams) or not all(isinstance(s, str) and s for s in streams):
             raise ValueError(f"RedisStreamSource: streams must be distinct non-empty keys, got {streams!r}")
@@ -116,6 +122,8 @@ class RedisStreamSource:
         self._group = group
         self._decoder = decoder
         self._bounded = bounded
+        self._rate = rate
+        read_limiter(rate, "RedisStreamSource")  # validates
         self._name = name or f"redis:{','.join(streams)}"
 
     @property
@@ -154,10 +162,11 @@ class _Split:
 class RedisStreamReader:
     """Reads the stream keys of one subtask. State: ``after`` and ``end`` per split."""
 
-    __slots__ = ("_source", "_client", "_splits", "_turn", "_read", "_to_ack")
+    __slots__ = ("_limiter", "_source", "_client", "_splits", "_turn", "_read", "_to_ack")
 
     def __init__(self, source: RedisStreamSource, splits: list[str], positions: dict[str, Any]) -> None:
         self._source = source
+        self._limiter = read_limiter(source._rate, source.name)
         self._client = _client(source._url, f"RedisStreamSource {source.name!r}")
         self._turn = 0
         self._read: dict[str, list[bytes]] = {}
@@ -196,14 +205,21 @@ class RedisStreamReader:
             return None
         if max_records <= 0:
             return []
+        if self._limiter is not None:
+            max_records = self._limiter.take(max_records)
+            if max_records == 0:
+                return []
         if self._source._group is None:
             reply = self._client.xread({s.key: s.after for s in active}, count=max(1, max_records // len(active)),
                                        block=_BLOCK_MS)
             by_key = {key.decode() if isinstance(key, bytes) else key: entries for key, entries in reply or []}
+            # Up to count entries came from each stream: keep the max_records oldest of them all.
+            merged = sorted(((_entry_id(entry[0]), k, entry) for k, state in enumerate(active)
+                             for entry in by_key.get(state.key) or ()), key=lambda e: e[:2])[:max_records]
             records: list[Any] = []
             staged = []
-            for state in active:
-                got = by_key.get(state.key)
+            for k, state in enumerate(active):
+                got = [entry for _, j, entry in merged if j == k]
                 if got:
                     staged.append((state, self._take(state, got, records)))
             for state, (after, exhausted, _) in staged:
@@ -284,6 +300,7 @@ class RedisStreamSink:
         encoder: Callable[[Any], bytes] = json_bytes,
         name: str | None = None,
     ) -> None:
+        require("redis", "redis", "RedisStreamSink")
         if not isinstance(stream, str) or not stream:
             raise ValueError(f"RedisStreamSink: stream must be a non-empty key, got {stream!r}")
         if not callable(encoder):
@@ -330,7 +347,7 @@ class RedisStreamSinkWriter:
         self._script = self._client.register_script(_COMMIT_SCRIPT)
         self._committer: PublishingCommitter | None = None
         if sink._delivery is Delivery.EXACTLY_ONCE:
-            self._committer = PublishingCommitter(sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
+            self._committer = PublishingCommitter(self._owner, sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
 
     def attach_failpoints(self, failpoints: Any) -> None:
         self._failpoints = failpoints

@@ -5,6 +5,8 @@
   without failures.
 - ``flowstate.testing.pytest_plugin``: the ``flowstate_chaos`` fixture (installed with flowstate).
 - ``flowstate.testing.oracles``: workloads with checkers that share no code with the engine.
+- ``flowstate.testing.conformance``: the checks every source and sink connector must pass against
+  its real server (recovery symmetry at every cut, re-commit idempotence, crashes at sink failpoints).
 """
 
 from flowstate.testing.chaos import (
