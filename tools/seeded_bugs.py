@@ -161,7 +161,7 @@ CATALOGUE: tuple[Bug, ...] = (
         "heap-snapshot-shares-lists", "a heap snapshot shares list entries that the task changes in place afterwards",
         ("tests/state",),
         ("src/flowstate/state/memory.py",
-         "            entry = self._top[key] = [] if found is _ABSENT else list(found)",
+         "            entry = self._top[key] = [] if found is _ABSENT else [private(item) for item in found]",
          "            entry = self._top[key] = [] if found is _ABSENT else found"),
     ),
     bug(

@@ -46,7 +46,7 @@ def write_counts(backend, keys, value=0) -> None:
 
 def rows(backend, name):
     column = backend._columns[name]
-    column.write()
+    column.flush(evict=False)
     return list(column.cf.items())
 
 

@@ -38,6 +38,7 @@ from flowstate.failpoints import Failpoints
 from flowstate.functions import ProcessFunction, RuntimeContext
 from flowstate.state.backend import BackendFactory, KeyedSnapshot, as_restored
 from flowstate.state.keygroups import key_group_range
+from flowstate.state.keys import check_key
 from flowstate.state.memory import HeapKeyedStateBackend
 
 
@@ -177,6 +178,19 @@ class ProcessOperator(Operator):
         self.fn.close()
 
 
+def key_of(key_fn: Callable[[Any], Any], record: Any) -> Any:
+    """``key_fn(record)``, checked against the rules of keys (``flowstate.state.keys``) here too, so
+    that a key is refused the same way whether or not a keyed exchange hashed it on the way (at
+    parallelism 1 nothing does). Errors name ``key_by``, as the exchange's do."""
+    try:
+        key = key_fn(record)
+        if type(key) is not str:
+            check_key(key)
+    except Exception as exc:
+        raise UserFunctionError("key_by", record, exc) from exc
+    return key
+
+
 class _Keyed(Operator):
     stateful = True
 
@@ -224,10 +238,18 @@ class KeyedProcessOperator(_Keyed):
         record = None
         try:
             for record in batch:
-                keys.current_key = key_fn(record)
+                try:  # key_of, inlined: this runs once per record
+                    key = key_fn(record)
+                    if type(key) is not str:
+                        check_key(key)
+                except Exception as exc:
+                    raise UserFunctionError("key_by", record, exc) from exc
+                keys.current_key = key
                 result = process(record, ctx)
                 if result is not None:
                     extend(result)
+        except UserFunctionError:
+            raise
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
         return out
@@ -260,8 +282,16 @@ class ReduceOperator(_Keyed):
         record = None
         try:
             for record in batch:
-                keys.current_key = key_fn(record)
+                try:  # key_of, inlined
+                    key = key_fn(record)
+                    if type(key) is not str:
+                        check_key(key)
+                except Exception as exc:
+                    raise UserFunctionError("key_by", record, exc) from exc
+                keys.current_key = key
                 append(add_and_get(record))
+        except UserFunctionError:
+            raise
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
         return out
