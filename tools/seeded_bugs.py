@@ -175,6 +175,12 @@ CATALOGUE: tuple[Bug, ...] = (
         ("tests/engine/test_checkpoint_order.py", "tests/engine/test_engine.py"),
         (TASK, "                self._paused_for = mail.barrier.checkpoint_id", "                pass"),
     ),
+    bug(
+        "heap-snapshot-shares-values", "the heap hands out a value object of a frozen snapshot layer, which the task "
+        "then changes in place (issue 10: acc = s.value(); acc['n'] += 1)",
+        ("tests/state",),
+        ("src/flowstate/state/memory.py", "        entry = private(found)\n", "        entry = found\n"),
+    ),
 )
 
 
