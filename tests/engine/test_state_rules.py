@@ -188,19 +188,20 @@ def test_the_job_set_gives_the_batch_reference_on_rocksdb_at_parallelism_1(tmp_p
     run_job_set(tmp_path, "rocksdb", "threads", 1)  # the last configuration of CONFIGS: see there
 
 
-FAILING_HIT = (WORD_LINES * 4 + RECORDS * 2 * 2) * 6 // 10
-"""``operator.process`` is hit once per batch of every operator task; with ``batch_size=1`` that is
-four times a line (its source chain, then each of its three words at the tally), twice a day or number
-record: the failure lands about 60 % into the input, after several checkpoints of the slow run."""
+SOURCE_TASKS = 3 * 2
+FAILURE = f"raise@{2 * SOURCE_TASKS + 1}"
+"""The failure: on the first hit of ``source.before_snapshot`` in checkpoint 3 (every source task hits
+it once per checkpoint), so checkpoints 1 and 2 completed before it (one checkpoint in flight at a
+time), while the slow sources are still reading."""
 
 
 @pytest.mark.parametrize("backend", ["heap", "rocksdb"])
 def test_the_tally_is_exactly_once_under_a_failure_on_heap_and_rocksdb(backend, tmp_path):
-    failpoints = fs.Failpoints({"operator.process": f"raise@{FAILING_HIT}"})
+    failpoints = fs.Failpoints({"source.before_snapshot": FAILURE})
     result = fs.run(job_set(tmp_path / "out", 2, slow=True), checkpoint_dir=tmp_path / "chk", interval="30ms",
                     executor="threads", state_backend=backend, state_dir=tmp_path / "rocksdb",
-                    batch_size=1, restart=fs.FixedDelayRestart(3, 0.0), failpoints=failpoints)
-    assert failpoints.fired("operator.process") == 1
+                    restart=fs.FixedDelayRestart(3, 0.0), failpoints=failpoints)
+    assert failpoints.fired("source.before_snapshot") == 1
     assert result.restarts == 1 and result.restored_from[-1] is not None and result.restored_from[-1] >= 1, result
     assert result.records < WORD_LINES + 2 * RECORDS, "the last attempt read the whole input: a restart from scratch"
     assert_matches_reference(tmp_path / "out")
