@@ -261,3 +261,27 @@ def test_the_factory_builds_one_backend_per_subtask_under_its_base_directory(tmp
     finally:
         first.close()
         second.close()
+
+
+def test_the_object_cache_is_encoded_at_the_barrier_and_bounded_between_batches(backends, store):
+    backend = backends(write_batch_entries=4)
+    acc = backend.value_state("acc")
+    for i in range(3):
+        backend.keys.current_key = f"k{i}"
+        acc.update({"n": i})
+    column = backend._columns["acc"]
+    assert len(column.objects) == 3 and not rows(backend, "acc") == []  # rows() writes, the objects stay
+    snapshot = backend.snapshot()
+    assert column.objects == {}, "the synchronous part encodes and drops every cached object"
+    backend.keys.current_key = "k0"
+    acc.value()["n"] = 100  # after the barrier: cached again, changed in place
+    restored = backends()
+    restored.restore([complete(snapshot, store)])
+    assert dump(restored, {"acc": "value"})["acc"] == {"k0": {"n": 0}, "k1": {"n": 1}, "k2": {"n": 2}}
+    for i in range(3, 9):
+        backend.keys.current_key = f"k{i}"
+        acc.update({"n": i})
+    assert len(column.objects) == 7
+    backend.maybe_fold()  # between batches: over write_batch_entries, so written and dropped
+    assert column.objects == {}
+    assert dump(backend, {"acc": "value"})["acc"]["k0"] == {"n": 100}

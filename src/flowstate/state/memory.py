@@ -59,7 +59,7 @@ from flowstate.state.backend import (
 )
 from flowstate.state.keygroups import key_group_of
 from flowstate.state.keys import check_key
-from flowstate.state.values import private
+from flowstate.state.values import immutable, private
 
 FORMAT = "heap-v2"
 DEFAULT_CHUNK_ENTRIES = 10_000
@@ -172,9 +172,7 @@ class HeapValueState(_View, ValueState[Any]):
         self._repoint(table.top, table.below)
 
     def value(self) -> Any:
-        entry = self._top.get(self._keys.current_key, _ABSENT)
-        # A default is never stored: a mutable one is copied, so that changing it changes nothing.
-        return private(self._default) if entry is _ABSENT else entry
+        return self._top.get(self._keys.current_key, self._default)  # an immutable default
 
     def update(self, value: Any) -> None:
         if value is None:
@@ -188,10 +186,30 @@ class _LayeredValueState(_LayeredView, HeapValueState):
 
     def value(self) -> Any:
         entry = self._get(self._keys.current_key)
-        return private(self._default) if entry is _ABSENT else entry
+        return self._default if entry is _ABSENT else entry
 
     def update(self, value: Any) -> None:
         self._top[self._keys.current_key] = _ABSENT if value is None else value
+
+
+class _FreshDefaultValueState(HeapValueState):
+    """A value state whose default is mutable: it is never stored, so each ``value()`` of a key
+    without a value returns a fresh copy of it (changing it changes nothing). A class of its own so
+    that the usual immutable default costs nothing."""
+
+    __slots__ = ()
+
+    def value(self) -> Any:
+        entry = self._top.get(self._keys.current_key, _ABSENT)
+        return private(self._default) if entry is _ABSENT else entry
+
+
+class _LayeredFreshDefaultValueState(_LayeredValueState):
+    __slots__ = ()
+
+    def value(self) -> Any:
+        entry = self._get(self._keys.current_key)
+        return private(self._default) if entry is _ABSENT else entry
 
 
 class HeapListState(_View, ListState[Any]):
@@ -379,7 +397,8 @@ class _LayeredReducingState(_LayeredView, HeapReducingState):
         return new
 
 
-for _flat, _layered in ((HeapValueState, _LayeredValueState), (HeapListState, _LayeredListState),
+for _flat, _layered in ((HeapValueState, _LayeredValueState),
+                        (_FreshDefaultValueState, _LayeredFreshDefaultValueState), (HeapListState, _LayeredListState),
                         (HeapMapState, _LayeredMapState), (HeapReducingState, _LayeredReducingState)):
     _flat._flat = _layered._flat = _flat
     _flat._layered = _layered._layered = _layered
@@ -481,7 +500,8 @@ class HeapKeyedStateBackend:
 
     def value_state(self, name: str, default: Any = None) -> HeapValueState:
         table = self._table(name, StateKind.VALUE)
-        view = HeapValueState(table, self._keys, default)
+        kind = HeapValueState if immutable(default) else _FreshDefaultValueState
+        view = kind(table, self._keys, default)
         table.views.add(view)
         return view
 
