@@ -178,19 +178,6 @@ class ProcessOperator(Operator):
         self.fn.close()
 
 
-def key_of(key_fn: Callable[[Any], Any], record: Any) -> Any:
-    """``key_fn(record)``, checked against the rules of keys (``flowstate.state.keys``) here too, so
-    that a key is refused the same way whether or not a keyed exchange hashed it on the way (at
-    parallelism 1 nothing does). Errors name ``key_by``, as the exchange's do."""
-    try:
-        key = key_fn(record)
-        if type(key) is not str:
-            check_key(key)
-    except Exception as exc:
-        raise UserFunctionError("key_by", record, exc) from exc
-    return key
-
-
 class _Keyed(Operator):
     stateful = True
 
@@ -238,7 +225,10 @@ class KeyedProcessOperator(_Keyed):
         record = None
         try:
             for record in batch:
-                try:  # key_of, inlined: this runs once per record
+                # The key is checked against the rules of keys here too, so that it is refused the
+                # same way whether or not a keyed exchange hashed it on the way (at parallelism 1
+                # nothing does); errors name key_by, as the exchange's do.
+                try:
                     key = key_fn(record)
                     if type(key) is not str:
                         check_key(key)
@@ -282,7 +272,7 @@ class ReduceOperator(_Keyed):
         record = None
         try:
             for record in batch:
-                try:  # key_of, inlined
+                try:  # checked as in KeyedProcessOperator
                     key = key_fn(record)
                     if type(key) is not str:
                         check_key(key)

@@ -180,9 +180,9 @@ class _Column:
     holds more than ``limit`` rows. For list and map states, ``index`` lists the cached rows of each
     key prefix, so that a scan of one key first encodes only that key's objects.
 
-    The write buffer is written to RocksDB when it holds ``limit`` rows or about ``byte_limit`` bytes
-    (the sizes of all writes since the last batch are added up, overwrites included: a bound, not a
-    measure)."""
+    The write buffer holds what a flush encoded and is written to RocksDB as one batch at the end
+    of that flush; ``byte_limit`` is kept for the factory's settings but bounds nothing any more (the
+    object cache is bounded by its number of rows)."""
 
     __slots__ = ("byte_limit", "bytes", "cf", "db", "decode", "encode", "handle", "index", "kind", "limit",
                  "objects", "pending")
@@ -214,12 +214,9 @@ class _Column:
             return found
         return _MISS if found is _DELETED else found
 
-    def store(self, row: bytes, value: Any) -> None:
-        """``value`` (or ``_DELETED``) becomes the object of ``row``; for value and reducing state."""
-        self.objects[row] = value
-
     def store_in(self, prefix: bytes, row: bytes, value: Any) -> None:
-        """``store`` for a row of a list or map state, under the key prefix it starts with."""
+        """``value`` (or ``_DELETED``) becomes the object of ``row``, a row of a list or map state,
+        under the key prefix it starts with. (Value and reducing state set ``objects[row]``.)"""
         objects = self.objects
         if row not in objects:
             index = self.index.get(prefix)
