@@ -285,3 +285,19 @@ def test_the_object_cache_is_encoded_at_the_barrier_and_bounded_between_batches(
     backend.maybe_fold()  # between batches: over write_batch_entries, so written and dropped
     assert column.objects == {}
     assert dump(backend, {"acc": "value"})["acc"]["k0"] == {"n": 100}
+
+
+def test_large_values_make_the_object_cache_smaller(backends):
+    backend = backends(write_batch_entries=1000, write_batch_bytes=64 << 10)
+    blobs = backend.value_state("blobs")
+    for i in range(20):
+        backend.keys.current_key = i
+        blobs.update([b"x" * 1024] * 16)  # about 16 KiB encoded
+    backend.snapshot().release()  # an eviction measures the rows: 64 KiB hold about 4 of them
+    column = backend._columns["blobs"]
+    assert column.cache_limit == 16  # never fewer: a cache of a few rows would encode too often
+    for i in range(17):
+        backend.keys.current_key = i
+        blobs.value()
+    backend.maybe_fold()
+    assert column.objects == {}

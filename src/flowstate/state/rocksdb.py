@@ -19,7 +19,8 @@ which).
 **Object cache and write buffer.** Rows read or written (value, reducing, list ``add``, map
 ``get``/``put``/``remove``, the items of scans) are kept as **objects** in a dict per state (the
 object cache, ``_Column``) until it is flushed: in the synchronous part of a snapshot, or between
-batches once it holds more than ``write_batch_entries`` rows. A flush encodes every object into the
+batches once it holds more than ``write_batch_entries`` rows (fewer when values are large: about
+``write_batch_bytes`` of them). A flush encodes every object into the
 write buffer (the encoded row, or ``None`` for a delete), which reaches RocksDB as one
 ``WriteBatch``; it is also written before any scan or range delete of that state. So a change made in
 place to a value read from state is stored, as on the heap (rule 2 of ``flowstate.state.values``),
@@ -180,11 +181,12 @@ class _Column:
     holds more than ``limit`` rows. For list and map states, ``index`` lists the cached rows of each
     key prefix, so that a scan of one key first encodes only that key's objects.
 
-    The write buffer holds what a flush encoded and is written to RocksDB as one batch at the end
-    of that flush; ``byte_limit`` is kept for the factory's settings but bounds nothing any more (the
-    object cache is bounded by its number of rows)."""
+    ``cache_limit`` bounds the cache: ``limit`` rows, or fewer when the rows of the last eviction
+    encoded to more than ``byte_limit`` bytes in all (it is re-estimated from their mean size at every
+    eviction), so that large values do not pile up in memory. The write buffer holds what a flush
+    encoded and is written to RocksDB as one batch at the end of that flush."""
 
-    __slots__ = ("byte_limit", "bytes", "cf", "db", "decode", "encode", "handle", "index", "kind", "limit",
+    __slots__ = ("byte_limit", "cache_limit", "cf", "db", "decode", "encode", "handle", "index", "kind", "limit",
                  "objects", "pending")
 
     def __init__(self, db: Rdict, name: str, kind: StateKind, limit: int, byte_limit: int,
@@ -196,7 +198,7 @@ class _Column:
         self.kind = kind
         self.limit = limit
         self.byte_limit = byte_limit
-        self.bytes = 0
+        self.cache_limit = limit
         self.pending: dict[bytes, bytes | None] = {}
         self.objects: dict[bytes, Any] = {}
         self.index: dict[bytes, list[bytes]] = {}
@@ -233,9 +235,16 @@ class _Column:
         if objects:
             pending = self.pending
             encode = self.encode
+            size = 0
             for row, value in objects.items():
-                pending[row] = None if value is _DELETED else encode(value)
+                if value is _DELETED:
+                    pending[row] = None
+                else:
+                    pending[row] = encoded = encode(value)
+                    size += len(encoded)
             if evict:
+                mean = size / len(objects)
+                self.cache_limit = min(self.limit, max(16, int(self.byte_limit / mean)) if mean else self.limit)
                 objects.clear()
                 self.index.clear()
         self.write()
@@ -292,7 +301,6 @@ class _Column:
                 batch.put(row, value, handle)
         self.db.write(batch)
         self.pending.clear()
-        self.bytes = 0
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """The rows that start with ``prefix``, in order (after writing the buffer).
@@ -685,10 +693,12 @@ class RocksDBKeyedStateBackend:
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def maybe_fold(self) -> None:
-        """Flushes the object cache of a state once it holds more than ``write_batch_entries`` rows
-        (between batches, so never while a call may still change an object it read)."""
+        """Flushes the object cache of a state once it holds more than its ``cache_limit`` rows (at
+        most ``write_batch_entries``, fewer for values that encode to more than about
+        ``write_batch_bytes`` in all); between batches, so never while a call may still change an
+        object it read."""
         for column in self._columns.values():
-            if len(column.objects) > column.limit:
+            if len(column.objects) > column.cache_limit:
                 column.flush()
 
     # ---- restore (rule 2) ------------------------------------------------------------------------
