@@ -90,10 +90,11 @@ def shown_number(key: Any) -> Any:
 
 
 def job_set(out: Path, parallelism: int, *, slow: bool = False) -> fs.Dataflow:
-    """The job set; ``slow`` limits the rate of every source, so that a run lasts about half a
-    second: long enough for several checkpoints before a failure injected in its middle."""
-    rate = 300.0 if slow else None
-    record_rate = 240.0 if slow else None
+    """The job set; ``slow`` limits the rate of every source, so that a run lasts about a second:
+    long enough for several checkpoints before a failure injected in its middle, also on a loaded
+    machine."""
+    rate = 150.0 if slow else None
+    record_rate = 120.0 if slow else None
     flow = fs.Dataflow("state-rules", parallelism=parallelism)
     (flow.source(fs.GeneratorSource(line, WORD_LINES, splits=4, rate=rate, name="lines"), uid="lines")
          .flat_map(str.split, uid="words")

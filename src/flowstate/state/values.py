@@ -13,9 +13,10 @@
    mutable default is a fresh copy every time, so that changing it changes nothing.
 
 Why rule 2 rather than "only ``update()`` stores": on the heap that other rule costs a deep copy on
-every read *and* every write of a mutable value (the task may change either object afterwards),
-several times the cost of the record (see docs/benchmarks.md); rule 2 is what the heap does with
-plain dicts anyway, and it costs one copy per changed entry per checkpoint (copy-on-write, rule 1).
+every read *and* every write of a mutable value (the task may change either object afterwards): a
+dict-valued count ran at a quarter of the speed (docs/benchmarks.md, "Isolated state snapshots").
+Rule 2 is what the heap does with plain objects anyway, and it costs one copy per mutable entry
+accessed after each checkpoint (copy-on-write, rule 1).
 RocksDB meets rule 2 with a write-back cache of the objects of the rows read or written since the
 last snapshot, encoded in its synchronous part.
 """
