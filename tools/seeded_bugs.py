@@ -161,7 +161,7 @@ CATALOGUE: tuple[Bug, ...] = (
         "heap-snapshot-shares-lists", "a heap snapshot shares list entries that the task changes in place afterwards",
         ("tests/state",),
         ("src/flowstate/state/memory.py",
-         "            entry = self._top[key] = [] if found is _ABSENT else list(found)",
+         "            entry = self._top[key] = [] if found is _ABSENT else [private(item) for item in found]",
          "            entry = self._top[key] = [] if found is _ABSENT else found"),
     ),
     bug(
@@ -260,6 +260,12 @@ CATALOGUE += (
         "nats-position-after-barrier", "a NATS reader's position skips past the last record it emitted",
         ("tests/connectors/test_nats.py",),
         (NATS, "            nxt = seq + 1\n", "            nxt = seq + 2\n"),
+    ),
+    bug(
+        "heap-snapshot-shares-values", "the heap hands out a value object of a frozen snapshot layer, which the task "
+        "then changes in place (issue 10: acc = s.value(); acc['n'] += 1)",
+        ("tests/state",),
+        ("src/flowstate/state/memory.py", "        entry = private(found)\n", "        entry = found\n"),
     ),
 )
 

@@ -141,8 +141,9 @@ class Stream:
 
     def key_by(self, key_fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
         """Partition the stream by ``key_fn(record)``: every record of one key goes to one subtask,
-        which can keep keyed state for it. The key must be str, bytes, int, float, bool, None or a
-        tuple of these (it is hashed with a stable hash)."""
+        which can keep keyed state for it. The key must be None, bool, int, float (not NaN), str,
+        bytes, datetime.date or a tuple of these, and equal keys (``1``, ``1.0``, ``True``) are one
+        key: the rules of ``flowstate.state.keys``, the same at every parallelism and backend."""
         _callable("key_by", name, key_fn)
         return KeyedStream(self._flow, self._node, key_fn)
 

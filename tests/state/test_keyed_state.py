@@ -7,6 +7,7 @@ goes through ``take``: pickled data, files copied into a store, snapshot release
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import pickle
 import zlib
 
@@ -15,6 +16,7 @@ import pytest
 from flowstate.functions import RuntimeContext
 from flowstate.state.backend import RestoredState, StateError
 from flowstate.state.keygroups import key_group_of, key_group_range
+from flowstate.state.keys import UnsupportedKeyError
 
 from .conftest import BACKENDS, MAXP, complete, dump
 
@@ -404,3 +406,150 @@ def test_snapshot_data_pickles_and_names_its_format_and_key_groups(make):
     assert data["format"] in {"heap-v2", "rocksdb-v1"}
     assert data["max_parallelism"] == MAXP
     assert data["key_groups"] == [32, 64]
+
+
+# ---- the rules of state values: the same on every backend ------------------------------------------
+#
+# 1. A snapshot is the state at the moment it was taken, whatever the task does afterwards with the
+#    objects that state reads return (or that it stored).
+# 2. A change made in place to a value read from state (or stored in it) is stored: ``value()``,
+#    ``ReducingState.get()``, ``MapState.get/values/items`` and the items of ``ListState.get()``
+#    return the state's own objects. The list ``ListState.get()`` returns is the caller's: appending
+#    to it changes nothing. A default is never stored: a mutable default is a fresh copy each time.
+
+
+def test_the_issue_repro_a_value_changed_in_place_after_a_snapshot_is_not_in_the_snapshot(make, store):
+    backend = make()
+    backend.keys.current_key = "k"
+    s = backend.value_state("s")
+    s.update({"n": 1})
+    snap = backend.snapshot()  # the synchronous part, at the barrier
+    d = s.value()
+    d["n"] += 100  # a record after the barrier
+    s.update(d)
+    restored = make()
+    restored.restore([complete(snap, store)])
+    restored.keys.current_key = "k"
+    assert restored.value_state("s").value() == {"n": 1}
+    assert s.value() == {"n": 101}
+
+
+def mutate_everything(backend, tag: str) -> None:
+    """Changes, in place and without storing them again, objects read from every kind of state."""
+    acc = backend.value_state("acc")
+    log = backend.list_state("log")
+    index = backend.map_state("index")
+    merged = backend.reducing_state("merged", lambda a, b: (a.update(b), a)[1])
+    for key in ("a", "b"):
+        backend.keys.current_key = key
+        acc.value()["seen"].append(tag)
+        log.get()[0]["seen"].append(tag)
+        index.get("x")["seen"].append(tag)
+        for _, value in index.items():
+            value.setdefault("via_items", []).append(tag)
+        merged.get()[tag] = True
+
+
+def seed_values(backend) -> None:
+    acc = backend.value_state("acc")
+    log = backend.list_state("log")
+    index = backend.map_state("index")
+    merged = backend.reducing_state("merged", lambda a, b: (a.update(b), a)[1])
+    for key in ("a", "b"):
+        backend.keys.current_key = key
+        acc.update({"seen": []})
+        log.add({"seen": []})
+        index.put("x", {"seen": []})
+        merged.add({"first": True})
+
+
+VALUE_KINDS = {"acc": "value", "log": "list", "index": "map", "merged": "reducing"}
+
+
+def expected_after(tags: list[str]) -> dict:
+    via_items = {"via_items": tags} if tags else {}
+    one = {
+        "acc": {"seen": tags},
+        "log": [{"seen": tags}],
+        "index": {"x": {"seen": tags, **via_items}},
+        "merged": {"first": True, **dict.fromkeys(tags, True)},
+    }
+    return {name: {key: one[name] for key in ("a", "b")} for name in VALUE_KINDS}
+
+
+def test_a_value_changed_in_place_is_stored_and_a_snapshot_keeps_what_it_was(make, store):
+    backend = make()
+    seed_values(backend)
+    mutate_everything(backend, "before")
+    first = backend.snapshot()
+    mutate_everything(backend, "after-1")
+    second = backend.snapshot()  # overlaps the first: two frozen layers
+    mutate_everything(backend, "after-2")
+    assert dump(backend, VALUE_KINDS) == expected_after(["before", "after-1", "after-2"])
+    for snap, tags in ((second, ["before", "after-1"]), (first, ["before"])):
+        restored = make()
+        restored.restore([complete(snap, store)])
+        assert dump(restored, VALUE_KINDS) == expected_after(tags)
+    backend.maybe_fold()
+    mutate_everything(backend, "folded")
+    assert dump(backend, VALUE_KINDS) == expected_after(["before", "after-1", "after-2", "folded"])
+
+
+def test_the_list_that_list_get_returns_is_the_callers(make):
+    backend = make()
+    log = backend.list_state("log")
+    backend.keys.current_key = "k"
+    log.add(1)
+    log.get().append(2)
+    backend.snapshot()
+    log.get().append(3)
+    assert log.get() == [1]
+
+
+def test_a_mutable_default_is_never_stored_nor_shared_between_keys(make):
+    backend = make()
+    acc = backend.value_state("acc", default={"n": 0})
+    backend.keys.current_key = "a"
+    acc.value()["n"] += 1
+    backend.keys.current_key = "b"
+    assert acc.value() == {"n": 0}
+    assert list(backend.state_keys("acc")) == []
+
+
+def test_one_one_point_zero_and_true_are_one_key_across_a_rescale(make, take):
+    backend = make()
+    count = backend.value_state("count", default=0)
+    for key in (1, 1.0, True, ("w", 2), ("w", 2.0), 0, -0.0, False):
+        backend.keys.current_key = key
+        count.update(count.value() + 1)
+    restored = [make(2, i) for i in range(2)]
+    snapshot = take(backend)
+    totals = {}
+    for r in restored:
+        r.restore([snapshot])
+        c = r.value_state("count", default=0)
+        for key in r.state_keys("count"):
+            r.keys.current_key = key
+            totals[key] = c.value()
+    assert totals == {1: 3, ("w", 2): 2, 0: 3}
+
+
+def test_date_keys_and_map_keys_follow_the_rules_of_keys(make, take):
+    day = datetime.date(2024, 3, 1)
+    backend = make()
+    count = backend.value_state("count", default=0)
+    per = backend.map_state("per")
+    backend.keys.current_key = day
+    count.update(count.value() + 1)
+    per.put(1, "one")
+    per.put(1.0, "one again")
+    assert dict(per.items()) == {1: "one again"}
+    with pytest.raises(UnsupportedKeyError):
+        per.put(datetime.datetime(2024, 1, 1), "x")
+    with pytest.raises(UnsupportedKeyError):
+        per.put_all({float("nan"): 1})
+    restored = make(2, key_group_of(day, MAXP) * 2 // MAXP)
+    restored.restore([take(backend)])
+    restored.keys.current_key = day
+    assert restored.value_state("count").value() == 1
+    assert list(restored.state_keys("count")) == [day]

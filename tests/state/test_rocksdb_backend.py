@@ -46,7 +46,7 @@ def write_counts(backend, keys, value=0) -> None:
 
 def rows(backend, name):
     column = backend._columns[name]
-    column.write()
+    column.flush(evict=False)
     return list(column.cf.items())
 
 
@@ -261,3 +261,43 @@ def test_the_factory_builds_one_backend_per_subtask_under_its_base_directory(tmp
     finally:
         first.close()
         second.close()
+
+
+def test_the_object_cache_is_encoded_at_the_barrier_and_bounded_between_batches(backends, store):
+    backend = backends(write_batch_entries=4)
+    acc = backend.value_state("acc")
+    for i in range(3):
+        backend.keys.current_key = f"k{i}"
+        acc.update({"n": i})
+    column = backend._columns["acc"]
+    assert len(column.objects) == 3 and not rows(backend, "acc") == []  # rows() writes, the objects stay
+    snapshot = backend.snapshot()
+    assert column.objects == {}, "the synchronous part encodes and drops every cached object"
+    backend.keys.current_key = "k0"
+    acc.value()["n"] = 100  # after the barrier: cached again, changed in place
+    restored = backends()
+    restored.restore([complete(snapshot, store)])
+    assert dump(restored, {"acc": "value"})["acc"] == {"k0": {"n": 0}, "k1": {"n": 1}, "k2": {"n": 2}}
+    for i in range(3, 9):
+        backend.keys.current_key = f"k{i}"
+        acc.update({"n": i})
+    assert len(column.objects) == 7
+    backend.maybe_fold()  # between batches: over write_batch_entries, so written and dropped
+    assert column.objects == {}
+    assert dump(backend, {"acc": "value"})["acc"]["k0"] == {"n": 100}
+
+
+def test_large_values_make_the_object_cache_smaller(backends):
+    backend = backends(write_batch_entries=1000, write_batch_bytes=64 << 10)
+    blobs = backend.value_state("blobs")
+    for i in range(20):
+        backend.keys.current_key = i
+        blobs.update([b"x" * 1024] * 16)  # about 16 KiB encoded
+    backend.snapshot().release()  # an eviction measures the rows: 64 KiB hold about 4 of them
+    column = backend._columns["blobs"]
+    assert column.cache_limit == 16  # never fewer: a cache of a few rows would encode too often
+    for i in range(17):
+        backend.keys.current_key = i
+        blobs.value()
+    backend.maybe_fold()
+    assert column.objects == {}

@@ -1,7 +1,9 @@
 """Snapshot isolation against a reference model, for every backend.
 
 A Hypothesis state machine writes every kind of state (including in-place list and map changes),
-takes snapshots, keeps several of them open, completes them in any order (restore and compare with
+changes in place, without storing them again, mutable objects that state reads returned (a dict
+value, a list item, a map value, the accumulator of a reduce function that appends in place: rule 2
+of ``flowstate.state.values``, such a change is stored), takes snapshots, keeps several of them open, completes them in any order (restore and compare with
 the model as it was at the cut) or releases them unread, and folds whenever it likes. After every
 step that asks for it, each state reads exactly as the model says.
 """
@@ -26,7 +28,9 @@ from hypothesis.stateful import (
 
 from .conftest import BACKENDS, MAXP, Store, complete, dump
 
-KINDS = {"v": "value", "l": "list", "m": "map", "r": "reducing"}
+KINDS = {"v": "value", "l": "list", "m": "map", "r": "reducing",
+         "dv": "value", "dl": "list", "dm": "map", "dr": "reducing"}
+TAGS = st.sampled_from("xyz")
 KEYS = st.sampled_from(["a", 3, ("t", 1)])
 SMALL = st.integers(0, 9)
 
@@ -44,6 +48,10 @@ class SnapshotMachine(RuleBasedStateMachine):
         self.l = b.list_state("l")
         self.m = b.map_state("m")
         self.r = b.reducing_state("r", lambda x, y: x + y)
+        self.dv = b.value_state("dv")
+        self.dl = b.list_state("dl")
+        self.dm = b.map_state("dm")
+        self.dr = b.reducing_state("dr", lambda acc, more: (acc.extend(more), acc)[1])  # in place
         self.model: dict[str, dict[Any, Any]] = {name: {} for name in KINDS}
         self.pending: list[tuple[Any, dict[str, dict[Any, Any]]]] = []
 
@@ -104,6 +112,56 @@ class SnapshotMachine(RuleBasedStateMachine):
         self.at(key)
         getattr(self, name).clear()
         self.model[name].pop(key, None)
+
+    # ---- mutable values, changed in place --------------------------------------------------------
+
+    @rule(key=KEYS, tag=TAGS)
+    def store_mutable_values(self, key: Any, tag: str) -> None:
+        self.at(key)
+        self.dv.update({"seen": [tag]})
+        self.dl.add({"seen": [tag]})
+        self.dm.put(tag, [tag])
+        self.dr.add([tag])
+        self.model["dv"][key] = {"seen": [tag]}
+        self.model["dl"].setdefault(key, []).append({"seen": [tag]})
+        self.model["dm"].setdefault(key, {})[tag] = [tag]
+        self.model["dr"][key] = self.model["dr"].get(key, []) + [tag]
+
+    @rule(key=KEYS, tag=TAGS)
+    def change_a_value_read_in_place(self, key: Any, tag: str) -> None:
+        self.at(key)
+        found = self.dv.value()
+        if found is not None:
+            found["seen"].append(tag)
+            self.model["dv"][key]["seen"].append(tag)
+
+    @rule(key=KEYS, tag=TAGS)
+    def change_list_items_read_in_place(self, key: Any, tag: str) -> None:
+        self.at(key)
+        for item in self.dl.get():
+            item["seen"].append(tag)
+        for item in self.model["dl"].get(key, []):
+            item["seen"].append(tag)
+
+    @rule(key=KEYS, tag=TAGS, via_items=st.booleans())
+    def change_map_values_read_in_place(self, key: Any, tag: str, via_items: bool) -> None:
+        self.at(key)
+        if via_items:
+            for _, value in self.dm.items():
+                value.append(tag)
+            for value in self.model["dm"].get(key, {}).values():
+                value.append(tag)
+        else:
+            found = self.dm.get(tag)
+            if found is not None:
+                found.append(tag)
+                self.model["dm"][key][tag].append(tag)
+
+    @rule(key=KEYS, tag=TAGS)
+    def reduce_in_place(self, key: Any, tag: str) -> None:
+        self.at(key)
+        self.dr.add([tag])
+        self.model["dr"][key] = self.model["dr"].get(key, []) + [tag]
 
     @rule()
     def take_snapshot(self) -> None:

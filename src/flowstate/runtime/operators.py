@@ -44,7 +44,7 @@ from flowstate.failpoints import Failpoints
 from flowstate.functions import ProcessFunction, RuntimeContext, copy_for_subtask
 from flowstate.state.backend import BackendFactory, KeyedSnapshot, StateError, as_restored
 from flowstate.state.keygroups import key_group_range
-from flowstate.state.keygroups import stable_key_bytes as check_key
+from flowstate.state.keys import check_key
 from flowstate.state.memory import HeapKeyedStateBackend
 
 
@@ -313,12 +313,23 @@ class KeyedProcessOperator(_Keyed):
         record = None
         try:
             for record in batch:
-                keys.current_key = key_fn(record)
+                # The key is checked against the rules of keys here too, so that it is refused the
+                # same way whether or not a keyed exchange hashed it on the way (at parallelism 1
+                # nothing does); errors name key_by, as the exchange's do.
+                try:
+                    key = key_fn(record)
+                    if type(key) is not str:
+                        check_key(key)
+                except Exception as exc:
+                    raise UserFunctionError("key_by", record, exc) from exc
+                keys.current_key = key
                 result = process(record, ctx)
                 if result is not None:
                     if result.__class__ not in accepted:
                         accept(accepted, result, "process")
                     extend(result)
+        except UserFunctionError:
+            raise
         except Exception as exc:
             raise self.failure(record, exc) from exc
         return out
@@ -351,8 +362,16 @@ class ReduceOperator(_Keyed):
         record = None
         try:
             for record in batch:
-                keys.current_key = key_fn(record)
+                try:  # checked as in KeyedProcessOperator
+                    key = key_fn(record)
+                    if type(key) is not str:
+                        check_key(key)
+                except Exception as exc:
+                    raise UserFunctionError("key_by", record, exc) from exc
+                keys.current_key = key
                 append(add_and_get(record))
+        except UserFunctionError:
+            raise
         except Exception as exc:
             raise self.failure(record, exc) from exc
         return out

@@ -56,7 +56,7 @@ class OutputEdge:
         try:
             for record in batch:
                 key = key_fn(record)
-                data = key.encode() if type(key) is str else stable_key_bytes(key)
+                data = key.encode("utf-8", "surrogatepass") if type(key) is str else stable_key_bytes(key)
                 # key_group_of, inlined: this runs once per record on every keyed exchange.
                 appends[route[((crc32(data) * GOLDEN) & 0xFFFFFFFF) * maxp >> 32]](record)
         except Exception as exc:

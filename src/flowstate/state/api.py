@@ -6,11 +6,11 @@ The classes below are the contract; each backend (``flowstate.state.memory``,
 ``flowstate.state.rocksdb``) creates its own implementation of them, so that a record costs what the
 backend needs and nothing more.
 
-Values are handed to the backend on ``update``/``add``/``put``. The heap backend keeps them by
-reference: do not mutate an object after storing it unless you store it again (a snapshot may hold
-the object that was stored, not a copy). The RocksDB backend serializes them when they are stored.
-Lists returned by ``ListState.get`` and the iterators of ``MapState`` are copies: changing them
-changes nothing in the state.
+Keys (the current key and map keys) follow ``flowstate.state.keys``; values follow
+``flowstate.state.values``, identically on every backend: a snapshot never sees a change made after
+it, and a change made in place to a value read from state is stored. Lists returned by
+``ListState.get`` and the iterators of ``MapState`` are new objects (their items are the state's):
+adding to them changes nothing in the state.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Byte encodings of keys and values for state backends that store bytes (RocksDB).
 
 **Keys** are encoded canonically: keys that are equal give equal bytes, so a key written by one
-record is found by the next (and a map key by ``MapState.get``). Canonical for ``None``, ``bool``,
-``int``, ``float``, ``str``, ``bytes`` and tuples of these: a tag byte, then the payload. Numbers that
-compare equal encode alike: ``True`` and ``1``, ``2.0`` and ``2``, ``-0.0`` and ``0`` all encode as
-the integer, and decode as it (``decode_key(encode_key(True)) == 1``). Any other picklable key falls
-back to pickle, which is canonical only as far as its pickle is (a ``frozenset`` of strings, whose
-iteration order varies between processes, is not: use a sorted tuple).
+record is found by the next (and a map key by ``MapState.get``). The keys are those of
+``flowstate.state.keys`` (``None``, ``bool``, ``int``, ``float`` but NaN, ``str``, ``bytes``,
+``datetime.date`` and tuples of these): a tag byte, then the payload. Numbers that compare equal
+encode alike: ``True`` and ``1``, ``2.0`` and ``2``, ``-0.0`` and ``0`` all encode as the integer, and
+decode as it (``decode_key(encode_key(True)) == 1``); a subclass encodes as its plain value. Anything
+else raises ``UnsupportedKeyError``. (Older snapshots may hold pickled map keys, tag 6: they still
+decode.)
 
 **Values** are a tag byte, then msgpack for plain data (``None``, ``bool``, ``int`` within 64 bits,
 ``float``, ``str``, ``bytes``, and ``list``, ``dict`` and ``tuple`` of these; tuples come back as
@@ -18,6 +19,7 @@ A value decodes to an equal value of the same types.
 
 from __future__ import annotations
 
+import datetime
 import math
 import pickle
 import struct
@@ -25,20 +27,22 @@ from typing import Any
 
 import msgpack
 
-KEY_NONE, KEY_INT, KEY_FLOAT, KEY_STR, KEY_BYTES, KEY_TUPLE, KEY_PICKLE = range(7)
+from flowstate.state.keys import UnsupportedKeyError, plain
+
+KEY_NONE, KEY_INT, KEY_FLOAT, KEY_STR, KEY_BYTES, KEY_TUPLE, KEY_PICKLE, KEY_DATE = range(8)
 VALUE_MSGPACK, VALUE_PICKLE = 1, 2
 _TUPLE_EXT = 1
 
 _pack_double = struct.Struct(">d").pack
 _unpack_double = struct.Struct(">d").unpack
-_NAN = _pack_double(float("nan"))
 _B_NONE = bytes([KEY_NONE])
 _B_INT = bytes([KEY_INT])
 _B_FLOAT = bytes([KEY_FLOAT])
 _B_STR = bytes([KEY_STR])
 _B_BYTES = bytes([KEY_BYTES])
 _B_TUPLE = bytes([KEY_TUPLE])
-_B_PICKLE = bytes([KEY_PICKLE])
+_B_DATE = bytes([KEY_DATE])
+_DATE = datetime.date
 
 
 def varint(n: int) -> bytes:
@@ -90,8 +94,14 @@ def encode_key(key: Any) -> bytes:
     if t is float:
         if key.is_integer():
             return _B_INT + _int_bytes(int(key))
-        return _B_FLOAT + (_NAN if math.isnan(key) else _pack_double(key))
-    return _B_PICKLE + pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)
+        if math.isnan(key):
+            raise UnsupportedKeyError(key, "NaN is not a key (it is not equal to itself)")
+        return _B_FLOAT + _pack_double(key)
+    if t is _DATE:
+        return _B_DATE + _int_bytes(key.toordinal())
+    if isinstance(key, (str, int, float, bytes, tuple)):
+        return encode_key(plain(key))
+    raise UnsupportedKeyError(key)
 
 
 def decode_key(data: bytes) -> Any:
@@ -115,6 +125,8 @@ def decode_key(data: bytes) -> Any:
         return None
     if tag == KEY_FLOAT:
         return _unpack_double(data[1:])[0]
+    if tag == KEY_DATE:
+        return _DATE.fromordinal(int.from_bytes(data[1:], "big", signed=True))
     if tag == KEY_PICKLE:
         return pickle.loads(data[1:])
     raise ValueError(f"not an encoded key: unknown tag {tag}")

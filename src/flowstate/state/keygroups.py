@@ -1,7 +1,7 @@
 """Key groups: the unit in which keyed state is partitioned, stored and (later) redistributed.
 
 A key maps to one of ``max_parallelism`` key groups through a **stable** hash (CRC-32 of a canonical
-byte encoding of the key), never Python's salted ``hash()``: the same key lands in the same group in
+byte encoding of the key, equal for equal keys: see ``flowstate.state.keys``), never Python's salted ``hash()``: the same key lands in the same group in
 every process, on every run, so state written by one run is found by the next. CRC-32 alone spreads
 keys that differ in one character poorly over contiguous ranges (``"split-0"`` … ``"split-9"`` all
 fell in one half of the groups), so it is mixed by a multiplication with the 32-bit golden ratio
@@ -12,38 +12,48 @@ another parallelism reads whole ranges.
 
 from __future__ import annotations
 
+import datetime
 import struct
 from zlib import crc32
+
+from flowstate.state.keys import UnsupportedKeyError, plain
 
 DEFAULT_MAX_PARALLELISM = 128
 
 _pack_float = struct.Struct(">d").pack
+_DATE = datetime.date
 
 
 def stable_key_bytes(key: object) -> bytes:
-    """A canonical byte encoding of ``key`` for hashing.
+    """A canonical byte encoding of ``key`` for hashing: keys that are equal give equal bytes.
 
-    Supported: ``str``, ``bytes``, ``int``, ``bool``, ``float``, ``None`` and tuples of these.
-    Anything else raises ``TypeError``: a key must hash the same in every process.
+    Follows the rules of ``flowstate.state.keys``: a number equal to an ``int`` (``True``, ``1.0``,
+    ``-0.0``) encodes as that ``int``; subclasses encode as their plain value; anything that is not
+    a key raises ``UnsupportedKeyError`` (a ``TypeError``).
     """
     t = type(key)
     if t is str:
-        return key.encode()  # type: ignore[union-attr]
+        return key.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
     if t is bytes:
         return key  # type: ignore[return-value]
     if t is int or t is bool:
         return b"i" + str(int(key)).encode()  # type: ignore[call-overload]
     if t is float:
+        if key.is_integer():  # type: ignore[union-attr]
+            return b"i" + str(int(key)).encode()  # type: ignore[call-overload]
+        if key != key:
+            raise UnsupportedKeyError(key, "NaN is not a key (it is not equal to itself)")
         return b"f" + _pack_float(key)
     if key is None:
         return b"\x00none"
     if t is tuple:
         parts = [stable_key_bytes(k) for k in key]  # type: ignore[union-attr]
         return b"t" + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
-    raise TypeError(
-        f"keys must be str, bytes, int, float, bool, None or tuples of these, not {t.__name__}: "
-        "key_by must return a value that hashes the same in every process"
-    )
+    if t is _DATE:
+        return b"d" + str(key.toordinal()).encode()  # type: ignore[attr-defined]
+    if isinstance(key, (str, int, float, bytes, tuple)):
+        return stable_key_bytes(plain(key))
+    raise UnsupportedKeyError(key)
 
 
 GOLDEN = 0x9E3779B1
@@ -52,7 +62,7 @@ GOLDEN = 0x9E3779B1
 
 def key_group_of(key: object, max_parallelism: int) -> int:
     """The key group of ``key``. ``flowstate.runtime.output`` inlines the same formula for speed."""
-    data = key.encode() if type(key) is str else stable_key_bytes(key)  # type: ignore[union-attr]
+    data = stable_key_bytes(key)
     return ((crc32(data) * GOLDEN) & 0xFFFFFFFF) * max_parallelism >> 32
 
 

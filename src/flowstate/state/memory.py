@@ -9,9 +9,14 @@ becomes the highest layer of ``below``) and an empty dict becomes the new ``top`
 is re-pointed at it. Nothing is copied: O(states + state objects), whatever the number of keys.
 
 Step (2), while a layer is frozen, writes go to ``top``; a delete writes the tombstone ``_ABSENT``;
-reads look in ``top`` first and fall through the frozen layers (a tombstone ends the search). A list or
-map entry found below is copied into ``top`` before its first in-place change, so no object reachable
-from a frozen layer ever changes.
+reads look in ``top`` first and fall through the frozen layers (a tombstone ends the search). **No
+object reachable from a frozen layer is ever handed out or changed** (copy-on-write per entry, as
+Flink's heap backend does): the first access to an entry found below copies it into ``top`` (a list
+or a map, and every value inside that is not immutable, copied deeply with ``private``), and only
+the copy is returned or changed from then on. Immutable values (numbers, strings, bytes, ``None``,
+dates, tuples of these) are returned as they are and never copied, so the hot path of a count or a
+sum costs what it did. This is what makes a snapshot the state at its barrier whatever the user
+does with the objects that state reads return (the rules of ``flowstate.state.values``).
 
 Step (3), the asynchronous part (``materialize``), on another thread, pickles the frozen layers as
 one view (upper layers shadow lower ones, tombstones hide) in chunks of ``chunk_entries`` entries:
@@ -53,6 +58,8 @@ from flowstate.state.backend import (
     check_header,
 )
 from flowstate.state.keygroups import key_group_of
+from flowstate.state.keys import check_key
+from flowstate.state.values import immutable, private
 
 FORMAT = "heap-v2"
 DEFAULT_CHUNK_ENTRIES = 10_000
@@ -141,9 +148,19 @@ class _LayeredView(_View):
         self._top[self._keys.current_key] = _ABSENT  # type: ignore[attr-defined]
 
     def _get(self, key: Any) -> Any:
-        """The entry of ``key`` in the view of all layers, or ``_ABSENT``."""
-        entry = self._top.get(key, _ABSENT)
-        return _below_get(self._top, self._below, key) if entry is _ABSENT else entry
+        """The entry of ``key`` in the view of all layers, or ``_ABSENT``. An entry found below is
+        returned as ``private`` made it: the caller may hand it out or change it (Step 2)."""
+        top = self._top
+        entry = top.get(key, _ABSENT)
+        if entry is not _ABSENT:
+            return entry
+        found = _below_get(top, self._below, key)
+        if found is _ABSENT:
+            return found
+        entry = private(found)
+        if entry is not found:
+            top[key] = entry
+        return entry
 
 
 class HeapValueState(_View, ValueState[Any]):
@@ -155,7 +172,7 @@ class HeapValueState(_View, ValueState[Any]):
         self._repoint(table.top, table.below)
 
     def value(self) -> Any:
-        return self._top.get(self._keys.current_key, self._default)
+        return self._top.get(self._keys.current_key, self._default)  # an immutable default
 
     def update(self, value: Any) -> None:
         if value is None:
@@ -173,6 +190,26 @@ class _LayeredValueState(_LayeredView, HeapValueState):
 
     def update(self, value: Any) -> None:
         self._top[self._keys.current_key] = _ABSENT if value is None else value
+
+
+class _FreshDefaultValueState(HeapValueState):
+    """A value state whose default is mutable: it is never stored, so each ``value()`` of a key
+    without a value returns a fresh copy of it (changing it changes nothing). A class of its own so
+    that the usual immutable default costs nothing."""
+
+    __slots__ = ()
+
+    def value(self) -> Any:
+        entry = self._top.get(self._keys.current_key, _ABSENT)
+        return private(self._default) if entry is _ABSENT else entry
+
+
+class _LayeredFreshDefaultValueState(_LayeredValueState):
+    __slots__ = ()
+
+    def value(self) -> Any:
+        entry = self._get(self._keys.current_key)
+        return private(self._default) if entry is _ABSENT else entry
 
 
 class HeapListState(_View, ListState[Any]):
@@ -210,12 +247,20 @@ class _LayeredListState(_LayeredView, HeapListState):
         entry = self._top.get(key, _ABSENT)
         if entry is _ABSENT:
             found = _below_get(self._top, self._below, key)
-            entry = self._top[key] = [] if found is _ABSENT else list(found)
+            entry = self._top[key] = [] if found is _ABSENT else [private(item) for item in found]
         return entry  # type: ignore[no-any-return]
 
     def get(self) -> list[Any]:
-        entry = self._get(self._keys.current_key)
-        return [] if entry is _ABSENT else list(entry)
+        key = self._keys.current_key
+        entry = self._top.get(key, _ABSENT)
+        if entry is _ABSENT:
+            found = _below_get(self._top, self._below, key)
+            if found is _ABSENT:
+                return []
+            entry = [private(item) for item in found]
+            if any(mine is not theirs for mine, theirs in zip(entry, found)):
+                self._top[key] = entry  # its items may be changed by the caller: keep the copies
+        return list(entry)
 
     def add(self, value: Any) -> None:
         self._own().append(value)
@@ -234,19 +279,29 @@ class HeapMapState(_View, MapState[Any, Any]):
         self._repoint(table.top, table.below)
 
     def _read(self) -> dict[Any, Any]:
+        """The map of the current key, for reading keys only."""
+        return self._top.get(self._keys.current_key) or {}
+
+    def _values(self) -> dict[Any, Any]:
+        """The map of the current key, whose values may be handed out."""
         return self._top.get(self._keys.current_key) or {}
 
     def _own(self) -> dict[Any, Any]:
         return self._top.setdefault(self._keys.current_key, {})  # type: ignore[no-any-return]
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return self._read().get(key, default)
+        return self._values().get(key, default)
 
     def put(self, key: Any, value: Any) -> None:
+        if type(key) is not str:
+            check_key(key)
         self._own()[key] = value
 
     def put_all(self, entries: dict[Any, Any]) -> None:
         if entries:
+            for key in entries:
+                if type(key) is not str:
+                    check_key(key)
             self._own().update(entries)
 
     def contains(self, key: Any) -> bool:
@@ -265,10 +320,10 @@ class HeapMapState(_View, MapState[Any, Any]):
         return iter(list(self._read()))
 
     def values(self) -> Iterator[Any]:
-        return iter(list(self._read().values()))
+        return iter(list(self._values().values()))
 
     def items(self) -> Iterator[tuple[Any, Any]]:
-        return iter(list(self._read().items()))
+        return iter(list(self._values().items()))
 
     def is_empty(self) -> bool:
         return not self._read()
@@ -278,8 +333,23 @@ class _LayeredMapState(_LayeredView, HeapMapState):
     __slots__ = ()
 
     def _read(self) -> dict[Any, Any]:
-        entry = self._get(self._keys.current_key)
+        key = self._keys.current_key
+        entry = self._top.get(key, _ABSENT)
+        if entry is _ABSENT:
+            entry = _below_get(self._top, self._below, key)
         return {} if entry is _ABSENT else entry  # type: ignore[no-any-return]
+
+    def _values(self) -> dict[Any, Any]:
+        key = self._keys.current_key
+        if key in self._top:
+            return self._read()
+        found = _below_get(self._top, self._below, key)
+        if found is _ABSENT:
+            return {}
+        entry = {k: private(v) for k, v in found.items()}
+        if any(mine is not found[k] for k, mine in entry.items()):
+            self._top[key] = entry  # its values may be changed by the caller: keep the copies
+        return entry
 
     def _own(self) -> dict[Any, Any]:
         """The map of the current key in ``top``: a copy of the one below, made on its first change."""
@@ -287,7 +357,7 @@ class _LayeredMapState(_LayeredView, HeapMapState):
         entry = self._top.get(key, _ABSENT)
         if entry is _ABSENT:
             found = _below_get(self._top, self._below, key)
-            entry = self._top[key] = {} if found is _ABSENT else dict(found)
+            entry = self._top[key] = {} if found is _ABSENT else {k: private(v) for k, v in found.items()}
         return entry  # type: ignore[no-any-return]
 
 
@@ -327,7 +397,8 @@ class _LayeredReducingState(_LayeredView, HeapReducingState):
         return new
 
 
-for _flat, _layered in ((HeapValueState, _LayeredValueState), (HeapListState, _LayeredListState),
+for _flat, _layered in ((HeapValueState, _LayeredValueState),
+                        (_FreshDefaultValueState, _LayeredFreshDefaultValueState), (HeapListState, _LayeredListState),
                         (HeapMapState, _LayeredMapState), (HeapReducingState, _LayeredReducingState)):
     _flat._flat = _layered._flat = _flat
     _flat._layered = _layered._layered = _layered
@@ -435,7 +506,8 @@ class HeapKeyedStateBackend:
 
     def value_state(self, name: str, default: Any = None) -> HeapValueState:
         table = self._table(name, StateKind.VALUE)
-        view = HeapValueState(table, self._keys, default)
+        kind = HeapValueState if immutable(default) else _FreshDefaultValueState
+        view = kind(table, self._keys, default)
         table.views.add(view)
         return view
 

@@ -16,13 +16,16 @@ write-ahead log: durability comes from checkpoints. SST files are compressed wit
 bundled RocksDB has it (it does in rocksdict 0.3), else lz4, else not at all (``compression`` says
 which).
 
-**Write buffer.** Point writes (value, reducing, list ``add``, map ``put``/``remove``) go into a
-dict per state first (the encoded row, or ``None`` for a delete) and reach RocksDB as one
-``WriteBatch`` when it holds ``write_batch_entries`` rows or about ``write_batch_bytes`` bytes,
-before any scan or range delete of that state, and in the synchronous part of a snapshot. Point reads
-look in that dict before RocksDB, so every read sees every earlier write, and a key updated by many
-records in a row costs dict operations until the batch is written. Key prefixes of recent keys are
-cached too.
+**Object cache and write buffer.** Rows read or written (value, reducing, list ``add``, map
+``get``/``put``/``remove``, the items of scans) are kept as **objects** in a dict per state (the
+object cache, ``_Column``) until it is flushed: in the synchronous part of a snapshot, or between
+batches once it holds more than ``write_batch_entries`` rows (fewer when values are large: about
+``write_batch_bytes`` of them). A flush encodes every object into the
+write buffer (the encoded row, or ``None`` for a delete), which reaches RocksDB as one
+``WriteBatch``; it is also written before any scan or range delete of that state. So a change made in
+place to a value read from state is stored, as on the heap (rule 2 of ``flowstate.state.values``),
+a snapshot holds the bytes encoded at its barrier (rule 1), and a key updated by many records in a
+row costs dict operations and one encoding per flush. Key prefixes of recent keys are cached too.
 
 **Snapshots.** Step (1), the synchronous part: write the buffers, then create a RocksDB checkpoint
 of the database in ``snapshots/<n>`` of the working directory. A checkpoint flushes the memtables
@@ -94,6 +97,7 @@ from flowstate.state.codec import (
     varint,
 )
 from flowstate.state.keygroups import key_group_of
+from flowstate.state.values import private
 
 FORMAT = "rocksdb-v1"
 CF_PREFIX = "state:"
@@ -108,6 +112,7 @@ _pack_sequence = struct.Struct(">Q").pack
 _RESTORE_BATCH_ROWS = 10_000
 _PREFIX_CACHE_ENTRIES = 1 << 16
 _MISS = object()
+_DELETED = object()
 
 
 def successor(prefix: bytes) -> bytes | None:
@@ -165,15 +170,27 @@ class _RocksKeyContext(KeyContext):
 
 
 class _Column:
-    """One state: its column family, and the write buffer of its point writes (``None``: delete).
+    """One state: its column family, the **object cache** of the rows read or written since it was
+    last flushed, and the write buffer of encoded rows (``None``: delete).
 
-    The buffer is written to RocksDB when it holds ``limit`` rows or about ``byte_limit`` bytes (the
-    sizes of all writes since the last batch are added up, overwrites included: a bound, not a
-    measure)."""
+    The object cache (``objects``: row -> the object the task holds, or ``_DELETED``) is what makes a
+    change made in place to a value read from state stored (rule 2 of ``flowstate.state.values``):
+    a row read is decoded once and the same object is returned until the cache is flushed; ``flush``
+    encodes every object into the write buffer then. It is flushed in the synchronous part of a
+    snapshot (so the snapshot is isolated from later changes, rule 1), and between batches once it
+    holds more than ``limit`` rows. For list and map states, ``index`` lists the cached rows of each
+    key prefix, so that a scan of one key first encodes only that key's objects.
 
-    __slots__ = ("byte_limit", "bytes", "cf", "db", "handle", "kind", "limit", "pending")
+    ``cache_limit`` bounds the cache: ``limit`` rows, or fewer when the rows of the last eviction
+    encoded to more than ``byte_limit`` bytes in all (it is re-estimated from their mean size at every
+    eviction), so that large values do not pile up in memory. The write buffer holds what a flush
+    encoded and is written to RocksDB as one batch at the end of that flush."""
 
-    def __init__(self, db: Rdict, name: str, kind: StateKind, limit: int, byte_limit: int) -> None:
+    __slots__ = ("byte_limit", "cache_limit", "cf", "db", "decode", "encode", "handle", "index", "kind", "limit",
+                 "objects", "pending")
+
+    def __init__(self, db: Rdict, name: str, kind: StateKind, limit: int, byte_limit: int,
+                 codec: ValueCodec) -> None:
         self.db = db
         self.cf = db.get_column_family(CF_PREFIX + name)
         self.cf.set_write_options(_write_options())
@@ -181,20 +198,95 @@ class _Column:
         self.kind = kind
         self.limit = limit
         self.byte_limit = byte_limit
-        self.bytes = 0
+        self.cache_limit = limit
         self.pending: dict[bytes, bytes | None] = {}
+        self.objects: dict[bytes, Any] = {}
+        self.index: dict[bytes, list[bytes]] = {}
+        self.encode = codec.encode
+        self.decode = codec.decode
+
+    def load(self, row: bytes) -> Any:
+        """The object of ``row`` (cached from now on), or ``_MISS`` when it has none."""
+        found = self.objects.get(row, _MISS)
+        if found is _MISS:
+            raw = self.get(row)
+            if raw is None:
+                return _MISS
+            found = self.objects[row] = self.decode(raw)
+            return found
+        return _MISS if found is _DELETED else found
+
+    def store_in(self, prefix: bytes, row: bytes, value: Any) -> None:
+        """``value`` (or ``_DELETED``) becomes the object of ``row``, a row of a list or map state,
+        under the key prefix it starts with. (Value and reducing state set ``objects[row]``.)"""
+        objects = self.objects
+        if row not in objects:
+            index = self.index.get(prefix)
+            if index is None:
+                self.index[prefix] = [row]
+            else:
+                index.append(row)
+        objects[row] = value
+
+    def flush(self, evict: bool = True) -> None:
+        """Encodes every cached object into the write buffer and writes it; ``evict`` empties the
+        cache (a snapshot, or a cache over its limit), else the objects stay the rows' objects."""
+        objects = self.objects
+        if objects:
+            pending = self.pending
+            encode = self.encode
+            size = 0
+            for row, value in objects.items():
+                if value is _DELETED:
+                    pending[row] = None
+                else:
+                    pending[row] = encoded = encode(value)
+                    size += len(encoded)
+            if evict:
+                mean = size / len(objects)
+                self.cache_limit = min(self.limit, max(16, int(self.byte_limit / mean)) if mean else self.limit)
+                objects.clear()
+                self.index.clear()
+        self.write()
+
+    def flush_prefix(self, prefix: bytes) -> None:
+        """Encodes the cached objects of one key into the write buffer and writes it (before a scan
+        of that key); the objects stay cached."""
+        rows = self.index.get(prefix)
+        if rows:
+            objects = self.objects
+            pending = self.pending
+            encode = self.encode
+            for row in rows:
+                value = objects[row]
+                pending[row] = None if value is _DELETED else encode(value)
+        self.write()
+
+    def forget_prefix(self, prefix: bytes) -> None:
+        """Drops the cached objects of one key (its rows are about to be deleted)."""
+        rows = self.index.pop(prefix, None)
+        if rows:
+            objects = self.objects
+            for row in rows:
+                objects.pop(row, None)
+
+    def scan_objects(self, prefix: bytes) -> Iterator[tuple[bytes, Any]]:
+        """The rows of one key and their objects (cached from now on), in order."""
+        self.flush_prefix(prefix)
+        objects = self.objects
+        decode = self.decode
+        for row, raw in self.cf.items(from_key=prefix):
+            if not row.startswith(prefix):
+                return
+            value = objects.get(row, _MISS)
+            if value is _MISS:
+                value = decode(raw)
+                self.store_in(prefix, row, value)
+            yield row, value
 
     def get(self, row: bytes) -> bytes | None:
         found = self.pending.get(row, _MISS)
         return self.cf.get(row) if found is _MISS else found  # type: ignore[return-value]
-
-    def put(self, row: bytes, value: bytes | None) -> None:
-        pending = self.pending
-        pending[row] = value
-        if value is not None:
-            self.bytes += len(value)
-        if len(pending) >= self.limit or self.bytes >= self.byte_limit:
-            self.write()
 
     def write(self) -> None:
         """Writes the buffer to RocksDB as one batch."""
@@ -209,7 +301,6 @@ class _Column:
                 batch.put(row, value, handle)
         self.db.write(batch)
         self.pending.clear()
-        self.bytes = 0
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """The rows that start with ``prefix``, in order (after writing the buffer).
@@ -223,58 +314,55 @@ class _Column:
             yield row, value
 
     def delete_prefix(self, prefix: bytes) -> None:
+        self.forget_prefix(prefix)
         self.write()
         self.cf.delete_range(prefix, successor(prefix))
 
 
 class RocksValueState(ValueState[Any]):
-    __slots__ = ("_col", "_decode", "_default", "_encode", "_keys")
+    __slots__ = ("_col", "_default", "_keys")
 
     def __init__(self, col: _Column, keys: _RocksKeyContext, codec: ValueCodec, default: Any) -> None:
         self._col = col
         self._keys = keys
-        self._encode = codec.encode
-        self._decode = codec.decode
         self._default = default
 
     def value(self) -> Any:
-        raw = self._col.get(self._keys.prefix())
-        return self._default if raw is None else self._decode(raw)
+        found = self._col.load(self._keys.prefix())
+        return private(self._default) if found is _MISS else found
 
     def update(self, value: Any) -> None:
-        self._col.put(self._keys.prefix(), None if value is None else self._encode(value))
+        self._col.objects[self._keys.prefix()] = _DELETED if value is None else value
 
     def clear(self) -> None:
-        self._col.put(self._keys.prefix(), None)
+        self._col.objects[self._keys.prefix()] = _DELETED
 
 
 class RocksReducingState(ReducingState[Any]):
-    __slots__ = ("_col", "_decode", "_encode", "_fn", "_keys")
+    __slots__ = ("_col", "_fn", "_keys")
 
     def __init__(self, col: _Column, keys: _RocksKeyContext, codec: ValueCodec,
                  reduce_fn: Callable[[Any, Any], Any]) -> None:
         self._col = col
         self._keys = keys
-        self._encode = codec.encode
-        self._decode = codec.decode
         self._fn = reduce_fn
 
     def get(self) -> Any:
-        raw = self._col.get(self._keys.prefix())
-        return None if raw is None else self._decode(raw)
+        found = self._col.load(self._keys.prefix())
+        return None if found is _MISS else found
 
     def add(self, value: Any) -> None:
         self.add_and_get(value)
 
     def add_and_get(self, value: Any) -> Any:
         row = self._keys.prefix()
-        raw = self._col.get(row)
-        new = value if raw is None else self._fn(self._decode(raw), value)
-        self._col.put(row, self._encode(new))
+        old = self._col.load(row)
+        new = value if old is _MISS else self._fn(old, value)
+        self._col.objects[row] = new
         return new
 
     def clear(self) -> None:
-        self._col.put(self._keys.prefix(), None)
+        self._col.objects[self._keys.prefix()] = _DELETED
 
 
 class _Sequence:
@@ -296,14 +384,14 @@ class RocksListState(ListState[Any]):
         self._sequence = sequence
 
     def get(self) -> list[Any]:
-        decode = self._codec.decode
-        return [decode(raw) for _, raw in self._col.scan(self._keys.prefix())]
+        return [value for _, value in self._col.scan_objects(self._keys.prefix())]
 
     def add(self, value: Any) -> None:
         sequence = self._sequence
         number = sequence.next
         sequence.next = number + 1
-        self._col.put(self._keys.prefix() + _pack_sequence(number), self._codec.encode(value))
+        prefix = self._keys.prefix()
+        self._col.store_in(prefix, prefix + _pack_sequence(number), value)
 
     def add_all(self, values: Iterable[Any]) -> None:
         for value in values:
@@ -327,44 +415,55 @@ class RocksMapState(MapState[Any, Any]):
         self._codec = codec
 
     def get(self, key: Any, default: Any = None) -> Any:
-        raw = self._col.get(self._keys.prefix() + encode_key(key))
-        return default if raw is None else self._codec.decode(raw)
+        prefix = self._keys.prefix()
+        row = prefix + encode_key(key)
+        col = self._col
+        found = col.objects.get(row, _MISS)
+        if found is _MISS:
+            raw = col.get(row)
+            if raw is None:
+                return default
+            found = col.decode(raw)
+            col.store_in(prefix, row, found)
+        return default if found is _DELETED else found
 
     def put(self, key: Any, value: Any) -> None:
-        self._col.put(self._keys.prefix() + encode_key(key), self._codec.encode(value))
+        prefix = self._keys.prefix()
+        self._col.store_in(prefix, prefix + encode_key(key), value)
 
     def put_all(self, entries: dict[Any, Any]) -> None:
         prefix = self._keys.prefix()
-        encode = self._codec.encode
-        for key, value in entries.items():
-            self._col.put(prefix + encode_key(key), encode(value))
+        rows = [(prefix + encode_key(key), value) for key, value in entries.items()]  # every key checked first
+        for row, value in rows:
+            self._col.store_in(prefix, row, value)
 
     def contains(self, key: Any) -> bool:
-        return self._col.get(self._keys.prefix() + encode_key(key)) is not None
+        row = self._keys.prefix() + encode_key(key)
+        found = self._col.objects.get(row, _MISS)
+        return self._col.get(row) is not None if found is _MISS else found is not _DELETED
 
     def remove(self, key: Any) -> None:
-        self._col.put(self._keys.prefix() + encode_key(key), None)
-
-    def _entries(self) -> list[tuple[Any, Any]]:
         prefix = self._keys.prefix()
-        start = len(prefix)
-        decode = self._codec.decode
-        return [(decode_key(row[start:]), decode(raw)) for row, raw in self._col.scan(prefix)]
+        self._col.store_in(prefix, prefix + encode_key(key), _DELETED)
 
     def keys(self) -> Iterator[Any]:
         prefix = self._keys.prefix()
         start = len(prefix)
+        self._col.flush_prefix(prefix)
         return iter([decode_key(row[start:]) for row, _ in self._col.scan(prefix)])
 
     def values(self) -> Iterator[Any]:
-        decode = self._codec.decode
-        return iter([decode(raw) for _, raw in self._col.scan(self._keys.prefix())])
+        return iter([value for _, value in self._col.scan_objects(self._keys.prefix())])
 
     def items(self) -> Iterator[tuple[Any, Any]]:
-        return iter(self._entries())
+        prefix = self._keys.prefix()
+        start = len(prefix)
+        return iter([(decode_key(row[start:]), value) for row, value in self._col.scan_objects(prefix)])
 
     def is_empty(self) -> bool:
-        return next(iter(self._col.scan(self._keys.prefix())), None) is None
+        prefix = self._keys.prefix()
+        self._col.flush_prefix(prefix)
+        return next(iter(self._col.scan(prefix)), None) is None
 
     def clear(self) -> None:
         self._col.delete_prefix(self._keys.prefix())
@@ -532,7 +631,7 @@ class RocksDBKeyedStateBackend:
         if CF_PREFIX + name not in self._families:
             db.create_column_family(CF_PREFIX + name, self._options())
             self._families.add(CF_PREFIX + name)
-        column = self._columns[name] = _Column(db, name, kind, self._batch_entries, self._batch_bytes)
+        column = self._columns[name] = _Column(db, name, kind, self._batch_entries, self._batch_bytes, self._codec)
         return column
 
     # ---- state objects (rule 1) ------------------------------------------------------------------
@@ -553,7 +652,7 @@ class RocksDBKeyedStateBackend:
         column = self._columns.get(name)
         if column is None:
             return iter(())
-        column.write()
+        column.flush(evict=False)
         keys = []
         last = b""
         for row in column.cf.keys():  # noqa: SIM118 - an Rdict, not a dict: it has no __iter__
@@ -570,7 +669,7 @@ class RocksDBKeyedStateBackend:
         db = self._database()
         self._used = True
         for column in self._columns.values():
-            column.write()
+            column.flush()  # rule 1 of flowstate.state.values: the objects are encoded here
         self._snapshots_taken += 1
         path = self._dir / "snapshots" / f"{self._snapshots_taken:08d}"
         path.parent.mkdir(exist_ok=True)
@@ -594,7 +693,13 @@ class RocksDBKeyedStateBackend:
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def maybe_fold(self) -> None:
-        """Nothing to do: RocksDB compacts in its own threads."""
+        """Flushes the object cache of a state once it holds more than its ``cache_limit`` rows (at
+        most ``write_batch_entries``, fewer for values that encode to more than about
+        ``write_batch_bytes`` in all); between batches, so never while a call may still change an
+        object it read."""
+        for column in self._columns.values():
+            if len(column.objects) > column.cache_limit:
+                column.flush()
 
     # ---- restore (rule 2) ------------------------------------------------------------------------
 
@@ -691,7 +796,7 @@ class RocksDBKeyedStateBackend:
         key, one per list element and map entry; rows overwritten or deleted since the last
         compaction may be counted. Plus the rows waiting in the write buffers."""
         return self._property_sum("rocksdb.estimate-num-keys") + sum(
-            len(column.pending) for column in self._columns.values())
+            len(column.pending) + len(column.objects) for column in self._columns.values())
 
     def state_size_bytes(self) -> int:
         """The size of the live SST files plus the memtables."""
