@@ -175,6 +175,15 @@ CATALOGUE: tuple[Bug, ...] = (
         ("tests/engine/test_checkpoint_order.py", "tests/engine/test_engine.py"),
         (TASK, "                self._paused_for = mail.barrier.checkpoint_id", "                pass"),
     ),
+    bug(
+        "tasks-ignore-resume-state", "tasks ignore their resume state: every attempt starts its tasks from scratch",
+        ("tests/engine/test_attempt_plan.py",
+         "tests/engine/test_object_storage_job.py::"
+         "test_worker_processes_restore_from_checkpoints_in_object_storage_after_a_worker_is_killed"),
+        ("src/flowstate/runtime/task_factory.py",
+         "            resume = states.get(tid, {}) if states is not None else None",
+         "            resume = None"),
+    ),
 )
 
 

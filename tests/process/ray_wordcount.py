@@ -69,6 +69,7 @@ def main() -> None:
                     restart=fs.FixedDelayRestart(5, 0.0))
     print("RESULT", json.dumps({
         "executor": result.executor, "workers": result.workers, "restored_from": result.restored_from,
+        "records": result.records,
         "failures": result.failures, "killed": killed, "interfaces": interfaces(),
         "nodes": sorted({node["NodeManagerAddress"] for node in ray.nodes()}),
     }), flush=True)
