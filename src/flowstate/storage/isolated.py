@@ -18,6 +18,7 @@ Rules:
    ends when its standard input closes.
 3. Both ends share the machine: ``local_path`` answers a path of the server's cache that the caller
    reads, and ``write_shared`` may name a local file.
+4. Failpoints of the storage (``storage.*``) travel to the server pickled: it counts its own hits.
 """
 
 from __future__ import annotations
