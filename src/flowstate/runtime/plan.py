@@ -151,9 +151,10 @@ class AttemptPlan:
 
     def reads_of(self, tasks: Collection[TaskId]) -> list[TaskState]:
         """The state files ``tasks`` read together, each once, in the order of the metadata."""
+        if self.restore is None:
+            return []
         wanted = {ts.task for t in tasks for ts in self.reads.get(t, ())}
-        assert self.restore is not None or not wanted
-        return [ts for ts in self.restore.metadata.tasks if ts.task in wanted] if self.restore else []
+        return [ts for ts in self.restore.metadata.tasks if ts.task in wanted]
 
 
 def plan_reads(graph: JobGraph, metadata: CheckpointMetadata) -> dict[TaskId, tuple[TaskState, ...]]:
