@@ -80,7 +80,7 @@ class IsolatedStorage:
             try:
                 _send(stdin, (method, args, kwargs))
                 ok, value = _receive(stdout)
-            except (OSError, EOFError) as exc:
+            except (OSError, EOFError, ValueError) as exc:  # ValueError: its pipe was closed here
                 raise OSError(f"the storage server of {self.location} is gone: {exc}") from exc
         if not ok:
             raise value
