@@ -206,10 +206,11 @@ CATALOGUE: tuple[Bug, ...] = (
          "if False:"),
     ),
     bug(
-        "tasks-ignore-resume-state", "tasks of a restored attempt ignore their resume state (built as if from scratch)",
-        ("tests/engine/test_crash_recovery.py",),
-        (JOB, "                resume = states.get(tid) if restored is not None else None\n",
-         "                resume = {} if restored is not None else None\n"),
+        "tasks-ignore-resume-state", "tasks ignore their resume state: every attempt starts its tasks from scratch",
+        ("tests/engine/test_crash_recovery.py", "tests/engine/test_attempt_plan.py"),
+        ("src/flowstate/runtime/task_factory.py",
+         "            resume = states.get(tid, {}) if states is not None else None",
+         "            resume = None"),
     ),
 )
 

@@ -18,9 +18,11 @@ from .jobs import (
     INTERVAL,
     RATE,
     assert_restored_from_a_checkpoint,
+    batch_reference,
     committed_output,
     difference,
     generator_source,
+    lines,
     wordcount,
 )
 
@@ -64,8 +66,21 @@ def test_a_job_restores_from_a_checkpoint_in_object_storage_after_a_crash(backen
         assert any(t.shared for t in newest.tasks)
 
 
-def test_worker_processes_are_refused_with_checkpoints_in_object_storage(bucket, dirs):
-    flow = wordcount(dirs.output, source=generator_source(10), parallelism=2)
+def test_worker_processes_restore_from_checkpoints_in_object_storage_after_a_worker_is_killed(bucket, dirs):
+    # Each forked worker reaches the bucket through a client of its own (a fresh interpreter: an
+    # object-store client does not survive a fork) and loads its own tasks' state from it.
+    lines_in = 3 * INPUT_LINES
+    failpoints = fs.Failpoints({"task.before_snapshot": "kill@9"})  # 4 tasks: in checkpoint 3
+    flow = wordcount(dirs.output, source=generator_source(lines_in, rate=RATE), parallelism=2)
 
-    with pytest.raises(fs.ConfigError, match="threads executor only"):
-        fs.run(flow, checkpoint_dir=bucket, executor="processes")
+    result = fs.run(flow, checkpoint_dir=bucket, interval=INTERVAL, restart=FAST_RESTART, executor="processes",
+                    workers=2, failpoints=failpoints)
+
+    assert (result.executor, result.workers) == ("processes", 2)
+    assert failpoints.fired("task.before_snapshot") == 1
+    assert any("was killed by SIGKILL" in f for f in result.failures), result.failures
+    assert_restored_from_a_checkpoint(result)
+    assert result.records < lines_in, f"the last attempt read the whole input again: {result.records} lines"
+    actual = committed_output(dirs.output)
+    expected = batch_reference(lines(lines_in))
+    assert Counter(actual) == expected, difference(actual, expected)

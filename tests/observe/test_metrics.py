@@ -74,7 +74,7 @@ def test_counters_scraped_from_a_multi_process_job_add_up_to_the_records_process
     for (n, labels), v in final.items():
         if n == "flowstate_operator_records_out_total":
             by_operator[dict(labels)["operator"]] += v
-    assert by_operator == {"Count": RECORDS, "callback": 0}
+    assert by_operator == {"Count": RECORDS, "discard": 0}
     assert final[("flowstate_checkpoints_total", (("outcome", "completed"),))] == result.checkpoints_completed
     assert final[("flowstate_checkpoint_duration_seconds_count", ())] == result.checkpoints_completed
     assert final[("flowstate_last_checkpoint_id", ())] == result.last_checkpoint

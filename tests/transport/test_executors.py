@@ -15,11 +15,11 @@ from flowstate.runtime.job import choose_executor
 from flowstate.runtime.worker_control import RemoteTaskError, place, portable
 
 
-def job(parallelism: int, *, wide: int | None = None) -> fs.Dataflow:
+def job(parallelism: int, *, wide: int | None = None, sink: object = None) -> fs.Dataflow:
     flow = fs.Dataflow("job", parallelism=parallelism)
     (flow.source(fs.GeneratorSource(lambda i: i, 10), uid="numbers")
          .map(lambda i: i * 2, uid="double", parallelism=wide)
-         .sink(lambda x: None, uid="out"))
+         .sink(sink if sink is not None else fs.PrintSink(), uid="out"))
     return flow
 
 
@@ -46,6 +46,15 @@ def test_workers_are_never_more_than_the_widest_operator_has_subtasks():
 def test_an_unknown_executor_or_a_bad_number_of_workers_is_refused(settings, message):
     with pytest.raises(ConfigError, match=message):
         config(**settings)
+
+
+def test_a_job_with_a_callable_sink_runs_on_threads_and_is_refused_under_processes_or_ray():
+    seen: list[int] = []
+    assert choose_executor(config(), build_job_graph(job(2, sink=seen.append))) == ("threads", 0)
+    assert choose_executor(config(), build_job_graph(job(2, sink=fs.BatchCallbackSink(seen.extend)))) == ("threads", 0)
+    for settings in ({"executor": "processes"}, {"executor": "ray"}, {"workers": 2}):
+        with pytest.raises(ConfigError, match="calls a function of this process"):
+            choose_executor(config(**settings), build_job_graph(job(2, sink=seen.append)))
 
 
 def test_workers_for_the_threads_executor_are_refused():

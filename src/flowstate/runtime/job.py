@@ -6,11 +6,16 @@ Step 1: choose the restore point: the newest checkpoint whose metadata and files
         (``flowstate.checkpoint.restore``); every newer one that was skipped is logged with its reason
         and deleted. With ``--from-savepoint``, the savepoint, unless a checkpoint of this job descends
         from it (``flowstate.runtime.savepoint``). New checkpoint ids continue after the highest id
-        ever used. Load every task's state from it and assign it to the tasks of the job as it is
-        now, by operator uid, at any parallelism (``flowstate.runtime.state_assignment``); what
-        cannot be assigned stops the run with a ``ConfigError`` naming the operator and the state.
-Step 2: build all tasks from the assigned states: sources rewind to the stored positions, sinks
-        commit what the snapshot pre-committed.
+        ever used. Its state is assigned to the tasks of the job as it is
+        now, by operator uid, at any parallelism (``flowstate.runtime.state_assignment``).
+Step 2: make the attempt's plan (``flowstate.runtime.plan``): the job graph, the task-level
+        configuration, the restore point and the state files each task reads, a spec of the
+        checkpoint storage (never a live client), the state backend and the failpoints. The
+        executor builds every task from the plan alone (``flowstate.runtime.task_factory``), in
+        this process or in its workers, each process opening its own storage and loading the state
+        of its own tasks: sources rewind to the stored positions, sinks commit what the snapshot
+        pre-committed. State that cannot be assigned to the job as it is now stops the run with a
+        ``ConfigError`` naming the operator and the state.
 Step 3: start the tasks; tell the coordinator they run; then loop: take a report (ack, decline,
         source ended, finished, failed) or a control request (``flowstate.runtime.control``), feed it
         to the coordinator, execute the returned actions in order. The metadata is written before any
@@ -22,7 +27,7 @@ Step 4: on a failure, cancel every task, wait for in-flight snapshot writes (or 
 Where the tasks run is the executor's business (``flowstate.runtime.transport.Executor``): threads
 of this process, worker processes forked from it (``flowstate.runtime.processes``) or Ray actors
 (``flowstate.runtime.ray_cluster``). The steps above, the coordinator and its shell are the same for
-all of them: the shell sees tasks only as ``TaskHandle``s.
+all of them: the shell sees tasks only as ``TaskHandle``s, and no executor sees the runner.
 """
 
 from __future__ import annotations
@@ -30,14 +35,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import pickle
 import queue
 import shutil
 import sys
 import tempfile
-import threading
-from collections.abc import Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -60,12 +62,12 @@ from flowstate.checkpoint.ids import CheckpointId, TaskId, task_id
 from flowstate.checkpoint.restore import RestoreFrom, choose
 from flowstate.clock import Clock, SystemClock
 from flowstate.config import JobConfig, Mode
+from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, JobFailedError
 from flowstate.failpoints import Failpoints
-from flowstate.graph import JobGraph, JobVertex, build_job_graph
+from flowstate.graph import JobGraph, build_job_graph
 from flowstate.observe.observer import Observer
-from flowstate.runtime.channels import InputGate
 from flowstate.runtime.control import (
     ControlError,
     ControlRequest,
@@ -83,8 +85,7 @@ from flowstate.runtime.messages import (
     TaskFinished,
     Trigger,
 )
-from flowstate.runtime.operators import OperatorEnv, build_operator
-from flowstate.runtime.output import Output, OutputEdge
+from flowstate.runtime.plan import BackendSpec, RestorePoint, StorageSpec, plan_attempt
 from flowstate.runtime.savepoint import (
     ORIGIN,
     SAVEPOINT,
@@ -94,34 +95,16 @@ from flowstate.runtime.savepoint import (
     open_savepoint,
     same_origin,
 )
-from flowstate.runtime.state_assignment import assign_states, describe_graph
-from flowstate.runtime.task import (
-    KEYED_FILES,
-    SOURCE_STATE,
-    SourceTask,
-    StreamTask,
-    Task,
-    TaskEnv,
-)
-from flowstate.runtime.transport import (
-    ChannelWriter,
-    Executor,
-    LocalWiring,
-    Reports,
-    TaskHandle,
-    ThreadExecutor,
-    Wiring,
-)
-from flowstate.state.backend import BackendFactory, RestoredState
-from flowstate.state.memory import HeapKeyedStateBackend
+from flowstate.runtime.state_assignment import describe_graph
+from flowstate.runtime.task_factory import StateLoadError, TaskSite, build_tasks
+from flowstate.runtime.transport import Executor, TaskHandle, ThreadExecutor
 from flowstate.storage.base import (
     CheckpointMetadata,
     CheckpointStorage,
     CorruptCheckpointError,
-    StateHandle,
     TaskState,
 )
-from flowstate.storage.factory import is_url, open_storage
+from flowstate.storage.factory import open_storage
 from flowstate.storage.local import LocalCheckpointStorage
 
 log = logging.getLogger("flowstate")
@@ -267,11 +250,11 @@ class JobRunner:
                 raise ConfigError(f"checkpoint storage {config.checkpoint_dir}: {exc}") from None
         self.executor_name, self.workers = choose_executor(config, self.graph)
         self._next_id = 1
-        self._state_backend = _backend_factory(config)
+        self._backend = BackendSpec(config.state_backend)
+        self._backend.factory()  # a missing backend package is a mistake in the command: say so now
         self.control = control if control is not None else JobControl()
         """Ask the running job for a checkpoint, a savepoint or a stop (any thread)."""
         self._targets = SnapshotTargets(self.storage)
-        self._assigned: dict[TaskId, dict[str, Any]] = {}
         self._savepoint: Savepoint | None = None
         self._origin: dict[str, Any] | None = None
         self._state = "starting"
@@ -393,17 +376,24 @@ class JobRunner:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. storage unreadable: the restart strategy decides
             raise _AttemptFailed(f"choosing the checkpoint to restore failed: {type(exc).__name__}: {exc}", exc) from exc
-        result.restored_from.append(int(restored.checkpoint_id) if restored else None)
-        result.count_attempt(restored)
         reports: queue.Queue[Any] = queue.Queue()
         state_dir = self._attempt_state_dir()
+        plan = plan_attempt(self.graph, self.config, failpoints=self.failpoints, restore=self._restore_point(restored),
+                            backend=self._backend)
         executor = self._executor()
         graceful = False
         try:
             try:
-                tasks = executor.build(restored, reports)
+                tasks = executor.build(plan, reports)
+            except ConfigError:
+                raise  # state the job as it is now cannot take: the user must decide
+            except StateLoadError as exc:
+                raise _AttemptFailed(str(exc), exc.__cause__ or exc) from exc
             except Exception as exc:  # noqa: BLE001 - a failure to restore is a failure of the attempt
                 raise _AttemptFailed(f"building the tasks failed: {type(exc).__name__}: {exc}", exc) from exc
+            # An attempt that failed before its tasks were built (and restored) restored nothing.
+            result.restored_from.append(int(restored.checkpoint_id) if restored else None)
+            result.count_attempt(restored)
             self.observer.attempt_started(tasks)
             self.observer.restored(result.restored_from[-1], self.clock.monotonic() - restore_started,
                                    result.restored_savepoint)
@@ -427,23 +417,43 @@ class JobRunner:
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
         state_dir = tempfile.mkdtemp(prefix="flowstate-attempt-", dir=base)
-        self._state_backend = _backend_factory(config, state_dir)
+        self._backend = BackendSpec(config.state_backend, state_dir)
         return state_dir
+
+    def _restore_point(self, restored: CheckpointMetadata | None) -> RestorePoint | None:
+        """Where the snapshot chosen in Step 1 is: the savepoint's directory, or the checkpoint
+        storage. Logs what a rescale changes."""
+        if restored is None:
+            return None
+        savepoint = self._savepoint
+        if savepoint is not None and restored is savepoint.metadata:
+            point = RestorePoint(restored, StorageSpec.of(savepoint.path), f"savepoint {str(savepoint.path)!r}")
+        else:
+            assert self.config.checkpoint_dir is not None
+            point = RestorePoint(restored, StorageSpec.of(self.config.checkpoint_dir),
+                                 f"checkpoint {restored.checkpoint_id}")
+        rescaled = [f"{v.name} {restored.parallelism[v.name]} -> {v.parallelism}" for v in self.graph.vertices
+                    if v.name in restored.parallelism and restored.parallelism[v.name] != v.parallelism]
+        if rescaled:
+            log.info("rescaling from %s: %s", point.what, ", ".join(rescaled))
+        return point
 
     def _executor(self) -> Executor:
         """A new executor for one attempt (see ``choose_executor``)."""
         if self.executor_name == "processes":
             from flowstate.runtime.processes import ProcessExecutor
 
-            return ProcessExecutor(self, self.workers)
+            return ProcessExecutor(self.graph, self.workers, self.clock)
         if self.executor_name == "ray":
             from flowstate.runtime.ray_cluster import RayExecutor
 
-            return RayExecutor(self, self.workers)
-        return ThreadExecutor(self._build_tasks, self.clock)
+            return RayExecutor(self.graph, self.workers, self.clock)
+        # Tasks in this process share its storage client and the savepoint routes of its shell.
+        site = TaskSite(self.storage, self.clock, self._targets)
+        return ThreadExecutor(lambda plan, reports, pool: build_tasks(plan, reports, pool, site), self.clock)
 
     def _choose_restore_point(self) -> CheckpointMetadata | None:
-        """Step 1: the snapshot to restore from, its states loaded and assigned to the tasks."""
+        """Step 1: the snapshot to restore from."""
         storage = self.storage
         md: CheckpointMetadata | None = None
         if storage is not None:
@@ -465,14 +475,12 @@ class JobRunner:
                      savepoint.path, md.checkpoint_id, len(md.tasks), md.state_size)
             assert self._result is not None
             self._result.restored_savepoint = str(savepoint.path)
-            self._assigned = self._assign(md, savepoint.storage, f"savepoint {str(savepoint.path)!r}")
             return md
         if md is None:
             if storage is not None:
                 storage.sweep(set())
                 self._sweep_orphans()
             log.info("no completed checkpoint to restore from: starting from scratch")
-            self._assigned = {}
             return None
         assert storage is not None
         origin = md.extra.get(ORIGIN)
@@ -483,7 +491,6 @@ class JobRunner:
         self._sweep_orphans()
         if self.failpoints:
             self.failpoints.hit(fpn.RECOVERY_CHECKPOINT_CHOSEN)
-        self._assigned = self._assign(md, storage, f"checkpoint {md.checkpoint_id}")
         return md
 
     def _sweep_orphans(self) -> None:
@@ -508,102 +515,6 @@ class JobRunner:
         if gone:
             log.info("restoring from savepoint %s: discarded %d checkpoint(s) of an earlier run in %s",
                      savepoint.path, len(gone), self.config.checkpoint_dir)
-
-    def _assign(self, md: CheckpointMetadata, storage: CheckpointStorage, what: str) -> dict[TaskId, dict[str, Any]]:
-        try:
-            states: dict[TaskId, dict[str, Any]] = {}
-            for ts in md.tasks:
-                if states and self.failpoints:
-                    self.failpoints.hit(fpn.RECOVERY_MID_LOAD)
-                states[ts.task] = pickle.loads(storage.read_state(ts.handle)) if ts.handle else {}
-        except Exception as exc:  # noqa: BLE001 - a state that cannot be read fails the attempt
-            raise _AttemptFailed(f"reading the state of {what} failed: {type(exc).__name__}: {exc}", exc) from exc
-        assignment = assign_states(self.graph, md, states, allow_non_restored_state=self.config.allow_non_restored_state,
-                                   what=what)
-        for dropped in assignment.dropped:
-            log.warning("dropping state (--allow-non-restored-state): %s", dropped)
-        rescaled = [f"{v.name} {md.parallelism[v.name]} -> {v.parallelism}" for v in self.graph.vertices
-                    if v.name in md.parallelism and md.parallelism[v.name] != v.parallelism]
-        if rescaled:
-            log.info("rescaling from %s: %s", what, ", ".join(rescaled))
-        return {tid: {uid: _restorable(value, storage) for uid, value in state.items()}
-                for tid, state in assignment.states.items()}
-
-    def _load_states(self, md: CheckpointMetadata | None, only: Collection[TaskId] | None = None) -> dict[TaskId, dict[str, Any]]:
-        """The states assigned to the tasks in Step 1 (to the tasks in ``only``, when given)."""
-        if md is None:
-            return {}
-        return {tid: state for tid, state in self._assigned.items() if only is None or tid in only}
-
-    def _build_tasks(
-        self, restored: CheckpointMetadata | None, reports: Reports, pool: ThreadPoolExecutor,
-        wiring: Wiring | None = None,
-    ) -> dict[TaskId, Task]:
-        """The tasks that run in this process (``wiring.is_local``; all of them by default), each
-        restored from its state in ``restored``. A producer writes to the gate ``wiring`` gives for
-        its consumer: the consumer's own input gate when it is local, else a writer to it."""
-        graph = self.graph
-        config = self.config
-        wiring = wiring or LocalWiring(config.channel_capacity)
-        local = {task_id(v.name, i) for v in graph.vertices for i in range(v.parallelism)
-                 if wiring.is_local(task_id(v.name, i))}
-        states = self._load_states(restored, local)
-        storage = self._targets if self.storage is not None else None
-        env = TaskEnv(config.mode, storage, reports, pool, self.failpoints, self.clock, config.batch_size,
-                      config.alignment_timeout, config.max_inflight_bytes, config.compression, config.incremental)
-        gates: dict[tuple[str, int], Any] = {}
-        bases: dict[str, list[int]] = {}
-        for v in graph.vertices:
-            widths = [1 if e.partition == "forward" else graph.vertex(e.source).parallelism for e in v.inputs]
-            bases[v.name] = [sum(widths[:k]) for k in range(len(widths))]
-            for i in range(v.parallelism):
-                gates[(v.name, i)] = wiring.gate(task_id(v.name, i), sum(widths))
-        tasks: dict[TaskId, Task] = {}
-        for v in graph.vertices:
-            for i in range(v.parallelism):
-                tid = task_id(v.name, i)
-                if tid not in local:
-                    continue
-                resume = states.get(tid) if restored is not None else None
-                if restored is not None and resume is None:
-                    resume = {}
-                cancelled = threading.Event()
-                output = self._output(v, i, gates, bases, cancelled)
-                tasks[tid] = self._task(v, i, tid, output, cancelled, gates[(v.name, i)], env, resume)
-        return tasks
-
-    def _output(
-        self, v: JobVertex, i: int, gates: dict[tuple[str, int], Any], bases: dict[str, list[int]],
-        cancelled: threading.Event,
-    ) -> Output:
-        """Subtask ``i`` of ``v`` writes to channel ``base + i`` of every consumer subtask (one
-        channel per upstream subtask), or, on a forward edge, to channel ``base`` of subtask ``i``."""
-        edges = []
-        for consumer, k in self.graph.consumers(v.name):
-            edge = consumer.inputs[k]
-            base = bases[consumer.name][k]
-            if edge.partition == "forward":
-                targets: list[tuple[ChannelWriter, int]] = [(gates[(consumer.name, i)], base)]
-            else:
-                targets = [(gates[(consumer.name, t)], base + i) for t in range(consumer.parallelism)]
-            edges.append(OutputEdge(edge.partition, targets, edge.key_fn, self.graph.max_parallelism, cancelled))
-        return Output(edges, self.config.batch_size)
-
-    def _task(
-        self, v: JobVertex, i: int, tid: TaskId, output: Output, cancelled: threading.Event, gate: InputGate,
-        env: TaskEnv, resume: dict[str, Any] | None,
-    ) -> Task:
-        op_env = OperatorEnv(i, v.parallelism, self.graph.max_parallelism, self.config.mode.checkpoints, self.failpoints,
-                             self._state_backend)
-        key_fn = v.inputs[0].key_fn if v.inputs else None
-        nodes = v.chain[1:] if v.is_source else v.chain
-        ops = [build_operator(n, op_env, key_fn if idx == 0 and not v.is_source else None) for idx, n in enumerate(nodes)]
-        if v.is_source:
-            source = v.chain[0].fn
-            splits = source.splits()[i :: v.parallelism]
-            reader = source.build_reader(splits, resume.get(SOURCE_STATE) if resume is not None else None)
-            return SourceTask(tid, v.name, i, ops, output, gate, env, resume, cancelled, reader=reader)
-        return StreamTask(tid, v.name, i, ops, output, gate, env, resume, cancelled)
 
     # ---- the coordinator's shell ---------------------------------------------------------------------
 
@@ -675,33 +586,6 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, FlowstateError):
         return str(error)
     return f"{type(error).__name__}: {error}"
-
-
-def _backend_factory(config: JobConfig, state_dir: str | None = None) -> BackendFactory:
-    if config.state_backend != "rocksdb":
-        return HeapKeyedStateBackend
-    try:
-        from flowstate.state.rocksdb import RocksDBBackendFactory
-    except ImportError as exc:
-        raise ConfigError(
-            f"the rocksdb state backend needs the rocksdict and msgpack packages ({exc}): "
-            "pip install 'flowstate[rocksdb]'"
-        ) from None
-    return RocksDBBackendFactory(base_dir=state_dir)
-
-
-def _restorable(value: Any, storage: CheckpointStorage) -> Any:
-    """A keyed operator's stored part (or the list of them a rescale assigned) as the backend takes
-    it back: its data, and a readable local path for every file it references (checked against its
-    size and checksum on the way). Any other state is returned as it is."""
-    if isinstance(value, list):
-        return [_restorable(v, storage) for v in value]
-    if not isinstance(value, dict) or KEYED_FILES not in value:
-        return value
-    data = {k: v for k, v in value.items() if k != KEYED_FILES}
-    files = {key: str(storage.local_path(StateHandle(h["path"], h["size"], h["sha256"], h.get("codec", "none"))))
-             for key, h in value[KEYED_FILES].items()}
-    return RestoredState(data, files)
 
 
 class _Shell:
@@ -957,20 +841,24 @@ def choose_executor(config: JobConfig, graph: JobGraph) -> tuple[str, int]:
     Rules: ``config.executor`` when set, else ``processes`` when some vertex runs more than one
     subtask (or ``config.workers`` is set) and ``threads`` otherwise. ``processes`` defaults to one
     worker per core, ``ray`` to one per subtask of the widest vertex; neither uses more workers than
-    the widest vertex has subtasks. ``threads`` has no workers (0)."""
+    the widest vertex has subtasks. ``threads`` has no workers (0).
+
+    A sink that calls a function of this process (``CallbackSink``, ``BatchCallbackSink``, or a
+    callable given to ``sink``) must run in this process: in a worker it would call a copy of the
+    function, and what it collects would never reach the caller. Such a job runs on ``threads``
+    unless ``processes`` or ``ray`` (or ``workers``) was asked for, which is refused."""
     widest = max(v.parallelism for v in graph.vertices)
-    remote = isinstance(config.checkpoint_dir, str) and is_url(config.checkpoint_dir) \
-        and not config.checkpoint_dir.startswith("file:")
-    if remote and (config.executor in ("processes", "ray") or config.workers is not None):
-        # The object-store client runs its own I/O threads, which a forked worker does not inherit.
+    callbacks = [n.name for v in graph.vertices for n in v.chain
+                 if n.kind == "sink" and isinstance(n.fn, (CallbackSink, BatchCallbackSink))]
+    asked = config.executor or ("processes" if config.workers is not None else None)
+    if callbacks and asked in ("processes", "ray"):
         raise ConfigError(
-            f"checkpoints in object storage ({config.checkpoint_dir}) are written by the threads executor only: "
-            f"the {config.executor or 'processes'} executor's workers cannot share this process's object-store client; use "
-            "executor threads, or a checkpoint directory on a file system every worker sees"
+            f"sink {callbacks[0]!r} calls a function of this process, but the {asked} executor would call a copy "
+            "of it in a worker process, so this process would never see a record; run with executor threads, "
+            "or write to a FileSink"
         )
-    if remote:
-        return "threads", 0
-    name = config.executor or ("processes" if widest > 1 or config.workers is not None else "threads")
+    name = config.executor or ("processes" if (widest > 1 and not callbacks) or config.workers is not None
+                               else "threads")
     if name == "threads":
         if config.workers is not None:
             raise ConfigError(

@@ -6,9 +6,12 @@ in-band, in the same frames; the worker protocol is ``flowstate.runtime.worker_c
 Rules:
 
 1. Workers are forked (jobs are built from lambdas and closures, which cannot be pickled) at the
-   start of each attempt, once the restore point is chosen and before this process starts any
-   thread of the attempt. A worker inherits the job, the restore point and the failpoints, whose
-   counts are shared with it (``Failpoints.share``). It loads the state of its own tasks only.
+   start of each attempt, once the attempt's plan (``flowstate.runtime.plan``) is made and before
+   this process starts any thread of the attempt. A worker builds its tasks from the plan alone,
+   as a Ray actor does: it opens its own client of the checkpoint storage from the plan's spec (an
+   object-store client of this process would not work in it) and loads the state of its own tasks
+   only. The fork is only how the plan reaches it; the failpoints' counts are shared with it
+   (``Failpoints.share``).
 2. A worker dies with the coordinator: on Linux it asks the kernel for SIGKILL when its parent
    exits, and everywhere it ends itself when its control connection closes. It holds the checkpoint
    directory's lock (inherited), so a new run cannot start while a worker of the old one lives.
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.observe.counters import TaskCounters
+from flowstate.clock import Clock, SystemClock
 from flowstate.runtime.messages import TaskFailed, TaskFinished
 from flowstate.runtime.remote import ControlChannel
 from flowstate.runtime.transport import STOP_TIMEOUT, Reports
@@ -63,8 +67,8 @@ from flowstate.runtime.worker_control import (
 )
 
 if TYPE_CHECKING:
-    from flowstate.runtime.job import JobRunner
-    from flowstate.storage.base import CheckpointMetadata
+    from flowstate.graph import JobGraph
+    from flowstate.runtime.plan import AttemptPlan
 
 log = logging.getLogger("flowstate")
 
@@ -129,12 +133,11 @@ class WorkerPool:
     host = "127.0.0.1"
     """Where the control listener binds; workers reach the coordinator there."""
 
-    def __init__(self, runner: JobRunner, workers: int) -> None:
-        self._runner = runner
-        self._clock = runner.clock
-        self._placement = place(runner.graph, workers)
+    def __init__(self, graph: JobGraph, workers: int, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._placement = place(graph, workers)
         self.workers = self._placement.count
-        sources = {task_id(v.name, i) for v in runner.graph.vertices if v.is_source for i in range(v.parallelism)}
+        sources = {task_id(v.name, i) for v in graph.vertices if v.is_source for i in range(v.parallelism)}
         self._links = [WorkerLink(w, self._placement.tasks_of(w)) for w in range(self.workers)]
         self._handles = {tid: RemoteTask(tid, tid in sources, link) for link in self._links for tid in link.tasks}
         self._events: queue.Queue[Any] = queue.Queue()
@@ -146,10 +149,10 @@ class WorkerPool:
 
     # ---- Executor ----------------------------------------------------------------------------------
 
-    def build(self, restored: CheckpointMetadata | None, reports: Reports) -> dict[TaskId, RemoteTask]:
+    def build(self, plan: AttemptPlan, reports: Reports) -> dict[TaskId, RemoteTask]:
         self._listener = socket.create_server((self.host, 0), backlog=self.workers)
         token = secrets.token_hex(16)
-        self._spawn(restored, self._listener.getsockname()[:2], token)
+        self._spawn(plan, self._listener.getsockname()[:2], token)
         self._accept(token)
         peers = Peers(tuple(link.address for link in self._links))  # type: ignore[misc]
         for link in self._links:
@@ -160,14 +163,18 @@ class WorkerPool:
             self._threads.append(thread)
             thread.start()
         built: set[int] = set()
+        dropped: dict[str, None] = {}
         while len(built) < self.workers:
             event = self._events.get()
             if isinstance(event, Built):
                 built.add(event.worker)
+                dropped.update(dict.fromkeys(event.dropped))
             elif isinstance(event, BuildFailed):
                 raise event.error
             elif isinstance(event, BaseException):
                 raise event
+        for sentence in dropped:  # once, though several workers may have read that state
+            log.warning("dropping state (--allow-non-restored-state): %s", sentence)
         return dict(self._handles)
 
     def launch(self) -> None:
@@ -197,8 +204,8 @@ class WorkerPool:
 
     # ---- for subclasses -------------------------------------------------------------------------------
 
-    def _spawn(self, restored: CheckpointMetadata | None, coordinator: Address, token: str) -> None:
-        """Start every worker; each runs ``worker.serve`` for its index."""
+    def _spawn(self, plan: AttemptPlan, coordinator: Address, token: str) -> None:
+        """Start every worker; each runs ``worker.serve`` of ``plan`` for its index."""
         raise NotImplementedError
 
     def _poll(self, link: WorkerLink) -> str | None:
@@ -302,25 +309,23 @@ class ProcessExecutor(WorkerPool):
 
     name = "processes"
 
-    def __init__(self, runner: JobRunner, workers: int) -> None:
-        super().__init__(runner, workers)
+    def __init__(self, graph: JobGraph, workers: int, clock: Clock | None = None) -> None:
+        super().__init__(graph, workers, clock)
         self._reaping = threading.Lock()
 
-    def _spawn(self, restored: CheckpointMetadata | None, coordinator: Address, token: str) -> None:
-        runner = self._runner
-        if runner.failpoints:
-            runner.failpoints.share()
+    def _spawn(self, plan: AttemptPlan, coordinator: Address, token: str) -> None:
+        if plan.failpoints:
+            plan.failpoints.share()
         _flush_standard_streams()  # or the workers would write what is buffered once more
         parent = os.getpid()
         for link in self._links:
             pid = os.fork()
             if pid == 0:
-                self._child(link.index, restored, coordinator, token, parent)
+                self._child(link.index, plan, coordinator, token, parent)
             link.pid = pid
             link.started = True
 
-    def _child(self, worker: int, restored: CheckpointMetadata | None, coordinator: Address, token: str,
-               parent: int) -> NoReturn:
+    def _child(self, worker: int, plan: AttemptPlan, coordinator: Address, token: str, parent: int) -> NoReturn:
         from flowstate.runtime.worker import serve
 
         code = 1
@@ -332,7 +337,7 @@ class ProcessExecutor(WorkerPool):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if self._listener is not None:
                 self._listener.close()  # the coordinator's
-            code = serve(self._runner, restored, self._placement, worker, coordinator, token, self.host)
+            code = serve(plan, self._placement, worker, coordinator, token, self.host, forked=True)
         except BaseException:  # noqa: BLE001 - the process ends here whatever happened
             with contextlib.suppress(Exception):
                 traceback.print_exc()

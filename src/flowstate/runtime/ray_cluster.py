@@ -6,10 +6,13 @@ Install with ``pip install 'flowstate[ray]'``. Rules:
    worker loop as a forked worker (``flowstate.runtime.worker.serve``): it connects to the
    coordinator's control listener and to its peers **directly** over TCP, and records flow between
    workers in frames over those connections, never through actor calls or Ray's object store.
-2. The job reaches the actors pickled by Ray (cloudpickle: lambdas and closures travel by value;
-   classes of importable modules by reference, so those modules must be importable where the actors
-   run). Paths are made absolute first. The checkpoint directory must be a file system that every
-   node sees at the same path.
+2. Each actor receives the attempt's plan (``flowstate.runtime.plan``) pickled with cloudpickle
+   (lambdas and closures travel by value; classes of importable modules by reference, so those
+   modules must be importable where the actors run), opens its own client of the checkpoint storage
+   from the plan's spec and loads the state of its own tasks: after a failure the new actors restore
+   from the restore point. A local checkpoint directory must be a file system that every node sees
+   at the same path (the plan names it by its absolute path); object storage (``s3://``) is reached
+   by every actor with its own ``AWS_*`` environment.
 3. A worker's death is noticed when its control connection closes; Ray says how it ended (the
    actor died, or its loop returned). Failover is that of ``flowstate.runtime.processes``: the
    attempt fails, every actor of it is killed, the next attempt starts new actors, all restored from
@@ -25,18 +28,17 @@ Ray is connected to when the first attempt starts: ``ray.init()`` unless the pro
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flowstate.clock import Clock
 from flowstate.errors import ConfigError
 from flowstate.runtime.processes import WorkerLink, WorkerPool
 from flowstate.runtime.worker_control import Address
 
 if TYPE_CHECKING:
-    from flowstate.runtime.job import JobRunner
-    from flowstate.storage.base import CheckpointMetadata
+    from flowstate.graph import JobGraph
+    from flowstate.runtime.plan import AttemptPlan
 
 def _ray() -> Any:
     try:
@@ -55,13 +57,11 @@ class FlowstateWorker:
     def serve(self, job: bytes, worker: int, coordinator: Address, token: str) -> int:
         import pickle
 
-        from flowstate.runtime.job import JobRunner
         from flowstate.runtime.worker import serve
 
         ray = _ray()
-        flow, config, failpoints, restored, placement = pickle.loads(job)
-        runner = JobRunner(flow, config, failpoints=failpoints)
-        return serve(runner, restored, placement, worker, coordinator, token, ray.util.get_node_ip_address())
+        plan, placement = pickle.loads(job)
+        return serve(plan, placement, worker, coordinator, token, ray.util.get_node_ip_address())
 
 
 class RayExecutor(WorkerPool):
@@ -69,8 +69,8 @@ class RayExecutor(WorkerPool):
 
     name = "ray"
 
-    def __init__(self, runner: JobRunner, workers: int) -> None:
-        super().__init__(runner, workers)
+    def __init__(self, graph: JobGraph, workers: int, clock: Clock | None = None) -> None:
+        super().__init__(graph, workers, clock)
         self._rayapi = _ray()
         if not self._rayapi.is_initialized():
             self._rayapi.init(address=os.environ.get("RAY_ADDRESS"))
@@ -78,13 +78,9 @@ class RayExecutor(WorkerPool):
         self._actors: dict[int, Any] = {}
         self._calls: dict[int, Any] = {}
 
-    def _spawn(self, restored: CheckpointMetadata | None, coordinator: Address, token: str) -> None:
+    def _spawn(self, plan: AttemptPlan, coordinator: Address, token: str) -> None:
         ray = self._rayapi
-        runner = self._runner
-        config = runner.config
-        if config.checkpoint_dir is not None:
-            config = dataclasses.replace(config, checkpoint_dir=Path(config.checkpoint_dir).resolve())
-        job = ray.cloudpickle.dumps((runner.flow, config, runner.failpoints, restored, self._placement))
+        job = ray.cloudpickle.dumps((plan, self._placement))
         actor_class = ray.remote(num_cpus=1, max_restarts=0)(FlowstateWorker)
         for link in self._links:
             actor = actor_class.remote()

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from flowstate.checkpoint.ids import TaskId
     from flowstate.clock import Clock
     from flowstate.observe.counters import TaskCounters
+    from flowstate.runtime.plan import AttemptPlan
     from flowstate.runtime.task import Task
-    from flowstate.storage.base import CheckpointMetadata
 
 log = logging.getLogger("flowstate")
 
@@ -125,9 +125,11 @@ class LocalWiring:
 class Executor(Protocol):
     """Builds, runs and stops the tasks of one attempt of a job. Step by step:
 
-    Step 1: ``build(restored, reports)`` builds every task, each restored from its state in
-            ``restored`` (``None``: from scratch), and returns a handle per task. Tasks will put their
-            reports into ``reports``. Raises when a task cannot be built.
+    Step 1: ``build(plan, reports)`` builds every task of the attempt plan
+            (``flowstate.runtime.plan``), each restored from its state at the plan's restore point
+            (none: from scratch), and returns a handle per task. Wherever a task runs, it is built
+            from the plan by ``flowstate.runtime.task_factory``. Tasks will put their reports into
+            ``reports``. Raises when a task cannot be built.
     Step 2: ``launch()`` starts every task.
     Step 3: ``stop(graceful)`` cancels whatever still runs and returns once no task of the attempt can
             write anything any more (in-flight snapshot writes finished or their process is gone).
@@ -138,14 +140,16 @@ class Executor(Protocol):
     name: str
     workers: int
 
-    def build(self, restored: CheckpointMetadata | None, reports: Reports) -> Mapping[TaskId, TaskHandle]: ...
+    def build(self, plan: AttemptPlan, reports: Reports) -> Mapping[TaskId, TaskHandle]: ...
 
     def launch(self) -> None: ...
 
     def stop(self, graceful: bool) -> None: ...
 
 
-BuildTasks = Callable[["CheckpointMetadata | None", Reports, ThreadPoolExecutor], "dict[TaskId, Task]"]
+BuildTasks = Callable[["AttemptPlan", Reports, ThreadPoolExecutor], "dict[TaskId, Task]"]
+"""Builds the tasks of a plan that run in this process (``task_factory.build_tasks`` with the
+process's site and wiring)."""
 
 
 class ThreadExecutor:
@@ -161,9 +165,9 @@ class ThreadExecutor:
         self._tasks: dict[TaskId, Task] = {}
         self._threads: list[tuple[str, threading.Thread]] = []
 
-    def build(self, restored: CheckpointMetadata | None, reports: Reports) -> dict[TaskId, Task]:
+    def build(self, plan: AttemptPlan, reports: Reports) -> dict[TaskId, Task]:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
-        self._tasks = self._build(restored, reports, self._pool)
+        self._tasks = self._build(plan, reports, self._pool)
         return self._tasks
 
     def launch(self) -> None:

@@ -1,11 +1,13 @@
 """A worker: one process running a share of a job's tasks, the same for a forked process and a Ray
 actor.
 
-``serve`` runs the steps of ``flowstate.runtime.worker_control`` on the worker's side. Its tasks are built
-exactly as the job runner builds tasks in one process (``JobRunner._build_tasks``), with a wiring
-that hands a producer whose consumer runs in another worker a ``RemoteChannelWriter`` instead of the
-consumer's gate; channels between two tasks of the same worker stay in-process. The tasks run on
-threads (``ThreadExecutor``); their reports go straight to the coordinator over the control
+``serve`` runs the steps of ``flowstate.runtime.worker_control`` on the worker's side, from the
+attempt's plan (``flowstate.runtime.plan``) and nothing else of the job runner: the worker opens its
+own client of the checkpoint storage from the plan's spec and loads the state of its own tasks. Its
+tasks are built by the same task factory as in one process (``flowstate.runtime.task_factory``), with
+a wiring that hands a producer whose consumer runs in another worker a ``RemoteChannelWriter`` instead
+of the consumer's gate; channels between two tasks of the same worker stay in-process. The tasks run
+on threads (``ThreadExecutor``); their reports go straight to the coordinator over the control
 connection.
 """
 
@@ -17,9 +19,11 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from flowstate.checkpoint.ids import TaskId
+from flowstate.clock import SystemClock
 from flowstate.runtime.frames import HEADER, HEADER_SIZE, HELLO, encode
 from flowstate.runtime.messages import TaskFailed, TaskFinished
 from flowstate.runtime.remote import ControlChannel, DataPlane
+from flowstate.runtime.task_factory import TaskSite, build_tasks
 from flowstate.runtime.transport import ThreadExecutor
 from flowstate.runtime.worker_control import (
     Address,
@@ -37,9 +41,8 @@ from flowstate.runtime.worker_control import (
 )
 
 if TYPE_CHECKING:
-    from flowstate.runtime.job import JobRunner
+    from flowstate.runtime.plan import AttemptPlan
     from flowstate.runtime.task import Task
-    from flowstate.storage.base import CheckpointMetadata
 
 log = logging.getLogger("flowstate")
 
@@ -102,13 +105,14 @@ class _Reports:
 
 
 def serve(
-    runner: JobRunner, restored: CheckpointMetadata | None, placement: Placement, worker: int,
-    coordinator: Address, token: str, host: str = "127.0.0.1",
+    plan: AttemptPlan, placement: Placement, worker: int, coordinator: Address, token: str,
+    host: str = "127.0.0.1", *, forked: bool = False,
 ) -> int:
     """Run worker ``worker`` of one attempt until the coordinator says ``Stop`` (returns 0). When the
     coordinator goes away the process ends at once (``os._exit``): a worker never outlives it, and
-    never writes for an attempt that is over."""
-    clock = runner.clock
+    never writes for an attempt that is over. ``forked``: this process is a fork of the
+    coordinator's (``StorageSpec.open``)."""
+    clock = SystemClock()
     listener = socket.create_server((host, 0), backlog=max(placement.count, 1))
     control = ControlChannel(socket.create_connection(coordinator))
     control.send(Hello(worker, listener.getsockname()[:2], os.getpid(), token))
@@ -116,20 +120,22 @@ def serve(
     executor: ThreadExecutor | None = None
     try:
         peers = _expect(control, Peers)
-        plane = DataPlane(len(placement.tasks), runner.config.channel_capacity)
+        plane = DataPlane(len(placement.tasks), plan.config.channel_capacity)
         try:
             _connect_peers(plane, listener, peers.addresses, worker, token)
             reports = _Reports(control)
             wiring = _WorkerWiring(placement, worker, plane)
-            executor = ThreadExecutor(lambda r, q, pool: runner._build_tasks(r, q, pool, wiring), clock)
-            reports.tasks = executor.build(restored, reports)
+            site = TaskSite.open(plan, clock, forked=forked)
+            dropped: list[str] = []
+            executor = ThreadExecutor(lambda p, q, pool: build_tasks(p, q, pool, site, wiring, dropped), clock)
+            reports.tasks = executor.build(plan, reports)
         except Exception as exc:  # noqa: BLE001 - the coordinator decides what a failed build means
             control.send(BuildFailed(worker, portable(exc)))
             return 1
         finally:
             listener.close()
         plane.start(lambda peer, reason: reports.send(PeerLost(worker, peer, reason)))
-        control.send(Built(worker))
+        control.send(Built(worker, tuple(dropped)))
         if isinstance(_expect(control, (Start, Stop)), Stop):
             return 0
         executor.launch()

@@ -8,7 +8,8 @@ Step 2: each worker opens its data listener, connects to the coordinator and say
 Step 3: once every worker said hello, the coordinator sends each one ``Peers``: worker *i* connects
         to every worker *j < i* (a ``HELLO`` frame naming *i*) and accepts a connection from every
         *j > i*. No record flows through the coordinator.
-Step 4: each worker builds its tasks, restoring their state from the checkpoint itself, and answers
+Step 4: each worker builds its tasks from the attempt's plan (``flowstate.runtime.plan``), opening
+        its own client of the checkpoint storage and loading its own tasks' state, and answers
         ``Built`` (or ``BuildFailed``). Nothing is sent on a data connection before Step 5, so no
         frame can reach a gate that is not built yet.
 Step 5: when every worker is built the coordinator sends ``Start``. From then on ``Mail`` carries
@@ -128,6 +129,9 @@ class Peers:
 @dataclass(frozen=True, slots=True)
 class Built:
     worker: int
+    dropped: tuple[str, ...] = ()
+    """State its tasks dropped under ``allow_non_restored_state``, one sentence each (the
+    coordinator logs them)."""
 
 
 @dataclass(frozen=True, slots=True)

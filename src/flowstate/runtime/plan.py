@@ -1,0 +1,205 @@
+"""The attempt plan: everything an executor needs to build the tasks of one attempt, as one frozen,
+picklable value.
+
+Rules:
+
+1. **No hidden channels.** Every executor (threads, forked worker processes, Ray actors) builds its
+   tasks from an ``AttemptPlan`` and from nothing else of the job runner
+   (``flowstate.runtime.task_factory``). A worker never relies on memory a fork happens to inherit:
+   a plan that was pickled and loaded in a fresh process builds the same tasks.
+2. **References, not bytes.** The plan names the restore point (its metadata and a ``StorageSpec`` of
+   the storage that holds its files) and, for every task, the state files (``TaskState`` handles) it
+   reads. It holds no loaded state and no open storage client: each process opens its own storage
+   from the spec and loads the state files of its own tasks only.
+3. Which files a task reads (``plan_reads``) is decided from the metadata alone. A task reads the
+   files of every old task of the vertices that held state of its operators (by uid, as the metadata
+   records them) and of the old vertex of its own name (source positions, channel state); when the
+   vertex, its parallelism and the parallelism of every vertex feeding it are unchanged and it is not
+   a source, only the file of the old subtask with its own index. Those files hold every part of
+   every state that state assignment (``flowstate.runtime.state_assignment``) can give the task.
+   A file no task reads (state of an operator the job no longer has) is read by the first task of the
+   job, so that the refusal, or the drop under ``allow_non_restored_state``, still happens.
+4. The plan's graph holds the user's functions: it pickles when they do (module-level functions and
+   classes; the Ray executor pickles with cloudpickle, which also takes lambdas and closures).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowstate.checkpoint.ids import TaskId, task_id
+from flowstate.config import JobConfig, Mode
+from flowstate.errors import ConfigError
+from flowstate.failpoints import Failpoints
+from flowstate.graph import JobGraph
+from flowstate.runtime.state_assignment import OPERATORS
+from flowstate.state.backend import BackendFactory
+from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, TaskState
+from flowstate.storage.factory import is_url, open_storage
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSpec:
+    """Where checkpoint storage is, as a value any process can open: an absolute local path, or a
+    URL (``s3://bucket/prefix``; the endpoint and credentials come from each process's ``AWS_*``
+    environment variables)."""
+
+    location: str
+
+    @classmethod
+    def of(cls, location: str | os.PathLike[str]) -> StorageSpec:
+        if is_url(location):
+            return cls(str(location))
+        return cls(str(Path(location).resolve()))
+
+    @property
+    def is_object_store(self) -> bool:
+        return is_url(self.location) and not self.location.startswith("file:")
+
+    def open(self, failpoints: Failpoints | None = None, *, forked: bool = False) -> CheckpointStorage:
+        """A new client of this storage, owned by the calling process. A ``forked`` process cannot
+        make object-store requests itself: its client forwards them to a fresh interpreter
+        (``flowstate.storage.isolated``)."""
+        if forked and self.is_object_store:
+            from flowstate.storage.isolated import IsolatedStorage
+
+            return IsolatedStorage(self.location, failpoints if failpoints else None)
+        try:
+            return open_storage(self.location, failpoints=failpoints)
+        except ValueError as exc:
+            raise ConfigError(f"checkpoint storage {self.location}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """The keyed state backend of the tasks: ``heap``, or ``rocksdb`` with its working directory."""
+
+    name: str = "heap"
+    state_dir: str | None = None
+    """``rocksdb``: where the attempt's instances keep their working files (``None``: a temporary
+    directory)."""
+
+    def factory(self) -> BackendFactory:
+        from flowstate.state.memory import HeapKeyedStateBackend
+
+        if self.name != "rocksdb":
+            return HeapKeyedStateBackend
+        try:
+            from flowstate.state.rocksdb import RocksDBBackendFactory
+        except ImportError as exc:
+            raise ConfigError(
+                f"the rocksdb state backend needs the rocksdict and msgpack packages ({exc}): "
+                "pip install 'flowstate[rocksdb]'"
+            ) from None
+        return RocksDBBackendFactory(base_dir=self.state_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    """The part of a job's configuration that tasks use."""
+
+    mode: Mode
+    batch_size: int = 2048
+    channel_capacity: int = 8
+    alignment_timeout: float | None = None
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    compression: str = "none"
+    incremental: bool = True
+    allow_non_restored_state: bool = False
+
+    @classmethod
+    def of(cls, config: JobConfig) -> TaskConfig:
+        return cls(config.mode, config.batch_size, config.channel_capacity, config.alignment_timeout,
+                   config.max_inflight_bytes, config.compression, config.incremental,
+                   config.allow_non_restored_state)
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePoint:
+    """The snapshot an attempt restores from: a completed checkpoint of the job's storage, or a
+    savepoint in a directory of its own."""
+
+    metadata: CheckpointMetadata
+    storage: StorageSpec
+    """The storage holding the snapshot's files."""
+    what: str
+    """How messages name it: ``checkpoint 7`` or ``savepoint '/path'``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptPlan:
+    """One attempt of a job, as every executor builds its tasks from it (see the module rules)."""
+
+    graph: JobGraph
+    config: TaskConfig
+    checkpoints: StorageSpec | None
+    """Where the tasks write their snapshots (``None``: the job takes no checkpoints)."""
+    backend: BackendSpec = field(default_factory=BackendSpec)
+    failpoints: Failpoints = field(default_factory=Failpoints)
+    """Pickled, only its actions travel: each process then counts its own hits (rule 4 of
+    ``flowstate.runtime.ray_cluster``); forked workers share the counts (``Failpoints.share``)."""
+    restore: RestorePoint | None = None
+    reads: Mapping[TaskId, tuple[TaskState, ...]] = field(default_factory=dict)
+    """Task → the state files of the restore point it reads (rule 3); empty without a restore."""
+
+    def tasks(self) -> list[TaskId]:
+        """Every task of the attempt, in graph order."""
+        return [task_id(v.name, i) for v in self.graph.vertices for i in range(v.parallelism)]
+
+    def reads_of(self, tasks: Collection[TaskId]) -> list[TaskState]:
+        """The state files ``tasks`` read together, each once, in the order of the metadata."""
+        if self.restore is None:
+            return []
+        wanted = {ts.task for t in tasks for ts in self.reads.get(t, ())}
+        return [ts for ts in self.restore.metadata.tasks if ts.task in wanted]
+
+
+def plan_reads(graph: JobGraph, metadata: CheckpointMetadata) -> dict[TaskId, tuple[TaskState, ...]]:
+    """Which state files of ``metadata`` each task of ``graph`` reads (rule 3). Pure."""
+    by_vertex: dict[str, list[TaskState]] = {}
+    for ts in metadata.tasks:
+        if ts.handle is not None:
+            by_vertex.setdefault(ts.vertex, []).append(ts)
+    owners = metadata.extra.get(OPERATORS)
+    reads: dict[TaskId, tuple[TaskState, ...]] = {}
+    for v in graph.vertices:
+        if isinstance(owners, Mapping):
+            related = {v.name} | {u for n in v.chain if (u := _old_vertex(owners, n.uid)) is not None}
+        else:
+            related = set(by_vertex)  # a metadata that does not say where each uid was
+        same_layout = (not v.is_source and metadata.parallelism.get(v.name) == v.parallelism
+                       and all(metadata.parallelism.get(e.source) == graph.vertex(e.source).parallelism
+                               for e in v.inputs))
+        for i in range(v.parallelism):
+            files = [ts for u in sorted(related) for ts in by_vertex.get(u, ())
+                     if not (u == v.name and same_layout) or ts.subtask == i]
+            reads[task_id(v.name, i)] = tuple(files)
+    read = {ts.task for files in reads.values() for ts in files}
+    unread = tuple(ts for files in by_vertex.values() for ts in files if ts.task not in read)
+    if unread and graph.vertices:
+        first = task_id(graph.vertices[0].name, 0)
+        reads[first] = reads[first] + unread
+    return reads
+
+
+def _old_vertex(owners: Mapping[str, object], uid: str) -> str | None:
+    """The vertex that held ``uid``'s state when the snapshot was taken, as its metadata records."""
+    entry = owners.get(uid)
+    vertex = entry.get("vertex") if isinstance(entry, Mapping) else None
+    return vertex if isinstance(vertex, str) else None
+
+
+def plan_attempt(
+    graph: JobGraph, config: JobConfig, *, failpoints: Failpoints, restore: RestorePoint | None,
+    backend: BackendSpec,
+) -> AttemptPlan:
+    """The plan of one attempt of ``graph`` under ``config``, restoring from ``restore`` (or from
+    scratch)."""
+    checkpoints = None
+    if config.mode.checkpoints and config.checkpoint_dir is not None:
+        checkpoints = StorageSpec.of(config.checkpoint_dir)
+    reads = plan_reads(graph, restore.metadata) if restore is not None else {}
+    return AttemptPlan(graph, TaskConfig.of(config), checkpoints, backend, failpoints, restore, reads)
