@@ -15,7 +15,7 @@ import pytest
 
 import flowstate as fs
 
-from .jobs import INPUT_LINES, INTERVAL, RATE, committed_output, difference, generator_source, wordcount
+from .jobs import INPUT_LINES, INTERVAL, RATE, Count, committed_output, difference, generator_source, wordcount
 
 
 def run(dirs, **options) -> fs.JobResult:
@@ -144,3 +144,36 @@ def test_a_run_from_scratch_beside_an_earlier_runs_output_is_refused(dirs, expec
         run(dirs)
 
     assert Counter(committed_output(dirs.output)) == expected
+
+
+def renamed_job(dirs, *, suffix: str) -> fs.Dataflow:
+    """The word count with ``suffix`` added to the uid of every stateful operator."""
+    flow = fs.Dataflow("wordcount", parallelism=2)
+    (flow.source(generator_source(INPUT_LINES, rate=RATE), uid="lines" + suffix)
+         .flat_map(str.split, uid="words")
+         .key_by(lambda word: word)
+         .process(Count(), uid="count" + suffix)
+         .sink(fs.FileSink(dirs.output), uid="counts" + suffix))
+    return flow
+
+
+def test_allow_non_restored_state_drops_a_sinks_state_only_when_told_and_never_replaces_committed_files(dirs, expected):
+    def run_renamed(**options) -> fs.JobResult:
+        flow = renamed_job(dirs, suffix="-v2")
+        return fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
+                      executor="threads", allow_non_restored_state=True, **options)
+
+    run(dirs)
+    committed = tree(dirs.output)
+
+    with pytest.raises(fs.ConfigError, match=r"sink writers' state .*(uid 'counts').*--drop-sink-state"):
+        run_renamed()
+    assert tree(dirs.output) == committed
+
+    # Told to: every operator starts without state, the source at the beginning of its input.
+    run_renamed(drop_sink_state=True)
+
+    after = tree(dirs.output)
+    assert {name: after.get(name) for name in committed} == committed, "a committed file was replaced"
+    actual = committed_output(dirs.output)
+    assert Counter(actual) == expected + expected, difference(actual, expected + expected)
