@@ -252,3 +252,10 @@ def test_no_decision_ever_writes_committed_output_again(situation: tuple[list[Va
                 assert not facts.fresh and completed
         case _:
             raise AssertionError(decision)
+
+
+def test_a_run_without_a_checkpoint_directory_beside_an_earlier_runs_output_is_refused_saying_so() -> None:
+    decision = plan_restore([], RestoreFacts("", committed=(OUTPUT,)))
+
+    assert isinstance(decision, Refuse) and decision.reason is RefusalReason.EARLIER_OUTPUT
+    assert decision.message.startswith("cannot start from scratch: the run has no checkpoint directory")

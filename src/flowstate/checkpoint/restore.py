@@ -83,7 +83,7 @@ class RestoreFacts:
     """Everything the decision needs besides the candidates."""
 
     where: str
-    """The checkpoint directory (for messages)."""
+    """The checkpoint directory (for messages); empty when the run has none."""
     committed: tuple[CommittedOutput, ...] = ()
     """Every sink that holds committed output now."""
     fresh: bool = False
@@ -262,7 +262,8 @@ def _earlier_output(discards: tuple[Discard, ...], facts: RestoreFacts) -> str:
         keep = (f"; nothing was discarded: to continue the earlier run instead, run without --fresh"
                 if discards else "")
     else:
-        what = f"cannot start from scratch: {facts.where} holds no checkpoint to restore from"
+        what = (f"cannot start from scratch: {facts.where} holds no checkpoint to restore from" if facts.where
+                else "cannot start from scratch: the run has no checkpoint directory to restore from")
         keep = ""
     return (
         f"{what}, and the sinks hold committed output of an earlier run: {_output(facts.committed)}. A run "

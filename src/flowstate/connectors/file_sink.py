@@ -21,9 +21,10 @@ in-progress file, rename it to pending, fsync the directory, record it under *n*
 and move to the next *seq*. The rename is durable before the snapshot that names it is taken, so a
 completed checkpoint never names a file that a crash can lose.
 
-Step (2) ``commit(n)``: rename every pending file recorded under an id ≤ *n* to its visible name, in
-checkpoint order, then fsync the directory. Idempotent: a pending file that is gone while its visible
-file exists was committed before. If both are gone the output is lost: ``LostOutputError``.
+Step (2) ``commit(n)``: publish every pending file recorded under an id ≤ *n* under its visible
+name (link, then unlink the pending name), in checkpoint order, then fsync the directory. Idempotent:
+a pending file that is gone while its visible file exists was committed before; both names on one
+file are a publish cut short. If both are gone the output is lost: ``LostOutputError``.
 
 Step (3) restore from a snapshot ``{"seq", "pending"}``: first commit everything it names (that
 checkpoint completed), then delete this subtask's hidden files that it does not name (they belong to

@@ -7,8 +7,8 @@ Step 1: choose the restore point: the pure ``plan_restore`` (``flowstate.checkpo
         the newest checkpoint whose metadata and files verify (every newer one that was skipped is
         logged with its reason and deleted), start from scratch, or refuse (``ConfigError``, exit 2)
         rather than write committed output again. With ``--from-savepoint``, the savepoint, unless a
-        checkpoint of this job descends from it (``flowstate.runtime.savepoint``). New checkpoint ids continue after the highest id
-        ever used. Load every task's state from it and assign it to the tasks of the job as it is
+        checkpoint of this job descends from it (``flowstate.runtime.savepoint``). New checkpoint
+        ids continue after the highest id ever used. Load every task's state from it and assign it to the tasks of the job as it is
         now, by operator uid, at any parallelism (``flowstate.runtime.state_assignment``); what
         cannot be assigned stops the run with a ``ConfigError`` naming the operator and the state.
 Step 2: build all tasks from the assigned states: sources rewind to the stored positions, sinks
@@ -399,7 +399,8 @@ class JobRunner:
         # carries it out. --fresh applies to the first attempt: a restart resumes this run.
         first = self._result is None or not self._result.restored_from
         facts = RestoreFacts(
-            where=str(self.config.checkpoint_dir), committed=self._committed_output(), fresh=self.config.fresh and first,
+            where="" if self.config.checkpoint_dir is None else str(self.config.checkpoint_dir),
+            committed=self._committed_output(), fresh=self.config.fresh and first,
             savepoint=str(savepoint.path) if savepoint is not None else None, first_attempt=first,
         )
         decision = plan_restore(storage.restore_candidates() if storage is not None else (), facts)
