@@ -62,16 +62,17 @@ def make_checkpoints(work: Path) -> Path:
     return chk
 
 
-def restore_choice(chk: Path) -> tuple[int | None, list[str]]:
-    decision = choose(LocalCheckpointStorage(chk).restore_candidates())
+def restore_choice(
+    chk: Path, committed: tuple[CommittedOutput, ...] = (),
+) -> tuple[int | None, list[str], RefusalReason | None, str]:
+    """The newest valid checkpoint (``None``: none), the reasons of the newer ones skipped, and the
+    restore decision's refusal reason and message (``None`` and ``""``: it did not refuse)."""
+    candidates = list(LocalCheckpointStorage(chk).restore_candidates())  # validated once, for both
+    decision = choose(candidates)
     chosen = int(decision.checkpoint_id) if isinstance(decision, Chosen) else None
-    return chosen, [s.reason for s in decision.skipped]
-
-
-def refusal(chk: Path, committed: tuple[CommittedOutput, ...]) -> tuple[RefusalReason | None, str]:
-    """The restore decision's refusal reason and message (``None``: it did not refuse)."""
-    decision = plan_restore(LocalCheckpointStorage(chk).restore_candidates(), RestoreFacts(str(chk), committed))
-    return (decision.reason, decision.message) if isinstance(decision, Refuse) else (None, "")
+    planned = plan_restore(candidates, RestoreFacts(str(chk), committed))
+    refused, message = (planned.reason, planned.message) if isinstance(planned, Refuse) else (None, "")
+    return chosen, [s.reason for s in decision.skipped], refused, message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,12 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         completed = [i.metadata for i in storage.list_checkpoints() if i.metadata is not None]
         older, newest = completed[-2], completed[-1]
         older_files = {h.path for t in older.tasks for h in ([t.handle] if t.handle else []) + list(t.shared)}
-        good, _ = restore_choice(pristine)
-        assert good == newest.checkpoint_id, (good, newest.checkpoint_id)
         output = fs.FileSink(str(work / "out"))
         committed = (CommittedOutput("out", output.directory, output.committed_output()),)
         assert committed[0].items, "the job committed no output"
-        assert refusal(pristine, committed) == (None, "")
+        good, _, refused, _ = restore_choice(pristine, committed)
+        assert good == newest.checkpoint_id and refused is None, (good, newest.checkpoint_id, refused)
         copy = work / "copy"
         counts: Counter[str] = Counter()
         missed: list[str] = []
@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(pristine, copy)
             corrupt(copy / target)
-            chosen, reasons = restore_choice(copy)
-            refused, message = refusal(copy, committed)
+            chosen, reasons, refused, message = restore_choice(copy, committed)
             expected = None if target in older_files else older.checkpoint_id
             expected_refusal = (RefusalReason.NONE_RESTORABLE if expected is None
                                 else RefusalReason.FALLBACK_PAST_COMMITTED)
@@ -148,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"{detected:,} of {total:,} corruptions detected (`python tools/corruption_sweep.py --write`): the "
         "restore skipped the corrupted checkpoint with a reason, found the previous one valid (unless it shared "
-        "the damaged file), and refused to go back past the corrupted checkpoint, whose output the sink had "
-        "committed "
+        "the damaged file), and refused to start: to go back past the corrupted checkpoint, whose output the "
+        "sink had committed, or from scratch "
         f"({len(files)} files of the newest checkpoint: {sum(1 for f in files if f.startswith('shared/'))} "
         "shared SST files and the task state files).",
         "",
