@@ -178,7 +178,7 @@ CATALOGUE: tuple[Bug, ...] = (
     bug(
         "restart-from-scratch-after-unrestorable",
         "a from-scratch restart after an unrestorable checkpoint, beside the output it committed",
-        ("tests/protocol/test_restore.py", "tests/engine/test_restore_safety.py"),
+        ("tests/engine/test_restore_safety.py", "tests/protocol/test_restore.py"),
         ("src/flowstate/checkpoint/restore.py",
          "            if corrupt:\n                return Refuse(RefusalReason.NONE_RESTORABLE, _none_restorable(corrupt, facts))\n"
          "            return _start_fresh(discards, facts)\n",
@@ -186,7 +186,7 @@ CATALOGUE: tuple[Bug, ...] = (
     ),
     bug(
         "sink-overwrites-committed", "a sink that overwrites committed files: names without a writer id, publish by rename",
-        ("tests/connectors/test_file_sink.py", "tests/engine/test_restore_safety.py"),
+        ("tests/engine/test_restore_safety.py", "tests/connectors/test_file_sink.py"),
         ("src/flowstate/connectors/file_sink.py",
          'return f".{self._prefix}-{self._subtask}-{seq}.{self._writer_id}{kind}"',
          'return f".{self._prefix}-{self._subtask}-{seq}{kind}"'),
