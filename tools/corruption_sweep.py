@@ -9,10 +9,13 @@ checkpoints. Then, one corruption at a time on a fresh copy of that directory:
   offsets (first, last and up to 64 spread between), a 4 KiB block zeroed, the file truncated by one
   byte, the file deleted.
 
-After each, the engine's restore choice (the storage's validated candidates, newest first) must
-skip the newest checkpoint with a reason and choose the older one; a corrupted shared file that the
-older checkpoint references too must make it skip both. A corruption that is restored from is a
-miss. The counts go to stdout and, with ``--write``, into ``docs/reliability.md`` between
+After each, the storage's validated candidates (newest first) must skip the newest checkpoint with
+a reason and find the older one valid; a corrupted shared file that the older checkpoint references
+too must make it skip both. And the engine's restore decision (``plan_restore``, with the sink's
+committed output as the job left it) must refuse: to fall back to the older checkpoint past the
+newest one, whose output the sink committed, or, when neither is valid, to start from scratch; its
+message must name the newest checkpoint. A corruption that is restored from, or that a run would
+silently go past, is a miss. The counts go to stdout and, with ``--write``, into ``docs/reliability.md`` between
 ``<!-- corruption:begin -->`` and ``<!-- corruption:end -->``.
 
 Usage: ``python tools/corruption_sweep.py [--write]`` (a minute or two).
@@ -29,7 +32,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import flowstate as fs
-from flowstate.checkpoint.restore import RestoreFrom, choose
+from flowstate.checkpoint.restore import (
+    Chosen,
+    CommittedOutput,
+    RefusalReason,
+    Refuse,
+    RestoreFacts,
+    choose,
+    plan_restore,
+)
 from flowstate.storage.local import LocalCheckpointStorage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,10 +62,17 @@ def make_checkpoints(work: Path) -> Path:
     return chk
 
 
-def restore_choice(chk: Path) -> tuple[int | None, list[str]]:
-    decision = choose(LocalCheckpointStorage(chk).restore_candidates())
-    chosen = int(decision.checkpoint_id) if isinstance(decision, RestoreFrom) else None
-    return chosen, [s.reason for s in decision.skipped]
+def restore_choice(
+    chk: Path, committed: tuple[CommittedOutput, ...] = (),
+) -> tuple[int | None, list[str], RefusalReason | None, str]:
+    """The newest valid checkpoint (``None``: none), the reasons of the newer ones skipped, and the
+    restore decision's refusal reason and message (``None`` and ``""``: it did not refuse)."""
+    candidates = list(LocalCheckpointStorage(chk).restore_candidates())  # validated once, for both
+    decision = choose(candidates)
+    chosen = int(decision.checkpoint_id) if isinstance(decision, Chosen) else None
+    planned = plan_restore(candidates, RestoreFacts(str(chk), committed))
+    refused, message = (planned.reason, planned.message) if isinstance(planned, Refuse) else (None, "")
+    return chosen, [s.reason for s in decision.skipped], refused, message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         completed = [i.metadata for i in storage.list_checkpoints() if i.metadata is not None]
         older, newest = completed[-2], completed[-1]
         older_files = {h.path for t in older.tasks for h in ([t.handle] if t.handle else []) + list(t.shared)}
-        good, _ = restore_choice(pristine)
-        assert good == newest.checkpoint_id, (good, newest.checkpoint_id)
+        output = fs.FileSink(str(work / "out"))
+        committed = (CommittedOutput("out", output.directory, output.committed_output()),)
+        assert committed[0].items, "the job committed no output"
+        good, _, refused, _ = restore_choice(pristine, committed)
+        assert good == newest.checkpoint_id and refused is None, (good, newest.checkpoint_id, refused)
         copy = work / "copy"
         counts: Counter[str] = Counter()
         missed: list[str] = []
@@ -78,13 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(pristine, copy)
             corrupt(copy / target)
-            chosen, reasons = restore_choice(copy)
+            chosen, reasons, refused, message = restore_choice(copy, committed)
             expected = None if target in older_files else older.checkpoint_id
+            expected_refusal = (RefusalReason.NONE_RESTORABLE if expected is None
+                                else RefusalReason.FALLBACK_PAST_COMMITTED)
             counts[f"{kind} total"] += 1
-            if chosen == expected and reasons:
+            if (chosen == expected and reasons and refused is expected_refusal
+                    and f"checkpoint {newest.checkpoint_id}: " in message):
                 counts[f"{kind} detected"] += 1
             else:
-                missed.append(f"{kind} on {target}: restored {chosen}, expected {expected}")
+                missed.append(f"{kind} on {target}: found {chosen} valid (expected {expected}); "
+                              f"decision {refused} (expected {expected_refusal})")
 
         metadata = f"chk-{newest.checkpoint_id:06d}/_metadata"
         raw = (pristine / metadata).read_bytes()
@@ -121,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     detected = sum(counts[f"{k} detected"] for k in kinds)
     lines = [
         f"{detected:,} of {total:,} corruptions detected (`python tools/corruption_sweep.py --write`): the "
-        "restore skipped the corrupted checkpoint with a reason and chose the previous valid one "
+        "restore skipped the corrupted checkpoint with a reason, found the previous one valid (unless it shared "
+        "the damaged file), and refused to start: to go back past the corrupted checkpoint, whose output the "
+        "sink had committed, or from scratch "
         f"({len(files)} files of the newest checkpoint: {sum(1 for f in files if f.startswith('shared/'))} "
         "shared SST files and the task state files).",
         "",

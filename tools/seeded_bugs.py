@@ -270,6 +270,28 @@ CATALOGUE += (
     ),
 )
 
+# ---- committed output is never written twice ------------------------------------------------------
+CATALOGUE += (
+    bug(
+        "restart-from-scratch-after-unrestorable",
+        "a from-scratch restart after an unrestorable checkpoint, beside the output it committed",
+        ("tests/engine/test_restore_safety.py", "tests/protocol/test_restore.py"),
+        ("src/flowstate/checkpoint/restore.py",
+         "            if corrupt:\n                return Refuse(RefusalReason.NONE_RESTORABLE, _none_restorable(corrupt, facts))\n"
+         "            return _start_fresh(discards, facts)\n",
+         "            return StartFresh(discards)\n"),
+    ),
+    bug(
+        "sink-overwrites-committed", "a sink that overwrites committed files: names without a writer id, publish by rename",
+        ("tests/engine/test_restore_safety.py", "tests/connectors/test_file_sink.py"),
+        ("src/flowstate/connectors/file_sink.py",
+         'return f".{self._prefix}-{self._subtask}-{seq}.{self._writer_id}{kind}"',
+         'return f".{self._prefix}-{self._subtask}-{seq}{kind}"'),
+        ("src/flowstate/connectors/file_sink.py", "                os.link(source, target)\n",
+         "                os.rename(source, target)\n                continue\n"),
+    ),
+)
+
 
 def _copy_tree(destination: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis")

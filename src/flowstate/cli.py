@@ -143,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-non-restored-state", action="store_true",
                      help="drop state of the restored snapshot that maps to no operator of the job (by uid) "
                      "instead of refusing to start")
+    run.add_argument("--drop-sink-state", action="store_true",
+                     help="with --allow-non-restored-state: drop a sink's state too, losing the output it "
+                     "pre-committed (refused otherwise)")
     run.add_argument("--savepoint-dir", metavar="DIR",
                      help="where savepoints are written (default: CHECKPOINT_DIR/savepoints)")
     run.add_argument("--no-control", action="store_true",
@@ -288,6 +291,7 @@ def _run_flow(flow: Dataflow, args: argparse.Namespace, control: Any) -> Any:
         state_dir=args.state_dir,
         from_savepoint=args.from_savepoint,
         allow_non_restored_state=args.allow_non_restored_state,
+        drop_sink_state=args.drop_sink_state,
         savepoint_dir=args.savepoint_dir,
         control_endpoint=not args.no_control and args.checkpoint_dir is not None and Mode.parse(args.mode).checkpoints,
         control_host=args.control_host,

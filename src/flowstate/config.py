@@ -185,6 +185,9 @@ class JobConfig:
     once the run has checkpoints of its own, a restart resumes from the newest of them."""
     allow_non_restored_state: bool = False
     """Drop, with a warning, state of the restored snapshot that maps to no operator of the job."""
+    drop_sink_state: bool = False
+    """With ``allow_non_restored_state``: drop a sink's state too (the output its snapshot
+    pre-committed is never published); without it such a restore is refused."""
     savepoint_dir: Path | None = None
     """Where savepoints go unless a request names another directory (default: ``savepoints/`` in
     the checkpoint directory)."""

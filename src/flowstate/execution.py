@@ -80,6 +80,7 @@ def run(
     state_dir: str | Path | None = None,
     from_savepoint: str | Path | None = None,
     allow_non_restored_state: bool = False,
+    drop_sink_state: bool = False,
     savepoint_dir: str | Path | None = None,
     control_endpoint: bool = False,
     control_host: str = "127.0.0.1",
@@ -96,7 +97,8 @@ def run(
     completed checkpoint. Raises ``JobFailedError`` when the restart strategy gives up.
 
     ``from_savepoint`` restores from a savepoint (at any parallelism); ``allow_non_restored_state``
-    drops state that maps to no operator of the job instead of refusing it. ``control_endpoint``
+    drops state that maps to no operator of the job instead of refusing it, except a sink's, which
+    also needs ``drop_sink_state`` (its pre-committed output is lost). ``control_endpoint``
     serves ``flowstate status | checkpoint | savepoint | stop`` for ``checkpoint_dir``; savepoints go
     under ``savepoint_dir`` (default ``<checkpoint_dir>/savepoints``). ``control`` (a ``JobControl``)
     takes the same requests from another thread of this process.
@@ -141,6 +143,7 @@ def run(
         state_dir=Path(state_dir) if state_dir is not None else None,
         from_savepoint=Path(from_savepoint) if from_savepoint is not None else None,
         allow_non_restored_state=allow_non_restored_state,
+        drop_sink_state=drop_sink_state,
         savepoint_dir=Path(savepoint_dir) if savepoint_dir is not None else None,
         control_endpoint=control_endpoint,
         control_host=control_host,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -296,6 +297,7 @@ def test_fresh_discards_checkpoints_that_the_changed_job_cannot_restore(tmp_path
 
 def test_quiet_prints_no_progress_lines(tmp_path: Path, job: Path) -> None:
     loud = flowstate("run", str(job), "--checkpoint-dir", "chk-loud", "--interval", "100ms", cwd=tmp_path)
+    shutil.rmtree(tmp_path / "out")  # a run from scratch beside the first run's output is refused
     quiet = flowstate("run", str(job), "--checkpoint-dir", "chk-quiet", "--interval", "100ms", "--quiet", cwd=tmp_path)
 
     assert loud.returncode == 0 and quiet.returncode == 0, (shown(loud), shown(quiet))
@@ -370,3 +372,20 @@ def test_control_commands_without_a_running_job_exit_1_and_a_stray_target_exits_
     stray = flowstate("stop", "chk", "--target", "elsewhere", cwd=tmp_path)
     assert stray.returncode == 2 and "add --savepoint" in stray.stderr, shown(stray)
 
+
+
+def test_fresh_over_committed_output_of_an_earlier_run_exits_2_naming_it_and_changes_nothing(
+        tmp_path: Path, job: Path) -> None:
+    first = flowstate("run", str(job), "--checkpoint-dir", "chk", cwd=tmp_path)
+    assert first.returncode == 0, shown(first)
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+
+    fresh = flowstate("run", str(job), "--checkpoint-dir", "chk", "--fresh", cwd=tmp_path)
+
+    assert fresh.returncode == 2, shown(fresh)
+    assert "cannot start from scratch (--fresh)" in fresh.stderr and str(tmp_path / "out") in fresh.stderr, shown(fresh)
+    assert "Traceback" not in fresh.stderr, shown(fresh)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    assert committed_records(tmp_path / "out") == expected_counts()
+    again = flowstate("run", str(job), "--checkpoint-dir", "chk", cwd=tmp_path)
+    assert again.returncode == 0 and "restoring from checkpoint" in again.stderr, shown(again)

@@ -5,29 +5,53 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 
 import pytest
 
-from flowstate.connectors.file_sink import FileSink, LostOutputError
+from flowstate.connectors.file_sink import CommittedOutputExistsError, FileSink, LostOutputError
+
+WRITER_ID = re.compile(r"\.[0-9a-f]{12}(?=\.|$)")
+
+
+def plain(name):
+    """A file name without its writer id: ``.part-0-0.1a2b3c4d5e6f.pending`` → ``.part-0-0.pending``."""
+    return WRITER_ID.sub("", name)
+
+
+def plain_state(state):
+    """A snapshot with the writer ids taken out of its file names."""
+    return {**state, "pending": [(cid, plain(name)) for cid, name in state["pending"]]}
+
+
+def names(directory):
+    return sorted(os.listdir(directory))
 
 
 def visible(directory):
-    return sorted(n for n in os.listdir(directory) if not n.startswith("."))
+    """The committed files, named without their writer ids."""
+    return sorted(plain(n) for n in os.listdir(directory) if not n.startswith("."))
 
 
 def hidden(directory):
-    return sorted(n for n in os.listdir(directory) if n.startswith("."))
+    return sorted(plain(n) for n in os.listdir(directory) if n.startswith("."))
+
+
+def only_file(directory, name):
+    """The one file of ``directory`` called ``name`` once its writer id is taken out."""
+    [found] = [n for n in os.listdir(directory) if plain(n) == name]
+    return directory / found
 
 
 def visible_records(directory):
     """Every committed record, parsed, in file order (subtask, then seq)."""
 
     def order(name):
-        _, subtask, seq = name.rsplit(".", 1)[0].rsplit("-", 2)
+        _, subtask, seq = plain(name).rsplit(".", 1)[0].rsplit("-", 2)
         return int(subtask), int(seq)
 
     records = []
-    for name in sorted(visible(directory), key=order):
+    for name in sorted((n for n in names(directory) if not n.startswith(".")), key=order):
         with open(os.path.join(directory, name), encoding="utf-8") as file:
             records.extend(json.loads(line) for line in file.read().splitlines())
     return records
@@ -82,9 +106,9 @@ def test_the_snapshot_names_the_next_seq_and_every_pending_file_with_its_checkpo
     writer.pre_commit(1)
     writer.write_batch([2])
     writer.pre_commit(2)
-    assert writer.snapshot() == {"seq": 2, "pending": [(1, ".part-3-0.pending"), (2, ".part-3-1.pending")]}
+    assert plain_state(writer.snapshot()) == {"seq": 2, "pending": [(1, ".part-3-0.pending"), (2, ".part-3-1.pending")]}
     writer.commit(1)
-    assert writer.snapshot() == {"seq": 2, "pending": [(2, ".part-3-1.pending")]}
+    assert plain_state(writer.snapshot()) == {"seq": 2, "pending": [(2, ".part-3-1.pending")]}
 
 
 def test_commit_publishes_only_checkpoints_up_to_its_id_and_an_aborted_one_with_the_next(tmp_path):
@@ -103,9 +127,10 @@ def test_commit_is_idempotent(tmp_path):
     writer = FileSink(tmp_path).build_writer(0, 1, None)
     writer.write_batch([1])
     writer.pre_commit(1)
+    state = restored(writer.snapshot())
     writer.commit(1)
     writer.commit(1)
-    restored_writer = FileSink(tmp_path).build_writer(0, 1, {"seq": 1, "pending": [(1, ".part-0-0.pending")]})
+    restored_writer = FileSink(tmp_path).build_writer(0, 1, state)
     restored_writer.commit(1)
     assert visible_records(tmp_path) == [1]
 
@@ -114,12 +139,13 @@ def test_committing_a_pending_file_that_is_gone_with_no_visible_file_is_an_error
     writer = FileSink(tmp_path).build_writer(0, 1, None)
     writer.write_batch([1])
     writer.pre_commit(1)
-    os.unlink(tmp_path / ".part-0-0.pending")
-    with pytest.raises(LostOutputError, match=r"\.part-0-0\.pending"):
+    state = restored(writer.snapshot())
+    os.unlink(only_file(tmp_path, ".part-0-0.pending"))
+    with pytest.raises(LostOutputError, match=r"\.part-0-0\.[0-9a-f]{12}\.pending"):
         writer.commit(1)
-    assert writer.snapshot()["pending"] == [(1, ".part-0-0.pending")]
+    assert writer.snapshot() == state
     with pytest.raises(LostOutputError):
-        FileSink(tmp_path).build_writer(0, 1, {"seq": 1, "pending": [(1, ".part-0-0.pending")]})
+        FileSink(tmp_path).build_writer(0, 1, state)
 
 
 def test_a_pre_commit_for_an_old_checkpoint_raises_and_leaves_the_writer_unchanged(tmp_path):
@@ -129,7 +155,7 @@ def test_a_pre_commit_for_an_old_checkpoint_raises_and_leaves_the_writer_unchang
     writer.write_batch([2])
     with pytest.raises(ValueError, match="checkpoint 2"):
         writer.pre_commit(2)
-    assert writer.snapshot() == {"seq": 1, "pending": [(2, ".part-0-0.pending")]}
+    assert plain_state(writer.snapshot()) == {"seq": 1, "pending": [(2, ".part-0-0.pending")]}
     assert hidden(tmp_path) == [".part-0-0.pending", ".part-0-1.inprogress"]
     writer.pre_commit(3)
     writer.commit(3)
@@ -169,7 +195,7 @@ def test_the_directory_is_created_and_prefix_and_suffix_name_the_files(tmp_path)
     writer.write_batch(["x"])
     writer.pre_commit(1)
     writer.commit(1)
-    assert os.listdir(directory) == ["out-0-0.txt"]
+    assert [plain(n) for n in os.listdir(directory)] == ["out-0-0.txt"]
 
 
 # ---- JSON Lines ----------------------------------------------------------------------------------
@@ -179,7 +205,7 @@ def test_records_are_written_as_json_lines_with_tuples_as_arrays_and_unescaped_u
     writer = FileSink(tmp_path).build_writer(0, 1, None)
     writer.write_batch([("key", 3), {"k": "é€", "n": None}, "line\nbreak", 1.5, [1, [2]]])
     writer.finish()
-    text = (tmp_path / "part-0-0.jsonl").read_text(encoding="utf-8")
+    text = only_file(tmp_path, "part-0-0.jsonl").read_text(encoding="utf-8")
     assert text == '["key",3]\n{"k":"é€","n":null}\n"line\\nbreak"\n1.5\n[1,[2]]\n'
 
 
@@ -187,7 +213,7 @@ def test_an_encoder_replaces_json(tmp_path):
     writer = FileSink(tmp_path, suffix=".csv", encoder=lambda r: f"{r[0]},{r[1]}").build_writer(0, 1, None)
     writer.write_batch([("a", 1), ("b", 2)])
     writer.finish()
-    assert (tmp_path / "part-0-0.csv").read_text() == "a,1\nb,2\n"
+    assert only_file(tmp_path, "part-0-0.csv").read_text() == "a,1\nb,2\n"
 
 
 def test_an_encoded_record_with_a_newline_is_rejected_before_anything_is_written(tmp_path):
@@ -219,7 +245,7 @@ def test_restore_commits_what_the_snapshot_names_and_continues_its_seq(tmp_path)
     writer.close()
     resumed = FileSink(tmp_path).build_writer(0, 1, state)
     assert visible_records(tmp_path) == [1]
-    assert resumed.snapshot() == {"seq": 1, "pending": []}
+    assert plain_state(resumed.snapshot()) == {"seq": 1, "pending": []}
     resumed.write_batch([2])
     resumed.pre_commit(2)
     resumed.commit(2)
@@ -383,10 +409,10 @@ def test_scaling_down_and_up_again_never_reuses_the_name_of_a_committed_file(tmp
     assert visible(tmp_path) == ["part-0-0.jsonl", "part-0-1.jsonl", "part-1-0.jsonl", "part-1-1.jsonl"]
 
     at_one = run_writers(sink, 1, sink.redistribute_state(at_two, 1), [["c0"]], checkpoint=3)
-    assert at_one == [{"seq": 3, "pending": [(3, ".part-0-2.pending")], "retired": {1: 2}}]
+    assert [plain_state(s) for s in at_one] == [{"seq": 3, "pending": [(3, ".part-0-2.pending")], "retired": {1: 2}}]
     at_two_again = run_writers(sink, 2, sink.redistribute_state(at_one, 2), [["d0"], ["d1"]], checkpoint=4)
 
-    assert at_two_again == [{"seq": 4, "pending": [(4, ".part-0-3.pending")]},
+    assert [plain_state(s) for s in at_two_again] == [{"seq": 4, "pending": [(4, ".part-0-3.pending")]},
                             {"seq": 3, "pending": [(4, ".part-1-2.pending")]}]
     assert sorted(visible_records(tmp_path)) == ["a0", "a1", "b0", "b1", "c0", "d0", "d1"]
     assert "part-1-2.jsonl" in visible(tmp_path)
@@ -422,3 +448,65 @@ def test_a_snapshot_with_a_bad_retired_entry_is_rejected(tmp_path):
         sink.build_writer(0, 1, {"seq": 0, "pending": [], "retired": {1: -1}})
     with pytest.raises(ValueError, match="retired"):
         sink.build_writer(1, 2, {"seq": 0, "pending": [], "retired": {1: 3}})
+
+
+# ---- committed output is never replaced ----------------------------------------------------------
+
+
+def test_a_writer_without_state_never_replaces_the_committed_files_of_an_earlier_run(tmp_path):
+    first = FileSink(tmp_path).build_writer(0, 1, None)
+    first.write_batch(["first run"])
+    first.finish()
+    again = FileSink(tmp_path).build_writer(0, 1, None)  # --fresh, or its state dropped: seq 0 again
+    again.write_batch(["second run"])
+    again.finish()
+
+    assert sorted(visible_records(tmp_path)) == ["first run", "second run"]
+    assert visible(tmp_path) == ["part-0-0.jsonl", "part-0-0.jsonl"]
+
+
+def test_publishing_onto_a_visible_file_that_is_not_its_own_fails_and_leaves_both_files(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.write_batch(["new"])
+    writer.pre_commit(1)
+    [(_, pending)] = writer.snapshot()["pending"]
+    target = tmp_path / (pending[1:-len(".pending")] + ".jsonl")
+    target.write_text('"committed before"\n')
+
+    with pytest.raises(CommittedOutputExistsError, match="never replaced"):
+        writer.commit(1)
+
+    assert target.read_text() == '"committed before"\n'
+    assert (tmp_path / pending).read_text() == '"new"\n'
+
+
+def test_a_crash_between_the_link_and_the_unlink_of_a_commit_is_completed_by_the_restore(tmp_path):
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    writer.write_batch([1])
+    writer.pre_commit(1)
+    state = restored(writer.snapshot())
+    [(_, pending)] = state["pending"]
+    os.link(tmp_path / pending, tmp_path / (pending[1:-len(".pending")] + ".jsonl"))  # then the crash
+    writer.close()
+
+    FileSink(tmp_path).build_writer(0, 1, state).close()
+
+    assert visible(tmp_path) == ["part-0-0.jsonl"]
+    assert hidden(tmp_path) == []
+    assert visible_records(tmp_path) == [1]
+
+
+def test_committed_output_lists_the_visible_files_of_the_sinks_prefix_and_suffix_only(tmp_path):
+    sink = FileSink(tmp_path)
+    assert FileSink(tmp_path / "missing").committed_output() == ()
+    writer = sink.build_writer(0, 1, None)
+    writer.write_batch([1])
+    writer.pre_commit(1)
+    assert sink.committed_output() == ()
+    writer.commit(1)
+    (tmp_path / "part-1-0.jsonl").write_text("1\n")  # written by an earlier version, without a writer id
+    (tmp_path / "other-0-0.jsonl").write_text("1\n")
+    (tmp_path / "part-0-0.csv").write_text("1\n")
+    (tmp_path / "notes.txt").write_text("")
+
+    assert [plain(n) for n in sink.committed_output()] == ["part-0-0.jsonl", "part-1-0.jsonl"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import flowstate as fs
 from flowstate.checkpoint.ids import CheckpointId, task_id
-from flowstate.checkpoint.restore import RestoreFrom, choose
+from flowstate.checkpoint.restore import Chosen, choose
 from flowstate.config import JobConfig, Mode
 from flowstate.graph import build_job_graph
 from flowstate.runtime.plan import BackendSpec, RestorePoint, StorageSpec, plan_attempt, plan_reads
@@ -95,7 +95,7 @@ def completed_checkpoint(tmp_path: Path) -> tuple[fs.Dataflow, CheckpointMetadat
     flow = picklable_wordcount(tmp_path / "out")
     fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="20ms", executor="threads")
     decision = choose(LocalCheckpointStorage(tmp_path / "chk").restore_candidates())
-    assert isinstance(decision, RestoreFrom)
+    assert isinstance(decision, Chosen)
     return flow, decision.metadata
 
 

@@ -369,27 +369,6 @@ def test_two_concurrent_runs_on_one_checkpoint_directory_are_refused(dirs):
     assert Counter(committed_values(dirs.output)) == Counter(lines(50))
 
 
-def test_a_torn_newest_checkpoint_is_skipped_with_a_warning_and_the_previous_one_is_restored(dirs, expected, caplog):
-    first = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
-                   mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, retained=2)
-    newest = first.last_checkpoint
-    assert newest is not None and newest >= 2
-    retained = sorted(p.name for p in dirs.checkpoints.glob("chk-*"))
-    assert retained == [f"chk-{newest - 1:06d}", f"chk-{newest:06d}"]
-    metadata = dirs.checkpoints / f"chk-{newest:06d}" / "_metadata"
-    metadata.write_bytes(metadata.read_bytes()[: metadata.stat().st_size // 2])
-
-    with caplog.at_level(logging.WARNING, logger="flowstate"):
-        second = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
-                        mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, retained=2)
-
-    assert second.restored_from == [newest - 1]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "flowstate" and r.levelno == logging.WARNING]
-    assert any(w.startswith(f"skipping checkpoint {newest}:") for w in warnings), warnings
-    actual = committed_output(dirs.output)
-    assert Counter(actual) == expected, difference(actual, expected)
-
-
 # ---- a source that cannot replay ------------------------------------------------------------------
 
 

@@ -50,12 +50,12 @@ class Plain:
 
 
 def flow(parallelism: int, *, source: Any = None, sink: Any = None, count_uid: str = "count",
-         map_instead: bool = False) -> fs.Dataflow:
+         map_instead: bool = False, sink_uid: str = "out") -> fs.Dataflow:
     f = fs.Dataflow("job", parallelism=parallelism)
     stream = f.source(source or fs.GeneratorSource(str, 100, splits=4), uid="src")
     words = stream.key_by(lambda w: w)
     out = words.map(str.upper, uid=count_uid) if map_instead else words.process(Count(), uid=count_uid)
-    out.sink(sink or fs.FileSink("/nonexistent/out"), uid="out")
+    out.sink(sink or fs.FileSink("/nonexistent/out"), uid=sink_uid)
     return f
 
 
@@ -148,6 +148,23 @@ def test_state_dropped_when_allowed_is_reported_and_the_new_operator_starts_empt
 
     assert len(assignment.dropped) == 1 and "(uid 'count')" in assignment.dropped[0]
     assert all("tally" not in state and "count" not in state for state in assignment.states.values())
+
+
+def test_a_sinks_state_is_not_dropped_by_allow_non_restored_state_alone():
+    pending = {"seq": 1, "pending": [(7, ".part-0-0.1a2b3c4d5e6f.pending")]}
+    states = old_states(2, KEYS, sink_state=pending)
+    md = snapshot(flow(2), states)
+    renamed = build_job_graph(flow(2, sink_uid="output"))
+
+    with pytest.raises(fs.ConfigError) as refused:
+        assign_states(renamed, md, states, allow_non_restored_state=True)
+    message = str(refused.value)
+    assert "holds the sink writers' state (pending commits) of operator" in message and "(uid 'out')" in message
+    assert "loses the output its checkpoint pre-committed" in message and "--drop-sink-state" in message
+
+    assignment = assign_states(renamed, md, states, allow_non_restored_state=True, drop_sink_state=True)
+    assert len(assignment.dropped) == 1 and "(uid 'out')" in assignment.dropped[0]
+    assert all("out" not in state and "output" not in state for state in assignment.states.values())
 
 
 def test_keyed_state_given_to_an_operator_that_cannot_take_it_is_refused():

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId, task_id
-from flowstate.checkpoint.restore import Invalid, RestoreFrom, StartFresh, choose
+from flowstate.checkpoint.restore import CandidateStatus, Chosen, Invalid, NoneValid, choose
 from flowstate.failpoints import Failpoints, InjectedFailure
 from flowstate.storage.base import (
     CheckpointMetadata,
@@ -82,7 +82,7 @@ def shared_paths(harness: Harness) -> list[str]:
 
 def restored_id(storage) -> int | None:
     decision = choose(storage.restore_candidates())
-    return decision.checkpoint_id if isinstance(decision, RestoreFrom) else None
+    return decision.checkpoint_id if isinstance(decision, Chosen) else None
 
 
 # --- state files and codecs --------------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_metadata_with_shared_files_and_sizes_is_restored_exactly_as_written(har
 
     decision = choose(storage.restore_candidates())
 
-    assert decision == RestoreFrom(CheckpointId(1), written, ())
+    assert decision == Chosen(CheckpointId(1), written, ())
     assert [storage.read_state(t.handle) for t in written.tasks] == [payload(1, 0), payload(1, 1)]
     assert written.tasks[0].shared[1].path == "shared/count-0/2.sst"
     assert written.full_size == written.bytes_written == written.state_size + 3 * 4096
@@ -186,7 +186,7 @@ def test_a_self_contained_savepoint_keeps_its_files_in_its_own_directory_and_res
     storage.write_metadata(savepoint)
 
     decision = choose(storage.restore_candidates())
-    assert isinstance(decision, RestoreFrom) and decision.metadata == savepoint
+    assert isinstance(decision, Chosen) and decision.metadata == savepoint
     assert decision.metadata.savepoint is True
     assert storage.read_state(decision.metadata.tasks[0].shared[0]) == b"table"
 
@@ -309,7 +309,7 @@ def test_a_checkpoint_whose_shared_file_is_damaged_is_never_restored_from(harnes
     damage(harness, "shared/count-1/2.sst")
 
     decision = choose(storage.restore_candidates())
-    assert isinstance(decision, RestoreFrom) and decision.checkpoint_id == 1
+    assert isinstance(decision, Chosen) and decision.checkpoint_id == 1
     assert decision.skipped[0].checkpoint_id == 2
     assert re.search(message, decision.skipped[0].reason), decision.skipped[0].reason
 
@@ -472,8 +472,8 @@ def test_restore_skips_incomplete_and_corrupt_checkpoints_newest_first(harness):
 
     decision = choose(storage.restore_candidates())
 
-    assert isinstance(decision, RestoreFrom) and decision.checkpoint_id == 1
-    assert decision.skipped[0] == Invalid(CheckpointId(3), NO_METADATA)
+    assert isinstance(decision, Chosen) and decision.checkpoint_id == 1
+    assert decision.skipped[0] == Invalid(CheckpointId(3), NO_METADATA, CandidateStatus.INCOMPLETE)
     assert "chk-000002/_metadata: checksum mismatch" in decision.skipped[1].reason
 
 
@@ -506,7 +506,7 @@ def test_the_newest_checkpoint_without_any_valid_one_starts_fresh(harness):
     storage = harness.open()
     write_checkpoint(storage, 1, complete=False)
 
-    assert choose(storage.restore_candidates()) == StartFresh((Invalid(CheckpointId(1), NO_METADATA),))
+    assert choose(storage.restore_candidates()) == NoneValid((Invalid(CheckpointId(1), NO_METADATA, CandidateStatus.INCOMPLETE),))
 
 
 # --- failpoints --------------------------------------------------------------------------------
@@ -525,8 +525,8 @@ def test_a_failure_while_writing_the_metadata_leaves_a_checkpoint_that_is_never_
     assert not harness.exists("chk-000002/_metadata")
     reopened = harness.open()
     decision = choose(reopened.restore_candidates())
-    assert isinstance(decision, RestoreFrom) and decision.checkpoint_id == 1
-    assert decision.skipped == (Invalid(CheckpointId(2), NO_METADATA),)
+    assert isinstance(decision, Chosen) and decision.checkpoint_id == 1
+    assert decision.skipped == (Invalid(CheckpointId(2), NO_METADATA, CandidateStatus.INCOMPLETE),)
     assert reopened.sweep(keep=set()) == [2]
     assert reopened.sweep_orphans(GRACE, now=time.time() + 2 * GRACE) == ["shared/count-0/b.sst"]
     assert restored_id(reopened) == 1

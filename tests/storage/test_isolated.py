@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from flowstate.checkpoint.ids import CheckpointId, task_id
-from flowstate.checkpoint.restore import RestoreFrom, choose
+from flowstate.checkpoint.restore import Chosen, choose
 from flowstate.storage.base import CheckpointMetadata, CorruptCheckpointError, StateHandle, TaskState
 from flowstate.storage.isolated import IsolatedStorage
 from flowstate.storage.local import LocalCheckpointStorage
@@ -34,7 +34,7 @@ def test_writes_through_the_server_are_read_back_directly_and_through_it(isolate
     assert isolated.read_state(handle) == b"state" * 100
     assert isolated.local_path(shared[1]).read_bytes() == b"more"
     decision = choose(isolated.restore_candidates())
-    assert isinstance(decision, RestoreFrom) and decision.metadata.checkpoint_id == cid
+    assert isinstance(decision, Chosen) and decision.metadata.checkpoint_id == cid
     assert isolated.highest_id() == 1
     assert [info.checkpoint_id for info in isolated.list_checkpoints()] == [cid]
 

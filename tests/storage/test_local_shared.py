@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flowstate.checkpoint.ids import CheckpointId
-from flowstate.checkpoint.restore import Invalid, RestoreFrom, choose
+from flowstate.checkpoint.restore import CandidateStatus, Chosen, Invalid, choose
 from flowstate.storage.format import NO_METADATA
 from flowstate.storage.local import LocalCheckpointStorage
 
@@ -162,8 +162,8 @@ def test_a_process_killed_while_writing_the_metadata_leaves_debris_that_is_never
     assert (left < complete) if metadata_left == "half" else (left >= complete - 10)
     storage = LocalCheckpointStorage(root)
     decision = choose(storage.restore_candidates())
-    assert isinstance(decision, RestoreFrom) and decision.checkpoint_id == 1
-    assert decision.skipped == (Invalid(CheckpointId(2), NO_METADATA),)
+    assert isinstance(decision, Chosen) and decision.checkpoint_id == 1
+    assert decision.skipped == (Invalid(CheckpointId(2), NO_METADATA, CandidateStatus.INCOMPLETE),)
     assert storage.sweep(keep=set()) == [2]
     assert storage.sweep_orphans(GRACE, now=time.time() + 2 * GRACE) == ["shared/count-0/b.sst"]
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [

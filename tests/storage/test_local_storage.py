@@ -20,7 +20,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId, task_id
-from flowstate.checkpoint.restore import Invalid, RestoreFrom, StartFresh, Valid, choose
+from flowstate.checkpoint.restore import (
+    CandidateStatus,
+    Chosen,
+    CommittedOutput,
+    Invalid,
+    NoneValid,
+    Refuse,
+    RefusalReason,
+    RestoreFacts,
+    Valid,
+    choose,
+    plan_restore,
+)
 from flowstate.storage.base import (
     CheckpointMetadata,
     CorruptCheckpointError,
@@ -335,9 +347,9 @@ def test_each_file_is_fsynced_renamed_and_then_its_directory_fsynced(storage, mo
 def test_a_checkpoint_directory_without_metadata_is_incomplete_and_never_yielded_as_valid(storage):
     write_checkpoint(storage, 1, complete=False)
 
-    assert list(storage.restore_candidates()) == [Invalid(CheckpointId(1), NO_METADATA)]
-    assert choose(storage.restore_candidates()) == StartFresh(
-        (Invalid(CheckpointId(1), NO_METADATA),)
+    assert list(storage.restore_candidates()) == [Invalid(CheckpointId(1), NO_METADATA, CandidateStatus.INCOMPLETE)]
+    assert choose(storage.restore_candidates()) == NoneValid(
+        (Invalid(CheckpointId(1), NO_METADATA, CandidateStatus.INCOMPLETE),)
     )
 
 
@@ -348,8 +360,8 @@ def test_complete_metadata_left_under_its_temporary_name_does_not_complete_the_c
 
     decision = choose(storage.restore_candidates())
 
-    assert decision == RestoreFrom(
-        CheckpointId(1), metadata_on_disk(storage, 1), (Invalid(CheckpointId(2), NO_METADATA),)
+    assert decision == Chosen(
+        CheckpointId(1), metadata_on_disk(storage, 1), (Invalid(CheckpointId(2), NO_METADATA, CandidateStatus.INCOMPLETE),)
     )
 
 
@@ -379,8 +391,8 @@ def test_a_crash_while_renaming_the_metadata_leaves_an_incomplete_checkpoint_and
         "count#1.state",
     ]
     decision = choose(storage.restore_candidates())
-    assert isinstance(decision, RestoreFrom) and decision.checkpoint_id == 1
-    assert decision.skipped == (Invalid(CheckpointId(2), NO_METADATA),)
+    assert isinstance(decision, Chosen) and decision.checkpoint_id == 1
+    assert decision.skipped == (Invalid(CheckpointId(2), NO_METADATA, CandidateStatus.INCOMPLETE),)
 
 
 # --- choosing a restore point ------------------------------------------------------------------
@@ -395,7 +407,7 @@ def test_restore_picks_the_newest_valid_checkpoint_and_reports_the_newer_ones_it
 
     decision = choose(storage.restore_candidates())
 
-    assert isinstance(decision, RestoreFrom)
+    assert isinstance(decision, Chosen)
     assert (decision.checkpoint_id, decision.metadata) == (2, second)
     assert [s.checkpoint_id for s in decision.skipped] == [4, 3]
     assert decision.skipped[0].reason == NO_METADATA
@@ -424,8 +436,8 @@ def test_with_no_valid_checkpoint_the_job_starts_fresh_and_says_why_for_each(sto
 
     decision = choose(storage.restore_candidates())
 
-    assert isinstance(decision, StartFresh)
-    assert decision.skipped[0] == Invalid(CheckpointId(2), NO_METADATA)
+    assert isinstance(decision, NoneValid)
+    assert decision.skipped[0] == Invalid(CheckpointId(2), NO_METADATA, CandidateStatus.INCOMPLETE)
     assert_refused(decision.skipped[1], 1, "chk-000001/_metadata", "empty")
 
 
@@ -440,12 +452,22 @@ def two_checkpoints(storage: LocalCheckpointStorage) -> LocalCheckpointStorage:
     return storage
 
 
+SINK_OUTPUT = (CommittedOutput("out", "/output", ("part-0-0.jsonl",)),)
+
+
 def assert_falls_back_to_the_first(storage: LocalCheckpointStorage, *in_reason: str) -> None:
+    """Checkpoint 2 is refused with the reason and counts as completed (its metadata was written):
+    the newest valid one is checkpoint 1, and the restore decision refuses to go back to it past
+    checkpoint 2 while a sink holds committed output."""
     decision = choose(storage.restore_candidates())
-    assert isinstance(decision, RestoreFrom), decision
+    assert isinstance(decision, Chosen), decision
     assert decision.checkpoint_id == 1
     assert len(decision.skipped) == 1
     assert_refused(decision.skipped[0], 2, *in_reason)
+    assert decision.skipped[0].status is CandidateStatus.CORRUPT
+    planned = plan_restore(storage.restore_candidates(), RestoreFacts("chk", committed=SINK_OUTPUT))
+    assert isinstance(planned, Refuse) and planned.reason is RefusalReason.FALLBACK_PAST_COMMITTED, planned
+    assert "checkpoint 2: " in planned.message
 
 
 def test_metadata_truncated_at_every_byte_offset_is_refused_and_restore_falls_back(two_checkpoints):

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from flowstate.checkpoint.ids import CheckpointId
-from flowstate.checkpoint.restore import RestoreFrom, choose
+from flowstate.checkpoint.restore import Chosen, choose
 from flowstate.storage import open_storage
 from flowstate.storage.base import CheckpointMetadata, ObjectStoreError
 from flowstate.storage.local import LocalCheckpointStorage
@@ -62,7 +62,7 @@ def test_a_completed_checkpoint_is_never_replaced_by_other_metadata(s3):
 
     assert s3.read("chk-000001/_metadata") == raw
     storage.write_metadata(written)  # the same metadata again: idempotent
-    assert choose(storage.restore_candidates()) == RestoreFrom(CheckpointId(1), written, ())
+    assert choose(storage.restore_candidates()) == Chosen(CheckpointId(1), written, ())
 
 
 def test_a_metadata_put_whose_answer_was_lost_is_retried_and_recognised_as_its_own(s3, faults):
@@ -75,7 +75,7 @@ def test_a_metadata_put_whose_answer_was_lost_is_retried_and_recognised_as_its_o
 
     assert faults.injected == [("lose", "PUT", faults.injected[0][2])]
     assert requests_to(s3, "PUT", "chk-000001/_metadata") == 2
-    assert choose(storage.restore_candidates()) == RestoreFrom(CheckpointId(1), metadata, ())
+    assert choose(storage.restore_candidates()) == Chosen(CheckpointId(1), metadata, ())
 
 
 # --- a failing store ---------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def test_5xx_answers_and_dropped_connections_are_retried_and_the_checkpoint_comp
 
     assert len(faults.injected) == 6
     assert {fault for fault, _, _ in faults.injected} == {"500", "503", "drop"}
-    assert choose(s3.open().restore_candidates()) == RestoreFrom(CheckpointId(1), written, ())
+    assert choose(s3.open().restore_candidates()) == Chosen(CheckpointId(1), written, ())
 
 
 def test_a_store_that_stays_down_fails_the_write_with_an_os_error_naming_the_object(s3, faults):
@@ -120,7 +120,7 @@ def test_a_metadata_put_that_keeps_failing_leaves_the_checkpoint_incomplete(s3, 
     faults.reset()
     assert not s3.exists("chk-000002/_metadata")
     decision = choose(s3.open().restore_candidates())
-    assert isinstance(decision, RestoreFrom) and decision.checkpoint_id == 1
+    assert isinstance(decision, Chosen) and decision.checkpoint_id == 1
     storage.discard(CheckpointId(2))  # the coordinator discards what it could not complete
     assert [p for p in s3.paths() if p.startswith("shared/")] == ["shared/count-0/a.sst"]
 
@@ -153,7 +153,7 @@ def test_a_slow_store_still_completes_restores_and_discards_correctly(s3, faults
     second = write_checkpoint(storage, 2, {0: ["b.sst"], 1: ["c.sst", "d.sst"]})
     storage.discard(CheckpointId(1))
 
-    assert choose(storage.restore_candidates()) == RestoreFrom(CheckpointId(2), second, ())
+    assert choose(storage.restore_candidates()) == Chosen(CheckpointId(2), second, ())
     assert [p for p in s3.paths() if p.startswith("shared/")] == [
         "shared/count-0/b.sst", "shared/count-1/c.sst", "shared/count-1/d.sst",
     ]

@@ -1,20 +1,30 @@
 """A transactional file sink (Flink's ``FileSink``): exactly-once output through two-phase commit.
 
-Files of subtask *s* in ``directory`` (*seq* counts the files of that subtask, from 0):
+Files of subtask *s* in ``directory`` (*seq* counts the files of that subtask, from 0; *writer* is
+the writer id, 12 hex digits drawn afresh for every writer built: at a start, at every restore):
 
-- ``.{prefix}-{s}-{seq}.inprogress``: hidden, being written since the last barrier;
-- ``.{prefix}-{s}-{seq}.pending``: hidden, closed and durable, waiting for its checkpoint to complete
-  (the committable of ``flowstate.checkpoint.commit``);
-- ``{prefix}-{s}-{seq}{suffix}``: visible, committed. Only these are output.
+- ``.{prefix}-{s}-{seq}.{writer}.inprogress``: hidden, being written since the last barrier;
+- ``.{prefix}-{s}-{seq}.{writer}.pending``: hidden, closed and durable, waiting for its checkpoint to
+  complete (the committable of ``flowstate.checkpoint.commit``);
+- ``{prefix}-{s}-{seq}.{writer}{suffix}``: visible, committed. Only these are output.
+
+Committed output is never replaced. The writer id makes a name unique across runs and attempts (a
+``--fresh`` run, a writer whose state was dropped, starts at *seq* 0 again under another id), and
+publishing is create-exclusive: a hard link from the pending name to the visible one, which fails
+when the visible name exists, then the pending name is removed. A visible file that is not the
+pending file's own (a crash between link and unlink leaves both names on one file) stops the writer
+with ``CommittedOutputExistsError``. Names without a writer id (``.{prefix}-{s}-{seq}.pending``,
+written by earlier versions) are still committed and cleaned up.
 
 Step (1) ``pre_commit(n)``: if anything was written since the last barrier, flush + fsync the
 in-progress file, rename it to pending, fsync the directory, record it under *n* in the ``CommitLog``
 and move to the next *seq*. The rename is durable before the snapshot that names it is taken, so a
 completed checkpoint never names a file that a crash can lose.
 
-Step (2) ``commit(n)``: rename every pending file recorded under an id ≤ *n* to its visible name, in
-checkpoint order, then fsync the directory. Idempotent: a pending file that is gone while its visible
-file exists was committed before. If both are gone the output is lost: ``LostOutputError``.
+Step (2) ``commit(n)``: publish every pending file recorded under an id ≤ *n* under its visible
+name (link, then unlink the pending name), in checkpoint order, then fsync the directory. Idempotent:
+a pending file that is gone while its visible file exists was committed before; both names on one
+file are a publish cut short. If both are gone the output is lost: ``LostOutputError``.
 
 Step (3) restore from a snapshot ``{"seq", "pending"}``: first commit everything it names (that
 checkpoint completed), then delete this subtask's hidden files that it does not name (they belong to
@@ -31,8 +41,8 @@ new file takes the name of a committed one. An index that no longer runs is *ret
 
 Records are written as JSON Lines by default (UTF-8, ``ensure_ascii=False``, compact separators;
 tuples become arrays); ``encoder`` (record → str without newline) replaces that. Each batch is one
-write call. A fresh writer starts at *seq* 0 and replaces visible files of the same name: give each
-job its own directory or prefix.
+write call. ``committed_output()`` lists the visible files of this sink's prefix and suffix: what a
+start from scratch would mix with (``flowstate.checkpoint.restore``).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import copy
 import json
 import os
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,9 +64,18 @@ _IN_PROGRESS = ".inprogress"
 _PENDING = ".pending"
 
 
+_WRITER_ID = r"(?:\.[0-9a-f]{12})?"
+"""The writer id part of a name (absent in names written by earlier versions)."""
+
+
 class LostOutputError(RuntimeError):
     """A pending file named by a completed checkpoint is gone and was never made visible: its records
     are lost. The directory was changed behind the sink's back."""
+
+
+class CommittedOutputExistsError(RuntimeError):
+    """Publishing a pending file found another file under its visible name. Committed output is never
+    replaced: the writer stops and both files are left as they are."""
 
 
 def json_lines_encoder() -> Callable[[Any], str]:
@@ -136,7 +156,18 @@ class FileSink:
             raise ValueError(f"FileSink {self._name!r}: subtask {subtask} outside 0..{parallelism - 1}")
         os.makedirs(self._directory, exist_ok=True)
         encoder = self._encoder if self._encoder is not None else json_lines_encoder()
-        return FileSinkWriter(self._directory, self._prefix, self._suffix, subtask, encoder, resume_state)
+        return FileSinkWriter(self._directory, self._prefix, self._suffix, subtask, encoder, resume_state,
+                              secrets.token_hex(6))
+
+    def committed_output(self) -> tuple[str, ...]:
+        """The committed files of this sink's prefix and suffix in its directory, sorted (of any
+        subtask, writer or run; empty when the directory does not exist)."""
+        visible = re.compile(rf"{re.escape(self._prefix)}-[0-9]+-[0-9]+{_WRITER_ID}{re.escape(self._suffix)}")
+        try:
+            names = os.listdir(self._directory)
+        except FileNotFoundError:
+            return ()
+        return tuple(sorted(n for n in names if visible.fullmatch(n)))
 
 
 class FileSinkWriter:
@@ -145,7 +176,7 @@ class FileSinkWriter:
 
     __slots__ = (
         "_directory", "_prefix", "_suffix", "_subtask", "_encode", "_seq", "_log", "_file", "_hidden", "_retired",
-        "_failpoints",
+        "_failpoints", "_writer_id",
     )
 
     def __init__(
@@ -156,7 +187,11 @@ class FileSinkWriter:
         subtask: int,
         encode: Callable[[Any], str],
         resume_state: Any | None,
+        writer_id: str,
     ) -> None:
+        if not re.fullmatch(r"[0-9a-f]{12}", writer_id):
+            raise ValueError(f"FileSink: a writer id is 12 hex digits, got {writer_id!r}")
+        self._writer_id = writer_id
         self._directory = directory
         self._prefix = prefix
         self._suffix = suffix
@@ -180,7 +215,7 @@ class FileSinkWriter:
             self._retired = retired
         indices = "|".join(str(i) for i in [subtask, *sorted(self._retired)])
         self._hidden = re.compile(
-            rf"\.{re.escape(prefix)}-(?:{indices})-[0-9]+(?:{re.escape(_IN_PROGRESS)}|{re.escape(_PENDING)})"
+            rf"\.{re.escape(prefix)}-(?:{indices})-[0-9]+{_WRITER_ID}(?:{re.escape(_IN_PROGRESS)}|{re.escape(_PENDING)})"
         )
         existing = [n for n in os.listdir(directory) if self._hidden.fullmatch(n)]
         strays = stray_outputs(existing, named)
@@ -250,7 +285,7 @@ class FileSinkWriter:
     # ---- files -----------------------------------------------------------------------------------
 
     def _hidden_name(self, seq: int, kind: str) -> str:
-        return f".{self._prefix}-{self._subtask}-{seq}{kind}"
+        return f".{self._prefix}-{self._subtask}-{seq}.{self._writer_id}{kind}"
 
     def _path(self, name: str) -> str:
         return os.path.join(self._directory, name)
@@ -268,21 +303,33 @@ class FileSinkWriter:
         _fsync_directory(self._directory)
 
     def _publish(self, pending_names: list[str]) -> None:
-        """Step (2): rename each pending file to its visible name, idempotently, in order."""
+        """Step (2): give each pending file its visible name, create-exclusive and idempotently, in
+        order: link the visible name to the file (fails if that name exists), then unlink the pending
+        name. A crash between the two leaves both names on one file, which the next commit completes."""
         if not pending_names:
             return
         for pending in pending_names:
             final = pending[1:-len(_PENDING)] + self._suffix
+            source, target = self._path(pending), self._path(final)
             try:
-                os.rename(self._path(pending), self._path(final))
-                if self._failpoints:
-                    self._failpoints.hit(fpn.SINK_MID_COMMIT)
+                os.link(source, target)
             except FileNotFoundError:
-                if not os.path.exists(self._path(final)):
+                if not os.path.exists(target):
                     raise LostOutputError(
                         f"FileSink: neither {pending!r} nor {final!r} exists in {self._directory!r}; "
                         "the output of a completed checkpoint is lost"
                     ) from None
+                continue  # committed before
+            except FileExistsError:
+                if not os.path.samefile(source, target):
+                    raise CommittedOutputExistsError(
+                        f"FileSink: cannot publish {pending!r} in {self._directory!r}: the committed file "
+                        f"{final!r} exists and is not this file; committed output is never replaced. "
+                        "Another writer uses this name: give each job its own directory or prefix"
+                    ) from None
+            if self._failpoints:
+                self._failpoints.hit(fpn.SINK_MID_COMMIT)
+            os.unlink(source)
         _fsync_directory(self._directory)
 
 

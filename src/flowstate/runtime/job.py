@@ -2,12 +2,14 @@
 
 One attempt, step by step (the order matters):
 
-Step 1: choose the restore point: the newest checkpoint whose metadata and files verify
-        (``flowstate.checkpoint.restore``); every newer one that was skipped is logged with its reason
-        and deleted. With ``--from-savepoint``, the savepoint, unless a checkpoint of this job descends
-        from it (``flowstate.runtime.savepoint``). New checkpoint ids continue after the highest id
-        ever used. Its state is assigned to the tasks of the job as it is
-        now, by operator uid, at any parallelism (``flowstate.runtime.state_assignment``).
+Step 1: choose the restore point: the pure ``plan_restore`` (``flowstate.checkpoint.restore``)
+        decides from the checkpoints found, newest first, and the sinks' committed output: restore
+        the newest checkpoint whose metadata and files verify (every newer one that was skipped is
+        logged with its reason and deleted), start from scratch, or refuse (``ConfigError``, exit 2)
+        rather than write committed output again. With ``--from-savepoint``, the savepoint, unless a
+        checkpoint of this job descends from it (``flowstate.runtime.savepoint``). New checkpoint
+        ids continue after the highest id ever used. Its state is assigned to the tasks of the job
+        as it is now, by operator uid, at any parallelism (``flowstate.runtime.state_assignment``).
 Step 2: make the attempt's plan (``flowstate.runtime.plan``): the job graph, the task-level
         configuration, the restore point and the state files each task reads, a spec of the
         checkpoint storage (never a live client), the state backend and the failpoints. The
@@ -42,7 +44,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, assert_never
 
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.barrier import CheckpointBarrier
@@ -59,7 +61,14 @@ from flowstate.checkpoint.coordinator import (
     TriggerCheckpoint,
 )
 from flowstate.checkpoint.ids import CheckpointId, TaskId, task_id
-from flowstate.checkpoint.restore import RestoreFrom, choose
+from flowstate.checkpoint.restore import (
+    CommittedOutput,
+    Refuse,
+    RestoreFacts,
+    RestoreFrom,
+    StartFresh,
+    plan_restore,
+)
 from flowstate.clock import Clock, SystemClock
 from flowstate.config import JobConfig, Mode
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink
@@ -293,10 +302,6 @@ class JobRunner:
         lock = CheckpointDirLock(storage.root, self.clock) if isinstance(storage, LocalCheckpointStorage) else None
         server: ControlServer | None = None
         try:
-            if config.fresh and self.storage is not None:
-                for info in self.storage.list_checkpoints():
-                    self.storage.discard(info.checkpoint_id)
-                log.info("--fresh: discarded the existing checkpoints in %s", config.checkpoint_dir)
             if config.from_savepoint is not None:
                 if config.checkpoint_dir is not None and Path(config.from_savepoint).resolve() == Path(
                         config.checkpoint_dir).resolve():
@@ -455,16 +460,34 @@ class JobRunner:
     def _choose_restore_point(self) -> CheckpointMetadata | None:
         """Step 1: the snapshot to restore from."""
         storage = self.storage
-        md: CheckpointMetadata | None = None
-        if storage is not None:
-            decision = choose(storage.restore_candidates())
-            for skipped in decision.skipped:
-                log.warning("skipping checkpoint %d: %s", skipped.checkpoint_id, skipped.reason)
-                storage.discard(skipped.checkpoint_id)
-            self._next_id = max(self._next_id, storage.highest_id() + 1)
-            if isinstance(decision, RestoreFrom):
-                md = decision.metadata
         savepoint = self._savepoint
+        md: CheckpointMetadata | None = None
+        # The decision is pure (``flowstate.checkpoint.restore``); this only gathers its facts and
+        # carries it out. --fresh applies to the first attempt: a restart resumes this run.
+        first = self._result is None or not self._result.restored_from
+        facts = RestoreFacts(
+            where="" if self.config.checkpoint_dir is None else str(self.config.checkpoint_dir),
+            committed=self._committed_output(), fresh=self.config.fresh and first,
+            savepoint=str(savepoint.path) if savepoint is not None else None, first_attempt=first,
+        )
+        decision = plan_restore(storage.restore_candidates() if storage is not None else (), facts)
+        match decision:
+            case Refuse(message=message):
+                raise ConfigError(message)
+            case RestoreFrom(metadata=metadata, discards=discards):
+                md = metadata
+            case StartFresh(discards=discards):
+                pass
+            case _:
+                assert_never(decision)
+        if storage is not None:
+            for gone in discards:
+                if not facts.fresh:
+                    log.warning("skipping checkpoint %d: %s", gone.checkpoint_id, gone.reason)
+                storage.discard(gone.checkpoint_id)
+            if facts.fresh:
+                log.info("--fresh: discarded the existing checkpoints in %s", self.config.checkpoint_dir)
+            self._next_id = max(self._next_id, storage.highest_id() + 1)
         if savepoint is not None and (md is None or not same_origin(md, savepoint.metadata)):
             if storage is not None:
                 self._discard_other_runs(storage, savepoint)
@@ -492,6 +515,19 @@ class JobRunner:
         if self.failpoints:
             self.failpoints.hit(fpn.RECOVERY_CHECKPOINT_CHOSEN)
         return md
+
+    def _committed_output(self) -> tuple[CommittedOutput, ...]:
+        """What each sink of the job that can list its committed output (``committed_output()``,
+        e.g. ``FileSink``) holds now."""
+        found = []
+        for vertex in self.graph.vertices:
+            for node in vertex.chain:
+                listing = getattr(node.fn, "committed_output", None) if node.kind == "sink" else None
+                items = tuple(listing()) if callable(listing) else ()
+                if items:
+                    where = getattr(node.fn, "directory", None) or node.name
+                    found.append(CommittedOutput(node.name, str(where), items))
+        return tuple(found)
 
     def _sweep_orphans(self) -> None:
         """Delete shared files that no valid checkpoint references: uploads of checkpoints that were

@@ -109,12 +109,13 @@ class TaskConfig:
     compression: str = "none"
     incremental: bool = True
     allow_non_restored_state: bool = False
+    drop_sink_state: bool = False
 
     @classmethod
     def of(cls, config: JobConfig) -> TaskConfig:
         return cls(config.mode, config.batch_size, config.channel_capacity, config.alignment_timeout,
                    config.max_inflight_bytes, config.compression, config.incremental,
-                   config.allow_non_restored_state)
+                   config.allow_non_restored_state, config.drop_sink_state)
 
 
 @dataclass(frozen=True, slots=True)

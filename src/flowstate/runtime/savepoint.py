@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flowstate.checkpoint.ids import CheckpointId
-from flowstate.checkpoint.restore import Invalid, RestoreFrom, Valid, choose
+from flowstate.checkpoint.restore import Chosen, Invalid, Valid, choose
 from flowstate.errors import ConfigError
 from flowstate.storage.base import (
     CheckpointInfo,
@@ -82,7 +82,7 @@ def open_savepoint(path: str | os.PathLike[str]) -> Savepoint:
         )
     storage = LocalCheckpointStorage(where)
     decision = choose(storage.restore_candidates())
-    if not isinstance(decision, RestoreFrom):
+    if not isinstance(decision, Chosen):
         reasons = "; ".join(f"{s.checkpoint_id}: {s.reason}" for s in decision.skipped)
         raise ConfigError(f"savepoint {str(where)!r} cannot be restored: {reasons}")
     if decision.skipped:

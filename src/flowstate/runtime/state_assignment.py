@@ -26,7 +26,9 @@ are filed under its uid too (the name of the vertex it heads). Rules:
 6. State held for a uid that the job no longer has, or whose operator cannot take it now (a keyed
    operator's uid given to a map, a sink's to a source), is refused with a message naming the
    operator and the state, unless ``allow_non_restored_state``: then it is dropped, with a warning.
-   Operators new to the job start empty.
+   A sink's state names output its checkpoint pre-committed and the sources will not replay: it is
+   dropped only with ``drop_sink_state`` as well, and refused otherwise. Operators new to the job
+   start empty.
 
 Everything here is a function of the loaded states, the metadata and the job graph: no I/O.
 """
@@ -94,7 +96,7 @@ class Assignment:
 
 def assign_states(
     graph: JobGraph, metadata: CheckpointMetadata, task_states: Mapping[TaskId, Mapping[str, Any]], *,
-    allow_non_restored_state: bool = False, what: str | None = None,
+    allow_non_restored_state: bool = False, drop_sink_state: bool = False, what: str | None = None,
 ) -> Assignment:
     """The resume state of every task of ``graph`` from ``task_states`` (the loaded state file of
     every task of ``metadata``). Raises ``ConfigError`` naming the operator and the state for what
@@ -134,8 +136,15 @@ def assign_states(
         name = (old_operators.get(uid) or {}).get("name")
         return f"operator {name!r} (uid {uid!r})" if name and name != uid else f"operator {uid!r}"
 
-    def not_restored(uid: str, state: str, why: str) -> None:
+    def not_restored(uid: str, state: str, why: str, *, sink: bool = False) -> None:
         sentence = f"{what} holds {state} of {operator(uid)}, {why}"
+        if sink and allow_non_restored_state and not drop_sink_state:
+            refusals.append(
+                f"{sentence}; dropping a sink's state loses the output its checkpoint pre-committed (never "
+                "published, and not replayed by the sources): pass --drop-sink-state (drop_sink_state=True) "
+                "as well to drop it anyway"
+            )
+            return
         (dropped if allow_non_restored_state else refusals).append(sentence)
 
     def old_kind(old: _OldState) -> str:
@@ -154,9 +163,9 @@ def assign_states(
         found = nodes.get(uid)
         state = _describe_state(kind, old)
         if found is None:
-            not_restored(uid, state, "which the job no longer has")
+            not_restored(uid, state, "which the job no longer has", sink=kind == "sink")
         elif not _compatible(kind, found[1].kind):
-            not_restored(uid, state, f"which is now a {found[1].kind} operator that cannot take it")
+            not_restored(uid, state, f"which is now a {found[1].kind} operator that cannot take it", sink=kind == "sink")
         else:
             restorable[uid] = old
     source_positions: dict[str, _OldState] = {}

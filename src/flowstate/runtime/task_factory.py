@@ -98,7 +98,8 @@ def load_resume_states(
     except Exception as exc:  # noqa: BLE001 - named for the restart strategy's account of the failure
         raise StateLoadError(f"reading the state of {restore.what} failed: {type(exc).__name__}: {exc}") from exc
     assignment = assign_states(plan.graph, restore.metadata, loaded,
-                               allow_non_restored_state=plan.config.allow_non_restored_state, what=restore.what)
+                               allow_non_restored_state=plan.config.allow_non_restored_state,
+                               drop_sink_state=plan.config.drop_sink_state, what=restore.what)
     if dropped is not None:
         dropped.extend(assignment.dropped)
     else:

@@ -57,7 +57,7 @@ from typing import Literal
 
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.ids import CheckpointId
-from flowstate.checkpoint.restore import Invalid, Valid
+from flowstate.checkpoint.restore import CandidateStatus, Invalid, Valid
 from flowstate.failpoints import Failpoints
 from flowstate.storage.base import (
     CheckpointInfo,
@@ -686,7 +686,7 @@ class LocalCheckpointStorage:
         try:
             metadata = self._load_metadata(checkpoint_id, directory)
         except FileNotFoundError:
-            return _Inspection(Invalid(checkpoint_id, NO_METADATA), "incomplete", None)
+            return _Inspection(Invalid(checkpoint_id, NO_METADATA, CandidateStatus.INCOMPLETE), "incomplete", None)
         except CorruptCheckpointError as error:
             return corrupt(str(error))
         except OSError as error:

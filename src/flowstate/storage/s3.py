@@ -64,7 +64,7 @@ from obstore.store import S3Store
 
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.ids import CheckpointId
-from flowstate.checkpoint.restore import Invalid, Valid
+from flowstate.checkpoint.restore import CandidateStatus, Invalid, Valid
 from flowstate.failpoints import Failpoints
 from flowstate.storage.base import (
     CheckpointInfo,
@@ -608,7 +608,7 @@ class S3CheckpointStorage:
         try:
             metadata = self._load_metadata(checkpoint_id, directory)
         except FileNotFoundError:
-            return _Inspection(Invalid(checkpoint_id, NO_METADATA), "incomplete", None)
+            return _Inspection(Invalid(checkpoint_id, NO_METADATA, CandidateStatus.INCOMPLETE), "incomplete", None)
         except CorruptCheckpointError as error:
             return _Inspection(Invalid(checkpoint_id, str(error)), "corrupt", None)
         if verify_files:
