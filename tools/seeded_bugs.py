@@ -112,11 +112,12 @@ CATALOGUE: tuple[Bug, ...] = (
         "non-idempotent-commit", "a sink commit publishes under a new name each time it runs",
         ("tests/connectors/test_file_sink.py",),
         ("src/flowstate/connectors/file_sink.py",
-         "            final = pending[1:-len(_PENDING)] + self._suffix\n            try:\n"
-         "                os.rename(self._path(pending), self._path(final))\n",
-         "            final = pending[1:-len(_PENDING)] + f'.{os.urandom(4).hex()}' + self._suffix\n            try:\n"
-         "                shutil.copyfile(self._path(pending), self._path(final))\n"),
-        ("src/flowstate/connectors/file_sink.py", "import json\n", "import json\nimport shutil\n"),
+         "            final = pending[1:-len(_PENDING)] + self._suffix\n",
+         "            final = pending[1:-len(_PENDING)] + f'.{os.urandom(4).hex()}' + self._suffix\n"),
+        ("src/flowstate/connectors/file_sink.py",
+         "            if self._failpoints:\n                self._failpoints.hit(fpn.SINK_MID_COMMIT)\n"
+         "            os.unlink(source)\n",
+         "            if self._failpoints:\n                self._failpoints.hit(fpn.SINK_MID_COMMIT)\n"),
     ),
     bug(
         "commit-uncompleted", "a completed checkpoint also commits output pre-committed for later ones",
@@ -134,9 +135,9 @@ CATALOGUE: tuple[Bug, ...] = (
         "restore-oldest", "restore the oldest valid checkpoint instead of the newest",
         ("tests/protocol/test_restore.py",),
         ("src/flowstate/checkpoint/restore.py", "            case Valid(checkpoint_id=cid, metadata=metadata):\n"
-         "                return RestoreFrom(cid, metadata, tuple(skipped))",
+         "                return Chosen(cid, metadata, tuple(skipped))",
          "            case Valid(checkpoint_id=cid, metadata=metadata):\n"
-         "                oldest = RestoreFrom(cid, metadata, tuple(skipped))\n                continue"),
+         "                oldest = Chosen(cid, metadata, tuple(skipped))\n                continue"),
     ),
     bug(
         "randomized-key-hash", "partition keys with Python's per-process randomized hash()",

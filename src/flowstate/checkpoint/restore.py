@@ -259,7 +259,7 @@ def _fallback_past_committed(chosen: CheckpointId, corrupt: list[Invalid], facts
 def _earlier_output(discards: tuple[Discard, ...], facts: RestoreFacts) -> str:
     if facts.fresh:
         what = "cannot start from scratch (--fresh)"
-        keep = (f"; nothing was discarded: to continue the earlier run instead, run without --fresh"
+        keep = ("; nothing was discarded: to continue the earlier run instead, run without --fresh"
                 if discards else "")
     else:
         what = (f"cannot start from scratch: {facts.where} holds no checkpoint to restore from" if facts.where
