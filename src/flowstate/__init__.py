@@ -32,15 +32,26 @@ from flowstate.errors import (
 )
 from flowstate.execution import run
 from flowstate.failpoints import Failpoints, InjectedFailure
-from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
+from flowstate import aggregates
+from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext, TimeDomain
 from flowstate.runtime.control import ControlError, JobControl
 from flowstate.runtime.job import JobResult
+from flowstate.runtime.windowing import WindowResult
+from flowstate.time.windows import (
+    CountWindow,
+    CountWindows,
+    SessionWindows,
+    SlidingWindows,
+    TimeWindow,
+    TumblingWindows,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchCallbackSink", "CallbackSink", "ConfigError", "ControlError", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
+    "BatchCallbackSink", "CallbackSink", "ConfigError", "ControlError", "CountWindow", "CountWindows", "Dataflow", "ExponentialBackoffRestart", "Failpoints",
     "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError",
     "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "NoRestart",
-    "PrintSink", "ProcessFunction", "RuntimeContext", "SocketSource", "Stream", "UserFunctionError", "run",
+    "PrintSink", "ProcessFunction", "RuntimeContext", "SessionWindows", "SlidingWindows", "SocketSource", "Stream",
+    "TimeDomain", "TimeWindow", "TumblingWindows", "UserFunctionError", "WindowResult", "aggregates", "run",
 ]

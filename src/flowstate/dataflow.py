@@ -111,10 +111,14 @@ def _callable(kind: str, name: str | None, fn: Any) -> str:
 class Stream:
     """A stream of records produced by one node."""
 
-    def __init__(self, flow: Dataflow, node: Node, key_fn: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, flow: Dataflow, node: Node, key_fn: Callable[[Any], Any] | None = None,
+                 timestamp_fn: Callable[[Any], Any] | None = None) -> None:
         self._flow = flow
         self._node = node
         self._key_fn = key_fn
+        self._timestamp_fn = timestamp_fn
+        """Set from ``assign_timestamps`` on, through ``filter`` and ``key_by`` (which keep records as
+        they are); an operator that makes new records (``map``, ``process``…) ends it."""
 
     @property
     def node(self) -> Node:
@@ -133,7 +137,9 @@ class Stream:
 
     def filter(self, fn: Callable[[Any], bool], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
         """The records for which ``fn(record)`` is true."""
-        return self._op("filter", fn, name, parallelism, uid)
+        out = self._op("filter", fn, name, parallelism, uid)
+        out._timestamp_fn = self._timestamp_fn
+        return out
 
     def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
         """Every record of the iterable ``fn(record)``."""
@@ -144,7 +150,30 @@ class Stream:
         which can keep keyed state for it. The key must be str, bytes, int, float, bool, None or a
         tuple of these (it is hashed with a stable hash)."""
         _callable("key_by", name, key_fn)
-        return KeyedStream(self._flow, self._node, key_fn)
+        return KeyedStream(self._flow, self._node, key_fn, self._timestamp_fn)
+
+    def assign_timestamps(
+        self, fn: Callable[[Any], Any], *, max_out_of_orderness: Any = 0, idle_timeout: Any = None,
+        name: str | None = None, parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Event time from here on: ``fn(record)`` is the record's timestamp (seconds since the epoch
+        as int or float, or an aware datetime). Watermarks trail the largest timestamp seen by
+        ``max_out_of_orderness``; a subtask that gets no record for ``idle_timeout`` stops holding
+        the watermark back, and when all of it is quiet its event time follows processing time
+        (``flowstate.time.watermarks``). Durations: seconds, ``"500ms"``, ``"30m"`` or a timedelta."""
+        from flowstate.time.duration import parse_duration
+
+        shown = _callable("assign_timestamps", name, fn)
+        try:
+            bound = parse_duration(max_out_of_orderness, "max_out_of_orderness")
+            idle = None if idle_timeout is None else parse_duration(idle_timeout, "idle_timeout")
+        except ValueError as exc:
+            raise GraphError(f"assign_timestamps {shown!r}: {exc}") from None
+        if idle is not None and idle <= 0:
+            raise GraphError(f"assign_timestamps {shown!r}: idle_timeout must be positive")
+        node = self._flow._add("timestamps", shown, fn, parallelism, self._edge(), uid,
+                               out_of_orderness=bound, idle_timeout=idle)
+        return Stream(self._flow, node, None, fn)
 
     def process(self, fn: ProcessFunction, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
         """Run a ``ProcessFunction`` over every record."""
@@ -157,7 +186,8 @@ class Stream:
         if not isinstance(fn, ProcessFunction):
             raise GraphError(f"process {shown!r}: expected a ProcessFunction or KeyedProcessFunction, got {fn!r}")
         kind = "keyed_process" if self._key_fn is not None else "process"
-        return Stream(self._flow, self._flow._add(kind, shown, fn, parallelism, self._edge(), uid))
+        extra = {"timestamp_fn": self._timestamp_fn} if kind == "keyed_process" else {}
+        return Stream(self._flow, self._flow._add(kind, shown, fn, parallelism, self._edge(), uid, **extra))
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None, **_: Any) -> Stream:
         shown = name or getattr(fn, "__name__", None) or "reduce"
@@ -197,3 +227,12 @@ class KeyedStream(Stream):
 
     def key_by(self, key_fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
         return super().key_by(key_fn, name=name)
+
+    def window(self, assigner: Any, *, allowed_lateness: Any = 0) -> Any:
+        """Windows per key: ``TumblingWindows``, ``SlidingWindows``, ``SessionWindows`` or
+        ``CountWindows``; then ``.reduce``, ``.aggregate`` or ``.process``
+        (``flowstate.windowed.WindowedStream``). Records later than ``allowed_lateness`` past the end
+        of their window are late (``late_records()`` of the result)."""
+        from flowstate.windowed import WindowedStream
+
+        return WindowedStream(self, assigner, allowed_lateness)

@@ -537,7 +537,7 @@ class JobRunner:
         env: TaskEnv, resume: dict[str, Any] | None,
     ) -> Task:
         op_env = OperatorEnv(i, v.parallelism, self.graph.max_parallelism, self.config.mode.checkpoints, self.failpoints,
-                             self._state_backend)
+                             self._state_backend, self.clock)
         key_fn = v.inputs[0].key_fn if v.inputs else None
         nodes = v.chain[1:] if v.is_source else v.chain
         ops = [build_operator(n, op_env, key_fn if idx == 0 and not v.is_source else None) for idx, n in enumerate(nodes)]

@@ -1,0 +1,429 @@
+"""Runtime operators of event time: timestamp assignment, windows, and the selection of late records.
+
+``TimestampsOperator`` (``Stream.assign_timestamps``) generates watermarks with
+``flowstate.time.SplitWatermarks`` after every batch and on every tick (idleness), swallows the
+watermarks that come from upstream except the final one, and keeps its generator's state in the
+checkpoint, so that its watermark never goes backwards across a restore.
+
+``WindowOperator`` (``KeyedStream.window(...)``) keeps, per key, the accumulator of each open window
+in the keyed state backend (map state ``WINDOWS_STATE``; count windows: value state
+``COUNT_STATE``) and one event-time timer per window end (``flowstate.runtime.timers``), so windows,
+their contents and their timers are in every checkpoint and follow their key on a rescale.
+
+Order of a batch (a watermark never changes in the middle of a batch, so the records of one batch
+are grouped per (key, window) first and each group touches the backend once):
+
+Step 1: assign each record its windows; a record whose every window was cleared is late
+        (``flowstate.time.windows`` rule 1).
+Step 2: fold each group into a fresh accumulator, then merge it into the stored one.
+Step 3: register the timer of the window's end (and of its cleanup, with allowed lateness); a
+        window whose end the watermark already passed fires again at once with its new contents.
+
+On a watermark, the due timers fire in timestamp order: a timer at a window's end emits the window;
+a timer at its end + allowed lateness clears it (the same timer when there is no lateness).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from flowstate.clock import SystemClock
+from flowstate.errors import GraphError, UserFunctionError
+from flowstate.runtime.operators import Operator, OperatorEnv, Ready, _Keyed
+from flowstate.runtime.timers import TimedKeyedProcessOperator, TimerService, to_seconds
+from flowstate.time.watermarks import MAX_WATERMARK, MIN_WATERMARK, SplitWatermarks, Watermark
+from flowstate.time.windows import CountWindow, TimeWindow, merge_session
+
+WINDOWS_STATE = "__windows__"
+COUNT_STATE = "__count_windows__"
+_EVENT = 0
+_MISSING = object()
+SUBTASK_SPLIT = "*"
+"""The split of a generator that sees its records as one stream (records carry no split id)."""
+
+
+class WindowResult(NamedTuple):
+    """What ``reduce`` and ``aggregate`` on a window emit: the key, the window and its value."""
+
+    key: Any
+    window: Any
+    value: Any
+
+
+class LateRecord:
+    """A late record on its way to the late stream (``late_records()``)."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: Any) -> None:
+        self.record = record
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LateRecord, (self.record,))
+
+
+# ---- timestamps -----------------------------------------------------------------------------------
+
+
+class TimestampsOperator(Operator):
+    stateful = True
+    wants_ticks = True
+
+    def __init__(self, uid: str, name: str, env: OperatorEnv, fn: Callable[[Any], Any],
+                 out_of_orderness: float, idle_timeout: float | None) -> None:
+        super().__init__(uid, name, env)
+        self.fn = fn
+        self.out_of_orderness = out_of_orderness
+        self.idle_timeout = idle_timeout
+        self.clock = env.clock or SystemClock()
+        self.generator = SplitWatermarks(out_of_orderness, idle_timeout)
+
+    def open(self, resume_state: Any) -> None:
+        if resume_state:
+            self.generator = SplitWatermarks(self.out_of_orderness, self.idle_timeout, resume_state)
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        if batch:
+            fn = self.fn
+            record = None
+            try:
+                highest = -math.inf
+                for record in batch:
+                    ts = fn(record)
+                    if type(ts) is not float:
+                        ts = to_seconds(ts)
+                    if ts > highest:
+                        highest = ts
+            except Exception as exc:
+                raise UserFunctionError(self.name, record, exc) from exc
+            self.generator.on_records(SUBTASK_SPLIT, highest, self.clock.monotonic())
+        return batch
+
+    def on_watermark(self, event: Watermark) -> tuple[list[Any], Watermark | None]:
+        # Watermarks from upstream are replaced by this operator's own, except the final one.
+        return [], event if event.timestamp == MAX_WATERMARK and not event.idle else None
+
+    def on_tick(self, now: float) -> tuple[list[Any], Watermark | None]:
+        return [], self.generator.current(self.clock.monotonic())
+
+    def snapshot(self, checkpoint_id: int) -> Ready:
+        return Ready(self.generator.snapshot())
+
+
+# ---- windows --------------------------------------------------------------------------------------
+
+
+class _Reducer:
+    """How a window folds its records: ``first(record)``, ``add(acc, record)``, ``merge(a, b)``,
+    ``emit(key, window, acc) -> records``. Accumulators are values: ``add`` may change only an
+    accumulator created in the same batch, ``merge`` changes neither argument."""
+
+    def __init__(self, kind: str, fn: Any) -> None:
+        self.kind = kind
+        if kind == "aggregate":
+            create, add, merge, result = fn.create, fn.add, fn.merge, fn.result
+            self.first = lambda record: add(create(), record)
+            self.add = add
+            self.merge = merge
+            self.emit = lambda key, window, acc: [WindowResult(key, window, result(acc))]
+        elif kind == "reduce":
+            self.first = lambda record: record
+            self.add = fn
+            self.merge = fn
+            self.emit = lambda key, window, acc: [WindowResult(key, window, acc)]
+        elif kind == "process":
+            self.first = lambda record: [record]
+            self.add = _append
+            self.merge = _concat
+            self.emit = lambda key, window, acc: list(fn(key, window, acc) or ())
+        else:
+            raise ValueError(f"unknown window function kind {kind!r}")
+
+
+def _append(acc: list[Any], record: Any) -> list[Any]:
+    acc.append(record)
+    return acc
+
+
+def _concat(a: list[Any], b: list[Any]) -> list[Any]:
+    return a + b
+
+
+class WindowOperator(_Keyed):
+    def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any], node: Any) -> None:
+        super().__init__(uid, name, env, key_fn)
+        extra = node.extra
+        self.assigner = extra["assigner"]
+        self.timestamp_fn = extra.get("timestamp_fn")
+        self.lateness = float(extra.get("allowed_lateness") or 0.0)
+        self.emit_late = bool(extra.get("late"))
+        self.reducer = _Reducer(extra["function_kind"], node.fn)
+        self.watermark = MIN_WATERMARK
+        self.late_dropped = 0
+        self.clock = env.clock or SystemClock()
+
+    def open(self, resume_state: Any) -> None:
+        super().open(resume_state)
+        backend = self.backend
+        if self.assigner.counting:
+            self.counts = backend.value_state(COUNT_STATE)
+        else:
+            self.windows = backend.map_state(WINDOWS_STATE)
+            self.timers = TimerService(backend, self.clock)
+
+    # ---- records ----------------------------------------------------------------------------------
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        self.backend.maybe_fold()
+        out: list[Any] = []
+        record = None
+        try:
+            if self.assigner.counting:
+                self._count_batch(batch, out)
+            elif self.assigner.merging:
+                self._session_batch(batch, out)
+            else:
+                self._time_batch(batch, out)
+        except UserFunctionError:
+            raise
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        return out
+
+    def _late(self, records: list[Any], out: list[Any]) -> None:
+        if self.emit_late:
+            out.extend(LateRecord(r) for r in records)
+        else:
+            self.late_dropped += len(records)
+
+    def _time_batch(self, batch: list[Any], out: list[Any]) -> None:
+        """Steps 1-3 for tumbling and sliding windows."""
+        key_fn = self.key_fn
+        ts_fn = self.timestamp_fn
+        reducer = self.reducer
+        first, add = reducer.first, reducer.add
+        lateness = self.lateness
+        wm = self.watermark
+        local: dict[tuple[Any, tuple[float, float]], Any] = {}
+        late: list[Any] = []
+        assigner = self.assigner
+        tumbling = not hasattr(assigner, "slide")
+        size, offset = assigner.size, assigner.offset
+        record = None
+        try:
+            for record in batch:
+                key = key_fn(record)
+                ts = ts_fn(record)
+                if type(ts) is not float:
+                    ts = to_seconds(ts)
+                if tumbling:
+                    start = ts - (ts - offset) % size
+                    windows: Any = ((start, start + size),)
+                else:
+                    windows = assigner.assign(ts)
+                placed = False
+                for window in windows:
+                    if window[1] + lateness <= wm:
+                        continue
+                    placed = True
+                    group = (key, (window[0], window[1]))
+                    acc = local.get(group, _MISSING)
+                    local[group] = first(record) if acc is _MISSING else add(acc, record)
+                if not placed:
+                    late.append(record)
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        self._store(local, out)
+        if late:
+            self._late(late, out)
+
+    def _store(self, local: dict[tuple[Any, tuple[float, float]], Any], out: list[Any]) -> None:
+        """Steps 2-3; windows are stored as plain ``(start, end)`` tuples (the same on every backend)."""
+        keys = self.backend.keys
+        windows = self.windows
+        merge = self.reducer.merge
+        register = self.timers.register
+        lateness = self.lateness
+        wm = self.watermark
+        for (key, window), acc in local.items():
+            keys.current_key = key
+            stored = windows.get(window, _MISSING)
+            if stored is not _MISSING:
+                acc = merge(stored, acc)
+            windows.put(window, acc)
+            end = window[1]
+            if end > wm:
+                register(_EVENT, end)
+            else:
+                out.extend(self.reducer.emit(key, TimeWindow(*window), acc))  # a late firing, within the lateness
+            if lateness:
+                register(_EVENT, end + lateness)
+
+    def _session_batch(self, batch: list[Any], out: list[Any]) -> None:
+        key_fn = self.key_fn
+        ts_fn = self.timestamp_fn
+        gap = self.assigner.gap
+        reducer = self.reducer
+        lateness = self.lateness
+        wm = self.watermark
+        by_key: dict[Any, list[tuple[float, Any]]] = {}
+        record = None
+        try:
+            for record in batch:
+                key = key_fn(record)
+                ts = ts_fn(record)
+                if type(ts) is not float:
+                    ts = to_seconds(ts)
+                items = by_key.get(key)
+                if items is None:
+                    by_key[key] = [(ts, record)]
+                else:
+                    items.append((ts, record))
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        keys = self.backend.keys
+        windows = self.windows
+        timers = self.timers
+        late: list[Any] = []
+        for key, items in by_key.items():
+            keys.current_key = key
+            current: dict[TimeWindow, Any] = {TimeWindow(*w): acc for w, acc in windows.items()}
+            before = set(current)
+            changed: set[TimeWindow] = set()
+            for ts, record in items:
+                merged, absorbed = merge_session(list(current), TimeWindow(ts, ts + gap))
+                if merged.end + lateness <= wm:
+                    late.append(record)
+                    continue
+                acc = reducer.first(record)
+                for window in absorbed:
+                    acc = reducer.merge(current.pop(window), acc)
+                    changed.discard(window)
+                current[merged] = acc
+                changed.add(merged)
+            for window in before - set(current):
+                windows.remove(tuple(window))
+                timers.delete(_EVENT, window.end)
+                if lateness:
+                    timers.delete(_EVENT, window.end + lateness)
+            for window in changed:
+                acc = current[window]
+                windows.put(tuple(window), acc)
+                if window.end > wm:
+                    timers.register(_EVENT, window.end)
+                else:
+                    out.extend(reducer.emit(key, window, acc))
+                if lateness:
+                    timers.register(_EVENT, window.end + lateness)
+        if late:
+            self._late(late, out)
+
+    def _count_batch(self, batch: list[Any], out: list[Any]) -> None:
+        key_fn = self.key_fn
+        by_key: dict[Any, list[Any]] = {}
+        record = None
+        try:
+            for record in batch:
+                key = key_fn(record)
+                items = by_key.get(key)
+                if items is None:
+                    by_key[key] = [record]
+                else:
+                    items.append(record)
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        n = self.assigner.n
+        reducer = self.reducer
+        keys = self.backend.keys
+        counts = self.counts
+        for key, records in by_key.items():
+            keys.current_key = key
+            number, count, stored = counts.value() or (0, 0, None)
+            acc = stored
+            fresh = False  # whether acc was created in this batch (and may be changed by add)
+            for record in records:
+                if count == 0:
+                    acc, fresh = reducer.first(record), True
+                elif fresh:
+                    acc = reducer.add(acc, record)
+                else:
+                    acc, fresh = reducer.merge(acc, reducer.first(record)), True
+                count += 1
+                if count == n:
+                    out.extend(reducer.emit(key, CountWindow(number * n, number * n + n), acc))
+                    number, count, acc = number + 1, 0, None
+            counts.update((number, count, acc))
+
+    # ---- time -------------------------------------------------------------------------------------
+
+    def on_watermark(self, event: Watermark) -> tuple[list[Any], Watermark | None]:
+        if event.idle or event.timestamp <= self.watermark:
+            return [], event
+        self.watermark = wm = event.timestamp
+        out: list[Any] = []
+        try:
+            if self.assigner.counting:
+                if wm == MAX_WATERMARK:
+                    self._flush_counts(out)
+                return out, event
+            self._fire(wm, out)
+        except UserFunctionError:
+            raise
+        except Exception as exc:
+            raise UserFunctionError(self.name, "<window firing>", exc) from exc
+        return out, event
+
+    def _fire(self, wm: float, out: list[Any]) -> None:
+        timers = self.timers
+        windows = self.windows
+        lateness = self.lateness
+        emit = self.reducer.emit
+        while (got := timers.pop(_EVENT, wm)) is not None:
+            key, t = got
+            for w, acc in list(windows.items()):
+                window = TimeWindow(*w)
+                if window.end == t:
+                    out.extend(emit(key, window, acc))
+                if window.end + lateness == t:
+                    windows.remove(w)
+
+    def _flush_counts(self, out: list[Any]) -> None:
+        """The last, incomplete count window of every key fires at the end of the input."""
+        keys = self.backend.keys
+        counts = self.counts
+        n = self.assigner.n
+        for key in sorted(self.backend.state_keys(COUNT_STATE), key=repr):
+            keys.current_key = key
+            number, count, acc = counts.value()
+            if count:
+                out.extend(self.reducer.emit(key, CountWindow(number * n, number * n + count), acc))
+            counts.clear()
+
+
+class SelectOperator(Operator):
+    """After a window operator: its results (``late=False``) or its late records (``late=True``)."""
+
+    def __init__(self, uid: str, name: str, env: OperatorEnv, late: bool) -> None:
+        super().__init__(uid, name, env)
+        self.late = late
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        if self.late:
+            return [r.record for r in batch if type(r) is LateRecord]
+        return [r for r in batch if type(r) is not LateRecord]
+
+
+def build_time_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any] | None) -> Operator:
+    kind = node.kind
+    if kind == "timestamps":
+        return TimestampsOperator(node.uid, node.name, env, node.fn, node.extra["out_of_orderness"],
+                                  node.extra["idle_timeout"])
+    if kind == "select":
+        return SelectOperator(node.uid, node.name, env, node.extra["late"])
+    if key_fn is None:
+        raise GraphError(f"{kind} {node.name!r} needs a keyed stream: call key_by(...) first")
+    if kind == "window":
+        return WindowOperator(node.uid, node.name, env, key_fn, node)
+    return TimedKeyedProcessOperator(node.uid, node.name, env, key_fn, node.fn, node.extra.get("timestamp_fn"))
