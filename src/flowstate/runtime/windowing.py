@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from flowstate.aggregates import Count
 from flowstate.clock import SystemClock
 from flowstate.errors import GraphError, UserFunctionError
 from flowstate.runtime.operators import Operator, OperatorEnv, Ready, _Keyed
@@ -160,6 +161,8 @@ class WindowOperator(_Keyed):
         self.lateness = float(extra.get("allowed_lateness") or 0.0)
         self.emit_late = bool(extra.get("late"))
         self.reducer = _Reducer(extra["function_kind"], node.fn)
+        # Counting is common enough to be folded without a call per record (Step 2).
+        self.counting_records = extra["function_kind"] == "aggregate" and type(node.fn) is Count
         self.watermark = MIN_WATERMARK
         self.late_dropped = 0
         self.clock = env.clock or SystemClock()
@@ -212,6 +215,9 @@ class WindowOperator(_Keyed):
         tumbling = not hasattr(assigner, "slide")
         size, offset = assigner.size, assigner.offset
         record = None
+        if tumbling and self.counting_records:
+            self._count_tumbling(batch, out)
+            return
         try:
             for record in batch:
                 key = key_fn(record)
@@ -239,12 +245,40 @@ class WindowOperator(_Keyed):
         if late:
             self._late(late, out)
 
+    def _count_tumbling(self, batch: list[Any], out: list[Any]) -> None:
+        """``_time_batch`` for ``aggregate(count())`` over tumbling windows: the same steps, counting."""
+        key_fn = self.key_fn
+        ts_fn = self.timestamp_fn
+        size, offset = self.assigner.size, self.assigner.offset
+        horizon = self.watermark - self.lateness  # a window ending at or before it was cleared
+        local: dict[tuple[Any, float], int] = {}
+        get = local.get
+        late: list[Any] = []
+        record = None
+        try:
+            for record in batch:
+                ts = ts_fn(record)
+                if type(ts) is not float:
+                    ts = to_seconds(ts)
+                start = ts - (ts - offset) % size
+                if start + size <= horizon:
+                    late.append(record)
+                    continue
+                group = (key_fn(record), start)
+                local[group] = get(group, 0) + 1
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        self._store({(key, (start, start + size)): n for (key, start), n in local.items()}, out)
+        if late:
+            self._late(late, out)
+
     def _store(self, local: dict[tuple[Any, tuple[float, float]], Any], out: list[Any]) -> None:
         """Steps 2-3; windows are stored as plain ``(start, end)`` tuples (the same on every backend)."""
         keys = self.backend.keys
         windows = self.windows
         merge = self.reducer.merge
         register = self.timers.register
+        registered = self.timers.registered(_EVENT)
         lateness = self.lateness
         wm = self.watermark
         for (key, window), acc in local.items():
@@ -255,7 +289,8 @@ class WindowOperator(_Keyed):
             windows.put(window, acc)
             end = window[1]
             if end > wm:
-                register(_EVENT, end)
+                if (key, end) not in registered:
+                    register(_EVENT, end)
             else:
                 out.extend(self.reducer.emit(key, TimeWindow(*window), acc))  # a late firing, within the lateness
             if lateness:
