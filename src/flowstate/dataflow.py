@@ -154,25 +154,29 @@ class Stream:
 
     def assign_timestamps(
         self, fn: Callable[[Any], Any], *, max_out_of_orderness: Any = 0, idle_timeout: Any = None,
-        name: str | None = None, parallelism: int | None = None, uid: str | None = None,
+        watermark_interval: Any = "200ms", name: str | None = None, parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Event time from here on: ``fn(record)`` is the record's timestamp (seconds since the epoch
         as int or float, or an aware datetime). Watermarks trail the largest timestamp seen by
         ``max_out_of_orderness``; a subtask that gets no record for ``idle_timeout`` stops holding
         the watermark back, and when all of it is quiet its event time follows processing time
-        (``flowstate.time.watermarks``). Durations: seconds, ``"500ms"``, ``"30m"`` or a timedelta."""
+        (``flowstate.time.watermarks``). A watermark is emitted at most every ``watermark_interval``
+        of processing time (0: after every batch); windows group the records in between.
+        Durations: seconds, ``"500ms"``, ``"30m"`` or a timedelta."""
         from flowstate.time.duration import parse_duration
 
         shown = _callable("assign_timestamps", name, fn)
         try:
             bound = parse_duration(max_out_of_orderness, "max_out_of_orderness")
             idle = None if idle_timeout is None else parse_duration(idle_timeout, "idle_timeout")
+            interval = parse_duration(watermark_interval, "watermark_interval")
         except ValueError as exc:
             raise GraphError(f"assign_timestamps {shown!r}: {exc}") from None
         if idle is not None and idle <= 0:
             raise GraphError(f"assign_timestamps {shown!r}: idle_timeout must be positive")
         node = self._flow._add("timestamps", shown, fn, parallelism, self._edge(), uid,
-                               out_of_orderness=bound, idle_timeout=idle)
+                               out_of_orderness=bound, idle_timeout=idle, watermark_interval=interval)
         return Stream(self._flow, node, None, fn)
 
     def process(self, fn: ProcessFunction, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:

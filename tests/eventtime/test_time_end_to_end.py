@@ -155,7 +155,7 @@ def test_late_records_refire_their_window_within_the_lateness_and_go_to_the_late
     results, late = [], []
     flow = fs.Dataflow("late")
     windowed = (flow.source(fs.GeneratorSource(lambda i: seq[i], len(seq)))
-                    .assign_timestamps(lambda r: r[1])
+                    .assign_timestamps(lambda r: r[1], watermark_interval=0)  # one after every record
                     .key_by(lambda r: r[0])
                     .window(fs.TumblingWindows("10s"), allowed_lateness="8s")
                     .aggregate(fs.aggregates.count()))

@@ -79,7 +79,7 @@ def test_a_crash_restores_windows_and_timers_from_a_checkpoint(kind, mode, tmp_p
 def test_a_rescale_in_the_middle_of_open_sessions_gives_the_batch_result(before, after, tmp_path, expected):
     out = tmp_path / "out"
     with pytest.raises(fs.JobFailedError, match="InjectedFailure"):
-        fs.run(window_job("session", fs.FileSink(out), parallelism=before, rate=3000.0),
+        fs.run(window_job("session", fs.FileSink(out), parallelism=before, rate=1000.0),
                checkpoint_dir=tmp_path / "chk", interval=INTERVAL, restart=fs.NoRestart(), executor="threads",
                batch_size=16, failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}))
     open_sessions = normalised(committed(out))

@@ -10,12 +10,15 @@ in the keyed state backend (map state ``WINDOWS_STATE``; count windows: value st
 ``COUNT_STATE``) and one event-time timer per window end (``flowstate.runtime.timers``), so windows,
 their contents and their timers are in every checkpoint and follow their key on a rescale.
 
-Order of a batch (a watermark never changes in the middle of a batch, so the records of one batch
-are grouped per (key, window) first and each group touches the backend once):
+Order of a batch (the watermark only changes between batches, so the records that arrive between
+two watermarks are grouped per (key, window) first and each group touches the backend once):
 
 Step 1: assign each record its windows; a record whose every window was cleared is late
         (``flowstate.time.windows`` rule 1).
-Step 2: fold each group into a fresh accumulator, then merge it into the stored one.
+Step 2: fold each group into a fresh accumulator. Tumbling and sliding windows keep these
+        *pending* accumulators in memory until the next watermark, snapshot or end (``_flush``),
+        which merges each into the stored one; a window whose end the watermark already passed
+        skips the wait (it fires again at once, Step 3), so a flush never emits anything.
 Step 3: register the timer of the window's end (and of its cleanup, with allowed lateness); a
         window whose end the watermark already passed fires again at once with its new contents.
 
@@ -41,6 +44,8 @@ WINDOWS_STATE = "__windows__"
 COUNT_STATE = "__count_windows__"
 _EVENT = 0
 _MISSING = object()
+PENDING_LIMIT = 100_000
+"""Pending groups (Step 2) above which a window operator flushes without waiting for a watermark."""
 SUBTASK_SPLIT = "*"
 """The split of a generator that sees its records as one stream (records carry no split id)."""
 
@@ -73,9 +78,11 @@ class TimestampsOperator(Operator):
     wants_ticks = True
 
     def __init__(self, uid: str, name: str, env: OperatorEnv, fn: Callable[[Any], Any],
-                 out_of_orderness: float, idle_timeout: float | None) -> None:
+                 out_of_orderness: float, idle_timeout: float | None, interval: float = 0.0) -> None:
         super().__init__(uid, name, env)
         self.fn = fn
+        self.interval = interval
+        self._next_emit = -math.inf
         self.out_of_orderness = out_of_orderness
         self.idle_timeout = idle_timeout
         self.clock = env.clock or SystemClock()
@@ -107,7 +114,13 @@ class TimestampsOperator(Operator):
         return [], event if event.timestamp == MAX_WATERMARK and not event.idle else None
 
     def on_tick(self, now: float) -> tuple[list[Any], Watermark | None]:
-        return [], self.generator.current(self.clock.monotonic())
+        """At most one watermark per ``interval`` (Flink's periodic watermarks): the windows
+        downstream group the records between two watermarks."""
+        now = self.clock.monotonic()
+        if now < self._next_emit:
+            return [], None
+        self._next_emit = now + self.interval
+        return [], self.generator.current(now)
 
     def snapshot(self, checkpoint_id: int) -> Ready:
         return Ready(self.generator.snapshot())
@@ -166,6 +179,10 @@ class WindowOperator(_Keyed):
         self.watermark = MIN_WATERMARK
         self.late_dropped = 0
         self.clock = env.clock or SystemClock()
+        self._pending: dict[tuple[Any, tuple[float, float]], Any] = {}
+        """Step 2: accumulators of windows not yet merged into the backend (ends above the watermark)."""
+        self._pending_counts: dict[tuple[Any, float], int] = {}
+        """The same for counting over tumbling windows: (key, start) -> records."""
 
     def open(self, resume_state: Any) -> None:
         super().open(resume_state)
@@ -241,18 +258,54 @@ class WindowOperator(_Keyed):
                     late.append(record)
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
-        self._store(local, out)
+        self._buffer(local, out)
         if late:
             self._late(late, out)
+
+    def _buffer(self, local: dict[tuple[Any, tuple[float, float]], Any], out: list[Any]) -> None:
+        """Step 2: pending until the next flush, unless the window already fired."""
+        wm = self.watermark
+        pending = self._pending
+        merge = self.reducer.merge
+        now: dict[tuple[Any, tuple[float, float]], Any] = {}
+        for group, acc in local.items():
+            if group[1][1] > wm:
+                old = pending.get(group, _MISSING)
+                pending[group] = acc if old is _MISSING else merge(old, acc)
+            else:
+                now[group] = acc
+        if now:
+            self._store(now, out)
+        if len(pending) > PENDING_LIMIT:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Merge every pending accumulator into the backend (before a watermark, a snapshot or the
+        end): none of them emits, their windows' ends being above the watermark."""
+        emitted: list[Any] = []
+        if self._pending_counts:
+            size = self.assigner.size
+            counts, self._pending_counts = self._pending_counts, {}
+            self._store({(key, (start, start + size)): n for (key, start), n in counts.items()}, emitted)
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            self._store(pending, emitted)
+        assert not emitted, "a pending window had already fired"
+
+    def snapshot(self, checkpoint_id: int) -> Any:
+        self._flush()
+        return super().snapshot(checkpoint_id)
 
     def _count_tumbling(self, batch: list[Any], out: list[Any]) -> None:
         """``_time_batch`` for ``aggregate(count())`` over tumbling windows: the same steps, counting."""
         key_fn = self.key_fn
         ts_fn = self.timestamp_fn
         size, offset = self.assigner.size, self.assigner.offset
-        horizon = self.watermark - self.lateness  # a window ending at or before it was cleared
-        local: dict[tuple[Any, float], int] = {}
-        get = local.get
+        wm = self.watermark
+        horizon = wm - self.lateness  # a window ending at or before it was cleared
+        pending = self._pending_counts
+        get = pending.get
+        fired: dict[tuple[Any, tuple[float, float]], int] = {}
         late: list[Any] = []
         record = None
         try:
@@ -261,16 +314,24 @@ class WindowOperator(_Keyed):
                 if type(ts) is not float:
                     ts = to_seconds(ts)
                 start = ts - (ts - offset) % size
-                if start + size <= horizon:
-                    late.append(record)
+                end = start + size
+                if end <= wm:
+                    if end <= horizon:
+                        late.append(record)
+                    else:
+                        group2 = (key_fn(record), (start, end))
+                        fired[group2] = fired.get(group2, 0) + 1
                     continue
                 group = (key_fn(record), start)
-                local[group] = get(group, 0) + 1
+                pending[group] = get(group, 0) + 1
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
-        self._store({(key, (start, start + size)): n for (key, start), n in local.items()}, out)
+        if fired:
+            self._store(fired, out)
         if late:
             self._late(late, out)
+        if len(pending) > PENDING_LIMIT:
+            self._flush()
 
     def _store(self, local: dict[tuple[Any, tuple[float, float]], Any], out: list[Any]) -> None:
         """Steps 2-3; windows are stored as plain ``(start, end)`` tuples (the same on every backend)."""
@@ -396,6 +457,7 @@ class WindowOperator(_Keyed):
     def on_watermark(self, event: Watermark) -> tuple[list[Any], Watermark | None]:
         if event.idle or event.timestamp <= self.watermark:
             return [], event
+        self._flush()  # under the old watermark: pending windows are all still open
         self.watermark = wm = event.timestamp
         out: list[Any] = []
         try:
@@ -454,7 +516,7 @@ def build_time_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any
     kind = node.kind
     if kind == "timestamps":
         return TimestampsOperator(node.uid, node.name, env, node.fn, node.extra["out_of_orderness"],
-                                  node.extra["idle_timeout"])
+                                  node.extra["idle_timeout"], node.extra.get("watermark_interval", 0.0))
     if kind == "select":
         return SelectOperator(node.uid, node.name, env, node.extra["late"])
     if key_fn is None:
