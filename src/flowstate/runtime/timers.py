@@ -85,11 +85,6 @@ class TimerService:
         self._store.remove((domain, ts))
         return got
 
-    def registered(self, domain: int) -> Any:
-        """A read-only view of ``(key, timestamp)`` of the timers of ``domain``, for a fast check
-        before ``register`` (rule 1 makes ``register`` of a known timer change nothing anyway)."""
-        return self._queues[domain].live
-
     def next_processing_time(self) -> float | None:
         return self._queues[_PROCESSING].peek()
 

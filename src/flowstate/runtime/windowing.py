@@ -339,19 +339,22 @@ class WindowOperator(_Keyed):
         windows = self.windows
         merge = self.reducer.merge
         register = self.timers.register
-        registered = self.timers.registered(_EVENT)
         lateness = self.lateness
         wm = self.watermark
         for (key, window), acc in local.items():
             keys.current_key = key
             stored = windows.get(window, _MISSING)
-            if stored is not _MISSING:
-                acc = merge(stored, acc)
-            windows.put(window, acc)
             end = window[1]
+            if stored is not _MISSING:
+                # A stored window has its timers: they are created and removed together.
+                acc = merge(stored, acc)
+                windows.put(window, acc)
+                if end <= wm:
+                    out.extend(self.reducer.emit(key, TimeWindow(*window), acc))
+                continue
+            windows.put(window, acc)
             if end > wm:
-                if (key, end) not in registered:
-                    register(_EVENT, end)
+                register(_EVENT, end)
             else:
                 out.extend(self.reducer.emit(key, TimeWindow(*window), acc))  # a late firing, within the lateness
             if lateness:

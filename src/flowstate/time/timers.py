@@ -43,11 +43,6 @@ class TimerQueue:
         """Rule 3 (the heap entry is skipped when it comes up)."""
         return self._live.pop((key, timestamp), None) is not None
 
-    @property
-    def live(self) -> Any:
-        """The set-like view of live ``(key, timestamp)`` entries (for membership tests only)."""
-        return self._live.keys()
-
     def __contains__(self, entry: tuple[Hashable, float]) -> bool:
         return entry in self._live
 
