@@ -37,6 +37,7 @@ from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeCo
 from flowstate.runtime.control import ControlError, JobControl
 from flowstate.runtime.job import JobResult
 from flowstate.runtime.windowing import WindowResult
+from flowstate.time.watermarks import Watermark
 from flowstate.time.windows import (
     CountWindow,
     CountWindows,
@@ -53,5 +54,5 @@ __all__ = [
     "FileSink", "FileSource", "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError",
     "InjectedFailure", "JobControl", "JobFailedError", "JobResult", "KeyedProcessFunction", "KeyedStream", "Mode", "NoRestart",
     "PrintSink", "ProcessFunction", "RuntimeContext", "SessionWindows", "SlidingWindows", "SocketSource", "Stream",
-    "TimeDomain", "TimeWindow", "TumblingWindows", "UserFunctionError", "WindowResult", "aggregates", "run",
+    "TimeDomain", "TimeWindow", "TumblingWindows", "UserFunctionError", "Watermark", "WindowResult", "aggregates", "run",
 ]

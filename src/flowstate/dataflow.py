@@ -76,7 +76,8 @@ class Dataflow:
                     "SocketSource or an object implementing flowstate.connectors.base.Source"
                 )
         node = self._add("source", name or getattr(source, "name", None) or "source", source, parallelism, (), uid)
-        return Stream(self, node)
+        # A source whose records carry event time (flowstate.testing.TimedSource) names its timestamp function.
+        return Stream(self, node, None, getattr(source, "timestamp_fn", None))
 
     def _add(
         self, kind: str, name: str, fn: Any, parallelism: int | None, inputs: tuple[Edge, ...], uid: str | None,

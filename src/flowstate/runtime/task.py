@@ -594,6 +594,9 @@ class SourceTask(Task):
         process = self._process
         output = self.output
         ticks = bool(self._tick_ops)
+        # A reader that knows its records' event time hands over watermarks of its own
+        # (flowstate.testing.time.TimedSource): each goes right behind the batch before it.
+        take_watermark = getattr(reader, "take_watermark", None)
         while True:
             if gate.has_mail():
                 got = gate.take(0)
@@ -623,13 +626,18 @@ class SourceTask(Task):
                     self._end_of_input()
                     return
                 self.env.reports.put(SourceEnded(self.task_id))
-            elif batch:
-                self.records_in += len(batch)
-                process(batch)
-                if ticks:
-                    self._tick(True)
-            elif ticks:
-                self._tick()
+            else:
+                if batch:
+                    self.records_in += len(batch)
+                    process(batch)
+                    if ticks:
+                        self._tick(True)
+                elif ticks:
+                    self._tick()
+                if take_watermark is not None:
+                    event = take_watermark()
+                    if event is not None:
+                        self._emit_watermark(0, event)
 
     def _on_mail(self, mail: Any) -> bool:
         """Handle one mail; True when the task is done."""

@@ -5,6 +5,8 @@
   without failures.
 - ``flowstate.testing.pytest_plugin``: the ``flowstate_chaos`` fixture (installed with flowstate).
 - ``flowstate.testing.oracles``: workloads with checkers that share no code with the engine.
+- ``flowstate.testing.time``: ``TimedSource`` (records with explicit timestamps and watermarks) and
+  ``ManualClock``, to drive late data, idleness and timers deterministically.
 """
 
 from flowstate.testing.chaos import (
@@ -15,5 +17,6 @@ from flowstate.testing.chaos import (
     run_chaos,
 )
 from flowstate.testing.oracles import Oracle
+from flowstate.testing.time import ManualClock, TimedSource
 
-__all__ = ["ChaosConfig", "ChaosReport", "Oracle", "Progress", "ScenarioResult", "run_chaos"]
+__all__ = ["ChaosConfig", "ChaosReport", "ManualClock", "Oracle", "Progress", "ScenarioResult", "TimedSource", "run_chaos"]
