@@ -53,3 +53,26 @@ def test_windows_on_a_stream_without_event_time_are_refused_when_the_graph_is_bu
     mapped = flow.source(TimedSource([], timestamp=lambda r: r)).map(str).key_by(len)
     with pytest.raises(fs.GraphError, match="assign_timestamps"):
         mapped.window(fs.SessionWindows(1))
+
+
+def test_timestamps_may_be_aware_datetimes_and_a_bad_one_names_its_record(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    seen = []
+    flow = fs.Dataflow("dates")
+    (flow.source(fs.GeneratorSource(lambda i: ("k", base + timedelta(seconds=i)), 130))
+         .assign_timestamps(lambda r: r[1])
+         .key_by(lambda r: r[0])
+         .window(fs.TumblingWindows("1m"))
+         .aggregate(fs.aggregates.count())
+         .sink(fs.CallbackSink(lambda r: seen.append((r.window.start - base.timestamp(), r.value)))))
+    fs.run(flow, executor="threads", mode="none")
+    assert sorted(seen) == [(0.0, 60), (60.0, 60), (120.0, 10)]
+
+    flow = fs.Dataflow("naive")
+    (flow.source(fs.GeneratorSource(lambda i: ("k", datetime(2026, 1, 1) if i == 3 else base), 5))
+         .assign_timestamps(lambda r: r[1])
+         .sink(fs.CallbackSink(lambda r: None)))
+    with pytest.raises(fs.JobFailedError, match="naive datetime"):
+        fs.run(flow, executor="threads", mode="none", restart=fs.NoRestart())

@@ -94,20 +94,25 @@ class TimestampsOperator(Operator):
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         if batch:
-            fn = self.fn
-            record = None
             try:
-                highest = -math.inf
-                for record in batch:
-                    ts = fn(record)
-                    if type(ts) is not float:
-                        ts = to_seconds(ts)
-                    if ts > highest:
-                        highest = ts
-            except Exception as exc:
-                raise UserFunctionError(self.name, record, exc) from exc
+                highest = to_seconds(max(map(self.fn, batch)))  # numbers, or aware datetimes, compare
+            except Exception:  # noqa: BLE001 - found again record by record, to name the record
+                highest = self._highest_slowly(batch)
             self.generator.on_records(SUBTASK_SPLIT, highest, self.clock.monotonic())
         return batch
+
+    def _highest_slowly(self, batch: list[Any]) -> float:
+        fn = self.fn
+        record = None
+        highest = -math.inf
+        try:
+            for record in batch:
+                ts = to_seconds(fn(record))
+                if ts > highest:
+                    highest = ts
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        return highest
 
     def on_watermark(self, event: Watermark) -> tuple[list[Any], Watermark | None]:
         # Watermarks from upstream are replaced by this operator's own, except the final one.
