@@ -241,3 +241,57 @@ class KeyedStream(Stream):
         from flowstate.windowed import WindowedStream
 
         return WindowedStream(self, assigner, allowed_lateness)
+
+    def interval_join(
+        self, other: KeyedStream, *, lower: Any, upper: Any, fn: Callable[[Any, Any], Any] | None = None,
+        name: str | None = None, parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Every pair ``(a, b)`` of this stream's ``a`` and ``other``'s ``b`` with equal keys and
+        ``a.ts + lower <= b.ts <= a.ts + upper`` (``fn(a, b)`` when given), each once; both streams
+        need event time. Records behind the watermark are dropped; buffered records are keyed state
+        and cleared once the watermark passes their last possible match
+        (``flowstate.runtime.joins``). Bounds: durations, ``lower`` may be negative (``"-5m"``)."""
+        from flowstate.time.duration import parse_duration
+
+        shown = name or "interval_join"
+        if not isinstance(other, KeyedStream) or other._flow is not self._flow:
+            raise GraphError(f"{shown}: the other stream must be a keyed stream (key_by) of the same Dataflow")
+        if self._timestamp_fn is None or other._timestamp_fn is None:
+            raise GraphError(f"{shown}: both streams need event time: call assign_timestamps(...) before key_by(...)")
+        try:
+            low = parse_duration(lower, "lower", allow_negative=True)
+            high = parse_duration(upper, "upper", allow_negative=True)
+        except ValueError as exc:
+            raise GraphError(f"{shown}: {exc}") from None
+        if low > high:
+            raise GraphError(f"{shown}: lower ({lower!r}) is above upper ({upper!r})")
+        if fn is not None:
+            _callable("interval_join", name, fn)
+        sides = (_JoinSide(0, self._key_fn, self._timestamp_fn), _JoinSide(1, other._key_fn, other._timestamp_fn))
+        tagged = [Stream(self._flow, s._node).map(side.tag, name=f"{shown} side {side.side}", parallelism=s._node.parallelism)
+                  for s, side in zip((self, other), sides)]
+        both = tagged[0].union(tagged[1], name=f"{shown} inputs", parallelism=parallelism)
+        keyed = KeyedStream(self._flow, both._node, _JoinKey(sides), _JoinKey(sides, timestamps=True))
+        node = self._flow._add("interval_join", shown, fn, parallelism, keyed._edge(), uid, lower=low, upper=high,
+                               timestamp_fn=keyed._timestamp_fn)
+        return Stream(self._flow, node)
+
+
+class _JoinSide:
+    """Tags a record of one side of a join, and reads its key and timestamp (picklable)."""
+
+    def __init__(self, side: int, key_fn: Any, timestamp_fn: Any) -> None:
+        self.side = side
+        self.key_fn = key_fn
+        self.timestamp_fn = timestamp_fn
+
+    def tag(self, record: Any) -> tuple[int, Any]:
+        return (self.side, record)
+
+
+class _JoinKey:
+    def __init__(self, sides: tuple[_JoinSide, _JoinSide], timestamps: bool = False) -> None:
+        self.fns = tuple(s.timestamp_fn if timestamps else s.key_fn for s in sides)
+
+    def __call__(self, tagged: tuple[int, Any]) -> Any:
+        return self.fns[tagged[0]](tagged[1])

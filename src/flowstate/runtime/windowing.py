@@ -531,4 +531,8 @@ def build_time_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any
         raise GraphError(f"{kind} {node.name!r} needs a keyed stream: call key_by(...) first")
     if kind == "window":
         return WindowOperator(node.uid, node.name, env, key_fn, node)
+    if kind == "interval_join":
+        from flowstate.runtime.joins import IntervalJoinOperator
+
+        return IntervalJoinOperator(node.uid, node.name, env, key_fn, node)
     return TimedKeyedProcessOperator(node.uid, node.name, env, key_fn, node.fn, node.extra.get("timestamp_fn"))
