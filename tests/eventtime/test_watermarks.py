@@ -160,3 +160,13 @@ def test_combining_matches_a_reference_model(script):
             assert event == Watermark(out)
         else:
             assert event is None
+
+
+def test_a_finished_split_no_longer_holds_the_watermark_back():
+    gen = SplitWatermarks(0.0, None)
+    gen.on_records("old", 10.0, 0.0)
+    gen.on_records("new", 50.0, 0.0)
+    assert gen.current(0.0) == Watermark(10.0)
+    gen.finish("old")
+    assert gen.current(0.0) == Watermark(50.0)
+    assert gen.snapshot() == {"splits": {"new": 50.0}, "emitted": 50.0}

@@ -90,3 +90,41 @@ def test_a_rescale_in_the_middle_of_open_sessions_gives_the_batch_result(before,
     assert sum(open_sessions.values()) < sum(expected["session"].values())
     actual = normalised(committed(out))
     assert actual == expected["session"], close(actual, expected["session"])
+
+
+def test_file_splits_each_have_their_watermark_and_a_finished_file_stops_holding_it(tmp_path):
+    """Two files read one after the other by one reader, the second starting a little before the
+    first ends: nothing is late, and once the first file is finished its watermark leaves the
+    minimum, so the windows close while the second file is read (not only at the end)."""
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.txt").write_text("".join(f"k{i % 3},{i}\n" for i in range(0, 100)))
+    (data / "b.txt").write_text("".join(f"k{i % 3},{i}\n" for i in range(95, 400)))
+    read: list[int] = []
+    fired_after: dict[float, int] = {}
+
+    def parse(line):
+        read.append(1)
+        key, ts = line.split(",")
+        return key, float(ts)
+
+    def collect(result):
+        fired_after.setdefault(result.window.start, len(read))
+        seen.append((result.key, result.window.start, result.value))
+
+    seen: list = []
+    flow = fs.Dataflow("files")
+    (flow.source(fs.FileSource(str(data / "*.txt")))
+         .map(parse)
+         .assign_timestamps(lambda r: r[1], max_out_of_orderness=10, watermark_interval=0)
+         .key_by(lambda r: r[0])
+         .window(fs.TumblingWindows(50))
+         .aggregate(fs.aggregates.count())
+         .sink(fs.CallbackSink(collect)))
+    fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="threads", batch_size=4, channel_capacity=1)
+    expected = Counter()
+    for i in list(range(100)) + list(range(95, 400)):
+        expected[(f"k{i % 3}", float(i - i % 50))] += 1
+    assert Counter({(k, s): v for k, s, v in seen}) == expected
+    # Window [50, 100) closes at watermark 100, i.e. around line 115 of the second file.
+    assert fired_after[50.0] < 100 + 100, fired_after

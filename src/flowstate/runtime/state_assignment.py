@@ -355,13 +355,19 @@ def _assign_as_is(v: JobVertex, old: _OldState, operator: str, refusals: list[st
 def _assign_generators(v: JobVertex, old: _OldState) -> list[Any]:
     """Rule 7: watermark generators keep their state at the same parallelism; after a rescale each
     new one starts from the lowest watermark any old one had emitted (never above what a split had
-    reached, so nothing that was on time becomes late)."""
+    reached, so nothing that was on time becomes late), with the watermarks of the splits of its
+    source that it reads now when they are known by split."""
     if old.parallelism == v.parallelism:
         return [old.parts.get(i) for i in range(v.parallelism)]
     emitted = [p["emitted"] for p in old.parts.values() if isinstance(p, dict)]
     if len(emitted) < old.parallelism:
         return [None] * v.parallelism
-    return [{"splits": {}, "emitted": min(emitted)} for _ in range(v.parallelism)]
+    by_split = {split: ts for p in old.parts.values() for split, ts in p["splits"].items()}
+    splits = list(v.chain[0].fn.splits()) if v.is_source else []
+    if not set(by_split) <= set(splits):
+        by_split, splits = {}, []
+    return [{"splits": {sp: by_split[sp] for sp in splits[i :: v.parallelism] if sp in by_split},
+             "emitted": min(emitted)} for i in range(v.parallelism)]
 
 
 def _assign_watermarks(graph: JobGraph, metadata: CheckpointMetadata, vertex: str, by_subtask: dict[int, float],

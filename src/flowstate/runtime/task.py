@@ -597,6 +597,10 @@ class SourceTask(Task):
         # A reader that knows its records' event time hands over watermarks of its own
         # (flowstate.testing.time.TimedSource): each goes right behind the batch before it.
         take_watermark = getattr(reader, "take_watermark", None)
+        # A reader that says which split each batch comes from feeds per-split watermarks.
+        split_ops = [op for op in self.ops if hasattr(op, "finish_split")]
+        poll = self._poll_split if split_ops and hasattr(reader, "poll_split") else reader.poll
+        self._split_ops = split_ops
         while True:
             if gate.has_mail():
                 got = gate.take(0)
@@ -617,7 +621,7 @@ class SourceTask(Task):
                 if got is not None and self._on_mail(got[1]):
                     return
                 continue
-            batch = reader.poll(batch_size)
+            batch = poll(batch_size)
             if batch is None:
                 self._ended = True
                 # Every event-time timer and window fires before the final checkpoint.
@@ -638,6 +642,18 @@ class SourceTask(Task):
                     event = take_watermark()
                     if event is not None:
                         self._emit_watermark(0, event)
+
+    def _poll_split(self, max_records: int) -> list[Any] | None:
+        got = self.reader.poll_split(max_records)
+        if got is None:
+            return None
+        split, batch, finished = got
+        for op in self._split_ops:
+            if finished:
+                op.finish_split(split)
+            else:
+                op.current_split = split
+        return batch
 
     def _on_mail(self, mail: Any) -> bool:
         """Handle one mail; True when the task is done."""

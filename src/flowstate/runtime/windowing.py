@@ -87,6 +87,9 @@ class TimestampsOperator(Operator):
         self.idle_timeout = idle_timeout
         self.clock = env.clock or SystemClock()
         self.generator = SplitWatermarks(out_of_orderness, idle_timeout)
+        self.current_split = SUBTASK_SPLIT
+        """The split the records of the next batch come from, when the source reader says
+        (``SourceTask`` sets it; ``SUBTASK_SPLIT`` otherwise)."""
 
     def open(self, resume_state: Any) -> None:
         if resume_state:
@@ -98,7 +101,7 @@ class TimestampsOperator(Operator):
                 highest = to_seconds(max(map(self.fn, batch)))  # numbers, or aware datetimes, compare
             except Exception:  # noqa: BLE001 - found again record by record, to name the record
                 highest = self._highest_slowly(batch)
-            self.generator.on_records(SUBTASK_SPLIT, highest, self.clock.monotonic())
+            self.generator.on_records(self.current_split, highest, self.clock.monotonic())
         return batch
 
     def _highest_slowly(self, batch: list[Any]) -> float:
@@ -113,6 +116,9 @@ class TimestampsOperator(Operator):
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
         return highest
+
+    def finish_split(self, split: str) -> None:
+        self.generator.finish(split)
 
     def on_watermark(self, event: Watermark) -> tuple[list[Any], Watermark | None]:
         # Watermarks from upstream are replaced by this operator's own, except the final one.

@@ -12,15 +12,16 @@ Rules of generation (``SplitWatermarks``, one per source subtask or timestamp-as
    nothing) the output is an idle status once ``idle_timeout`` passed since it started.
 4. The output never goes backwards, also across a restore: ``snapshot()`` holds each split's largest
    timestamp and the last watermark emitted, and a generator built from it emits that watermark first.
+5. A split that is finished (``finish``) leaves the minimum for good.
 
 Rules of combining (``ChannelWatermarks``, one per task with input channels):
 
-5. The combined watermark is the minimum over the input channels that are not idle; a channel that
+6. The combined watermark is the minimum over the input channels that are not idle; a channel that
    ended counts as +inf. It never goes backwards; a channel's own watermark never goes backwards
    either (a lower one is ignored).
-6. When every channel that has not ended is idle, the output is idle: one ``Watermark(w, idle=True)``
+7. When every channel that has not ended is idle, the output is idle: one ``Watermark(w, idle=True)``
    is emitted, and one ``Watermark(w)`` when a channel becomes active again.
-7. A channel becomes active again with its next watermark that is not idle.
+8. A channel becomes active again with its next watermark that is not idle.
 
 Every method returns the ``Watermark`` event to forward, or ``None`` when nothing changed.
 """
@@ -39,7 +40,7 @@ MAX_WATERMARK = math.inf
 class Watermark:
     """In-band event: no record with a timestamp below ``timestamp`` follows on this channel.
 
-    ``idle`` marks the channel idle instead (rule 6): the consumer does not wait for it until a
+    ``idle`` marks the channel idle instead (rule 7): the consumer does not wait for it until a
     watermark that is not idle arrives on it. ``Watermark(MAX_WATERMARK)`` ends event time: every
     event-time timer and window fires."""
 
@@ -59,7 +60,7 @@ class _Split:
 
 
 class SplitWatermarks:
-    """Rules 1-4 for the splits of one subtask."""
+    """Rules 1-5 for the splits of one subtask."""
 
     def __init__(self, out_of_orderness: float, idle_timeout: float | None, resume: Any = None) -> None:
         if out_of_orderness < 0:
@@ -93,6 +94,10 @@ class SplitWatermarks:
             if max_timestamp > state.max_ts:
                 state.max_ts = max_timestamp
             state.last_seen = now
+
+    def finish(self, split: str) -> None:
+        """Rule 5: ``split`` has no more records."""
+        self._splits.pop(split, None)
 
     def current(self, now: float) -> Watermark | None:
         """The watermark event to emit at processing time ``now``, if any (rules 1-4)."""
@@ -147,7 +152,7 @@ class SplitWatermarks:
 
 
 class ChannelWatermarks:
-    """Rules 5-7 over ``num_channels`` input channels, starting from ``floor`` (the watermark the
+    """Rules 6-8 over ``num_channels`` input channels, starting from ``floor`` (the watermark the
     task had at the restored checkpoint)."""
 
     def __init__(self, num_channels: int, floor: float = MIN_WATERMARK) -> None:
