@@ -18,7 +18,8 @@ Step 1: assign each record its windows; a record whose every window was cleared 
 Step 2: fold each group into a fresh accumulator. Tumbling and sliding windows keep these
         *pending* accumulators in memory until the next watermark, snapshot or end (``_flush``),
         which merges each into the stored one; a window whose end the watermark already passed
-        skips the wait (it fires again at once, Step 3), so a flush never emits anything.
+        skips the wait (it fires again at once, Step 3), so a flush never emits anything. Session
+        windows keep the pending records of each key, and merge them in one go at the flush.
 Step 3: register the timer of the window's end (and of its cleanup, with allowed lateness); a
         window whose end the watermark already passed fires again at once with its new contents.
 
@@ -194,6 +195,8 @@ class WindowOperator(_Keyed):
         """Step 2: accumulators of windows not yet merged into the backend (ends above the watermark)."""
         self._pending_counts: dict[tuple[Any, float], int] = {}
         """The same for counting over tumbling windows: (key, start) -> records."""
+        self._pending_sessions: dict[Any, list[tuple[float, Any]]] = {}
+        """The same for session windows: key -> (timestamp, record) in arrival order."""
 
     def open(self, resume_state: Any) -> None:
         super().open(resume_state)
@@ -301,6 +304,9 @@ class WindowOperator(_Keyed):
         if self._pending:
             pending, self._pending = self._pending, {}
             self._store(pending, emitted)
+        if self._pending_sessions:
+            sessions, self._pending_sessions = self._pending_sessions, {}
+            self._sessions(sessions, emitted)
         assert not emitted, "a pending window had already fired"
 
     def snapshot(self, checkpoint_id: int) -> Any:
@@ -393,6 +399,31 @@ class WindowOperator(_Keyed):
                     items.append((ts, record))
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
+        # Step 2 for sessions: a record whose own window [ts, ts + gap) ends after the watermark can
+        # neither be late nor fire a window at once, whatever it merges with: it waits for the flush.
+        pending = self._pending_sessions
+        now: dict[Any, list[tuple[float, Any]]] = {}
+        for key, items in by_key.items():
+            wait = [item for item in items if item[0] + gap > wm]
+            if len(wait) < len(items):
+                now[key] = [item for item in items if item[0] + gap <= wm]
+            if wait:
+                waiting = pending.get(key)
+                if waiting is None:
+                    pending[key] = wait
+                else:
+                    waiting.extend(wait)
+        if now:
+            self._sessions(now, out)
+        if len(pending) > PENDING_LIMIT:
+            self._flush()
+
+    def _sessions(self, by_key: dict[Any, list[tuple[float, Any]]], out: list[Any]) -> None:
+        """Merge each key's records into its session windows in state (Steps 1-3)."""
+        gap = self.assigner.gap
+        reducer = self.reducer
+        lateness = self.lateness
+        wm = self.watermark
         keys = self.backend.keys
         windows = self.windows
         timers = self.timers
