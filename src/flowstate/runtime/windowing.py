@@ -168,6 +168,10 @@ class _Reducer:
             raise ValueError(f"unknown window function kind {kind!r}")
 
 
+def _start(span: tuple[Any, ...]) -> Any:
+    return span[0]
+
+
 def _append(acc: list[Any], record: Any) -> list[Any]:
     acc.append(record)
     return acc
@@ -306,7 +310,7 @@ class WindowOperator(_Keyed):
             self._store(pending, emitted)
         if self._pending_sessions:
             sessions, self._pending_sessions = self._pending_sessions, {}
-            self._sessions(sessions, emitted)
+            self._sweep_sessions(sessions)
         assert not emitted, "a pending window had already fired"
 
     def snapshot(self, checkpoint_id: int) -> Any:
@@ -417,6 +421,58 @@ class WindowOperator(_Keyed):
             self._sessions(now, out)
         if len(pending) > PENDING_LIMIT:
             self._flush()
+
+    def _sweep_sessions(self, by_key: dict[Any, list[tuple[float, Any]]]) -> None:
+        """The flush of pending session records: per key, the stored windows and a window
+        ``[ts, ts + gap)`` per record are sorted by start and swept once, joining those that overlap
+        or touch (``flowstate.time.windows`` rule 4). Every record here ends after the watermark,
+        so none is late and no window fires."""
+        gap = self.assigner.gap
+        reducer = self.reducer
+        first, add, merge = reducer.first, reducer.add, reducer.merge
+        lateness = self.lateness
+        keys = self.backend.keys
+        windows = self.windows
+        timers = self.timers
+        for key, items in by_key.items():
+            keys.current_key = key
+            # (start, end, stored window or None, accumulator or record)
+            spans = [(w[0], w[1], (w[0], w[1]), acc) for w, acc in windows.items()]
+            spans += [(ts, ts + gap, None, record) for ts, record in items]
+            spans.sort(key=_start)
+            groups: list[list[Any]] = []
+            for start, end, stored, payload in spans:
+                if groups and start <= groups[-1][1]:
+                    group = groups[-1]
+                    if end > group[1]:
+                        group[1] = end
+                    group[2].append((stored, payload))
+                else:
+                    groups.append([start, end, [(stored, payload)]])
+            for start, end, members in groups:
+                if all(stored is not None for stored, _ in members):
+                    continue  # a stored window that no record joined
+                acc: Any = _MISSING
+                fresh = False  # whether acc was made here (add may change it) or is a stored one
+                for stored, payload in members:
+                    if stored is not None:
+                        acc, fresh = (payload, False) if acc is _MISSING else (merge(acc, payload), True)
+                    elif acc is _MISSING:
+                        acc, fresh = first(payload), True
+                    elif fresh:
+                        acc = add(acc, payload)
+                    else:
+                        acc, fresh = merge(acc, first(payload)), True
+                for stored, _ in members:
+                    if stored is not None:
+                        windows.remove(stored)
+                        timers.delete(_EVENT, stored[1])
+                        if lateness:
+                            timers.delete(_EVENT, stored[1] + lateness)
+                windows.put((start, end), acc)
+                timers.register(_EVENT, end)
+                if lateness:
+                    timers.register(_EVENT, end + lateness)
 
     def _sessions(self, by_key: dict[Any, list[tuple[float, Any]]], out: list[Any]) -> None:
         """Merge each key's records into its session windows in state (Steps 1-3)."""
