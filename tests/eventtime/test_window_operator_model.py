@@ -130,7 +130,7 @@ record = st.tuples(st.sampled_from("ab"), st.integers(0, 24).map(float), st.inte
 event = st.one_of(st.lists(record, min_size=1, max_size=5), st.integers(0, 30).map(float))
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.sampled_from(["tumbling", "sliding", "session"]), st.sampled_from([0.0, 2.0]), st.lists(event, max_size=12))
 def test_the_window_operator_matches_the_reference(kind, lateness, script):
     op = build(kind, lateness)

@@ -405,18 +405,22 @@ class WindowOperator(_Keyed):
             raise UserFunctionError(self.name, record, exc) from exc
         # Step 2 for sessions: a record whose own window [ts, ts + gap) ends after the watermark can
         # neither be late nor fire a window at once, whatever it merges with: it waits for the flush.
+        # A key with any other record in the batch takes the batch's records at once, in order, after
+        # its pending ones: the order in which a key's records meet decides what is late.
         pending = self._pending_sessions
         now: dict[Any, list[tuple[float, Any]]] = {}
         for key, items in by_key.items():
-            wait = [item for item in items if item[0] + gap > wm]
-            if len(wait) < len(items):
-                now[key] = [item for item in items if item[0] + gap <= wm]
-            if wait:
+            if all(ts + gap > wm for ts, _ in items):
                 waiting = pending.get(key)
                 if waiting is None:
-                    pending[key] = wait
+                    pending[key] = items
                 else:
-                    waiting.extend(wait)
+                    waiting.extend(items)
+            else:
+                waiting = pending.pop(key, None)
+                if waiting:
+                    self._sweep_sessions({key: waiting})
+                now[key] = items
         if now:
             self._sessions(now, out)
         if len(pending) > PENDING_LIMIT:
