@@ -2,8 +2,8 @@
 
 Nothing in this package reads a clock, sleeps, spawns a thread or touches a file: processing time
 (``now``) is a parameter, and every function returns values the runtime acts upon
-(``flowstate.runtime.timeops`` is that runtime). This is what lets scripted event sequences and
-Hypothesis models test the rules below exactly.
+(``flowstate.runtime.windowing``, ``.timers`` and ``.joins``). This is what lets scripted event
+sequences and Hypothesis models test the rules below exactly.
 
 Time is a float number of **seconds** (since the epoch for event time). A watermark ``W`` asserts
 that no record with a timestamp ``< W`` is still to come: a record with ``ts < W`` is *late*; an
