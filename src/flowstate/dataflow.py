@@ -267,14 +267,39 @@ class KeyedStream(Stream):
             raise GraphError(f"{shown}: lower ({lower!r}) is above upper ({upper!r})")
         if fn is not None:
             _callable("interval_join", name, fn)
+        keyed = self._tagged_union(other, shown, parallelism)
+        node = self._flow._add("interval_join", shown, fn, parallelism, keyed._edge(), uid, lower=low, upper=high,
+                               timestamp_fn=keyed._timestamp_fn)
+        return Stream(self._flow, node)
+
+    def join_latest(
+        self, table: KeyedStream, fn: Callable[[Any, Any], Any] | None = None, *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Each record of this stream with the latest row of ``table`` for its key as of the record's
+        timestamp: ``fn(record, row)`` (``(record, row)`` without ``fn``), ``row`` ``None`` when the
+        key had none yet. A record is joined once the watermark reaches its timestamp, so the result
+        does not depend on which input arrived first; older rows are removed once no record can
+        join them (``flowstate.runtime.joins.JoinLatestOperator``)."""
+        shown = name or "join_latest"
+        if not isinstance(table, KeyedStream) or table._flow is not self._flow:
+            raise GraphError(f"{shown}: the table must be a keyed stream (key_by) of the same Dataflow")
+        if self._timestamp_fn is None or table._timestamp_fn is None:
+            raise GraphError(f"{shown}: both streams need event time: call assign_timestamps(...) before key_by(...)")
+        if fn is not None:
+            _callable("join_latest", name, fn)
+        keyed = self._tagged_union(table, shown, parallelism)
+        node = self._flow._add("join_latest", shown, fn, parallelism, keyed._edge(), uid,
+                               timestamp_fn=keyed._timestamp_fn)
+        return Stream(self._flow, node)
+
+    def _tagged_union(self, other: KeyedStream, shown: str, parallelism: int | None) -> KeyedStream:
+        """Both inputs of a join as one keyed stream of ``(0, record)`` and ``(1, record)``."""
         sides = (_JoinSide(0, self._key_fn, self._timestamp_fn), _JoinSide(1, other._key_fn, other._timestamp_fn))
         tagged = [Stream(self._flow, s._node).map(side.tag, name=f"{shown} side {side.side}", parallelism=s._node.parallelism)
                   for s, side in zip((self, other), sides)]
         both = tagged[0].union(tagged[1], name=f"{shown} inputs", parallelism=parallelism)
-        keyed = KeyedStream(self._flow, both._node, _JoinKey(sides), _JoinKey(sides, timestamps=True))
-        node = self._flow._add("interval_join", shown, fn, parallelism, keyed._edge(), uid, lower=low, upper=high,
-                               timestamp_fn=keyed._timestamp_fn)
-        return Stream(self._flow, node)
+        return KeyedStream(self._flow, both._node, _JoinKey(sides), _JoinKey(sides, timestamps=True))
 
 
 class _JoinSide:

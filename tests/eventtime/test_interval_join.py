@@ -100,3 +100,43 @@ def test_buffered_records_are_cleared_once_the_watermark_passes_their_last_possi
     assert list(op.backend.state_keys(RIGHT_STATE)) == []
     assert op.process_batch([(0, ("k", 110.0))]) == [] and op.late_dropped == 1  # behind the watermark
     op.close()
+
+
+# ---- join_latest ------------------------------------------------------------------------------------
+
+
+def price(i: int) -> tuple[str, float, int]:
+    """Price updates: product p{i % 5} gets a new price every 5 s, from t = 3."""
+    return (f"p{i % 5}", 3.0 + 5.0 * (i // 5) + (i % 5) * 0.1, 100 + i)
+
+
+def sale(i: int) -> tuple[str, float, int]:
+    return (f"p{(i * 3) % 5}", 0.5 * i, i)
+
+
+def batch_enrichment(sales: int, prices: int) -> Counter:
+    out: Counter = Counter()
+    table = [price(i) for i in range(prices)]
+    for s in map(sale, range(sales)):
+        rows = [p for p in table if p[0] == s[0] and p[1] <= s[1]]
+        row = max(rows, key=lambda p: p[1])[2] if rows else None
+        out[(s[2], row)] += 1
+    return out
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_join_latest_enriches_each_record_with_the_row_as_of_its_timestamp(parallelism, tmp_path):
+    sales_n, prices_n = 400, 200
+    flow = fs.Dataflow("enrich", parallelism=parallelism)
+    sales = (flow.source(fs.GeneratorSource(sale, sales_n, splits=2, name="sales"))
+                 .assign_timestamps(lambda s: s[1], max_out_of_orderness=1)
+                 .key_by(lambda s: s[0]))
+    prices = (flow.source(fs.GeneratorSource(price, prices_n, splits=2, name="prices"))
+                  .assign_timestamps(lambda p: p[1], max_out_of_orderness=1)
+                  .key_by(lambda p: p[0]))
+    (sales.join_latest(prices, lambda s, p: (s[2], None if p is None else p[2]))
+          .sink(fs.FileSink(tmp_path / "out")))
+    fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="20ms", executor="threads")
+    expected = batch_enrichment(sales_n, prices_n)
+    assert sum(1 for _, row in expected if row is None) > 0  # some sales precede the first price
+    assert committed(tmp_path / "out") == expected

@@ -1,4 +1,6 @@
-"""The interval join of two keyed streams (``a.interval_join(b, lower=, upper=)``).
+"""Joins of two keyed streams: the interval join (``a.interval_join(b, lower=, upper=)``, below)
+and the enrichment by the latest row of a table stream (``stream.join_latest(table)``,
+``JoinLatestOperator``).
 
 Rules:
 
@@ -95,3 +97,90 @@ class IntervalJoinOperator(_Keyed):
             for ts in [t for t in right.keys() if t - self.lower < wm]:
                 right.remove(ts)
         return [], event
+
+
+VERSIONS_STATE = "__join_versions__"
+WAITING_STATE = "__join_waiting__"
+
+
+class JoinLatestOperator(_Keyed):
+    """``stream.join_latest(table)``: each record of the stream with the table's row of its key as of
+    the record's timestamp (Flink's event-time temporal join, as a left join).
+
+    Rules:
+
+    1. Inputs arrive tagged ``(0, record)`` (the stream) or ``(1, row)`` (the table), keyed alike.
+    2. A table row with timestamp ``t`` is the key's version from ``t`` on (map state
+       ``t -> row``). A stream record with timestamp ``t`` is joined with the latest version at or
+       before ``t`` once the watermark reaches ``t`` (no version at or before ``t`` can arrive
+       after that); ``fn(record, row)``, with ``row`` ``None`` when the key had none. Until then the
+       record waits in map state, with a timer at ``t``; a record already behind the watermark is
+       joined at once.
+    3. Versions older than the newest one at or before the watermark can join nothing any more and
+       are removed when the key's timers fire.
+    """
+
+    def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any], node: Any) -> None:
+        super().__init__(uid, name, env, key_fn)
+        self.timestamp_fn = node.extra["timestamp_fn"]
+        self.fn = node.fn or _pair
+        self.watermark = MIN_WATERMARK
+        self.clock = env.clock or SystemClock()
+
+    def open(self, resume_state: Any) -> None:
+        super().open(resume_state)
+        self.versions = self.backend.map_state(VERSIONS_STATE)
+        self.waiting = self.backend.map_state(WAITING_STATE)
+        self.timers = TimerService(self.backend, self.clock)
+
+    def _row_at(self, ts: float) -> Any:
+        best = None
+        row = None
+        for version_ts, version in self.versions.items():
+            if version_ts <= ts and (best is None or version_ts > best):
+                best, row = version_ts, version
+        return row
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        self.backend.maybe_fold()
+        key_fn = self.key_fn
+        ts_fn = self.timestamp_fn
+        keys = self.backend.keys
+        wm = self.watermark
+        out: list[Any] = []
+        record = None
+        try:
+            for record in batch:
+                ts = to_seconds(ts_fn(record))
+                keys.current_key = key_fn(record)
+                side, value = record
+                if side == 1:
+                    self.versions.put(ts, value)
+                    self.timers.register(_EVENT, ts)
+                elif ts <= wm:
+                    out.append(self.fn(value, self._row_at(ts)))
+                else:
+                    kept = self.waiting.get(ts)
+                    self.waiting.put(ts, [value] if kept is None else kept + [value])
+                    self.timers.register(_EVENT, ts)
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        return out
+
+    def on_watermark(self, event: Watermark) -> tuple[list[Any], Watermark | None]:
+        if event.idle or event.timestamp <= self.watermark:
+            return [], event
+        self.watermark = wm = event.timestamp
+        out: list[Any] = []
+        try:
+            while (got := self.timers.pop(_EVENT, wm)) is not None:
+                for ts in sorted(t for t in self.waiting.keys() if t <= wm):
+                    row = self._row_at(ts)
+                    out.extend(self.fn(value, row) for value in self.waiting.get(ts))
+                    self.waiting.remove(ts)
+                done = sorted(t for t in self.versions.keys() if t <= wm)
+                for ts in done[:-1]:  # rule 3: the newest at or before the watermark stays
+                    self.versions.remove(ts)
+        except Exception as exc:
+            raise UserFunctionError(self.name, "<join_latest>", exc) from exc
+        return out, event

@@ -337,7 +337,7 @@ def _has_on_timer(fn: Any) -> bool:
 def build_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any] | None) -> Operator:
     """The runtime operator for a (non-source) dataflow node."""
     kind = node.kind
-    if kind in ("timestamps", "window", "select", "interval_join") or (kind == "keyed_process" and (
+    if kind in ("timestamps", "window", "select", "interval_join", "join_latest") or (kind == "keyed_process" and (
             node.extra.get("timestamp_fn") is not None or _has_on_timer(node.fn))):
         from flowstate.runtime.windowing import build_time_operator
 

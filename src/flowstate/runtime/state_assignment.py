@@ -55,7 +55,7 @@ from flowstate.state.keygroups import (
 from flowstate.state.memory import FORMAT as HEAP_FORMAT
 from flowstate.storage.base import CheckpointMetadata
 
-KEYED_KINDS = frozenset({"keyed_process", "reduce", "window", "interval_join"})
+KEYED_KINDS = frozenset({"keyed_process", "reduce", "window", "interval_join", "join_latest"})
 STATEFUL_KINDS = KEYED_KINDS | {"source", "sink", "timestamps"}
 """Kinds of nodes whose operators write state in every checkpoint."""
 

@@ -632,4 +632,8 @@ def build_time_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any
         from flowstate.runtime.joins import IntervalJoinOperator
 
         return IntervalJoinOperator(node.uid, node.name, env, key_fn, node)
+    if kind == "join_latest":
+        from flowstate.runtime.joins import JoinLatestOperator
+
+        return JoinLatestOperator(node.uid, node.name, env, key_fn, node)
     return TimedKeyedProcessOperator(node.uid, node.name, env, key_fn, node.fn, node.extra.get("timestamp_fn"))
