@@ -291,6 +291,24 @@ CATALOGUE += (
         ("src/flowstate/connectors/file_sink.py", "                os.link(source, target)\n",
          "                os.rename(source, target)\n                continue\n"),
     ),
+    bug(
+        "timers-not-restored", "a restored keyed operator does not rebuild its timers from the state backend",
+        ("tests/eventtime/test_timers_operator.py",),
+        ("src/flowstate/runtime/timers.py", "        for key in list(backend.state_keys(TIMERS_STATE)):",
+         "        for key in []:"),
+    ),
+    bug(
+        "no-final-watermark", "a bounded source ends without a watermark at +inf, so its last windows "
+        "fire only after the final checkpoint",
+        ("tests/eventtime/test_time_end_to_end.py",),
+        (TASK, "                self._emit_watermark(0, FINAL_WATERMARK)\n", ""),
+    ),
+    bug(
+        "idle-split-holds-back", "an idle split keeps holding the watermark back",
+        ("tests/eventtime/test_watermarks.py", "tests/eventtime/test_time_end_to_end.py"),
+        ("src/flowstate/time/watermarks.py", "            if timeout is None or now - seen < timeout:",
+         "            if True:"),
+    ),
 )
 
 

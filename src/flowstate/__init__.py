@@ -38,18 +38,30 @@ from flowstate.errors import (
 )
 from flowstate.execution import run
 from flowstate.failpoints import Failpoints, InjectedFailure
-from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
+from flowstate import aggregates
+from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext, TimeDomain
 from flowstate.runtime.control import ControlError, JobControl
 from flowstate.runtime.job import JobResult
+from flowstate.runtime.windowing import WindowResult
+from flowstate.time.watermarks import Watermark
+from flowstate.time.windows import (
+    CountWindow,
+    CountWindows,
+    SessionWindows,
+    SlidingWindows,
+    TimeWindow,
+    TumblingWindows,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchCallbackSink", "CallbackSink", "Change", "ConfigError", "ControlError", "Dataflow",
-    "ExponentialBackoffRestart", "Failpoints", "FileSink", "FileSource", "FixedDelayRestart",
-    "FlowstateError", "GeneratorSource", "GraphError", "HttpSource", "InjectedFailure", "JobControl",
-    "JobFailedError", "JobResult", "KafkaSink", "KafkaSource", "KeyedProcessFunction", "KeyedStream", "Mode",
-    "MqttSource", "NatsSink", "NatsSource", "NoRestart", "PostgresCdcSource", "PostgresSink", "PrintSink",
-    "ProcessFunction", "RedisStreamSink", "RedisStreamSource", "RuntimeContext", "SocketSource", "Stream",
-    "UserFunctionError", "run",
+    "BatchCallbackSink", "CallbackSink", "Change", "ConfigError", "ControlError", "CountWindow",
+    "CountWindows", "Dataflow", "ExponentialBackoffRestart", "Failpoints", "FileSink", "FileSource",
+    "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError", "HttpSource", "InjectedFailure",
+    "JobControl", "JobFailedError", "JobResult", "KafkaSink", "KafkaSource", "KeyedProcessFunction",
+    "KeyedStream", "Mode", "MqttSource", "NatsSink", "NatsSource", "NoRestart", "PostgresCdcSource",
+    "PostgresSink", "PrintSink", "ProcessFunction", "RedisStreamSink", "RedisStreamSource", "RuntimeContext",
+    "SessionWindows", "SlidingWindows", "SocketSource", "Stream", "TimeDomain", "TimeWindow",
+    "TumblingWindows", "UserFunctionError", "Watermark", "WindowResult", "aggregates", "run",
 ]

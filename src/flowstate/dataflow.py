@@ -76,7 +76,8 @@ class Dataflow:
                     "SocketSource or an object implementing flowstate.connectors.base.Source"
                 )
         node = self._add("source", name or getattr(source, "name", None) or "source", source, parallelism, (), uid)
-        return Stream(self, node)
+        # A source whose records carry event time (flowstate.testing.TimedSource) names its timestamp function.
+        return Stream(self, node, None, getattr(source, "timestamp_fn", None))
 
     def _add(
         self, kind: str, name: str, fn: Any, parallelism: int | None, inputs: tuple[Edge, ...], uid: str | None,
@@ -111,10 +112,14 @@ def _callable(kind: str, name: str | None, fn: Any) -> str:
 class Stream:
     """A stream of records produced by one node."""
 
-    def __init__(self, flow: Dataflow, node: Node, key_fn: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, flow: Dataflow, node: Node, key_fn: Callable[[Any], Any] | None = None,
+                 timestamp_fn: Callable[[Any], Any] | None = None) -> None:
         self._flow = flow
         self._node = node
         self._key_fn = key_fn
+        self._timestamp_fn = timestamp_fn
+        """Set from ``assign_timestamps`` on, through ``filter`` and ``key_by`` (which keep records as
+        they are); an operator that makes new records (``map``, ``process``…) ends it."""
 
     @property
     def node(self) -> Node:
@@ -133,7 +138,9 @@ class Stream:
 
     def filter(self, fn: Callable[[Any], bool], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
         """The records for which ``fn(record)`` is true."""
-        return self._op("filter", fn, name, parallelism, uid)
+        out = self._op("filter", fn, name, parallelism, uid)
+        out._timestamp_fn = self._timestamp_fn
+        return out
 
     def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
         """Every record of the iterable ``fn(record)``."""
@@ -145,7 +152,34 @@ class Stream:
         bytes, datetime.date or a tuple of these, and equal keys (``1``, ``1.0``, ``True``) are one
         key: the rules of ``flowstate.state.keys``, the same at every parallelism and backend."""
         _callable("key_by", name, key_fn)
-        return KeyedStream(self._flow, self._node, key_fn)
+        return KeyedStream(self._flow, self._node, key_fn, self._timestamp_fn)
+
+    def assign_timestamps(
+        self, fn: Callable[[Any], Any], *, max_out_of_orderness: Any = 0, idle_timeout: Any = None,
+        watermark_interval: Any = "200ms", name: str | None = None, parallelism: int | None = None,
+        uid: str | None = None,
+    ) -> Stream:
+        """Event time from here on: ``fn(record)`` is the record's timestamp (seconds since the epoch
+        as int or float, or an aware datetime). Watermarks trail the largest timestamp seen by
+        ``max_out_of_orderness``; a subtask that gets no record for ``idle_timeout`` stops holding
+        the watermark back, and when all of it is quiet its event time follows processing time
+        (``flowstate.time.watermarks``). A watermark is emitted at most every ``watermark_interval``
+        of processing time (0: after every batch); windows group the records in between.
+        Durations: seconds, ``"500ms"``, ``"30m"`` or a timedelta."""
+        from flowstate.time.duration import parse_duration
+
+        shown = _callable("assign_timestamps", name, fn)
+        try:
+            bound = parse_duration(max_out_of_orderness, "max_out_of_orderness")
+            idle = None if idle_timeout is None else parse_duration(idle_timeout, "idle_timeout")
+            interval = parse_duration(watermark_interval, "watermark_interval")
+        except ValueError as exc:
+            raise GraphError(f"assign_timestamps {shown!r}: {exc}") from None
+        if idle is not None and idle <= 0:
+            raise GraphError(f"assign_timestamps {shown!r}: idle_timeout must be positive")
+        node = self._flow._add("timestamps", shown, fn, parallelism, self._edge(), uid,
+                               out_of_orderness=bound, idle_timeout=idle, watermark_interval=interval)
+        return Stream(self._flow, node, None, fn)
 
     def process(self, fn: ProcessFunction, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
         """Run a ``ProcessFunction`` over every record."""
@@ -159,7 +193,8 @@ class Stream:
             raise GraphError(f"process {shown!r}: expected a ProcessFunction or KeyedProcessFunction, got {fn!r}")
         copy_for_subtask(fn, shown)  # refused now, while the job is built, rather than in every attempt
         kind = "keyed_process" if self._key_fn is not None else "process"
-        return Stream(self._flow, self._flow._add(kind, shown, fn, parallelism, self._edge(), uid))
+        extra = {"timestamp_fn": self._timestamp_fn} if kind == "keyed_process" else {}
+        return Stream(self._flow, self._flow._add(kind, shown, fn, parallelism, self._edge(), uid, **extra))
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None, **_: Any) -> Stream:
         shown = name or getattr(fn, "__name__", None) or "reduce"
@@ -199,3 +234,91 @@ class KeyedStream(Stream):
 
     def key_by(self, key_fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
         return super().key_by(key_fn, name=name)
+
+    def window(self, assigner: Any, *, allowed_lateness: Any = 0) -> Any:
+        """Windows per key: ``TumblingWindows``, ``SlidingWindows``, ``SessionWindows`` or
+        ``CountWindows``; then ``.reduce``, ``.aggregate`` or ``.process``
+        (``flowstate.windowed.WindowedStream``). Records later than ``allowed_lateness`` past the end
+        of their window are late (``late_records()`` of the result)."""
+        from flowstate.windowed import WindowedStream
+
+        return WindowedStream(self, assigner, allowed_lateness)
+
+    def interval_join(
+        self, other: KeyedStream, *, lower: Any, upper: Any, fn: Callable[[Any, Any], Any] | None = None,
+        name: str | None = None, parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Every pair ``(a, b)`` of this stream's ``a`` and ``other``'s ``b`` with equal keys and
+        ``a.ts + lower <= b.ts <= a.ts + upper`` (``fn(a, b)`` when given), each once; both streams
+        need event time. Records behind the watermark are dropped; buffered records are keyed state
+        and cleared once the watermark passes their last possible match
+        (``flowstate.runtime.joins``). Bounds: durations, ``lower`` may be negative (``"-5m"``)."""
+        from flowstate.time.duration import parse_duration
+
+        shown = name or "interval_join"
+        if not isinstance(other, KeyedStream) or other._flow is not self._flow:
+            raise GraphError(f"{shown}: the other stream must be a keyed stream (key_by) of the same Dataflow")
+        if self._timestamp_fn is None or other._timestamp_fn is None:
+            raise GraphError(f"{shown}: both streams need event time: call assign_timestamps(...) before key_by(...)")
+        try:
+            low = parse_duration(lower, "lower", allow_negative=True)
+            high = parse_duration(upper, "upper", allow_negative=True)
+        except ValueError as exc:
+            raise GraphError(f"{shown}: {exc}") from None
+        if low > high:
+            raise GraphError(f"{shown}: lower ({lower!r}) is above upper ({upper!r})")
+        if fn is not None:
+            _callable("interval_join", name, fn)
+        keyed = self._tagged_union(other, shown, parallelism)
+        node = self._flow._add("interval_join", shown, fn, parallelism, keyed._edge(), uid, lower=low, upper=high,
+                               timestamp_fn=keyed._timestamp_fn)
+        return Stream(self._flow, node)
+
+    def join_latest(
+        self, table: KeyedStream, fn: Callable[[Any, Any], Any] | None = None, *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Each record of this stream with the latest row of ``table`` for its key as of the record's
+        timestamp: ``fn(record, row)`` (``(record, row)`` without ``fn``), ``row`` ``None`` when the
+        key had none yet. A record is joined once the watermark reaches its timestamp, so the result
+        does not depend on which input arrived first; older rows are removed once no record can
+        join them (``flowstate.runtime.joins.JoinLatestOperator``)."""
+        shown = name or "join_latest"
+        if not isinstance(table, KeyedStream) or table._flow is not self._flow:
+            raise GraphError(f"{shown}: the table must be a keyed stream (key_by) of the same Dataflow")
+        if self._timestamp_fn is None or table._timestamp_fn is None:
+            raise GraphError(f"{shown}: both streams need event time: call assign_timestamps(...) before key_by(...)")
+        if fn is not None:
+            _callable("join_latest", name, fn)
+        keyed = self._tagged_union(table, shown, parallelism)
+        node = self._flow._add("join_latest", shown, fn, parallelism, keyed._edge(), uid,
+                               timestamp_fn=keyed._timestamp_fn)
+        return Stream(self._flow, node)
+
+    def _tagged_union(self, other: KeyedStream, shown: str, parallelism: int | None) -> KeyedStream:
+        """Both inputs of a join as one keyed stream of ``(0, record)`` and ``(1, record)``."""
+        sides = (_JoinSide(0, self._key_fn, self._timestamp_fn), _JoinSide(1, other._key_fn, other._timestamp_fn))
+        tagged = [Stream(self._flow, s._node).map(side.tag, name=f"{shown} side {side.side}", parallelism=s._node.parallelism)
+                  for s, side in zip((self, other), sides)]
+        both = tagged[0].union(tagged[1], name=f"{shown} inputs", parallelism=parallelism)
+        return KeyedStream(self._flow, both._node, _JoinKey(sides), _JoinKey(sides, timestamps=True))
+
+
+class _JoinSide:
+    """Tags a record of one side of a join, and reads its key and timestamp (picklable)."""
+
+    def __init__(self, side: int, key_fn: Any, timestamp_fn: Any) -> None:
+        self.side = side
+        self.key_fn = key_fn
+        self.timestamp_fn = timestamp_fn
+
+    def tag(self, record: Any) -> tuple[int, Any]:
+        return (self.side, record)
+
+
+class _JoinKey:
+    def __init__(self, sides: tuple[_JoinSide, _JoinSide], timestamps: bool = False) -> None:
+        self.fns = tuple(s.timestamp_fn if timestamps else s.key_fn for s in sides)
+
+    def __call__(self, tagged: tuple[int, Any]) -> Any:
+        return self.fns[tagged[0]](tagged[1])

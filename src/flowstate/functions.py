@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 from typing import Any
 
 from flowstate.errors import GraphError
@@ -82,8 +83,28 @@ class ProcessFunction:
         """Called once per subtask after the last record (or when the task is cancelled)."""
 
 
+class TimeDomain(StrEnum):
+    """Which clock fired a timer (``ctx.timer_domain`` in ``on_timer``)."""
+
+    EVENT_TIME = "event_time"
+    PROCESSING_TIME = "processing_time"
+
+
 class KeyedProcessFunction(ProcessFunction):
-    """A process function over a keyed stream: it may use keyed state through ``ctx``."""
+    """A process function over a keyed stream: it may use keyed state through ``ctx``.
+
+    On a stream with timestamps (``assign_timestamps``), ``ctx.timestamp`` is the record's
+    timestamp. ``ctx.timers.register_event_time(t)`` / ``register_processing_time(t)`` (and
+    ``delete_*``) set a timer for the current key; a key has at most one timer per timestamp and
+    clock. ``on_timer(timestamp, ctx)`` runs when it fires, with ``ctx.key`` set,
+    ``ctx.timer_domain`` saying which clock fired and keyed state available; it returns output
+    records as ``process`` does. Timers are keyed state: they are in every checkpoint, restored, and
+    follow their key on a rescale."""
+
+    def on_timer(self, timestamp: float, ctx: RuntimeContext) -> Iterable[Any] | None:
+        """Called when a timer of ``ctx.key`` fires (event time: once the watermark reaches
+        ``timestamp``; processing time: once the clock does)."""
+        return None
 
 
 def copy_for_subtask(fn: ProcessFunction, operator: str) -> ProcessFunction:

@@ -179,6 +179,23 @@ class FileReader:
             if not self._advance():
                 return out if out else None
 
+    def poll_split(self, max_records: int) -> tuple[str, list[Any], bool] | None:
+        """``poll`` for event time: records of one split only, as ``(split, records, finished)``;
+        ``finished`` (with no records) once that split is exhausted, so that its watermark stops
+        counting. ``None`` once every split is exhausted."""
+        while True:
+            lines = self._lines
+            start = self._next
+            if start < len(lines):
+                end = min(start + max_records, len(lines))
+                self._next = end
+                return self._splits[self._current], lines[start:end], False
+            current = self._current
+            if not self._advance():
+                return None
+            if self._current != current:
+                return self._splits[current], [], True
+
     def snapshot(self) -> dict[str, Any]:
         positions = dict(self._positions)
         if self._file is not None:

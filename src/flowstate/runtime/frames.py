@@ -5,10 +5,11 @@ Rules:
 1. A frame is a 13-byte header, then ``length`` bytes of payload. The header is little-endian
    ``length: u32, kind: u8, gate: u32, channel: u32``. Nothing else is ever on the wire: a reader
    that finds the connection closed in the middle of a frame has lost the peer, not a message.
-2. Data frames (``BATCH``, ``BARRIER``, ``PRIORITY``, ``END``) name the *gate* (the index of the
+2. Data frames (``BATCH``, ``BARRIER``, ``PRIORITY``, ``END``, ``WATERMARK``) name the *gate* (the index of the
    consuming task in the job's placement) and the *channel* within that gate. A ``BATCH`` payload is
    one pickled record batch (pickled once, by the producer); ``BARRIER`` and ``PRIORITY`` carry a
-   pickled ``CheckpointBarrier``; ``END`` has no payload. On one connection frames arrive in the order
+   pickled ``CheckpointBarrier``; ``END`` has no payload; ``WATERMARK`` carries a pickled
+   ``flowstate.time.Watermark`` and, like a barrier, stays behind the batches sent before it. On one connection frames arrive in the order
    they were sent, so a barrier stays behind the batches sent before it (``PRIORITY`` is the
    exception by design: the receiver puts it at the head of its channel, see ``remote.py``).
 3. ``CREDIT`` flows the other way: the consumer of ``(gate, channel)`` grants its producer room for
@@ -37,7 +38,8 @@ END = 4
 CREDIT = 5
 HELLO = 6
 CONTROL = 7
-KINDS = frozenset({BATCH, BARRIER, PRIORITY, END, CREDIT, HELLO, CONTROL})
+WATERMARK = 8
+KINDS = frozenset({BATCH, BARRIER, PRIORITY, END, CREDIT, HELLO, CONTROL, WATERMARK})
 
 COUNT = struct.Struct("<I")
 """The payload of a ``CREDIT`` frame."""

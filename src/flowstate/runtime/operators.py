@@ -15,6 +15,11 @@ Contract of every operator, in the order the task calls it:
    ``RestoredState`` (or the ``SnapshotParts`` as stored, or a list of either after a rescale).
 4. ``notify_complete(id)`` / ``notify_aborted(id)`` whenever the coordinator says so.
 5. ``end_of_input()`` once every input ended; ``close()`` last, always.
+6. ``on_watermark(event)`` when the task's watermark advances or changes status, in order with the
+   batches: returns the records it emits (timers and windows that fired) and the watermark to pass
+   on downstream (``None``: swallowed). Operators with ``wants_ticks`` get ``on_tick(wall)`` with
+   the processing time between batches, and return the same. (``flowstate.runtime.windowing``,
+   ``flowstate.runtime.timers``.)
 
 A user function that raises inside ``process_batch`` is reported as ``UserFunctionError`` naming the
 operator and the record: the loops keep the record in a local that survives the exception, so
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowstate import failpoints as fp_names
+from flowstate.clock import Clock
 from flowstate.errors import UnwritableRecordError, UserFunctionError
 from flowstate.failpoints import Failpoints
 from flowstate.functions import ProcessFunction, RuntimeContext, copy_for_subtask
@@ -67,10 +73,13 @@ class OperatorEnv:
     failpoints: Failpoints
     state_backend: BackendFactory = HeapKeyedStateBackend
     """Builds the keyed state backend of each keyed operator subtask (heap unless configured)."""
+    clock: Clock | None = None
+    """Processing time of timers and idleness (the system clock when not given)."""
 
 
 class Operator:
     stateful = False
+    wants_ticks = False
 
     def __init__(self, uid: str, name: str, env: OperatorEnv) -> None:
         self.uid = uid
@@ -94,6 +103,14 @@ class Operator:
 
     def end_of_input(self) -> None:
         pass
+
+    def on_watermark(self, event: Any) -> tuple[list[Any], Any]:
+        """Rule 6: most operators pass a watermark on unchanged."""
+        return [], event
+
+    def on_tick(self, wall: float) -> tuple[list[Any], Any]:
+        """Rule 6 (called only when ``wants_ticks``)."""
+        return [], None
 
     def close(self) -> None:
         pass
@@ -424,9 +441,20 @@ class SinkOperator(Operator):
             self.writer.close()
 
 
+def _has_on_timer(fn: Any) -> bool:
+    from flowstate.runtime.timers import has_on_timer
+
+    return has_on_timer(fn)
+
+
 def build_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any] | None) -> Operator:
     """The runtime operator for a (non-source) dataflow node."""
     kind = node.kind
+    if kind in ("timestamps", "window", "select", "interval_join", "join_latest") or (kind == "keyed_process" and (
+            node.extra.get("timestamp_fn") is not None or _has_on_timer(node.fn))):
+        from flowstate.runtime.windowing import build_time_operator
+
+        return build_time_operator(node, env, key_fn)
     if kind == "map":
         return MapOperator(node.uid, node.name, env, node.fn)
     if kind == "filter":

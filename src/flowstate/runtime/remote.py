@@ -15,7 +15,7 @@ Rules:
    because a credit takes a while to travel back (the producer's process must wake up and get the
    interpreter lock); with ``capacity`` credits only, producers stall meanwhile
    (``benchmarks/scaling.py``).
-3. Barriers and end-of-input take no credit: at most a few of them are ever in a channel.
+3. Barriers, watermarks and end-of-input take no credit: at most a few of them are ever in a channel.
 4. An unaligned barrier (a ``PRIORITY`` frame) is put at the head of its channel by the reading
    thread (``InputGate.put_priority``), which records the batches it overtakes. By rule 1 every
    batch sent before the barrier on the connection is in the gate by then, so the overtaken batches
@@ -44,11 +44,13 @@ from flowstate.runtime.frames import (
     CREDIT,
     END,
     PRIORITY,
+    WATERMARK,
     FrameError,
     FrameReader,
     credit,
     encode,
 )
+from flowstate.time.watermarks import Watermark
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 WINDOW = 2
@@ -120,6 +122,8 @@ class RemoteChannelWriter:
             self._send(encode(BARRIER, self._gate, channel, pickle.dumps(item, _PICKLE)))
         elif kind is EndOfInput:
             self._send(encode(END, self._gate, channel))
+        elif kind is Watermark:
+            self._send(encode(WATERMARK, self._gate, channel, pickle.dumps(item, _PICKLE)))
         else:
             raise TypeError(f"cannot send {item!r} on a channel")
 
@@ -251,7 +255,7 @@ class DataPlane:
                     break
                 for kind, gate, channel, payload in frames:
                     try:
-                        if kind == BATCH or kind == BARRIER:
+                        if kind == BATCH or kind == BARRIER or kind == WATERMARK:
                             gates[gate].receive(channel, loads(payload), connection)  # type: ignore[union-attr]
                         elif kind == CREDIT:
                             writers[gate].grant(channel, COUNT.unpack(payload)[0])  # type: ignore[union-attr]

@@ -29,6 +29,10 @@ are filed under its uid too (the name of the vertex it heads). Rules:
    A sink's state names output its checkpoint pre-committed and the sources will not replay: it is
    dropped only with ``drop_sink_state`` as well, and refused otherwise. Operators new to the job
    start empty.
+7. **Watermarks**: a timestamp assigner's generator and a task's combined input watermark are kept
+   at the same parallelism; after a rescale every new subtask starts from the lowest of the old
+   ones, so no record that was on time becomes late. (Keyed operators' timers and windows are keyed
+   state: rule 1.)
 
 Everything here is a function of the loaded states, the metadata and the job graph: no I/O.
 """
@@ -43,7 +47,7 @@ from typing import Any
 from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.errors import ConfigError
 from flowstate.graph import JobGraph, JobVertex
-from flowstate.runtime.task import CHANNEL_STATE, SOURCE_STATE
+from flowstate.runtime.task import CHANNEL_STATE, SOURCE_STATE, WATERMARK_STATE
 from flowstate.state.keygroups import (
     key_group_of,
     key_group_range,
@@ -53,8 +57,8 @@ from flowstate.state.keygroups import (
 from flowstate.state.memory import FORMAT as HEAP_FORMAT
 from flowstate.storage.base import CheckpointMetadata
 
-KEYED_KINDS = frozenset({"keyed_process", "reduce"})
-STATEFUL_KINDS = KEYED_KINDS | {"source", "sink"}
+KEYED_KINDS = frozenset({"keyed_process", "reduce", "window", "interval_join", "join_latest"})
+STATEFUL_KINDS = KEYED_KINDS | {"source", "sink", "timestamps"}
 """Kinds of nodes whose operators write state in every checkpoint."""
 
 OPERATORS = "operators"
@@ -113,6 +117,7 @@ def assign_states(
     uids: dict[str, _OldState] = {}
     sources: dict[str, _OldState] = {}
     channels: dict[str, dict[int, dict[int, list[bytes]]]] = {}
+    watermarks: dict[str, dict[int, float]] = {}
     for tid, state in task_states.items():
         ts = tasks[tid]
         parallelism = metadata.parallelism.get(ts.vertex, 0)
@@ -120,6 +125,9 @@ def assign_states(
             if key == CHANNEL_STATE:
                 if value:
                     channels.setdefault(ts.vertex, {})[ts.subtask] = value
+                continue
+            if key == WATERMARK_STATE:
+                watermarks.setdefault(ts.vertex, {})[ts.subtask] = value
                 continue
             if value is None:
                 continue  # an operator without state (an at-least-once sink): nothing to restore
@@ -194,6 +202,8 @@ def assign_states(
                 continue
             if node.kind in KEYED_KINDS:
                 parts = _assign_keyed(v, old, graph.max_parallelism)
+            elif node.kind == "timestamps":
+                parts = _assign_generators(v, old)
             elif node.kind == "sink":
                 parts = _assign_sink(v, node, old, operator(node.uid), refusals)
             else:
@@ -201,6 +211,8 @@ def assign_states(
             for i, part in enumerate(parts):
                 if part is not None:
                     states[task_id(v.name, i)][node.uid] = part
+    for vertex, by_subtask in watermarks.items():
+        _assign_watermarks(graph, metadata, vertex, by_subtask, states)
     for vertex, by_subtask in channels.items():
         _assign_channels(graph, metadata, old_inputs, vertex, by_subtask, what, states, refusals)
     if refusals:
@@ -347,6 +359,45 @@ def _assign_as_is(v: JobVertex, old: _OldState, operator: str, refusals: list[st
         "or keep that state in keyed state"
     )
     return []
+
+
+def _assign_generators(v: JobVertex, old: _OldState) -> list[Any]:
+    """Rule 7: watermark generators keep their state at the same parallelism; after a rescale each
+    new one starts from the lowest watermark any old one had emitted (never above what a split had
+    reached, so nothing that was on time becomes late), with the watermarks of the splits of its
+    source that it reads now when they are known by split."""
+    if old.parallelism == v.parallelism:
+        return [old.parts.get(i) for i in range(v.parallelism)]
+    emitted = [p["emitted"] for p in old.parts.values() if isinstance(p, dict)]
+    if len(emitted) < old.parallelism:
+        return [None] * v.parallelism
+    by_split = {split: ts for p in old.parts.values() for split, ts in p["splits"].items()}
+    splits = list(v.chain[0].fn.splits()) if v.is_source else []
+    if not set(by_split) <= set(splits):
+        by_split, splits = {}, []
+    return [{"splits": {sp: by_split[sp] for sp in splits[i :: v.parallelism] if sp in by_split},
+             "emitted": min(emitted)} for i in range(v.parallelism)]
+
+
+def _assign_watermarks(graph: JobGraph, metadata: CheckpointMetadata, vertex: str, by_subtask: dict[int, float],
+                       states: dict[TaskId, dict[str, Any]]) -> None:
+    """Rule 7: a task's combined input watermark, at the same parallelism; after a rescale the
+    lowest of the old subtasks' (a subtask that had none counts as none at all)."""
+    try:
+        v = graph.vertex(vertex)
+    except KeyError:
+        return
+    old_parallelism = metadata.parallelism.get(vertex, 0)
+    if old_parallelism == v.parallelism:
+        for i, value in by_subtask.items():
+            if i < v.parallelism:
+                states[task_id(vertex, i)][WATERMARK_STATE] = value
+        return
+    if len(by_subtask) < old_parallelism:
+        return
+    floor = min(by_subtask.values())
+    for i in range(v.parallelism):
+        states[task_id(vertex, i)][WATERMARK_STATE] = floor
 
 
 def _assign_channels(

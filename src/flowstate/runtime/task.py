@@ -13,6 +13,16 @@ Step 3: the asynchronous part (materialise, pickle, write, fsync) runs on the jo
         while the task goes on processing; in ``stop_the_world`` mode it runs right here instead.
 Step 4: only when the state file is durable is the checkpoint acknowledged.
 
+**Watermarks** travel in-band like barriers, behind the batches before them. A task combines those
+of its input channels (``flowstate.time.ChannelWatermarks``: the minimum over channels that are not
+idle) and passes each advance through its chain (``Operator.on_watermark``: timers and windows fire
+and emit records there, which go through the rest of the chain before the watermark does), then to
+every output channel. Operators that generate watermarks or have processing-time timers get a tick
+after every batch and when the input is quiet. A source whose input ends emits ``Watermark(+inf)``
+before it reports the end, so every event-time timer and window fires **before** the final
+checkpoint. The combined watermark of a task is in its state (``WATERMARK_STATE``) and is where the
+restored task starts from (before it replays in-flight batches of an unaligned checkpoint).
+
 A task of a job with checkpoints ends only after every input ended **and** it was notified that a
 final checkpoint completed: sinks commit their last output on that notification. A final barrier
 that reaches a source before the end of its input is a **stop** (``flowstate stop``): the source
@@ -69,11 +79,16 @@ from flowstate.runtime.output import Output
 from flowstate.runtime.transport import Reports
 from flowstate.state.backend import SnapshotParts
 from flowstate.storage.base import CheckpointStorage, StateHandle, TaskState
+from flowstate.time.watermarks import FINAL_WATERMARK, MIN_WATERMARK, ChannelWatermarks, Watermark
 
 SOURCE_STATE = "__source__"
 """Key under which a source task files its reader's position in the task's state."""
 CHANNEL_STATE = "__channels__"
 """Key under which a task files the in-flight batches of an unaligned checkpoint, per input channel."""
+WATERMARK_STATE = "__watermark__"
+"""Key under which a task with inputs files its combined input watermark (only once it is finite)."""
+TICK_EVERY = 0.05
+"""Seconds between ticks of a quiet task (idleness of watermarks, processing-time timers)."""
 KEYED_FILES = "__files__"
 """Key, in a keyed operator's part of the state file, of the files its snapshot references: file key →
 handle (``path``, ``size``, ``sha256``, ``codec``). The rest of that part is the backend's data."""
@@ -120,6 +135,8 @@ class Task:
         self.state_entries = 0
         self.operators_out = [0] * len(ops)
         self._steps = [op.process_batch for op in ops]
+        self._tick_ops = [(i, op) for i, op in enumerate(ops) if op.wants_ticks]
+        self._next_tick = 0.0
         self._failpoints = env.failpoints
         self._capture: _Capture | None = None
         self._final_notified = False
@@ -192,6 +209,40 @@ class Task:
             t0 = clock.monotonic()
             self.output.emit(batch)
             self.backpressure_seconds += clock.monotonic() - t0
+
+    def _process_from(self, start: int, batch: list[Any]) -> None:
+        """Records emitted by operator ``start - 1`` (timers, windows): through the rest of the chain."""
+        for step in self._steps[start:]:
+            batch = step(batch)  # type: ignore[assignment]
+            if not batch:
+                return
+        self.output.emit(batch)
+
+    def _emit_watermark(self, start: int, event: Watermark) -> None:
+        """``event`` through operators ``start…`` of the chain, then to every output channel."""
+        ops = self.ops
+        for i in range(start, len(ops)):
+            records, passed = ops[i].on_watermark(event)
+            if records:
+                self._process_from(i + 1, records)
+            if passed is None:
+                return
+            event = passed
+        self.output.broadcast(event)
+
+    def _tick(self, force: bool = False) -> None:
+        """Ticks of the operators that asked for them (after a batch: ``force``; else at most every
+        ``TICK_EVERY``)."""
+        now = self.env.clock.monotonic()
+        if not force and now < self._next_tick:
+            return
+        self._next_tick = now + TICK_EVERY
+        for i, op in self._tick_ops:
+            records, event = op.on_tick(now)
+            if records:
+                self._process_from(i + 1, records)
+            if event is not None:
+                self._emit_watermark(i + 1, event)
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -406,6 +457,8 @@ class StreamTask(Task):
         self.handler = make_barrier_handler(self.env.mode, self.gate.num_channels, self.env.alignment_timeout)
         self._inputs_ended = False
         self._first_barrier: tuple[CheckpointId, float] = (CheckpointId(0), 0.0)
+        self._floor = float((self.resume or {}).get(WATERMARK_STATE, MIN_WATERMARK))
+        self.watermarks = ChannelWatermarks(self.gate.num_channels, self._floor)
 
     def _replay_channel_state(self) -> None:
         """In-flight batches of the restored (unaligned) checkpoint go first, channel by channel in
@@ -426,7 +479,10 @@ class StreamTask(Task):
         promotion_every = min(0.05, max(timeout / 4, 0.001))
         next_promotion = 0.0
         clock = self.env.clock
+        if self._floor > MIN_WATERMARK:
+            self._emit_watermark(0, Watermark(self._floor))
         self._replay_channel_state()
+        ticks = bool(self._tick_ops)
         while True:
             if self._inputs_ended and (not checkpoints or self._final_notified):
                 return
@@ -441,6 +497,8 @@ class StreamTask(Task):
                 if handler.blocked:
                     self._execute(handler.tick(now), None)
             if got is None:
+                if ticks:
+                    self._tick()
                 continue
             ch, item = got
             if type(item) is list:
@@ -449,6 +507,12 @@ class StreamTask(Task):
                     self._record(capture, ch, [item])
                 self.records_in += len(item)
                 self._process(item)
+                if ticks:
+                    self._tick(True)
+            elif type(item) is Watermark:
+                event = self.watermarks.on_watermark(ch, item)
+                if event is not None:
+                    self._emit_watermark(0, event)
             elif ch < 0:
                 if isinstance(item, (Complete, Aborted)):
                     if isinstance(item, Aborted):
@@ -461,6 +525,9 @@ class StreamTask(Task):
             elif type(item) is Overtaking:
                 self._barrier(ch, item.barrier, item.batches)
             else:
+                event = self.watermarks.on_end_of_input(ch)
+                if event is not None:
+                    self._emit_watermark(0, event)
                 self._execute(handler.on_end_of_input(ChannelIndex(ch)), None)
 
     def _barrier(self, ch: int, barrier: CheckpointBarrier, overtaken: list[list[Any]] | None) -> None:
@@ -498,7 +565,9 @@ class StreamTask(Task):
                 case TakeSnapshot(barrier=barrier):
                     cid, since = self._first_barrier
                     aligned = self.env.clock.monotonic() - since if cid == barrier.checkpoint_id else 0.0
-                    self._snapshot(barrier, alignment_seconds=aligned)
+                    current = self.watermarks.current
+                    extra = {WATERMARK_STATE: current} if current > MIN_WATERMARK else None
+                    self._snapshot(barrier, extra, alignment_seconds=aligned)
                 case StartCapture(channels=chs):
                     if self._capture is not None:
                         self._capture.recording.update(chs)
@@ -548,6 +617,14 @@ class SourceTask(Task):
         checkpoints = self.env.mode.checkpoints
         process = self._process
         output = self.output
+        ticks = bool(self._tick_ops)
+        # A reader that knows its records' event time hands over watermarks of its own
+        # (flowstate.testing.time.TimedSource): each goes right behind the batch before it.
+        take_watermark = getattr(reader, "take_watermark", None)
+        # A reader that says which split each batch comes from feeds per-split watermarks.
+        split_ops = [op for op in self.ops if hasattr(op, "finish_split")]
+        poll = self._poll_split if split_ops and hasattr(reader, "poll_split") else reader.poll
+        self._split_ops = split_ops
         while True:
             if gate.has_mail():
                 got = gate.take(0)
@@ -555,9 +632,11 @@ class SourceTask(Task):
                     return
                 continue
             if self._ended or self._paused_for is not None:
-                got = gate.take(0.2)
+                got = gate.take(TICK_EVERY if ticks and not self._ended else 0.2)
                 if got is not None and self._on_mail(got[1]):
                     return
+                if ticks and not self._ended:
+                    self._tick()
                 continue
             if not output.has_room():
                 # Back-pressure: wait here, where a checkpoint trigger wakes the task at once,
@@ -568,16 +647,39 @@ class SourceTask(Task):
                 if got is not None and self._on_mail(got[1]):
                     return
                 continue
-            batch = reader.poll(batch_size)
+            batch = poll(batch_size)
             if batch is None:
                 self._ended = True
+                # Every event-time timer and window fires before the final checkpoint.
+                self._emit_watermark(0, FINAL_WATERMARK)
                 if not checkpoints:
                     self._end_of_input()
                     return
                 self.env.reports.put(SourceEnded(self.task_id))
-            elif batch:
-                self.records_in += len(batch)
-                process(batch)
+            else:
+                if batch:
+                    self.records_in += len(batch)
+                    process(batch)
+                    if ticks:
+                        self._tick(True)
+                elif ticks:
+                    self._tick()
+                if take_watermark is not None:
+                    event = take_watermark()
+                    if event is not None:
+                        self._emit_watermark(0, event)
+
+    def _poll_split(self, max_records: int) -> list[Any] | None:
+        got = self.reader.poll_split(max_records)
+        if got is None:
+            return None
+        split, batch, finished = got
+        for op in self._split_ops:
+            if finished:
+                op.finish_split(split)
+            else:
+                op.current_split = split
+        return batch
 
     def _on_mail(self, mail: Any) -> bool:
         """Handle one mail; True when the task is done."""

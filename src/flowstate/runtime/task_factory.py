@@ -174,7 +174,7 @@ def _task(
     cancelled: threading.Event, gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None,
 ) -> Task:
     op_env = OperatorEnv(i, v.parallelism, plan.graph.max_parallelism, plan.config.mode.checkpoints,
-                         plan.failpoints, backend)
+                         plan.failpoints, backend, env.clock)
     key_fn = v.inputs[0].key_fn if v.inputs else None
     nodes = v.chain[1:] if v.is_source else v.chain
     ops = [build_operator(n, op_env, key_fn if idx == 0 and not v.is_source else None) for idx, n in enumerate(nodes)]

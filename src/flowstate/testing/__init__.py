@@ -7,6 +7,8 @@
 - ``flowstate.testing.oracles``: workloads with checkers that share no code with the engine.
 - ``flowstate.testing.conformance``: the checks every source and sink connector must pass against
   its real server (recovery symmetry at every cut, re-commit idempotence, crashes at sink failpoints).
+- ``flowstate.testing.time``: ``TimedSource`` (records with explicit timestamps and watermarks) and
+  ``ManualClock``, to drive late data, idleness and timers deterministically.
 """
 
 from flowstate.testing.chaos import (
@@ -17,5 +19,6 @@ from flowstate.testing.chaos import (
     run_chaos,
 )
 from flowstate.testing.oracles import Oracle
+from flowstate.testing.time import ManualClock, TimedSource
 
-__all__ = ["ChaosConfig", "ChaosReport", "Oracle", "Progress", "ScenarioResult", "run_chaos"]
+__all__ = ["ChaosConfig", "ChaosReport", "ManualClock", "Oracle", "Progress", "ScenarioResult", "TimedSource", "run_chaos"]
