@@ -292,7 +292,7 @@ def test_the_word_count_into_postgres_is_exactly_once_under_a_crash_at_every_sin
     result = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval=INTERVAL, restart=FAST_RESTART,
                     failpoints=failpoints, mode=mode, executor="threads")
     assert failpoints.fired(failpoint) == 1
-    assert_restored_from_a_checkpoint(result)
+    assert_restored_from_a_checkpoint(result, INPUT_LINES)
     words = sum(len(line.split()) for line in lines(INPUT_LINES))
     assert result.records < INPUT_LINES, f"the last attempt read all {result.records} lines: it did not restore"
     expected = batch_reference(lines(INPUT_LINES))
@@ -325,7 +325,7 @@ def test_at_least_once_loses_nothing_under_a_crash(table, tmp_path):
     result = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval=INTERVAL, restart=FAST_RESTART,
                     failpoints=failpoints, mode="exactly_once", executor="threads")
     assert failpoints.fired("sink.before_commit") == 1
-    assert_restored_from_a_checkpoint(result)
+    assert_restored_from_a_checkpoint(result, INPUT_LINES)
     expected = batch_reference(lines(INPUT_LINES))
     actual = Counter(rows(table))
     assert not expected - actual, difference(actual, expected)
