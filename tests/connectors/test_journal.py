@@ -209,7 +209,7 @@ def test_every_acknowledged_http_post_is_processed_exactly_once_under_crashes(tm
 
     sender = threading.Thread(target=send)
     sender.start()
-    failpoints = fs.Failpoints({"operator.process": "raise@40", "sink.before_commit": "raise@6"})
+    failpoints = fs.Failpoints({"operator.process": "raise@10", "sink.before_commit": "raise@6"})
     try:
         result = run_until(flow, lambda: not sender.is_alive() and len(read_output(tmp_path / "out")) >= 300,
                            tmp_path, failpoints)
