@@ -1,7 +1,7 @@
 """Nexmark on flowstate and on Bytewax: events/s per query, both with exactly-once snapshots every 1 s.
 
     pip install bytewax==0.21.1            # into the same environment; not a dependency of flowstate
-    python benchmarks/nexmark.py --events 300000 --repeat 3 --write
+    python benchmarks/nexmark.py --events 200000 --repeat 3 --write
 
 The events (``flowstate.nexmark``, 10,000 events per second of event time) are generated once into
 ``bench-data/`` and loaded by every run, so both systems read the same events from memory and the
@@ -16,8 +16,8 @@ parallelism 1 (threads), ``exactly_once`` with checkpoints every 1 s, into a sin
 Bytewax: the same queries written with its operators (``benchmarks/nexmark_bytewax.py``), one
 worker, recovery on (``init_db_dir``, snapshots every 1 s, backup interval 0, as in
 ``../shared/bench/README.md``), from a ``TestingSource`` over the same events in batches of 1,000,
-into a sink that only counts. Both count the rows they emit, and the table shows them, so that a
-query that computes something else on one system shows up.
+into a sink that only counts. Before the timed rounds, one untimed run of each configuration sums a
+CRC-32 of every row it emits: the table says whether both systems emitted the same rows.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -68,18 +69,24 @@ def generator_speed(count: int) -> float:
 
 
 class Counter:
-    def __init__(self) -> None:
+    """The sink of both systems: counts rows; with ``verify``, also sums a CRC-32 of each row's repr
+    (an order-independent digest of the output, compared between the systems in an untimed round)."""
+
+    def __init__(self, verify: bool = False) -> None:
         self.total = 0
+        self.digest = 0
+        self.verify = verify
 
     def __call__(self, records: list[Any]) -> None:
         self.total += len(records)
+        if self.verify:
+            self.digest = (self.digest + sum(zlib.crc32(repr(tuple(r)).encode()) for r in records)) % (1 << 64)
 
 
-def run_flowstate(query: str, events: list[Any]) -> dict[str, Any]:
+def run_flowstate(query: str, events: list[Any], counter: Counter) -> dict[str, Any]:
     import flowstate as fs
     from flowstate.nexmark.queries import QUERIES as BUILDERS, events as timed
 
-    counter = Counter()
     flow = fs.Dataflow(f"nexmark-{query}")
     BUILDERS[query](timed(flow, fs.GeneratorSource(events.__getitem__, len(events), name="nexmark"))).sink(
         fs.BatchCallbackSink(counter, name="count"))
@@ -90,10 +97,11 @@ def run_flowstate(query: str, events: list[Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(chk, ignore_errors=True)
-    return {"seconds": seconds, "rows": counter.total, "checkpoints": result.checkpoints_completed}
+    return {"seconds": seconds, "rows": counter.total, "digest": counter.digest,
+            "checkpoints": result.checkpoints_completed}
 
 
-def run_bytewax(query: str, events: list[Any]) -> dict[str, Any]:
+def run_bytewax(query: str, events: list[Any], counter: Counter) -> dict[str, Any]:
     from datetime import timedelta
 
     from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -102,7 +110,6 @@ def run_bytewax(query: str, events: list[Any]) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     from nexmark_bytewax import build
 
-    counter = Counter()
     flow = build(query, events, counter)
     db = Path(tempfile.mkdtemp(prefix="bytewax-nexmark-"))
     try:
@@ -113,12 +120,12 @@ def run_bytewax(query: str, events: list[Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(db, ignore_errors=True)
-    return {"seconds": seconds, "rows": counter.total, "checkpoints": None}
+    return {"seconds": seconds, "rows": counter.total, "digest": counter.digest, "checkpoints": None}
 
 
-def worker(system: str, query: str, path: Path) -> None:
+def worker(system: str, query: str, path: Path, verify: bool) -> None:
     events = pickle.loads(path.read_bytes())
-    out = (run_flowstate if system == "flowstate" else run_bytewax)(query, events)
+    out = (run_flowstate if system == "flowstate" else run_bytewax)(query, events, Counter(verify))
     out.update(system=system, query=query, events=len(events), events_per_s=len(events) / out["seconds"])
     json.dump(out, sys.stdout)
     print()
@@ -133,23 +140,37 @@ def bytewax_version() -> str | None:
         return None
 
 
+def one_run(system: str, query: str, path: Path, verify: bool = False) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, "--worker", system, "--query", query, "--path", str(path)]
+                          + (["--verify"] if verify else []), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{system} {query} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def verify(path: Path, systems: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """One untimed run of each configuration, with the digest of its rows."""
+    digests = {}
+    for system, query in systems:
+        r = one_run(system, query, path, verify=True)
+        digests[(system, query)] = r["digest"]
+        print(f"  check: {system:>9} {query}: {r['rows']:,} rows, digest {r['digest']:x}", file=sys.stderr)
+    return digests
+
+
 def measure(path: Path, repeat: int, systems: list[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {c: [] for c in systems}
     for i in range(repeat):
         for system, query in systems:
-            proc = subprocess.run([sys.executable, __file__, "--worker", system, "--query", query, "--path", str(path)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"{system} {query} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = one_run(system, query, path)
             runs[(system, query)].append(r)
             print(f"  round {i + 1}: {system:>9} {query}: {r['events_per_s']:>10,.0f} events/s, {r['rows']:,} rows",
                   file=sys.stderr)
     return runs
 
 
-def report(runs: dict[tuple[str, str], list[dict[str, Any]]], events: int, repeat: int, gen_speed: float,
-           command: str) -> str:
+def report(runs: dict[tuple[str, str], list[dict[str, Any]]], digests: dict[tuple[str, str], int], events: int,
+           repeat: int, gen_speed: float, command: str) -> str:
     from nexmark_bytewax import WRITTEN
 
     def median(system: str, query: str) -> tuple[float, int] | None:
@@ -168,18 +189,21 @@ def report(runs: dict[tuple[str, str], list[dict[str, Any]]], events: int, repea
         "snapshots every 1 s, one worker, the events read from memory, a sink that only counts. "
         f"The generator alone makes {gen_speed:,.0f} events/s (not part of the figures).",
         "",
-        "| query | flowstate events/s | Bytewax events/s | flowstate / Bytewax | rows (flowstate / Bytewax) |",
-        "|---|---|---|---|---|",
+        "| query | flowstate events/s | Bytewax events/s | flowstate / Bytewax | rows (flowstate / Bytewax) | same rows |",
+        "|---|---|---|---|---|---|",
     ]
     for query in QUERIES:
         f = median("flowstate", query)
         b = median("bytewax", query)
         fs_cell = f"{f[0]:,.0f}" if f else "—"
+        same = "—"
         if b:
             bw_cell, ratio, rows = f"{b[0]:,.0f}", f"{f[0] / b[0]:.1f}×" if f else "—", f"{f[1]:,} / {b[1]:,}" if f else "—"
+            if ("flowstate", query) in digests and ("bytewax", query) in digests:
+                same = "yes" if digests[("flowstate", query)] == digests[("bytewax", query)] else "**no**"
         else:
             bw_cell, ratio, rows = "not written", "—", f"{f[1]:,} / —" if f else "—"
-        lines.append(f"| {query} | {fs_cell} | {bw_cell} | {ratio} | {rows} |")
+        lines.append(f"| {query} | {fs_cell} | {bw_cell} | {ratio} | {rows} | {same} |")
     missing = [q for q in QUERIES if q not in WRITTEN]
     lines += ["", "Not written for Bytewax: " + (", ".join(missing) or "none") + ". " + WRITTEN_NOTE, ""]
     return "\n".join(lines)
@@ -197,7 +221,7 @@ WRITTEN_NOTE = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--queries", default=",".join(QUERIES))
     parser.add_argument("--no-bytewax", action="store_true")
@@ -205,9 +229,10 @@ def main() -> None:
     parser.add_argument("--worker", choices=["flowstate", "bytewax"], help=argparse.SUPPRESS)
     parser.add_argument("--query", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.query, Path(args.path))
+        worker(args.worker, args.query, Path(args.path), args.verify)
         return
     sys.path.insert(0, str(HERE))
     from nexmark_bytewax import WRITTEN
@@ -219,9 +244,10 @@ def main() -> None:
     if not args.no_bytewax and bytewax_version():
         systems += [("bytewax", q) for q in queries if q in WRITTEN]
     systems.sort(key=lambda s: (QUERIES.index(s[1]), s[0]))
+    digests = verify(path, systems)
     runs = measure(path, args.repeat, systems)
     command = " ".join(["python benchmarks/nexmark.py"] + sys.argv[1:])
-    text = report(runs, args.events, args.repeat, gen_speed, command)
+    text = report(runs, digests, args.events, args.repeat, gen_speed, command)
     print(text)
     if args.write:
         from docsection import write_section
