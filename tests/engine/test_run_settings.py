@@ -89,3 +89,14 @@ def test_a_run_ended_by_a_stop_says_stopped_and_one_that_read_all_its_input_does
     other = Dirs(dirs.output.with_name("finished-output"), dirs.checkpoints.with_name("finished-checkpoints"))
     finished = fs.run(flaky_job(other), checkpoint_dir=other.checkpoints, interval="50ms")
     assert not finished.stopped and len(committed_values(other.output)) == 300
+
+
+def test_a_request_asked_after_the_run_ended_fails_at_once_instead_of_waiting_forever(dirs: Dirs) -> None:
+    control = fs.JobControl()
+    fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, interval="50ms", control=control)
+
+    late = control.stop()
+
+    assert late.done()
+    with pytest.raises(fs.ControlError, match="the job ended before the request was served"):
+        late.result(timeout=0)

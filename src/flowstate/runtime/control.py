@@ -88,6 +88,8 @@ class JobControl:
     def __init__(self) -> None:
         self._requests: queue.Queue[ControlRequest] = queue.Queue()
         self._status: Callable[[], dict[str, Any]] = lambda: {"state": "starting"}
+        self._ended: str | None = None
+        """Why the run ended (``fail_all``): a request asked afterwards fails at once."""
         # Only the runner's thread touches these two.
         self.asked: dict[RequestId, ControlRequest] = {}
         """Requests the coordinator accepted and has not triggered yet."""
@@ -116,13 +118,18 @@ class JobControl:
     def _ask(self, kind: RequestKind, savepoint: bool, target: str | os.PathLike[str] | None) -> Future[dict[str, Any]]:
         reply: Future[dict[str, Any]] = Future()
         self._requests.put(ControlRequest(kind, savepoint, Path(target) if target is not None else None, reply))
+        # Put, then look: either fail_all's take finds the request or this finds the run ended.
+        if self._ended is not None:
+            for request in self.take():
+                _fail(request, self._ended)
         return reply
 
     # ---- the runner (its own thread) ---------------------------------------------------------------
 
     def publish(self, status: Callable[[], dict[str, Any]]) -> None:
-        """Where ``status`` reads from from now on."""
+        """Where ``status`` reads from from now on (a run starts: requests are taken again)."""
         self._status = status
+        self._ended = None
 
     def take(self) -> list[ControlRequest]:
         """Every request asked since the last call."""
@@ -141,7 +148,9 @@ class JobControl:
         self.triggered.clear()
 
     def fail_all(self, reason: str) -> None:
-        """The run ended: every request, asked or accepted, fails with ``reason``."""
+        """The run ended: every request, asked or accepted, fails with ``reason``, and so does
+        every request asked from now on."""
+        self._ended = reason
         self.fail_waiting(reason)
         for request in self.take():
             _fail(request, reason)
