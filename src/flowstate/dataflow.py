@@ -235,14 +235,17 @@ class KeyedStream(Stream):
     def key_by(self, key_fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
         return super().key_by(key_fn, name=name)
 
-    def window(self, assigner: Any, *, allowed_lateness: Any = 0) -> Any:
+    def window(self, assigner: Any, *, allowed_lateness: Any = 0, early_every: Any = None,
+               early_count: int | None = None) -> Any:
         """Windows per key: ``TumblingWindows``, ``SlidingWindows``, ``SessionWindows`` or
         ``CountWindows``; then ``.reduce``, ``.aggregate`` or ``.process``
         (``flowstate.windowed.WindowedStream``). Records later than ``allowed_lateness`` past the end
-        of their window are late (``late_records()`` of the result)."""
+        of their window are late (``late_records()`` of the result). Early results of windows still
+        open: every ``early_every`` of processing time, or every ``early_count`` records of a window
+        (``EarlyWindowResult``; the final result follows as always)."""
         from flowstate.windowed import WindowedStream
 
-        return WindowedStream(self, assigner, allowed_lateness)
+        return WindowedStream(self, assigner, allowed_lateness, early_every=early_every, early_count=early_count)
 
     def interval_join(
         self, other: KeyedStream, *, lower: Any, upper: Any, fn: Callable[[Any, Any], Any] | None = None,
