@@ -311,6 +311,16 @@ CATALOGUE += (
     ),
 )
 
+# ---- early window results -------------------------------------------------------------------------
+CATALOGUE += (
+    bug(
+        "early-count-forgotten-between-batches", "a window's early count starts again at every batch",
+        ("tests/eventtime/test_early_firing.py",),
+        ("src/flowstate/runtime/windowing.py", "            counts.put(window, seen)\n",
+         "            counts.put(window, 0)\n"),
+    ),
+)
+
 
 def _copy_tree(destination: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis")

@@ -42,7 +42,7 @@ from flowstate import aggregates
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext, TimeDomain
 from flowstate.runtime.control import ControlError, JobControl
 from flowstate.runtime.job import JobResult
-from flowstate.runtime.windowing import WindowResult
+from flowstate.runtime.windowing import EarlyWindowResult, WindowResult
 from flowstate.time.watermarks import Watermark
 from flowstate.time.windows import (
     CountWindow,
@@ -57,7 +57,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchCallbackSink", "CallbackSink", "Change", "ConfigError", "ControlError", "CountWindow",
-    "CountWindows", "Dataflow", "ExponentialBackoffRestart", "Failpoints", "FileSink", "FileSource",
+    "CountWindows", "Dataflow", "EarlyWindowResult", "ExponentialBackoffRestart", "Failpoints", "FileSink", "FileSource",
     "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError", "HttpSource", "InjectedFailure",
     "JobControl", "JobFailedError", "JobResult", "KafkaSink", "KafkaSource", "KeyedProcessFunction",
     "KeyedStream", "Mode", "MqttSource", "NatsSink", "NatsSource", "NoRestart", "PostgresCdcSource",

@@ -235,14 +235,17 @@ class KeyedStream(Stream):
     def key_by(self, key_fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
         return super().key_by(key_fn, name=name)
 
-    def window(self, assigner: Any, *, allowed_lateness: Any = 0) -> Any:
+    def window(self, assigner: Any, *, allowed_lateness: Any = 0, early_every: Any = None,
+               early_count: int | None = None) -> Any:
         """Windows per key: ``TumblingWindows``, ``SlidingWindows``, ``SessionWindows`` or
         ``CountWindows``; then ``.reduce``, ``.aggregate`` or ``.process``
         (``flowstate.windowed.WindowedStream``). Records later than ``allowed_lateness`` past the end
-        of their window are late (``late_records()`` of the result)."""
+        of their window are late (``late_records()`` of the result). Early results of windows still
+        open: every ``early_every`` of processing time, or every ``early_count`` records of a window
+        (``EarlyWindowResult``; the final result follows as always)."""
         from flowstate.windowed import WindowedStream
 
-        return WindowedStream(self, assigner, allowed_lateness)
+        return WindowedStream(self, assigner, allowed_lateness, early_every=early_every, early_count=early_count)
 
     def interval_join(
         self, other: KeyedStream, *, lower: Any, upper: Any, fn: Callable[[Any, Any], Any] | None = None,
@@ -273,6 +276,29 @@ class KeyedStream(Stream):
         node = self._flow._add("interval_join", shown, fn, parallelism, keyed._edge(), uid, lower=low, upper=high,
                                timestamp_fn=keyed._timestamp_fn)
         return Stream(self._flow, node)
+
+    def window_join(
+        self, other: KeyedStream, assigner: Any, fn: Callable[[Any, Any], Any] | None = None, *,
+        allowed_lateness: Any = 0, name: str | None = None, parallelism: int | None = None, uid: str | None = None,
+    ) -> Any:
+        """Every pair ``(a, b)`` of this stream's ``a`` and ``other``'s ``b`` with equal keys in one
+        window of ``assigner`` (tumbling, sliding or session windows over both streams' timestamps;
+        ``fn(a, b)`` when given), emitted when the window fires (Flink's window join). A pair in two
+        sliding windows is emitted by each. The window contents are keyed state, in every checkpoint.
+        The result's ``late_records()`` gives ``(0, a)`` and ``(1, b)`` for late records."""
+        shown = name or "window_join"
+        if not isinstance(other, KeyedStream) or other._flow is not self._flow:
+            raise GraphError(f"{shown}: the other stream must be a keyed stream (key_by) of the same Dataflow")
+        if self._timestamp_fn is None or other._timestamp_fn is None:
+            raise GraphError(f"{shown}: both streams need event time: call assign_timestamps(...) before key_by(...)")
+        if getattr(assigner, "counting", False):
+            raise GraphError(f"{shown}: CountWindows depend on arrival order; join in time windows "
+                             "(TumblingWindows, SlidingWindows or SessionWindows)")
+        if fn is not None:
+            _callable("window_join", name, fn)
+        keyed = self._tagged_union(other, shown, parallelism)
+        return keyed.window(assigner, allowed_lateness=allowed_lateness).process(
+            _WindowPairs(fn), name=shown, parallelism=parallelism, uid=uid)
 
     def join_latest(
         self, table: KeyedStream, fn: Callable[[Any, Any], Any] | None = None, *, name: str | None = None,
@@ -314,6 +340,22 @@ class _JoinSide:
 
     def tag(self, record: Any) -> tuple[int, Any]:
         return (self.side, record)
+
+
+class _WindowPairs:
+    """The pairs of one window of a window join: every left record with every right one, in arrival
+    order (picklable)."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any] | None) -> None:
+        self.fn = fn
+
+    def __call__(self, key: Any, window: Any, tagged: list[tuple[int, Any]]) -> list[Any]:
+        left = [r for side, r in tagged if side == 0]
+        right = [r for side, r in tagged if side == 1]
+        fn = self.fn
+        if fn is None:
+            return [(a, b) for a in left for b in right]
+        return [fn(a, b) for a in left for b in right]
 
 
 class _JoinKey:

@@ -279,3 +279,19 @@ def test_a_throttled_reader_on_the_system_clock_waits_between_records_and_polls_
     assert records == list(range(10))
     assert 0.05 <= elapsed < 1.0, elapsed
     assert longest_poll < 0.25, longest_poll  # sleeps ≤ 0.05 s; the margin absorbs a busy machine
+
+
+def test_a_bounded_generator_reports_its_progress_across_a_restore_and_an_unbounded_one_none():
+    source = GeneratorSource(lambda i: i, count=10, splits=3)
+    splits = list(source.splits())
+    reader = source.build_reader(splits, None)
+    assert reader.progress() == (0, 10)
+    reader.poll(4)
+    assert reader.progress() == (4, 10)
+    restored = source.build_reader(splits, reader.snapshot())
+    assert restored.progress() == (4, 10), "what was read before the restore counts"
+    while restored.poll(3) is not None:
+        pass
+    assert restored.progress() == (10, 10)
+    unbounded = GeneratorSource(lambda i: i)
+    assert unbounded.build_reader(unbounded.splits(), None).progress() is None

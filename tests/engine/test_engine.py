@@ -303,7 +303,7 @@ def test_a_run_from_scratch_counts_the_records_it_read(dirs, capsys):
                     checkpoint_dir=dirs.checkpoints, interval=INTERVAL, progress=True)
 
     assert (result.records_read, result.records_restored, result.records_total) == ([200], [0], 200)
-    assert capsys.readouterr().err.splitlines()[-1].startswith("[wordcount] 200 records read · ")
+    assert capsys.readouterr().err.splitlines()[-1].startswith("[wordcount] 200 records read · 100% of the input · ")
 
 
 def test_checkpoint_ids_keep_increasing_across_runs_on_one_directory(dirs):

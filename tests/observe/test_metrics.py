@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import flowstate as fs
 from flowstate.observe.metrics import METRICS
-from tests.observe.jobs import Running, keyed_count
+from tests.observe.jobs import Discard, Running, keyed_count
 
 RECORDS = 60_000
 
@@ -90,7 +91,8 @@ def test_every_metric_is_in_the_documented_table_and_the_readme() -> None:
     documented = {name.removesuffix("_total") if kind == "counter" else name for name, kind, _, _ in METRICS}
     task_metrics = {"flowstate_task_records_in", "flowstate_task_records_out", "flowstate_task_backpressure_seconds",
                     "flowstate_operator_records_out",
-                    "flowstate_task_state_entries", "flowstate_task_state_size_bytes"}
+                    "flowstate_task_state_entries", "flowstate_task_state_size_bytes",
+                    "flowstate_task_watermark_seconds", "flowstate_task_watermark_lag_seconds"}
     assert exposed | task_metrics == documented
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for name, _, _, _ in METRICS:
@@ -135,3 +137,43 @@ def test_the_server_listens_on_loopback_only_and_changes_nothing_without_the_tok
     finally:
         result = job.stop()
     assert result.checkpoints_completed >= 2  # the one asked for with the token, and the stop's
+
+
+def test_the_watermark_and_its_lag_are_gauges_of_each_subtask_with_event_time() -> None:
+    from flowstate.observe.counters import TaskCounters
+    from flowstate.observe.metrics import JobMetrics
+
+    tasks = {"2-window#0": TaskCounters(records_in=5, watermark=1000.0), "0-source#0": TaskCounters(records_in=5)}
+    values = samples(JobMetrics(lambda: tasks, lambda: {}, wall=lambda: 1030.5).exposition().decode())
+
+    window = (("subtask", "0"), ("task", "2-window"))
+    assert values[("flowstate_task_watermark_seconds", window)] == 1000.0
+    assert values[("flowstate_task_watermark_lag_seconds", window)] == 30.5
+    assert not any(name.startswith("flowstate_task_watermark") and dict(labels)["task"] == "0-source"
+                   for name, labels in values), "a subtask without event time has no watermark"
+
+
+def test_a_running_event_time_job_reports_a_watermark_that_trails_its_records(tmp_path: Path) -> None:
+    start = time.time() - 3600.0  # event time one hour behind the wall clock
+    flow = fs.Dataflow("timed", parallelism=1)
+    (flow.source(fs.GeneratorSource(lambda i: (i % 7, start + i * 0.01), count=6_000, rate=3_000))
+         .assign_timestamps(lambda r: r[1], max_out_of_orderness=1.0)
+         .key_by(lambda r: r[0]).window(fs.TumblingWindows("1s")).aggregate(fs.aggregates.count())
+         .sink(Discard()))
+    job = Running(flow, tmp_path / "chk", interval=0.2)
+    seen: list[tuple[float, float]] = []
+    while job.result is None and job.error is None:
+        try:
+            values = samples(scrape(job.url))
+        except (urllib.error.URLError, ConnectionError):
+            break
+        marks = [v for (n, _), v in values.items() if n == "flowstate_task_watermark_seconds"]
+        lags = [v for (n, _), v in values.items() if n == "flowstate_task_watermark_lag_seconds"]
+        if marks:
+            seen.append((min(marks), max(lags)))
+        time.sleep(0.2)
+    job.join()
+    assert len(seen) >= 2, "no watermark was scraped while the job ran"
+    assert all(start - 1.0 <= mark <= start + 60.0 for mark, _ in seen)
+    assert all(3500.0 < lag < 3700.0 for _, lag in seen)
+    assert seen[-1][0] > seen[0][0], "the watermark did not advance"

@@ -190,6 +190,19 @@ class GeneratorReader:
     def snapshot(self) -> dict[str, Any]:
         return {f"{_SPLIT_PREFIX}{k}": position for k, position in zip(self._lanes, self._positions)}
 
+    def progress(self) -> tuple[int, int] | None:
+        """(records read, records) of this reader's splits, those read before a restore included;
+        ``None`` for an unbounded generator."""
+        count = self._count
+        if count is None:
+            return None
+        stride = self._stride
+        read = total = 0
+        for lane, position in zip(self._lanes, self._positions):
+            read += max(0, -(-(min(position, count) - lane) // stride))
+            total += max(0, -(-(count - lane) // stride))
+        return read, total
+
     def close(self) -> None:
         pass
 

@@ -23,6 +23,12 @@ class TaskCounters:
     operators_out: tuple[int, ...] = ()
     """Records each operator of the task's chain emitted, in chain order (a source's reader is not
     one of them: what it emits is ``records_in``)."""
+    watermark: float | None = None
+    """The last finite event-time watermark (seconds) the task passed downstream; ``None`` before
+    its first one, or in a job without event time."""
+    progress: tuple[int, int] | None = None
+    """A source whose input is bounded and of known size: (read, total) in its reader's unit
+    (records, bytes), counting what was read before the restored checkpoint; ``None`` otherwise."""
 
     def __add__(self, other: TaskCounters) -> TaskCounters:
         ops = self.operators_out
@@ -31,7 +37,9 @@ class TaskCounters:
         elif other.operators_out:
             ops = other.operators_out
         return TaskCounters(self.records_in + other.records_in, self.records_out + other.records_out,
-                            self.backpressure_seconds + other.backpressure_seconds, other.state_entries, ops)
+                            self.backpressure_seconds + other.backpressure_seconds, other.state_entries, ops,
+                            other.watermark if other.watermark is not None else self.watermark,
+                            other.progress if other.progress is not None else self.progress)
 
 
 def keyed_entries(operators: Iterable[Any], previous: int) -> int:

@@ -33,6 +33,10 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("flowstate_operator_records_out_total", "counter", "task, subtask, operator",
      "Records an operator of a subtask's chain emitted (a filter's selectivity, a flat_map's fan-out)."),
     ("flowstate_task_state_entries", "gauge", "task, subtask", "Keyed state entries of a subtask at its last snapshot."),
+    ("flowstate_task_watermark_seconds", "gauge", "task, subtask",
+     "Event-time watermark a subtask last passed downstream (seconds since the epoch; event-time jobs)."),
+    ("flowstate_task_watermark_lag_seconds", "gauge", "task, subtask",
+     "Wall-clock time minus that watermark: how far event time trails (a growing lag: the job falls behind)."),
     ("flowstate_task_state_size_bytes", "gauge", "task, subtask",
      "Bytes of a subtask's state in the last completed checkpoint."),
     ("flowstate_checkpoints_total", "counter", "outcome",
@@ -72,11 +76,16 @@ class JobMetrics:
     """The registry of one job and the hooks that update it."""
 
     def __init__(self, tasks: Callable[[], Mapping[str, TaskCounters]], state_sizes: Callable[[], Mapping[str, int]],
-                 operators: Mapping[str, Sequence[str]] | None = None) -> None:
-        """``operators``: each vertex's chained operators, in the order of ``operators_out``."""
+                 operators: Mapping[str, Sequence[str]] | None = None, wall: Callable[[], float] | None = None) -> None:
+        """``operators``: each vertex's chained operators, in the order of ``operators_out``;
+        ``wall``: the wall clock the watermark lag is measured against (the job's clock)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.registry.register(_TaskCollector(tasks, state_sizes, operators or {}))
+        if wall is None:
+            from flowstate.clock import SystemClock
+
+            wall = SystemClock().wall
+        self.registry.register(_TaskCollector(tasks, state_sizes, operators or {}, wall))
         self.checkpoints = Counter("flowstate_checkpoints", "Checkpoints by outcome: completed, expired, declined, failed.",
                                    ["outcome"], registry=r)
         for name in ("completed", "expired", "declined", "failed"):
@@ -141,10 +150,11 @@ class _TaskCollector:
     """Task metrics, read when scraped."""
 
     def __init__(self, tasks: Callable[[], Mapping[str, TaskCounters]], state_sizes: Callable[[], Mapping[str, int]],
-                 operators: Mapping[str, Sequence[str]]) -> None:
+                 operators: Mapping[str, Sequence[str]], wall: Callable[[], float]) -> None:
         self._tasks = tasks
         self._state_sizes = state_sizes
         self._operators = operators
+        self._wall = wall
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -163,6 +173,15 @@ class _TaskCollector:
             labels=["task", "subtask", "operator"])
         sizes = GaugeMetricFamily("flowstate_task_state_size_bytes",
                                   "Bytes of a subtask's state in the last completed checkpoint.", labels=labels)
+        watermarks = GaugeMetricFamily(
+            "flowstate_task_watermark_seconds",
+            "Event-time watermark a subtask last passed downstream (seconds since the epoch; event-time jobs).",
+            labels=labels)
+        lags = GaugeMetricFamily(
+            "flowstate_task_watermark_lag_seconds",
+            "Wall-clock time minus that watermark: how far event time trails (a growing lag: the job falls behind).",
+            labels=labels)
+        now = self._wall()
         state_sizes = self._state_sizes()
         for task, c in sorted(self._tasks().items()):
             vertex, _, index = task.rpartition("#")
@@ -172,6 +191,9 @@ class _TaskCollector:
             backpressure.add_metric(values, c.backpressure_seconds)
             entries.add_metric(values, c.state_entries)
             sizes.add_metric(values, state_sizes.get(task, 0))
+            if c.watermark is not None:
+                watermarks.add_metric(values, c.watermark)
+                lags.add_metric(values, now - c.watermark)
             for name, count in zip(self._operators.get(vertex, ()), c.operators_out):
                 operators_out.add_metric([vertex, index, name], count)
-        return [records_in, records_out, backpressure, operators_out, entries, sizes]
+        return [records_in, records_out, backpressure, operators_out, entries, sizes, watermarks, lags]

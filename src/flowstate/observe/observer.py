@@ -115,7 +115,7 @@ class Observer:
         from flowstate.observe.server import ObserveServer
 
         operators = {v.name: [n.name for n in (v.chain[1:] if v.is_source else v.chain)] for v in self.graph.vertices}
-        self.metrics = JobMetrics(self.task_counters, lambda: dict(self._state_sizes), operators)
+        self.metrics = JobMetrics(self.task_counters, lambda: dict(self._state_sizes), operators, self.clock.wall)
         try:
             self.server = ObserveServer(self, self.metrics_host, self.metrics_port, control=control, token=token)
         except OSError as exc:

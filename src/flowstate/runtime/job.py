@@ -848,6 +848,15 @@ class _Shell:
             extra[ORIGIN] = dict(self.runner._origin)
         return extra
 
+    def done_fraction(self) -> float | None:
+        """The share of a bounded input read so far, when every source subtask knows its size
+        (``TaskCounters.progress``; what was read before a restore counts)."""
+        figures = [t.counters().progress for t in self.tasks.values() if t.is_source]
+        if not figures or any(f is None for f in figures):
+            return None
+        total = sum(f[1] for f in figures)  # type: ignore[index]
+        return sum(f[0] for f in figures) / total if total else None  # type: ignore[index]
+
     def progress(self, now: float, final: bool = False) -> None:
         runner = self.runner
         records = sum(t.records_in for t in self.tasks.values() if t.is_source)
@@ -860,8 +869,11 @@ class _Shell:
             rate = records / max(now - self.started, 1e-9)
         self.last_print = now
         self.last_records = records
-        parts = [f"[{runner.flow.name}] {self.result.records_summary()}",
-                 f"{rate:,.0f} rec/s" + (" avg" if final else "")]
+        parts = [f"[{runner.flow.name}] {self.result.records_summary()}"]
+        done = self.done_fraction()
+        if done is not None:
+            parts.append(f"{done:.0%} of the input")
+        parts.append(f"{rate:,.0f} rec/s" + (" avg" if final else ""))
         if runner.config.mode.checkpoints:
             last = self.result.last_checkpoint
             took = f" in {self.last_duration * 1000:.0f} ms" if self.last_duration is not None else ""

@@ -133,6 +133,8 @@ class Task:
         self.backpressure_seconds = 0.0
         """Time spent waiting for room in a full output channel."""
         self.state_entries = 0
+        self.watermark: float | None = None
+        """The last finite watermark passed downstream (a metric: ``TaskCounters.watermark``)."""
         self.operators_out = [0] * len(ops)
         self._steps = [op.process_batch for op in ops]
         self._tick_ops = [(i, op) for i, op in enumerate(ops) if op.wants_ticks]
@@ -154,7 +156,10 @@ class Task:
 
     def counters(self) -> TaskCounters:
         return TaskCounters(self.records_in, self.records_out, self.backpressure_seconds, self.state_entries,
-                            tuple(self.operators_out))
+                            tuple(self.operators_out), self.watermark, self._progress())
+
+    def _progress(self) -> tuple[int, int] | None:
+        return None
 
     def post(self, mail: Any) -> None:
         """Mail for the task (a trigger, a notification): read before any channel item."""
@@ -228,6 +233,8 @@ class Task:
             if passed is None:
                 return
             event = passed
+        if not event.idle and event.timestamp < FINAL_WATERMARK.timestamp:
+            self.watermark = event.timestamp
         self.output.broadcast(event)
 
     def _tick(self, force: bool = False) -> None:
@@ -600,6 +607,17 @@ class SourceTask(Task):
     """The head of a chain that starts with a source."""
 
     is_source = True
+
+    def _progress(self) -> tuple[int, int] | None:
+        """The reader's (read, total) when it knows them (read from another thread: a value of a
+        moment ago is all a progress line needs)."""
+        progress = getattr(self.reader, "progress", None)
+        if progress is None:
+            return None
+        try:
+            return progress()
+        except Exception:  # noqa: BLE001 - a progress figure never fails a task
+            return None
 
     def __init__(self, *args: Any, reader: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -25,6 +25,19 @@ Step 3: register the timer of the window's end (and of its cleanup, with allowed
 
 On a watermark, the due timers fire in timestamp order: a timer at a window's end emits the window;
 a timer at its end + allowed lateness clears it (the same timer when there is no lateness).
+
+Early results (``window(..., early_every=T)`` or ``early_count=N``; Flink's continuous processing
+time trigger and count trigger, firing without purging): a window that is still open emits its
+contents so far as an ``EarlyWindowResult`` (``process``: its function is called with the records so
+far), and emits its final result as always when the watermark passes its end.
+
+- ``early_count=N`` (tumbling and sliding windows): the records of a (key, window) are folded one by
+  one in arrival order, and every N-th fires the window early; the records since the last early
+  firing are counted in keyed state (``EARLY_COUNT_STATE``), so the count is in the checkpoint and
+  the early results of a key do not depend on batching, restores or the parallelism.
+- ``early_every=T`` (every time window kind): every T of processing time, the windows of the keys
+  that received records since the last early firing fire early. Which results are early therefore
+  depends on processing time: they are updates, the final result is the answer.
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from flowstate.time.windows import CountWindow, TimeWindow, merge_session
 
 WINDOWS_STATE = "__windows__"
 COUNT_STATE = "__count_windows__"
+EARLY_COUNT_STATE = "__early_counts__"
 _EVENT = 0
 _MISSING = object()
 PENDING_LIMIT = 100_000
@@ -57,6 +71,20 @@ class WindowResult(NamedTuple):
     key: Any
     window: Any
     value: Any
+
+    early = False
+    """Whether this is an early result of a window still open (``EarlyWindowResult``)."""
+
+
+class EarlyWindowResult(WindowResult):
+    """The contents so far of a window that is still open (``early_every`` / ``early_count``): an
+    update, followed by the window's final ``WindowResult`` when the watermark passes its end."""
+
+    __slots__ = ()
+    early = True
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (EarlyWindowResult, tuple(self))
 
 
 class LateRecord:
@@ -154,16 +182,19 @@ class _Reducer:
             self.add = add
             self.merge = merge
             self.emit = lambda key, window, acc: [WindowResult(key, window, result(acc))]
+            self.emit_early = lambda key, window, acc: [EarlyWindowResult(key, window, result(acc))]
         elif kind == "reduce":
             self.first = lambda record: record
             self.add = fn
             self.merge = fn
             self.emit = lambda key, window, acc: [WindowResult(key, window, acc)]
+            self.emit_early = lambda key, window, acc: [EarlyWindowResult(key, window, acc)]
         elif kind == "process":
             self.first = lambda record: [record]
             self.add = _append
             self.merge = _concat
             self.emit = lambda key, window, acc: list(fn(key, window, acc) or ())
+            self.emit_early = lambda key, window, acc: list(fn(key, window, list(acc)) or ())
         else:
             raise ValueError(f"unknown window function kind {kind!r}")
 
@@ -201,6 +232,12 @@ class WindowOperator(_Keyed):
         """The same for counting over tumbling windows: (key, start) -> records."""
         self._pending_sessions: dict[Any, list[tuple[float, Any]]] = {}
         """The same for session windows: key -> (timestamp, record) in arrival order."""
+        self.early_count: int | None = extra.get("early_count")
+        self.early_every: float | None = extra.get("early_every")
+        self.wants_ticks = self.early_every is not None
+        self._next_early = -math.inf
+        self._touched: dict[Any, None] = {}
+        """``early_every``: the keys whose windows changed since the last early firing (in order)."""
 
     def open(self, resume_state: Any) -> None:
         super().open(resume_state)
@@ -210,6 +247,9 @@ class WindowOperator(_Keyed):
         else:
             self.windows = backend.map_state(WINDOWS_STATE)
             self.timers = TimerService(backend, self.clock)
+            if self.early_count is not None:
+                self.early_counts = backend.map_state(EARLY_COUNT_STATE)
+        self._next_early = self.clock.monotonic() + (self.early_every or 0.0)
 
     # ---- records ----------------------------------------------------------------------------------
 
@@ -250,6 +290,9 @@ class WindowOperator(_Keyed):
         tumbling = not hasattr(assigner, "slide")
         size, offset = assigner.size, assigner.offset
         record = None
+        if self.early_count is not None:
+            self._time_batch_early_count(batch, out)
+            return
         if tumbling and self.counting_records:
             self._count_tumbling(batch, out)
             return
@@ -362,10 +405,13 @@ class WindowOperator(_Keyed):
         register = self.timers.register
         lateness = self.lateness
         wm = self.watermark
+        touched = self._touched if self.early_every is not None else None
         for (key, window), acc in local.items():
             keys.current_key = key
             stored = windows.get(window, _MISSING)
             end = window[1]
+            if touched is not None and end > wm:
+                touched[key] = None
             if stored is not _MISSING:
                 # A stored window has its timers: they are created and removed together.
                 acc = merge(stored, acc)
@@ -380,6 +426,96 @@ class WindowOperator(_Keyed):
                 out.extend(self.reducer.emit(key, TimeWindow(*window), acc))  # a late firing, within the lateness
             if lateness:
                 register(_EVENT, end + lateness)
+
+    def _time_batch_early_count(self, batch: list[Any], out: list[Any]) -> None:
+        """Steps 1-3 with ``early_count``: the records of each (key, window) of the batch are folded
+        one by one, in arrival order, so that every N-th record of the window (counted across
+        batches in ``EARLY_COUNT_STATE``) fires it early with exactly the records up to it."""
+        key_fn = self.key_fn
+        ts_fn = self.timestamp_fn
+        assigner = self.assigner
+        lateness = self.lateness
+        wm = self.watermark
+        groups: dict[tuple[Any, tuple[float, float]], list[Any]] = {}
+        late: list[Any] = []
+        record = None
+        try:
+            for record in batch:
+                key = key_fn(record)
+                ts = ts_fn(record)
+                if type(ts) is not float:
+                    ts = to_seconds(ts)
+                placed = False
+                for window in assigner.assign(ts):
+                    if window[1] + lateness <= wm:
+                        continue
+                    placed = True
+                    group = (key, (window[0], window[1]))
+                    records = groups.get(group)
+                    if records is None:
+                        groups[group] = [record]
+                    else:
+                        records.append(record)
+                if not placed:
+                    late.append(record)
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        reducer = self.reducer
+        first, add, merge, emit_early = reducer.first, reducer.add, reducer.merge, reducer.emit_early
+        every = self.early_count
+        assert every is not None
+        keys = self.backend.keys
+        windows = self.windows
+        counts = self.early_counts
+        local: dict[tuple[Any, tuple[float, float]], Any] = {}
+        for group, records in groups.items():
+            key, window = group
+            keys.current_key = key
+            stored = windows.get(window, _MISSING)
+            seen = counts.get(window) or 0
+            done: Any = _MISSING  # the records up to the last early firing: never changed again
+            acc: Any = _MISSING  # the records after it (made here: add may change it)
+            for record in records:
+                acc = first(record) if acc is _MISSING else add(acc, record)
+                seen += 1
+                if seen == every:
+                    seen = 0
+                    done = acc if done is _MISSING else merge(done, acc)
+                    acc = _MISSING
+                    if window[1] > wm:  # an open window; a closed one has its late firing in _store
+                        out.extend(emit_early(key, TimeWindow(*window),
+                                              done if stored is _MISSING else merge(stored, done)))
+            counts.put(window, seen)
+            local[group] = done if acc is _MISSING else acc if done is _MISSING else merge(done, acc)
+        self._store(local, out)
+        if late:
+            self._late(late, out)
+
+    def on_tick(self, now: float) -> tuple[list[Any], Watermark | None]:
+        """``early_every``: the windows of every key touched since the last early firing fire early
+        (the pending ones merged first), at most once per ``early_every`` of processing time."""
+        every = self.early_every
+        if every is None or now < self._next_early:
+            return [], None
+        self._next_early = now + every
+        self._flush()
+        if not self._touched:
+            return [], None
+        touched, self._touched = self._touched, {}
+        keys = self.backend.keys
+        windows = self.windows
+        emit_early = self.reducer.emit_early
+        wm = self.watermark
+        out: list[Any] = []
+        try:
+            for key in touched:
+                keys.current_key = key
+                for w, acc in sorted(windows.items()):
+                    if w[1] > wm:
+                        out.extend(emit_early(key, TimeWindow(*w), acc))
+        except Exception as exc:
+            raise UserFunctionError(self.name, "<early firing>", exc) from exc
+        return out, None
 
     def _session_batch(self, batch: list[Any], out: list[Any]) -> None:
         key_fn = self.key_fn
@@ -477,6 +613,8 @@ class WindowOperator(_Keyed):
                 timers.register(_EVENT, end)
                 if lateness:
                     timers.register(_EVENT, end + lateness)
+                if self.early_every is not None:
+                    self._touched[key] = None
 
     def _sessions(self, by_key: dict[Any, list[tuple[float, Any]]], out: list[Any]) -> None:
         """Merge each key's records into its session windows in state (Steps 1-3)."""
@@ -514,6 +652,8 @@ class WindowOperator(_Keyed):
                 windows.put(tuple(window), acc)
                 if window.end > wm:
                     timers.register(_EVENT, window.end)
+                    if self.early_every is not None:
+                        self._touched[key] = None
                 else:
                     out.extend(reducer.emit(key, window, acc))
                 if lateness:
@@ -590,6 +730,8 @@ class WindowOperator(_Keyed):
                     out.extend(emit(key, window, acc))
                 if window.end + lateness == t:
                     windows.remove(w)
+                    if self.early_count is not None:
+                        self.early_counts.remove(w)
 
     def _flush_counts(self, out: list[Any]) -> None:
         """The last, incomplete count window of every key fires at the end of the input."""

@@ -1,6 +1,6 @@
 """The long chaos run behind ``make chaos``: the oracle workloads (the sequence workload also counting
-in a dict changed in place, once per state backend), every mode, many kills; the results go into
-``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
+in a dict changed in place, once per state backend, and the windowed workload), every mode, many
+kills; the results go into ``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
 
     python -m flowstate.testing.campaign [--kills 15] [--failpoint-kills 3] [--workers 2] [--seed 1]
         [--write docs/reliability.md]
@@ -28,7 +28,7 @@ from flowstate.testing.chaos import (
     Progress,
     run_chaos,
 )
-from flowstate.testing.oracles import EXACTLY_ONCE_MODES, Oracle, bank, sequence
+from flowstate.testing.oracles import EXACTLY_ONCE_MODES, Oracle, bank, sequence, windows
 
 BEGIN = "<!-- chaos:begin -->"
 END = "<!-- chaos:end -->"
@@ -64,6 +64,12 @@ WORKLOADS = (
                "in place and stores again (`acc = state.value() or {}; acc[k] += 1; state.update(acc)`): a "
                "checkpoint must hold the dict as it was at its barrier", backend)
       for backend in ("heap", "rocksdb")),
+    Workload("windows", f"from flowstate.testing.oracles.windows import windows_job\n"
+                        f"flow = windows_job('out', count={windows.COUNT})\n",
+             windows.oracle(), 1,
+             f"{windows.COUNT:,} clicks of 24 users with event time through session windows (30 s gap) and one-minute "
+             f"tumbling windows with an early count every {windows.EARLY} records, into two `FileSink`s; the checker "
+             "recomputes every session and every early and final count from the input", "rocksdb"),
 )
 
 
