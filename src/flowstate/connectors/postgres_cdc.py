@@ -77,8 +77,9 @@ from flowstate.errors import ConfigError
 SPLIT = "slot"
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 _POSTGRES_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
-_CHANGES_PER_CALL = 2048
-"""Changes asked of the server per decoding call (it stops at the end of a transaction past it)."""
+_FETCH = 2048
+"""Default of ``fetch``: changes asked of the server per decoding call (it stops at the end of a
+transaction past it), rows per round trip of the snapshot."""
 
 
 class PostgresCdcError(ConfigError):
@@ -166,9 +167,13 @@ def _lock_key(slot: str) -> int:
 
 
 class PostgresCdcSource:
-    """Row changes of ``tables`` (see the module rules). Replayable; one split, read by one subtask."""
+    """Row changes of ``tables`` (see the module rules). Replayable; one split, read by one subtask.
 
-    __slots__ = ("_tables", "_dsn", "_slot", "_publication", "_until", "_name", "_snapshot")
+    ``snapshot=True`` reads the tables' rows first (rules 7 and 8); ``fetch`` is the changes asked of
+    the server per decoding call and the rows per round trip of the snapshot, and bounds what one poll
+    returns (a barrier waits for the poll in progress)."""
+
+    __slots__ = ("_tables", "_dsn", "_slot", "_publication", "_until", "_name", "_snapshot", "_fetch")
 
     def __init__(
         self,
@@ -179,9 +184,12 @@ class PostgresCdcSource:
         publication: str | None = None,
         until: str | None = None,
         snapshot: bool = False,
+        fetch: int = _FETCH,
         name: str | None = None,
     ) -> None:
         tables = tuple(tables)
+        if not isinstance(fetch, int) or fetch < 1:
+            raise ConfigError(f"PostgresCdcSource: fetch must be a positive number of changes, got {fetch!r}")
         if not tables:
             raise ConfigError("PostgresCdcSource: tables must name at least one table")
         if not _SLOT_NAME.fullmatch(slot):
@@ -199,6 +207,7 @@ class PostgresCdcSource:
         self._publication = publication or f"{slot}_pub"
         self._until = until
         self._snapshot = snapshot
+        self._fetch = fetch
         self._name = name or f"postgres-cdc:{slot}"
 
     @property
@@ -446,6 +455,7 @@ class PostgresCdcReader:
     # ---- the reader port --------------------------------------------------------------------------
 
     def poll(self, max_records: int) -> list[Change] | None:
+        max_records = min(max_records, self._source._fetch)  # barriers pass between two polls
         if self._ended:
             return None
         if self._reading is not None:
@@ -453,9 +463,11 @@ class PostgresCdcReader:
         if self._current is None and not self._buffer:
             # Read the flush position first: every transaction committed before it is decodable now.
             flushed = self._flushed() if self._until is not None else 0
-            self._fetch()
+            decoded = self._fetch()
             if not self._buffer:
-                if self._until is not None and (self._done >= self._until or flushed >= self._until):
+                # Only a call that decoded nothing is the end: after a restore, a call may decode only
+                # transactions read before the restored position.
+                if self._until is not None and not decoded and (self._done >= self._until or flushed >= self._until):
                     self._ended = True
                     return None
                 return []
@@ -593,13 +605,14 @@ class PostgresCdcReader:
         (flushed,) = self._conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
         return lsn_to_int(flushed)
 
-    def _fetch(self) -> None:
-        """Decode whole transactions from the temporary slot into the buffer (rules 2 and 3)."""
+    def _fetch(self) -> bool:
+        """Decode whole transactions from the temporary slot into the buffer (rules 2 and 3); whether
+        the server had any to decode."""
         upto = None if self._until is None else int_to_lsn(self._until)
         rows = self._conn.execute(
             "SELECT data FROM pg_logical_slot_get_binary_changes(%s, %s::pg_lsn, %s, "
             "'proto_version', '1', 'publication_names', %s)",
-            (self._temporary, upto, _CHANGES_PER_CALL, self._source._publication),
+            (self._temporary, upto, self._source._fetch, self._source._publication),
         ).fetchall()
         transaction: list[Change] = []
         commit_lsn, commit_time, commit = "0/0", _POSTGRES_EPOCH, 0
@@ -623,6 +636,7 @@ class PostgresCdcReader:
             elif kind in (b"I", b"U", b"D"):
                 transaction.append(self._change(kind, data, commit_lsn, commit_time))
             # 'O' origin, 'Y' type, 'T' truncate, 'M' message: nothing a change record carries
+        return bool(rows)
 
     def _relation(self, data: bytes) -> None:
         (oid,) = struct.unpack_from("!I", data, 1)
