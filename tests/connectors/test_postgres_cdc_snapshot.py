@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -25,8 +24,18 @@ from flowstate.connectors.postgres_cdc import (
     fate,
     segment_point,
 )
+from flowstate.testing.conformance import SOURCE_CHECKS, SourceCase
 
-from tests.connectors.test_postgres_cdc import DSN, Names, drain, execute, logical_server, names, psycopg, table_rows  # noqa: F401
+from tests.connectors.test_postgres_cdc import (  # noqa: F401
+    DSN,
+    Names,
+    Plain,
+    execute,
+    logical_server,
+    names,
+    psycopg,
+    table_rows,
+)
 from tests.engine.jobs import FAST_RESTART
 
 # ---- the pure rules -------------------------------------------------------------------------------
@@ -282,3 +291,26 @@ def test_a_job_crashing_mid_snapshot_under_concurrent_writes_copies_the_table_ex
     assert result.restored_from[1] is not None and result.restored_from[1] >= 1, result
     assert 0 < result.records_restored[1] < SNAPSHOT_ROWS, f"the restore was not mid-snapshot: {result}"
     assert table_rows(copy, "WHERE alive") == table_rows(names.table)
+
+
+# ---- the conformance kit -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("check", [c for c in SOURCE_CHECKS if c != "acknowledges_only_after_completion"])
+def test_the_snapshot_passes_every_source_check(names, check):
+    """Each reader set gets a new slot, so each reads a snapshot of its own of the same rows; a restore
+    at every cut reads on from a fresh one. (Acknowledging is checked with the changes: a snapshot
+    acknowledges nothing.)"""
+    fill(names.table, 8)
+    made = iter(range(1000))
+    current: list[str] = []
+
+    def make_source() -> Plain:
+        if current:  # the previous reader set is closed: its slot goes (the server has few)
+            execute(f"SELECT pg_drop_replication_slot('{current[-1]}')", f'DROP PUBLICATION "{current[-1]}_pub"')
+            names.slots.remove(current[-1])
+        current.append(names.slot(f"k{next(made)}"))
+        return Plain(PostgresCdcSource([names.table], DSN, current[-1], snapshot=True, until="now", fetch=3))
+
+    expected = [("read", names.table, None, (("id", str(i)), ("name", f"n{i}"), ("score", str(i)))) for i in range(8)]
+    SOURCE_CHECKS[check](SourceCase(make_source, expected))
