@@ -6,6 +6,9 @@
    before its 200) and without (an exactly-once job then needs ``allow_non_replayable``).
 2. CDC: ``--records`` inserted rows, in transactions of 1,000, read by ``PostgresCdcSource`` (bounded
    with ``until=``) into a counting sink, exactly-once with 1 s checkpoints.
+3. CDC snapshot: a table of ``--records`` rows read by ``PostgresCdcSource(snapshot=True,
+   until="now")`` (the initial snapshot, then nothing: the WAL ends where the job started), the same
+   way: the rows/s of the snapshot phase.
 
 Each figure is the median of ``--repeat`` runs in this process. Prints Markdown; with ``--write`` it
 replaces the section between ``<!-- ingress:begin -->`` and ``<!-- ingress:end -->`` of
@@ -119,6 +122,34 @@ def cdc_run(records: int) -> float:
             conn.execute(f"DROP TABLE {table}")
 
 
+def cdc_snapshot_run(records: int) -> float:
+    import psycopg
+
+    dsn = dsn_from_env()
+    table, slot = f"fs_bench_{uuid.uuid4().hex[:8]}", f"fs_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text)")
+        conn.execute(f"INSERT INTO {table} SELECT i, 'name ' || i FROM generate_series(0, {records - 1}) AS i")
+        conn.execute(f"VACUUM ANALYZE {table}")
+    try:
+        counter = Counter()
+        flow = fs.Dataflow("cdc-snapshot-bench")
+        flow.source(fs.PostgresCdcSource([table], dsn, slot, snapshot=True, until="now")).sink(
+            fs.BatchCallbackSink(counter))
+        with tempfile.TemporaryDirectory() as work:
+            started = time.perf_counter()
+            fs.run(flow, checkpoint_dir=Path(work) / "chk", interval="1s", executor="threads")
+            elapsed = time.perf_counter() - started
+        assert counter.n == records, counter.n
+        return records / elapsed
+    finally:
+        from flowstate.connectors.postgres_cdc import drop_slot
+
+        drop_slot(dsn, slot)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE {table}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
@@ -126,11 +157,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {"journaled": [], "plain": [], "cdc": []}
+    rates: dict[str, list[float]] = {"journaled": [], "plain": [], "cdc": [], "snapshot": []}
     for _ in range(args.repeat):
         rates["journaled"].append(http_run(args.records, args.per_post, True))
         rates["plain"].append(http_run(args.records, args.per_post, False))
         rates["cdc"].append(cdc_run(args.records))
+        rates["snapshot"].append(cdc_snapshot_run(args.records))
         print(", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()), file=sys.stderr)
     median = {k: statistics.median(v) for k, v in rates.items()}
     ratio = statistics.median(j / p for j, p in zip(rates["journaled"], rates["plain"]))
@@ -144,6 +176,8 @@ def main() -> int:
         f"| `HttpSource(journal=…)`, {args.per_post} lines per POST, one keep-alive connection | {median['journaled']:,.0f} |",
         f"| `HttpSource` without a journal (`allow_non_replayable`) | {median['plain']:,.0f} |",
         f"| `PostgresCdcSource`, inserts in transactions of 1,000 rows | {median['cdc']:,.0f} |",
+        f"| `PostgresCdcSource(snapshot=True)`, the initial snapshot of a table of {args.records:,} rows | "
+        f"{median['snapshot']:,.0f} |",
         "",
         f"The journal costs {1 - ratio:.0%} of the unjournaled rate here (one write and fsync per POST, "
         "before its 200).",

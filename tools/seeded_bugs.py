@@ -192,6 +192,20 @@ CATALOGUE: tuple[Bug, ...] = (
          "        return self.snapshot()"),
     ),
     bug(
+        "cdc-snapshot-changes-kept", "a CDC restore mid-snapshot keeps the changes its fresh snapshot already holds",
+        ("tests/connectors/test_postgres_cdc_snapshot.py",),
+        ("src/flowstate/connectors/postgres_cdc.py",
+         "                    if self._segments and commit < self._segments[-1][2]:",
+         "                    if False:"),
+    ),
+    bug(
+        "cdc-snapshot-restarted", "a CDC restore mid-snapshot reads the tables again from the start",
+        ("tests/connectors/test_postgres_cdc_snapshot.py",),
+        ("src/flowstate/connectors/postgres_cdc.py",
+         "                    self._segments = [*self._segments, (*self._reading, exported.point)]",
+         "                    self._segments, self._reading = [(0, None, exported.point)], (0, None)"),
+    ),
+    bug(
         "journal-released-before-completion", "the ingress journal releases records when a checkpoint is taken, not when it completes",
         ("tests/connectors/test_journal.py",),
         ("src/flowstate/connectors/ingress.py",

@@ -329,3 +329,24 @@ def test_at_least_once_loses_nothing_under_a_crash(table, tmp_path):
     expected = batch_reference(lines(INPUT_LINES))
     actual = Counter(rows(table))
     assert not expected - actual, difference(actual, expected)
+
+
+def test_fresh_over_a_table_holding_committed_rows_is_refused_before_any_checkpoint_is_discarded(table, tmp_path):
+    """The sink lists its commit markers to the restore planner, as a FileSink lists its files: a
+    ``--fresh`` run is refused with the way forward, and the checkpoints stay for a restore."""
+    def flow() -> fs.Dataflow:
+        return wordcount(tmp_path / "unused", source=generator_source(20), sink=PostgresSink(table, DSN))
+
+    fs.run(flow(), checkpoint_dir=tmp_path / "chk", interval=INTERVAL, executor="threads")
+    before = rows(table)
+    kept = sorted(p.name for p in (tmp_path / "chk").iterdir())
+    with pytest.raises(fs.ConfigError) as refused:
+        fs.run(flow(), checkpoint_dir=tmp_path / "chk", interval=INTERVAL, executor="threads", fresh=True)
+    message = str(refused.value)
+    assert "\n" not in message
+    for named in ("cannot start from scratch (--fresh)", f"sink 'postgres-sink:{table}' holds 2 committed commit markers",
+                  f"in table {table}", f"DELETE FROM {MARKER_TABLE} WHERE sink = 'postgres-sink:{table}'",
+                  "run without --fresh"):
+        assert named in message, message
+    assert sorted(p.name for p in (tmp_path / "chk").iterdir()) == kept and rows(table) == before
+    assert PostgresSink(table, DSN, mode="upsert", key=["word"]).committed_output() == ()

@@ -73,9 +73,13 @@ class CommittedOutput:
     sink: str
     """The sink's name."""
     location: str
-    """Where its committed output is (a directory)."""
+    """Where its committed output is (a directory, or e.g. ``table public.orders``)."""
     items: tuple[str, ...]
     """The committed items (file names), never empty."""
+    unit: str = "file"
+    """What one item is, for messages (``file``, ``commit marker``)."""
+    clear: str | None = None
+    """How to clear this output, for messages; ``None``: move the directory's files away."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,14 +218,16 @@ def _checkpoints(found: list[Invalid]) -> str:
 def _output(committed: tuple[CommittedOutput, ...]) -> str:
     def one(out: CommittedOutput) -> str:
         n = len(out.items)
-        return f"sink {out.sink!r} holds {n} committed file{'s' if n != 1 else ''} in {out.location} (e.g. {out.items[0]})"
+        return f"sink {out.sink!r} holds {n} committed {out.unit}{'s' if n != 1 else ''} in {out.location} (e.g. {out.items[0]})"
 
     return "; ".join(one(out) for out in committed)
 
 
 def _clear(committed: tuple[CommittedOutput, ...]) -> str:
-    places = ", ".join(out.location for out in committed)
-    return f"move the committed output away (or delete it) from {places}, or give the sink another directory"
+    files = [out.location for out in committed if out.clear is None]
+    ways = [f"move the committed output away (or delete it) from {', '.join(files)}, or give the sink another "
+            "directory"] if files else []
+    return "; ".join(ways + [out.clear for out in committed if out.clear is not None])
 
 
 def _repair(facts: RestoreFacts) -> str:

@@ -53,6 +53,7 @@ from typing import Any
 
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.commit import CommitLog
+from flowstate.checkpoint.restore import CommittedOutput
 from flowstate.checkpoint.ids import CheckpointId
 from flowstate.errors import ConfigError
 
@@ -182,6 +183,35 @@ class PostgresSink:
     @property
     def transactional(self) -> bool:
         return self._delivery == "exactly_once"
+
+    def committed_output(self) -> CommittedOutput | tuple[()]:
+        """What the restore planner weighs before a start from scratch (rule 5, checked before any
+        checkpoint is discarded): the commit markers of this sink in ``insert`` mode, one per subtask
+        that committed. Empty in ``upsert`` mode (writing the rows again leaves the same table), for
+        at-least-once delivery (no markers) and when the server cannot be asked (the writer then
+        fails with the reason)."""
+        if self._mode != "insert" or self._delivery != "exactly_once":
+            return ()
+        import psycopg
+
+        try:
+            with psycopg.connect(self._dsn, connect_timeout=10) as conn:
+                if conn.execute("SELECT to_regclass(%s)", (MARKER_TABLE,)).fetchone()[0] is None:
+                    return ()
+                markers = conn.execute(
+                    f"SELECT subtask, checkpoint, committed_at FROM {MARKER_TABLE} WHERE sink = %s ORDER BY subtask",
+                    (self._name,),
+                ).fetchall()
+        except psycopg.Error:
+            return ()
+        if not markers:
+            return ()
+        return CommittedOutput(
+            self._name, f"table {self._table}",
+            tuple(f"checkpoint {c} of subtask {s} at {t:%Y-%m-%d %H:%M:%S}" for s, c, t in markers), unit="commit marker",
+            clear=(f"delete the rows of table {self._table} written by sink {self._name!r} and run "
+                   f"DELETE FROM {MARKER_TABLE} WHERE sink = '{self._name}', or give the sink another table"),
+        )
 
     def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> PostgresSinkWriter:
         if not 0 <= subtask < parallelism:

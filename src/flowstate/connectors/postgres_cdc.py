@@ -26,6 +26,32 @@ publication of the tables). Rules:
    was when the source first started (kept in the position, so a restore stops at the same place); an
    LSN string (``"0/16B3748"``) stops after the transactions that end at or before it.
 
+7. **Initial snapshot** (``snapshot=True``): before any change, the tables' rows as they stood at the
+   slot's start are read as ``read`` changes (``before`` ``None``, ``after`` the row, ``lsn`` the
+   snapshot's consistent point), table by table in primary-key order. The durable slot is created on a
+   replication connection with ``CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')`` and the rows are read
+   in a ``REPEATABLE READ`` transaction that imports that snapshot, so the snapshot holds exactly the
+   transactions that committed before the slot's consistent point and the stream exactly the others:
+   no row missed, none twice. The position names the table and the last primary key read.
+8. **A restore mid-snapshot** cannot import the old snapshot (an exported snapshot dies with its
+   session). The restored reader exports a fresh one (a temporary slot's, at consistent point *L'*)
+   and reads the rest of the table from the restored key with it; the position records this as a
+   *segment*: rows after that key were read as of *L'*. The rows before the key were read as of an
+   older point *L*, so the stream, which still starts at *L* (the durable slot has not moved: nothing
+   of the stream was read), must carry every change to them, but a change committed before *L'* to a
+   row after the key is already in what was read, and is dropped. Each change of a transaction
+   committed before the newest segment's point is kept, dropped or cut to its half that is not yet
+   in the rows read (an update moving a row across a segment boundary: ``delete`` of its old key or
+   ``insert`` of its new one) by ``fate`` (a pure function). So the rows read and the changes kept
+   still apply to exactly the table: every row's state reaches the output once, though the records
+   differ from a run without the crash (the rows after the key carry their values as of *L'*, and the
+   changes between *L* and *L'* to those rows do not appear). Restarting the snapshot with a new slot
+   instead would re-read the rows before the key, which the restored operators already hold: twice.
+   A first start that finds the durable slot already there (a job that failed before its first
+   checkpoint) is the same case with one segment from the start of the first table.
+   Primary keys are compared by the server (``ROW(…) > ROW(…)``), so collations order them as the
+   snapshot query did; a table without a primary key cannot be read this way and is refused.
+
 A slot left behind by a job that no longer runs keeps WAL on the server: it is the user's to drop
 (``flowstate postgres-slots DSN`` lists the slots, ``--drop NAME`` drops one with its publication).
 
@@ -38,20 +64,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import enum
 import re
 import struct
 import zlib
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, assert_never
 
 from flowstate.errors import ConfigError
 
 SPLIT = "slot"
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 _POSTGRES_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
-_CHANGES_PER_CALL = 2048
-"""Changes asked of the server per decoding call (it stops at the end of a transaction past it)."""
+_FETCH = 2048
+"""Default of ``fetch``: changes asked of the server per decoding call (it stops at the end of a
+transaction past it), rows per round trip of the snapshot."""
 
 
 class PostgresCdcError(ConfigError):
@@ -65,7 +93,7 @@ class Change:
     transaction, ``commit_time`` its commit time (UTC)."""
 
     op: str
-    """``insert``, ``update`` or ``delete``."""
+    """``insert``, ``update`` or ``delete``; ``read`` for a row of the initial snapshot."""
     table: str
     """``schema.table``."""
     before: dict[str, Any] | None
@@ -83,15 +111,69 @@ def int_to_lsn(value: int) -> str:
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
+Segment = tuple[int, tuple[Any, ...] | None, int]
+"""Rows of the snapshot read as of one consistent point: ``(table index, key, lsn)`` covers every row
+after ``key`` (``None``: from the start of the table) of that table and of the tables after it, up to
+the next segment's start; they were read as they stood at ``lsn`` (rule 8)."""
+
+
+class Fate(enum.StrEnum):
+    """What becomes of a change committed before the newest snapshot segment's point (rule 8)."""
+
+    KEEP = "keep"
+    """Neither of its rows was read with it applied: emitted as it is."""
+    DROP = "drop"
+    """Every row it touches was read with it applied."""
+    AS_DELETE = "as_delete"
+    """An update whose new row was read already but whose old row was read before it: its old key
+    goes."""
+    AS_INSERT = "as_insert"
+    """An update whose old row was never read (read as of after it) but whose new row must arrive."""
+
+
+def fate(op: str, commit_lsn: int, before_point: int | None, after_point: int | None) -> Fate:
+    """The fate of one change: ``before_point``/``after_point`` are the consistent points of the
+    segments holding its old and new key (``None`` where the operation has no such row). A row's
+    segment reflects the change iff the change committed before the segment's point."""
+    before_due = before_point is not None and commit_lsn >= before_point
+    after_due = after_point is not None and commit_lsn >= after_point
+    match op:
+        case "insert":
+            return Fate.KEEP if after_due else Fate.DROP
+        case "delete":
+            return Fate.KEEP if before_due else Fate.DROP
+        case "update":
+            if before_due and after_due:
+                return Fate.KEEP
+            if before_due:
+                return Fate.AS_DELETE
+            return Fate.AS_INSERT if after_due else Fate.DROP
+    raise ValueError(f"not an operation of a change: {op!r}")
+
+
+def segment_point(segments: Sequence[Segment], table: int, key: tuple[Any, ...],
+                  greater: Callable[[int, tuple[Any, ...], tuple[Any, ...]], bool]) -> int:
+    """The consistent point of the segment that read row ``key`` of table number ``table``;
+    ``greater(table, a, b)`` compares two keys as the server orders them."""
+    for start_table, start_key, point in reversed(segments):
+        if table > start_table or (table == start_table and (start_key is None or greater(table, key, start_key))):
+            return point
+    raise ValueError(f"no snapshot segment holds row {key!r} of table {table}")
+
+
 def _lock_key(slot: str) -> int:
     """The advisory lock of a slot: a bigint whose high half is 0 (pg_locks shows it as classid 0)."""
     return zlib.crc32(f"flowstate-cdc:{slot}".encode())
 
 
 class PostgresCdcSource:
-    """Row changes of ``tables`` (see the module rules). Replayable; one split, read by one subtask."""
+    """Row changes of ``tables`` (see the module rules). Replayable; one split, read by one subtask.
 
-    __slots__ = ("_tables", "_dsn", "_slot", "_publication", "_until", "_name")
+    ``snapshot=True`` reads the tables' rows first (rules 7 and 8); ``fetch`` is the changes asked of
+    the server per decoding call and the rows per round trip of the snapshot, and bounds what one poll
+    returns (a barrier waits for the poll in progress)."""
+
+    __slots__ = ("_tables", "_dsn", "_slot", "_publication", "_until", "_name", "_snapshot", "_fetch")
 
     def __init__(
         self,
@@ -101,9 +183,13 @@ class PostgresCdcSource:
         *,
         publication: str | None = None,
         until: str | None = None,
+        snapshot: bool = False,
+        fetch: int = _FETCH,
         name: str | None = None,
     ) -> None:
         tables = tuple(tables)
+        if not isinstance(fetch, int) or fetch < 1:
+            raise ConfigError(f"PostgresCdcSource: fetch must be a positive number of changes, got {fetch!r}")
         if not tables:
             raise ConfigError("PostgresCdcSource: tables must name at least one table")
         if not _SLOT_NAME.fullmatch(slot):
@@ -120,6 +206,8 @@ class PostgresCdcSource:
         self._slot = slot
         self._publication = publication or f"{slot}_pub"
         self._until = until
+        self._snapshot = snapshot
+        self._fetch = fetch
         self._name = name or f"postgres-cdc:{slot}"
 
     @property
@@ -152,8 +240,32 @@ class _NoSplits:
         pass
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Table:
+    """A table of the source as the snapshot reads it: its qualified name, its primary key's columns
+    and their types (as ``format_type`` spells them, for casts)."""
+
+    schema: str
+    name: str
+    key: tuple[str, ...]
+    key_types: tuple[str, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Exported:
+    """A snapshot exported by a replication connection: valid while ``conn`` runs no other command."""
+
+    conn: Any
+    point: int
+    name: str
+
+
 class PostgresCdcReader:
-    """Reads the changes through a temporary copy of the durable slot (rules 1-6)."""
+    """Reads the changes through a temporary copy of the durable slot (rules 1-8)."""
 
     def __init__(self, source: PostgresCdcSource, position: Any | None) -> None:
         import psycopg
@@ -164,18 +276,32 @@ class PostgresCdcReader:
             self._conn = psycopg.connect(source._dsn, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as error:
             raise PostgresCdcError(f"PostgresCdcSource {self._name!r}: cannot connect: {_first_line(error)}") from None
+        self._reader_conn: Any = None
+        self._cursor: Any = None
         try:
             self._check_server()
             self._lock()
-            self._ensure_slot()
-            self._done, self._skip, self._until = self._start(position)
+            exported = self._ensure_slot()
+            try:
+                self._done, self._skip, self._until, self._segments, self._reading = self._start(position)
+                self._info = self._table_info() if source._snapshot or self._segments else []
+                if self._reading is not None:
+                    # Rule 8: a restore mid-snapshot (or a slot found already made) reads on from a fresh snapshot.
+                    if exported is None:
+                        exported = self._export(f"{source._slot}_x{self._conn.info.backend_pid}", temporary=True)
+                    self._segments = [*self._segments, (*self._reading, exported.point)]
+                    self._begin_snapshot(exported)
+            finally:
+                if exported is not None:
+                    exported.conn.close()
             self._temporary = f"{source._slot}_r{self._conn.info.backend_pid}"
             self._conn.execute(
                 "SELECT pg_copy_logical_replication_slot(%s, %s, true)", (source._slot, self._temporary)
             )
         except BaseException:
-            self._conn.close()
+            self.close()
             raise
+        self._index = {table.qualified: i for i, table in enumerate(self._info)}
         self._relations: dict[int, tuple[str, list[tuple[str, int]]]] = {}
         self._loaders: dict[int, Any] = {}
         self._buffer: deque[tuple[int, list[Change]]] = deque()
@@ -211,8 +337,9 @@ class PostgresCdcReader:
                 "give each job its own slot"
             )
 
-    def _ensure_slot(self) -> bool:
-        """Rule 1: the publication and the durable slot; True when the slot was created now."""
+    def _ensure_slot(self) -> _Exported | None:
+        """Rule 1: the publication and the durable slot; when the slot is created now for a snapshot
+        (rule 7), the snapshot it exported."""
         source = self._source
         if self._conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (source._publication,)).fetchone() is None:
             tables = ", ".join(source._tables)
@@ -226,17 +353,78 @@ class PostgresCdcReader:
                     f"PostgresCdcSource {self._name!r}: slot {source._slot!r} exists but is a {found[1]} slot "
                     f"of plugin {found[0]!r}; give the source another slot name"
                 )
-            return False
+            return None
+        if source._snapshot:
+            return self._export(source._slot, temporary=False)
         try:
             self._conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (source._slot,))
         except Exception as error:
             raise PostgresCdcError(
                 f"PostgresCdcSource {self._name!r}: cannot create slot {source._slot!r}: {_first_line(error)}"
             ) from None
-        return True
+        return None
 
-    def _start(self, position: Any | None) -> tuple[int, int, int | None]:
-        """Rules 3 and 6: (end LSN read whole, changes to skip of the next transaction, stop LSN)."""
+    def _export(self, slot: str, *, temporary: bool) -> _Exported:
+        """Create ``slot`` on a replication connection, exporting the snapshot of its consistent point
+        (rules 7 and 8). The caller imports it, then closes the connection (a temporary slot goes
+        with it)."""
+        import psycopg
+
+        try:
+            conn = psycopg.connect(self._source._dsn, replication="database", autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            raise PostgresCdcError(
+                f"PostgresCdcSource {self._name!r}: the initial snapshot needs a replication connection (a role "
+                f"with REPLICATION, allowed by pg_hba.conf), which failed: {_first_line(error)}"
+            ) from None
+        kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
+        result = conn.pgconn.exec_(f"CREATE_REPLICATION_SLOT {slot} {kind} pgoutput (SNAPSHOT 'export')".encode())
+        if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+            message = (result.error_message or b"").decode(errors="replace").strip().splitlines()[:1]
+            conn.close()
+            raise PostgresCdcError(
+                f"PostgresCdcSource {self._name!r}: cannot create slot {slot!r}: {' '.join(message)}"
+            )
+        point, name = result.get_value(0, 1).decode(), result.get_value(0, 2).decode()
+        return _Exported(conn, lsn_to_int(point), name)
+
+    def _table_info(self) -> list[_Table]:
+        """Rule 8 needs each table's primary key; a table without one is refused."""
+        out = []
+        for table in self._source._tables:
+            schema, name = self._conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = %s::regclass", (table,),
+            ).fetchone()
+            rows = self._conn.execute(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
+                "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
+                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.ord", (table,),
+            ).fetchall()
+            if not rows:
+                raise PostgresCdcError(
+                    f"PostgresCdcSource {self._name!r}: table {table!r} has no primary key, which the initial "
+                    "snapshot reads it by; add one or leave snapshot off"
+                )
+            out.append(_Table(schema, name, tuple(r[0] for r in rows), tuple(r[1] for r in rows)))
+        return out
+
+    def _begin_snapshot(self, exported: _Exported) -> None:
+        """Import the exported snapshot into a ``REPEATABLE READ`` transaction of a connection of its own."""
+        import psycopg
+        from psycopg import sql
+
+        conn = self._reader_conn = psycopg.connect(self._source._dsn, connect_timeout=10)
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported.name)))
+        (self._read_time,) = conn.execute("SELECT now()").fetchone()
+
+    def _start(self, position: Any | None) -> tuple[int, int, int | None, list[Segment], tuple[int, Any] | None]:
+        """Rules 3, 6, 7 and 8: (end LSN read whole, changes to skip of the next transaction, stop LSN,
+        the snapshot segments, the snapshot's next row: ``(table index, last key read)`` or ``None``
+        once the snapshot is read)."""
         (confirmed,) = self._conn.execute(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self._source._slot,)
         ).fetchone()
@@ -248,10 +436,13 @@ class PostgresCdcReader:
                 stop: int | None = lsn_to_int(now)
             else:
                 stop = None if until is None else lsn_to_int(until)
-            return confirmed_lsn, 0, stop
+            return confirmed_lsn, 0, stop, [], ((0, None) if self._source._snapshot else None)
         try:
             done, skip, stop = int(position["done"]), int(position["skip"]), position["until"]
-        except (TypeError, KeyError, ValueError):
+            segments = [tuple(segment) for segment in position.get("segments", ())]
+            reading = position.get("reading")
+            reading = None if reading is None else tuple(reading)
+        except (TypeError, KeyError, ValueError, AttributeError):
             raise ValueError(f"PostgresCdcSource {self._name!r}: not a position of this source: {position!r}") from None
         if done < confirmed_lsn:
             raise PostgresCdcError(
@@ -259,19 +450,24 @@ class PostgresCdcReader:
                 f"{self._source._slot!r} ({confirmed}), which a newer completed checkpoint advanced; the changes "
                 "in between are gone. Restore the newest checkpoint"
             )
-        return done, skip, stop
+        return done, skip, stop, segments, reading  # type: ignore[return-value]
 
     # ---- the reader port --------------------------------------------------------------------------
 
     def poll(self, max_records: int) -> list[Change] | None:
+        max_records = min(max_records, self._source._fetch)  # barriers pass between two polls
         if self._ended:
             return None
+        if self._reading is not None:
+            return self._read_rows(max_records)
         if self._current is None and not self._buffer:
             # Read the flush position first: every transaction committed before it is decodable now.
             flushed = self._flushed() if self._until is not None else 0
-            self._fetch()
+            decoded = self._fetch()
             if not self._buffer:
-                if self._until is not None and (self._done >= self._until or flushed >= self._until):
+                # Only a call that decoded nothing is the end: after a restore, a call may decode only
+                # transactions read before the restored position.
+                if self._until is not None and not decoded and (self._done >= self._until or flushed >= self._until):
                     self._ended = True
                     return None
                 return []
@@ -287,10 +483,13 @@ class PostgresCdcReader:
             self._skip += len(take)
             if self._skip >= len(changes):
                 self._done, self._skip, self._current = end, 0, None
+                if self._segments and self._done >= self._segments[-1][2]:
+                    self._segments = []  # every change from here on committed after every segment's point
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        return {SPLIT: {"done": self._done, "skip": self._skip, "until": self._until}}
+        return {SPLIT: {"done": self._done, "skip": self._skip, "until": self._until,
+                        "segments": list(self._segments), "reading": self._reading}}
 
     def snapshot_for(self, checkpoint_id: int) -> dict[str, Any]:
         self._remembered[checkpoint_id] = self._done
@@ -313,7 +512,92 @@ class PostgresCdcReader:
         pass  # what it remembered is advanced with the next checkpoint that completes
 
     def close(self) -> None:
-        self._conn.close()  # ends the session: the temporary slot and the advisory lock go with it
+        if self._reader_conn is not None:
+            self._reader_conn.close()
+        try:
+            # Released now, not when the server notices the session ended: a restart right after this
+            # close must find the slot free.
+            self._conn.execute("SELECT pg_advisory_unlock_all()")
+        except Exception:  # noqa: BLE001 - a broken session: its end releases the lock
+            pass
+        self._conn.close()  # ends the session: the temporary slot goes with it
+
+    # ---- the initial snapshot (rules 7 and 8) ---------------------------------------------------------
+
+    def _read_rows(self, max_records: int) -> list[Change]:
+        from psycopg import sql
+        from psycopg.rows import dict_row
+
+        out: list[Change] = []
+        point = int_to_lsn(self._segments[-1][2])
+        while self._reading is not None and len(out) < max_records:
+            index, last = self._reading
+            table = self._info[index]
+            if self._cursor is None:
+                columns = sql.SQL(", ").join(map(sql.Identifier, table.key))
+                query = sql.SQL("SELECT * FROM {} ").format(sql.Identifier(table.schema, table.name))
+                if last is not None:
+                    query += sql.SQL("WHERE ({}) > ({}) ").format(columns, sql.SQL(", ").join(
+                        sql.SQL("{}::" + kind).format(sql.Literal(value)) for value, kind in zip(last, table.key_types)))
+                self._cursor = self._reader_conn.cursor(name=f"flowstate_snapshot_{index}", row_factory=dict_row)
+                self._cursor.execute(query + sql.SQL("ORDER BY {}").format(columns))
+            wanted = max_records - len(out)
+            rows = self._cursor.fetchmany(wanted)
+            for row in rows:
+                out.append(Change("read", table.qualified, None, row, point, self._read_time))
+            if rows:
+                self._reading = (index, tuple(rows[-1][c] for c in table.key))
+            if len(rows) < wanted:  # the table is read whole
+                self._cursor.close()
+                self._cursor = None
+                self._reading = (index + 1, None) if index + 1 < len(self._info) else None
+        if self._reading is None:
+            self._reader_conn.close()
+            self._reader_conn = None
+        return out
+
+    def _greater(self, index: int, key: tuple[Any, ...], bound: tuple[Any, ...]) -> bool:
+        """Whether ``key`` comes after ``bound`` in table ``index``'s primary-key order, as the server
+        orders them (collations included)."""
+        from psycopg import sql
+
+        kinds = self._info[index].key_types
+        def row(values: tuple[Any, ...]) -> sql.Composable:
+            return sql.SQL("ROW({})").format(sql.SQL(", ").join(
+                sql.SQL("{}::" + kind).format(sql.Literal(value)) for value, kind in zip(values, kinds)))
+        (greater,) = self._conn.execute(sql.SQL("SELECT {} > {}").format(row(key), row(bound))).fetchone()
+        return bool(greater)
+
+    def _deduplicate(self, changes: list[Change], commit: int) -> list[Change]:
+        """Rule 8: each change of a transaction committed at ``commit`` kept, dropped or cut by ``fate``."""
+        out: list[Change] = []
+        for change in changes:
+            index = self._index.get(change.table)
+            if index is None:
+                out.append(change)
+                continue
+            key = self._info[index].key
+            new = None if change.after is None else tuple(change.after.get(c) for c in key)
+            old = None if change.before is None else tuple(change.before.get(c) for c in key)
+            if change.op == "update" and old is None:
+                old = new  # the key did not change (REPLICA IDENTITY DEFAULT sends no old row then)
+            if change.op == "delete" and old is None:
+                out.append(change)  # REPLICA IDENTITY NOTHING: no key to place it by
+                continue
+            def point(row: tuple[Any, ...] | None) -> int | None:
+                return None if row is None else segment_point(self._segments, index, row, self._greater)
+            match fate(change.op, commit, point(old), point(new)):
+                case Fate.KEEP:
+                    out.append(change)
+                case Fate.DROP:
+                    pass
+                case Fate.AS_DELETE:
+                    out.append(dataclasses.replace(change, op="delete", after=None))
+                case Fate.AS_INSERT:
+                    out.append(dataclasses.replace(change, op="insert", before=None))
+                case unknown:
+                    assert_never(unknown)
+        return out
 
     # ---- decoding ---------------------------------------------------------------------------------
 
@@ -321,25 +605,29 @@ class PostgresCdcReader:
         (flushed,) = self._conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
         return lsn_to_int(flushed)
 
-    def _fetch(self) -> None:
-        """Decode whole transactions from the temporary slot into the buffer (rules 2 and 3)."""
+    def _fetch(self) -> bool:
+        """Decode whole transactions from the temporary slot into the buffer (rules 2 and 3); whether
+        the server had any to decode."""
         upto = None if self._until is None else int_to_lsn(self._until)
         rows = self._conn.execute(
             "SELECT data FROM pg_logical_slot_get_binary_changes(%s, %s::pg_lsn, %s, "
             "'proto_version', '1', 'publication_names', %s)",
-            (self._temporary, upto, _CHANGES_PER_CALL, self._source._publication),
+            (self._temporary, upto, self._source._fetch, self._source._publication),
         ).fetchall()
         transaction: list[Change] = []
-        commit_lsn, commit_time = "0/0", _POSTGRES_EPOCH
+        commit_lsn, commit_time, commit = "0/0", _POSTGRES_EPOCH, 0
         for (data,) in rows:
             kind = data[:1]
             if kind == b"B":
                 final, micros, _ = struct.unpack_from("!QqI", data, 1)
+                commit = final
                 commit_lsn, commit_time = int_to_lsn(final), _POSTGRES_EPOCH + _dt.timedelta(microseconds=micros)
                 transaction = []
             elif kind == b"C":
                 _, _, end, _ = struct.unpack_from("!BQQq", data, 1)
                 if end > self._done:
+                    if self._segments and commit < self._segments[-1][2]:
+                        transaction = self._deduplicate(transaction, commit)
                     # Empty transactions too (changes of other tables): reading past them moves the position.
                     self._buffer.append((end, transaction))
                 transaction = []
@@ -348,6 +636,7 @@ class PostgresCdcReader:
             elif kind in (b"I", b"U", b"D"):
                 transaction.append(self._change(kind, data, commit_lsn, commit_time))
             # 'O' origin, 'Y' type, 'T' truncate, 'M' message: nothing a change record carries
+        return bool(rows)
 
     def _relation(self, data: bytes) -> None:
         (oid,) = struct.unpack_from("!I", data, 1)

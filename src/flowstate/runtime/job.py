@@ -523,7 +523,11 @@ class JobRunner:
         for vertex in self.graph.vertices:
             for node in vertex.chain:
                 listing = getattr(node.fn, "committed_output", None) if node.kind == "sink" else None
-                items = tuple(listing()) if callable(listing) else ()
+                listed = listing() if callable(listing) else ()
+                if isinstance(listed, CommittedOutput):  # a sink that describes its output itself
+                    found.append(listed)
+                    continue
+                items = tuple(listed)
                 if items:
                     where = getattr(node.fn, "directory", None) or node.name
                     found.append(CommittedOutput(node.name, str(where), items))
