@@ -56,6 +56,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -170,13 +171,23 @@ class CheckpointMetadata:
         return tuple(dict.fromkeys(h for t in self.tasks for h in t.files()))
 
 
+class CheckpointStatus(StrEnum):
+    """What ``flowstate checkpoints list`` says of a checkpoint directory."""
+
+    COMPLETED = "completed"
+    """Its metadata and every file it references verify."""
+    INCOMPLETE = "incomplete"
+    """No metadata: in progress, aborted or crashed."""
+    CORRUPT = "corrupt"
+    """Its metadata, or a file it references, fails verification."""
+
+
 @dataclass(frozen=True, slots=True)
 class CheckpointInfo:
     """One line of ``flowstate checkpoints list``."""
 
     checkpoint_id: CheckpointId
-    status: str
-    """``completed``, ``incomplete`` (no metadata: in progress, aborted or crashed) or ``corrupt``."""
+    status: CheckpointStatus
     reason: str | None
     metadata: CheckpointMetadata | None
     bytes_on_disk: int
