@@ -84,7 +84,7 @@ def test_a_file_no_task_would_read_is_read_by_the_first_task_so_that_its_state_i
     md = metadata({"lines": 2, "count": 2}, flow)
     gone = TaskState(task_id("tally", 0), "tally", 0, StateHandle("chk-000001/tally#0.state", 1, "0" * 64))
     md = CheckpointMetadata(md.checkpoint_id, md.job, md.mode, md.final, 0.0, 0.0, 128,
-                            {**md.parallelism, "tally": 1}, (*md.tasks, gone), md.extra)
+                            {**md.parallelism, "tally": 1}, (*md.tasks, gone), md.graph)
 
     reads = plan_reads(build_job_graph(flow), md)
 

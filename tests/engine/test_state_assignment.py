@@ -3,6 +3,7 @@ task gets which state at a new parallelism, and the refusals, each naming the op
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from dataclasses import replace
 from typing import Any
@@ -16,7 +17,8 @@ from flowstate.runtime.state_assignment import assign_states, describe_graph
 from flowstate.state.backend import RestoredState
 from flowstate.state.keygroups import key_group_of, key_group_range
 from flowstate.state.memory import HeapKeyedStateBackend, heap_snapshot_entries
-from flowstate.storage.base import CheckpointMetadata, TaskState
+from flowstate.kinds import NodeKind
+from flowstate.storage.base import CheckpointMetadata, JobRecord, OperatorRecord, TaskState
 from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile
 
 MAXP = 128
@@ -85,7 +87,7 @@ def snapshot(old: fs.Dataflow, states: dict[TaskId, TaskStateFile], *, extra: bo
     )
     return CheckpointMetadata(
         CheckpointId(7), "job", "exactly_once", False, 0.0, 1.0, MAXP,
-        {v.name: v.parallelism for v in graph.vertices}, tasks, describe_graph(graph) if extra else {},
+        {v.name: v.parallelism for v in graph.vertices}, tasks, describe_graph(graph) if extra else None,
     )
 
 
@@ -268,8 +270,9 @@ def test_non_keyed_operator_state_is_restored_only_at_its_old_parallelism():
 
     states = {task_id("src", i): TaskStateFile({"tally": {"seen": 10 + i}}) for i in range(2)}
     md = snapshot(with_process(2), states)
-    md = CheckpointMetadata(**{**{f: getattr(md, f) for f in md.__dataclass_fields__}, "extra": {
-        **md.extra, "operators": {"tally": {"name": "Tally", "kind": "process", "vertex": "src"}}}})
+    assert md.graph is not None
+    recorded = JobRecord({**md.graph.operators, "tally": OperatorRecord("Tally", NodeKind.PROCESS, "src")}, md.graph.inputs)
+    md = dataclasses.replace(md, graph=recorded)
 
     same = assign_states(build_job_graph(with_process(2)), md, states).states
     assert [same[task_id("src", i)].operators["tally"] for i in range(2)] == [{"seen": 10}, {"seen": 11}]

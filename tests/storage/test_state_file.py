@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 import flowstate as fs
+from flowstate.checkpoint.ids import CheckpointId
 from flowstate.checkpoint.restore import Chosen, choose
+from flowstate.kinds import NodeKind
 from flowstate.state.memory import heap_snapshot_entries
-from flowstate.storage.base import CorruptCheckpointError, StateHandle
+from flowstate.storage.base import CorruptCheckpointError, JobRecord, OperatorRecord, StateHandle
 from flowstate.storage.local import LocalCheckpointStorage
 from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile, decode_task_state, encode_task_state
 
@@ -121,6 +123,18 @@ def test_the_state_files_of_the_previous_code_decode_to_sources_positions_and_ke
         assert states[task].operators["counts"] is None and states[task].source is None
         counts.update(heap_snapshot_entries(dict(keyed.data), "count"))
     assert sum(counts.values()) == 3 * 93  # three words a line, 93 lines read up to the barrier
+
+
+def test_the_metadata_of_the_previous_code_decodes_its_extra_into_typed_fields():
+    metadata = LocalCheckpointStorage(FIXTURE).load_metadata(CheckpointId(2))
+
+    assert metadata.source_records == 93 and not metadata.savepoint and metadata.origin is None
+    assert metadata.graph == JobRecord(
+        {"count": OperatorRecord("Count", NodeKind.KEYED_PROCESS, "count"),
+         "counts": OperatorRecord("callback", NodeKind.SINK, "count"),
+         "lines": OperatorRecord("lines", NodeKind.SOURCE, "lines")},
+        {"count": ("lines",), "lines": ()},
+    )
 
 
 def test_a_job_resumes_from_the_checkpoint_the_previous_code_wrote(tmp_path):

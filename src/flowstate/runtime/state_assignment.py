@@ -54,28 +54,19 @@ from flowstate.state.keygroups import (
     subtask_for_key_group,
 )
 from flowstate.state.memory import FORMAT as HEAP_FORMAT
-from flowstate.storage.base import CheckpointMetadata
+from flowstate.kinds import KEYED_KINDS, STATEFUL_KINDS, NodeKind
+from flowstate.storage.base import CheckpointMetadata, JobRecord, OperatorRecord
 from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile
 
-KEYED_KINDS = frozenset({"keyed_process", "reduce", "window", "interval_join", "join_latest"})
-STATEFUL_KINDS = KEYED_KINDS | {"source", "sink", "timestamps"}
-"""Kinds of nodes whose operators write state in every checkpoint."""
-
-OPERATORS = "operators"
-"""``extra`` of the metadata: uid → {name, kind, vertex} of every stateful operator."""
-INPUTS = "inputs"
-"""``extra`` of the metadata: vertex → names of the vertices feeding it, in input order."""
-
-
-def describe_graph(graph: JobGraph) -> dict[str, Any]:
-    """What the metadata records of the job that wrote it (its ``extra``), so that a restore into a
-    changed job can name operators that are gone and check the inputs behind channel state."""
+def describe_graph(graph: JobGraph) -> JobRecord:
+    """What the metadata records of the job that wrote it, so that a restore into a changed job can
+    name operators that are gone and check the inputs behind channel state."""
     operators = {
-        node.uid: {"name": node.name, "kind": node.kind, "vertex": v.name}
+        node.uid: OperatorRecord(node.name, node.kind, v.name)
         for v in graph.vertices for node in v.chain if node.kind in STATEFUL_KINDS
     }
-    inputs = {v.name: [e.source for e in v.inputs] for v in graph.vertices}
-    return {OPERATORS: operators, INPUTS: inputs}
+    inputs = {v.name: tuple(e.source for e in v.inputs) for v in graph.vertices}
+    return JobRecord(operators, inputs)
 
 
 @dataclass
@@ -124,8 +115,8 @@ def assign_states(
             f"{what} was taken with max_parallelism {metadata.max_parallelism}; the job now has "
             f"{graph.max_parallelism}. max_parallelism cannot change (it is the number of key groups)"
         )
-    old_operators: Mapping[str, Any] = metadata.extra.get(OPERATORS) or {}  # type: ignore[assignment]
-    old_inputs: Mapping[str, Any] | None = metadata.extra.get(INPUTS)  # type: ignore[assignment]
+    old_operators: Mapping[str, OperatorRecord] = metadata.graph.operators if metadata.graph is not None else {}
+    old_inputs = metadata.graph.inputs if metadata.graph is not None else None
     tasks = {ts.task: ts for ts in metadata.tasks}
     uids: dict[str, _OldState] = {}
     sources: dict[str, _OldState] = {}
@@ -150,7 +141,8 @@ def assign_states(
     dropped: list[str] = []
 
     def operator(uid: str) -> str:
-        name = (old_operators.get(uid) or {}).get("name")
+        recorded = old_operators.get(uid)
+        name = recorded.name if recorded is not None else None
         return f"operator {name!r} (uid {uid!r})" if name and name != uid else f"operator {uid!r}"
 
     def not_restored(uid: str, state: str, why: str, *, sink: bool = False) -> None:
@@ -164,14 +156,15 @@ def assign_states(
             return
         (dropped if allow_non_restored_state else refusals).append(sentence)
 
-    def old_kind(old: _OldState) -> str:
-        recorded = (old_operators.get(old.uid) or {}).get("kind")
-        if recorded:
-            return str(recorded)
+    def old_kind(old: _OldState) -> NodeKind | None:
+        """``None``: not known (a metadata that does not record it, for state of a uid the job lost)."""
+        recorded = old_operators.get(old.uid)
+        if recorded is not None:
+            return recorded.kind
         if any(isinstance(p, KeyedSnapshot) and p.data.get("format") == HEAP_FORMAT for p in old.parts.values()):
-            return "keyed_process"
+            return NodeKind.KEYED_PROCESS
         found = nodes.get(old.uid)
-        return found[1].kind if found is not None else "unknown"
+        return found[1].kind if found is not None else None
 
     # Rule 6: state whose operator is gone, or cannot take it now.
     restorable: dict[str, _OldState] = {}
@@ -180,18 +173,18 @@ def assign_states(
         found = nodes.get(uid)
         state = _describe_state(kind, old)
         if found is None:
-            not_restored(uid, state, "which the job no longer has", sink=kind == "sink")
+            not_restored(uid, state, "which the job no longer has", sink=kind is NodeKind.SINK)
         elif not _compatible(kind, found[1].kind):
-            not_restored(uid, state, f"which is now a {found[1].kind} operator that cannot take it", sink=kind == "sink")
+            not_restored(uid, state, f"which is now a {found[1].kind} operator that cannot take it", sink=kind is NodeKind.SINK)
         else:
             restorable[uid] = old
     source_positions: dict[str, _OldState] = {}
     for uid, old in sources.items():
         found = nodes.get(uid)
-        state = _describe_state("source", old)
+        state = _describe_state(NodeKind.SOURCE, old)
         if found is None:
             not_restored(uid, state, "which the job no longer has")
-        elif found[1].kind != "source":
+        elif found[1].kind is not NodeKind.SOURCE:
             not_restored(uid, state, f"which is now a {found[1].kind} operator that cannot take it")
         else:
             source_positions[uid] = old
@@ -201,7 +194,7 @@ def assign_states(
     }
     for v in graph.vertices:
         for node in v.chain:
-            if node.kind == "source" and node.uid in source_positions:
+            if node.kind is NodeKind.SOURCE and node.uid in source_positions:
                 for i, positions in enumerate(_assign_positions(v, node, source_positions[node.uid], refusals)):
                     if positions is not None:
                         states[task_id(v.name, i)].source = positions
@@ -211,9 +204,9 @@ def assign_states(
                 continue
             if node.kind in KEYED_KINDS:
                 parts = _assign_keyed(v, old, graph.max_parallelism)
-            elif node.kind == "timestamps":
+            elif node.kind is NodeKind.TIMESTAMPS:
                 parts = _assign_generators(v, old)
-            elif node.kind == "sink":
+            elif node.kind is NodeKind.SINK:
                 parts = _assign_sink(v, node, old, operator(node.uid), refusals)
             else:
                 parts = _assign_as_is(v, old, operator(node.uid), refusals)
@@ -243,23 +236,23 @@ def _advice(refusals: Sequence[str], allowed: bool) -> str:
     return ". To run anyway: " + "; ".join(hints)
 
 
-def _compatible(old_kind: str, new_kind: str) -> bool:
+def _compatible(old_kind: NodeKind | None, new_kind: NodeKind) -> bool:
     if old_kind in KEYED_KINDS:
         return new_kind in KEYED_KINDS
-    if old_kind == "unknown":
+    if old_kind is None:
         return new_kind in STATEFUL_KINDS
     return old_kind == new_kind
 
 
-def _describe_state(kind: str, old: _OldState) -> str:
-    if kind == "source":
+def _describe_state(kind: NodeKind | None, old: _OldState) -> str:
+    if kind is NodeKind.SOURCE:
         splits = sorted({s for p in old.parts.values() if isinstance(p, dict) for s in p})
         shown = ", ".join(repr(s) for s in splits[:4]) + (f" and {len(splits) - 4} more" if len(splits) > 4 else "")
         return f"the read positions of {shown or 'no split'}"
     if kind in KEYED_KINDS:
         tables = sorted({t for p in old.parts.values() if isinstance(p, KeyedSnapshot) for t in p.data.get("states", {})})
         return "keyed state " + (", ".join(repr(t) for t in tables) if tables else "(no table)")
-    if kind == "sink":
+    if kind is NodeKind.SINK:
         return "the sink writers' state (pending commits)"
     return "operator state"
 
