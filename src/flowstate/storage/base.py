@@ -1,13 +1,14 @@
 """Checkpoint storage: the port through which tasks and the coordinator make checkpoints durable.
 
-Layout, the same for every adapter (paths are POSIX, relative to the storage root)::
+Layout, the same in every store (paths are POSIX, relative to the storage root)::
 
     chk-000001/<name>          state files of checkpoint 1, written by ``write_state``
     chk-000001/_metadata       written last; its presence completes checkpoint 1
     shared/<key>               immutable files that several checkpoints may reference
                                (incremental checkpoints), written by ``write_shared``
 
-Contract of every adapter:
+Contract of every implementation (the checkpoint catalogue, ``storage.catalogue``, over any blob
+store):
 
 1. ``write_state`` returns only when the bytes are durable under their final name (written to a
    temporary name, fsynced, renamed, directory fsynced; on an object store, one successful PUT).
