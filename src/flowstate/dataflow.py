@@ -14,6 +14,7 @@ from typing import Any
 
 from flowstate.errors import GraphError
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, copy_for_subtask
+from flowstate.kinds import NodeKind
 from flowstate.state.keygroups import DEFAULT_MAX_PARALLELISM
 
 
@@ -29,7 +30,7 @@ class Edge:
 @dataclass(eq=False)
 class Node:
     index: int
-    kind: str
+    kind: NodeKind
     name: str
     uid: str
     fn: Any
@@ -83,6 +84,7 @@ class Dataflow:
         self, kind: str, name: str, fn: Any, parallelism: int | None, inputs: tuple[Edge, ...], uid: str | None,
         **extra: Any,
     ) -> Node:
+        kind = NodeKind(kind)
         index = len(self.nodes)
         what = f"{kind} {name!r}"
         _check_parallelism(what, parallelism, self.max_parallelism)

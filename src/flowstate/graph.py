@@ -20,14 +20,14 @@ from typing import Any, Callable
 
 from flowstate.dataflow import Dataflow, Node
 from flowstate.errors import GraphError
+from flowstate.kinds import NodeKind, Partitioning
 
 
 @dataclass(frozen=True, slots=True)
 class JobEdge:
     source: str
     """Name of the upstream vertex."""
-    partition: str
-    """``forward``, ``rebalance`` or ``hash``."""
+    partition: Partitioning
     key_fn: Callable[[Any], Any] | None
 
 
@@ -40,7 +40,7 @@ class JobVertex:
 
     @property
     def is_source(self) -> bool:
-        return self.chain[0].kind == "source"
+        return self.chain[0].kind is NodeKind.SOURCE
 
     def describe(self) -> str:
         return " -> ".join(f"{n.kind}({n.name})" for n in self.chain)
@@ -90,17 +90,17 @@ def build_job_graph(flow: Dataflow, default_parallelism: int | None = None) -> J
         for edge in node.inputs:
             consumers[edge.source.index].append(node)
 
-    def partition(node: Node, src: Node, key_fn: Any) -> str:
+    def partition(node: Node, src: Node, key_fn: Any) -> Partitioning:
         if key_fn is not None:
-            return "hash"
-        return "forward" if par(src) == par(node) else "rebalance"
+            return Partitioning.HASH
+        return Partitioning.FORWARD if par(src) == par(node) else Partitioning.REBALANCE
 
     chain_of: dict[int, list[Node]] = {}
     heads: list[list[Node]] = []
     for node in flow.nodes:
-        if node.kind not in ("source", "union") and len(node.inputs) == 1:
+        if node.kind not in (NodeKind.SOURCE, NodeKind.UNION) and len(node.inputs) == 1:
             edge = node.inputs[0]
-            if partition(node, edge.source, edge.key_fn) == "forward" and len(consumers[edge.source.index]) == 1:
+            if partition(node, edge.source, edge.key_fn) is Partitioning.FORWARD and len(consumers[edge.source.index]) == 1:
                 chain = chain_of[edge.source.index]
                 chain.append(node)
                 chain_of[node.index] = chain

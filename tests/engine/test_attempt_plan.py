@@ -24,6 +24,7 @@ from flowstate.runtime.plan import BackendSpec, RestorePoint, StorageSpec, plan_
 from flowstate.runtime.state_assignment import describe_graph
 from flowstate.storage.base import CheckpointMetadata, StateHandle, TaskState
 from flowstate.storage.local import LocalCheckpointStorage
+from flowstate.storage.state_file import decode_task_state
 
 from .jobs import Count, generator_source
 
@@ -83,7 +84,7 @@ def test_a_file_no_task_would_read_is_read_by_the_first_task_so_that_its_state_i
     md = metadata({"lines": 2, "count": 2}, flow)
     gone = TaskState(task_id("tally", 0), "tally", 0, StateHandle("chk-000001/tally#0.state", 1, "0" * 64))
     md = CheckpointMetadata(md.checkpoint_id, md.job, md.mode, md.final, 0.0, 0.0, 128,
-                            {**md.parallelism, "tally": 1}, (*md.tasks, gone), md.extra)
+                            {**md.parallelism, "tally": 1}, (*md.tasks, gone), md.graph)
 
     reads = plan_reads(build_job_graph(flow), md)
 
@@ -118,12 +119,11 @@ def test_a_plan_pickles_and_a_fresh_interpreter_builds_its_tasks_restored_from_i
     script = (
         "import json, pickle, queue, sys\n"
         "from concurrent.futures import ThreadPoolExecutor\n"
-        "from flowstate.runtime.task import SOURCE_STATE\n"
         "from flowstate.runtime.task_factory import TaskSite, build_tasks\n"
         "plan = pickle.loads(open(sys.argv[1], 'rb').read())\n"
         "with ThreadPoolExecutor(1) as pool:\n"
         "    tasks = build_tasks(plan, queue.Queue(), pool, TaskSite.open(plan))\n"
-        "print(json.dumps({tid: {'source': t.resume.get(SOURCE_STATE), 'state': sorted(t.resume)}\n"
+        "print(json.dumps({tid: {'source': t.resume.source, 'state': sorted(t.resume.operators)}\n"
         "                  for tid, t in tasks.items()}))\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]))
@@ -133,10 +133,10 @@ def test_a_plan_pickles_and_a_fresh_interpreter_builds_its_tasks_restored_from_i
     built = json.loads(run.stdout)
 
     storage = LocalCheckpointStorage(tmp_path / "chk")
-    stored = {ts.task: pickle.loads(storage.read_state(ts.handle)) for ts in md.tasks if ts.handle is not None}
+    stored = {ts.task: decode_task_state(storage.read_state(ts.handle)) for ts in md.tasks if ts.handle is not None}
     assert sorted(built) == ["count#0", "count#1", "lines#0", "lines#1"]
     for source in ("lines#0", "lines#1"):
-        assert built[source]["source"] == stored[source]["__source__"], "the source resumes where the checkpoint is"
+        assert built[source]["source"] == stored[source].source, "the source resumes where the checkpoint is"
         assert sum(built[source]["source"].values()) > 0
     positions = {split: p for s in ("lines#0", "lines#1") for split, p in built[s]["source"].items()}
     assert len(positions) == 4 and all(p >= LINES for p in positions.values()), (

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import flowstate as fs
-from flowstate.runtime.savepoint import SAVEPOINT, open_savepoint
+from flowstate.runtime.savepoint import open_savepoint
 from flowstate.storage.local import LocalCheckpointStorage
 
 from .jobs import (
@@ -124,7 +124,7 @@ def test_a_savepoint_directory_holds_one_snapshot_in_the_checkpoint_format(dirs)
     assert path.parent == dirs.checkpoints / "savepoints"
     (info,) = LocalCheckpointStorage(path).list_checkpoints()
     assert info.status == "completed" and info.metadata is not None
-    assert info.metadata.extra[SAVEPOINT] is True and info.metadata.final
+    assert info.metadata.savepoint is True and info.metadata.final
     assert all(t.channel_state_bytes == 0 for t in info.metadata.tasks)
 
 

@@ -43,6 +43,7 @@ import flowstate as fs
 from flowstate.state.keygroups import key_group_of, subtask_for_key_group
 from flowstate.state.memory import heap_snapshot_entries
 from flowstate.storage.local import LocalCheckpointStorage
+from flowstate.storage.state_file import TaskStateFile, decode_task_state
 from flowstate.testing.oracles import bank
 
 from .jobs import FAST_RESTART, assert_resumed, committed_values
@@ -180,8 +181,8 @@ def test_under_back_pressure_checkpoints_persist_in_flight_batches_and_the_outpu
 def assert_every_checkpoint_is_a_consistent_cut_of_the_sequences(checkpoint_dir: Path) -> None:
     """Read offline, every completed checkpoint is a consistent cut: for each split, the sequence
     numbers after the last one ``InOrder`` applied and before the reader's position are exactly those
-    persisted as channel state, in channel order. The task state files hold channel state under
-    ``__channels__`` as ``{channel index: [pickled batch, ...]}``, as many bytes as the metadata says."""
+    persisted as channel state, in channel order. The task state files hold channel state as
+    ``{channel index: [pickled batch, ...]}``, as many bytes as the metadata says."""
     storage = LocalCheckpointStorage(checkpoint_dir)
     with_channel_state = 0
     for metadata in completed_metadata(checkpoint_dir):
@@ -189,13 +190,13 @@ def assert_every_checkpoint_is_a_consistent_cut_of_the_sequences(checkpoint_dir:
         applied: dict[str, int] = {}
         in_flight: dict[str, list[int]] = {name: [] for name in NAMES}
         for task in metadata.tasks:
-            state = pickle.loads(storage.read_state(task.handle)) if task.handle is not None else {}
-            for split, position in state.get("__source__", {}).items():
+            state = decode_task_state(storage.read_state(task.handle)) if task.handle is not None else TaskStateFile()
+            for split, position in (state.source or {}).items():
                 k = int(split.removeprefix("gen-"))
                 read[NAMES[k]] = (position - k) // SPLITS
-            if "in-order" in state:
-                applied.update(heap_snapshot_entries(state["in-order"], "last"))
-            channels = state.get("__channels__", {})
+            if "in-order" in state.operators:
+                applied.update(heap_snapshot_entries(dict(state.operators["in-order"].data), "last"))
+            channels = state.channels
             assert sum(len(b) for batches in channels.values() for b in batches) == task.channel_state_bytes
             assert set(channels) <= set(range(PARALLELISM)), (task, set(channels))
             for _, batches in sorted(channels.items()):

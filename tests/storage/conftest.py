@@ -1,5 +1,5 @@
-"""Fixtures of the storage tests: a ``Harness`` per adapter (local directory, S3 through moto), so
-that one conformance suite runs over both.
+"""Fixtures of the storage tests: a ``Harness`` per blob store (local directory, S3 through moto,
+memory), so that one conformance suite runs over all three.
 
 A harness opens storages on one location and reaches the stored files *around* the storage (to
 damage, delete or plant them), as a crash, a disk or another process would.
@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from flowstate.storage import open_storage
+from flowstate.storage.memory import MemoryBlobStore, MemoryCheckpointStorage
 
 from .object_store import (
     ACCESS_KEY,
@@ -174,10 +175,39 @@ class S3Harness(Harness):
         return count
 
 
-@pytest.fixture(params=["local", "s3"])
+class MemoryHarness(Harness):
+    kind = "memory"
+
+    def __init__(self, cache: Path) -> None:
+        self.store = MemoryBlobStore()
+        self.cache = cache
+        self.location = "memory"
+
+    def open(self, **options: Any) -> Any:
+        return MemoryCheckpointStorage(self.store, cache_dir=self.cache, **options)
+
+    def read(self, path: str) -> bytes:
+        return self.store.get(path)
+
+    def write(self, path: str, data: bytes) -> None:
+        self.store.plant(path, data)
+
+    def delete(self, path: str) -> None:
+        self.store.delete([path])
+
+    def paths(self) -> list[str]:
+        return self.store.paths()
+
+    def uploads(self, path: str) -> int:
+        return self.store.puts.count(path)
+
+
+@pytest.fixture(params=["local", "s3", "memory"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
     if request.param == "local":
         return LocalHarness(tmp_path / "checkpoints", monkeypatch)
+    if request.param == "memory":
+        return MemoryHarness(tmp_path / "cache")
     moto = request.getfixturevalue("moto")
     proxy = request.getfixturevalue("proxy")
     request.getfixturevalue("faults")

@@ -68,7 +68,7 @@ def write_checkpoint(
         max_parallelism=128,
         parallelism={"count": 2},
         tasks=tuple(tasks),
-        extra={"offsets": {"p0": checkpoint_id * 10}},
+        source_records=checkpoint_id * 10,
         savepoint=savepoint,
     )
     if complete:
@@ -468,7 +468,7 @@ def test_restore_skips_incomplete_and_corrupt_checkpoints_newest_first(harness):
     write_checkpoint(storage, 1, {0: ["a.sst"]})
     write_checkpoint(storage, 2, {0: ["a.sst"]})
     write_checkpoint(storage, 3, {0: ["a.sst"]}, complete=False)
-    harness.write("chk-000002/_metadata", harness.read("chk-000002/_metadata").replace(b'"p0": 20', b'"p0": 0'))
+    harness.write("chk-000002/_metadata", harness.read("chk-000002/_metadata").replace(b'"source_records": 20', b'"source_records": 0'))
 
     decision = choose(storage.restore_candidates())
 

@@ -12,9 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId
+from flowstate.kinds import NodeKind
 from flowstate.storage.base import (
     CheckpointMetadata,
     CorruptCheckpointError,
+    JobRecord,
+    OperatorRecord,
+    SavepointOrigin,
     StateHandle,
     TaskState,
 )
@@ -166,3 +170,44 @@ def test_a_shared_path_with_a_bad_key_is_a_reference_problem():
     metadata = CheckpointMetadata(CheckpointId(1), "j", "m", False, 0.0, 1.0, 8, {}, (task,))
 
     assert "more than one '/'" in reference_problem(metadata)
+
+
+# --- the job's record, once the free-form ``extra`` (rule 6) -----------------------------------
+
+RECORDED_EXTRA = {
+    "operators": {"count": {"name": "Count", "kind": "keyed_process", "vertex": "count"},
+                  "lines": {"name": "lines", "kind": "source", "vertex": "lines"}},
+    "inputs": {"count": ["lines"], "lines": []},
+    "source_records": 93,
+    "origin": {"checkpoint_id": 4, "completion_time": 12.5, "path": "/tmp/savepoint-000004-3fa2c1"},
+    "savepoint": True,
+}
+
+
+def test_what_earlier_versions_kept_in_extra_decodes_into_typed_fields_and_is_written_as_before():
+    metadata = decode_metadata(sealed({**OLD_BODY, "extra": RECORDED_EXTRA}))
+
+    assert metadata.graph == JobRecord(
+        {"count": OperatorRecord("Count", NodeKind.KEYED_PROCESS, "count"),
+         "lines": OperatorRecord("lines", NodeKind.SOURCE, "lines")},
+        {"count": ("lines",), "lines": ()},
+    )
+    assert metadata.source_records == 93 and metadata.savepoint is True
+    assert metadata.origin == SavepointOrigin(CheckpointId(4), 12.5, "/tmp/savepoint-000004-3fa2c1")
+    # The savepoint flag moves to its own field; everything else is written where it was.
+    extra = {k: v for k, v in RECORDED_EXTRA.items() if k != "savepoint"}
+    assert encode_metadata(metadata) == sealed({**OLD_BODY, "extra": extra, "savepoint": True})
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"offsets": {"p0": 1}}, "extra has unknown fields offsets"),
+        ({"operators": {"x": {"name": "x", "kind": "teleport", "vertex": "v"}}}, "unknown kind 'teleport'"),
+        ({"source_records": -1}, "extra.source_records is negative"),
+        ({"inputs": {"count": "lines"}}, r"extra.inputs\['count'\] is str, not list"),
+    ],
+)
+def test_an_extra_that_is_not_the_jobs_record_is_refused_by_name(extra, message):
+    with pytest.raises(CorruptCheckpointError, match=message):
+        decode_metadata(sealed({**OLD_BODY, "extra": extra}))

@@ -33,9 +33,13 @@ from flowstate.checkpoint.restore import (
     choose,
     plan_restore,
 )
+from flowstate.kinds import NodeKind
 from flowstate.storage.base import (
     CheckpointMetadata,
     CorruptCheckpointError,
+    JobRecord,
+    OperatorRecord,
+    SavepointOrigin,
     StateHandle,
     TaskState,
 )
@@ -79,7 +83,7 @@ def write_checkpoint(
         max_parallelism=128,
         parallelism={"count": 2, "source": 1},
         tasks=tuple(tasks),
-        extra={"source_offsets": {"part-0": checkpoint_id * 100}},
+        source_records=checkpoint_id * 100,
     )
     if complete:
         storage.write_metadata(metadata)
@@ -170,19 +174,6 @@ def test_the_metadata_file_is_sorted_utf8_json_whose_checksum_covers_every_other
     assert raw == file_layout({**document, "checksum": checksum})
 
 
-_json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(st.characters(exclude_categories=("Cs",)), max_size=8)
-)
-_json_values = st.recursive(
-    _json_scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=8,
-)
 _names = st.text("abcxyz#0123456789.-_ é", min_size=1, max_size=12).filter(
     lambda name: name.strip(".") != "" and not name.startswith(".")
 )
@@ -215,7 +206,16 @@ _metadata = st.builds(
         ),
         max_size=4,
     ).map(tuple),
-    extra=st.dictionaries(st.text(max_size=6), _json_values, max_size=3),
+    graph=st.none() | st.builds(
+        JobRecord,
+        operators=st.dictionaries(_names, st.builds(OperatorRecord, st.text(max_size=6), st.sampled_from(NodeKind),
+                                                    st.text(max_size=6)), max_size=3),
+        inputs=st.dictionaries(st.text(max_size=6), st.lists(st.text(max_size=6), max_size=2).map(tuple), max_size=3),
+    ),
+    savepoint=st.booleans(),
+    source_records=st.none() | st.integers(min_value=0, max_value=10**12),
+    origin=st.none() | st.builds(SavepointOrigin, st.integers(min_value=1, max_value=10**9).map(CheckpointId), _times,
+                                 st.none() | st.text(max_size=10)),
 )
 
 
@@ -228,12 +228,12 @@ def test_any_metadata_of_json_values_decodes_to_exactly_what_was_encoded(metadat
 @pytest.mark.parametrize(
     "change",
     [
-        {"extra": {"window": (0, 60)}},
-        {"extra": {"by_key_group": {7: "a"}}},
+        {"graph": JobRecord({}, {"count": ["source"]})},  # type: ignore[dict-item]
+        {"parallelism": {7: 2}},
         {"trigger_time": float("nan")},
         {"completion_time": float("inf")},
     ],
-    ids=["a tuple", "an int key", "NaN", "infinity"],
+    ids=["a list", "an int key", "NaN", "infinity"],
 )
 def test_metadata_that_would_not_read_back_equal_is_refused_before_anything_is_written(
     storage, change
@@ -581,7 +581,7 @@ def test_metadata_naming_another_checkpoint_than_its_directory_is_refused(two_ch
 def test_metadata_whose_content_changed_under_its_checksum_is_refused(two_checkpoints):
     path = metadata_file(two_checkpoints, 2)
     document = json.loads(path.read_bytes())
-    document["extra"]["source_offsets"]["part-0"] = 0  # replay from the start: silently wrong
+    document["extra"]["source_records"] = 0  # replay from the start: silently wrong
 
     path.write_bytes(file_layout(document))
 

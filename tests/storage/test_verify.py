@@ -191,6 +191,8 @@ def test_a_file_that_cannot_be_read_is_a_problem_of_its_own_kind():
 
 
 def test_the_command_exits_0_when_everything_verifies_and_1_listing_each_problem(incremental, capsys):
+    if incremental.kind == "memory":
+        pytest.skip("the command opens storage by its location, and memory has none")
     assert main(["checkpoints", "verify", incremental.location, "--retained", "2", *cli_options(incremental)]) == 0
     assert capsys.readouterr().out.rstrip().endswith("within retention")
 

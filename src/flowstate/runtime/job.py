@@ -96,8 +96,6 @@ from flowstate.runtime.messages import (
 )
 from flowstate.runtime.plan import BackendSpec, RestorePoint, StorageSpec, plan_attempt
 from flowstate.runtime.savepoint import (
-    ORIGIN,
-    SAVEPOINT,
     Savepoint,
     SnapshotTargets,
     identity,
@@ -111,6 +109,7 @@ from flowstate.storage.base import (
     CheckpointMetadata,
     CheckpointStorage,
     CorruptCheckpointError,
+    SavepointOrigin,
     TaskState,
 )
 from flowstate.storage.factory import open_storage
@@ -118,10 +117,6 @@ from flowstate.storage.local import LocalCheckpointStorage
 
 log = logging.getLogger("flowstate")
 
-SOURCE_RECORDS = "source_records"
-"""``extra`` of a checkpoint's metadata: the records the job's sources had read up to its barriers,
-over every attempt (and every run) that led to it; the positions in the checkpoint follow exactly
-these records. Absent from checkpoints that do not know it."""
 
 
 @dataclass
@@ -167,8 +162,7 @@ class JobResult:
         if restored is None:
             self.records_restored.append(0)
         else:
-            known = restored.extra.get(SOURCE_RECORDS)
-            self.records_restored.append(known if isinstance(known, int) else None)
+            self.records_restored.append(restored.source_records)
         self.records_read.append(0)
         self.records = 0
 
@@ -265,7 +259,7 @@ class JobRunner:
         """Ask the running job for a checkpoint, a savepoint or a stop (any thread)."""
         self._targets = SnapshotTargets(self.storage)
         self._savepoint: Savepoint | None = None
-        self._origin: dict[str, Any] | None = None
+        self._origin: SavepointOrigin | None = None
         self._state = "starting"
         self._running_tasks = 0
         self._result: JobResult | None = None
@@ -493,7 +487,7 @@ class JobRunner:
                 self._discard_other_runs(storage, savepoint)
             md = savepoint.metadata
             self._next_id = max(self._next_id, int(md.checkpoint_id) + 1)
-            self._origin = {**identity(md), "path": str(savepoint.path)}
+            self._origin = identity(md, savepoint.path)
             log.info("restoring from savepoint %s (checkpoint %d, %d task states, %d bytes)",
                      savepoint.path, md.checkpoint_id, len(md.tasks), md.state_size)
             assert self._result is not None
@@ -506,8 +500,7 @@ class JobRunner:
             log.info("no completed checkpoint to restore from: starting from scratch")
             return None
         assert storage is not None
-        origin = md.extra.get(ORIGIN)
-        self._origin = dict(origin) if isinstance(origin, dict) else None
+        self._origin = md.origin
         log.info("restoring from checkpoint %d (completed with %d task states, %d bytes)",
                  md.checkpoint_id, len(md.tasks), md.state_size)
         storage.sweep({md.checkpoint_id})
@@ -836,21 +829,16 @@ class _Shell:
             max_parallelism=runner.graph.max_parallelism,
             parallelism={v.name: v.parallelism for v in runner.graph.vertices},
             tasks=states,
-            extra=self._extra(checkpoint),
+            graph=describe_graph(runner.graph),
+            savepoint=checkpoint.savepoint,
+            source_records=self._source_records(checkpoint),
+            origin=runner._origin,
         )
 
-    def _extra(self, checkpoint: CompletedCheckpoint) -> dict[str, Any]:
-        """The job's stateful operators and inputs (for restores into a changed job), whether this is
-        a savepoint, and the savepoint the run descends from."""
-        extra: dict[str, Any] = describe_graph(self.runner.graph)
-        if checkpoint.savepoint:
-            extra[SAVEPOINT] = True
+    def _source_records(self, checkpoint: CompletedCheckpoint) -> int | None:
+        """The records the sources had read up to the checkpoint's barriers, over every attempt."""
         read = self.barrier_records.pop(checkpoint.checkpoint_id, 0)
-        if self.restored_records is not None:
-            extra[SOURCE_RECORDS] = self.restored_records + read
-        if self.runner._origin is not None:
-            extra[ORIGIN] = dict(self.runner._origin)
-        return extra
+        return self.restored_records + read if self.restored_records is not None else None
 
     def done_fraction(self) -> float | None:
         """The share of a bounded input read so far, when every source subtask knows its size

@@ -35,7 +35,6 @@ from flowstate.config import JobConfig, Mode
 from flowstate.errors import ConfigError
 from flowstate.failpoints import Failpoints
 from flowstate.graph import JobGraph
-from flowstate.runtime.state_assignment import OPERATORS
 from flowstate.state.backend import BackendFactory
 from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, TaskState
 from flowstate.storage.factory import is_url, open_storage
@@ -164,11 +163,11 @@ def plan_reads(graph: JobGraph, metadata: CheckpointMetadata) -> dict[TaskId, tu
     for ts in metadata.tasks:
         if ts.handle is not None:
             by_vertex.setdefault(ts.vertex, []).append(ts)
-    owners = metadata.extra.get(OPERATORS)
+    owners = metadata.graph.operators if metadata.graph is not None else None
     reads: dict[TaskId, tuple[TaskState, ...]] = {}
     for v in graph.vertices:
-        if isinstance(owners, Mapping):
-            related = {v.name} | {u for n in v.chain if (u := _old_vertex(owners, n.uid)) is not None}
+        if owners is not None:
+            related = {v.name} | {owners[n.uid].vertex for n in v.chain if n.uid in owners}
         else:
             related = set(by_vertex)  # a metadata that does not say where each uid was
         same_layout = (not v.is_source and metadata.parallelism.get(v.name) == v.parallelism
@@ -184,13 +183,6 @@ def plan_reads(graph: JobGraph, metadata: CheckpointMetadata) -> dict[TaskId, tu
         first = task_id(graph.vertices[0].name, 0)
         reads[first] = reads[first] + unread
     return reads
-
-
-def _old_vertex(owners: Mapping[str, object], uid: str) -> str | None:
-    """The vertex that held ``uid``'s state when the snapshot was taken, as its metadata records."""
-    entry = owners.get(uid)
-    vertex = entry.get("vertex") if isinstance(entry, Mapping) else None
-    return vertex if isinstance(vertex, str) else None
 
 
 def plan_attempt(

@@ -11,8 +11,9 @@ Rules:
    every write of that checkpoint id there. The metadata is written there last, as for a checkpoint.
 2. flowstate never deletes a complete savepoint (no retention applies). An aborted one is removed.
 3. A savepoint is restored from with ``--from-savepoint PATH``: it must hold one valid snapshot. New
-   checkpoints record the savepoint they descend from (``extra["origin"]``), so that running the same
-   command again after a crash resumes from the newest of them instead of the savepoint.
+   checkpoints record the savepoint they descend from (``CheckpointMetadata.origin``), so that
+   running the same command again after a crash resumes from the newest of them instead of the
+   savepoint.
 """
 
 from __future__ import annotations
@@ -33,34 +34,27 @@ from flowstate.storage.base import (
     CheckpointInfo,
     CheckpointMetadata,
     CheckpointStorage,
+    SavepointOrigin,
     StateHandle,
 )
 from flowstate.storage.local import LocalCheckpointStorage, parse_checkpoint_dir_name
 
 log = logging.getLogger("flowstate")
 
-SAVEPOINT = "savepoint"
-"""``extra`` of a savepoint's metadata: ``True``."""
-ORIGIN = "origin"
-"""``extra`` of a checkpoint's metadata: the savepoint its run was restored from (``identity``)."""
-
-
 def savepoint_directory_name(checkpoint_id: int) -> str:
     """``savepoint-000042-3fa2c1``: the id, and a random suffix so that names never collide."""
     return f"savepoint-{checkpoint_id:06d}-{secrets.token_hex(3)}"
 
 
-def identity(metadata: CheckpointMetadata) -> dict[str, Any]:
-    """What identifies a savepoint wherever its directory is moved: its id and completion time."""
-    return {"checkpoint_id": int(metadata.checkpoint_id), "completion_time": metadata.completion_time}
+def identity(metadata: CheckpointMetadata, path: Path | None = None) -> SavepointOrigin:
+    """What identifies a savepoint wherever its directory is moved: its id and completion time (and,
+    for people, where it was)."""
+    return SavepointOrigin(metadata.checkpoint_id, metadata.completion_time, None if path is None else str(path))
 
 
 def same_origin(metadata: CheckpointMetadata, savepoint: CheckpointMetadata) -> bool:
     """Whether the run that wrote ``metadata`` was restored from ``savepoint`` (rule 3)."""
-    origin = metadata.extra.get(ORIGIN)
-    if not isinstance(origin, dict):
-        return False
-    return {k: origin.get(k) for k in ("checkpoint_id", "completion_time")} == identity(savepoint)
+    return metadata.origin is not None and metadata.origin.same_savepoint(identity(savepoint))
 
 
 @dataclass(frozen=True, slots=True)

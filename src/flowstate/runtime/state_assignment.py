@@ -47,7 +47,6 @@ from typing import Any
 from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.errors import ConfigError
 from flowstate.graph import JobGraph, JobVertex
-from flowstate.runtime.task import CHANNEL_STATE, SOURCE_STATE, WATERMARK_STATE
 from flowstate.state.keygroups import (
     key_group_of,
     key_group_range,
@@ -55,27 +54,19 @@ from flowstate.state.keygroups import (
     subtask_for_key_group,
 )
 from flowstate.state.memory import FORMAT as HEAP_FORMAT
-from flowstate.storage.base import CheckpointMetadata
+from flowstate.kinds import KEYED_KINDS, STATEFUL_KINDS, NodeKind
+from flowstate.storage.base import CheckpointMetadata, JobRecord, OperatorRecord
+from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile
 
-KEYED_KINDS = frozenset({"keyed_process", "reduce", "window", "interval_join", "join_latest"})
-STATEFUL_KINDS = KEYED_KINDS | {"source", "sink", "timestamps"}
-"""Kinds of nodes whose operators write state in every checkpoint."""
-
-OPERATORS = "operators"
-"""``extra`` of the metadata: uid → {name, kind, vertex} of every stateful operator."""
-INPUTS = "inputs"
-"""``extra`` of the metadata: vertex → names of the vertices feeding it, in input order."""
-
-
-def describe_graph(graph: JobGraph) -> dict[str, Any]:
-    """What the metadata records of the job that wrote it (its ``extra``), so that a restore into a
-    changed job can name operators that are gone and check the inputs behind channel state."""
+def describe_graph(graph: JobGraph) -> JobRecord:
+    """What the metadata records of the job that wrote it, so that a restore into a changed job can
+    name operators that are gone and check the inputs behind channel state."""
     operators = {
-        node.uid: {"name": node.name, "kind": node.kind, "vertex": v.name}
+        node.uid: OperatorRecord(node.name, node.kind, v.name)
         for v in graph.vertices for node in v.chain if node.kind in STATEFUL_KINDS
     }
-    inputs = {v.name: [e.source for e in v.inputs] for v in graph.vertices}
-    return {OPERATORS: operators, INPUTS: inputs}
+    inputs = {v.name: tuple(e.source for e in v.inputs) for v in graph.vertices}
+    return JobRecord(operators, inputs)
 
 
 @dataclass
@@ -89,17 +80,30 @@ class _OldState:
     """Old subtask → the state that subtask's operator snapshotted."""
 
 
+@dataclass(slots=True)
+class _Resume:
+    """A task's resume state while it is assigned."""
+
+    operators: dict[str, Any] = field(default_factory=dict)
+    source: Any = None
+    channels: dict[int, list[bytes]] = field(default_factory=dict)
+    watermark: float | None = None
+
+    def done(self) -> TaskStateFile:
+        return TaskStateFile(self.operators, self.source, self.channels, self.watermark)
+
+
 @dataclass(frozen=True, slots=True)
 class Assignment:
     """The resume state of every task of the job, and what was dropped."""
 
-    states: dict[TaskId, dict[str, Any]]
+    states: dict[TaskId, TaskStateFile]
     dropped: tuple[str, ...]
     """One sentence per state dropped under ``allow_non_restored_state``."""
 
 
 def assign_states(
-    graph: JobGraph, metadata: CheckpointMetadata, task_states: Mapping[TaskId, Mapping[str, Any]], *,
+    graph: JobGraph, metadata: CheckpointMetadata, task_states: Mapping[TaskId, TaskStateFile], *,
     allow_non_restored_state: bool = False, drop_sink_state: bool = False, what: str | None = None,
 ) -> Assignment:
     """The resume state of every task of ``graph`` from ``task_states`` (the loaded state file of
@@ -111,8 +115,8 @@ def assign_states(
             f"{what} was taken with max_parallelism {metadata.max_parallelism}; the job now has "
             f"{graph.max_parallelism}. max_parallelism cannot change (it is the number of key groups)"
         )
-    old_operators: Mapping[str, Any] = metadata.extra.get(OPERATORS) or {}  # type: ignore[assignment]
-    old_inputs: Mapping[str, Any] | None = metadata.extra.get(INPUTS)  # type: ignore[assignment]
+    old_operators: Mapping[str, OperatorRecord] = metadata.graph.operators if metadata.graph is not None else {}
+    old_inputs = metadata.graph.inputs if metadata.graph is not None else None
     tasks = {ts.task: ts for ts in metadata.tasks}
     uids: dict[str, _OldState] = {}
     sources: dict[str, _OldState] = {}
@@ -121,27 +125,24 @@ def assign_states(
     for tid, state in task_states.items():
         ts = tasks[tid]
         parallelism = metadata.parallelism.get(ts.vertex, 0)
-        for key, value in state.items():
-            if key == CHANNEL_STATE:
-                if value:
-                    channels.setdefault(ts.vertex, {})[ts.subtask] = value
-                continue
-            if key == WATERMARK_STATE:
-                watermarks.setdefault(ts.vertex, {})[ts.subtask] = value
-                continue
+        if state.channels:
+            channels.setdefault(ts.vertex, {})[ts.subtask] = dict(state.channels)
+        if state.watermark is not None:
+            watermarks.setdefault(ts.vertex, {})[ts.subtask] = state.watermark
+        if state.source is not None:
+            sources.setdefault(ts.vertex, _OldState(ts.vertex, ts.vertex, parallelism)).parts[ts.subtask] = state.source
+        for uid, value in state.operators.items():
             if value is None:
                 continue  # an operator without state (an at-least-once sink): nothing to restore
-            table = sources if key == SOURCE_STATE else uids
-            uid = ts.vertex if key == SOURCE_STATE else key
-            old = table.setdefault(uid, _OldState(uid, ts.vertex, parallelism))
-            old.parts[ts.subtask] = value
+            uids.setdefault(uid, _OldState(uid, ts.vertex, parallelism)).parts[ts.subtask] = value
 
     nodes = {node.uid: (v, node) for v in graph.vertices for node in v.chain}
     refusals: list[str] = []
     dropped: list[str] = []
 
     def operator(uid: str) -> str:
-        name = (old_operators.get(uid) or {}).get("name")
+        recorded = old_operators.get(uid)
+        name = recorded.name if recorded is not None else None
         return f"operator {name!r} (uid {uid!r})" if name and name != uid else f"operator {uid!r}"
 
     def not_restored(uid: str, state: str, why: str, *, sink: bool = False) -> None:
@@ -155,14 +156,15 @@ def assign_states(
             return
         (dropped if allow_non_restored_state else refusals).append(sentence)
 
-    def old_kind(old: _OldState) -> str:
-        recorded = (old_operators.get(old.uid) or {}).get("kind")
-        if recorded:
-            return str(recorded)
-        if any(isinstance(p, dict) and p.get("format") == HEAP_FORMAT for p in old.parts.values()):
-            return "keyed_process"
+    def old_kind(old: _OldState) -> NodeKind | None:
+        """``None``: not known (a metadata that does not record it, for state of a uid the job lost)."""
+        recorded = old_operators.get(old.uid)
+        if recorded is not None:
+            return recorded.kind
+        if any(isinstance(p, KeyedSnapshot) and p.data.get("format") == HEAP_FORMAT for p in old.parts.values()):
+            return NodeKind.KEYED_PROCESS
         found = nodes.get(old.uid)
-        return found[1].kind if found is not None else "unknown"
+        return found[1].kind if found is not None else None
 
     # Rule 6: state whose operator is gone, or cannot take it now.
     restorable: dict[str, _OldState] = {}
@@ -171,46 +173,46 @@ def assign_states(
         found = nodes.get(uid)
         state = _describe_state(kind, old)
         if found is None:
-            not_restored(uid, state, "which the job no longer has", sink=kind == "sink")
+            not_restored(uid, state, "which the job no longer has", sink=kind is NodeKind.SINK)
         elif not _compatible(kind, found[1].kind):
-            not_restored(uid, state, f"which is now a {found[1].kind} operator that cannot take it", sink=kind == "sink")
+            not_restored(uid, state, f"which is now a {found[1].kind} operator that cannot take it", sink=kind is NodeKind.SINK)
         else:
             restorable[uid] = old
     source_positions: dict[str, _OldState] = {}
     for uid, old in sources.items():
         found = nodes.get(uid)
-        state = _describe_state("source", old)
+        state = _describe_state(NodeKind.SOURCE, old)
         if found is None:
             not_restored(uid, state, "which the job no longer has")
-        elif found[1].kind != "source":
+        elif found[1].kind is not NodeKind.SOURCE:
             not_restored(uid, state, f"which is now a {found[1].kind} operator that cannot take it")
         else:
             source_positions[uid] = old
 
-    states: dict[TaskId, dict[str, Any]] = {
-        task_id(v.name, i): {} for v in graph.vertices for i in range(v.parallelism)
+    states: dict[TaskId, _Resume] = {
+        task_id(v.name, i): _Resume() for v in graph.vertices for i in range(v.parallelism)
     }
     for v in graph.vertices:
         for node in v.chain:
-            if node.kind == "source" and node.uid in source_positions:
+            if node.kind is NodeKind.SOURCE and node.uid in source_positions:
                 for i, positions in enumerate(_assign_positions(v, node, source_positions[node.uid], refusals)):
                     if positions is not None:
-                        states[task_id(v.name, i)][SOURCE_STATE] = positions
+                        states[task_id(v.name, i)].source = positions
                 continue
             old = restorable.get(node.uid)
             if old is None:
                 continue
             if node.kind in KEYED_KINDS:
                 parts = _assign_keyed(v, old, graph.max_parallelism)
-            elif node.kind == "timestamps":
+            elif node.kind is NodeKind.TIMESTAMPS:
                 parts = _assign_generators(v, old)
-            elif node.kind == "sink":
+            elif node.kind is NodeKind.SINK:
                 parts = _assign_sink(v, node, old, operator(node.uid), refusals)
             else:
                 parts = _assign_as_is(v, old, operator(node.uid), refusals)
             for i, part in enumerate(parts):
                 if part is not None:
-                    states[task_id(v.name, i)][node.uid] = part
+                    states[task_id(v.name, i)].operators[node.uid] = part
     for vertex, by_subtask in watermarks.items():
         _assign_watermarks(graph, metadata, vertex, by_subtask, states)
     for vertex, by_subtask in channels.items():
@@ -220,7 +222,7 @@ def assign_states(
             "cannot restore " + what + ": " + "; ".join(refusals)
             + _advice(refusals, allow_non_restored_state)
         )
-    return Assignment(states, tuple(dropped))
+    return Assignment({tid: resume.done() for tid, resume in states.items()}, tuple(dropped))
 
 
 def _advice(refusals: Sequence[str], allowed: bool) -> str:
@@ -234,23 +236,23 @@ def _advice(refusals: Sequence[str], allowed: bool) -> str:
     return ". To run anyway: " + "; ".join(hints)
 
 
-def _compatible(old_kind: str, new_kind: str) -> bool:
+def _compatible(old_kind: NodeKind | None, new_kind: NodeKind) -> bool:
     if old_kind in KEYED_KINDS:
         return new_kind in KEYED_KINDS
-    if old_kind == "unknown":
+    if old_kind is None:
         return new_kind in STATEFUL_KINDS
     return old_kind == new_kind
 
 
-def _describe_state(kind: str, old: _OldState) -> str:
-    if kind == "source":
+def _describe_state(kind: NodeKind | None, old: _OldState) -> str:
+    if kind is NodeKind.SOURCE:
         splits = sorted({s for p in old.parts.values() if isinstance(p, dict) for s in p})
         shown = ", ".join(repr(s) for s in splits[:4]) + (f" and {len(splits) - 4} more" if len(splits) > 4 else "")
         return f"the read positions of {shown or 'no split'}"
     if kind in KEYED_KINDS:
-        tables = sorted({t for p in old.parts.values() if isinstance(p, dict) for t in p.get("states", {})})
+        tables = sorted({t for p in old.parts.values() if isinstance(p, KeyedSnapshot) for t in p.data.get("states", {})})
         return "keyed state " + (", ".join(repr(t) for t in tables) if tables else "(no table)")
-    if kind == "sink":
+    if kind is NodeKind.SINK:
         return "the sink writers' state (pending commits)"
     return "operator state"
 
@@ -262,13 +264,13 @@ def _assign_keyed(v: JobVertex, old: _OldState, max_parallelism: int) -> list[An
     mine = [key_group_range(max_parallelism, v.parallelism, i) for i in range(v.parallelism)]
     out: list[list[Any]] = [[] for _ in range(v.parallelism)]
     for subtask, part in sorted(old.parts.items()):
-        groups = part.get("key_groups") if isinstance(part, dict) else None
+        groups = part.data.get("key_groups") if isinstance(part, KeyedSnapshot) else None
         if groups is not None:
             owned = range(groups[0], groups[1])
         else:
             owned = key_group_range(max_parallelism, old.parallelism, subtask)
         targets = [i for i, r in enumerate(mine) if owned.start < r.stop and r.start < owned.stop]
-        if len(targets) > 1 and isinstance(part, dict) and part.get("format") == HEAP_FORMAT:
+        if len(targets) > 1 and isinstance(part, KeyedSnapshot) and part.data.get("format") == HEAP_FORMAT:
             for i, piece in _split_heap(part, max_parallelism, v.parallelism, mine, targets).items():
                 out[i].append(piece)
             continue
@@ -278,8 +280,9 @@ def _assign_keyed(v: JobVertex, old: _OldState, max_parallelism: int) -> list[An
 
 
 def _split_heap(
-    part: dict[str, Any], max_parallelism: int, parallelism: int, ranges: list[range], targets: list[int],
-) -> dict[int, dict[str, Any]]:
+    snapshot: KeyedSnapshot, max_parallelism: int, parallelism: int, ranges: list[range], targets: list[int],
+) -> dict[int, KeyedSnapshot]:
+    part = snapshot.data
     route = routing_table(max_parallelism, parallelism)
     pieces: dict[int, dict[str, Any]] = {
         i: {**part, "key_groups": [ranges[i].start, ranges[i].stop], "states": {}} for i in targets
@@ -292,7 +295,7 @@ def _split_heap(
         for i in targets:
             chunks = [pickle.dumps(buckets[i], protocol=pickle.HIGHEST_PROTOCOL)] if buckets[i] else []
             pieces[i]["states"][name] = {**table, "chunks": chunks}
-    return pieces
+    return {i: KeyedSnapshot(piece, snapshot.files) for i, piece in pieces.items()}
 
 
 def _assign_positions(v: JobVertex, node: Any, old: _OldState, refusals: list[str]) -> list[Any]:
@@ -380,7 +383,7 @@ def _assign_generators(v: JobVertex, old: _OldState) -> list[Any]:
 
 
 def _assign_watermarks(graph: JobGraph, metadata: CheckpointMetadata, vertex: str, by_subtask: dict[int, float],
-                       states: dict[TaskId, dict[str, Any]]) -> None:
+                       states: dict[TaskId, _Resume]) -> None:
     """Rule 7: a task's combined input watermark, at the same parallelism; after a rescale the
     lowest of the old subtasks' (a subtask that had none counts as none at all)."""
     try:
@@ -391,18 +394,18 @@ def _assign_watermarks(graph: JobGraph, metadata: CheckpointMetadata, vertex: st
     if old_parallelism == v.parallelism:
         for i, value in by_subtask.items():
             if i < v.parallelism:
-                states[task_id(vertex, i)][WATERMARK_STATE] = value
+                states[task_id(vertex, i)].watermark = value
         return
     if len(by_subtask) < old_parallelism:
         return
     floor = min(by_subtask.values())
     for i in range(v.parallelism):
-        states[task_id(vertex, i)][WATERMARK_STATE] = floor
+        states[task_id(vertex, i)].watermark = floor
 
 
 def _assign_channels(
     graph: JobGraph, metadata: CheckpointMetadata, old_inputs: Mapping[str, Any] | None, vertex: str,
-    by_subtask: dict[int, dict[int, list[bytes]]], what: str, states: dict[TaskId, dict[str, Any]],
+    by_subtask: dict[int, dict[int, list[bytes]]], what: str, states: dict[TaskId, _Resume],
     refusals: list[str],
 ) -> None:
     """Rule 5."""
@@ -430,7 +433,7 @@ def _assign_channels(
     )
     if unchanged:
         for subtask, channels in by_subtask.items():
-            states[task_id(vertex, subtask)][CHANNEL_STATE] = channels
+            states[task_id(vertex, subtask)].channels = channels
         return
     if recorded is None:
         refusals.append(
@@ -463,4 +466,4 @@ def _assign_channels(
                     out[i][len(out[i])] = pickled
     for i, channels in enumerate(out):
         if channels:
-            states[task_id(vertex, i)][CHANNEL_STATE] = channels
+            states[task_id(vertex, i)].channels = channels

@@ -20,7 +20,7 @@ and emit records there, which go through the rest of the chain before the waterm
 every output channel. Operators that generate watermarks or have processing-time timers get a tick
 after every batch and when the input is quiet. A source whose input ends emits ``Watermark(+inf)``
 before it reports the end, so every event-time timer and window fires **before** the final
-checkpoint. The combined watermark of a task is in its state (``WATERMARK_STATE``) and is where the
+checkpoint. The combined watermark of a task is in its state (``TaskStateFile.watermark``) and is where the
 restored task starts from (before it replays in-flight batches of an unaligned checkpoint).
 
 A task of a job with checkpoints ends only after every input ended **and** it was notified that a
@@ -74,24 +74,16 @@ from flowstate.runtime.messages import (
     TaskFinished,
     Trigger,
 )
-from flowstate.runtime.operators import Operator, Ready
+from flowstate.runtime.operators import Operator
 from flowstate.runtime.output import Output
 from flowstate.runtime.transport import Reports
 from flowstate.state.backend import SnapshotParts
 from flowstate.storage.base import CheckpointStorage, StateHandle, TaskState
+from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile, encode_task_state
 from flowstate.time.watermarks import FINAL_WATERMARK, MIN_WATERMARK, ChannelWatermarks, Watermark
 
-SOURCE_STATE = "__source__"
-"""Key under which a source task files its reader's position in the task's state."""
-CHANNEL_STATE = "__channels__"
-"""Key under which a task files the in-flight batches of an unaligned checkpoint, per input channel."""
-WATERMARK_STATE = "__watermark__"
-"""Key under which a task with inputs files its combined input watermark (only once it is finite)."""
 TICK_EVERY = 0.05
 """Seconds between ticks of a quiet task (idleness of watermarks, processing-time timers)."""
-KEYED_FILES = "__files__"
-"""Key, in a keyed operator's part of the state file, of the files its snapshot references: file key →
-handle (``path``, ``size``, ``sha256``, ``codec``). The rest of that part is the backend's data."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +109,7 @@ class Task:
 
     def __init__(
         self, task_id: TaskId, vertex: str, subtask: int, ops: list[Operator], output: Output,
-        gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None, cancelled: threading.Event,
+        gate: InputGate, env: TaskEnv, resume: TaskStateFile | None, cancelled: threading.Event,
     ) -> None:
         self.task_id = task_id
         self.vertex = vertex
@@ -188,7 +180,7 @@ class Task:
     def _open(self) -> None:
         resume = self.resume
         for op in self.ops:
-            op.open(resume.get(op.uid) if resume is not None else None)
+            op.open(resume.operators.get(op.uid) if resume is not None else None)
         if resume is not None and self.env.failpoints:
             self.env.failpoints.hit(fpn.RECOVERY_STATE_LOADED)
 
@@ -253,10 +245,11 @@ class Task:
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
-    def _snapshot(self, barrier: CheckpointBarrier, extra: dict[str, Any] | None = None,
+    def _snapshot(self, barrier: CheckpointBarrier, *, source: Any = None, watermark: float | None = None,
                   alignment_seconds: float = 0.0, records: int = 0) -> None:
-        """Steps 1-4 of the module docstring (a source passes its reader position as ``extra``, and
-        the records it read up to that position in this attempt as ``records``).
+        """Steps 1-4 of the module docstring (a source passes its reader position as ``source``, and
+        the records it read up to that position in this attempt as ``records``; a task with inputs
+        its combined input watermark once it is finite).
 
         For an unaligned barrier, Step 3 waits for ``FinishCapture``: the in-flight batches recorded
         after the snapshot are written in the same state file."""
@@ -271,8 +264,9 @@ class Task:
             # Tasks in worker processes learn where a savepoint goes from its barrier.
             env.storage.route_savepoint(cid, Path(barrier.target))  # type: ignore[union-attr]
         t0 = env.clock.monotonic()
-        parts: list[tuple[str, Any]] = [(k, Ready(v)) for k, v in (extra or {}).items()]
-        snapshot = _Snapshot(cid, parts, 0.0, alignment_seconds, full=barrier.savepoint, records=records)
+        parts: list[tuple[str, Any]] = []
+        snapshot = _Snapshot(cid, parts, 0.0, alignment_seconds, full=barrier.savepoint, records=records,
+                             source=source, watermark=watermark)
         try:
             for op in self.ops:
                 if op.stateful:
@@ -307,27 +301,24 @@ class Task:
         cid = snapshot.checkpoint_id
         try:
             t0 = env.clock.monotonic()
-            state: dict[str, Any] = {}
+            operators: dict[str, Any] = {}
             files: dict[str, StateHandle] = {}
             written = 0
             for uid, part in snapshot.parts:
                 value = part.materialize()
                 if isinstance(value, SnapshotParts):
-                    refs: dict[str, dict[str, Any]] = {}
+                    refs: dict[str, StateHandle] = {}
                     for key, path in value.files.items():
                         handle, new_bytes = self._upload(cid, key, path, snapshot.full)
-                        files[key] = handle
+                        files[key] = refs[key] = handle
                         written += new_bytes
-                        refs[key] = {"path": handle.path, "size": handle.size, "sha256": handle.sha256,
-                                     "codec": handle.codec}
-                    value = {**value.data, KEYED_FILES: refs}
-                state[uid] = value
-            if snapshot.channels:
-                state[CHANNEL_STATE] = snapshot.channels
+                    value = KeyedSnapshot(value.data, refs)
+                operators[uid] = value
+            state = TaskStateFile(operators, snapshot.source, snapshot.channels or {}, snapshot.watermark)
             handle = None
-            if state:
+            if not state.is_empty():
                 assert env.storage is not None
-                data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+                data = encode_task_state(state)
                 handle = env.storage.write_state(cid, f"{self.task_id}.state", data, codec=env.compression)
                 written += handle.size
             if env.failpoints:
@@ -415,6 +406,10 @@ class _Snapshot:
     """A self-contained snapshot (a savepoint): it references no file of another checkpoint."""
     records: int = 0
     """A source task's records read in this attempt before the barrier (see ``Ack.records``)."""
+    source: Any = None
+    """A source task's reader position at the barrier."""
+    watermark: float | None = None
+    """A task's combined input watermark at the barrier, when it is finite."""
 
     def release(self) -> None:
         """Let every part drop what it holds for this snapshot (keyed snapshots: frozen layers, hard
@@ -464,13 +459,14 @@ class StreamTask(Task):
         self.handler = make_barrier_handler(self.env.mode, self.gate.num_channels, self.env.alignment_timeout)
         self._inputs_ended = False
         self._first_barrier: tuple[CheckpointId, float] = (CheckpointId(0), 0.0)
-        self._floor = float((self.resume or {}).get(WATERMARK_STATE, MIN_WATERMARK))
+        restored = self.resume.watermark if self.resume is not None else None
+        self._floor = float(restored if restored is not None else MIN_WATERMARK)
         self.watermarks = ChannelWatermarks(self.gate.num_channels, self._floor)
 
     def _replay_channel_state(self) -> None:
         """In-flight batches of the restored (unaligned) checkpoint go first, channel by channel in
         their order, before anything new is read."""
-        channels = (self.resume or {}).get(CHANNEL_STATE) or {}
+        channels = self.resume.channels if self.resume is not None else {}
         for channel in sorted(channels):
             for data in channels[channel]:
                 batch = pickle.loads(data)
@@ -573,8 +569,8 @@ class StreamTask(Task):
                     cid, since = self._first_barrier
                     aligned = self.env.clock.monotonic() - since if cid == barrier.checkpoint_id else 0.0
                     current = self.watermarks.current
-                    extra = {WATERMARK_STATE: current} if current > MIN_WATERMARK else None
-                    self._snapshot(barrier, extra, alignment_seconds=aligned)
+                    self._snapshot(barrier, watermark=current if current > MIN_WATERMARK else None,
+                                   alignment_seconds=aligned)
                 case StartCapture(channels=chs):
                     if self._capture is not None:
                         self._capture.recording.update(chs)
@@ -720,7 +716,7 @@ class SourceTask(Task):
                 # Final and savepoint barriers stay behind the data (rule 7 of flowstate.checkpoint.unaligned).
                 barrier = CheckpointBarrier(barrier.checkpoint_id, barrier.timestamp, barrier.final, unaligned=True)
             # Taken with the position, between two batches: the records before the barrier.
-            self._snapshot(barrier, {SOURCE_STATE: position}, records=self.records_in)
+            self._snapshot(barrier, source=position, records=self.records_in)
             return False
         if isinstance(mail, (Complete, Aborted)):
             if self._paused_for is not None and mail.checkpoint_id >= self._paused_for:

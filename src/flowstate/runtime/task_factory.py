@@ -17,11 +17,10 @@ Step 3: build every task of this process: gates from the wiring, outputs to the 
 from __future__ import annotations
 
 import logging
-import pickle
 import threading
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flowstate import failpoints as fpn
@@ -34,10 +33,11 @@ from flowstate.runtime.output import Output, OutputEdge
 from flowstate.runtime.plan import AttemptPlan
 from flowstate.runtime.savepoint import SnapshotTargets
 from flowstate.runtime.state_assignment import assign_states
-from flowstate.runtime.task import KEYED_FILES, SOURCE_STATE, SourceTask, StreamTask, Task, TaskEnv
+from flowstate.runtime.task import SourceTask, StreamTask, Task, TaskEnv
 from flowstate.runtime.transport import ChannelWriter, LocalWiring, Reports, Wiring
 from flowstate.state.backend import BackendFactory, RestoredState
-from flowstate.storage.base import CheckpointStorage, StateHandle
+from flowstate.storage.base import CheckpointStorage
+from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile, decode_task_state
 
 log = logging.getLogger("flowstate")
 
@@ -78,8 +78,8 @@ class TaskSite:
 
 def load_resume_states(
     plan: AttemptPlan, tasks: Collection[TaskId], site: TaskSite, dropped: list[str] | None = None,
-) -> dict[TaskId, dict[str, Any]] | None:
-    """Steps 1 and 2 for ``tasks``: the resume state of each (an empty dict for a task that gets no
+) -> dict[TaskId, TaskStateFile] | None:
+    """Steps 1 and 2 for ``tasks``: the resume state of each (an empty one for a task that gets no
     state), or ``None`` when the plan restores nothing. State dropped under
     ``allow_non_restored_state`` is logged, or added to ``dropped`` when given (a worker sends it to
     the coordinator, which logs it once)."""
@@ -88,13 +88,13 @@ def load_resume_states(
         return None
     storage = site.restore_storage(plan)
     failpoints = plan.failpoints
-    loaded: dict[TaskId, dict[str, Any]] = {}
+    loaded: dict[TaskId, TaskStateFile] = {}
     try:
         for ts in plan.reads_of(tasks):
             if loaded and failpoints:
                 failpoints.hit(fpn.RECOVERY_MID_LOAD)
             assert ts.handle is not None
-            loaded[ts.task] = pickle.loads(storage.read_state(ts.handle))
+            loaded[ts.task] = decode_task_state(storage.read_state(ts.handle))
     except Exception as exc:  # noqa: BLE001 - named for the restart strategy's account of the failure
         raise StateLoadError(f"reading the state of {restore.what} failed: {type(exc).__name__}: {exc}") from exc
     assignment = assign_states(plan.graph, restore.metadata, loaded,
@@ -105,8 +105,8 @@ def load_resume_states(
     else:
         for sentence in assignment.dropped:
             log.warning("dropping state (--allow-non-restored-state): %s", sentence)
-    return {tid: {uid: _restorable(value, storage) for uid, value in assignment.states.get(tid, {}).items()}
-            for tid in tasks}
+    empty = TaskStateFile()
+    return {tid: _restorable(assignment.states.get(tid, empty), storage) for tid in tasks}
 
 
 class StateLoadError(Exception):
@@ -143,7 +143,7 @@ def build_tasks(
             tid = task_id(v.name, i)
             if tid not in local:
                 continue
-            resume = states.get(tid, {}) if states is not None else None
+            resume = states.get(tid, TaskStateFile()) if states is not None else None
             cancelled = threading.Event()
             output = _output(plan, v, i, gates, bases, cancelled)
             tasks[tid] = _task(plan, backend, v, i, tid, output, cancelled, gates[(v.name, i)], env, resume)
@@ -171,7 +171,7 @@ def _output(
 
 def _task(
     plan: AttemptPlan, backend: BackendFactory, v: JobVertex, i: int, tid: TaskId, output: Output,
-    cancelled: threading.Event, gate: InputGate, env: TaskEnv, resume: dict[str, Any] | None,
+    cancelled: threading.Event, gate: InputGate, env: TaskEnv, resume: TaskStateFile | None,
 ) -> Task:
     op_env = OperatorEnv(i, v.parallelism, plan.graph.max_parallelism, plan.config.mode.checkpoints,
                          plan.failpoints, backend, env.clock)
@@ -181,20 +181,21 @@ def _task(
     if v.is_source:
         source = v.chain[0].fn
         splits = source.splits()[i :: v.parallelism]
-        reader = source.build_reader(splits, resume.get(SOURCE_STATE) if resume is not None else None)
+        reader = source.build_reader(splits, resume.source if resume is not None else None)
         return SourceTask(tid, v.name, i, ops, output, gate, env, resume, cancelled, reader=reader)
     return StreamTask(tid, v.name, i, ops, output, gate, env, resume, cancelled)
 
 
-def _restorable(value: Any, storage: CheckpointStorage) -> Any:
-    """A keyed operator's stored part (or the list of them a rescale assigned) as the backend takes
-    it back: its data, and a readable local path for every file it references (checked against its
-    size and checksum on the way). Any other state is returned as it is."""
-    if isinstance(value, list):
-        return [_restorable(v, storage) for v in value]
-    if not isinstance(value, dict) or KEYED_FILES not in value:
-        return value
-    data = {k: v for k, v in value.items() if k != KEYED_FILES}
-    files = {key: str(storage.local_path(StateHandle(h["path"], h["size"], h["sha256"], h.get("codec", "none"))))
-             for key, h in value[KEYED_FILES].items()}
-    return RestoredState(data, files)
+def _restorable(state: TaskStateFile, storage: CheckpointStorage) -> TaskStateFile:
+    """``state`` with every keyed operator's snapshot (or the list of them a rescale assigned) as the
+    backend takes it back: its data, and a readable local path for every file it references (checked
+    against its size and checksum on the way). Any other state is kept as it is."""
+    def restorable(value: Any) -> Any:
+        if isinstance(value, list):
+            return [restorable(v) for v in value]
+        if not isinstance(value, KeyedSnapshot):
+            return value
+        return RestoredState(dict(value.data), {key: str(storage.local_path(h)) for key, h in value.files.items()})
+
+    operators = {uid: restorable(value) for uid, value in state.operators.items()}
+    return replace(state, operators=operators)

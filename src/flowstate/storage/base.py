@@ -1,13 +1,14 @@
 """Checkpoint storage: the port through which tasks and the coordinator make checkpoints durable.
 
-Layout, the same for every adapter (paths are POSIX, relative to the storage root)::
+Layout, the same in every store (paths are POSIX, relative to the storage root)::
 
     chk-000001/<name>          state files of checkpoint 1, written by ``write_state``
     chk-000001/_metadata       written last; its presence completes checkpoint 1
     shared/<key>               immutable files that several checkpoints may reference
                                (incremental checkpoints), written by ``write_shared``
 
-Contract of every adapter:
+Contract of every implementation (the checkpoint catalogue, ``storage.catalogue``, over any blob
+store):
 
 1. ``write_state`` returns only when the bytes are durable under their final name (written to a
    temporary name, fsynced, renamed, directory fsynced; on an object store, one successful PUT).
@@ -55,12 +56,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId
 from flowstate.checkpoint.restore import Invalid, Valid
+from flowstate.kinds import NodeKind
 
 
 class CorruptCheckpointError(Exception):
@@ -118,6 +121,41 @@ class TaskState:
 
 
 @dataclass(frozen=True, slots=True)
+class OperatorRecord:
+    """A stateful operator of the job that wrote a checkpoint."""
+
+    name: str
+    kind: NodeKind
+    vertex: str
+    """The vertex (operator chain) it ran in."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What a checkpoint records of the job that wrote it, so that a restore into a changed job can
+    name an operator that is gone and replay channel state only into unchanged inputs."""
+
+    operators: Mapping[str, OperatorRecord]
+    """Uid → every stateful operator."""
+    inputs: Mapping[str, tuple[str, ...]]
+    """Vertex → the vertices feeding it, in input order."""
+
+
+@dataclass(frozen=True, slots=True)
+class SavepointOrigin:
+    """What identifies a savepoint wherever its directory is moved."""
+
+    checkpoint_id: CheckpointId
+    completion_time: float
+    path: str | None = None
+    """Where the savepoint was when the run restored it (for people: it may have moved since)."""
+
+    def same_savepoint(self, other: SavepointOrigin) -> bool:
+        """Whether both name one savepoint: the same id and completion time, wherever it was."""
+        return (self.checkpoint_id, self.completion_time) == (other.checkpoint_id, other.completion_time)
+
+
+@dataclass(frozen=True, slots=True)
 class CheckpointMetadata:
     """Everything needed to restore a job from one completed checkpoint."""
 
@@ -133,10 +171,16 @@ class CheckpointMetadata:
     parallelism: Mapping[str, int]
     """Vertex name → parallelism of that vertex when the checkpoint was taken."""
     tasks: tuple[TaskState, ...]
-    extra: Mapping[str, object] = field(default_factory=dict)
+    graph: JobRecord | None = None
+    """The job's stateful operators and inputs; ``None`` when not recorded."""
     savepoint: bool = False
     """A savepoint is self-contained: it references no file under ``shared/``, and retention never
     discards it."""
+    source_records: int | None = None
+    """Records the sources had read up to the checkpoint's barriers, over every attempt that led to
+    it; ``None`` when not recorded."""
+    origin: SavepointOrigin | None = None
+    """The savepoint the run that wrote the checkpoint was restored from, if any."""
 
     @property
     def state_size(self) -> int:
@@ -170,13 +214,23 @@ class CheckpointMetadata:
         return tuple(dict.fromkeys(h for t in self.tasks for h in t.files()))
 
 
+class CheckpointStatus(StrEnum):
+    """What ``flowstate checkpoints list`` says of a checkpoint directory."""
+
+    COMPLETED = "completed"
+    """Its metadata and every file it references verify."""
+    INCOMPLETE = "incomplete"
+    """No metadata: in progress, aborted or crashed."""
+    CORRUPT = "corrupt"
+    """Its metadata, or a file it references, fails verification."""
+
+
 @dataclass(frozen=True, slots=True)
 class CheckpointInfo:
     """One line of ``flowstate checkpoints list``."""
 
     checkpoint_id: CheckpointId
-    status: str
-    """``completed``, ``incomplete`` (no metadata: in progress, aborted or crashed) or ``corrupt``."""
+    status: CheckpointStatus
     reason: str | None
     metadata: CheckpointMetadata | None
     bytes_on_disk: int

@@ -38,13 +38,13 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: object) -> Chec
         return _local(unquote(parts.path), options)
     if scheme in ("s3", "s3a"):
         try:
-            from flowstate.storage.s3 import S3CheckpointStorage
+            from flowstate.storage.s3 import S3BlobStore, S3CheckpointStorage
         except ImportError as error:
             raise ValueError(
                 f"S3 checkpoint storage needs the obstore package ({error}): "
                 "pip install 'flowstate[s3]'"
             ) from None
-        known = set(inspect.signature(S3CheckpointStorage).parameters) - {"url"}
+        known = (set(inspect.signature(S3BlobStore).parameters) | {"cache_dir"}) - {"url"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(

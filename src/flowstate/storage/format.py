@@ -20,7 +20,13 @@ Rules:
    ``bytes_written`` and ``full_size`` (0), the checkpoint's ``savepoint`` (false). Metadata written
    before they existed therefore decodes unchanged, and metadata of a job that uses none of them is
    byte for byte what older versions wrote.
-6. What a checkpoint may reference (checked before its metadata is written, see
+6. The object ``extra`` holds the job's record (``graph``: ``operators``, uid → ``{name, kind,
+   vertex}``, and ``inputs``, vertex → list of vertices), ``source_records`` and ``origin``
+   (``{checkpoint_id, completion_time}``), each written only when set. Its layout is the one the
+   free-form ``extra`` of earlier versions had, so checkpoints read the same in either (``origin``
+   may also hold the savepoint's ``path``); a key of ``extra`` not listed here is refused. ``extra.savepoint`` (true), which earlier versions wrote for
+   a savepoint, is read as the ``savepoint`` field; it is now written as that field.
+7. What a checkpoint may reference (checked before its metadata is written, see
    ``reference_problem``): a task's ``handle`` lies in the checkpoint's own directory; each file in
    a task's ``shared`` lies in the checkpoint's own directory or is ``shared/<key>`` with a valid
    key; a savepoint references nothing under ``shared/``.
@@ -35,9 +41,13 @@ from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId
+from flowstate.kinds import NodeKind
 from flowstate.storage.base import (
     CheckpointMetadata,
     CorruptCheckpointError,
+    JobRecord,
+    OperatorRecord,
+    SavepointOrigin,
     StateHandle,
     TaskState,
 )
@@ -78,6 +88,9 @@ _TASK_FIELDS = frozenset({
 _TASK_OPTIONAL = frozenset({"shared", "bytes_written", "full_size"})
 _HANDLE_FIELDS = frozenset({"path", "size", "sha256"})
 _HANDLE_OPTIONAL = frozenset({"codec"})
+_EXTRA_OPTIONAL = frozenset({"operators", "inputs", "savepoint", "source_records", "origin"})
+_OPERATOR_FIELDS = frozenset({"name", "kind", "vertex"})
+_ORIGIN_FIELDS = frozenset({"checkpoint_id", "completion_time"})
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -291,11 +304,66 @@ def _task_document(task: TaskState) -> dict[str, object]:
     return document
 
 
+def _extra_document(metadata: CheckpointMetadata) -> dict[str, object]:
+    """Rule 6."""
+    extra: dict[str, object] = {}
+    if metadata.graph is not None:
+        extra["operators"] = {
+            uid: {"name": op.name, "kind": str(op.kind), "vertex": op.vertex}
+            for uid, op in metadata.graph.operators.items()
+        }
+        extra["inputs"] = {vertex: list(sources) for vertex, sources in metadata.graph.inputs.items()}
+    if metadata.source_records is not None:
+        extra["source_records"] = metadata.source_records
+    if metadata.origin is not None:
+        origin: dict[str, object] = {"checkpoint_id": metadata.origin.checkpoint_id,
+                                     "completion_time": metadata.origin.completion_time}
+        if metadata.origin.path is not None:
+            origin["path"] = metadata.origin.path
+        extra["origin"] = origin
+    return extra
+
+
+def _decode_extra(value: object) -> tuple[JobRecord | None, bool, int | None, SavepointOrigin | None]:
+    """Rule 6: ``(graph, savepoint, source_records, origin)``."""
+    extra = _fields(value, frozenset(), "extra", _EXTRA_OPTIONAL)
+    graph = None
+    if "operators" in extra or "inputs" in extra:
+        operators = {}
+        for uid, found in _typed(extra.get("operators", {}), dict, "extra.operators").items():
+            what = f"extra.operators[{uid!r}]"
+            fields = _fields(found, _OPERATOR_FIELDS, what)
+            kind = _typed(fields["kind"], str, f"{what} kind")
+            if kind not in NodeKind.__members__.values():
+                raise CorruptCheckpointError(f"{what} has the unknown kind {kind!r}")
+            operators[uid] = OperatorRecord(
+                _typed(fields["name"], str, f"{what} name"), NodeKind(kind), _typed(fields["vertex"], str, f"{what} vertex")
+            )
+        inputs = {}
+        for vertex, sources in _typed(extra.get("inputs", {}), dict, "extra.inputs").items():
+            sources = _typed(sources, list, f"extra.inputs[{vertex!r}]")
+            inputs[vertex] = tuple(_typed(source, str, f"extra.inputs[{vertex!r}] item") for source in sources)
+        graph = JobRecord(operators, inputs)
+    savepoint = _typed(extra.get("savepoint", False), bool, "extra.savepoint")
+    source_records = None
+    if "source_records" in extra:
+        source_records = _count(extra["source_records"], "extra.source_records")
+    origin = None
+    if "origin" in extra:
+        fields = _fields(extra["origin"], _ORIGIN_FIELDS, "extra.origin", frozenset({"path"}))
+        path = fields.get("path")
+        origin = SavepointOrigin(
+            CheckpointId(_count(fields["checkpoint_id"], "extra.origin checkpoint_id")),
+            _number(fields["completion_time"], "extra.origin completion_time"),
+            None if path is None else _typed(path, str, "extra.origin path"),
+        )
+    return graph, savepoint, source_records, origin
+
+
 def encode_metadata(metadata: CheckpointMetadata) -> bytes:
     """The bytes of the ``_metadata`` file for ``metadata`` (rules 4 and 5).
 
-    Raises ``ValueError`` when ``metadata`` would not be read back equal: ``extra`` must hold only
-    JSON values (dicts with ``str`` keys, lists, strings, numbers, booleans, ``None``; no tuples),
+    Raises ``ValueError`` when ``metadata`` would not be read back equal: names must be strings,
     times must be finite, every handle must have a relative path, a SHA-256 in lowercase hex and a
     known codec, and ``shared`` must be a tuple.
     """
@@ -310,7 +378,7 @@ def encode_metadata(metadata: CheckpointMetadata) -> bytes:
         "max_parallelism": metadata.max_parallelism,
         "parallelism": dict(metadata.parallelism),
         "tasks": [_task_document(task) for task in metadata.tasks],
-        "extra": dict(metadata.extra),
+        "extra": _extra_document(metadata),
     }
     if metadata.savepoint:
         body["savepoint"] = metadata.savepoint
@@ -460,6 +528,7 @@ def decode_metadata(raw: bytes) -> CheckpointMetadata:
     for vertex, count in parallelism.items():
         _typed(count, int, f"parallelism of {vertex!r}")
     tasks = _typed(body["tasks"], list, "tasks")
+    graph, old_savepoint, source_records, origin = _decode_extra(body["extra"])
     return CheckpointMetadata(
         checkpoint_id=CheckpointId(checkpoint_id),
         job=_typed(body["job"], str, "job"),
@@ -470,6 +539,8 @@ def decode_metadata(raw: bytes) -> CheckpointMetadata:
         max_parallelism=_typed(body["max_parallelism"], int, "max_parallelism"),
         parallelism=parallelism,
         tasks=tuple(_decode_task(task, index) for index, task in enumerate(tasks)),
-        extra=_typed(body["extra"], dict, "extra"),
-        savepoint=_typed(body.get("savepoint", False), bool, "savepoint"),
+        graph=graph,
+        savepoint=_typed(body.get("savepoint", False), bool, "savepoint") or old_savepoint,
+        source_records=source_records,
+        origin=origin,
     )

@@ -10,9 +10,9 @@ Rules:
 3. A path's count is the number of registered checkpoints that reference it; a path is *released*
    exactly when its last referencing checkpoint is unregistered, never before.
 
-The adapters keep one registry per open storage: rebuilt from every valid metadata when the storage
-is opened (``from_metadata``), updated by ``write_metadata`` and ``discard``. Not thread-safe: the
-adapters hold a lock around it.
+The checkpoint catalogue keeps one registry per open storage: rebuilt from every valid metadata when
+the storage is opened (``from_metadata``), updated by ``write_metadata`` and ``discard``. Not
+thread-safe: the catalogue holds a lock around it.
 """
 
 from __future__ import annotations

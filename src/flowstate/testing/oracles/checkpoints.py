@@ -11,13 +11,18 @@ that a bug in the engine's reader cannot hide a bug in its writer:
    root, ``size``, ``sha256``, optionally ``codec``: ``zstd`` or ``none``, the default) or ``null``
    for a task without state.
 3. A state file is checked against its handle (size, then SHA-256 of the stored bytes) **before** it
-   is decompressed (zstd frames, with the ``zstandard`` package) and unpickled, and holds a pickled dict: operator uid → that operator's state, ``"__source__"`` → the source
-   reader's positions (split → next record), ``"__channels__"`` → input channel → list of pickled
-   batches (the in-flight records an unaligned checkpoint persisted).
+   is decompressed (zstd frames, with the ``zstandard`` package) and unpickled. Version 2 is the
+   tuple ``("flowstate-task-state", 2, body)``, ``body`` a dict: ``operators`` (operator uid →
+   ``("keyed", data, files)`` or ``("value", state)``), ``source`` (the source reader's positions,
+   split → next record, or ``None``), ``channels`` (input channel → list of pickled batches: the
+   in-flight records an unaligned checkpoint persisted) and ``watermark``. Version 1 (written before)
+   is a dict: operator uid → that operator's state, beside ``"__source__"`` (positions),
+   ``"__channels__"`` and ``"__watermark__"``; a keyed state there also holds ``"__files__"``.
 4. ``extra`` of the metadata may hold ``source_records``: the records the job's sources had read up
    to the checkpoint's barriers, over every run that led to it.
-5. Keyed state of an operator (heap backend) is ``{"format": "heap-v2", "states": {name: {"kind",
-   "chunks"}}, "__files__": {}, …}`` where each chunk is a pickled dict of entries (key → value).
+5. Keyed state of an operator (heap backend: version 2's ``data``) is ``{"format": "heap-v2",
+   "states": {name: {"kind", "chunks"}}, …}`` where each chunk is a pickled dict of entries (key →
+   value).
 
 A checkpoint that breaks rule 2 or 3 is returned as ``Unreadable`` with the reason: for a checker
 that is a finding, never something to skip silently.
@@ -38,10 +43,43 @@ from typing import Any
 import zstandard
 
 METADATA = "_metadata"
-SOURCE_STATE = "__source__"
-CHANNEL_STATE = "__channels__"
+V1_SOURCE = "__source__"
+V1_CHANNELS = "__channels__"
+V1_RESERVED = frozenset({V1_SOURCE, V1_CHANNELS, "__watermark__"})
+V2_TAG = "flowstate-task-state"
 KEYED_FORMAT = "heap-v2"
 _DIRECTORY = re.compile(r"chk-([0-9]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFile:
+    """One task's state file, read (rule 3)."""
+
+    operators: dict[str, Any]
+    """Operator uid → its state (keyed state: its heap data, rule 5)."""
+    source: dict[str, Any]
+    """Split → position (empty for a task that heads no source)."""
+    channels: dict[int, list[bytes]]
+
+
+def _task_file(state: Any) -> TaskFile | str:
+    """Rule 3: the state of either version, or why it is neither."""
+    if isinstance(state, dict):
+        operators = {uid: value for uid, value in state.items() if uid not in V1_RESERVED}
+        return TaskFile(operators, state.get(V1_SOURCE) or {}, state.get(V1_CHANNELS) or {})
+    if not (isinstance(state, tuple) and len(state) == 3 and state[0] == V2_TAG and state[1] == 2
+            and isinstance(state[2], dict)):
+        return f"holds a {type(state).__name__}, not a task state file of version 1 or 2"
+    body = state[2]
+    operators = {}
+    for uid, value in (body.get("operators") or {}).items():
+        if isinstance(value, tuple) and value and value[0] == "keyed":
+            operators[uid] = value[1]
+        elif isinstance(value, tuple) and len(value) == 2 and value[0] == "value":
+            operators[uid] = value[1]
+        else:
+            return f"holds operator {uid!r} as {value!r:.60}, neither keyed nor a value"
+    return TaskFile(operators, body.get("source") or {}, body.get("channels") or {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +89,8 @@ class Checkpoint:
     checkpoint_id: int
     mode: str
     final: bool
-    states: dict[str, dict[str, Any]]
-    """Task id → its unpickled state dict (tasks without state are absent)."""
+    states: dict[str, TaskFile]
+    """Task id → its state file (tasks without state are absent)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """The metadata's ``extra`` (rule 4)."""
 
@@ -60,16 +98,16 @@ class Checkpoint:
         """Split → position, over every source task."""
         positions: dict[str, Any] = {}
         for state in self.states.values():
-            positions.update(state.get(SOURCE_STATE, {}))
+            positions.update(state.source)
         return positions
 
     def keyed_entries(self, uid: str, table: str) -> dict[Any, Any]:
         """The entries of keyed state ``table`` of operator ``uid``, over every subtask."""
         entries: dict[Any, Any] = {}
         for task, state in self.states.items():
-            if uid not in state:
+            if uid not in state.operators:
                 continue
-            operator = state[uid]
+            operator = state.operators[uid]
             if not isinstance(operator, dict) or operator.get("format") != KEYED_FORMAT:
                 found = operator.get("format") if isinstance(operator, dict) else type(operator).__name__
                 raise NotHeapState(f"checkpoint {self.checkpoint_id}, task {task}: keyed state of {uid!r} "
@@ -82,9 +120,9 @@ class Checkpoint:
         """The channel state of the tasks that run operator ``uid``: (task, records in channel order)."""
         found = []
         for task, state in sorted(self.states.items()):
-            if uid not in state:
+            if uid not in state.operators:
                 continue
-            for _channel, batches in sorted(state.get(CHANNEL_STATE, {}).items()):
+            for _channel, batches in sorted(state.channels.items()):
                 records: list[Any] = []
                 for data in batches:
                     records.extend(pickle.loads(data))
@@ -123,7 +161,7 @@ def _read(root: Path, checkpoint_id: int, directory: Path) -> Checkpoint | Unrea
         return refuse(f"{METADATA} does not match its checksum")
     if body.get("checkpoint_id") != checkpoint_id:
         return refuse(f"{METADATA} names checkpoint {body.get('checkpoint_id')!r}")
-    states: dict[str, dict[str, Any]] = {}
+    states: dict[str, TaskFile] = {}
     try:
         tasks = [(str(task["task"]), task["handle"]) for task in body["tasks"]]
         handles = [(task, h["path"], h["size"], h["sha256"], h.get("codec", "none")) for task, h in tasks if h is not None]
@@ -151,9 +189,10 @@ def _read(root: Path, checkpoint_id: int, directory: Path) -> Checkpoint | Unrea
             state = pickle.loads(data)
         except Exception as error:  # noqa: BLE001 - whatever the bytes hold, it is a finding
             return refuse(f"{relative} matches its SHA-256 but does not unpickle: {error}")
-        if not isinstance(state, dict):
-            return refuse(f"{relative} holds a {type(state).__name__}, not a dict")
-        states[task] = state
+        read = _task_file(state)
+        if isinstance(read, str):
+            return refuse(f"{relative} {read}")
+        states[task] = read
     extra = body.get("extra")
     return Checkpoint(checkpoint_id, str(body.get("mode")), bool(body.get("final")), states,
                       dict(extra) if isinstance(extra, dict) else {})
