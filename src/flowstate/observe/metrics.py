@@ -35,6 +35,10 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("flowstate_task_state_entries", "gauge", "task, subtask", "Keyed state entries of a subtask at its last snapshot."),
     ("flowstate_task_state_size_bytes", "gauge", "task, subtask",
      "Bytes of a subtask's state in the last completed checkpoint."),
+    ("flowstate_operator_state_entries_live", "gauge", "task, subtask, operator",
+     "Live entries of an operator's states with a time-to-live, at the subtask's last snapshot."),
+    ("flowstate_operator_state_entries_expired", "gauge", "task, subtask, operator",
+     "Expired entries of an operator's states with a time-to-live not removed yet, at the subtask's last snapshot."),
     ("flowstate_checkpoints_total", "counter", "outcome",
      "Checkpoints by outcome: completed, expired, declined, failed."),
     ("flowstate_last_checkpoint_id", "gauge", "", "Id of the last completed checkpoint."),
@@ -163,6 +167,15 @@ class _TaskCollector:
             labels=["task", "subtask", "operator"])
         sizes = GaugeMetricFamily("flowstate_task_state_size_bytes",
                                   "Bytes of a subtask's state in the last completed checkpoint.", labels=labels)
+        ttl_labels = ["task", "subtask", "operator"]
+        ttl_live = GaugeMetricFamily(
+            "flowstate_operator_state_entries_live",
+            "Live entries of an operator's states with a time-to-live, at the subtask's last snapshot.",
+            labels=ttl_labels)
+        ttl_expired = GaugeMetricFamily(
+            "flowstate_operator_state_entries_expired",
+            "Expired entries of an operator's states with a time-to-live not removed yet, at the subtask's last snapshot.",
+            labels=ttl_labels)
         state_sizes = self._state_sizes()
         for task, c in sorted(self._tasks().items()):
             vertex, _, index = task.rpartition("#")
@@ -174,4 +187,8 @@ class _TaskCollector:
             sizes.add_metric(values, state_sizes.get(task, 0))
             for name, count in zip(self._operators.get(vertex, ()), c.operators_out):
                 operators_out.add_metric([vertex, index, name], count)
-        return [records_in, records_out, backpressure, operators_out, entries, sizes]
+            for name, ttl in zip(self._operators.get(vertex, ()), c.operators_ttl):
+                if ttl is not None:
+                    ttl_live.add_metric([vertex, index, name], ttl[0])
+                    ttl_expired.add_metric([vertex, index, name], ttl[1])
+        return [records_in, records_out, backpressure, operators_out, entries, sizes, ttl_live, ttl_expired]

@@ -62,7 +62,7 @@ from flowstate.checkpoint.unaligned import UnalignedBarrierHandler
 from flowstate.clock import Clock
 from flowstate.config import Mode
 from flowstate.failpoints import Failpoints
-from flowstate.observe.counters import TaskCounters, keyed_entries
+from flowstate.observe.counters import TaskCounters, keyed_entries, ttl_entries
 from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
 from flowstate.runtime.messages import (
     Aborted,
@@ -133,6 +133,7 @@ class Task:
         self.backpressure_seconds = 0.0
         """Time spent waiting for room in a full output channel."""
         self.state_entries = 0
+        self.operators_ttl: tuple[tuple[int, int] | None, ...] = ()
         self.operators_out = [0] * len(ops)
         self._steps = [op.process_batch for op in ops]
         self._tick_ops = [(i, op) for i, op in enumerate(ops) if op.wants_ticks]
@@ -154,7 +155,7 @@ class Task:
 
     def counters(self) -> TaskCounters:
         return TaskCounters(self.records_in, self.records_out, self.backpressure_seconds, self.state_entries,
-                            tuple(self.operators_out))
+                            tuple(self.operators_out), self.operators_ttl)
 
     def post(self, mail: Any) -> None:
         """Mail for the task (a trigger, a notification): read before any channel item."""
@@ -274,6 +275,7 @@ class Task:
                         parts.append((op.uid, part))
             snapshot.sync_seconds = env.clock.monotonic() - t0
             self.state_entries = keyed_entries(self.ops, self.state_entries)
+            self.operators_ttl = ttl_entries(self.ops)
             if fp:
                 fp.hit(fpn.TASK_BEFORE_FORWARD)
             self.output.broadcast_barrier(barrier)
