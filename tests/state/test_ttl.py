@@ -364,3 +364,65 @@ def test_a_mutable_default_of_a_ttl_value_state_is_fresh_every_time(make):
     backend.keys.current_key = "k"
     v.value().append(1)
     assert v.value() == [] and list(backend.state_keys("v")) == []
+
+
+# ---- ttl states against a model, with cleanups, snapshots and restores ------------------------------
+
+KEYS = st.sampled_from(["a", "b", "c"])
+MAP_KEYS = st.sampled_from([1, 2])
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("write"), KEYS, MAP_KEYS, st.integers(0, 9)),
+    st.tuples(st.just("read"), KEYS, MAP_KEYS),
+    st.tuples(st.just("advance"), st.integers(1, 4).map(float)),
+    st.tuples(st.just("cleanup")),
+    st.tuples(st.just("restore")),
+), max_size=40)
+
+
+@pytest.mark.parametrize("update", list(TtlUpdate))
+def test_ttl_states_match_a_model_through_cleanups_snapshots_and_restores(make, store, kind, update):
+    config = StateTtl(5.0, update=update)
+
+    @given(OPS)
+    @settings(max_examples=60 if kind == "heap" else 15, deadline=None)
+    def run(script):
+        clock = Clock()
+        backend = make()
+        ttls = ttl_states(backend, clock)
+        value, entries = ttls.value_state("v", None, config), ttls.map_state("m", config)
+        model: dict = {}  # ("v", key) or ("m", key, map key) -> (value, expiry); kept until cleanup
+
+        def visible(ikey):
+            got = model.get(ikey)
+            return got[0] if got is not None and got[1] > clock.t else None
+
+        for step in script:
+            match step:
+                case ("write", key, mk, n):
+                    backend.keys.current_key = key
+                    value.update(n)
+                    entries.put(mk, n)
+                    model[("v", key)] = model[("m", key, mk)] = (n, clock.t + 5.0)
+                case ("read", key, mk):
+                    backend.keys.current_key = key
+                    assert value.value() == visible(("v", key))
+                    assert entries.get(mk) == visible(("m", key, mk))
+                    if update is TtlUpdate.ON_READ_AND_WRITE:
+                        for ikey in (("v", key), ("m", key, mk)):
+                            if visible(ikey) is not None:
+                                model[ikey] = (model[ikey][0], clock.t + 5.0)
+                case ("advance", dt):
+                    clock.t += dt
+                case ("cleanup",):
+                    ttls.cleanup()
+                    model = {k: v for k, v in model.items() if v[1] > clock.t}
+                case ("restore",):
+                    snapshot = complete(backend.snapshot(), store)
+                    backend = make()
+                    backend.restore([snapshot])
+                    ttls = ttl_states(backend, clock)
+                    value, entries = ttls.value_state("v", None, config), ttls.map_state("m", config)
+            expired = sum(1 for _, e in model.values() if e <= clock.t)
+            assert ttls.counts() == (len(model) - expired, expired), step
+
+    run()
