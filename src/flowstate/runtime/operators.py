@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowstate import failpoints as fp_names
-from flowstate.clock import Clock, SystemClock
+from flowstate.clock import Clock, SystemClock, wall_function
 from flowstate.errors import UnwritableRecordError, UserFunctionError
 from flowstate.failpoints import Failpoints
 from flowstate.functions import ProcessFunction, RuntimeContext, copy_for_subtask
@@ -316,7 +316,7 @@ class KeyedProcessOperator(_Keyed):
     def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any], fn: ProcessFunction) -> None:
         super().__init__(uid, name, env, key_fn)
         self.fn = copy_for_subtask(fn, name)
-        self.ttl = TtlStates(self.backend, name, ProcessingTtlClock((env.clock or SystemClock()).wall), None,
+        self.ttl = TtlStates(self.backend, name, ProcessingTtlClock(wall_function(env.clock or SystemClock())), None,
                              "its stream has no timestamps: call assign_timestamps(...) before key_by(...), "
                              "or give the state ttl_time='processing'")
         self.ctx = RuntimeContext(name, env.subtask, env.parallelism, self.backend, self.ttl)

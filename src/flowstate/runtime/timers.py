@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from flowstate.clock import Clock, SystemClock
+from flowstate.clock import Clock, SystemClock, wall_function
 from flowstate.errors import UserFunctionError
 from flowstate.functions import KeyedProcessFunction, RuntimeContext, TimeDomain
 from flowstate.runtime.operators import OperatorEnv, _Keyed
@@ -145,7 +145,7 @@ class TimedKeyedProcessOperator(_Keyed):
         self.timestamp_fn = timestamp_fn
         self.fn = copy.deepcopy(fn)
         self.ctx = TimerContext(name, env.subtask, env.parallelism, self.backend)
-        self.ttl = TtlStates(self.backend, name, ProcessingTtlClock((env.clock or SystemClock()).wall),
+        self.ttl = TtlStates(self.backend, name, ProcessingTtlClock(wall_function(env.clock or SystemClock())),
                              EventTtlClock(self.ctx) if timestamp_fn is not None else None,
                              "its stream has no timestamps: call assign_timestamps(...) before key_by(...), "
                              "or give the state ttl_time='processing'")

@@ -144,71 +144,113 @@ def is_expired(expiry: float, now: float) -> bool:
 
 
 class ExpiryIndex:
-    """The entries of one state ordered by expiry (rule 5): ``ikey`` (a key, or ``(key, map key)``)
-    -> expiry, with a heap for the next due. Pure: times are parameters.
+    """The entries of one state by expiry (rule 5): ``ikey`` (a key, or ``(key, map key)``) ->
+    expiry, and a heap that says when to look at each. Pure: times are parameters.
 
-    ``set`` and ``discard`` leave stale heap items behind (lazy deletion); the heap is rebuilt when
-    stale items outnumber live ones, so its size stays within twice the entries (plus a constant)."""
+    A write costs a dict update, not a heap push: an entry's heap item is due at its **scheduled**
+    time, which is at or before its expiry (expiries only move later, rule 3, so the item of the
+    first write stays a lower bound). When an item comes due and its entry's expiry moved on, it is
+    pushed again at that expiry. An earlier expiry than the scheduled time (an entry written anew after
+    it was discarded, by an out-of-order record) pushes a new item. Items are matched to their entry
+    by a sequence number, so stale ones are skipped; the heap is rebuilt when they outnumber the
+    entries, so it stays within twice the entries (plus a constant)."""
 
-    __slots__ = ("_expiry", "_heap", "_seq")
+    __slots__ = ("_entries", "_heap", "_live", "_seq")
 
     def __init__(self) -> None:
-        self._expiry: dict[Any, tuple[float, int]] = {}
+        self._entries: dict[Any, list[Any]] = {}  # ikey -> [expiry | None (discarded), scheduled, seq]
         self._heap: list[tuple[float, int, Any]] = []
         self._seq = 0
+        self._live = 0
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return self._live
 
     def expiry(self, ikey: Any) -> float | None:
-        got = self._expiry.get(ikey)
-        return None if got is None else got[0]
+        got = self._entries.get(ikey)
+        return None if got is None else got[0]  # type: ignore[no-any-return]
+
+    def _schedule(self, ikey: Any, entry: list[Any], at: float) -> None:
+        self._seq += 1
+        entry[1] = at
+        entry[2] = self._seq
+        heapq.heappush(self._heap, (at, self._seq, ikey))
 
     def set(self, ikey: Any, expiry: float) -> None:
-        got = self._expiry.get(ikey)
-        if got is not None and got[0] == expiry:
+        entry = self._entries.get(ikey)
+        if entry is None:
+            entry = self._entries[ikey] = [expiry, expiry, 0]
+            self._live += 1
+            self._schedule(ikey, entry, expiry)
+            self._maybe_compact()
             return
-        self._seq += 1
-        self._expiry[ikey] = (expiry, self._seq)
-        heapq.heappush(self._heap, (expiry, self._seq, ikey))
-        self._maybe_compact()
+        if entry[0] is None:
+            self._live += 1
+        entry[0] = expiry
+        if expiry < entry[1]:
+            self._schedule(ikey, entry, expiry)
+            self._maybe_compact()
+
+    def extend(self, ikey: Any, expiry: float) -> float:
+        """``set(ikey, expiry_after(...))`` in one lookup: the expiry becomes the later of its
+        current one and ``expiry``, which is returned (rule 3)."""
+        entry = self._entries.get(ikey)
+        if entry is not None and entry[0] is not None:
+            if expiry > entry[0]:
+                entry[0] = expiry
+                return expiry
+            return entry[0]  # type: ignore[no-any-return]
+        self.set(ikey, expiry)
+        return expiry
 
     def discard(self, ikey: Any) -> None:
-        if self._expiry.pop(ikey, None) is not None:
+        entry = self._entries.get(ikey)
+        if entry is not None and entry[0] is not None:
+            entry[0] = None  # its heap item deletes it when it comes due
+            self._live -= 1
             self._maybe_compact()
 
     def pop_due(self, upto: float) -> list[tuple[Any, float]]:
-        """Removes and returns every ``(ikey, expiry)`` with ``is_expired(expiry, upto)``, earliest first."""
-        heap, index = self._heap, self._expiry
+        """Removes and returns every ``(ikey, expiry)`` with ``is_expired(expiry, upto)``."""
+        heap, entries = self._heap, self._entries
         due: list[tuple[Any, float]] = []
         while heap and heap[0][0] <= upto:
-            expiry, seq, ikey = heapq.heappop(heap)
-            got = index.get(ikey)
-            if got is not None and got[1] == seq:
-                del index[ikey]
+            _, seq, ikey = heapq.heappop(heap)
+            entry = entries.get(ikey)
+            if entry is None or entry[2] != seq:
+                continue  # stale
+            expiry = entry[0]
+            if expiry is None:
+                del entries[ikey]
+            elif expiry <= upto:
+                del entries[ikey]
+                self._live -= 1
                 due.append((ikey, expiry))
+            else:
+                self._schedule(ikey, entry, expiry)  # written again since: look at it when it expires
         return due
 
     def counts(self, now: float) -> tuple[int, int]:
-        """``(live, expired)`` at ``now``; costs the number of heap items expired at ``now`` (the
-        expired part of a heap is a subtree at its root)."""
-        heap, index = self._heap, self._expiry
+        """``(live, expired)`` at ``now``. Costs the heap items scheduled at or before ``now`` (a
+        subtree at the root), among which every expired entry's is."""
+        heap, entries = self._heap, self._entries
         expired = 0
         stack = [0]
         while stack:
             i = stack.pop()
             if i < len(heap) and heap[i][0] <= now:
                 _, seq, ikey = heap[i]
-                got = index.get(ikey)
-                if got is not None and got[1] == seq:
+                entry = entries.get(ikey)
+                if entry is not None and entry[2] == seq and entry[0] is not None and entry[0] <= now:
                     expired += 1
                 stack.append(2 * i + 1)
                 stack.append(2 * i + 2)
-        return len(index) - expired, expired
+        return self._live - expired, expired
 
     def _maybe_compact(self) -> None:
-        if len(self._heap) > 2 * len(self._expiry) + 64:
-            self._heap = [(expiry, seq, ikey) for ikey, (expiry, seq) in self._expiry.items()]
+        if len(self._heap) > 2 * self._live + 64:
+            self._entries = {k: e for k, e in self._entries.items() if e[0] is not None}
+            self._heap = [(e[1], e[2], k) for k, e in self._entries.items()]
             heapq.heapify(self._heap)
 
 
@@ -232,21 +274,11 @@ class TtlClock(Protocol):
 
 
 class ProcessingTtlClock:
-    """Rule 2 in processing time: every time is ``wall()`` of the injected clock."""
-
-    __slots__ = ("_wall",)
+    """Rule 2 in processing time: every time is ``wall()`` of the injected clock (bound as
+    attributes, so that an access costs one call)."""
 
     def __init__(self, wall: Callable[[], float]) -> None:
-        self._wall = wall
-
-    def access_time(self) -> float:
-        return self._wall()
-
-    def now(self) -> float:
-        return self._wall()
-
-    def removal_time(self) -> float:
-        return self._wall()
+        self.access_time = self.now = self.removal_time = wall
 
 
 class EventTtlClock:
@@ -293,7 +325,7 @@ def _check_entry(name: str, entry: Any) -> float:
 class _TtlState:
     """What every ttl state shares: its index, its clock, and the removal of due entries."""
 
-    __slots__ = ("_clock", "_index", "_inner", "_keys", "_name", "_ttl", "config", "kind")
+    __slots__ = ("_access", "_clock", "_index", "_inner", "_keys", "_name", "_now", "_ttl", "config", "kind")
 
     kind: str
 
@@ -304,6 +336,8 @@ class _TtlState:
         self._inner = inner
         self._keys = keys
         self._clock = clock
+        self._now = clock.now
+        self._access = clock.access_time
         self._index = ExpiryIndex()
 
     def _rebuild(self, backend: KeyedStateBackend) -> None:
@@ -365,13 +399,10 @@ class TtlValueState(_TtlState, ValueState[Any]):
 
     def value(self) -> Any:
         entry = self._inner.value()
-        if entry is None:
-            return self._default_value()
-        clock = self._clock
-        if entry[1] <= clock.now():
-            return self._default_value()
+        if entry is None or entry[1] <= self._now():
+            return private(self._default) if self._fresh_default else self._default
         if self.config.update is TtlUpdate.ON_READ_AND_WRITE:
-            expiry = expiry_after(self._ttl, clock.access_time(), entry[1])
+            expiry = expiry_after(self._ttl, self._clock.access_time(), entry[1])
             if expiry != entry[1]:
                 self._inner.update((entry[0], expiry))
                 self._index.set(self._keys.current_key, expiry)
@@ -381,10 +412,7 @@ class TtlValueState(_TtlState, ValueState[Any]):
         if value is None:
             self.clear()
             return
-        key = self._keys.current_key
-        expiry = expiry_after(self._ttl, self._clock.access_time(), self._index.expiry(key))
-        self._inner.update((value, expiry))
-        self._index.set(key, expiry)
+        self._inner.update((value, self._index.extend(self._keys.current_key, self._access() + self._ttl)))
 
     def clear(self) -> None:
         self._inner.clear()
@@ -498,10 +526,8 @@ class TtlMapState(_TtlState, MapState[Any, Any]):
         return default if value is _DEAD else value
 
     def put(self, key: Any, value: Any) -> None:
-        ikey = (self._keys.current_key, key)
-        expiry = expiry_after(self._ttl, self._clock.access_time(), self._index.expiry(ikey))
+        expiry = self._index.extend((self._keys.current_key, key), self._access() + self._ttl)
         self._inner.put(key, (value, expiry))
-        self._index.set(ikey, expiry)
 
     def put_all(self, entries: dict[Any, Any]) -> None:
         for key, value in entries.items():
@@ -601,10 +627,12 @@ class TtlReducingState(_TtlState, ReducingState[Any]):
         if current is not None and current <= clock.now():
             self._inner.clear()  # the old value expired: the reduction starts afresh
             current = None
-        expiry = expiry_after(self._ttl, clock.access_time(), current)
-        result = self._inner.add_and_get((value, expiry))
-        self._index.set(key, expiry)
-        return result[0]
+        if current is None:
+            expiry = clock.access_time() + self._ttl
+            self._index.set(key, expiry)
+        else:
+            expiry = self._index.extend(key, clock.access_time() + self._ttl)
+        return self._inner.add_and_get((value, expiry))[0]
 
     def clear(self) -> None:
         self._inner.clear()
