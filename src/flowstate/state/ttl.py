@@ -290,18 +290,21 @@ class EventTtlClock:
     def __init__(self, ctx: Any) -> None:
         self._ctx = ctx
 
-    def _timestamp(self) -> float | None:
-        ctx = self._ctx
-        # In on_timer of a processing-time timer, ctx.timestamp is a time of the clock, not an event's.
-        return None if ctx.timer_domain == "processing_time" else ctx.timestamp  # type: ignore[no-any-return]
+    # In on_timer of a processing-time timer, ctx.timestamp is a time of the clock, not an event's.
 
     def access_time(self) -> float:
-        ts = self._timestamp()
-        return self._ctx.watermark if ts is None else ts  # type: ignore[no-any-return]
+        ctx = self._ctx
+        ts = ctx.timestamp
+        if ts is None or ctx.timer_domain == "processing_time":
+            return ctx.watermark  # type: ignore[no-any-return]
+        return ts  # type: ignore[no-any-return]
 
     def now(self) -> float:
-        ts, watermark = self._timestamp(), self._ctx.watermark
-        return watermark if ts is None or ts < watermark else ts  # type: ignore[no-any-return]
+        ctx = self._ctx
+        ts, watermark = ctx.timestamp, ctx.watermark
+        if ts is None or ts < watermark or ctx.timer_domain == "processing_time":
+            return watermark  # type: ignore[no-any-return]
+        return ts  # type: ignore[no-any-return]
 
     def removal_time(self) -> float:
         return self._ctx.watermark  # type: ignore[no-any-return]
