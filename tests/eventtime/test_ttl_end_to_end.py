@@ -248,3 +248,12 @@ def test_a_ttl_job_over_a_key_space_that_grows_without_end_keeps_bounded_state(t
                for s in family.samples if s.name.startswith("flowstate_operator_state_entries")}
     assert exposed == {("flowstate_operator_state_entries_live", "remember"): PROCESSING_TTL,
                        ("flowstate_operator_state_entries_expired", "remember"): 0}
+
+
+def test_event_time_ttl_on_a_stream_without_timestamps_is_refused_saying_what_to_do(tmp_path):
+    flow = fs.Dataflow("no-time")
+    (flow.source(fs.GeneratorSource(lambda i: ("k", i), 10))
+         .key_by(lambda r: r[0]).process(LastVisit(), name="visits").sink(fs.CallbackSink(lambda r: None)))
+    with pytest.raises(fs.JobFailedError, match=r"event-time ttl, but its stream has no timestamps: call "
+                                                r"assign_timestamps\(\.\.\.\) before key_by"):
+        fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="threads", restart=fs.NoRestart())

@@ -432,3 +432,27 @@ def test_ttl_states_match_a_model_through_cleanups_snapshots_and_restores(make, 
             assert ttls.counts() == (len(model) - expired, expired), step
 
     run()
+
+
+def test_ttl_entries_follow_their_key_groups_on_a_rescale_with_their_expiry(make, take):
+    backend, clock = make(), Clock()
+    ttls = ttl_states(backend, clock)
+    s = states(ttls, StateTtl(100.0))
+    for i in range(40):
+        clock.t = float(i)
+        backend.keys.current_key = i
+        write(s, i)
+    clock.t = 110.0  # 0..10 expired, not removed: they travel too, and stay invisible
+    snapshot = take(backend)
+    total_live = total_expired = 0
+    for subtask in range(3):
+        part = make(3, subtask)
+        part.restore([snapshot])
+        r = ttl_states(part, clock)
+        rs = states(r, StateTtl(100.0))
+        live, expired = r.counts()
+        total_live, total_expired = total_live + live, total_expired + expired
+        for key in part.state_keys("v"):
+            part.keys.current_key = key
+            assert rs["value"].value() == (key if key > 10 else 0)
+    assert (total_live, total_expired) == (29 * 4, 11 * 4)
