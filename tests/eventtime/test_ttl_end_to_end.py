@@ -100,11 +100,14 @@ def test_the_batch_rule_is_not_trivial():
     assert sum(1 for row in expected if row[4]) > 100 and max(row[5] for row in expected) >= 2
 
 
-def test_event_time_ttl_is_recovered_exactly_once_from_a_checkpoint(tmp_path):
+# RocksDB runs on threads: a worker forked from a test process that already opened RocksDB can hang.
+@pytest.mark.parametrize(("executor", "backend"), [("threads", "heap"), ("processes", "heap"), ("threads", "rocksdb")])
+def test_event_time_ttl_is_recovered_exactly_once_from_a_checkpoint(tmp_path, executor, backend):
     count = 2000
     failpoints = fs.Failpoints({"sink.before_commit": "raise@5"})
     result = fs.run(visits_job(tmp_path / "out", count, rate=4000.0), checkpoint_dir=tmp_path / "chk",
-                    mode="exactly_once", interval="30ms", executor="threads", failpoints=failpoints,
+                    mode="exactly_once", interval="30ms", executor=executor, failpoints=failpoints,
+                    state_backend=backend, state_dir=tmp_path / "state",
                     restart=fs.FixedDelayRestart(3, 0.0))
     assert failpoints.fired("sink.before_commit") == 1
     assert any(c is not None and c >= 1 for c in result.restored_from[1:]), result.restored_from
