@@ -63,6 +63,7 @@ def test_a_ttl_is_a_duration_as_users_write_it(given_ttl, seconds):
     config = as_state_ttl(given_ttl, "event", "on_read_and_write")
     assert config == StateTtl(seconds, TtlTime.EVENT, TtlUpdate.ON_READ_AND_WRITE)
     assert as_state_ttl(given_ttl) == StateTtl(seconds)  # processing time, on create and write
+    assert as_state_ttl(StateTtl(given_ttl, "event")) == StateTtl(seconds, TtlTime.EVENT)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -72,6 +73,9 @@ def test_a_ttl_is_a_duration_as_users_write_it(given_ttl, seconds):
 def test_a_bad_ttl_is_refused_saying_what_is_accepted(args, message):
     with pytest.raises(ValueError, match=message):
         as_state_ttl(*args)
+    if args[0] is not None:
+        with pytest.raises(ValueError, match=message):
+            StateTtl(*args)
 
 
 ikeys = st.sampled_from(["a", "b", "c", ("a", 1), ("b", 2)])

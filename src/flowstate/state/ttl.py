@@ -78,17 +78,19 @@ class Access(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class StateTtl:
-    """The time-to-live of a state: ``ttl`` seconds, by ``time``, refreshed as ``update`` says."""
+    """The time-to-live of a state: ``ttl`` (a duration: seconds, ``"30m"``, ``timedelta``), by
+    ``time``, refreshed as ``update`` says (names or enum members). Invalid values raise
+    ``ValueError`` saying what is accepted."""
 
     ttl: float
     time: TtlTime = TtlTime.PROCESSING
     update: TtlUpdate = TtlUpdate.ON_CREATE_AND_WRITE
 
     def __post_init__(self) -> None:
-        if not isinstance(self.ttl, float) or not self.ttl > 0:
-            raise ValueError(f"ttl must be a positive number of seconds, got {self.ttl!r}")
-        if not isinstance(self.time, TtlTime) or not isinstance(self.update, TtlUpdate):
-            raise ValueError("StateTtl: build it with StateTtl.of(...) from a duration and the names of time and update")
+        checked = StateTtl.of(self.ttl, self.time, self.update)  # raises a clear ValueError
+        object.__setattr__(self, "ttl", checked.ttl)
+        object.__setattr__(self, "time", checked.time)
+        object.__setattr__(self, "update", checked.update)
 
     @staticmethod
     def of(ttl: float | str | timedelta, time: TtlTime | str = TtlTime.PROCESSING,
@@ -106,7 +108,11 @@ class StateTtl:
         except ValueError:
             raise ValueError(
                 f"ttl update must be 'on_create_and_write' or 'on_read_and_write', got {update!r}") from None
-        return StateTtl(seconds, clock, how)
+        made = object.__new__(StateTtl)
+        object.__setattr__(made, "ttl", seconds)
+        object.__setattr__(made, "time", clock)
+        object.__setattr__(made, "update", how)
+        return made
 
 
 def as_state_ttl(ttl: StateTtl | float | str | timedelta | None, time: TtlTime | str | None = None,
@@ -389,9 +395,6 @@ class TtlValueState(_TtlState, ValueState[Any]):
         super().__init__(name, config, inner, keys, clock)
         self._default = default
         self._fresh_default = not immutable(default)
-
-    def _default_value(self) -> Any:
-        return private(self._default) if self._fresh_default else self._default
 
     def _index_current(self, key: Any) -> None:
         self._index.set(key, _check_entry(self._name, self._inner.value()))
