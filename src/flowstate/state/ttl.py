@@ -27,8 +27,8 @@ a state of the usual API whose entries expire ``ttl`` after they were written (F
    before every batch, at every watermark and before the synchronous part of every snapshot: an
    expired entry is removed at the first of these after it expired, and **no checkpoint holds an
    entry that had expired at its barrier** (Flink's cleanup in full snapshot, made exact and applied
-   to incremental snapshots too). The cost is the number of entries removed, plus a heap push per
-   write.
+   to incremental snapshots too). The cost is the number of entries removed, plus a dict update
+   per write (a heap push only for a new entry: ``ExpiryIndex``).
 6. **Counts** (``TtlStates.counts``): live entries and expired entries not yet removed, per
    operator, reported with the task's counters at each snapshot
    (``flowstate_operator_state_entries_live`` / ``_expired``). List state counts a key as one entry
@@ -334,7 +334,8 @@ def _check_entry(name: str, entry: Any) -> float:
 class _TtlState:
     """What every ttl state shares: its index, its clock, and the removal of due entries."""
 
-    __slots__ = ("_access", "_clock", "_index", "_inner", "_keys", "_name", "_now", "_ttl", "config", "kind")
+    __slots__ = ("_access", "_clock", "_index", "_inner", "_keys", "_name", "_now", "_read_refreshes", "_ttl",
+                 "config", "kind")
 
     kind: str
 
@@ -348,6 +349,7 @@ class _TtlState:
         self._now = clock.now
         self._access = clock.access_time
         self._index = ExpiryIndex()
+        self._read_refreshes = refreshes(config.update, Access.READ)
 
     def _rebuild(self, backend: KeyedStateBackend) -> None:
         """Rule 5: the index of the entries already in the backend (after a restore)."""
@@ -407,7 +409,7 @@ class TtlValueState(_TtlState, ValueState[Any]):
         entry = self._inner.value()
         if entry is None or entry[1] <= self._now():
             return private(self._default) if self._fresh_default else self._default
-        if self.config.update is TtlUpdate.ON_READ_AND_WRITE:
+        if self._read_refreshes:
             expiry = expiry_after(self._ttl, self._clock.access_time(), entry[1])
             if expiry != entry[1]:
                 self._inner.update((entry[0], expiry))
@@ -452,7 +454,7 @@ class TtlListState(_TtlState, ListState[Any]):
         clock = self._clock
         now = clock.now()
         live = [e for e in entries if e[1] > now]
-        if live and self.config.update is TtlUpdate.ON_READ_AND_WRITE:
+        if live and self._read_refreshes:
             access = clock.access_time()
             live = [(v, expiry_after(self._ttl, access, e)) for v, e in live]
             self._inner.update(live)
@@ -522,7 +524,7 @@ class TtlMapState(_TtlState, MapState[Any, Any]):
         return entry[0]
 
     def _read_access(self) -> float | None:
-        return self._clock.access_time() if self.config.update is TtlUpdate.ON_READ_AND_WRITE else None
+        return self._clock.access_time() if self._read_refreshes else None
 
     def get(self, key: Any, default: Any = None) -> Any:
         entry = self._inner.get(key)
@@ -614,7 +616,7 @@ class TtlReducingState(_TtlState, ReducingState[Any]):
         clock = self._clock
         if entry[1] <= clock.now():
             return None
-        if self.config.update is TtlUpdate.ON_READ_AND_WRITE:
+        if self._read_refreshes:
             expiry = expiry_after(self._ttl, clock.access_time(), entry[1])
             if expiry != entry[1]:
                 # A value state write, not an add: the reduce function must not run on a read.
