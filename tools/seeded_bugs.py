@@ -336,6 +336,37 @@ CATALOGUE += (
 )
 
 
+# ---- state time-to-live -----------------------------------------------------------------------------
+TTL = "src/flowstate/state/ttl.py"
+CATALOGUE += (
+    bug(
+        "ttl-snapshot-keeps-expired", "a keyed operator snapshots its state without removing the entries that "
+        "expired since the last batch, so a checkpoint holds expired entries",
+        ("tests/eventtime/test_ttl_end_to_end.py",),
+        ("src/flowstate/runtime/operators.py",
+         "        if self.ttl:\n            self.ttl.cleanup()  # no checkpoint holds an entry that had expired at its barrier\n",
+         ""),
+    ),
+    bug(
+        "ttl-never-removed", "expired entries are hidden from reads but never removed, so state grows without end",
+        ("tests/eventtime/test_ttl_end_to_end.py",),
+        (TTL, "        while heap and heap[0][0] <= upto:\n", "        while False:\n"),
+    ),
+    bug(
+        "ttl-event-time-by-watermark-only", "event-time visibility ignores the record's timestamp and uses the "
+        "watermark alone, so what a record sees depends on where the watermarks fell",
+        ("tests/eventtime/test_ttl_end_to_end.py",),
+        (TTL, "        if ts is None or ts < watermark or ctx.timer_domain == \"processing_time\":\n",
+         "        if True:\n"),
+    ),
+    bug(
+        "ttl-index-not-restored", "a restored ttl state does not rebuild its expiry index, so restored entries "
+        "are never removed nor counted",
+        ("tests/state/test_ttl.py", "tests/eventtime/test_ttl_end_to_end.py"),
+        (TTL, "            for key in list(backend.state_keys(self._name)):\n", "            for key in []:\n"),
+    ),
+)
+
 def _copy_tree(destination: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis")
     for name in ("src", "tests"):

@@ -43,6 +43,7 @@ from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeCo
 from flowstate.runtime.control import ControlError, JobControl
 from flowstate.runtime.job import JobResult
 from flowstate.runtime.windowing import EarlyWindowResult, WindowResult
+from flowstate.state.ttl import StateTtl, TtlTime, TtlUpdate
 from flowstate.time.watermarks import Watermark
 from flowstate.time.windows import (
     CountWindow,
@@ -62,6 +63,6 @@ __all__ = [
     "JobControl", "JobFailedError", "JobResult", "KafkaSink", "KafkaSource", "KeyedProcessFunction",
     "KeyedStream", "Mode", "MqttSource", "NatsSink", "NatsSource", "NoRestart", "PostgresCdcSource",
     "PostgresSink", "PrintSink", "ProcessFunction", "RedisStreamSink", "RedisStreamSource", "RuntimeContext",
-    "SessionWindows", "SlidingWindows", "SocketSource", "Stream", "TimeDomain", "TimeWindow",
-    "TumblingWindows", "UserFunctionError", "Watermark", "WindowResult", "aggregates", "run",
+    "SessionWindows", "SlidingWindows", "SocketSource", "StateTtl", "Stream", "TimeDomain", "TimeWindow",
+    "TtlTime", "TtlUpdate", "TumblingWindows", "UserFunctionError", "Watermark", "WindowResult", "aggregates", "run",
 ]

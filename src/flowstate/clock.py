@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -27,6 +28,12 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+
+def wall_function(clock: Clock) -> Callable[[], float]:
+    """``clock.wall``, as one call: ``time.time`` itself for the system clock (for code that reads
+    the wall clock on every record, such as processing-time state ttl)."""
+    return time.time if type(clock) is SystemClock else clock.wall
 
 
 class ManualClock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -28,19 +29,30 @@ from flowstate.state.api import (
     ValueState,
 )
 from flowstate.state.backend import KeyedStateBackend
+from flowstate.state.ttl import StateTtl, TtlStates, TtlTime, TtlUpdate, as_state_ttl
+
+TtlArg = StateTtl | float | str | timedelta | None
+"""A state's ``ttl=``: a ``StateTtl``, or a duration (seconds, ``"30m"``, ``timedelta``)."""
 
 
 class RuntimeContext:
-    """What a function can see of the runtime: its subtask, and keyed state if its input is keyed."""
+    """What a function can see of the runtime: its subtask, and keyed state if its input is keyed.
 
-    __slots__ = ("operator", "subtask_index", "parallelism", "_backend", "_keys")
+    Every state takes ``ttl=`` (``flowstate.state.ttl``): a duration after which an entry expires,
+    with ``ttl_time="processing"`` (the default) or ``"event"`` and ``ttl_update="on_create_and_write"``
+    (the default) or ``"on_read_and_write"``; or a ``StateTtl``. A state asked for again must be
+    asked for with the same ttl."""
 
-    def __init__(self, operator: str, subtask_index: int, parallelism: int, backend: KeyedStateBackend | None) -> None:
+    __slots__ = ("operator", "subtask_index", "parallelism", "_backend", "_keys", "_ttl")
+
+    def __init__(self, operator: str, subtask_index: int, parallelism: int, backend: KeyedStateBackend | None,
+                 ttl: TtlStates | None = None) -> None:
         self.operator = operator
         self.subtask_index = subtask_index
         self.parallelism = parallelism
         self._backend = backend
         self._keys: KeyContext = backend.keys if backend is not None else KeyContext()
+        self._ttl = ttl
 
     @property
     def current_key(self) -> Any:
@@ -55,19 +67,55 @@ class RuntimeContext:
             )
         return self._backend
 
-    def value_state(self, name: str, default: Any = None) -> ValueState[Any]:
-        return self._state_backend(f"value state {name!r}").value_state(name, default)
+    def _ttl_of(self, name: str, ttl: TtlArg, ttl_time: TtlTime | str | None,
+                ttl_update: TtlUpdate | str | None) -> StateTtl | None:
+        try:
+            config = as_state_ttl(ttl, ttl_time, ttl_update)
+        except ValueError as exc:
+            raise GraphError(f"operator {self.operator!r}, state {name!r}: {exc}") from None
+        if self._ttl is None:
+            if config is not None:
+                raise GraphError(f"operator {self.operator!r}: state {name!r} asks for a ttl, which only the "
+                                 "state of a keyed process function can have")
+            return None
+        if config is None:
+            self._ttl.plain(name)
+        return config
 
-    def list_state(self, name: str) -> ListState[Any]:
-        return self._state_backend(f"list state {name!r}").list_state(name)
+    def value_state(self, name: str, default: Any = None, *, ttl: TtlArg = None,
+                    ttl_time: TtlTime | str | None = None, ttl_update: TtlUpdate | str | None = None) -> ValueState[Any]:
+        backend = self._state_backend(f"value state {name!r}")
+        config = self._ttl_of(name, ttl, ttl_time, ttl_update)
+        if config is None:
+            return backend.value_state(name, default)
+        return self._ttl.value_state(name, default, config)  # type: ignore[union-attr]
 
-    def map_state(self, name: str) -> MapState[Any, Any]:
-        return self._state_backend(f"map state {name!r}").map_state(name)
+    def list_state(self, name: str, *, ttl: TtlArg = None, ttl_time: TtlTime | str | None = None,
+                   ttl_update: TtlUpdate | str | None = None) -> ListState[Any]:
+        backend = self._state_backend(f"list state {name!r}")
+        config = self._ttl_of(name, ttl, ttl_time, ttl_update)
+        if config is None:
+            return backend.list_state(name)
+        return self._ttl.list_state(name, config)  # type: ignore[union-attr]
 
-    def reducing_state(self, name: str, reduce_fn: Callable[[Any, Any], Any]) -> ReducingState[Any]:
+    def map_state(self, name: str, *, ttl: TtlArg = None, ttl_time: TtlTime | str | None = None,
+                  ttl_update: TtlUpdate | str | None = None) -> MapState[Any, Any]:
+        backend = self._state_backend(f"map state {name!r}")
+        config = self._ttl_of(name, ttl, ttl_time, ttl_update)
+        if config is None:
+            return backend.map_state(name)
+        return self._ttl.map_state(name, config)  # type: ignore[union-attr]
+
+    def reducing_state(self, name: str, reduce_fn: Callable[[Any, Any], Any], *, ttl: TtlArg = None,
+                       ttl_time: TtlTime | str | None = None,
+                       ttl_update: TtlUpdate | str | None = None) -> ReducingState[Any]:
         if not callable(reduce_fn):
             raise GraphError(f"operator {self.operator!r}: the reduce function of state {name!r} is not callable")
-        return self._state_backend(f"reducing state {name!r}").reducing_state(name, reduce_fn)
+        backend = self._state_backend(f"reducing state {name!r}")
+        config = self._ttl_of(name, ttl, ttl_time, ttl_update)
+        if config is None:
+            return backend.reducing_state(name, reduce_fn)
+        return self._ttl.reducing_state(name, reduce_fn, config)  # type: ignore[union-attr]
 
 
 class ProcessFunction:

@@ -92,7 +92,8 @@ def test_every_metric_is_in_the_documented_table_and_the_readme() -> None:
     task_metrics = {"flowstate_task_records_in", "flowstate_task_records_out", "flowstate_task_backpressure_seconds",
                     "flowstate_operator_records_out",
                     "flowstate_task_state_entries", "flowstate_task_state_size_bytes",
-                    "flowstate_task_watermark_seconds", "flowstate_task_watermark_lag_seconds"}
+                    "flowstate_task_watermark_seconds", "flowstate_task_watermark_lag_seconds",
+                    "flowstate_operator_state_entries_live", "flowstate_operator_state_entries_expired"}
     assert exposed | task_metrics == documented
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for name, _, _, _ in METRICS:

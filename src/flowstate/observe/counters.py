@@ -23,6 +23,10 @@ class TaskCounters:
     operators_out: tuple[int, ...] = ()
     """Records each operator of the task's chain emitted, in chain order (a source's reader is not
     one of them: what it emits is ``records_in``)."""
+    operators_ttl: tuple[tuple[int, int] | None, ...] = ()
+    """Per operator of the chain, in chain order, at the task's last snapshot: the live entries of
+    its states with a time-to-live and its expired entries not removed yet (``None``: it has no such
+    state; ``flowstate.state.ttl``)."""
     watermark: float | None = None
     """The last finite event-time watermark (seconds) the task passed downstream; ``None`` before
     its first one, or in a job without event time."""
@@ -38,6 +42,7 @@ class TaskCounters:
             ops = other.operators_out
         return TaskCounters(self.records_in + other.records_in, self.records_out + other.records_out,
                             self.backpressure_seconds + other.backpressure_seconds, other.state_entries, ops,
+                            other.operators_ttl,
                             other.watermark if other.watermark is not None else self.watermark,
                             other.progress if other.progress is not None else self.progress)
 
@@ -49,3 +54,15 @@ def keyed_entries(operators: Iterable[Any], previous: int) -> int:
         return sum(op.backend.entry_count() for op in operators if hasattr(op, "backend"))
     except Exception:  # noqa: BLE001
         return previous
+
+
+def ttl_entries(operators: Iterable[Any]) -> tuple[tuple[int, int] | None, ...]:
+    """Per operator, its ``ttl_counts()`` (``None`` for an operator without ttl states)."""
+    out: list[tuple[int, int] | None] = []
+    for op in operators:
+        counts = getattr(op, "ttl_counts", None)
+        try:
+            out.append(counts() if counts is not None else None)
+        except Exception:  # noqa: BLE001 - a metric never fails a snapshot
+            out.append(None)
+    return tuple(out)

@@ -39,6 +39,10 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
      "Wall-clock time minus that watermark: how far event time trails (a growing lag: the job falls behind)."),
     ("flowstate_task_state_size_bytes", "gauge", "task, subtask",
      "Bytes of a subtask's state in the last completed checkpoint."),
+    ("flowstate_operator_state_entries_live", "gauge", "task, subtask, operator",
+     "Live entries of an operator's states with a time-to-live, at the subtask's last snapshot."),
+    ("flowstate_operator_state_entries_expired", "gauge", "task, subtask, operator",
+     "Expired entries of an operator's states with a time-to-live not removed yet, at the subtask's last snapshot."),
     ("flowstate_checkpoints_total", "counter", "outcome",
      "Checkpoints by outcome: completed, expired, declined, failed."),
     ("flowstate_last_checkpoint_id", "gauge", "", "Id of the last completed checkpoint."),
@@ -182,6 +186,15 @@ class _TaskCollector:
             "Wall-clock time minus that watermark: how far event time trails (a growing lag: the job falls behind).",
             labels=labels)
         now = self._wall()
+        ttl_labels = ["task", "subtask", "operator"]
+        ttl_live = GaugeMetricFamily(
+            "flowstate_operator_state_entries_live",
+            "Live entries of an operator's states with a time-to-live, at the subtask's last snapshot.",
+            labels=ttl_labels)
+        ttl_expired = GaugeMetricFamily(
+            "flowstate_operator_state_entries_expired",
+            "Expired entries of an operator's states with a time-to-live not removed yet, at the subtask's last snapshot.",
+            labels=ttl_labels)
         state_sizes = self._state_sizes()
         for task, c in sorted(self._tasks().items()):
             vertex, _, index = task.rpartition("#")
@@ -196,4 +209,9 @@ class _TaskCollector:
                 lags.add_metric(values, now - c.watermark)
             for name, count in zip(self._operators.get(vertex, ()), c.operators_out):
                 operators_out.add_metric([vertex, index, name], count)
-        return [records_in, records_out, backpressure, operators_out, entries, sizes, watermarks, lags]
+            for name, ttl in zip(self._operators.get(vertex, ()), c.operators_ttl):
+                if ttl is not None:
+                    ttl_live.add_metric([vertex, index, name], ttl[0])
+                    ttl_expired.add_metric([vertex, index, name], ttl[1])
+        return [records_in, records_out, backpressure, operators_out, entries, sizes, watermarks, lags, ttl_live,
+                ttl_expired]

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowstate import failpoints as fp_names
-from flowstate.clock import Clock
+from flowstate.clock import Clock, SystemClock, wall_function
 from flowstate.errors import UnwritableRecordError, UserFunctionError
 from flowstate.failpoints import Failpoints
 from flowstate.functions import ProcessFunction, RuntimeContext, copy_for_subtask
@@ -52,6 +52,7 @@ from flowstate.state.backend import BackendFactory, KeyedSnapshot, StateError, a
 from flowstate.state.keygroups import key_group_range
 from flowstate.state.keys import check_key
 from flowstate.state.memory import HeapKeyedStateBackend
+from flowstate.state.ttl import ProcessingTtlClock, TtlStates
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +277,8 @@ class _Keyed(Operator):
         self.backend = env.state_backend(
             env.max_parallelism, key_group_range(env.max_parallelism, env.parallelism, env.subtask)
         )
+        self.ttl: TtlStates | None = None
+        """The states with a time-to-live of a user function (``flowstate.state.ttl``), if it may have some."""
 
     def open(self, resume_state: Any) -> None:
         """``resume_state`` is the list of keyed snapshots whose key-group ranges overlap this
@@ -284,7 +287,13 @@ class _Keyed(Operator):
             self.backend.restore(as_restored(resume_state))
 
     def snapshot(self, checkpoint_id: int) -> KeyedSnapshot:
+        if self.ttl:
+            self.ttl.cleanup()  # no checkpoint holds an entry that had expired at its barrier
         return _OperatorSnapshot(self.backend.snapshot(), self.name)
+
+    def ttl_counts(self) -> tuple[int, int] | None:
+        """Live and expired-not-yet-removed entries of the ttl states (``None``: it has none)."""
+        return self.ttl.counts() if self.ttl else None
 
     def failure(self, record: Any, error: Exception) -> UserFunctionError:
         """The error of a batch that failed on ``record``: the ``key_by`` operator's when the key
@@ -307,7 +316,10 @@ class KeyedProcessOperator(_Keyed):
     def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any], fn: ProcessFunction) -> None:
         super().__init__(uid, name, env, key_fn)
         self.fn = copy_for_subtask(fn, name)
-        self.ctx = RuntimeContext(name, env.subtask, env.parallelism, self.backend)
+        self.ttl = TtlStates(self.backend, name, ProcessingTtlClock(wall_function(env.clock or SystemClock())), None,
+                             "its stream has no timestamps: call assign_timestamps(...) before key_by(...), "
+                             "or give the state ttl_time='processing'")
+        self.ctx = RuntimeContext(name, env.subtask, env.parallelism, self.backend, self.ttl)
         self.accepted: set[type] = set()
         """Types ``process`` returned that are iterables of records (``accept``)."""
 
@@ -320,6 +332,8 @@ class KeyedProcessOperator(_Keyed):
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         self.backend.maybe_fold()
+        if self.ttl:
+            self.ttl.cleanup()
         process = self.fn.process
         key_fn = self.key_fn
         keys = self.backend.keys

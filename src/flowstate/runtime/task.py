@@ -62,7 +62,7 @@ from flowstate.checkpoint.unaligned import UnalignedBarrierHandler
 from flowstate.clock import Clock
 from flowstate.config import Mode
 from flowstate.failpoints import Failpoints
-from flowstate.observe.counters import TaskCounters, keyed_entries
+from flowstate.observe.counters import TaskCounters, keyed_entries, ttl_entries
 from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
 from flowstate.runtime.messages import (
     Aborted,
@@ -127,6 +127,7 @@ class Task:
         self.state_entries = 0
         self.watermark: float | None = None
         """The last finite watermark passed downstream (a metric: ``TaskCounters.watermark``)."""
+        self.operators_ttl: tuple[tuple[int, int] | None, ...] = ()
         self.operators_out = [0] * len(ops)
         self._steps = [op.process_batch for op in ops]
         self._tick_ops = [(i, op) for i, op in enumerate(ops) if op.wants_ticks]
@@ -148,7 +149,7 @@ class Task:
 
     def counters(self) -> TaskCounters:
         return TaskCounters(self.records_in, self.records_out, self.backpressure_seconds, self.state_entries,
-                            tuple(self.operators_out), self.watermark, self._progress())
+                            tuple(self.operators_out), self.operators_ttl, self.watermark, self._progress())
 
     def _progress(self) -> tuple[int, int] | None:
         return None
@@ -275,6 +276,7 @@ class Task:
                         parts.append((op.uid, part))
             snapshot.sync_seconds = env.clock.monotonic() - t0
             self.state_entries = keyed_entries(self.ops, self.state_entries)
+            self.operators_ttl = ttl_entries(self.ops)
             if fp:
                 fp.hit(fpn.TASK_BEFORE_FORWARD)
             self.output.broadcast_barrier(barrier)

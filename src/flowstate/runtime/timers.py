@@ -20,11 +20,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from flowstate.clock import Clock, SystemClock
+from flowstate.clock import Clock, SystemClock, wall_function
 from flowstate.errors import UserFunctionError
 from flowstate.functions import KeyedProcessFunction, RuntimeContext, TimeDomain
 from flowstate.runtime.operators import OperatorEnv, _Keyed
 from flowstate.state.backend import KeyedStateBackend
+from flowstate.state.ttl import EventTtlClock, ProcessingTtlClock, TtlStates
 from flowstate.time.timers import TimerQueue
 from flowstate.time.watermarks import MIN_WATERMARK, Watermark
 
@@ -144,6 +145,11 @@ class TimedKeyedProcessOperator(_Keyed):
         self.timestamp_fn = timestamp_fn
         self.fn = copy.deepcopy(fn)
         self.ctx = TimerContext(name, env.subtask, env.parallelism, self.backend)
+        self.ttl = TtlStates(self.backend, name, ProcessingTtlClock(wall_function(env.clock or SystemClock())),
+                             EventTtlClock(self.ctx) if timestamp_fn is not None else None,
+                             "its stream has no timestamps: call assign_timestamps(...) before key_by(...), "
+                             "or give the state ttl_time='processing'")
+        self.ctx._ttl = self.ttl
         self.ctx.timestamp = None
         self.ctx.timer_domain = None
         self.ctx.watermark = MIN_WATERMARK
@@ -160,6 +166,8 @@ class TimedKeyedProcessOperator(_Keyed):
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         self.backend.maybe_fold()
+        if self.ttl:
+            self.ttl.cleanup()
         process = self.fn.process
         key_fn = self.key_fn
         ts_fn = self.timestamp_fn
@@ -204,12 +212,16 @@ class TimedKeyedProcessOperator(_Keyed):
         if event.idle or event.timestamp <= self.ctx.watermark:
             return [], event
         self.ctx.watermark = event.timestamp
+        if self.ttl:
+            self.ttl.cleanup()
         return self._fire(_EVENT, event.timestamp), event
 
     def on_tick(self, now: float) -> tuple[list[Any], Watermark | None]:
         service = self.service
         if service is None:
             return [], None
+        if self.ttl:
+            self.ttl.cleanup()
         due = service.next_processing_time()
         if due is None:
             return [], None
