@@ -7,11 +7,16 @@ the coordinator's process, which runs threads by the time an attempt starts:
   attempt's threads) connect and report, run after run;
 - a job file loaded as ``flowstate run`` loads it (its functions in no importable module) runs on
   worker processes: its functions travel by value;
-- a job that cannot be pickled is refused before any worker starts, saying what to do.
+- a job that cannot be pickled is refused before any worker starts, saying what to do;
+- failpoint counts are shared with a fresh interpreter that is given their descriptor, so ``@N``
+  fires once per job.
 """
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -35,8 +40,6 @@ from .jobs import (
     wordcount,
 )
 
-rocksdict = pytest.importorskip("rocksdict")
-
 LINES = 300
 PARALLELISM = 2
 
@@ -56,6 +59,7 @@ def assert_exact(out: Path) -> None:
 
 
 def test_a_coordinator_that_opened_rocksdb_before_the_job_gets_workers_whose_rocksdb_snapshots_complete(tmp_path):
+    rocksdict = pytest.importorskip("rocksdict")
     db = rocksdict.Rdict(str(tmp_path / "own-db"))  # RocksDB's thread pools now run in this process
     try:
         for i in range(1000):
@@ -132,3 +136,31 @@ def test_a_job_that_cannot_be_pickled_is_refused_before_any_worker_starts(tmp_pa
     with pytest.raises(fs.ConfigError, match=r"cannot be sent to worker processes .*lock.*create objects such as "
                                              r"connections, clients, locks and open files in open\(ctx\)"):
         fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="processes")
+
+
+HIT_IN_ANOTHER_INTERPRETER = """
+import pickle, sys
+from flowstate.failpoints import Failpoints
+failpoints, counts = pickle.load(sys.stdin.buffer)
+failpoints.attach(counts)
+for _ in range(3):
+    try:
+        failpoints.hit("operator.process")
+    except Exception as exc:
+        print(exc)
+"""
+
+
+def test_failpoint_counts_are_shared_with_a_fresh_interpreter_given_their_descriptor():
+    failpoints = fs.Failpoints({"operator.process": "raise@4"})
+    failpoints.hit("operator.process")
+    counts = failpoints.share()
+    assert counts is not None
+
+    worker = subprocess.run([sys.executable, "-c", HIT_IN_ANOTHER_INTERPRETER], pass_fds=(counts.fd,),
+                            input=pickle.dumps((failpoints, counts)), capture_output=True, check=True)
+
+    assert worker.stdout.decode().strip() == "failpoint operator.process (hit 4)"
+    assert failpoints.hits("operator.process") == 4 and failpoints.fired("operator.process") == 1
+    failpoints.hit("operator.process")  # the fifth: @4 fired once, in the other process
+    assert failpoints.hits("operator.process") == 5 and failpoints.fired("operator.process") == 1
