@@ -909,8 +909,8 @@ def choose_executor(config: JobConfig, graph: JobGraph) -> tuple[str, int]:
                 "every task in this process"
             )
         return name, 0
-    if name == "processes" and not hasattr(os, "fork"):
-        raise ConfigError("the processes executor forks its workers, which this platform cannot; use executor threads")
+    if name == "processes" and os.name != "posix":
+        raise ConfigError("the processes executor needs a POSIX system (Linux, macOS); use executor threads")
     default = (os.cpu_count() or 1) if name == "processes" else widest
     return name, min(config.workers or default, widest)
 
