@@ -338,8 +338,6 @@ class ProcessExecutor(WorkerPool):
         formats = [type(h.formatter).__name__ for h in logger.handlers if h.formatter is not None]
         log_format = ("json" if "JsonFormatter" in formats else "text") if logger.handlers else None
         for link in self._links:
-            start = WorkerStart(job, self._placement, link.index, coordinator, token, self.host, os.getpid(),
-                                tuple(sys.path), counts, logger.getEffectiveLevel(), log_format)
             process = subprocess.Popen(  # noqa: S603 - this interpreter, this package's worker module
                 [sys.executable, "-m", "flowstate.runtime.worker"], stdin=subprocess.PIPE, pass_fds=keep,
                 process_group=0,  # Ctrl-C in a terminal reaches the coordinator only (rule 2)
@@ -347,10 +345,16 @@ class ProcessExecutor(WorkerPool):
             self._processes[link.index] = process
             link.pid = process.pid
             link.started = True
-            assert process.stdin is not None
+        # Every interpreter is starting meanwhile: a start larger than a pipe's buffer is written
+        # while the next worker imports, not before it is started.
+        for link in self._links:
+            start = WorkerStart(job, self._placement, link.index, coordinator, token, self.host, os.getpid(),
+                                tuple(sys.path), counts, logger.getEffectiveLevel(), log_format)
+            stdin = self._processes[link.index].stdin
+            assert stdin is not None
             try:
-                with process.stdin:
-                    pickle.dump(start, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                with stdin:
+                    pickle.dump(start, stdin, protocol=pickle.HIGHEST_PROTOCOL)
             except OSError:
                 pass  # it ended before it read its start: _accept says how it ended
 
