@@ -207,7 +207,7 @@ class JobConfig:
             return self.checkpoint_dir / "savepoints"
         return None  # no checkpoints, or object storage: a savepoint request names its directory
     executor: str | None = None
-    """Where tasks run: ``threads`` (of this process), ``processes`` (worker processes forked from it)
+    """Where tasks run: ``threads`` (of this process), ``processes`` (worker processes started by it)
     or ``ray`` (Ray actors). ``None``: ``processes`` when an operator runs more than one subtask, else
     ``threads``."""
     workers: int | None = None

@@ -9,17 +9,24 @@ Syntax of the environment variable: ``name=action[@N | %P][;name=action…]`` wh
 only, ``%P`` with probability P on every hit (seeded by ``FLOWSTATE_FAILPOINTS_SEED``), neither fires
 on every hit.
 
-A job whose tasks run in worker processes counts hits across all of them: before forking, the
-executor calls ``share()``, which moves the counts into memory shared with the forked workers, so
-``@N`` still fires once, on the job's N-th hit. Draws of ``%P`` stay per process.
+A job whose tasks run in worker processes counts hits across all of them: before starting them, the
+executor calls ``share()``, which moves the counts into a small memory-mapped file (unlinked at once,
+freed with its last descriptor) and returns a ``SharedCounts`` value naming its descriptor; each worker
+receives that descriptor (``pass_fds``) and the value with its start, and ``attach``es the plan's
+failpoints to it, so ``@N`` still fires once, on the job's N-th hit. A ``Failpoints`` pickled without
+that (a Ray actor) counts its own hits. Draws of ``%P`` stay per process.
 """
 
 from __future__ import annotations
 
+import fcntl
+import mmap
 import os
 import random
 import re
 import signal
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -128,6 +135,33 @@ def parse(spec: str) -> dict[str, Action]:
     return actions
 
 
+@dataclass(frozen=True, slots=True)
+class SharedCounts:
+    """Where the hit and fired counts of a job's failpoints live for every process of the job: an
+    open descriptor of an unlinked file (the same number in a worker started with it in
+    ``pass_fds``), holding two 64-bit counts per name, in the order of ``names``."""
+
+    fd: int
+    names: tuple[str, ...]
+
+
+class _SharedLock:
+    """Mutual exclusion across threads (a lock) and processes (a POSIX record lock on the counts'
+    file, held per process: every process reaches the file through one descriptor only)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._threads = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
+
+
 class Failpoints:
     def __init__(self, actions: Mapping[str, Action | str] | None = None, *, seed: int | None = None) -> None:
         parsed: dict[str, Action] = {}
@@ -142,29 +176,47 @@ class Failpoints:
         self._lock: Any = threading.Lock()
         self._rng = random.Random(seed)
         self._shared: Any = None
-        """After ``share()``: hits then fired count of each name of ``_names``, in shared memory."""
+        """After ``share()`` or ``attach()``: hits then fired count of each name of ``_names``, in
+        shared memory."""
         self._names: dict[str, int] = {}
+        self._counts: SharedCounts | None = None
+        self._keep: Any = None
+        """The file and mapping behind ``_shared`` (kept open as long as this object lives)."""
 
     def __reduce__(self) -> tuple[object, ...]:
-        # Sent to a process that is not forked (a Ray actor): the actions travel, the counts start
-        # at zero there.
+        # Only the actions travel; the counts start at zero in the receiving process unless it is
+        # handed the ``SharedCounts`` (``attach``).
         return (Failpoints, (dict(self._actions),), {"_seed": self._seed, "_rng": random.Random(self._seed)})
 
-    def share(self) -> None:
-        """Keep the counts in memory shared with the processes forked after this call (idempotent)."""
-        if self._shared is not None or not self._actions:
-            return
-        import multiprocessing
+    def share(self) -> SharedCounts | None:
+        """Move the counts into shared memory and say where it is, for worker processes to
+        ``attach`` (idempotent; ``None`` when no failpoint is set)."""
+        if not self._actions:
+            return None
+        if self._counts is None:
+            names = tuple(sorted(self._actions))
+            file = tempfile.TemporaryFile()  # noqa: SIM115 - kept open as long as this object lives
+            os.ftruncate(file.fileno(), 16 * len(names))
+            for k, name in enumerate(names):
+                os.pwrite(file.fileno(), int(self._hits.get(name, 0)).to_bytes(8, sys.byteorder, signed=True)
+                          + int(self._fired.get(name, 0)).to_bytes(8, sys.byteorder, signed=True), 16 * k)
+            self._map(SharedCounts(file.fileno(), names), file)
+        return self._counts
 
-        context = multiprocessing.get_context("fork")
-        names = {name: k for k, name in enumerate(sorted(self._actions))}
-        shared = context.RawArray("q", 2 * len(names))
-        for name, k in names.items():
-            shared[2 * k] = self._hits.get(name, 0)
-            shared[2 * k + 1] = self._fired.get(name, 0)
-        self._lock = context.Lock()
-        self._names = names
-        self._shared = shared
+    def attach(self, counts: SharedCounts) -> None:
+        """Count in the shared memory ``counts`` (made by ``share()`` in the coordinator's process,
+        its descriptor passed to this one)."""
+        if set(counts.names) != set(self._actions):
+            raise ValueError(f"shared failpoint counts for {counts.names} do not match {sorted(self._actions)}")
+        self._map(counts, None)
+
+    def _map(self, counts: SharedCounts, file: Any) -> None:
+        mapping = mmap.mmap(counts.fd, 16 * len(counts.names))
+        self._shared = memoryview(mapping).cast("q")
+        self._names = {name: k for k, name in enumerate(counts.names)}
+        self._lock = _SharedLock(counts.fd)
+        self._counts = counts
+        self._keep = (file, mapping)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Failpoints:

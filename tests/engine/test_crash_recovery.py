@@ -19,7 +19,7 @@ test asserts that
   (duplicates are allowed).
 
 Every test runs under both executors of one machine: ``threads`` (every task a thread of the test's
-process) and ``processes`` (two worker processes forked for each attempt, records crossing between
+process) and ``processes`` (two worker processes started for each attempt, records crossing between
 them in frames; a failpoint's ``@N`` counts the hits of the whole job, across processes, and a
 failure raised in a worker fails the attempt from there).
 
@@ -185,10 +185,8 @@ ROCKSDB_CASES = [
 def test_with_rocksdb_state_a_crash_at_a_failpoint_restarts_from_a_checkpoint_and_loses_nothing(
     crash, mode, dirs, expected, tmp_path,
 ):
-    # On threads: a worker process forked from a pytest process in which earlier tests opened RocksDB
-    # can hang at its first snapshot (RocksDB's threads do not survive a fork); RocksDB under worker
-    # processes is run by tests/engine/test_state_rules.py and the chaos campaign.
-    check_a_crash(crash, mode, "threads", dirs, expected, state_backend="rocksdb", state_dir=tmp_path / "rocksdb")
+    # Under the default executor for parallelism 2: worker processes.
+    check_a_crash(crash, mode, "processes", dirs, expected, state_backend="rocksdb", state_dir=tmp_path / "rocksdb")
     assert not any((tmp_path / "rocksdb").iterdir()), "a RocksDB working directory was left behind"
 
 

@@ -67,8 +67,8 @@ def test_a_job_restores_from_a_checkpoint_in_object_storage_after_a_crash(backen
 
 
 def test_worker_processes_restore_from_checkpoints_in_object_storage_after_a_worker_is_killed(bucket, dirs):
-    # Each forked worker reaches the bucket through a client of its own (a fresh interpreter: an
-    # object-store client does not survive a fork) and loads its own tasks' state from it.
+    # Each worker process reaches the bucket through a client of its own and loads its own tasks'
+    # state from it.
     lines_in = 3 * INPUT_LINES
     failpoints = fs.Failpoints({"task.before_snapshot": "kill@9"})  # 4 tasks: in checkpoint 3
     flow = wordcount(dirs.output, source=generator_source(lines_in, rate=RATE), parallelism=2)

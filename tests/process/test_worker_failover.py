@@ -69,18 +69,34 @@ def worker_pids(parent: int) -> list[int]:
 
 
 class Killer(threading.Thread):
-    """Kills a random worker of this process ``kills`` times, waiting a random ``gap`` before each."""
+    """Kills a random worker of this process ``kills`` times, each once a checkpoint of the attempt
+    after the last kill completed (so the kill lands in an attempt whose workers run, not in one that
+    is still starting its worker processes) and a random ``gap`` passed. The checkpoint in flight at
+    a kill may still complete (every acknowledgement was in): only a later one proves a new attempt."""
 
-    def __init__(self, rng: random.Random, kills: int, gap: tuple[float, float]) -> None:
+    def __init__(self, rng: random.Random, kills: int, gap: tuple[float, float], checkpoints: Path) -> None:
         super().__init__(daemon=True, name="killer")
         self.rng = rng
         self.kills = kills
         self.gap = gap
+        self.checkpoints = checkpoints
         self.killed: list[int] = []
         self.done = threading.Event()
 
+    def completed(self) -> int:
+        """The id of the newest completed checkpoint (0: none)."""
+        return max((int(m.parent.name.removeprefix("chk-")) for m in self.checkpoints.glob("chk-*/_metadata")),
+                   default=0)
+
     def run(self) -> None:
-        while len(self.killed) < self.kills and not self.done.wait(self.rng.uniform(*self.gap)):
+        seen = 0
+        while len(self.killed) < self.kills:
+            while self.completed() <= seen + 1 and (seen or not self.completed()):
+                if self.done.wait(0.01):
+                    return
+            if self.done.wait(self.rng.uniform(*self.gap)):
+                return
+            seen = self.completed()
             workers = worker_pids(os.getpid())
             if workers:
                 victim = self.rng.choice(workers)
@@ -114,7 +130,7 @@ def run_wordcount(tmp_path: Path, mode: str, **settings) -> fs.JobResult:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_workers_killed_at_random_moments_are_replaced_and_the_job_gives_the_batch_result(mode, tmp_path):
-    killer = Killer(random.Random(f"failover-{mode}"), KILLS, (0.2, 0.9))
+    killer = Killer(random.Random(f"failover-{mode}"), KILLS, (0.0, 0.5), tmp_path / "chk")
     killer.start()
     try:
         result = run_wordcount(tmp_path, mode)

@@ -27,7 +27,7 @@ Step 4: on a failure, cancel every task, wait for in-flight snapshot writes (or 
         or ``JobFailedError``.
 
 Where the tasks run is the executor's business (``flowstate.runtime.transport.Executor``): threads
-of this process, worker processes forked from it (``flowstate.runtime.processes``) or Ray actors
+of this process, worker processes started by it (``flowstate.runtime.processes``) or Ray actors
 (``flowstate.runtime.ray_cluster``). The steps above, the coordinator and its shell are the same for
 all of them: the shell sees tasks only as ``TaskHandle``s, and no executor sees the runner.
 """
@@ -208,7 +208,8 @@ class _AttemptFailed(Exception):
 class CheckpointDirLock:
     """Keeps two runs from writing the same checkpoint directory.
 
-    Worker processes inherit the lock, so it is free only once every process of a run is gone. A run
+    Worker processes hold the lock's descriptor (``fileno``, passed to each), so it is free only once
+    every process of a run is gone. A run
     killed with SIGKILL takes its workers with it within milliseconds; a lock still held is therefore
     tried again for up to ``wait`` seconds before the directory counts as in use."""
 
@@ -227,6 +228,9 @@ class CheckpointDirLock:
                     continue
                 self._file.close()
                 raise ConfigError(f"another flowstate run is using the checkpoint directory {directory}") from None
+
+    def fileno(self) -> int:
+        return self._file.fileno()
 
     def release(self) -> None:
         fcntl.flock(self._file, fcntl.LOCK_UN)
@@ -258,6 +262,7 @@ class JobRunner:
         self.control = control if control is not None else JobControl()
         """Ask the running job for a checkpoint, a savepoint or a stop (any thread)."""
         self._targets = SnapshotTargets(self.storage)
+        self._lock: CheckpointDirLock | None = None
         self._savepoint: Savepoint | None = None
         self._origin: SavepointOrigin | None = None
         self._state = "starting"
@@ -294,6 +299,7 @@ class JobRunner:
         # Object storage has no lock: two runs on one bucket prefix are the user's to avoid.
         storage = self.storage
         lock = CheckpointDirLock(storage.root, self.clock) if isinstance(storage, LocalCheckpointStorage) else None
+        self._lock = lock
         server: ControlServer | None = None
         try:
             if config.from_savepoint is not None:
@@ -442,7 +448,8 @@ class JobRunner:
         if self.executor_name == "processes":
             from flowstate.runtime.processes import ProcessExecutor
 
-            return ProcessExecutor(self.graph, self.workers, self.clock)
+            hold = (self._lock.fileno(),) if self._lock is not None else ()
+            return ProcessExecutor(self.graph, self.workers, self.clock, hold=hold)
         if self.executor_name == "ray":
             from flowstate.runtime.ray_cluster import RayExecutor
 
@@ -906,8 +913,8 @@ def choose_executor(config: JobConfig, graph: JobGraph) -> tuple[str, int]:
                 "every task in this process"
             )
         return name, 0
-    if name == "processes" and not hasattr(os, "fork"):
-        raise ConfigError("the processes executor forks its workers, which this platform cannot; use executor threads")
+    if name == "processes" and os.name != "posix":
+        raise ConfigError("the processes executor needs a POSIX system (Linux, macOS); use executor threads")
     default = (os.cpu_count() or 1) if name == "processes" else widest
     return name, min(config.workers or default, widest)
 

@@ -3,10 +3,10 @@ picklable value.
 
 Rules:
 
-1. **No hidden channels.** Every executor (threads, forked worker processes, Ray actors) builds its
-   tasks from an ``AttemptPlan`` and from nothing else of the job runner
-   (``flowstate.runtime.task_factory``). A worker never relies on memory a fork happens to inherit:
-   a plan that was pickled and loaded in a fresh process builds the same tasks.
+1. **No hidden channels.** Every executor (threads, worker processes, Ray actors) builds its tasks
+   from an ``AttemptPlan`` and from nothing else of the job runner
+   (``flowstate.runtime.task_factory``). A worker is a fresh interpreter that receives the plan
+   pickled (``pack``) and builds the same tasks from it.
 2. **References, not bytes.** The plan names the restore point (its metadata and a ``StorageSpec`` of
    the storage that holds its files) and, for every task, the state files (``TaskState`` handles) it
    reads. It holds no loaded state and no open storage client: each process opens its own storage
@@ -19,13 +19,18 @@ Rules:
    every state that state assignment (``flowstate.runtime.state_assignment``) can give the task.
    A file no task reads (state of an operator the job no longer has) is read by the first task of the
    job, so that the refusal, or the drop under ``allow_non_restored_state``, still happens.
-4. The plan's graph holds the user's functions: it pickles when they do (module-level functions and
-   classes; the Ray executor pickles with cloudpickle, which also takes lambdas and closures).
+4. The plan's graph holds the user's functions. ``pack`` pickles it with cloudpickle: lambdas,
+   closures and everything defined in a job file that is not importable (``flowstate run job.py``)
+   travel by value; functions and classes of importable modules by reference, so those modules must
+   be importable where the workers run (a worker gets the coordinator's ``sys.path``). What cannot be
+   pickled at all (a lock, a socket, an open file held by a function) is refused with a
+   ``ConfigError`` saying to create it in ``open(ctx)``.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,14 +63,8 @@ class StorageSpec:
     def is_object_store(self) -> bool:
         return is_url(self.location) and not self.location.startswith("file:")
 
-    def open(self, failpoints: Failpoints | None = None, *, forked: bool = False) -> CheckpointStorage:
-        """A new client of this storage, owned by the calling process. A ``forked`` process cannot
-        make object-store requests itself: its client forwards them to a fresh interpreter
-        (``flowstate.storage.isolated``)."""
-        if forked and self.is_object_store:
-            from flowstate.storage.isolated import IsolatedStorage
-
-            return IsolatedStorage(self.location, failpoints if failpoints else None)
+    def open(self, failpoints: Failpoints | None = None) -> CheckpointStorage:
+        """A new client of this storage, owned by the calling process."""
         try:
             return open_storage(self.location, failpoints=failpoints)
         except ValueError as exc:
@@ -140,7 +139,8 @@ class AttemptPlan:
     backend: BackendSpec = field(default_factory=BackendSpec)
     failpoints: Failpoints = field(default_factory=Failpoints)
     """Pickled, only its actions travel: each process then counts its own hits (rule 4 of
-    ``flowstate.runtime.ray_cluster``); forked workers share the counts (``Failpoints.share``)."""
+    ``flowstate.runtime.ray_cluster``) unless it attaches to the counts the coordinator shares
+    (``Failpoints.share``, as the worker processes of ``flowstate.runtime.processes`` do)."""
     restore: RestorePoint | None = None
     reads: Mapping[TaskId, tuple[TaskState, ...]] = field(default_factory=dict)
     """Task → the state files of the restore point it reads (rule 3); empty without a restore."""
@@ -155,6 +155,34 @@ class AttemptPlan:
             return []
         wanted = {ts.task for t in tasks for ts in self.reads.get(t, ())}
         return [ts for ts in self.restore.metadata.tasks if ts.task in wanted]
+
+
+def pack(plan: AttemptPlan) -> bytes:
+    """``plan`` as bytes for a worker process (rule 4)."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the cause is in the message
+        raise ConfigError(
+            f"job {plan.graph.name!r} cannot be sent to worker processes ({type(exc).__name__}: {exc}): create "
+            "objects such as connections, clients, locks and open files in open(ctx), or run with executor threads"
+        ) from exc
+
+
+def unpack(job: bytes) -> AttemptPlan:
+    """The plan ``pack`` made, in a worker process. A module of the job that this process cannot
+    import is a ``ConfigError`` (the restart strategy could not help)."""
+    try:
+        plan = pickle.loads(job)
+    except ImportError as exc:
+        raise ConfigError(
+            f"a worker process cannot load the job ({type(exc).__name__}: {exc}): the modules of the job's "
+            "functions must be importable in worker processes (PYTHONPATH), or run with executor threads"
+        ) from None
+    if not isinstance(plan, AttemptPlan):
+        raise TypeError(f"expected an AttemptPlan, got {type(plan).__name__}")
+    return plan
 
 
 def plan_reads(graph: JobGraph, metadata: CheckpointMetadata) -> dict[TaskId, tuple[TaskState, ...]]:

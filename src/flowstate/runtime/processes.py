@@ -5,25 +5,33 @@ in-band, in the same frames; the worker protocol is ``flowstate.runtime.worker_c
 
 Rules:
 
-1. Workers are forked (jobs are built from lambdas and closures, which cannot be pickled) at the
-   start of each attempt, once the attempt's plan (``flowstate.runtime.plan``) is made and before
-   this process starts any thread of the attempt. A worker builds its tasks from the plan alone,
-   as a Ray actor does: it opens its own client of the checkpoint storage from the plan's spec (an
-   object-store client of this process would not work in it) and loads the state of its own tasks
-   only. The fork is only how the plan reaches it; the failpoints' counts are shared with it
-   (``Failpoints.share``).
+1. Workers are fresh interpreters (``python -m flowstate.runtime.worker``), started at the start of
+   each attempt once the attempt's plan (``flowstate.runtime.plan``) is made. Never forked: this
+   process runs threads by then (the coordinator's, RocksDB's, an object-store client's), and a fork
+   of a threaded process inherits their locks without the threads, so a worker could wait forever
+   on a lock that was held at the fork or on a thread pool that does not exist in it. A worker
+   receives one explicit value, a ``WorkerStart`` pickled into its standard input: the plan packed
+   with cloudpickle (``pack``: lambdas and the functions of a job file travel by value), the
+   placement, its index, the coordinator's address and the attempt's token, this process's
+   ``sys.path`` and logging, and the failpoints' shared counts (``Failpoints.share``; their
+   descriptor is passed to it). It builds its tasks from the plan alone, as a Ray actor does: it
+   opens its own client of the checkpoint storage from the plan's spec and loads the state of its
+   own tasks only. A job that cannot be pickled is refused before any worker starts.
 2. A worker dies with the coordinator: on Linux it asks the kernel for SIGKILL when its parent
    exits, and everywhere it ends itself when its control connection closes. It holds the checkpoint
-   directory's lock (inherited), so a new run cannot start while a worker of the old one lives.
+   directory's lock (its descriptor is passed to it), so a new run cannot start while a worker of
+   the old one lives. It runs in a process group of its own and ignores SIGINT and SIGTERM: Ctrl-C
+   and a stop go to the coordinator, which decides, stops the job and ends the workers.
 3. A worker that exits or is killed while its attempt runs is noticed when its control connection
    closes, which the kernel does as the process dies: the attempt fails with a ``WorkerLostError``
    naming the worker, its tasks and how it ended. The restart strategy decides as for any failure.
    Every worker of a failed attempt is killed, so no task of it writes anything any more, and the
-   next attempt forks new workers, every task restored from the latest completed checkpoint (a full
+   next attempt starts new workers, every task restored from the latest completed checkpoint (a full
    restart). A checkpoint in flight at the failure is never completed: its coordinator ends with the
    attempt, and the next attempt sweeps the files it left.
 4. A successful attempt stops its workers gracefully: each cancels its (finished) tasks, waits for
-   its snapshot writes and exits.
+   its snapshot writes and exits (without the interpreter's shutdown, which could wait for a thread
+   of the job's code).
 
 ``WorkerPool`` is everything but how workers are started, watched and killed; the Ray executor
 (``flowstate.runtime.ray_cluster``) shares it.
@@ -35,10 +43,12 @@ import contextlib
 import ctypes
 import logging
 import os
+import pickle
 import queue
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import traceback
@@ -48,7 +58,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.observe.counters import TaskCounters
 from flowstate.clock import Clock, SystemClock
+from flowstate.failpoints import SharedCounts
 from flowstate.runtime.messages import TaskFailed, TaskFinished
+from flowstate.runtime.plan import pack
 from flowstate.runtime.remote import ControlChannel
 from flowstate.runtime.transport import STOP_TIMEOUT, Reports
 from flowstate.runtime.worker_control import (
@@ -59,6 +71,7 @@ from flowstate.runtime.worker_control import (
     Mail,
     PeerLost,
     Peers,
+    Placement,
     Progress,
     Start,
     Stop,
@@ -305,80 +318,129 @@ class WorkerPool:
 
 
 class ProcessExecutor(WorkerPool):
-    """Workers forked from this process (rule 1)."""
+    """Workers started as fresh interpreters (rule 1)."""
 
     name = "processes"
 
-    def __init__(self, graph: JobGraph, workers: int, clock: Clock | None = None) -> None:
+    def __init__(self, graph: JobGraph, workers: int, clock: Clock | None = None, *,
+                 hold: tuple[int, ...] = ()) -> None:
         super().__init__(graph, workers, clock)
+        self._hold = hold
+        """Descriptors every worker keeps open while it lives: the checkpoint directory's lock (rule 2)."""
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._reaping = threading.Lock()
 
     def _spawn(self, plan: AttemptPlan, coordinator: Address, token: str) -> None:
-        if plan.failpoints:
-            plan.failpoints.share()
-        _flush_standard_streams()  # or the workers would write what is buffered once more
-        parent = os.getpid()
+        job = pack(plan)  # once for every worker; refused here when the job cannot be pickled
+        counts = plan.failpoints.share()
+        keep = (*self._hold, *((counts.fd,) if counts is not None else ()))
+        logger = logging.getLogger("flowstate")
+        formats = [type(h.formatter).__name__ for h in logger.handlers if h.formatter is not None]
+        log_format = ("json" if "JsonFormatter" in formats else "text") if logger.handlers else None
         for link in self._links:
-            pid = os.fork()
-            if pid == 0:
-                self._child(link.index, plan, coordinator, token, parent)
-            link.pid = pid
+            process = subprocess.Popen(  # noqa: S603 - this interpreter, this package's worker module
+                [sys.executable, "-m", "flowstate.runtime.worker"], stdin=subprocess.PIPE, pass_fds=keep,
+                process_group=0,  # Ctrl-C in a terminal reaches the coordinator only (rule 2)
+            )
+            self._processes[link.index] = process
+            link.pid = process.pid
             link.started = True
-
-    def _child(self, worker: int, plan: AttemptPlan, coordinator: Address, token: str, parent: int) -> NoReturn:
-        from flowstate.runtime.worker import serve
-
-        code = 1
-        try:
-            _die_with_parent(parent)
-            # Ctrl-C reaches the whole process group, and so may SIGTERM (systemd stops a service's
-            # every process): the coordinator decides, stops the job and ends the workers.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            if self._listener is not None:
-                self._listener.close()  # the coordinator's
-            code = serve(plan, self._placement, worker, coordinator, token, self.host, forked=True)
-        except BaseException:  # noqa: BLE001 - the process ends here whatever happened
-            with contextlib.suppress(Exception):
-                traceback.print_exc()
-        finally:
-            _flush_standard_streams()
-            os._exit(code)
+        # Every interpreter is starting meanwhile: a start larger than a pipe's buffer is written
+        # while the next worker imports, not before it is started.
+        for link in self._links:
+            start = WorkerStart(job, self._placement, link.index, coordinator, token, self.host, os.getpid(),
+                                tuple(sys.path), counts, logger.getEffectiveLevel(), log_format)
+            stdin = self._processes[link.index].stdin
+            assert stdin is not None
+            try:
+                with stdin:
+                    pickle.dump(start, stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            except OSError:
+                pass  # it ended before it read its start: _accept says how it ended
 
     def _poll(self, link: WorkerLink) -> str | None:
         with self._reaping:  # the control thread of a worker and stop() may both ask
-            if link.ended is None and link.pid is not None:
-                try:
-                    pid, status = os.waitpid(link.pid, os.WNOHANG)
-                except ChildProcessError:
-                    link.ended = "ended"
-                else:
-                    if pid:
-                        link.ended = describe_exit(status)
+            process = self._processes.get(link.index)
+            if link.ended is None and process is not None:
+                code = process.poll()
+                if code is not None:
+                    link.ended = describe_exit(code)
             return link.ended
 
     def _kill(self, link: WorkerLink) -> None:
-        if link.pid is not None and link.ended is None:
+        process = self._processes.get(link.index)
+        if process is not None and link.ended is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(link.pid, signal.SIGKILL)
+                process.kill()
 
 
-def describe_exit(status: int) -> str:
-    """``"was killed by SIGKILL"`` or ``"exited with status 1"`` for a ``waitpid`` status."""
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(number).name
-        except ValueError:
-            name = f"signal {number}"
-        return f"was killed by {name}"
-    return f"exited with status {os.WEXITSTATUS(status)}"
+@dataclass(frozen=True, slots=True)
+class WorkerStart:
+    """Everything a worker process receives from the coordinator, as one value pickled into its
+    standard input: the packed plan, where it stands, and how to behave as the coordinator's
+    process does."""
+
+    job: bytes
+    """The attempt's plan (``flowstate.runtime.plan.pack``), the same bytes for every worker."""
+    placement: Placement
+    worker: int
+    coordinator: Address
+    token: str
+    host: str
+    parent: int
+    """The coordinator's pid (rule 2)."""
+    path: tuple[str, ...]
+    """The coordinator's ``sys.path``: modules of the job import from the same places."""
+    counts: SharedCounts | None
+    """The failpoints' shared counts, whose descriptor the worker received."""
+    log_level: int
+    log_format: str | None
+    """``text`` or ``json`` when the coordinator's ``flowstate`` logger has handlers (the command
+    line's ``--log-format``), else ``None``."""
 
 
-def _flush_standard_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
+def worker_main() -> NoReturn:
+    """The body of ``python -m flowstate.runtime.worker``: read the ``WorkerStart``, serve, exit."""
+    code = 1
+    try:
+        # Rule 2: the coordinator decides about Ctrl-C and SIGTERM (systemd sends SIGTERM to a
+        # service's every process), stops the job and ends the workers.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        start: WorkerStart = pickle.load(sys.stdin.buffer)
+        _die_with_parent(start.parent)
+        with open(os.devnull, "rb") as devnull:  # the start is read; the job's code gets no input
+            os.dup2(devnull.fileno(), 0)
+        sys.path[:] = [p for p in start.path if p not in sys.path] + sys.path
+        if start.log_format is not None:
+            from flowstate.observe.logs import setup
+
+            setup(logging.getLevelName(start.log_level).lower(), start.log_format)
+        logging.getLogger("flowstate").setLevel(start.log_level)
+        from flowstate.runtime.worker import serve
+
+        code = serve(start.job, start.placement, start.worker, start.coordinator, start.token, start.host,
+                     counts=start.counts)
+    except BaseException:  # noqa: BLE001 - the process ends here whatever happened
         with contextlib.suppress(Exception):
-            stream.flush()
+            traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        # No interpreter shutdown: it would wait for threads of the job that may never end.
+        os._exit(code)
+
+
+def describe_exit(code: int) -> str:
+    """``"was killed by SIGKILL"`` or ``"exited with status 1"`` for a ``Popen.returncode``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with status {code}"
 
 
 def _die_with_parent(parent: int) -> None:

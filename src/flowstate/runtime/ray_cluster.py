@@ -3,12 +3,12 @@
 Install with ``pip install 'flowstate[ray]'``. Rules:
 
 1. Ray places the workers: one actor per worker, each asking for one CPU. An actor runs the same
-   worker loop as a forked worker (``flowstate.runtime.worker.serve``): it connects to the
+   worker loop as a worker process (``flowstate.runtime.worker.serve``): it connects to the
    coordinator's control listener and to its peers **directly** over TCP, and records flow between
    workers in frames over those connections, never through actor calls or Ray's object store.
-2. Each actor receives the attempt's plan (``flowstate.runtime.plan``) pickled with cloudpickle
-   (lambdas and closures travel by value; classes of importable modules by reference, so those
-   modules must be importable where the actors run), opens its own client of the checkpoint storage
+2. Each actor receives the attempt's plan packed as for a worker process (``flowstate.runtime.plan``
+   ``pack``: lambdas and closures travel by value; classes of importable modules by reference, so
+   those modules must be importable where the actors run), opens its own client of the checkpoint storage
    from the plan's spec and loads the state of its own tasks: after a failure the new actors restore
    from the restore point. A local checkpoint directory must be a file system that every node sees
    at the same path (the plan names it by its absolute path); object storage (``s3://``) is reached
@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from flowstate.clock import Clock
 from flowstate.errors import ConfigError
+from flowstate.runtime.plan import pack
 from flowstate.runtime.processes import WorkerLink, WorkerPool
-from flowstate.runtime.worker_control import Address
+from flowstate.runtime.worker_control import Address, Placement
 
 if TYPE_CHECKING:
     from flowstate.graph import JobGraph
@@ -54,14 +55,11 @@ class FlowstateWorker:
     """The body of a worker actor (made a Ray actor class by ``RayExecutor``; Ray names its process
     ``ray::FlowstateWorker``)."""
 
-    def serve(self, job: bytes, worker: int, coordinator: Address, token: str) -> int:
-        import pickle
-
+    def serve(self, job: bytes, placement: Placement, worker: int, coordinator: Address, token: str) -> int:
         from flowstate.runtime.worker import serve
 
         ray = _ray()
-        plan, placement = pickle.loads(job)
-        return serve(plan, placement, worker, coordinator, token, ray.util.get_node_ip_address())
+        return serve(job, placement, worker, coordinator, token, ray.util.get_node_ip_address())
 
 
 class RayExecutor(WorkerPool):
@@ -80,12 +78,12 @@ class RayExecutor(WorkerPool):
 
     def _spawn(self, plan: AttemptPlan, coordinator: Address, token: str) -> None:
         ray = self._rayapi
-        job = ray.cloudpickle.dumps((plan, self._placement))
+        job = pack(plan)
         actor_class = ray.remote(num_cpus=1, max_restarts=0)(FlowstateWorker)
         for link in self._links:
             actor = actor_class.remote()
             self._actors[link.index] = actor
-            self._calls[link.index] = actor.serve.remote(job, link.index, coordinator, token)
+            self._calls[link.index] = actor.serve.remote(job, self._placement, link.index, coordinator, token)
             link.started = True
 
     def _poll(self, link: WorkerLink) -> str | None:

@@ -52,16 +52,14 @@ class TaskSite:
     targets: SnapshotTargets | None = None
     """Where tasks write snapshots: checkpoints to ``checkpoints``, savepoints to their directories.
     The coordinator's process shares its own (it adds the routes of savepoints)."""
-    forked: bool = False
-    """This process was forked from the coordinator's (see ``StorageSpec.open``)."""
 
     @classmethod
-    def open(cls, plan: AttemptPlan, clock: Clock | None = None, *, forked: bool = False) -> TaskSite:
+    def open(cls, plan: AttemptPlan, clock: Clock | None = None) -> TaskSite:
         """A site of a process of its own (a worker): it opens the storage from the plan's spec."""
         checkpoints = None
         if plan.checkpoints is not None:
-            checkpoints = plan.checkpoints.open(plan.failpoints, forked=forked)
-        return cls(checkpoints, clock or SystemClock(), forked=forked)
+            checkpoints = plan.checkpoints.open(plan.failpoints)
+        return cls(checkpoints, clock or SystemClock())
 
     def snapshot_targets(self) -> SnapshotTargets | None:
         if self.checkpoints is None:
@@ -73,7 +71,7 @@ class TaskSite:
         assert plan.restore is not None
         if plan.checkpoints == plan.restore.storage and self.checkpoints is not None:
             return self.checkpoints
-        return plan.restore.storage.open(plan.failpoints, forked=self.forked)
+        return plan.restore.storage.open(plan.failpoints)
 
 
 def load_resume_states(

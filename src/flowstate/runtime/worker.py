@@ -1,8 +1,9 @@
-"""A worker: one process running a share of a job's tasks, the same for a forked process and a Ray
-actor.
+"""A worker: one process running a share of a job's tasks, the same for a worker process of
+``flowstate.runtime.processes`` (``python -m flowstate.runtime.worker``) and a Ray actor.
 
 ``serve`` runs the steps of ``flowstate.runtime.worker_control`` on the worker's side, from the
-attempt's plan (``flowstate.runtime.plan``) and nothing else of the job runner: the worker opens its
+attempt's plan (``flowstate.runtime.plan``, received packed) and nothing else of the job runner: it
+unpacks the plan at Step 4 (a module it cannot import fails the build with a ``ConfigError``), opens its
 own client of the checkpoint storage from the plan's spec and loads the state of its own tasks. Its
 tasks are built by the same task factory as in one process (``flowstate.runtime.task_factory``), with
 a wiring that hands a producer whose consumer runs in another worker a ``RemoteChannelWriter`` instead
@@ -22,6 +23,7 @@ from flowstate.checkpoint.ids import TaskId
 from flowstate.clock import SystemClock
 from flowstate.runtime.frames import HEADER, HEADER_SIZE, HELLO, encode
 from flowstate.runtime.messages import TaskFailed, TaskFinished
+from flowstate.runtime.plan import unpack
 from flowstate.runtime.remote import ControlChannel, DataPlane
 from flowstate.runtime.task_factory import TaskSite, build_tasks
 from flowstate.runtime.transport import ThreadExecutor
@@ -41,7 +43,7 @@ from flowstate.runtime.worker_control import (
 )
 
 if TYPE_CHECKING:
-    from flowstate.runtime.plan import AttemptPlan
+    from flowstate.failpoints import SharedCounts
     from flowstate.runtime.task import Task
 
 log = logging.getLogger("flowstate")
@@ -105,13 +107,14 @@ class _Reports:
 
 
 def serve(
-    plan: AttemptPlan, placement: Placement, worker: int, coordinator: Address, token: str,
-    host: str = "127.0.0.1", *, forked: bool = False,
+    job: bytes, placement: Placement, worker: int, coordinator: Address, token: str,
+    host: str = "127.0.0.1", *, counts: SharedCounts | None = None,
 ) -> int:
-    """Run worker ``worker`` of one attempt until the coordinator says ``Stop`` (returns 0). When the
+    """Run worker ``worker`` of one attempt, whose plan ``job`` is (packed by
+    ``flowstate.runtime.plan.pack``), until the coordinator says ``Stop`` (returns 0). When the
     coordinator goes away the process ends at once (``os._exit``): a worker never outlives it, and
-    never writes for an attempt that is over. ``forked``: this process is a fork of the
-    coordinator's (``StorageSpec.open``)."""
+    never writes for an attempt that is over. ``counts``: the failpoint counts the coordinator
+    shares with this process (``Failpoints.attach``)."""
     clock = SystemClock()
     listener = socket.create_server((host, 0), backlog=max(placement.count, 1))
     control = ControlChannel(socket.create_connection(coordinator))
@@ -120,12 +123,15 @@ def serve(
     executor: ThreadExecutor | None = None
     try:
         peers = _expect(control, Peers)
-        plane = DataPlane(len(placement.tasks), plan.config.channel_capacity)
         try:
+            plan = unpack(job)
+            if counts is not None:
+                plan.failpoints.attach(counts)
+            plane = DataPlane(len(placement.tasks), plan.config.channel_capacity)
             _connect_peers(plane, listener, peers.addresses, worker, token)
             reports = _Reports(control)
             wiring = _WorkerWiring(placement, worker, plane)
-            site = TaskSite.open(plan, clock, forked=forked)
+            site = TaskSite.open(plan, clock)
             dropped: list[str] = []
             executor = ThreadExecutor(lambda p, q, pool: build_tasks(p, q, pool, site, wiring, dropped), clock)
             reports.tasks = executor.build(plan, reports)
@@ -209,3 +215,9 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("a peer closed its connection while saying hello")
         data += chunk
     return bytes(data)
+
+
+if __name__ == "__main__":  # a worker process of ``flowstate.runtime.processes``
+    from flowstate.runtime.processes import worker_main
+
+    worker_main()

@@ -2,14 +2,14 @@
 
 One attempt, step by step (the order matters):
 
-Step 1: the coordinator opens a control listener and starts the workers (forked processes, or Ray
+Step 1: the coordinator opens a control listener and starts the workers (worker processes, or Ray
         actors), telling each its index, the listener's address and the attempt's token.
 Step 2: each worker opens its data listener, connects to the coordinator and says ``Hello``.
 Step 3: once every worker said hello, the coordinator sends each one ``Peers``: worker *i* connects
         to every worker *j < i* (a ``HELLO`` frame naming *i*) and accepts a connection from every
         *j > i*. No record flows through the coordinator.
-Step 4: each worker builds its tasks from the attempt's plan (``flowstate.runtime.plan``), opening
-        its own client of the checkpoint storage and loading its own tasks' state, and answers
+Step 4: each worker unpacks the attempt's plan (``flowstate.runtime.plan``) and builds its tasks,
+        opening its own client of the checkpoint storage and loading its own tasks' state, and answers
         ``Built`` (or ``BuildFailed``). Nothing is sent on a data connection before Step 5, so no
         frame can reach a gate that is not built yet.
 Step 5: when every worker is built the coordinator sends ``Start``. From then on ``Mail`` carries
