@@ -5,7 +5,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowstate.time.watermarks import ChannelWatermarks, SplitWatermarks, Watermark
+from flowstate.time.watermarks import MIN_WATERMARK, ChannelWatermarks, SplitWatermarks, Watermark
 
 INF = math.inf
 
@@ -170,3 +170,40 @@ def test_a_finished_split_no_longer_holds_the_watermark_back():
     gen.finish("old")
     assert gen.current(0.0) == Watermark(50.0)
     assert gen.snapshot() == {"splits": {"new": 50.0}, "emitted": 50.0}
+
+
+def test_an_announced_split_holds_the_watermark_back_until_it_produces():
+    gen = SplitWatermarks(10.0, None)
+    gen.add_split("p0", 0.0)
+    gen.add_split("p1", 0.0)
+    gen.on_records("p0", 100.0, 0.1)
+    assert gen.current(0.1) is None  # p1 may still deliver anything above -inf
+    gen.on_records("p1", 60.0, 0.2)
+    assert gen.current(0.2) == Watermark(50.0)
+
+
+def test_an_announced_split_that_stays_quiet_stops_holding_the_watermark_once_idle():
+    gen = SplitWatermarks(0.0, 5.0)
+    gen.add_split("p0", 0.0)
+    gen.add_split("p1", 0.0)
+    gen.on_records("p0", 100.0, 1.0)
+    assert gen.current(4.9) is None
+    assert gen.current(5.0) == Watermark(100.0)  # p1 idle 5 s after its announcement
+
+
+def test_announced_splits_that_never_produce_make_the_subtask_idle():
+    gen = SplitWatermarks(0.0, 5.0)
+    gen.add_split("p0", 0.0)
+    assert gen.current(0.0) is None
+    assert gen.current(5.0) == Watermark(MIN_WATERMARK, idle=True)
+    assert gen.current(6.0) is None  # said once
+    gen.on_records("p0", 30.0, 7.0)
+    assert gen.current(7.0) == Watermark(30.0)
+
+
+def test_announcing_a_known_split_keeps_its_watermark():
+    gen = SplitWatermarks(0.0, None)
+    gen.on_records("p0", 40.0, 0.0)
+    gen.add_split("p0", 1.0)
+    assert gen.current(1.0) == Watermark(40.0)
+    assert gen.snapshot() == {"splits": {"p0": 40.0}, "emitted": 40.0}

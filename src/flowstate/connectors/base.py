@@ -40,6 +40,24 @@ class SourceReader(Protocol):
         ...
 
 
+SplitEvent = tuple[str, list[Any], bool]
+"""One event of ``SplitReader.poll_splits``: ``(split, records, finished)``."""
+
+
+class SplitReader(SourceReader, Protocol):
+    """A reader that says which split each record comes from, for per-split watermarks
+    (``flowstate.time.watermarks`` rules 1-5a). A reader of several splits at once (Kafka partitions,
+    Redis streams, NATS subjects) is one; the records of a split stay in their order."""
+
+    def poll_splits(self, max_records: int) -> list[SplitEvent] | None:
+        """What ``poll`` would return, as events in order (at most ``max_records`` records in all):
+        ``(split, records, False)``: records of one split; ``(split, [], False)``: ``split`` is read
+        from now on (announced before its first records, so that it holds the watermark back until it
+        produces or is idle); ``(split, [], True)``: ``split`` is exhausted and leaves the watermark.
+        ``None`` once every split is exhausted. Positions advance as by ``poll``."""
+        ...
+
+
 class Source(Protocol):
     @property
     def name(self) -> str: ...

@@ -223,6 +223,42 @@ def redistribute_publishing_states(states: Sequence[Any | None], parallelism: in
     return out
 
 
+SplitGroups = list[tuple[str, list[Any]]]
+"""What one read of a broker reader returned: the records of each split, in the order read."""
+
+
+def flatten(groups: SplitGroups) -> list[Any]:
+    """``poll``'s view of one read: every record, split after split."""
+    if len(groups) == 1:
+        return groups[0][1]
+    return [record for _, records in groups for record in records]
+
+
+class SplitTracker:
+    """Turns each read of a broker reader into the events of ``SplitReader.poll_splits``: a split
+    that became readable is announced before its records, a split that is no longer readable
+    (exhausted) is finished after them. Pure: the reader says what it read and what it reads now."""
+
+    __slots__ = ("_watched",)
+
+    def __init__(self) -> None:
+        self._watched: dict[str, None] = {}
+        """Splits announced and not finished, in announcement order."""
+
+    def events(self, groups: SplitGroups, active: Sequence[str]) -> list[tuple[str, list[Any], bool]]:
+        now_active = dict.fromkeys(active)
+        out: list[tuple[str, list[Any], bool]] = [(s, [], False) for s in now_active if s not in self._watched]
+        ended = dict.fromkeys(s for s in self._watched if s not in now_active)
+        for split, records in groups:
+            if records:
+                out.append((split, records, False))
+                if split not in now_active:
+                    ended[split] = None  # read to its end by this very read
+        out.extend((split, [], True) for split in ended)
+        self._watched = now_active
+        return out
+
+
 def hit(failpoints: Any, name: str) -> None:
     if failpoints:
         failpoints.hit(name)

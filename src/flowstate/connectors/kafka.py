@@ -44,13 +44,17 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from flowstate.connectors.base import SplitEvent
 from flowstate.connectors.broker_common import (
     MID_COMMIT,
     ConnectorError,
     Delivery,
     PublishingCommitter,
+    SplitGroups,
+    SplitTracker,
     WriterIdentity,
     encode_all,
+    flatten,
     hit,
     json_bytes,
     json_record,
@@ -145,7 +149,7 @@ class KafkaSource:
 class KafkaReader:
     """Reads the partitions of one subtask. State: ``next`` and ``end`` per partition."""
 
-    __slots__ = ("_limiter", "_source", "_consumer", "_next", "_end", "_done", "_to_commit")
+    __slots__ = ("_limiter", "_source", "_consumer", "_next", "_end", "_done", "_to_commit", "_tracker")
 
     def __init__(self, source: KafkaSource, splits: list[str], resume: dict[str, Any]) -> None:
         from confluent_kafka import Consumer, TopicPartition
@@ -161,6 +165,7 @@ class KafkaReader:
         self._end: dict[str, int | None] = {}
         self._done: set[str] = set()
         self._to_commit: list[tuple[int, dict[str, int]]] = []
+        self._tracker = SplitTracker()
         assignment = []
         for split in splits:
             topic, _, part = split.rpartition(":")
@@ -189,6 +194,17 @@ class KafkaReader:
         return end is not None and self._next[split] >= end
 
     def poll(self, max_records: int) -> list[Any] | None:
+        groups = self._read(max_records)
+        return None if groups is None else flatten(groups)
+
+    def poll_splits(self, max_records: int) -> list[SplitEvent] | None:
+        groups = self._read(max_records)
+        return None if groups is None else self._tracker.events(groups, self._active())
+
+    def _active(self) -> list[str]:
+        return [s for s in self._next if s not in self._done]
+
+    def _read(self, max_records: int) -> SplitGroups | None:
         if len(self._done) == len(self._next):
             return None
         if max_records <= 0:
@@ -199,7 +215,7 @@ class KafkaReader:
                 return []
         messages = self._consumer.consume(num_messages=max_records, timeout=_POLL_TIMEOUT)
         decode = self._source._decoder
-        records = []
+        by_split: dict[str, list[Any]] = {}
         advanced: dict[str, int] = {}
         for message in messages:
             if message.error() is not None:
@@ -210,7 +226,7 @@ class KafkaReader:
             end = self._end[split]
             if offset < nxt or split in self._done or (end is not None and offset >= end):
                 continue
-            records.append(decode(message.value()))
+            by_split.setdefault(split, []).append(decode(message.value()))
             advanced[split] = offset + 1
         # Assigned after every record decoded: a failing decoder leaves the positions where they were.
         self._next.update(advanced)
@@ -219,7 +235,7 @@ class KafkaReader:
         for split in advanced:
             if self._exhausted(split):
                 self._done.add(split)
-        return records
+        return list(by_split.items())
 
     def _check_ends(self) -> None:
         """A bounded partition whose last offsets are transaction markers delivers no record at its end:

@@ -39,14 +39,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowstate.config import parse_duration
+from flowstate.connectors.base import SplitEvent
 from flowstate.connectors.broker_common import (
     MID_COMMIT,
     ConnectorError,
     Delivery,
     EventLoopThread,
     PublishingCommitter,
+    SplitGroups,
+    SplitTracker,
     WriterIdentity,
     encode_all,
+    flatten,
     hit,
     json_bytes,
     json_record,
@@ -169,13 +173,14 @@ class _Split:
 class NatsReader:
     """Reads the splits of one subtask. All state is ``next`` and ``end`` per split."""
 
-    __slots__ = ("_limiter", "_source", "_loop", "_nc", "_js", "_splits", "_turn")
+    __slots__ = ("_limiter", "_source", "_loop", "_nc", "_js", "_splits", "_turn", "_tracker")
 
     def __init__(self, source: NatsSource, splits: list[str], positions: dict[str, tuple[int, int | None] | None]) -> None:
         self._source = source
         self._limiter = read_limiter(source._rate, source.name)
         self._splits: list[_Split] = []
         self._turn = 0
+        self._tracker = SplitTracker()
         self._loop = EventLoopThread(f"nats-source:{source.name}")
         try:
             self._nc = self._loop.run(_connect(source._servers, f"NatsSource {source.name!r}"))
@@ -216,6 +221,15 @@ class NatsReader:
             state.exhausted = True  # nothing matching at or after next up to the stream's end (≥ E)
 
     def poll(self, max_records: int) -> list[Any] | None:
+        groups = self._read_groups(max_records)
+        return None if groups is None else flatten(groups)
+
+    def poll_splits(self, max_records: int) -> list[SplitEvent] | None:
+        groups = self._read_groups(max_records)
+        return None if groups is None else self._tracker.events(
+            groups, [s.split for s in self._splits if not s.exhausted])
+
+    def _read_groups(self, max_records: int) -> SplitGroups | None:
         active = [s for s in self._splits if not s.exhausted]
         if not active:
             return None
@@ -247,7 +261,7 @@ class NatsReader:
                 break
         # Assigned after every record decoded: a failing decoder leaves the position where it was.
         state.next = nxt
-        return records
+        return [(state.split, records)]
 
     async def _fetch(self, state: _Split, max_records: int) -> list[Any]:
         from nats.errors import TimeoutError as NatsTimeout

@@ -118,6 +118,9 @@ class TimestampsOperator(Operator):
             raise UserFunctionError(self.name, record, exc) from exc
         return highest
 
+    def start_split(self, split: str) -> None:
+        self.generator.add_split(split, self.clock.monotonic())
+
     def finish_split(self, split: str) -> None:
         self.generator.finish(split)
 
