@@ -192,6 +192,74 @@ class PublishingCommitter:
             self._buffer = []
 
 
+class BrokerSinkWriter:
+    """What every broker sink writer does, whichever the broker: with ``delivery="exactly_once"`` it
+    is a ``PublishingCommitter`` (rules 1-4), otherwise it sends at once (the at-least-once rule).
+
+    An adapter calls ``_init_delivery`` in its constructor, once its client is connected, and
+    supplies:
+
+    - ``_publish_batch(identity, checkpoint_id, payloads)``: publish one pre-committed batch,
+      idempotently per (identity, checkpoint id) (exactly-once);
+    - ``_send(payloads)``: send encoded records now (at-least-once);
+    - ``_flush()``: return once the broker acknowledged everything sent (at-least-once; the default
+      does nothing, for adapters whose ``_send`` waits for the acknowledgements itself);
+    - ``close()``.
+
+    Failpoints attached by the task are in ``_failpoints`` (``hit(self._failpoints, MID_COMMIT)``).
+    """
+
+    __slots__ = ("_owner", "_record_encoder", "_committer", "_failpoints")
+
+    def _init_delivery(self, owner: str, sink: str, subtask: int, delivery: Delivery,
+                       encode: Callable[[Any], bytes], resume_state: Any | None) -> None:
+        """Step (1) of every adapter's constructor after connecting; with a resume state it publishes
+        what that state names first (rule 4), so the adapter must be able to publish by then."""
+        self._owner = owner
+        self._record_encoder = encode
+        self._failpoints: Any = None
+        self._committer: PublishingCommitter | None = None
+        if delivery is Delivery.EXACTLY_ONCE:
+            self._committer = PublishingCommitter(owner, sink, subtask, encode, self._publish_batch, resume_state)
+
+    def _publish_batch(self, identity: WriterIdentity, checkpoint_id: int, payloads: tuple[bytes, ...]) -> None:
+        raise NotImplementedError
+
+    def _send(self, payloads: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        """At-least-once: everything sent is acknowledged (nothing to wait for by default)."""
+
+    def attach_failpoints(self, failpoints: Any) -> None:
+        self._failpoints = failpoints
+
+    def write_batch(self, records: list[Any]) -> None:
+        if self._committer is not None:
+            self._committer.write_batch(records)
+        else:
+            self._send(encode_all(self._record_encoder, records, self._owner))
+
+    def pre_commit(self, checkpoint_id: int) -> None:
+        if self._committer is not None:
+            self._committer.pre_commit(checkpoint_id)
+        else:
+            self._flush()  # everything before the barrier is acknowledged before the snapshot
+
+    def snapshot(self) -> Any:
+        return self._committer.snapshot() if self._committer is not None else None
+
+    def commit(self, checkpoint_id: int) -> None:
+        if self._committer is not None:
+            self._committer.commit(checkpoint_id)
+
+    def finish(self) -> None:
+        if self._committer is not None:
+            self._committer.finish()
+        else:
+            self._flush()
+
+
 def parse_publishing_state(state: Any, sink: str) -> tuple[str, list[tuple[int, Batch]]]:
     try:
         run = state["run"]

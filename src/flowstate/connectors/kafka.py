@@ -58,13 +58,12 @@ from flowstate.config import parse_duration
 from flowstate.connectors.base import SplitEvent
 from flowstate.connectors.broker_common import (
     MID_COMMIT,
+    BrokerSinkWriter,
     ConnectorError,
     Delivery,
-    PublishingCommitter,
     SplitGroups,
     SplitTracker,
     WriterIdentity,
-    encode_all,
     flatten,
     hit,
     json_bytes,
@@ -425,20 +424,19 @@ class KafkaSink:
         return KafkaSinkWriter(self, subtask, resume_state)
 
 
-class KafkaSinkWriter:
-    __slots__ = ("_sink", "_producer", "_committer", "_committed", "_failpoints", "_owner", "_errors")
+class KafkaSinkWriter(BrokerSinkWriter):
+    __slots__ = ("_sink", "_producer", "_committed", "_errors")
 
     def __init__(self, sink: KafkaSink, subtask: int, resume_state: Any | None) -> None:
         from confluent_kafka import Producer
 
         self._sink = sink
-        self._owner = f"KafkaSink {sink.name!r}"
-        self._failpoints: Any = None
+        owner = f"KafkaSink {sink.name!r}"
+        self._owner = owner
         self._errors: list[Any] = []
-        _metadata(sink._bootstrap, [], self._owner, sink._config)  # one line when unreachable
+        _metadata(sink._bootstrap, [], owner, sink._config)  # one line when unreachable
         config: dict[str, Any] = {"bootstrap.servers": sink._bootstrap, "linger.ms": 5, **sink._config}
         self._committed: dict[str, int] = {}
-        self._committer: PublishingCommitter | None = None
         if sink._delivery is Delivery.EXACTLY_ONCE:
             config["transactional.id"] = f"{sink.name}-{subtask}"
             config["transaction.timeout.ms"] = int(_TXN_TIMEOUT * 1000)
@@ -447,11 +445,10 @@ class KafkaSinkWriter:
             self._producer.init_transactions(_TXN_TIMEOUT)
             if resume_state is not None and resume_state.get("pending"):
                 self._committed = self._read_markers()
-            self._committer = PublishingCommitter(self._owner, sink.name, subtask, self._encode, self._publish_batch,
-                                                  resume_state)
         else:
             config["enable.idempotence"] = True
             self._producer = Producer(config)
+        self._init_delivery(owner, sink.name, subtask, sink._delivery, self._encode, resume_state)
 
     def _encode(self, record: Any) -> bytes:
         key = self._sink._key(record) if self._sink._key is not None else None
@@ -492,9 +489,6 @@ class KafkaSinkWriter:
         finally:
             consumer.close()
 
-    def attach_failpoints(self, failpoints: Any) -> None:
-        self._failpoints = failpoints
-
     def _on_delivery(self, error: Any, _: Any) -> None:
         if error is not None:
             self._errors.append(error)
@@ -530,37 +524,16 @@ class KafkaSinkWriter:
             except BufferError:
                 self._producer.poll(0.1)  # the local queue is full: let deliveries drain it
 
-    def write_batch(self, records: list[Any]) -> None:
-        if self._committer is not None:
-            self._committer.write_batch(records)
-            return
-        for payload in encode_all(self._encode, records, self._owner):
+    def _send(self, payloads: list[bytes]) -> None:
+        for payload in payloads:
             key, value = _unframe(payload)
             self._produce(self._sink._topic, value, key)
         self._producer.poll(0)
         self._raise_errors()
 
-    def pre_commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.pre_commit(checkpoint_id)
-            return
-        # at_least_once: everything before the barrier is acknowledged by the broker before the snapshot.
+    def _flush(self) -> None:
         self._producer.flush(_TXN_TIMEOUT)
         self._raise_errors()
-
-    def snapshot(self) -> Any:
-        return self._committer.snapshot() if self._committer is not None else None
-
-    def commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.commit(checkpoint_id)
-
-    def finish(self) -> None:
-        if self._committer is not None:
-            self._committer.finish()
-        else:
-            self._producer.flush(_TXN_TIMEOUT)
-            self._raise_errors()
 
     def close(self) -> None:
         if self._committer is None:

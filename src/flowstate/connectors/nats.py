@@ -42,14 +42,13 @@ from flowstate.config import parse_duration
 from flowstate.connectors.base import SplitEvent
 from flowstate.connectors.broker_common import (
     MID_COMMIT,
+    BrokerSinkWriter,
     ConnectorError,
     Delivery,
     EventLoopThread,
-    PublishingCommitter,
     SplitGroups,
     SplitTracker,
     WriterIdentity,
-    encode_all,
     flatten,
     hit,
     json_bytes,
@@ -332,24 +331,21 @@ class NatsSink:
         return NatsSinkWriter(self, subtask, resume_state)
 
 
-class NatsSinkWriter:
+class NatsSinkWriter(BrokerSinkWriter):
     """One subtask's publisher: a ``PublishingCommitter`` (exactly-once) or direct publishes."""
 
-    __slots__ = ("_sink", "_loop", "_nc", "_js", "_committer", "_in_flight", "_failpoints", "_owner")
+    __slots__ = ("_sink", "_loop", "_nc", "_js")
 
     def __init__(self, sink: NatsSink, subtask: int, resume_state: Any | None) -> None:
         self._sink = sink
-        self._owner = f"NatsSink {sink.name!r}"
-        self._failpoints: Any = None
-        self._in_flight: list[Any] = []
-        self._committer: PublishingCommitter | None = None
+        owner = f"NatsSink {sink.name!r}"
         self._loop = EventLoopThread(f"nats-sink:{sink.name}:{subtask}")
         try:
-            self._nc = self._loop.run(_connect(sink._servers, self._owner))
+            self._nc = self._loop.run(_connect(sink._servers, owner))
             self._js = self._nc.jetstream(timeout=_REQUEST_TIMEOUT)
+            self._owner = owner
             self._loop.run(self._check_stream())
-            if sink._delivery is Delivery.EXACTLY_ONCE:
-                self._committer = PublishingCommitter(self._owner, sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
+            self._init_delivery(owner, sink.name, subtask, sink._delivery, sink._encoder, resume_state)
         except BaseException:
             self.close()
             raise
@@ -371,17 +367,14 @@ class NatsSinkWriter:
                     f"min_duplicate_window {sink._min_window:g} s; raise its duplicate_window (or use "
                     "delivery='at_least_once')")
 
-    def attach_failpoints(self, failpoints: Any) -> None:
-        self._failpoints = failpoints
-
     def _publish_batch(self, identity: WriterIdentity, checkpoint_id: int, payloads: tuple[bytes, ...]) -> None:
         messages = [(p, {"Nats-Msg-Id": message_id(identity, checkpoint_id, k)}) for k, p in enumerate(payloads)]
         half = (len(messages) + 1) // 2
-        self._send(messages[:half])
+        self._send_messages(messages[:half])
         hit(self._failpoints, MID_COMMIT)  # half of the batch is in the stream: a restore re-sends all of it
-        self._send(messages[half:])
+        self._send_messages(messages[half:])
 
-    def _send(self, messages: list[tuple[bytes, dict[str, str] | None]]) -> None:
+    def _send_messages(self, messages: list[tuple[bytes, dict[str, str] | None]]) -> None:
         for start in range(0, len(messages), _PUBLISH_CHUNK):
             self._loop.run(self._publish_all(messages[start:start + _PUBLISH_CHUNK]))
 
@@ -391,27 +384,9 @@ class NatsSinkWriter:
         # Sent in order on one connection, so the stream stores them in order; acks are awaited together.
         await asyncio.gather(*(js.publish(subject, payload, headers=headers) for payload, headers in messages))
 
-    def write_batch(self, records: list[Any]) -> None:
-        if self._committer is not None:
-            self._committer.write_batch(records)
-            return
-        self._send([(p, None) for p in encode_all(self._sink._encoder, records, self._owner)])
-
-    def pre_commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.pre_commit(checkpoint_id)
-        # at_least_once: write_batch returned only after every ack, so everything before the barrier is durable.
-
-    def snapshot(self) -> Any:
-        return self._committer.snapshot() if self._committer is not None else None
-
-    def commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.commit(checkpoint_id)
-
-    def finish(self) -> None:
-        if self._committer is not None:
-            self._committer.finish()
+    def _send(self, payloads: list[bytes]) -> None:
+        # at_least_once: returns only after every ack, so everything before the barrier is durable.
+        self._send_messages([(p, None) for p in payloads])
 
     def close(self) -> None:
         nc = getattr(self, "_nc", None)

@@ -41,13 +41,12 @@ from typing import Any
 from flowstate.connectors.base import SplitEvent
 from flowstate.connectors.broker_common import (
     MID_COMMIT,
+    BrokerSinkWriter,
     ConnectorError,
     Delivery,
-    PublishingCommitter,
     SplitGroups,
     SplitTracker,
     WriterIdentity,
-    encode_all,
     flatten,
     hit,
     json_bytes,
@@ -352,50 +351,25 @@ class RedisStreamSink:
         return RedisStreamSinkWriter(self, subtask, resume_state)
 
 
-class RedisStreamSinkWriter:
-    __slots__ = ("_sink", "_client", "_script", "_committer", "_failpoints", "_owner")
+class RedisStreamSinkWriter(BrokerSinkWriter):
+    __slots__ = ("_sink", "_client", "_script")
 
     def __init__(self, sink: RedisStreamSink, subtask: int, resume_state: Any | None) -> None:
         self._sink = sink
-        self._owner = f"RedisStreamSink {sink.name!r}"
-        self._failpoints: Any = None
-        self._client = _client(sink._url, self._owner)
+        owner = f"RedisStreamSink {sink.name!r}"
+        self._client = _client(sink._url, owner)
         self._script = self._client.register_script(_COMMIT_SCRIPT)
-        self._committer: PublishingCommitter | None = None
-        if sink._delivery is Delivery.EXACTLY_ONCE:
-            self._committer = PublishingCommitter(self._owner, sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
-
-    def attach_failpoints(self, failpoints: Any) -> None:
-        self._failpoints = failpoints
+        self._init_delivery(owner, sink.name, subtask, sink._delivery, sink._encoder, resume_state)
 
     def _publish_batch(self, identity: WriterIdentity, checkpoint_id: int, payloads: tuple[bytes, ...]) -> None:
         self._script(keys=[self._sink._stream, self._sink.marker_key], args=[identity, checkpoint_id, *payloads])
         hit(self._failpoints, MID_COMMIT)  # this batch is committed, later ones of the same commit not yet
 
-    def write_batch(self, records: list[Any]) -> None:
-        if self._committer is not None:
-            self._committer.write_batch(records)
-            return
-        payloads = encode_all(self._sink._encoder, records, self._owner)
+    def _send(self, payloads: list[bytes]) -> None:
         with self._client.pipeline(transaction=False) as pipe:
             for payload in payloads:
                 pipe.xadd(self._sink._stream, {"data": payload})
-            pipe.execute()
-
-    def pre_commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.pre_commit(checkpoint_id)
-
-    def snapshot(self) -> Any:
-        return self._committer.snapshot() if self._committer is not None else None
-
-    def commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.commit(checkpoint_id)
-
-    def finish(self) -> None:
-        if self._committer is not None:
-            self._committer.finish()
+            pipe.execute()  # returns once Redis answered every XADD
 
     def close(self) -> None:
         self._client.close()
