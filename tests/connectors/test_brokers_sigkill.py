@@ -11,7 +11,6 @@ appends one byte per line read to a file named by the test, one file per run).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import signal
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from .conftest import covered_lines
 
 pytestmark = pytest.mark.slow
 
@@ -115,19 +116,6 @@ class BrokerJob:
     def describe(self) -> str:
         return "\n".join(f"run {k + 1}: exit {p.returncode}: {e.read_text(errors='replace')[-1500:]}"
                          for k, (p, e, _) in enumerate(self.runs))
-
-
-def covered_lines(chk: Path) -> int:
-    """The most lines the sources had read up to the barriers of a completed checkpoint in ``chk``
-    (``extra.source_records`` of its metadata; 0 without one)."""
-    covered = 0
-    for metadata in chk.glob("chk-*/_metadata"):
-        try:
-            extra = json.loads(metadata.read_text()).get("extra") or {}
-        except (OSError, ValueError):
-            continue  # being written: complete on a later look
-        covered = max(covered, int(extra.get("source_records") or 0))
-    return covered
 
 
 @pytest.fixture(scope="module")
