@@ -207,3 +207,44 @@ def test_announcing_a_known_split_keeps_its_watermark():
     gen.add_split("p0", 1.0)
     assert gen.current(1.0) == Watermark(40.0)
     assert gen.snapshot() == {"splits": {"p0": 40.0}, "emitted": 40.0}
+
+
+split_events = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.sampled_from("abc"), st.just(0.0)),
+    st.tuples(st.just("records"), st.sampled_from("abc"), st.integers(0, 100).map(float)),
+    st.tuples(st.just("finish"), st.sampled_from("abc"), st.just(0.0)),
+    st.tuples(st.just("tick"), st.just(""), st.sampled_from([0.0, 0.5, 2.0, 6.0])),
+), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(split_events)
+def test_no_split_that_is_announced_and_active_is_overtaken_by_the_watermark(script):
+    """Reference: per split its largest timestamp (-inf when announced without records) and when it was
+    last heard of. A watermark that advances never passes the lowest active split (whose records stay
+    on time) while there is one; it never goes backwards."""
+    gen = SplitWatermarks(1.0, 5.0)
+    splits: dict[str, list[float]] = {}
+    now = 0.0
+    emitted = MIN_WATERMARK
+    for kind, split, value in script:
+        if kind == "add":
+            gen.add_split(split, now)
+            splits.setdefault(split, [MIN_WATERMARK, now])
+        elif kind == "records":
+            gen.on_records(split, value, now)
+            state = splits.setdefault(split, [value, now])
+            state[0], state[1] = max(state[0], value), now
+        elif kind == "finish":
+            gen.finish(split)
+            splits.pop(split, None)
+        else:
+            now += value
+        event = gen.current(now)
+        active = [max_ts - 1.0 for max_ts, seen in splits.values() if now - seen < 5.0]
+        if event is None or event.idle:
+            continue
+        assert event.timestamp >= emitted
+        if event.timestamp > emitted and active:
+            assert event.timestamp <= min(active), f"{event} overtakes an active split: {splits} at {now}"
+        emitted = event.timestamp
