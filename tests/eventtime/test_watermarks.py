@@ -209,6 +209,17 @@ def test_announcing_a_known_split_keeps_its_watermark():
     assert gen.snapshot() == {"splits": {"p0": 40.0}, "emitted": 40.0}
 
 
+
+def test_restored_splits_the_reader_no_longer_reads_stop_holding_the_watermark_back():
+    gen = SplitWatermarks(0.0, None, {"splits": {"*": 40.0, "t:0": 50.0, "t:1": 45.0}, "emitted": 40.0})
+    assert gen.current(0.0) == Watermark(40.0)  # rule 4 first
+    gen.retain({"t:0", "t:2"})  # "*" was the reader as one split, "t:1" is read by another subtask now
+    gen.add_split("t:2", 0.0)
+    gen.on_records("t:2", 70.0, 0.1)
+    assert gen.current(0.1) == Watermark(50.0)
+    assert gen.snapshot() == {"splits": {"t:0": 50.0, "t:2": 70.0}, "emitted": 50.0}
+
+
 split_events = st.lists(st.one_of(
     st.tuples(st.just("add"), st.sampled_from("abc"), st.just(0.0)),
     st.tuples(st.just("records"), st.sampled_from("abc"), st.integers(0, 100).map(float)),

@@ -609,6 +609,7 @@ class SourceTask(Task):
         """A final barrier before the end of the input (a stop): nothing is read after it; its
         completion ends the input, its abort resumes reading."""
         self._ended = False
+        self._splits_told = False
 
     def _run(self) -> None:
         gate = self.gate
@@ -693,6 +694,13 @@ class SourceTask(Task):
         if got is None:
             return None
         split_ops = self._split_ops
+        if not self._splits_told:
+            # The first events announce every split the reader reads: restored ones it does not
+            # read stop holding the watermark back (rule 5b of flowstate.time.watermarks).
+            self._splits_told = True
+            reading = {split for split, _, finished in got if not finished}
+            for op in split_ops:
+                op.retain_splits(reading)
         for split, batch, finished in got:
             if batch:
                 for op in split_ops:

@@ -30,7 +30,7 @@ a timer at its end + allowed lateness clears it (the same timer when there is no
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 from flowstate.aggregates import Count
@@ -117,6 +117,9 @@ class TimestampsOperator(Operator):
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
         return highest
+
+    def retain_splits(self, splits: Collection[str]) -> None:
+        self.generator.retain(splits)
 
     def start_split(self, split: str) -> None:
         self.generator.add_split(split, self.clock.monotonic())

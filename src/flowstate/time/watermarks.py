@@ -18,6 +18,10 @@ Rules of generation (``SplitWatermarks``, one per source subtask or timestamp-as
    until it produces records or is idle (rule 2, counted from its announcement). Without this, the
    first partition to deliver would carry the watermark past the records the others have not
    delivered yet, and make them late.
+5b. ``retain(splits)``: the reader says, once, every split it reads; a restored split that is not
+   among them (another subtask reads it now, or the checkpoint was taken when the reader's records
+   counted as one split) is dropped, so that it does not hold the watermark back. The last watermark
+   emitted stays (rule 4).
 
 Rules of combining (``ChannelWatermarks``, one per task with input channels):
 
@@ -34,6 +38,7 @@ Every method returns the ``Watermark`` event to forward, or ``None`` when nothin
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +109,11 @@ class SplitWatermarks:
         """Rule 5a: ``split`` is read from ``now`` on; a split already known keeps its state."""
         if split not in self._splits:
             self._splits[split] = _Split(MIN_WATERMARK, now)
+
+    def retain(self, splits: Collection[str]) -> None:
+        """Rule 5b."""
+        for split in [s for s in self._splits if s not in splits]:
+            del self._splits[split]
 
     def finish(self, split: str) -> None:
         """Rule 5: ``split`` has no more records."""
