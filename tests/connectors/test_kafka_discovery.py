@@ -109,16 +109,17 @@ def test_parallel_readers_each_read_the_new_partitions_they_own_once_and_snapsho
 def test_a_restored_job_resumes_the_partitions_it_found_while_running_from_the_checkpoint(
     kafka_bootstrap: str, unique: str, tmp_path: Path,
 ) -> None:
-    """Run 1 starts with 2 partitions listed, finds the other 2 while running and stops with a final
-    checkpoint once it read everything. Run 2 restores it after 10 more records per partition: it
-    must read exactly those (a partition missing from the checkpoint would be read from its start)."""
+    """Run 1 (parallelism 2) starts with 2 partitions listed, finds the other 2 while running and stops
+    with a final checkpoint once it read everything. Run 2 restores it at parallelism 3, after 10 more
+    records per partition: it must read exactly those (a partition missing from the checkpoint, or
+    given to no subtask, would be read from its start, or not at all)."""
     create_topic(kafka_bootstrap, unique, PARTITIONS)
     count = tmp_path / "partitions"
     count.write_text("2")
     first = {p: [[p, n] for n in range(30)] for p in range(PARTITIONS)}
     produce(kafka_bootstrap, unique, first)
 
-    def run(expected: Counter[tuple[int, int]], grow_after: set[int] | None) -> Counter[tuple[int, int]]:
+    def run(expected: Counter[tuple[int, int]], grow_after: set[int] | None, parallelism: int) -> Counter[tuple[int, int]]:
         control = fs.JobControl()
         seen: Counter[tuple[int, int]] = Counter()
         lock = threading.Lock()
@@ -137,7 +138,7 @@ def test_a_restored_job_resumes_the_partitions_it_found_while_running_from_the_c
         watchdog = threading.Timer(60.0, control.stop)
         watchdog.start()
         try:
-            flow = fs.Dataflow("discovery", parallelism=2)
+            flow = fs.Dataflow("discovery", parallelism=parallelism)
             (flow.source(ScriptedPartitions(unique, kafka_bootstrap, count, discovery_interval=0.1), uid="events")
                  .sink(fs.CallbackSink(collect), uid="out"))
             fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="100ms", executor="threads", control=control)
@@ -146,11 +147,11 @@ def test_a_restored_job_resumes_the_partitions_it_found_while_running_from_the_c
         assert done.is_set(), f"the run saw {sum(seen.values())} of {sum(expected.values())} records"
         return seen
 
-    seen = run(Counter(tuple(r) for rs in first.values() for r in rs), grow_after={0, 1})
+    seen = run(Counter(tuple(r) for rs in first.values() for r in rs), grow_after={0, 1}, parallelism=2)
     assert seen == Counter(tuple(r) for rs in first.values() for r in rs)
     more = {p: [[p, n] for n in range(30, 40)] for p in range(PARTITIONS)}
     produce(kafka_bootstrap, unique, more)
-    seen = run(Counter(tuple(r) for rs in more.values() for r in rs), grow_after=None)
+    seen = run(Counter(tuple(r) for rs in more.values() for r in rs), grow_after=None, parallelism=3)
     assert seen == Counter(tuple(r) for rs in more.values() for r in rs), "run 2 read records of run 1 again"
 
 
