@@ -82,18 +82,19 @@ def test_parallel_readers_each_read_the_new_partitions_they_own_once_and_snapsho
     try:
         read: list[list[Any]] = [[], []]
 
-        def drain(rounds: int) -> None:
-            for _ in range(rounds):
+        def drain_until(total: int) -> None:
+            for _ in range(200):  # at most 10 s of empty polls: a failure, not a wait
+                if len(read[0]) + len(read[1]) >= total:
+                    return
                 for i, reader in enumerate(readers):
                     read[i].extend(reader.poll(100))
 
-        drain(20)
+        drain_until(40)
         assert sorted(map(tuple, read[0] + read[1])) == sorted(tuple(r) for p in (0, 1) for r in records[p])
         count.write_text(str(PARTITIONS))  # partitions 2 and 3 "added"
-        give_up = 200
-        while len(read[0]) + len(read[1]) < sum(map(len, records.values())) and give_up:
-            drain(1)
-            give_up -= 1
+        drain_until(sum(map(len, records.values())))
+        for i, reader in enumerate(readers):
+            read[i].extend(reader.poll(100))  # nothing more: a partition read twice would show here
         everything = Counter(tuple(r) for r in read[0] + read[1])
         assert everything == Counter(tuple(r) for rs in records.values() for r in rs), "lost or read twice"
         for i, reader in enumerate(readers):
