@@ -15,8 +15,12 @@ Configuration (environment): ``DEMO_STREAM`` (default ``demo_words``), ``DEMO_OU
 ``DEMO_NATS`` (``nats://127.0.0.1:4222``), ``DEMO_REDIS`` (``redis://127.0.0.1:6379``),
 ``DEMO_DELIVERY`` (``exactly_once`` or ``at_least_once``), ``DEMO_PARALLELISM`` (2), and
 ``DEMO_READS``: a file that grows by one byte per line read (how a test tells how much an attempt read),
-and ``DEMO_DELAY_MS``: milliseconds of sleep per line read (so that a test's kill lands before the
-end of the input, however fast the machine).
+``DEMO_DELAY_MS``: milliseconds of sleep per line read (so that several checkpoints complete before
+the end of the input, however fast the machine), ``DEMO_RATE``: at most that many lines per second
+per reader (the source's ``rate``: it also keeps each poll, between which the source takes its
+snapshots, below a tenth of a second of input), and ``DEMO_HOLD_AFTER``: once a run has read that
+many lines (the size of ``DEMO_READS``), every further line waits until the run is killed (so that a
+test's kill always lands before the end of the input).
 """
 
 import os
@@ -31,6 +35,8 @@ REDIS = os.environ.get("DEMO_REDIS", "redis://127.0.0.1:6379")
 DELIVERY = os.environ.get("DEMO_DELIVERY", "exactly_once")
 READS = os.environ.get("DEMO_READS")
 DELAY = float(os.environ.get("DEMO_DELAY_MS", "0")) / 1000
+HOLD_AFTER = int(os.environ.get("DEMO_HOLD_AFTER", "0"))
+RATE = float(os.environ["DEMO_RATE"]) if os.environ.get("DEMO_RATE") else None
 
 
 class Count(fs.KeyedProcessFunction):
@@ -47,6 +53,9 @@ def decode(payload: bytes) -> str:
     if READS:
         with open(READS, "ab", buffering=0) as f:
             f.write(b".")
+            read = f.tell()  # lines read by this run, over every worker process
+        while HOLD_AFTER and read > HOLD_AFTER:
+            time.sleep(1)  # held here until the run is killed
     if DELAY:
         time.sleep(DELAY)
     return payload.decode()
@@ -54,7 +63,7 @@ def decode(payload: bytes) -> str:
 
 flow = fs.Dataflow("nats-to-redis", parallelism=int(os.environ.get("DEMO_PARALLELISM", "2")))
 (flow.source(fs.NatsSource(stream=STREAM, subjects=[f"{STREAM}.0", f"{STREAM}.1"], servers=NATS, bounded=True,
-                           decoder=decode), uid="lines")
+                           rate=RATE, decoder=decode), uid="lines")
      .flat_map(str.split, uid="words")
      .key_by(lambda word: word)
      .process(Count(), uid="count")

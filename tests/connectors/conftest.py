@@ -6,10 +6,12 @@ set), where it fails them: CI must never pass by skipping what it was meant to p
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +75,16 @@ def kafka_bootstrap() -> Iterator[str]:
 
 def on_mock_cluster() -> bool:
     return not os.environ.get("FLOWSTATE_KAFKA_BOOTSTRAP")
+
+
+def covered_lines(chk: Path) -> int:
+    """The most lines the sources had read up to the barriers of a completed checkpoint in ``chk``
+    (``extra.source_records`` of its metadata; 0 without one)."""
+    covered = 0
+    for metadata in chk.glob("chk-*/_metadata"):
+        try:
+            extra = json.loads(metadata.read_text()).get("extra") or {}
+        except (OSError, ValueError):
+            continue  # being written: complete on a later look
+        covered = max(covered, int(extra.get("source_records") or 0))
+    return covered

@@ -95,3 +95,32 @@ def test_a_missing_client_library_is_reported_when_the_connector_is_declared() -
 
     with pytest.raises(ConnectorError, match=r"^NatsSink needs the no-such-client package: pip install 'flowstate\[brokers\]'$"):
         require("no_such_client_module", "no-such-client", "NatsSink")
+
+
+# ---- SplitTracker: the events of poll_splits ------------------------------------------------------
+
+
+def test_the_splits_a_reader_reads_are_announced_once_before_their_records():
+    from flowstate.connectors.broker_common import SplitTracker
+
+    tracker = SplitTracker()
+    assert tracker.events([], ["t:0", "t:1"]) == [("t:0", [], False), ("t:1", [], False)]
+    assert tracker.events([("t:1", [7, 8]), ("t:0", [])], ["t:0", "t:1"]) == [("t:1", [7, 8], False)]
+    assert tracker.events([("t:2", [1])], ["t:0", "t:1", "t:2"]) == [("t:2", [], False), ("t:2", [1], False)]
+
+
+def test_a_split_read_to_its_end_is_finished_after_its_last_records():
+    from flowstate.connectors.broker_common import SplitTracker
+
+    tracker = SplitTracker()
+    tracker.events([], ["a", "b"])
+    assert tracker.events([("a", [1, 2]), ("b", [3])], ["b"]) == [("a", [1, 2], False), ("b", [3], False),
+                                                                   ("a", [], True)]
+    assert tracker.events([], []) == [("b", [], True)]
+    assert tracker.events([], []) == []
+
+
+def test_a_split_read_whole_in_one_read_is_finished_without_an_announcement():
+    from flowstate.connectors.broker_common import SplitTracker
+
+    assert SplitTracker().events([("a", [1])], []) == [("a", [1], False), ("a", [], True)]

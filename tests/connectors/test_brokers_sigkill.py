@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import covered_lines
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +35,17 @@ _spec.loader.exec_module(demo)  # type: ignore[union-attr]
 
 LINES = 4000
 LINE_DELAY_MS = "0.3"
-"""Each line read sleeps this long: a whole read takes at least 1.2 s, so several checkpoints complete
-before the end of the input and a kill lands before it, however fast the machine."""
+"""Each line read sleeps this long: a whole read takes at least 0.6 s, so several checkpoints complete
+before the end of the input, however fast the machine."""
+COVERED = LINES // 8
+"""A timed kill waits for a completed checkpoint whose sources had read at least this many lines."""
+HOLD_AFTER = LINES - LINES // 8
+"""A run that is to be killed at a moment of the test's choosing reads no further than this
+(``DEMO_HOLD_AFTER``): its kill cannot come after the end of the input, however slow the test is."""
+HELD_RATE = "1000"
+"""Lines per second per reader of such a run (``DEMO_RATE``): its polls stay short, so its source
+snapshots every checkpoint promptly, and between ``COVERED`` and ``HOLD_AFTER`` lie at least 1.5 s
+of reading (two readers) for a checkpoint that covers ``COVERED`` lines to complete."""
 RUN_TIMEOUT = 120.0
 KILLED = -signal.SIGKILL
 RESTORING = re.compile(r"restoring from checkpoint (\d+)")
@@ -53,7 +64,8 @@ class BrokerJob:
     def out(self) -> str:
         return f"{self.stream}:out"
 
-    def start(self, mode: str, failpoints: str | None = None, executor: str | None = None) -> subprocess.Popen[bytes]:
+    def start(self, mode: str, failpoints: str | None = None, executor: str | None = None,
+              hold_after: int | None = None) -> subprocess.Popen[bytes]:
         n = len(self.runs) + 1
         stderr, reads = self.root / f"run-{n}.stderr", self.root / f"run-{n}.reads"
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_FAILPOINTS")}
@@ -61,6 +73,8 @@ class BrokerJob:
                    DEMO_DELIVERY=self.delivery, DEMO_READS=str(reads), DEMO_DELAY_MS=LINE_DELAY_MS)
         if failpoints:
             env["FLOWSTATE_FAILPOINTS"] = failpoints
+        if hold_after:
+            env.update(DEMO_HOLD_AFTER=str(hold_after), DEMO_RATE=HELD_RATE)
         command = [sys.executable, "-m", "flowstate", "run", str(JOB), "--checkpoint-dir", str(self.root / "chk"),
                    "--mode", mode, "--interval", "100ms", *(["--executor", executor] if executor else [])]
         with open(stderr, "wb") as f:
@@ -78,18 +92,14 @@ class BrokerJob:
             pytest.fail(f"a run did not end within {RUN_TIMEOUT:.0f} s: {self.describe()}")
 
     def kill_after_a_new_checkpoint(self, mode: str, delay: float) -> None:
-        """Start a run and kill it ``delay`` s after a checkpoint completed that was triggered once the
-        run had read a quarter of the input (so that the restore has something to skip)."""
-        process = self.start(mode)
+        """Start a run and kill it ``delay`` s after a checkpoint completed that covers ``COVERED`` lines
+        (so that the restore has something to skip). The run holds before reading its last lines, so
+        the kill always lands before the end of the input."""
+        process = self.start(mode, hold_after=HOLD_AFTER)
         chk = self.root / "chk"
         give_up = time.monotonic() + RUN_TIMEOUT
-        while process.poll() is None and self.last_reads() < LINES // 4:
-            assert time.monotonic() < give_up, self.describe()
-            time.sleep(0.005)
-        # The checkpoint in flight may have been triggered before those reads: wait for the one after it.
-        target = demo.latest_checkpoint(chk) + 2
-        while process.poll() is None and demo.latest_checkpoint(chk) < target:
-            assert time.monotonic() < give_up, self.describe()
+        while process.poll() is None and covered_lines(chk) < COVERED:
+            assert time.monotonic() < give_up, f"no checkpoint covered {COVERED} lines: {self.describe()}"
             time.sleep(0.005)
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)

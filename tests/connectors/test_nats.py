@@ -184,3 +184,25 @@ def test_a_source_without_subjects_reads_the_whole_stream_as_one_split(
     finally:
         reader.close()
     assert got == [1, 2]
+
+
+def test_the_nats_reader_tells_each_subject_apart_for_per_split_watermarks(
+    nats_url: str, unique: str, streams: list[str],
+) -> None:
+    create_stream(nats_url, unique, [f"{unique}.>"])
+    streams.append(unique)
+    publish(nats_url, [(f"{unique}.{'abc'[i % 3]}", json.dumps(r).encode()) for i, r in enumerate(RECORDS)])
+    subjects = [f"{unique}.a", f"{unique}.b", f"{unique}.c"]
+    source = fs.NatsSource(stream=unique, subjects=subjects, servers=nats_url, bounded=True)
+    reader = source.build_reader(source.splits(), None)
+    events = []
+    try:
+        while (got := reader.poll_splits(2)) is not None:
+            events.extend(got)
+    finally:
+        reader.close()
+    for k, split in enumerate(source.splits()):
+        mine = [(records, finished) for s, records, finished in events if s == split]
+        assert mine[0] == ([], False), f"{split} was not announced before its records"
+        assert mine[-1] == ([], True), f"{split} was not finished after its records"
+        assert [r for records, _ in mine for r in records] == RECORDS[k::3]

@@ -166,3 +166,22 @@ def test_a_source_with_a_rate_reads_no_faster_than_it(redis_url: str, client: An
     assert time.monotonic() - started >= 0.19
     with pytest.raises(ValueError, match="rate must be > 0"):
         fs.RedisStreamSource(streams=["x"], url=redis_url, rate=0)
+
+
+@pytest.mark.parametrize("group", [None, "readers"])
+def test_the_redis_reader_tells_each_stream_apart_for_per_split_watermarks(
+    group: str | None, redis_url: str, client: Any, keys: str,
+) -> None:
+    streams = fill(client, keys)
+    reader = fs.RedisStreamSource(streams, url=redis_url, bounded=True, group=group).build_reader(streams, None)
+    events = []
+    try:
+        while (got := reader.poll_splits(5)) is not None:
+            events.extend(got)
+    finally:
+        reader.close()
+    for k, stream in enumerate(streams):
+        mine = [(records, finished) for split, records, finished in events if split == stream]
+        assert mine[0] == ([], False), f"{stream} was not announced before its records"
+        assert mine[-1] == ([], True), f"{stream} was not finished after its records"
+        assert [r for records, _ in mine for r in records] == RECORDS[k::3]

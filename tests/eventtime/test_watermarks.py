@@ -5,7 +5,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowstate.time.watermarks import ChannelWatermarks, SplitWatermarks, Watermark
+from flowstate.time.watermarks import MIN_WATERMARK, ChannelWatermarks, SplitWatermarks, Watermark
 
 INF = math.inf
 
@@ -170,3 +170,92 @@ def test_a_finished_split_no_longer_holds_the_watermark_back():
     gen.finish("old")
     assert gen.current(0.0) == Watermark(50.0)
     assert gen.snapshot() == {"splits": {"new": 50.0}, "emitted": 50.0}
+
+
+def test_an_announced_split_holds_the_watermark_back_until_it_produces():
+    gen = SplitWatermarks(10.0, None)
+    gen.add_split("p0", 0.0)
+    gen.add_split("p1", 0.0)
+    gen.on_records("p0", 100.0, 0.1)
+    assert gen.current(0.1) is None  # p1 may still deliver anything above -inf
+    gen.on_records("p1", 60.0, 0.2)
+    assert gen.current(0.2) == Watermark(50.0)
+
+
+def test_an_announced_split_that_stays_quiet_stops_holding_the_watermark_once_idle():
+    gen = SplitWatermarks(0.0, 5.0)
+    gen.add_split("p0", 0.0)
+    gen.add_split("p1", 0.0)
+    gen.on_records("p0", 100.0, 1.0)
+    assert gen.current(4.9) is None
+    assert gen.current(5.0) == Watermark(100.0)  # p1 idle 5 s after its announcement
+
+
+def test_announced_splits_that_never_produce_make_the_subtask_idle():
+    gen = SplitWatermarks(0.0, 5.0)
+    gen.add_split("p0", 0.0)
+    assert gen.current(0.0) is None
+    assert gen.current(5.0) == Watermark(MIN_WATERMARK, idle=True)
+    assert gen.current(6.0) is None  # said once
+    gen.on_records("p0", 30.0, 7.0)
+    assert gen.current(7.0) == Watermark(30.0)
+
+
+def test_announcing_a_known_split_keeps_its_watermark():
+    gen = SplitWatermarks(0.0, None)
+    gen.on_records("p0", 40.0, 0.0)
+    gen.add_split("p0", 1.0)
+    assert gen.current(1.0) == Watermark(40.0)
+    assert gen.snapshot() == {"splits": {"p0": 40.0}, "emitted": 40.0}
+
+
+
+def test_restored_splits_the_reader_no_longer_reads_stop_holding_the_watermark_back():
+    gen = SplitWatermarks(0.0, None, {"splits": {"*": 40.0, "t:0": 50.0, "t:1": 45.0}, "emitted": 40.0})
+    assert gen.current(0.0) == Watermark(40.0)  # rule 4 first
+    gen.retain({"t:0", "t:2"})  # "*" was the reader as one split, "t:1" is read by another subtask now
+    gen.add_split("t:2", 0.0)
+    gen.on_records("t:2", 70.0, 0.1)
+    assert gen.current(0.1) == Watermark(50.0)
+    assert gen.snapshot() == {"splits": {"t:0": 50.0, "t:2": 70.0}, "emitted": 50.0}
+
+
+split_events = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.sampled_from("abc"), st.just(0.0)),
+    st.tuples(st.just("records"), st.sampled_from("abc"), st.integers(0, 100).map(float)),
+    st.tuples(st.just("finish"), st.sampled_from("abc"), st.just(0.0)),
+    st.tuples(st.just("tick"), st.just(""), st.sampled_from([0.0, 0.5, 2.0, 6.0])),
+), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(split_events)
+def test_no_split_that_is_announced_and_active_is_overtaken_by_the_watermark(script):
+    """Reference: per split its largest timestamp (-inf when announced without records) and when it was
+    last heard of. A watermark that advances never passes the lowest active split (whose records stay
+    on time) while there is one; it never goes backwards."""
+    gen = SplitWatermarks(1.0, 5.0)
+    splits: dict[str, list[float]] = {}
+    now = 0.0
+    emitted = MIN_WATERMARK
+    for kind, split, value in script:
+        if kind == "add":
+            gen.add_split(split, now)
+            splits.setdefault(split, [MIN_WATERMARK, now])
+        elif kind == "records":
+            gen.on_records(split, value, now)
+            state = splits.setdefault(split, [value, now])
+            state[0], state[1] = max(state[0], value), now
+        elif kind == "finish":
+            gen.finish(split)
+            splits.pop(split, None)
+        else:
+            now += value
+        event = gen.current(now)
+        active = [max_ts - 1.0 for max_ts, seen in splits.values() if now - seen < 5.0]
+        if event is None or event.idle:
+            continue
+        assert event.timestamp >= emitted
+        if event.timestamp > emitted and active:
+            assert event.timestamp <= min(active), f"{event} overtakes an active split: {splits} at {now}"
+        emitted = event.timestamp

@@ -10,6 +10,11 @@ reader does is derived from its resume state.
 ``pre_commit`` on the barrier, ``commit`` when that checkpoint completes, and, when built from a
 resume state, it first commits what that state names and deletes its own uncommitted leftovers.
 
+**Assignment**: subtask ``i`` of ``p`` reads ``splits()[i::p]``, unless the source is an
+``AssigningSource``: then it reads the splits whose ``split_owner(split, p)`` is ``i``, a function of
+the split alone, so that a split found while running (a partition added to a topic) has the same
+owner in every subtask and after every restore (``assigned_splits``, ``open_reader``).
+
 **Rescaling** (a restore at another parallelism): a source's positions are reassigned split by
 split, so a reader's snapshot must map split ids to positions. A sink whose writers have state may
 define ``redistribute_state(states, parallelism) -> list`` (see ``RescalableSink``): the resume
@@ -40,6 +45,24 @@ class SourceReader(Protocol):
         ...
 
 
+SplitEvent = tuple[str, list[Any], bool]
+"""One event of ``SplitReader.poll_splits``: ``(split, records, finished)``."""
+
+
+class SplitReader(SourceReader, Protocol):
+    """A reader that says which split each record comes from, for per-split watermarks
+    (``flowstate.time.watermarks`` rules 1-5a). A reader of several splits at once (Kafka partitions,
+    Redis streams, NATS subjects) is one; the records of a split stay in their order."""
+
+    def poll_splits(self, max_records: int) -> list[SplitEvent] | None:
+        """What ``poll`` would return, as events in order (at most ``max_records`` records in all):
+        ``(split, records, False)``: records of one split; ``(split, [], False)``: ``split`` is read
+        from now on (announced before its first records, so that it holds the watermark back until it
+        produces or is idle); ``(split, [], True)``: ``split`` is exhausted and leaves the watermark.
+        ``None`` once every split is exhausted. Positions advance as by ``poll``."""
+        ...
+
+
 class Source(Protocol):
     @property
     def name(self) -> str: ...
@@ -57,6 +80,38 @@ class Source(Protocol):
         """A reader for ``splits``. ``resume_state`` maps split id → position (from ``snapshot()``);
         a split missing from it starts at its beginning."""
         ...
+
+
+class AssigningSource(Source, Protocol):
+    """A source that says which subtask reads each split, and whose readers may find new splits while
+    they run (``KafkaSource``: partitions added to a topic)."""
+
+    def split_owner(self, split: str, parallelism: int) -> int:
+        """The subtask (``0 ≤ i < parallelism``) that reads ``split``: a function of its arguments only."""
+        ...
+
+    def build_reader(self, splits: Sequence[str], resume_state: dict[str, Any] | None, *,
+                     subtask: int | None = None, parallelism: int | None = None) -> SourceReader:
+        """As ``Source.build_reader``; with ``subtask`` and ``parallelism`` the reader also reads every
+        split it finds later whose owner it is (and puts it in its snapshots), without them it reads
+        ``splits`` only."""
+        ...
+
+
+def assigned_splits(source: Any, splits: Sequence[str], subtask: int, parallelism: int) -> list[str]:
+    """Of ``splits`` (the source's, in order), those subtask ``subtask`` of ``parallelism`` reads."""
+    owner = getattr(source, "split_owner", None)
+    if owner is None:
+        return list(splits[subtask::parallelism])
+    return [s for s in splits if owner(s, parallelism) == subtask]
+
+
+def open_reader(source: Any, subtask: int, parallelism: int, resume_state: dict[str, Any] | None) -> SourceReader:
+    """The reader of one subtask: its assigned splits, and its subtask for an ``AssigningSource``."""
+    splits = assigned_splits(source, source.splits(), subtask, parallelism)
+    if hasattr(source, "split_owner"):
+        return source.build_reader(splits, resume_state, subtask=subtask, parallelism=parallelism)
+    return source.build_reader(splits, resume_state)
 
 
 class SinkWriter(Protocol):

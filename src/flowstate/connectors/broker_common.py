@@ -192,6 +192,74 @@ class PublishingCommitter:
             self._buffer = []
 
 
+class BrokerSinkWriter:
+    """What every broker sink writer does, whichever the broker: with ``delivery="exactly_once"`` it
+    is a ``PublishingCommitter`` (rules 1-4), otherwise it sends at once (the at-least-once rule).
+
+    An adapter calls ``_init_delivery`` in its constructor, once its client is connected, and
+    supplies:
+
+    - ``_publish_batch(identity, checkpoint_id, payloads)``: publish one pre-committed batch,
+      idempotently per (identity, checkpoint id) (exactly-once);
+    - ``_send(payloads)``: send encoded records now (at-least-once);
+    - ``_flush()``: return once the broker acknowledged everything sent (at-least-once; the default
+      does nothing, for adapters whose ``_send`` waits for the acknowledgements itself);
+    - ``close()``.
+
+    Failpoints attached by the task are in ``_failpoints`` (``hit(self._failpoints, MID_COMMIT)``).
+    """
+
+    __slots__ = ("_owner", "_record_encoder", "_committer", "_failpoints")
+
+    def _init_delivery(self, owner: str, sink: str, subtask: int, delivery: Delivery,
+                       encode: Callable[[Any], bytes], resume_state: Any | None) -> None:
+        """Step (1) of every adapter's constructor after connecting; with a resume state it publishes
+        what that state names first (rule 4), so the adapter must be able to publish by then."""
+        self._owner = owner
+        self._record_encoder = encode
+        self._failpoints: Any = None
+        self._committer: PublishingCommitter | None = None
+        if delivery is Delivery.EXACTLY_ONCE:
+            self._committer = PublishingCommitter(owner, sink, subtask, encode, self._publish_batch, resume_state)
+
+    def _publish_batch(self, identity: WriterIdentity, checkpoint_id: int, payloads: tuple[bytes, ...]) -> None:
+        raise NotImplementedError
+
+    def _send(self, payloads: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        """At-least-once: everything sent is acknowledged (nothing to wait for by default)."""
+
+    def attach_failpoints(self, failpoints: Any) -> None:
+        self._failpoints = failpoints
+
+    def write_batch(self, records: list[Any]) -> None:
+        if self._committer is not None:
+            self._committer.write_batch(records)
+        else:
+            self._send(encode_all(self._record_encoder, records, self._owner))
+
+    def pre_commit(self, checkpoint_id: int) -> None:
+        if self._committer is not None:
+            self._committer.pre_commit(checkpoint_id)
+        else:
+            self._flush()  # everything before the barrier is acknowledged before the snapshot
+
+    def snapshot(self) -> Any:
+        return self._committer.snapshot() if self._committer is not None else None
+
+    def commit(self, checkpoint_id: int) -> None:
+        if self._committer is not None:
+            self._committer.commit(checkpoint_id)
+
+    def finish(self) -> None:
+        if self._committer is not None:
+            self._committer.finish()
+        else:
+            self._flush()
+
+
 def parse_publishing_state(state: Any, sink: str) -> tuple[str, list[tuple[int, Batch]]]:
     try:
         run = state["run"]
@@ -221,6 +289,42 @@ def redistribute_publishing_states(states: Sequence[Any | None], parallelism: in
         pending.sort(key=lambda entry: entry[0])
         out.append({"run": run, "pending": pending})
     return out
+
+
+SplitGroups = list[tuple[str, list[Any]]]
+"""What one read of a broker reader returned: the records of each split, in the order read."""
+
+
+def flatten(groups: SplitGroups) -> list[Any]:
+    """``poll``'s view of one read: every record, split after split."""
+    if len(groups) == 1:
+        return groups[0][1]
+    return [record for _, records in groups for record in records]
+
+
+class SplitTracker:
+    """Turns each read of a broker reader into the events of ``SplitReader.poll_splits``: a split
+    that became readable is announced before its records, a split that is no longer readable
+    (exhausted) is finished after them. Pure: the reader says what it read and what it reads now."""
+
+    __slots__ = ("_watched",)
+
+    def __init__(self) -> None:
+        self._watched: dict[str, None] = {}
+        """Splits announced and not finished, in announcement order."""
+
+    def events(self, groups: SplitGroups, active: Sequence[str]) -> list[tuple[str, list[Any], bool]]:
+        now_active = dict.fromkeys(active)
+        out: list[tuple[str, list[Any], bool]] = [(s, [], False) for s in now_active if s not in self._watched]
+        ended = dict.fromkeys(s for s in self._watched if s not in now_active)
+        for split, records in groups:
+            if records:
+                out.append((split, records, False))
+                if split not in now_active:
+                    ended[split] = None  # read to its end by this very read
+        out.extend((split, [], True) for split in ended)
+        self._watched = now_active
+        return out
 
 
 def hit(failpoints: Any, name: str) -> None:

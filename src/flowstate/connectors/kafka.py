@@ -3,8 +3,16 @@ transactions that carry a commit marker (client: confluent-kafka, ``pip install 
 
 **KafkaSource** rules:
 
-1. One split per partition, ``"{topic}:{partition}"``, listed from the broker's metadata when the
-   source is first asked for its splits (partitions added later are not read: restart the job).
+1. One split per partition, ``"{topic}:{partition}"``, listed from the broker's metadata. Subtask
+   *i* of *p* reads the partitions whose owner ``(crc32(topic) + partition) % p`` is *i*
+   (``split_owner``: a function of the partition alone, the same in every subtask and attempt).
+1b. Discovery (unbounded sources; ``discovery_interval``, default 30 s, ``None`` to turn it off):
+   every reader lists the topics' partitions again at that interval of processing time and starts
+   reading each new partition it owns at its **earliest** offset (its records were written while the
+   job ran, so ``start`` does not apply to them); from then on it is one of the reader's splits, with
+   its position in every snapshot, and a restore reassigns it like any other. Each new partition is
+   read by exactly one subtask, since its owner does not depend on who found it. A bounded source
+   reads the partitions it listed first, and no others.
 2. A split's position is ``{"next": offset, "end": E}``: the offset of the **next** record to read,
    and ``None`` or, with ``bounded=True``, the partition's high watermark when the split was first
    read. ``start`` chooses the first offset of a split the checkpoint does not name: ``"earliest"``
@@ -41,16 +49,22 @@ transaction (see docs/architecture.md).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from flowstate.clock import SystemClock
+from flowstate.config import parse_duration
+from flowstate.connectors.base import SplitEvent
 from flowstate.connectors.broker_common import (
     MID_COMMIT,
+    BrokerSinkWriter,
     ConnectorError,
     Delivery,
-    PublishingCommitter,
+    SplitGroups,
+    SplitTracker,
     WriterIdentity,
-    encode_all,
+    flatten,
     hit,
     json_bytes,
     json_record,
@@ -84,10 +98,27 @@ def _metadata(bootstrap: str, topics: Sequence[str], owner: str, extra: dict[str
     return out
 
 
+def split_owner(split: str, parallelism: int) -> int:
+    """Rule 1: the subtask that reads partition ``split`` (``topic:partition``). The partitions of one
+    topic go round the subtasks from an offset that depends on the topic (as Flink's Kafka source
+    does), so that the first partitions of several topics do not all land on subtask 0."""
+    topic, _, partition = split.rpartition(":")
+    return (zlib.crc32(topic.encode("utf-8")) + int(partition)) % parallelism
+
+
+def discovered(listed: Mapping[str, Sequence[int]], known: Collection[str], subtask: int,
+               parallelism: int) -> list[str]:
+    """Rule 1b: the partitions of ``listed`` (topic → partitions) that subtask ``subtask`` owns and
+    does not read yet, in listing order."""
+    return [split for topic, partitions in listed.items() for split in (f"{topic}:{p}" for p in partitions)
+            if split not in known and split_owner(split, parallelism) == subtask]
+
+
 class KafkaSource:
     """Kafka partitions read from stored offsets (see the module rules). Replayable."""
 
-    __slots__ = ("_topics", "_bootstrap", "_start", "_bounded", "_rate", "_decoder", "_name", "_config", "_splits")
+    __slots__ = ("_topics", "_bootstrap", "_start", "_bounded", "_rate", "_decoder", "_name", "_config", "_splits",
+                 "_discovery")
 
     def __init__(
         self,
@@ -99,6 +130,7 @@ class KafkaSource:
         rate: float | None = None,
         decoder: Callable[[bytes], Any] = json_record,
         config: dict[str, Any] | None = None,
+        discovery_interval: float | str | None = "30s",
         name: str | None = None,
     ) -> None:
         require("confluent_kafka", "confluent-kafka", "KafkaSource")
@@ -119,6 +151,8 @@ class KafkaSource:
         self._config = dict(config or {})
         self._name = name or f"kafka:{','.join(topics)}"
         self._splits: list[str] | None = None
+        self._discovery = None if discovery_interval is None or bounded else parse_duration(
+            discovery_interval, what="KafkaSource discovery_interval")
 
     @property
     def name(self) -> str:
@@ -128,29 +162,53 @@ class KafkaSource:
     def replayable(self) -> bool:
         return True
 
+    @property
+    def discovery_interval(self) -> float | None:
+        """Seconds between two listings of a reader (rule 1b), ``None`` when it does not discover."""
+        return self._discovery
+
+    def list_partitions(self) -> dict[str, list[int]]:
+        """Topic → its partitions, from the broker's metadata (one line when unreachable or missing)."""
+        return _metadata(self._bootstrap, self._topics, f"KafkaSource {self._name!r}", self._config)
+
     def splits(self) -> list[str]:
-        if self._splits is None:
-            partitions = _metadata(self._bootstrap, self._topics, f"KafkaSource {self._name!r}", self._config)
+        """Listed once by a bounded source (every attempt reads the same partitions); listed on every
+        call by a discovering one (a restore then knows the partitions found while running)."""
+        if self._splits is None or self._discovery is not None:
+            partitions = self.list_partitions()
             self._splits = [f"{topic}:{p}" for topic in self._topics for p in partitions[topic]]
         return list(self._splits)
 
-    def build_reader(self, splits: Sequence[str], resume_state: dict[str, Any] | None) -> KafkaReader:
+    def split_owner(self, split: str, parallelism: int) -> int:
+        return split_owner(split, parallelism)
+
+    def build_reader(self, splits: Sequence[str], resume_state: dict[str, Any] | None, *,
+                     subtask: int | None = None, parallelism: int | None = None) -> KafkaReader:
         known = self.splits()
         for split in splits:
             if split not in known:
                 raise ValueError(f"KafkaSource {self._name!r}: unknown split {split!r}; splits are {known}")
-        return KafkaReader(self, list(splits), resume_state or {})
+        if (subtask is None) != (parallelism is None) or (parallelism is not None and not 0 <= subtask < parallelism):  # type: ignore[operator]
+            raise ValueError(f"KafkaSource {self._name!r}: subtask {subtask!r} of parallelism {parallelism!r}")
+        owner = None if subtask is None or self._discovery is None else (subtask, parallelism)
+        return KafkaReader(self, list(splits), resume_state or {}, owner)  # type: ignore[arg-type]
 
 
 class KafkaReader:
     """Reads the partitions of one subtask. State: ``next`` and ``end`` per partition."""
 
-    __slots__ = ("_limiter", "_source", "_consumer", "_next", "_end", "_done", "_to_commit")
+    __slots__ = ("_limiter", "_source", "_consumer", "_next", "_end", "_done", "_to_commit", "_tracker", "_owner",
+                 "_clock", "_next_listing")
 
-    def __init__(self, source: KafkaSource, splits: list[str], resume: dict[str, Any]) -> None:
+    def __init__(self, source: KafkaSource, splits: list[str], resume: dict[str, Any],
+                 owner: tuple[int, int] | None = None) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         self._source = source
+        self._owner = owner
+        """(subtask, parallelism) of a reader that discovers partitions (rule 1b), else ``None``."""
+        self._clock = SystemClock()
+        self._next_listing = self._clock.monotonic() + (source._discovery or 0.0)
         self._limiter = read_limiter(source._rate, source.name)
         self._consumer = Consumer({
             "bootstrap.servers": source._bootstrap, "group.id": f"flowstate.{source.name}",
@@ -161,6 +219,7 @@ class KafkaReader:
         self._end: dict[str, int | None] = {}
         self._done: set[str] = set()
         self._to_commit: list[tuple[int, dict[str, int]]] = []
+        self._tracker = SplitTracker()
         assignment = []
         for split in splits:
             topic, _, part = split.rpartition(":")
@@ -189,8 +248,44 @@ class KafkaReader:
         return end is not None and self._next[split] >= end
 
     def poll(self, max_records: int) -> list[Any] | None:
-        if len(self._done) == len(self._next):
-            return None
+        groups = self._read(max_records)
+        return None if groups is None else flatten(groups)
+
+    def poll_splits(self, max_records: int) -> list[SplitEvent] | None:
+        groups = self._read(max_records)
+        return None if groups is None else self._tracker.events(groups, self._active())
+
+    def _active(self) -> list[str]:
+        return [s for s in self._next if s not in self._done]
+
+    def _discover(self) -> None:
+        """Rule 1b: at most once per ``discovery_interval``, start reading the new partitions this
+        reader owns, at their earliest offsets."""
+        from confluent_kafka import TopicPartition
+
+        now = self._clock.monotonic()
+        if self._owner is None or now < self._next_listing:
+            return
+        self._next_listing = now + (self._source._discovery or 0.0)
+        try:
+            listed = self._source.list_partitions()
+        except ConnectorError:
+            return  # the broker is out of reach for now: the next listing tries again
+        found = discovered(listed, self._next, *self._owner)
+        if not found:
+            return
+        added = []
+        for split in found:
+            topic, _, part = split.rpartition(":")
+            low, _ = self._consumer.get_watermark_offsets(TopicPartition(topic, int(part)), timeout=_METADATA_TIMEOUT)
+            self._next[split], self._end[split] = int(low), None
+            added.append(TopicPartition(topic, int(part), int(low)))
+        self._consumer.incremental_assign(added)
+
+    def _read(self, max_records: int) -> SplitGroups | None:
+        if len(self._done) == len(self._next) and self._owner is None:
+            return None  # a discovering reader is unbounded: it may own partitions added later
+        self._discover()
         if max_records <= 0:
             return []
         if self._limiter is not None:
@@ -199,7 +294,7 @@ class KafkaReader:
                 return []
         messages = self._consumer.consume(num_messages=max_records, timeout=_POLL_TIMEOUT)
         decode = self._source._decoder
-        records = []
+        by_split: dict[str, list[Any]] = {}
         advanced: dict[str, int] = {}
         for message in messages:
             if message.error() is not None:
@@ -210,7 +305,7 @@ class KafkaReader:
             end = self._end[split]
             if offset < nxt or split in self._done or (end is not None and offset >= end):
                 continue
-            records.append(decode(message.value()))
+            by_split.setdefault(split, []).append(decode(message.value()))
             advanced[split] = offset + 1
         # Assigned after every record decoded: a failing decoder leaves the positions where they were.
         self._next.update(advanced)
@@ -219,7 +314,7 @@ class KafkaReader:
         for split in advanced:
             if self._exhausted(split):
                 self._done.add(split)
-        return records
+        return list(by_split.items())
 
     def _check_ends(self) -> None:
         """A bounded partition whose last offsets are transaction markers delivers no record at its end:
@@ -329,20 +424,19 @@ class KafkaSink:
         return KafkaSinkWriter(self, subtask, resume_state)
 
 
-class KafkaSinkWriter:
-    __slots__ = ("_sink", "_producer", "_committer", "_committed", "_failpoints", "_owner", "_errors")
+class KafkaSinkWriter(BrokerSinkWriter):
+    __slots__ = ("_sink", "_producer", "_committed", "_errors")
 
     def __init__(self, sink: KafkaSink, subtask: int, resume_state: Any | None) -> None:
         from confluent_kafka import Producer
 
         self._sink = sink
-        self._owner = f"KafkaSink {sink.name!r}"
-        self._failpoints: Any = None
+        owner = f"KafkaSink {sink.name!r}"
+        self._owner = owner
         self._errors: list[Any] = []
-        _metadata(sink._bootstrap, [], self._owner, sink._config)  # one line when unreachable
+        _metadata(sink._bootstrap, [], owner, sink._config)  # one line when unreachable
         config: dict[str, Any] = {"bootstrap.servers": sink._bootstrap, "linger.ms": 5, **sink._config}
         self._committed: dict[str, int] = {}
-        self._committer: PublishingCommitter | None = None
         if sink._delivery is Delivery.EXACTLY_ONCE:
             config["transactional.id"] = f"{sink.name}-{subtask}"
             config["transaction.timeout.ms"] = int(_TXN_TIMEOUT * 1000)
@@ -351,11 +445,10 @@ class KafkaSinkWriter:
             self._producer.init_transactions(_TXN_TIMEOUT)
             if resume_state is not None and resume_state.get("pending"):
                 self._committed = self._read_markers()
-            self._committer = PublishingCommitter(self._owner, sink.name, subtask, self._encode, self._publish_batch,
-                                                  resume_state)
         else:
             config["enable.idempotence"] = True
             self._producer = Producer(config)
+        self._init_delivery(owner, sink.name, subtask, sink._delivery, self._encode, resume_state)
 
     def _encode(self, record: Any) -> bytes:
         key = self._sink._key(record) if self._sink._key is not None else None
@@ -396,9 +489,6 @@ class KafkaSinkWriter:
         finally:
             consumer.close()
 
-    def attach_failpoints(self, failpoints: Any) -> None:
-        self._failpoints = failpoints
-
     def _on_delivery(self, error: Any, _: Any) -> None:
         if error is not None:
             self._errors.append(error)
@@ -434,37 +524,16 @@ class KafkaSinkWriter:
             except BufferError:
                 self._producer.poll(0.1)  # the local queue is full: let deliveries drain it
 
-    def write_batch(self, records: list[Any]) -> None:
-        if self._committer is not None:
-            self._committer.write_batch(records)
-            return
-        for payload in encode_all(self._encode, records, self._owner):
+    def _send(self, payloads: list[bytes]) -> None:
+        for payload in payloads:
             key, value = _unframe(payload)
             self._produce(self._sink._topic, value, key)
         self._producer.poll(0)
         self._raise_errors()
 
-    def pre_commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.pre_commit(checkpoint_id)
-            return
-        # at_least_once: everything before the barrier is acknowledged by the broker before the snapshot.
+    def _flush(self) -> None:
         self._producer.flush(_TXN_TIMEOUT)
         self._raise_errors()
-
-    def snapshot(self) -> Any:
-        return self._committer.snapshot() if self._committer is not None else None
-
-    def commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.commit(checkpoint_id)
-
-    def finish(self) -> None:
-        if self._committer is not None:
-            self._committer.finish()
-        else:
-            self._producer.flush(_TXN_TIMEOUT)
-            self._raise_errors()
 
     def close(self) -> None:
         if self._committer is None:

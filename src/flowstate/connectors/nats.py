@@ -39,14 +39,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowstate.config import parse_duration
+from flowstate.connectors.base import SplitEvent
 from flowstate.connectors.broker_common import (
     MID_COMMIT,
+    BrokerSinkWriter,
     ConnectorError,
     Delivery,
     EventLoopThread,
-    PublishingCommitter,
+    SplitGroups,
+    SplitTracker,
     WriterIdentity,
-    encode_all,
+    flatten,
     hit,
     json_bytes,
     json_record,
@@ -169,13 +172,14 @@ class _Split:
 class NatsReader:
     """Reads the splits of one subtask. All state is ``next`` and ``end`` per split."""
 
-    __slots__ = ("_limiter", "_source", "_loop", "_nc", "_js", "_splits", "_turn")
+    __slots__ = ("_limiter", "_source", "_loop", "_nc", "_js", "_splits", "_turn", "_tracker")
 
     def __init__(self, source: NatsSource, splits: list[str], positions: dict[str, tuple[int, int | None] | None]) -> None:
         self._source = source
         self._limiter = read_limiter(source._rate, source.name)
         self._splits: list[_Split] = []
         self._turn = 0
+        self._tracker = SplitTracker()
         self._loop = EventLoopThread(f"nats-source:{source.name}")
         try:
             self._nc = self._loop.run(_connect(source._servers, f"NatsSource {source.name!r}"))
@@ -216,6 +220,15 @@ class NatsReader:
             state.exhausted = True  # nothing matching at or after next up to the stream's end (≥ E)
 
     def poll(self, max_records: int) -> list[Any] | None:
+        groups = self._read_groups(max_records)
+        return None if groups is None else flatten(groups)
+
+    def poll_splits(self, max_records: int) -> list[SplitEvent] | None:
+        groups = self._read_groups(max_records)
+        return None if groups is None else self._tracker.events(
+            groups, [s.split for s in self._splits if not s.exhausted])
+
+    def _read_groups(self, max_records: int) -> SplitGroups | None:
         active = [s for s in self._splits if not s.exhausted]
         if not active:
             return None
@@ -247,7 +260,7 @@ class NatsReader:
                 break
         # Assigned after every record decoded: a failing decoder leaves the position where it was.
         state.next = nxt
-        return records
+        return [(state.split, records)]
 
     async def _fetch(self, state: _Split, max_records: int) -> list[Any]:
         from nats.errors import TimeoutError as NatsTimeout
@@ -318,24 +331,21 @@ class NatsSink:
         return NatsSinkWriter(self, subtask, resume_state)
 
 
-class NatsSinkWriter:
+class NatsSinkWriter(BrokerSinkWriter):
     """One subtask's publisher: a ``PublishingCommitter`` (exactly-once) or direct publishes."""
 
-    __slots__ = ("_sink", "_loop", "_nc", "_js", "_committer", "_in_flight", "_failpoints", "_owner")
+    __slots__ = ("_sink", "_loop", "_nc", "_js")
 
     def __init__(self, sink: NatsSink, subtask: int, resume_state: Any | None) -> None:
         self._sink = sink
-        self._owner = f"NatsSink {sink.name!r}"
-        self._failpoints: Any = None
-        self._in_flight: list[Any] = []
-        self._committer: PublishingCommitter | None = None
+        owner = f"NatsSink {sink.name!r}"
         self._loop = EventLoopThread(f"nats-sink:{sink.name}:{subtask}")
         try:
-            self._nc = self._loop.run(_connect(sink._servers, self._owner))
+            self._nc = self._loop.run(_connect(sink._servers, owner))
             self._js = self._nc.jetstream(timeout=_REQUEST_TIMEOUT)
+            self._owner = owner
             self._loop.run(self._check_stream())
-            if sink._delivery is Delivery.EXACTLY_ONCE:
-                self._committer = PublishingCommitter(self._owner, sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
+            self._init_delivery(owner, sink.name, subtask, sink._delivery, sink._encoder, resume_state)
         except BaseException:
             self.close()
             raise
@@ -357,17 +367,14 @@ class NatsSinkWriter:
                     f"min_duplicate_window {sink._min_window:g} s; raise its duplicate_window (or use "
                     "delivery='at_least_once')")
 
-    def attach_failpoints(self, failpoints: Any) -> None:
-        self._failpoints = failpoints
-
     def _publish_batch(self, identity: WriterIdentity, checkpoint_id: int, payloads: tuple[bytes, ...]) -> None:
         messages = [(p, {"Nats-Msg-Id": message_id(identity, checkpoint_id, k)}) for k, p in enumerate(payloads)]
         half = (len(messages) + 1) // 2
-        self._send(messages[:half])
+        self._send_messages(messages[:half])
         hit(self._failpoints, MID_COMMIT)  # half of the batch is in the stream: a restore re-sends all of it
-        self._send(messages[half:])
+        self._send_messages(messages[half:])
 
-    def _send(self, messages: list[tuple[bytes, dict[str, str] | None]]) -> None:
+    def _send_messages(self, messages: list[tuple[bytes, dict[str, str] | None]]) -> None:
         for start in range(0, len(messages), _PUBLISH_CHUNK):
             self._loop.run(self._publish_all(messages[start:start + _PUBLISH_CHUNK]))
 
@@ -377,27 +384,9 @@ class NatsSinkWriter:
         # Sent in order on one connection, so the stream stores them in order; acks are awaited together.
         await asyncio.gather(*(js.publish(subject, payload, headers=headers) for payload, headers in messages))
 
-    def write_batch(self, records: list[Any]) -> None:
-        if self._committer is not None:
-            self._committer.write_batch(records)
-            return
-        self._send([(p, None) for p in encode_all(self._sink._encoder, records, self._owner)])
-
-    def pre_commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.pre_commit(checkpoint_id)
-        # at_least_once: write_batch returned only after every ack, so everything before the barrier is durable.
-
-    def snapshot(self) -> Any:
-        return self._committer.snapshot() if self._committer is not None else None
-
-    def commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.commit(checkpoint_id)
-
-    def finish(self) -> None:
-        if self._committer is not None:
-            self._committer.finish()
+    def _send(self, payloads: list[bytes]) -> None:
+        # at_least_once: returns only after every ack, so everything before the barrier is durable.
+        self._send_messages([(p, None) for p in payloads])
 
     def close(self) -> None:
         nc = getattr(self, "_nc", None)

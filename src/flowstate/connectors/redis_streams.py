@@ -38,13 +38,16 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from flowstate.connectors.base import SplitEvent
 from flowstate.connectors.broker_common import (
     MID_COMMIT,
+    BrokerSinkWriter,
     ConnectorError,
     Delivery,
-    PublishingCommitter,
+    SplitGroups,
+    SplitTracker,
     WriterIdentity,
-    encode_all,
+    flatten,
     hit,
     json_bytes,
     parse_delivery,
@@ -162,13 +165,14 @@ class _Split:
 class RedisStreamReader:
     """Reads the stream keys of one subtask. State: ``after`` and ``end`` per split."""
 
-    __slots__ = ("_limiter", "_source", "_client", "_splits", "_turn", "_read", "_to_ack")
+    __slots__ = ("_limiter", "_source", "_client", "_splits", "_turn", "_read", "_to_ack", "_tracker")
 
     def __init__(self, source: RedisStreamSource, splits: list[str], positions: dict[str, Any]) -> None:
         self._source = source
         self._limiter = read_limiter(source._rate, source.name)
         self._client = _client(source._url, f"RedisStreamSource {source.name!r}")
         self._turn = 0
+        self._tracker = SplitTracker()
         self._read: dict[str, list[bytes]] = {}
         """Group mode: ids read since the last snapshot, per key."""
         self._to_ack: list[tuple[int, dict[str, list[bytes]]]] = []
@@ -200,6 +204,15 @@ class RedisStreamReader:
             self._splits.append(_Split(key, after, end, history=source._group is not None))
 
     def poll(self, max_records: int) -> list[Any] | None:
+        groups = self._read_groups(max_records)
+        return None if groups is None else flatten(groups)
+
+    def poll_splits(self, max_records: int) -> list[SplitEvent] | None:
+        groups = self._read_groups(max_records)
+        return None if groups is None else self._tracker.events(
+            groups, [s.key for s in self._splits if not s.exhausted])
+
+    def _read_groups(self, max_records: int) -> SplitGroups | None:
         active = [s for s in self._splits if not s.exhausted]
         if not active:
             return None
@@ -216,15 +229,17 @@ class RedisStreamReader:
             # Up to count entries came from each stream: keep the max_records oldest of them all.
             merged = sorted(((_entry_id(entry[0]), k, entry) for k, state in enumerate(active)
                              for entry in by_key.get(state.key) or ()), key=lambda e: e[:2])[:max_records]
-            records: list[Any] = []
+            groups: SplitGroups = []
             staged = []
             for k, state in enumerate(active):
                 got = [entry for _, j, entry in merged if j == k]
                 if got:
+                    records: list[Any] = []
                     staged.append((state, self._take(state, got, records)))
+                    groups.append((state.key, records))
             for state, (after, exhausted, _) in staged:
                 state.after, state.exhausted = after, exhausted
-            return records
+            return groups
         state = active[self._turn % len(active)]
         self._turn += 1
         group, consumer = self._source._group, f"flowstate:{state.key}"
@@ -239,7 +254,7 @@ class RedisStreamReader:
         after, exhausted, ids = self._take(state, entries, records)
         state.after, state.exhausted = after, exhausted
         self._read.setdefault(state.key, []).extend(ids)
-        return records
+        return [(state.key, records)]
 
     def _take(self, state: _Split, entries: list[Any], records: list[Any]) -> tuple[str, bool, list[bytes]]:
         """Decode ``entries`` of ``state`` up to its end into ``records``; the new ``after``, whether the
@@ -336,50 +351,25 @@ class RedisStreamSink:
         return RedisStreamSinkWriter(self, subtask, resume_state)
 
 
-class RedisStreamSinkWriter:
-    __slots__ = ("_sink", "_client", "_script", "_committer", "_failpoints", "_owner")
+class RedisStreamSinkWriter(BrokerSinkWriter):
+    __slots__ = ("_sink", "_client", "_script")
 
     def __init__(self, sink: RedisStreamSink, subtask: int, resume_state: Any | None) -> None:
         self._sink = sink
-        self._owner = f"RedisStreamSink {sink.name!r}"
-        self._failpoints: Any = None
-        self._client = _client(sink._url, self._owner)
+        owner = f"RedisStreamSink {sink.name!r}"
+        self._client = _client(sink._url, owner)
         self._script = self._client.register_script(_COMMIT_SCRIPT)
-        self._committer: PublishingCommitter | None = None
-        if sink._delivery is Delivery.EXACTLY_ONCE:
-            self._committer = PublishingCommitter(self._owner, sink.name, subtask, sink._encoder, self._publish_batch, resume_state)
-
-    def attach_failpoints(self, failpoints: Any) -> None:
-        self._failpoints = failpoints
+        self._init_delivery(owner, sink.name, subtask, sink._delivery, sink._encoder, resume_state)
 
     def _publish_batch(self, identity: WriterIdentity, checkpoint_id: int, payloads: tuple[bytes, ...]) -> None:
         self._script(keys=[self._sink._stream, self._sink.marker_key], args=[identity, checkpoint_id, *payloads])
         hit(self._failpoints, MID_COMMIT)  # this batch is committed, later ones of the same commit not yet
 
-    def write_batch(self, records: list[Any]) -> None:
-        if self._committer is not None:
-            self._committer.write_batch(records)
-            return
-        payloads = encode_all(self._sink._encoder, records, self._owner)
+    def _send(self, payloads: list[bytes]) -> None:
         with self._client.pipeline(transaction=False) as pipe:
             for payload in payloads:
                 pipe.xadd(self._sink._stream, {"data": payload})
-            pipe.execute()
-
-    def pre_commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.pre_commit(checkpoint_id)
-
-    def snapshot(self) -> Any:
-        return self._committer.snapshot() if self._committer is not None else None
-
-    def commit(self, checkpoint_id: int) -> None:
-        if self._committer is not None:
-            self._committer.commit(checkpoint_id)
-
-    def finish(self) -> None:
-        if self._committer is not None:
-            self._committer.finish()
+            pipe.execute()  # returns once Redis answered every XADD
 
     def close(self) -> None:
         self._client.close()

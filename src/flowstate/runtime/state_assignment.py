@@ -9,8 +9,9 @@ are filed under its uid too (the name of the vertex it heads). Rules:
 1. **Keyed state** (keyed process, reduce): new subtask *i* receives every old snapshot whose
    key-group range overlaps its own range; its backend keeps the keys of the groups it owns.
 2. **Source positions**: the positions of every old reader are merged split by split; new subtask
-   *i* receives those of the splits it reads now, ``splits()[i::p]`` (a split no reader had starts at
-   its beginning). A source whose positions name anything but its current splits keeps them only at
+   *i* receives those of the splits it reads now, ``splits()[i::p]`` or, for a source that assigns its
+   splits itself, those it owns (``flowstate.connectors.base.assigned_splits``); a split no reader
+   had starts at its beginning. A source whose positions name anything but its current splits keeps them only at
    its old parallelism: at another one it is refused, since they cannot be reassigned.
 3. **Sink writers**: at the old parallelism each writer gets its own state; otherwise the sink's
    ``redistribute_state(states, parallelism)`` decides (``FileSink`` re-commits every pending file
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowstate.checkpoint.ids import TaskId, task_id
+from flowstate.connectors.base import assigned_splits
 from flowstate.errors import ConfigError
 from flowstate.graph import JobGraph, JobVertex
 from flowstate.state.keygroups import (
@@ -325,7 +327,8 @@ def _assign_positions(v: JobVertex, node: Any, old: _OldState, refusals: list[st
                 )
             merged[split] = position
     return [
-        {s: merged[s] for s in splits[i :: v.parallelism] if s in merged} for i in range(v.parallelism)
+        {s: merged[s] for s in assigned_splits(source, splits, i, v.parallelism) if s in merged}
+        for i in range(v.parallelism)
     ]
 
 
@@ -378,7 +381,8 @@ def _assign_generators(v: JobVertex, old: _OldState) -> list[Any]:
     splits = list(v.chain[0].fn.splits()) if v.is_source else []
     if not set(by_split) <= set(splits):
         by_split, splits = {}, []
-    return [{"splits": {sp: by_split[sp] for sp in splits[i :: v.parallelism] if sp in by_split},
+    source = v.chain[0].fn if v.is_source else None
+    return [{"splits": {sp: by_split[sp] for sp in assigned_splits(source, splits, i, v.parallelism) if sp in by_split},
              "emitted": min(emitted)} for i in range(v.parallelism)]
 
 

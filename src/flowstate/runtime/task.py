@@ -625,6 +625,7 @@ class SourceTask(Task):
         """A final barrier before the end of the input (a stop): nothing is read after it; its
         completion ends the input, its abort resumes reading."""
         self._ended = False
+        self._splits_told = False
 
     def _run(self) -> None:
         gate = self.gate
@@ -639,7 +640,12 @@ class SourceTask(Task):
         take_watermark = getattr(reader, "take_watermark", None)
         # A reader that says which split each batch comes from feeds per-split watermarks.
         split_ops = [op for op in self.ops if hasattr(op, "finish_split")]
-        poll = self._poll_split if split_ops and hasattr(reader, "poll_split") else reader.poll
+        if split_ops and hasattr(reader, "poll_splits"):
+            poll = self._poll_splits
+        elif split_ops and hasattr(reader, "poll_split"):
+            poll = self._poll_split
+        else:
+            poll = reader.poll
         self._split_ops = split_ops
         while True:
             if gate.has_mail():
@@ -696,6 +702,34 @@ class SourceTask(Task):
             else:
                 op.current_split = split
         return batch
+
+    def _poll_splits(self, max_records: int) -> list[Any] | None:
+        """A ``SplitReader``'s events, in order: each batch goes through the chain with its split set,
+        announcements and ends of splits reach the watermark generators between them."""
+        got = self.reader.poll_splits(max_records)
+        if got is None:
+            return None
+        split_ops = self._split_ops
+        if not self._splits_told:
+            # The first events announce every split the reader reads: restored ones it does not
+            # read stop holding the watermark back (rule 5b of flowstate.time.watermarks).
+            self._splits_told = True
+            reading = {split for split, _, finished in got if not finished}
+            for op in split_ops:
+                op.retain_splits(reading)
+        for split, batch, finished in got:
+            if batch:
+                for op in split_ops:
+                    op.current_split = split
+                self.records_in += len(batch)
+                self._process(batch)
+            elif finished:
+                for op in split_ops:
+                    op.finish_split(split)
+            else:
+                for op in split_ops:
+                    op.start_split(split)
+        return []
 
     def _on_mail(self, mail: Any) -> bool:
         """Handle one mail; True when the task is done."""

@@ -26,6 +26,7 @@ from typing import Any
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.clock import Clock, SystemClock
+from flowstate.connectors.base import open_reader
 from flowstate.graph import JobVertex
 from flowstate.runtime.channels import InputGate
 from flowstate.runtime.operators import OperatorEnv, build_operator
@@ -178,8 +179,7 @@ def _task(
     ops = [build_operator(n, op_env, key_fn if idx == 0 and not v.is_source else None) for idx, n in enumerate(nodes)]
     if v.is_source:
         source = v.chain[0].fn
-        splits = source.splits()[i :: v.parallelism]
-        reader = source.build_reader(splits, resume.source if resume is not None else None)
+        reader = open_reader(source, i, v.parallelism, resume.source if resume is not None else None)
         return SourceTask(tid, v.name, i, ops, output, gate, env, resume, cancelled, reader=reader)
     return StreamTask(tid, v.name, i, ops, output, gate, env, resume, cancelled)
 

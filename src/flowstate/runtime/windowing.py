@@ -43,7 +43,7 @@ far), and emits its final result as always when the watermark passes its end.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 from flowstate.aggregates import Count
@@ -145,6 +145,12 @@ class TimestampsOperator(Operator):
         except Exception as exc:
             raise UserFunctionError(self.name, record, exc) from exc
         return highest
+
+    def retain_splits(self, splits: Collection[str]) -> None:
+        self.generator.retain(splits)
+
+    def start_split(self, split: str) -> None:
+        self.generator.add_split(split, self.clock.monotonic())
 
     def finish_split(self, split: str) -> None:
         self.generator.finish(split)

@@ -13,6 +13,15 @@ Rules of generation (``SplitWatermarks``, one per source subtask or timestamp-as
 4. The output never goes backwards, also across a restore: ``snapshot()`` holds each split's largest
    timestamp and the last watermark emitted, and a generator built from it emits that watermark first.
 5. A split that is finished (``finish``) leaves the minimum for good.
+5a. A split announced before it produced anything (``add_split``: a broker reader that reads several
+   partitions at once says which it reads) holds the minimum back, as a split without a watermark,
+   until it produces records or is idle (rule 2, counted from its announcement). Without this, the
+   first partition to deliver would carry the watermark past the records the others have not
+   delivered yet, and make them late.
+5b. ``retain(splits)``: the reader says, once, every split it reads; a restored split that is not
+   among them (another subtask reads it now, or the checkpoint was taken when the reader's records
+   counted as one split) is dropped, so that it does not hold the watermark back. The last watermark
+   emitted stays (rule 4).
 
 Rules of combining (``ChannelWatermarks``, one per task with input channels):
 
@@ -29,6 +38,7 @@ Every method returns the ``Watermark`` event to forward, or ``None`` when nothin
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +105,16 @@ class SplitWatermarks:
                 state.max_ts = max_timestamp
             state.last_seen = now
 
+    def add_split(self, split: str, now: float) -> None:
+        """Rule 5a: ``split`` is read from ``now`` on; a split already known keeps its state."""
+        if split not in self._splits:
+            self._splits[split] = _Split(MIN_WATERMARK, now)
+
+    def retain(self, splits: Collection[str]) -> None:
+        """Rule 5b."""
+        for split in [s for s in self._splits if s not in splits]:
+            del self._splits[split]
+
     def finish(self, split: str) -> None:
         """Rule 5: ``split`` has no more records."""
         self._splits.pop(split, None)
@@ -130,6 +150,8 @@ class SplitWatermarks:
             if timeout is None or now - self._started < timeout:
                 return None
             candidate, idle = self._emitted, True
+        elif highest == MIN_WATERMARK:
+            candidate, idle = self._emitted, True  # rule 5a: every split idle and none produced
         else:
             candidate, idle = highest + (now - latest_seen - timeout), False  # type: ignore[operator]
         if idle:
