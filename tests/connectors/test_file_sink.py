@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import pickle
@@ -214,7 +215,9 @@ def test_records_are_written_as_json_lines_with_tuples_as_arrays_and_unescaped_u
 
 def json_module_lines(records) -> bytes:
     """What the per-record encoder (``json.dumps``) writes for ``records``."""
-    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    from flowstate.connectors.file_sink import json_lines_encoder
+
+    encode = json_lines_encoder()
     return "".join(encode(r) + "\n" for r in records).encode("utf-8")
 
 
@@ -230,14 +233,16 @@ def written(tmp_path, records) -> bytes:
 
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6), st.uuids(),
+    st.sampled_from(["a", 1, (2, "b")]).map(lambda v: enum.Enum("E", {"M": v}).M),
 )
 BATCHES = st.one_of(
     st.lists(SCALARS, min_size=1, max_size=8),
     st.lists(st.tuples(st.text(max_size=6), st.integers()), min_size=1, max_size=8),
     st.lists(st.lists(SCALARS, max_size=3), min_size=1, max_size=8),
     st.lists(st.dictionaries(st.text(max_size=3), SCALARS, max_size=3), min_size=1, max_size=8),
-    st.lists(st.one_of(SCALARS, st.tuples(SCALARS), st.dictionaries(st.integers(), SCALARS, max_size=2)),
+    st.lists(st.one_of(SCALARS, st.tuples(SCALARS, st.lists(SCALARS, max_size=2)),
+                       st.dictionaries(st.one_of(st.integers(), st.text(max_size=2)), SCALARS, max_size=2)),
              min_size=1, max_size=8),
 )
 
@@ -269,13 +274,26 @@ def _values(record):
     return [record]
 
 
-def test_batches_of_the_plain_kinds_are_encoded_at_once_and_others_record_by_record(tmp_path):
+def test_batches_orjson_writes_as_json_does_are_encoded_at_once_and_others_record_by_record(tmp_path):
+    import collections
+    import enum
+    import uuid
+
     from flowstate.connectors import file_sink
 
-    assert file_sink.json_lines_batch([("a", 1), ("b", 2.5)]) == b'["a",1]\n["b",2.5]\n'
-    assert file_sink.json_lines_batch([{"k": "v\n,"}, {}]) == b'{"k":"v\\n,"}\n{}\n'
-    for not_plain in ([float("nan")], [1.5, None], [2**64], [{1: "a"}], [("a", ("nested",))], ["\ud800"]):
-        assert file_sink.json_lines_batch(not_plain) is None, not_plain
+    class Color(enum.Enum):
+        RED = "red"
+
+    class Text(str):
+        pass
+
+    key = uuid.UUID(int=7)
+    assert file_sink.json_lines_batch([("a", 1), ("b", [2.5, {"c": True}])]) == b'["a",1]\n["b",[2.5,{"c":true}]]\n'
+    assert file_sink.json_lines_batch([{"k": "v\n,\",\n,"}, {}]) == b'{"k":"v\\n,\\",\\n,"}\n{}\n'
+    assert file_sink.json_lines_batch([Color.RED, key]) == json_module_lines([Color.RED, key])
+    pair = collections.namedtuple("pair", "a b")
+    for refused in ([float("nan")], [None], [2**64], [{1: "a"}], ["\ud800"], [Text("t")], [pair(1, 2)]):
+        assert file_sink.json_lines_batch(refused) is None, refused
 
 
 def test_a_record_json_cannot_write_fails_the_batch_the_same_way_on_either_path(tmp_path):

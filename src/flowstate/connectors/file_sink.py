@@ -41,22 +41,23 @@ new file takes the name of a committed one. An index that no longer runs is *ret
 
 Records are written as JSON Lines by default (UTF-8, ``ensure_ascii=False``, compact separators;
 tuples become arrays); ``encoder`` (record → str without newline) replaces that. Each batch is one
-write call. By default a batch of *plain* records (see ``json_lines_batch``) is encoded at once by
-orjson, which writes the lines ``json.dumps`` writes, except that a float in exponent form may be
-written in another notation of the same number (``1e16`` for ``1e+16``); any other batch is encoded
-record by record with ``json``, so what is refused and how is the same either way. ``committed_output()`` lists the visible files of this sink's prefix and suffix: what a
+write call. By default a batch is encoded at once by orjson (``json_lines_batch``), which writes the
+lines ``json.dumps`` writes, except that a float in exponent form may be written in another notation
+of the same number (``1e16`` for ``1e+16``); a batch orjson would write otherwise is encoded record
+by record with ``json``, so what is refused and how is the same either way. ``committed_output()`` lists the visible files of this sink's prefix and suffix: what a
 start from scratch would mix with (``flowstate.checkpoint.restore``).
 """
 
 from __future__ import annotations
 
 import copy
+import enum
 import json
 import os
 import re
 import secrets
+import uuid
 from collections.abc import Callable, Sequence
-from itertools import chain
 from typing import Any
 
 try:
@@ -88,58 +89,59 @@ class CommittedOutputExistsError(RuntimeError):
 
 
 def json_lines_encoder() -> Callable[[Any], str]:
-    """The default encoder: ``json.dumps(record, ensure_ascii=False, separators=(",", ":"))``."""
-    return json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-_CONTAINERS = frozenset({tuple, list})
-_DICT = frozenset({dict})
-_STR = frozenset({str})
-_NONE = type(None)
+    """The default encoder: ``json.dumps(record, ensure_ascii=False, separators=(",", ":"))``, which
+    also writes an enum as its value and a UUID as its string (as orjson does, see
+    ``json_lines_batch``)."""
+    return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default).encode
 
 
 def json_lines_batch(records: list[Any]) -> bytes | None:
     """The lines ``json_lines_encoder`` gives ``records`` (each ending in ``\n``, UTF-8), encoded at
-    once by orjson; ``None`` when the batch is not plain, or orjson would write it otherwise.
+    once by orjson; ``None`` when orjson would write the batch otherwise, for ``json`` to encode it
+    record by record.
 
-    Plain: every record is a scalar (exact ``str``, ``int``, ``float``, ``bool``, ``None``), or every
-    record a ``tuple``/``list`` of scalars, or every record a ``dict`` of ``str`` keys and scalar
-    values. These are the types whose JSON orjson and json write alike, but for three cases, each
-    sent back to json: an int beyond 64 bits and a string that does not encode as UTF-8 (orjson
-    raises), and NaN or an infinity (orjson writes ``null``, json ``NaN``: a batch with floats whose
-    output holds ``null`` is refused, one with both floats and ``None`` too).
+    orjson writes what json writes for ``str``, ``int``, ``float``, ``bool``, ``None``, tuples,
+    lists, dicts with ``str`` keys, enums and UUIDs (``json_lines_encoder`` writes these two as
+    orjson does), but for: subclasses, dataclasses and datetimes (passed through to a ``default``
+    that refuses them), an int beyond 64 bits, a string that does not encode as UTF-8 and a dict key
+    that is not a ``str`` (orjson raises), and NaN or an infinity, which orjson writes as ``null``
+    where json writes ``NaN``: a batch whose output holds ``null`` goes to json too. The type checks
+    are orjson's own: a check in Python would cost more than the encoding.
 
     One call encodes the batch as a JSON array with a raw newline between the records (an
     ``orjson.Fragment``); a raw newline appears nowhere else in compact JSON (strings escape it), so
-    the array's top-level ``,\n,`` separators are exactly the record boundaries."""
+    the array's top-level ``,\n,`` separators are exactly the record boundaries. One output per
+    batch: orjson's many small outputs of a record at a time are slow to keep alive together."""
     if orjson is None:
-        return None
-    kinds = set(map(type, records))
-    if kinds <= _SCALARS:
-        values = kinds
-    elif kinds <= _CONTAINERS:
-        values = set(map(type, chain.from_iterable(records)))
-    elif kinds == _DICT:
-        if set(map(type, chain.from_iterable(records))) != _STR and any(records):
-            return None
-        values = set(map(type, chain.from_iterable(map(dict.values, records))))
-    else:
-        return None
-    if not values <= _SCALARS or (float in values and _NONE in values):
         return None
     items = [_LINE_BREAK] * (2 * len(records) - 1)
     items[::2] = records
     try:
-        data = orjson.dumps(items)
+        data = orjson.dumps(items, default=_refuse, option=_ORJSON_OPTIONS)
     except orjson.JSONEncodeError:
         return None
-    if float in values and b"null" in data:
+    if b"null" in data:
         return None
     return data[1:-1].replace(b",\n,", b"\n") + b"\n"
 
 
-_LINE_BREAK = orjson.Fragment(b"\n") if orjson is not None else None
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is left to json")
+
+
+if orjson is not None:
+    _LINE_BREAK = orjson.Fragment(b"\n")
+    _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _json_default(value: Any) -> Any:
+    """What ``json_lines_encoder`` writes for an enum (its value) and a UUID (its string), as orjson
+    does; anything else json cannot write is refused as json refuses it."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 class FileSink:
