@@ -390,3 +390,20 @@ def test_the_split_size_must_be_a_positive_int(tmp_path):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="split_size must be an int"):
             FileSource(str(path), split_size=bad)
+
+
+def test_positions_of_a_file_cut_otherwise_than_now_are_refused_and_of_a_file_no_longer_read_ignored(tmp_path):
+    path = write(tmp_path / "in.txt", SPLIT_TEXT)
+    other = write(tmp_path / "other.txt", "x\ny\n")
+    whole = FileSource([str(path), str(other)], split_size=1 << 20)
+    ranges = FileSource([str(path), str(other)], split_size=30)
+    cut_otherwise = FileSource([str(path), str(other)], split_size=50)
+    taken_whole = {str(path): 6}
+    taken_in_ranges = {ranges.splits()[0]: 6}
+    for source, state in ((ranges, taken_whole), (whole, taken_in_ranges), (cut_otherwise, taken_in_ranges)):
+        with pytest.raises(ValueError, match="split_size changed since the checkpoint"):
+            source.build_reader(source.splits(), state)
+    gone = {str(tmp_path / "deleted.txt"): 4, f"{tmp_path / 'deleted.txt'}[0:4]": 2}
+    reader = whole.build_reader([str(other)], {str(other): 2, **gone})
+    assert read_all(reader) == ["y"]
+    reader.close()

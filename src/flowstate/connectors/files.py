@@ -30,12 +30,17 @@ Rules:
    UTF-16). Bytes that do not decode raise ``FileDecodeError`` naming the file and the byte offset.
 8. A resume position other than the split's ``start`` must be the start of a line no further than
    the end of the file, otherwise the file changed since the checkpoint and the reader refuses it.
+9. A resume state that names a split of a file this source reads, but not one of its splits now (the
+   file was one split and is now cut into ranges, or the other way round, or cut otherwise: its size
+   or ``split_size`` changed), is refused: reading such a file from the start again would repeat
+   records. Positions of files the source no longer reads are ignored.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +48,8 @@ from typing import Any
 DEFAULT_CHUNK_SIZE = 1 << 20
 DEFAULT_SPLIT_SIZE = 4 << 20
 """Files larger than this are read as several splits (rule 2)."""
+_RANGE_ID = re.compile(r"(.*)\[[0-9]+:[0-9]+\]", re.DOTALL)
+"""The id of a byte range: ``<path>[<start>:<end>]``."""
 _READS_AFTER_FIRST_RECORD = 1
 """Chunks a poll may still read once it has records to return: bounds the time of one poll."""
 
@@ -157,6 +164,7 @@ class FileSource:
     def build_reader(self, splits: Sequence[str], resume_state: dict[str, Any] | None) -> FileReader:
         resume = resume_state or {}
         known = self._splits
+        self._refuse_other_cuts(resume)
         chosen: list[FileSplit] = []
         positions: dict[str, int] = {}
         for split_id in splits:
@@ -173,6 +181,22 @@ class FileSource:
             chosen.append(split)
             positions[split_id] = position
         return FileReader(chosen, positions, self._encoding, self._chunk_size)
+
+    def _refuse_other_cuts(self, resume: dict[str, Any]) -> None:
+        """Rule 9."""
+        paths = {split.path for split in self._splits.values()}
+        for split_id in resume:
+            if split_id in self._splits:
+                continue
+            match = _RANGE_ID.fullmatch(split_id)
+            path = match.group(1) if match and match.group(1) in paths else split_id
+            if path in paths:
+                raise ValueError(
+                    f"FileSource {self._name!r}: the checkpoint has a position for {split_id!r}, which is not one of "
+                    f"the splits {path!r} is read as now ({[s for s in self._splits if self._splits[s].path == path][:3]!r}…): "
+                    "the file's size or the source's split_size changed since the checkpoint; restore with the "
+                    "split_size it was taken with (a size at least that of the file reads it as one split)"
+                )
 
 
 class FileReader:
