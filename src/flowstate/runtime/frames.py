@@ -76,8 +76,7 @@ def encode_batch(gate: int, channel: int, batch: list[Any]) -> bytes:
     if set(map(type, batch)) == _STR:
         text = "\n".join(batch)
         if text.count("\n") == len(batch) - 1:
-            payload = text.encode("utf-8", "surrogatepass")
-            return HEADER.pack(len(payload), LINES, gate, channel) + payload
+            return encode(LINES, gate, channel, text.encode("utf-8", "surrogatepass"))
     return encode(BATCH, gate, channel, pickle.dumps(batch, _PICKLE))
 
 
