@@ -3,30 +3,69 @@
 Read the file line by line, key by the line, keep a count per key in keyed state, emit (key, count)
 for every record into a sink that only counts. Run as a script it prints one JSON line of results;
 ``run.py`` starts it once per measurement so that each figure is a whole, fresh process.
+
+Every operator runs at ``--parallelism``, the source too: ``FileSource`` cuts the file into byte
+ranges, so at parallelism 2 two source subtasks read it. The counting sink is a real sink (not a
+callback of this process), so that a job at parallelism > 1 runs on the processes executor, one
+worker per core; each writer leaves its count in a file that this process adds up.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import flowstate as fs
 
 
-class Counter:
-    """The sink of the reference job: counts the records it receives, writes nothing."""
+class CountingSink:
+    """The sink of the reference job: counts the records it receives, writes nothing but its count,
+    into ``directory`` when it is closed (a worker process's writer cannot hand it back otherwise)."""
 
-    def __init__(self) -> None:
-        self.total = 0
+    name = "count"
+    transactional = False
 
-    def __call__(self, records: list[Any]) -> None:
-        self.total += len(records)
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> CountingWriter:
+        return CountingWriter(self.directory, subtask)
+
+    def total(self) -> int:
+        return sum(int(Path(self.directory, name).read_text()) for name in os.listdir(self.directory))
+
+
+class CountingWriter:
+    def __init__(self, directory: str, subtask: int) -> None:
+        self.directory = directory
+        self.subtask = subtask
+        self.records = 0
+
+    def write_batch(self, records: list[Any]) -> None:
+        self.records += len(records)
+
+    def pre_commit(self, checkpoint_id: int) -> None:
+        pass
+
+    def snapshot(self) -> None:
+        return None
+
+    def commit(self, checkpoint_id: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        Path(self.directory, f"{self.subtask}-{os.getpid()}").write_text(str(self.records))
 
 
 class Count(fs.KeyedProcessFunction):
@@ -39,12 +78,12 @@ class Count(fs.KeyedProcessFunction):
         yield (key, n)
 
 
-def build(path: str, parallelism: int, counter: Counter) -> fs.Dataflow:
+def build(path: str, parallelism: int, sink: Any) -> fs.Dataflow:
     flow = fs.Dataflow("reference-count", parallelism=parallelism)
-    (flow.source(fs.FileSource(path), parallelism=1)
+    (flow.source(fs.FileSource(path))
          .key_by(lambda key: key)
          .process(Count())
-         .sink(fs.BatchCallbackSink(counter, name="count")))
+         .sink(sink))
     return flow
 
 
@@ -69,13 +108,18 @@ def main() -> None:
     parser.add_argument("--parallelism", type=int, default=1)
     parser.add_argument("--interval", default="1s")
     parser.add_argument("--state-backend", default="heap", help="heap or rocksdb")
+    parser.add_argument("--sink", choices=("count", "file"), default="count",
+                        help="count: a sink that only counts; file: FileSink (JSON Lines, two-phase commit) into a "
+                             "temporary directory")
     parser.add_argument("--full-checkpoints", action="store_true", help="rocksdb: no incremental checkpoints")
     parser.add_argument("--checkpoint-stats", action="store_true",
                         help="keep every checkpoint (retained=1000) and report each one's bytes written, full "
                              "size and sync/async parts from its metadata")
     args = parser.parse_args()
-    counter = Counter()
-    flow = build(args.input, args.parallelism, counter)
+    counts = tempfile.mkdtemp(prefix="flowstate-bench-counts-")
+    counting = CountingSink(counts)
+    sink = counting if args.sink == "count" else fs.FileSink(os.path.join(counts, "out"))
+    flow = build(args.input, args.parallelism, sink)
     chk = tempfile.mkdtemp(prefix="flowstate-bench-")
     try:
         started = time.perf_counter()
@@ -84,12 +128,19 @@ def main() -> None:
                         incremental=not args.full_checkpoints, retained=1000 if args.checkpoint_stats else 1)
         seconds = time.perf_counter() - started
         stats = checkpoint_stats(chk) if args.checkpoint_stats and args.mode != "none" else []
+        out = counting.total() if args.sink == "count" else sum(
+            1 for name in os.listdir(os.path.join(counts, "out")) if not name.startswith(".")
+            for _ in open(os.path.join(counts, "out", name), "rb"))
     finally:
         shutil.rmtree(chk, ignore_errors=True)
+        shutil.rmtree(counts, ignore_errors=True)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    peak_kib = usage.ru_maxrss
-    json.dump({"records": result.records, "out": counter.total, "seconds": seconds,
-               "cpu_ns_per_record": (usage.ru_utime + usage.ru_stime) / max(result.records, 1) * 1e9,
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
+    peak_kib = max(usage.ru_maxrss, children.ru_maxrss)
+    json.dump({"records": result.records, "out": out, "seconds": seconds, "executor": result.executor,
+               "workers": result.workers,
+               "cpu_ns_per_record": cpu / max(result.records, 1) * 1e9,
                "records_per_s": result.records / seconds, "checkpoints": result.checkpoints_completed,
                "peak_rss_mib": peak_kib / 1024, "checkpoint_stats": stats}, sys.stdout)
     print()

@@ -3,8 +3,10 @@
 Measures, on ``../shared/bench`` data (generated into ``bench-data/`` on first use):
 
 1. records/s of the reference job (keyed running count over 5 M records) with checkpoints off and
-   in each mode at a 1 s interval, parallelism 1 and 2: the median of ``--repeat`` fresh processes,
-   with each process's peak RSS;
+   in each mode at a 1 s interval, parallelism 1 and 2 (every operator, the source too: two source
+   subtasks read byte ranges of the one file; parallelism 2 runs on 2 worker processes), and with
+   ``FileSink`` (JSON Lines) in place of the counting sink: the median of ``--repeat`` fresh
+   processes, with each process tree's peak RSS;
 2. the synchronous and asynchronous parts of a heap-state snapshot against state size;
 3. the time to restore 1 M keys from a checkpoint file (read, verify, unpickle, load).
 
@@ -43,22 +45,27 @@ def ensure_data() -> Path:
 def throughput(path: Path, repeat: int) -> list[dict[str, object]]:
     """Runs are interleaved (every configuration once, then again…) so that drift of the machine
     over the minutes of the benchmark hits every configuration alike."""
-    configs = [(p, mode) for p in (1, 2) for mode in ("none", "exactly_once", "at_least_once", "stop_the_world")]
-    runs: dict[tuple[int, str], list[dict[str, float]]] = {c: [] for c in configs}
+    configs = [(p, mode, "count") for p in (1, 2) for mode in ("none", "exactly_once", "at_least_once", "stop_the_world")]
+    configs += [(p, "exactly_once", "file") for p in (1, 2)]
+    runs: dict[tuple[int, str, str], list[dict[str, float]]] = {c: [] for c in configs}
     for i in range(repeat):
-        for parallelism, mode in configs:
+        for parallelism, mode, sink in configs:
             out = subprocess.run(
                 [sys.executable, str(HERE / "refjob.py"), str(path), "--mode", mode,
-                 "--parallelism", str(parallelism), "--interval", "1s"],
+                 "--parallelism", str(parallelism), "--interval", "1s", "--sink", sink],
                 check=True, capture_output=True, text=True,
             ).stdout
-            runs[(parallelism, mode)].append(json.loads(out))
-            print(f"  round {i + 1}: {mode:>15} p={parallelism}: {runs[(parallelism, mode)][-1]['records_per_s']:,.0f} rec/s",
-                  file=sys.stderr)
+            run = json.loads(out)
+            if run["out"] != run["records"]:
+                raise SystemExit(f"{mode} p={parallelism} sink={sink}: {run['out']:,} records out of {run['records']:,}")
+            runs[(parallelism, mode, sink)].append(run)
+            print(f"  round {i + 1}: {mode:>15} p={parallelism} {sink:>5}: {run['records_per_s']:,.0f} rec/s, "
+                  f"{run['cpu_ns_per_record']:.0f} ns CPU/record", file=sys.stderr)
     rows = []
-    for (parallelism, mode), rs in runs.items():
+    for (parallelism, mode, sink), rs in runs.items():
         rows.append({
-            "mode": mode, "parallelism": parallelism,
+            "mode": mode, "parallelism": parallelism, "sink": sink,
+            "executor": f"{rs[0]['executor']}" + (f", {rs[0]['workers']} workers" if rs[0]["workers"] else ""),
             "records_per_s": statistics.median(r["records_per_s"] for r in rs),
             "min": min(r["records_per_s"] for r in rs), "max": max(r["records_per_s"] for r in rs),
             "checkpoints": statistics.median(r["checkpoints"] for r in rs),
@@ -122,6 +129,10 @@ def restore_time(keys: int) -> dict[str, float]:
 def markdown(tp: list[dict[str, object]], snaps: list[dict[str, float]], restore: dict[str, float], repeat: int) -> str:
     base = {r["parallelism"]: r["records_per_s"] for r in tp if r["mode"] == "none"}
     base_cpu = {r["parallelism"]: r["cpu_ns"] for r in tp if r["mode"] == "none"}
+    counted = {r["parallelism"]: r for r in tp if r["mode"] == "exactly_once" and r["sink"] == "count"}
+    filed = {r["parallelism"]: r for r in tp if r["mode"] == "exactly_once" and r["sink"] == "file"}
+    speedup = float(counted[2]["records_per_s"]) / float(counted[1]["records_per_s"])  # type: ignore[arg-type]
+    sink_cost = float(counted[1]["records_per_s"]) / float(filed[1]["records_per_s"])  # type: ignore[arg-type]
     lines = [
         f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
         f"2 cores. Command: `make bench` (`python benchmarks/run.py --repeat {repeat} --write`).",
@@ -130,18 +141,27 @@ def markdown(tp: list[dict[str, object]], snaps: list[dict[str, float]], restore
         "",
         f"Median of {repeat} fresh processes per row, run interleaved; checkpoints every 1 s (a run lasts about 3 s, so "
         "it takes 2–4 checkpoints, the last one the final checkpoint); overhead is against `none` at the same "
-        "parallelism. CPU per record is the process's user + system CPU time divided by the records: it is "
-        "steadier than wall time when the host is busy. Differences smaller than the min–max spread are noise.",
+        "parallelism (for a `file` row: against `exactly_once` with the counting sink). CPU per record is the process's user + system CPU time divided by the records: it is "
+        "steadier than wall time when the host is busy (for parallelism 2, the CPU of the whole process tree, "
+        "workers included). Differences smaller than the min–max spread are noise. Rows with the sink `file` "
+        "write every `(key, count)` with `FileSink` (JSON Lines, two-phase commit) instead of counting it.",
         "",
-        "| mode | parallelism | records/s (median) | min – max | checkpoints | wall overhead | CPU per record | CPU overhead | peak RSS |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"**Parallelism 2 against 1** (exactly_once, counting sink): **{speedup:.2f}×** the records/s. "
+        f"**`FileSink` against the counting sink** (exactly_once, parallelism 1): **{sink_cost:.2f}×** the time.",
+        "",
+        "| mode | parallelism | sink | executor | records/s (median) | min – max | checkpoints | wall overhead | CPU per record | CPU overhead | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in tp:
-        overhead = 1 - float(r["records_per_s"]) / float(base[r["parallelism"]])  # type: ignore[index]
-        cpu_overhead = float(r["cpu_ns"]) / float(base_cpu[r["parallelism"]]) - 1  # type: ignore[index]
+        # A FileSink row's overheads are against the same job with the counting sink.
+        against = counted[r["parallelism"]] if r["sink"] == "file" else None  # type: ignore[index]
+        overhead = 1 - float(r["records_per_s"]) / float(  # type: ignore[arg-type]
+            against["records_per_s"] if against else base[r["parallelism"]])  # type: ignore[index]
+        cpu_overhead = float(r["cpu_ns"]) / float(  # type: ignore[arg-type]
+            against["cpu_ns"] if against else base_cpu[r["parallelism"]]) - 1  # type: ignore[index]
         none = r["mode"] == "none"
         lines.append(
-            f"| {r['mode']} | {r['parallelism']} | {r['records_per_s']:,.0f} | {r['min']:,.0f} – {r['max']:,.0f} "
+            f"| {r['mode']} | {r['parallelism']} | {r['sink']} | {r['executor']} | {r['records_per_s']:,.0f} | {r['min']:,.0f} – {r['max']:,.0f} "
             f"| {r['checkpoints']:.0f} | {'—' if none else f'{overhead:+.1%}'} | {r['cpu_ns']:.0f} ns "
             f"| {'—' if none else f'{cpu_overhead:+.1%}'} | {r['peak_rss_mib']:.0f} MiB |"
         )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import pickle
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flowstate.connectors.file_sink import CommittedOutputExistsError, FileSink, LostOutputError
+from flowstate.errors import UnwritableRecordError
 
 WRITER_ID = re.compile(r"\.[0-9a-f]{12}(?=\.|$)")
 
@@ -207,6 +211,103 @@ def test_records_are_written_as_json_lines_with_tuples_as_arrays_and_unescaped_u
     writer.finish()
     text = only_file(tmp_path, "part-0-0.jsonl").read_text(encoding="utf-8")
     assert text == '["key",3]\n{"k":"é€","n":null}\n"line\\nbreak"\n1.5\n[1,[2]]\n'
+
+
+def json_module_lines(records) -> bytes:
+    """What the per-record encoder (``json.dumps``) writes for ``records``."""
+    from flowstate.connectors.file_sink import json_lines_encoder
+
+    encode = json_lines_encoder()
+    return "".join(encode(r) + "\n" for r in records).encode("utf-8")
+
+
+def written(tmp_path, records) -> bytes:
+    """The bytes ``write_batch(records)`` puts in the in-progress file (closed unpublished: no fsync)."""
+    writer = FileSink(tmp_path).build_writer(0, 1, None)
+    try:
+        writer.write_batch(records)
+    finally:
+        writer.close()
+    return only_file(tmp_path, ".part-0-0.inprogress").read_bytes()
+
+
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6), st.uuids(),
+    st.sampled_from(["a", 1, (2, "b")]).map(lambda v: enum.Enum("E", {"M": v}).M),
+)
+BATCHES = st.one_of(
+    st.lists(SCALARS, min_size=1, max_size=8),
+    st.lists(st.tuples(st.text(max_size=6), st.integers()), min_size=1, max_size=8),
+    st.lists(st.lists(SCALARS, max_size=3), min_size=1, max_size=8),
+    st.lists(st.dictionaries(st.text(max_size=3), SCALARS, max_size=3), min_size=1, max_size=8),
+    st.lists(st.one_of(SCALARS, st.tuples(SCALARS, st.lists(SCALARS, max_size=2)),
+                       st.dictionaries(st.one_of(st.integers(), st.text(max_size=2)), SCALARS, max_size=2)),
+             min_size=1, max_size=8),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=BATCHES)
+def test_a_batch_encoded_at_once_is_what_json_writes_record_by_record(tmp_path_factory, records):
+    tmp_path = tmp_path_factory.mktemp("out")
+    try:
+        expected = json_module_lines(records)
+    except UnicodeEncodeError:  # a lone surrogate: refused, as json refuses it
+        with pytest.raises(UnicodeEncodeError):
+            written(tmp_path, records)
+        return
+    got = written(tmp_path, records)
+    assert got.count(b"\n") == len(records)
+    if not any(isinstance(v, float) for r in records for v in _values(r)):
+        assert got == expected
+    else:  # the same numbers, exponents perhaps written otherwise (1e16 for 1e+16)
+        parse = lambda data: [json.loads(line) for line in data.decode("utf-8").split("\n")[:-1]]  # noqa: E731
+        assert repr(parse(got)) == repr(parse(expected))
+
+
+def _values(record):
+    if isinstance(record, dict):
+        return list(record.values())
+    if isinstance(record, (tuple, list)):
+        return [v for item in record for v in _values(item)] or [record]
+    return [record]
+
+
+def test_batches_orjson_writes_as_json_does_are_encoded_at_once_and_others_record_by_record(tmp_path):
+    import collections
+    import enum
+    import uuid
+
+    from flowstate.connectors import file_sink
+
+    class Color(enum.Enum):
+        RED = "red"
+
+    class Text(str):
+        pass
+
+    key = uuid.UUID(int=7)
+    assert file_sink.json_lines_batch([("a", 1), ("b", [2.5, {"c": True}])]) == b'["a",1]\n["b",[2.5,{"c":true}]]\n'
+    assert file_sink.json_lines_batch([{"k": "v\n,\",\n,"}, {}]) == b'{"k":"v\\n,\\",\\n,"}\n{}\n'
+    assert file_sink.json_lines_batch([Color.RED, key]) == json_module_lines([Color.RED, key])
+    pair = collections.namedtuple("pair", "a b")
+    for refused in ([float("nan")], [None], [2**64], [{1: "a"}], ["\ud800"], [Text("t")], [pair(1, 2)]):
+        assert file_sink.json_lines_batch(refused) is None, refused
+
+
+def test_a_record_json_cannot_write_fails_the_batch_the_same_way_on_either_path(tmp_path):
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    for batch in ([Point(1)], [("a", Point(1))], [{"p": Point(1)}]):
+        writer = FileSink(tmp_path).build_writer(0, 1, None)
+        with pytest.raises(UnwritableRecordError, match="Point"):
+            writer.write_batch(batch)
+        writer.close()
 
 
 def test_an_encoder_replaces_json(tmp_path):

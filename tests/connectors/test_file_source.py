@@ -1,4 +1,5 @@
-"""FileSource: one split per file, one record per line, positions are byte offsets of the next line."""
+"""FileSource: one split per file or per byte range of a large file, one record per line, positions
+are byte offsets of the next line."""
 
 from __future__ import annotations
 
@@ -257,3 +258,152 @@ def test_resuming_at_the_end_of_a_file_without_final_newline_reads_nothing(tmp_p
     path = write(tmp_path / "in.txt", "abc\ndef")
     source = FileSource(str(path))
     assert read_all(source.build_reader(source.splits(), {str(path): 7})) == []
+
+
+# ---- byte ranges of one large file ---------------------------------------------------------------
+
+SPLIT_TEXT = TRICKY + "\n" + "".join(f"line {i} {'é' * (i % 4)}\n" for i in range(12))
+"""About 150 bytes of lines of every length, multi-byte characters among them, CRLF and empty lines."""
+
+
+def test_a_file_larger_than_the_split_size_is_cut_into_equal_byte_ranges_named_after_the_path(tmp_path):
+    big = write(tmp_path / "big.txt", "x\n" * 50)  # 100 bytes
+    small = write(tmp_path / "small.txt", "s\n")
+    source = FileSource([big, small], split_size=30)
+    assert source.splits() == [f"{big}[0:25]", f"{big}[25:50]", f"{big}[50:75]", f"{big}[75:100]", str(small)]
+    assert FileSource([big], split_size=100).splits() == [str(big)]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 1 << 20])
+def test_every_line_is_read_by_exactly_one_range_whatever_the_split_size(tmp_path, chunk_size):
+    path = write(tmp_path / "in.txt", SPLIT_TEXT)
+    expected = full_read(FileSource(str(path)))
+    size = os.path.getsize(path)
+    for split_size in range(1, size + 2):
+        source = FileSource(str(path), split_size=split_size, chunk_size=chunk_size)
+        per_split = [full_read(source, [split]) for split in source.splits()]
+        assert [line for lines in per_split for line in lines] == expected, f"split_size {split_size}"
+
+
+def test_a_line_belongs_to_the_range_in_which_it_starts(tmp_path):
+    # "aaaa\n" is bytes 0-4, "bb\n" 5-7, "c\n" 8-9: with ranges [0:5) and [5:10) each holds the lines
+    # starting in it; with [0:3) [3:6) [6:10), the middle range holds "bb" (starting at 5), the first
+    # "aaaa" (straddling 3) and the last "c" (starting at 8).
+    path = write(tmp_path / "in.txt", "aaaa\nbb\nc\n")
+    two = FileSource(str(path), split_size=5)
+    assert [full_read(two, [s]) for s in two.splits()] == [["aaaa"], ["bb", "c"]]
+    three = FileSource(str(path), split_size=4)
+    assert three.splits() == [f"{path}[0:3]", f"{path}[3:6]", f"{path}[6:10]"]
+    assert [full_read(three, [s]) for s in three.splits()] == [["aaaa"], ["bb"], ["c"]]
+
+
+def test_a_range_inside_one_long_line_has_no_record(tmp_path):
+    path = write(tmp_path / "in.txt", "a\n" + "x" * 40 + "\nb\n")
+    source = FileSource(str(path), split_size=10, chunk_size=4)
+    per_split = [full_read(source, [s]) for s in source.splits()]
+    assert per_split[0] == ["a", "x" * 40]
+    assert all(lines == [] for lines in per_split[1:-1])
+    assert per_split[-1] == ["b"]
+
+
+def test_ranges_assigned_round_robin_over_subtasks_read_every_line_exactly_once(tmp_path):
+    path = write(tmp_path / "in.txt", SPLIT_TEXT)
+    expected = sorted(full_read(FileSource(str(path))))
+    source = FileSource(str(path), split_size=20, chunk_size=7)
+    assert len(source.splits()) > 4
+    for parallelism in (1, 2, 3, 4):
+        lines = [line for i in range(parallelism) for line in full_read(source, source.splits()[i::parallelism])]
+        assert sorted(lines) == expected, f"parallelism {parallelism}"
+
+
+def test_a_range_snapshot_names_its_start_then_the_next_line_then_the_offset_after_its_last_line(tmp_path):
+    path = write(tmp_path / "in.txt", "aaaa\nbb\nc\nd\n")  # lines start at 0, 5, 8, 10; 12 bytes
+    source = FileSource(str(path), split_size=6)
+    first, second = source.splits()
+    assert (first, second) == (f"{path}[0:6]", f"{path}[6:12]")
+    reader = source.build_reader([second], None)
+    assert reader.snapshot() == {second: 6}
+    assert reader.poll(1) == ["c"]
+    assert reader.snapshot() == {second: 10}
+    assert read_all(reader) == ["d"]
+    assert reader.snapshot() == {second: 12}
+    reader = source.build_reader([first], None)
+    assert read_all(reader) == ["aaaa", "bb"]
+    assert reader.snapshot() == {first: 8}, "the offset after the last line of the range, past its end"
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 1 << 20])
+@pytest.mark.parametrize("parallelism", [1, 2, 3])
+def test_resuming_ranges_from_a_snapshot_reads_exactly_the_rest_at_every_cut(tmp_path, chunk_size, parallelism):
+    path = write(tmp_path / "in.txt", SPLIT_TEXT)
+    other = write(tmp_path / "other.txt", "x\r\ny\n")
+    source = FileSource([str(path), str(other)], split_size=25, chunk_size=chunk_size)
+    for assigned in (source.splits()[i::parallelism] for i in range(parallelism)):
+        full = full_read(source, assigned)
+        for cut in range(len(full) + 1):
+            first = source.build_reader(assigned, None)
+            head = read_all(first, max_records=2, limit=cut)
+            state = pickle.loads(pickle.dumps(first.snapshot()))
+            first.close()
+            second = source.build_reader(assigned, state)
+            rest = read_all(second, max_records=2)
+            second.close()
+            assert head + rest == full, f"cut after {cut} records, snapshot {state}"
+
+
+def test_range_positions_taken_at_one_parallelism_resume_at_another(tmp_path):
+    path = write(tmp_path / "in.txt", SPLIT_TEXT)
+    source = FileSource(str(path), split_size=20, chunk_size=5)
+    expected = sorted(full_read(FileSource(str(path))))
+    head: list[str] = []
+    state: dict[str, int] = {}
+    for i in range(2):
+        reader = source.build_reader(source.splits()[i::2], None)
+        head.extend(read_all(reader, max_records=1, limit=3 + 2 * i))
+        state.update(reader.snapshot())
+        reader.close()
+    rest = [line for i in range(3) for line in full_read_from(source, source.splits()[i::3], state)]
+    assert sorted(head + rest) == expected
+
+
+def full_read_from(source, splits, state):
+    reader = source.build_reader(splits, {s: state[s] for s in splits if s in state})
+    try:
+        return read_all(reader)
+    finally:
+        reader.close()
+
+
+def test_a_range_resume_position_inside_a_line_is_refused_and_its_start_is_aligned(tmp_path):
+    path = write(tmp_path / "in.txt", "aaaa\nbb\nc\nd\n")
+    source = FileSource(str(path), split_size=6)
+    second = source.splits()[1]  # [6:12): 6 is inside "bb", the range's first line is "c"
+    assert full_read_from(source, [second], {second: 6}) == ["c", "d"]
+    reader = source.build_reader([second], {second: 7})
+    with pytest.raises(FileChangedError, match="not the start of a line"):
+        reader.poll(10)
+    reader.close()
+
+
+def test_the_split_size_must_be_a_positive_int(tmp_path):
+    path = write(tmp_path / "in.txt", "a\n")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="split_size must be an int"):
+            FileSource(str(path), split_size=bad)
+
+
+def test_positions_of_a_file_cut_otherwise_than_now_are_refused_and_of_a_file_no_longer_read_ignored(tmp_path):
+    path = write(tmp_path / "in.txt", SPLIT_TEXT)
+    other = write(tmp_path / "other.txt", "x\ny\n")
+    whole = FileSource([str(path), str(other)], split_size=1 << 20)
+    ranges = FileSource([str(path), str(other)], split_size=30)
+    cut_otherwise = FileSource([str(path), str(other)], split_size=50)
+    taken_whole = {str(path): 6}
+    taken_in_ranges = {ranges.splits()[0]: 6}
+    for source, state in ((ranges, taken_whole), (whole, taken_in_ranges), (cut_otherwise, taken_in_ranges)):
+        with pytest.raises(ValueError, match="split_size changed since the checkpoint"):
+            source.build_reader(source.splits(), state)
+    gone = {str(tmp_path / "deleted.txt"): 4, f"{tmp_path / 'deleted.txt'}[0:4]": 2}
+    reader = whole.build_reader([str(other)], {str(other): 2, **gone})
+    assert read_all(reader) == ["y"]
+    reader.close()

@@ -94,6 +94,40 @@ def test_file_splits_are_reassigned_with_their_byte_offsets(dirs, tmp_path):
     assert_exactly_the_reference(dirs.output, expected)
 
 
+def test_byte_ranges_of_one_file_resume_where_the_checkpoint_left_them_at_another_parallelism(dirs, tmp_path):
+    path = tmp_path / "input.txt"
+    path.write_text("".join(line(i) + "\n" for i in range(INPUT_LINES)))
+    expected = batch_reference(line(i) for i in range(INPUT_LINES))
+    split_size = path.stat().st_size // 5 + 1
+
+    class Slow(fs.ProcessFunction):
+        """Lets the run last long enough for three checkpoints before the end of the input."""
+
+        def process(self, text, ctx):
+            import time
+
+            time.sleep(0.0005)
+            yield text
+
+    def flow(parallelism: int) -> fs.Dataflow:
+        f = fs.Dataflow("wordcount", parallelism=parallelism)
+        (f.source(fs.FileSource(str(path), chunk_size=64, split_size=split_size), uid="lines")
+          .process(Slow(), uid="slow")
+          .flat_map(str.split, uid="words")
+          .key_by(lambda word: word)
+          .process(Count(), uid="count")
+          .sink(fs.FileSink(dirs.output), uid="counts"))
+        return f
+
+    assert len(fs.FileSource(str(path), split_size=split_size).splits()) == 5
+    crash_after_three_checkpoints(flow(2), dirs.checkpoints, batch_size=16)
+    result = fs.run(flow(3), checkpoint_dir=dirs.checkpoints, interval=INTERVAL, batch_size=16)
+
+    assert result.restored_from == [3]
+    assert_resumed(result, INPUT_LINES)
+    assert_exactly_the_reference(dirs.output, expected)
+
+
 def test_scaling_down_and_up_again_keeps_every_committed_file(dirs, expected):
     crash_after_three_checkpoints(
         wordcount(dirs.output, source=generator_source(INPUT_LINES * 2, splits=4, rate=RATE / 2), parallelism=2),

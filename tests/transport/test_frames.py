@@ -16,10 +16,13 @@ from flowstate.runtime.frames import (
     END,
     HEADER,
     KINDS,
+    LINES,
     FrameError,
     FrameReader,
     credit,
+    decode_batch,
     encode,
+    encode_batch,
 )
 
 
@@ -121,3 +124,34 @@ def test_a_credit_frame_carries_the_number_of_batches_granted():
     [(kind, gate, channel, payload)] = read_all(FrameReader(Stream(credit(5, 6, 4)).recv_into))
 
     assert (kind, gate, channel, COUNT.unpack(payload)[0]) == (CREDIT, 5, 6, 4)
+
+
+# ---- record batches ------------------------------------------------------------------------------
+
+
+def through_a_stream(frame: bytes) -> list:
+    [(kind, _, _, payload)] = FrameReader(Stream(frame, [3]).recv_into, 16).read()
+    return decode_batch(kind, payload)
+
+
+@given(st.lists(st.text(), min_size=1, max_size=20))
+def test_a_batch_comes_out_equal_to_what_went_in_whatever_its_strings(batch):
+    frame = encode_batch(4, 2, batch)
+    assert HEADER.unpack_from(frame)[1:] == ((LINES if all("\n" not in s for s in batch) else BATCH), 4, 2)
+    assert through_a_stream(frame) == batch
+
+
+class Line(str):
+    """A str subclass: it must come out as itself, so it crosses pickled."""
+
+
+def test_a_batch_of_plain_lines_crosses_as_text_and_any_other_batch_as_a_pickle():
+    lines = ["", "a b", "é\ud800", ""]
+    assert HEADER.unpack_from(encode_batch(0, 0, lines))[1] == LINES
+    assert encode_batch(0, 0, lines)[HEADER.size:] == "\na b\né\ud800\n".encode("utf-8", "surrogatepass")
+    for other in (["a", ("b", 1)], ["a\nb"], [Line("x")], [1, 2], [("k", 1)]):
+        frame = encode_batch(0, 0, other)
+        assert HEADER.unpack_from(frame)[1] == BATCH, other
+        assert through_a_stream(frame) == other
+        assert [type(r) for r in through_a_stream(frame)] == [type(r) for r in other]
+    assert through_a_stream(encode_batch(0, 0, lines)) == lines

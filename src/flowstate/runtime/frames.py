@@ -5,9 +5,11 @@ Rules:
 1. A frame is a 13-byte header, then ``length`` bytes of payload. The header is little-endian
    ``length: u32, kind: u8, gate: u32, channel: u32``. Nothing else is ever on the wire: a reader
    that finds the connection closed in the middle of a frame has lost the peer, not a message.
-2. Data frames (``BATCH``, ``BARRIER``, ``PRIORITY``, ``END``, ``WATERMARK``) name the *gate* (the index of the
+2. Data frames (``BATCH``, ``LINES``, ``BARRIER``, ``PRIORITY``, ``END``, ``WATERMARK``) name the *gate* (the index of the
    consuming task in the job's placement) and the *channel* within that gate. A ``BATCH`` payload is
-   one pickled record batch (pickled once, by the producer); ``BARRIER`` and ``PRIORITY`` carry a
+   one pickled record batch (pickled once, by the producer). A ``LINES`` payload is a batch whose
+   records are all exact ``str`` without ``"\n"``: the records joined by ``"\n"``, encoded as UTF-8
+   with ``surrogatepass`` (no pickle on either side; see ``encode_batch``). ``BARRIER`` and ``PRIORITY`` carry a
    pickled ``CheckpointBarrier``; ``END`` has no payload; ``WATERMARK`` carries a pickled
    ``flowstate.time.Watermark`` and, like a barrier, stays behind the batches sent before it. On one connection frames arrive in the order
    they were sent, so a barrier stays behind the batches sent before it (``PRIORITY`` is the
@@ -23,8 +25,10 @@ it any split of a byte stream.
 
 from __future__ import annotations
 
+import pickle
 import struct
 from collections.abc import Callable
+from typing import Any
 
 HEADER = struct.Struct("<IBII")
 """length, kind, gate, channel"""
@@ -39,7 +43,11 @@ CREDIT = 5
 HELLO = 6
 CONTROL = 7
 WATERMARK = 8
-KINDS = frozenset({BATCH, BARRIER, PRIORITY, END, CREDIT, HELLO, CONTROL, WATERMARK})
+LINES = 9
+KINDS = frozenset({BATCH, BARRIER, PRIORITY, END, CREDIT, HELLO, CONTROL, WATERMARK, LINES})
+
+_PICKLE = pickle.HIGHEST_PROTOCOL
+_STR = {str}
 
 COUNT = struct.Struct("<I")
 """The payload of a ``CREDIT`` frame."""
@@ -59,6 +67,24 @@ def encode(kind: int, gate: int, channel: int, payload: bytes | bytearray | memo
     if len(payload) > MAX_PAYLOAD:
         raise FrameError(f"a frame payload of {len(payload):,} bytes does not fit a u32 length")
     return HEADER.pack(len(payload), kind, gate, channel) + payload
+
+
+def encode_batch(gate: int, channel: int, batch: list[Any]) -> bytes:
+    """A non-empty record batch as one frame: ``LINES`` when every record is an exact ``str``
+    without ``"\n"`` (the usual batch out of a line-based source), else ``BATCH`` (pickle). Raises
+    what pickle raises for a record it cannot serialise."""
+    if set(map(type, batch)) == _STR:
+        text = "\n".join(batch)
+        if text.count("\n") == len(batch) - 1:
+            return encode(LINES, gate, channel, text.encode("utf-8", "surrogatepass"))
+    return encode(BATCH, gate, channel, pickle.dumps(batch, _PICKLE))
+
+
+def decode_batch(kind: int, payload: memoryview) -> list[Any]:
+    """The records of a ``BATCH`` or ``LINES`` payload."""
+    if kind == LINES:
+        return str(payload, "utf-8", "surrogatepass").split("\n")
+    return pickle.loads(payload)  # type: ignore[no-any-return]
 
 
 def credit(gate: int, channel: int, batches: int = 1) -> bytes:

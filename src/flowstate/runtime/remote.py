@@ -43,12 +43,15 @@ from flowstate.runtime.frames import (
     COUNT,
     CREDIT,
     END,
+    LINES,
     PRIORITY,
     WATERMARK,
     FrameError,
     FrameReader,
     credit,
+    decode_batch,
     encode,
+    encode_batch,
 )
 from flowstate.time.watermarks import Watermark
 
@@ -111,13 +114,13 @@ class RemoteChannelWriter:
                     cond.wait(0.05)
                 credits[channel] -= 1
             try:
-                payload = pickle.dumps(item, _PICKLE)
+                frame = encode_batch(self._gate, channel, item)
             except Exception as exc:
                 raise UnpicklableRecordError(
                     f"a record for a task in another worker process cannot be pickled ({type(exc).__name__}: {exc}); "
                     "records that cross processes must be picklable, or run the job with executor threads"
                 ) from exc
-            self._send(encode(BATCH, self._gate, channel, payload))
+            self._send(frame)
         elif kind is CheckpointBarrier:
             self._send(encode(BARRIER, self._gate, channel, pickle.dumps(item, _PICKLE)))
         elif kind is EndOfInput:
@@ -255,7 +258,9 @@ class DataPlane:
                     break
                 for kind, gate, channel, payload in frames:
                     try:
-                        if kind == BATCH or kind == BARRIER or kind == WATERMARK:
+                        if kind == BATCH or kind == LINES:
+                            gates[gate].receive(channel, decode_batch(kind, payload), connection)  # type: ignore[union-attr]
+                        elif kind == BARRIER or kind == WATERMARK:
                             gates[gate].receive(channel, loads(payload), connection)  # type: ignore[union-attr]
                         elif kind == CREDIT:
                             writers[gate].grant(channel, COUNT.unpack(payload)[0])  # type: ignore[union-attr]
