@@ -225,3 +225,20 @@ def test_key_groups_are_fixed_values_that_do_not_depend_on_the_salted_hash():
     expected = [[small, large] for _, small, large in KNOWN_KEY_GROUPS]
     assert one["groups"] == expected
     assert two["groups"] == expected
+
+
+@pytest.mark.parametrize("uid", ["_clicks", ".clicks"])
+def test_a_source_uid_starting_with_an_underscore_or_a_dot_checkpoints_and_restores(uid, tmp_path):
+    # Such a uid names the vertex its chain forms, and so the state file of each of its subtasks.
+    def job() -> fs.Dataflow:
+        flow = fs.Dataflow("uids")
+        (flow.source(fs.GeneratorSource(lambda i: i, 3000, rate=6000.0), uid=uid).map(lambda x: x + 1)
+             .sink(fs.FileSink(tmp_path / "out"), uid="out"))
+        return flow
+
+    failpoints = fs.Failpoints({"sink.before_commit": "raise@3"})
+    result = fs.run(job(), checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads",
+                    restart=fs.FixedDelayRestart(2, 0.0), failpoints=failpoints)
+    assert failpoints.fired("sink.before_commit") == 1 and not result.failures[1:]
+    assert any(c is not None and c >= 1 for c in result.restored_from[1:]), result.restored_from
+    assert result.records < 3000

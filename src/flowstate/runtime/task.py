@@ -82,6 +82,13 @@ from flowstate.storage.base import CheckpointStorage, StateHandle, TaskState
 from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile, encode_task_state
 from flowstate.time.watermarks import FINAL_WATERMARK, MIN_WATERMARK, ChannelWatermarks, Watermark
 
+def state_file_name(task: str) -> str:
+    """The name of a task's state file in a checkpoint: ``<task>.state``, behind a ``#`` when the
+    task's name starts with ``.`` or ``_`` (a vertex named by such a uid), which storage reserves for
+    temporary files and the metadata. No other name starts with ``#``: a uid has none."""
+    return f"#{task}.state" if task[:1] in (".", "_") else f"{task}.state"
+
+
 TICK_EVERY = 0.05
 """Seconds between ticks of a quiet task (idleness of watermarks, processing-time timers)."""
 
@@ -321,7 +328,7 @@ class Task:
             if not state.is_empty():
                 assert env.storage is not None
                 data = encode_task_state(state)
-                handle = env.storage.write_state(cid, f"{self.task_id}.state", data, codec=env.compression)
+                handle = env.storage.write_state(cid, state_file_name(self.task_id), data, codec=env.compression)
                 written += handle.size
             if env.failpoints:
                 env.failpoints.hit(fpn.TASK_AFTER_SNAPSHOT)
