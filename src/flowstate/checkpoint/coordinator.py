@@ -396,8 +396,9 @@ class CheckpointCoordinator:
             request = self._requests[0]
             if not self._request_ready(request):
                 return None
+            trigger = self._trigger(now, final=request.stop, savepoint=request.savepoint, request=request.request_id)
             self._requests.popleft()
-            return self._trigger(now, final=request.stop, savepoint=request.savepoint, request=request.request_id)
+            return trigger
         if (self._in_flight() >= self.config.max_concurrent or self._savepoint_in_flight()
                 or self._lifecycle.final_in_flight is not None):
             return None
@@ -414,9 +415,9 @@ class CheckpointCoordinator:
         self, now: float, *, final: bool, savepoint: bool = False, request: RequestId | None = None,
     ) -> TriggerCheckpoint:
         cid = self._next_id
+        self._lifecycle = self._lifecycle.triggered(cid, final=final)  # first: it refuses a trigger in error
         self._next_id = CheckpointId(cid + 1)
         self._schedule = self._schedule.triggered(now)
-        self._lifecycle = self._lifecycle.triggered(cid, final=final)
         self._pending[cid] = PendingCheckpoint(cid, now, final, self.tasks, savepoint=savepoint)
         return TriggerCheckpoint(cid, now, final, savepoint, request)
 
