@@ -153,7 +153,10 @@ class AlignedBarrierHandler:
     def open_channels(self) -> frozenset[ChannelIndex]:
         return self._open
 
-    def on_barrier(self, channel: ChannelIndex, barrier: CheckpointBarrier) -> list[HandlerAction]:
+    def on_barrier(
+        self, channel: ChannelIndex, barrier: CheckpointBarrier, now: float = 0.0
+    ) -> list[HandlerAction]:
+        """``now`` plays no part: an aligned checkpoint waits as long as the coordinator lets it."""
         self._check_open(channel)
         if channel in self.blocked:
             raise ProtocolError(f"barrier {barrier.checkpoint_id} read from blocked channel {channel}")

@@ -41,6 +41,10 @@ Rules:
    in flight. Sources read nothing after its barrier. Its completion is notified as final with
    ``commit=True`` (sinks publish, tasks end) and ``finished`` becomes true. If it fails, the job goes
    on as before the request.
+
+The lifecycle (rules 5 and 8) is one value of ``flowstate.checkpoint.lifecycle``: ``Running``,
+``Stopping``, ``Finishing`` or ``Finished``; the times the trigger rule counts from are a
+``Schedule``. Both change only by their pure transitions.
 """
 
 from __future__ import annotations
@@ -48,12 +52,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
 
 from flowstate.checkpoint.completed import CompletedCheckpoint
 from flowstate.checkpoint.failure import CheckpointFailureReason
 from flowstate.checkpoint.ids import CheckpointId, RequestId, TaskId
+from flowstate.checkpoint.lifecycle import Finished, Lifecycle, RequestRefusal, Running, Schedule
 from flowstate.checkpoint.pending import AckResult, PendingCheckpoint
+
+__all__ = [
+    "CheckpointConfig", "CheckpointCoordinator", "CoordinatorAction", "DiscardCheckpoint", "FailJob",
+    "NotifyAborted", "NotifyComplete", "RequestRefusal", "StoreCheckpoint", "TriggerCheckpoint",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,15 +152,6 @@ class FailJob:
     reason: str
 
 
-class RequestRefusal(Enum):
-    """Why ``request`` refused (rule 6)."""
-
-    STOPPING = "stopping"
-    """A stop was asked already."""
-    FINISHED = "finished"
-    """The job's final checkpoint is in flight or complete."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Request:
     request_id: RequestId
@@ -191,30 +191,25 @@ class CheckpointCoordinator:
             raise ValueError("every source task must also be a task")
         if first_id < 1:
             raise ValueError("checkpoint ids start at 1")
-        self._next_id = first_id
+        self._lifecycle: Lifecycle = Running()
+        self._schedule = Schedule()
+        self._failures = 0
+        """Checkpoint failures counted since the last completion (rule 4)."""
+        self._sources_ended: frozenset[TaskId] = frozenset()
+        self._requests: deque[_Request] = deque()
+        self._last_request = RequestId(0)
         self._first_id = first_id
+        self._next_id = first_id
         self._pending: dict[CheckpointId, PendingCheckpoint] = {}
         self._storing: dict[CheckpointId, CompletedCheckpoint] = {}
         self._completed: list[CompletedCheckpoint] = sorted(completed, key=lambda c: c.checkpoint_id)
-        self._running_since: float | None = None
-        self._last_trigger: float | None = None
-        self._last_completion: float | None = None
-        self._failures = 0
-        self._sources_ended: frozenset[TaskId] = frozenset()
-        self._final_triggered: CheckpointId | None = None
-        self._finished = False
-        self._requests: deque[_Request] = deque()
-        self._last_request = RequestId(0)
-        self._stopping = False
-        self._stop_checkpoint: CheckpointId | None = None
         self._savepoints_completed: set[CheckpointId] = set()
 
     # ---- facts the runtime reports -----------------------------------------------------------------
 
     def tasks_running(self, now: float) -> list[CoordinatorAction]:
         """Every task is running; periodic triggering starts counting from ``now``."""
-        if self._running_since is None:
-            self._running_since = now
+        self._schedule = self._schedule.start(now)
         return self.tick(now)
 
     def source_ended(self, task: TaskId, now: float) -> list[CoordinatorAction]:
@@ -230,7 +225,7 @@ class CheckpointCoordinator:
         for cid, pending in list(self._pending.items()):
             if now - pending.trigger_time >= self.config.timeout:
                 actions += self._abort(cid, CheckpointFailureReason.EXPIRED)
-        if self._finished or any(isinstance(a, FailJob) for a in actions):
+        if self.finished or any(isinstance(a, FailJob) for a in actions):
             return actions
         trigger = self._due(now)
         if trigger is not None:
@@ -242,14 +237,12 @@ class CheckpointCoordinator:
     ) -> tuple[RequestId | RequestRefusal, list[CoordinatorAction]]:
         """Ask for a checkpoint (a savepoint with ``savepoint``; the job's last one with ``stop``) now
         (rules 6-8). Returns the request's id, or why it was refused, and what to do at once."""
-        if self._stopping:
-            return RequestRefusal.STOPPING, []
-        if self._finished or self._final_is_live():
-            return RequestRefusal.FINISHED, []
+        lifecycle = self._lifecycle.asked(stop=stop)
+        if isinstance(lifecycle, RequestRefusal):
+            return lifecycle, []
+        self._lifecycle = lifecycle
         self._last_request = RequestId(self._last_request + 1)
         self._requests.append(_Request(self._last_request, savepoint, stop))
-        if stop:
-            self._stopping = True
         return self._last_request, self._trigger_now(now, [])
 
     def acknowledge(
@@ -289,11 +282,9 @@ class CheckpointCoordinator:
         if completed.savepoint:
             # Rule 7: complete, but none of the completed checkpoints (nothing subsumed, no retention).
             self._savepoints_completed.add(checkpoint_id)
-            self._last_completion = now
-            self._failures = 0
+            self._completed_now(checkpoint_id, now)
             actions: list[CoordinatorAction] = [NotifyComplete(checkpoint_id, completed.final, savepoint=True)]
-            if completed.final:
-                self._finished = True
+            if self.finished:
                 return actions
             return actions + self._trigger_now(now, actions)
         latest = self.latest_completed
@@ -306,15 +297,12 @@ class CheckpointCoordinator:
         actions = [NotifyComplete(checkpoint_id, completed.final)]
         self._completed.append(completed)
         self._completed.sort(key=lambda c: c.checkpoint_id)
-        self._last_completion = now
-        self._failures = 0
+        self._completed_now(checkpoint_id, now)
         for older in [cid for cid in self._pending if cid < checkpoint_id]:
             actions += self._abort(older, CheckpointFailureReason.SUBSUMED)
         while len(self._completed) > self.config.retained:
             actions.append(DiscardCheckpoint(self._completed.pop(0).checkpoint_id))
-        if completed.final:
-            self._finished = True
-        else:
+        if not self.finished:
             actions += self._trigger_now(now, actions)
         return actions
 
@@ -331,9 +319,7 @@ class CheckpointCoordinator:
         for cid in sorted(self._pending):
             del self._pending[cid]
             actions += [NotifyAborted(cid, reason), DiscardCheckpoint(cid)]
-            if cid == self._stop_checkpoint:
-                self._stop_checkpoint = None
-                self._stopping = False
+            self._lifecycle = self._lifecycle.failed(cid)
         return actions
 
     # ---- queries ---------------------------------------------------------------------------------
@@ -351,8 +337,14 @@ class CheckpointCoordinator:
         return self._completed[-1] if self._completed else None
 
     @property
+    def lifecycle(self) -> Lifecycle:
+        """Where the job is in its life, as far as checkpoints are concerned (rules 5 and 8)."""
+        return self._lifecycle
+
+    @property
     def finished(self) -> bool:
-        return self._finished
+        """A final checkpoint is complete: nothing is triggered any more."""
+        return isinstance(self._lifecycle, Finished)
 
     @property
     def next_id(self) -> CheckpointId:
@@ -361,24 +353,21 @@ class CheckpointCoordinator:
     @property
     def stopping(self) -> bool:
         """A stop was asked and has not failed (rule 8)."""
-        return self._stopping
+        return self._lifecycle.stopping
 
     def next_deadline(self, now: float) -> float | None:
         """The earliest time at which ``tick`` has something to do, or ``None``."""
         times = [p.trigger_time + self.config.timeout for p in self._pending.values()]
         # A trigger blocked by max_concurrent is not a deadline: the completion or abort that frees
         # a slot arrives as a fact and triggers from there (otherwise the runtime would spin).
-        running = self._running_since is not None and not self._finished
+        running = self._schedule.started is not None and not self.finished
         if running and self._requests:
             # A request is triggered by the fact that makes it ready (rule 6); this is a safeguard.
             times += [now] if self._request_ready(self._requests[0]) else []
-        elif (running and self.config.interval is not None and not self._final_is_live()
+        elif (running and self.config.interval is not None and self._lifecycle.final_in_flight is None
                 and self._in_flight() < self.config.max_concurrent and not self._savepoint_in_flight()):
-            assert self._running_since is not None
-            last = self._last_trigger if self._last_trigger is not None else self._running_since
-            due = last + self.config.interval
-            if self._last_completion is not None:
-                due = max(due, self._last_completion + self.config.min_pause)
+            due = self._schedule.periodic_due(self.config.interval, self.config.min_pause)
+            assert due is not None
             times.append(due)
         return min(times) if times else None
 
@@ -400,50 +389,47 @@ class CheckpointCoordinator:
         return self._in_flight() < self.config.max_concurrent and not self._savepoint_in_flight()
 
     def _due(self, now: float) -> TriggerCheckpoint | None:
-        if self._running_since is None or self._finished:
+        if self._schedule.started is None or self.finished:
             return None
         if self._requests:
             # Rule 6: requests go first, in order; while one waits, nothing else is triggered.
             request = self._requests[0]
             if not self._request_ready(request):
                 return None
+            trigger = self._trigger(now, final=request.stop, savepoint=request.savepoint, request=request.request_id)
             self._requests.popleft()
-            return self._trigger(now, final=request.stop, savepoint=request.savepoint, request=request.request_id)
+            return trigger
         if (self._in_flight() >= self.config.max_concurrent or self._savepoint_in_flight()
-                or self._final_is_live()):
+                or self._lifecycle.final_in_flight is not None):
             return None
         if self._sources_ended == self.sources:
             return self._trigger(now, final=True)
         if self.config.interval is None:
             return None
-        last = self._last_trigger if self._last_trigger is not None else self._running_since
-        if now < last + self.config.interval:
-            return None
-        if self._last_completion is not None and now < self._last_completion + self.config.min_pause:
+        due = self._schedule.periodic_due(self.config.interval, self.config.min_pause)
+        if due is None or now < due:
             return None
         return self._trigger(now, final=False)
-
-    def _final_is_live(self) -> bool:
-        cid = self._final_triggered
-        return cid is not None and (cid in self._pending or cid in self._storing or self._is_completed(cid))
 
     def _trigger(
         self, now: float, *, final: bool, savepoint: bool = False, request: RequestId | None = None,
     ) -> TriggerCheckpoint:
         cid = self._next_id
+        self._lifecycle = self._lifecycle.triggered(cid, final=final)  # first: it refuses a trigger in error
         self._next_id = CheckpointId(cid + 1)
-        self._last_trigger = now
+        self._schedule = self._schedule.triggered(now)
         self._pending[cid] = PendingCheckpoint(cid, now, final, self.tasks, savepoint=savepoint)
-        if final:
-            self._final_triggered = cid
-            if request is not None:
-                self._stop_checkpoint = cid
         return TriggerCheckpoint(cid, now, final, savepoint, request)
+
+    def _completed_now(self, checkpoint_id: CheckpointId, now: float) -> None:
+        self._schedule = self._schedule.completed(now)
+        self._lifecycle = self._lifecycle.completed(checkpoint_id)
+        self._failures = 0
 
     def _trigger_now(self, now: float, so_far: list[CoordinatorAction]) -> list[CoordinatorAction]:
         """A trigger that is due whatever the interval: a waiting request (rule 6) or the final
         checkpoint (rule 5)."""
-        if self._finished or any(isinstance(a, FailJob) for a in so_far):
+        if self.finished or any(isinstance(a, FailJob) for a in so_far):
             return []
         if not self._requests and self._sources_ended != self.sources:
             return []
@@ -458,10 +444,9 @@ class CheckpointCoordinator:
         self, checkpoint_id: CheckpointId, reason: CheckpointFailureReason, *, counted: bool = True,
     ) -> list[CoordinatorAction]:
         actions: list[CoordinatorAction] = [NotifyAborted(checkpoint_id, reason), DiscardCheckpoint(checkpoint_id)]
-        if checkpoint_id == self._stop_checkpoint:
-            # Rule 8: a failed stop leaves the job running as before the request.
-            self._stop_checkpoint = None
-            self._stopping = False
+        # Rule 8: a failed stop leaves the job running as before the request; rule 5: a failed final
+        # checkpoint is followed by another.
+        self._lifecycle = self._lifecycle.failed(checkpoint_id)
         if counted and reason not in _NOT_COUNTED:
             self._failures += 1
             if self._failures > self.config.tolerable_failures:

@@ -95,10 +95,16 @@ HandlerAction = (
 
 
 class BarrierHandler(Protocol):
-    """The input side of one task. Implementations are pure: no clock, no I/O, no threads."""
+    """The input side of one task. Implementations are pure: no clock, no I/O, no threads.
 
-    def on_barrier(self, channel: ChannelIndex, barrier: CheckpointBarrier) -> list[HandlerAction]:
-        """A barrier was read from ``channel``."""
+    Every implementation takes the same events with the same arguments, so that a task drives any of
+    them alike: the time is a parameter of ``on_barrier`` and ``tick`` (the task's monotonic clock,
+    in seconds), whether the handler uses it or not. Every event that the protocol forbids raises
+    ``ProtocolError`` and leaves the handler unchanged.
+    """
+
+    def on_barrier(self, channel: ChannelIndex, barrier: CheckpointBarrier, now: float) -> list[HandlerAction]:
+        """A barrier was read from ``channel`` at ``now``."""
         ...
 
     def on_end_of_input(self, channel: ChannelIndex) -> list[HandlerAction]:

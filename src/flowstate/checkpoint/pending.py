@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 
 from flowstate.checkpoint.completed import CompletedCheckpoint
 from flowstate.checkpoint.ids import CheckpointId, TaskId
 
 
-class AckResult(Enum):
+class AckResult(StrEnum):
     """What became of one acknowledgement."""
 
     SUCCESS = "success"

@@ -50,7 +50,10 @@ class BarrierTracker:
     def tracked(self) -> dict[CheckpointId, frozenset[ChannelIndex]]:
         return {cid: arrived for cid, (_, arrived) in self._tracked.items()}
 
-    def on_barrier(self, channel: ChannelIndex, barrier: CheckpointBarrier) -> list[HandlerAction]:
+    def on_barrier(
+        self, channel: ChannelIndex, barrier: CheckpointBarrier, now: float = 0.0
+    ) -> list[HandlerAction]:
+        """``now`` plays no part: nothing here waits."""
         self._check_open(channel)
         cid = barrier.checkpoint_id
         if cid <= self._last_id or cid in self._aborted:

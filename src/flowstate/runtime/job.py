@@ -87,6 +87,7 @@ from flowstate.runtime.control import (
 from flowstate.runtime.messages import (
     Aborted,
     Ack,
+    CheckpointReport,
     Complete,
     Decline,
     SourceEnded,
@@ -703,30 +704,31 @@ class _Shell:
             return request.target
         return self.runner.config.savepoints
 
-    def report(self, report: Any, now: float) -> None:
+    def report(self, report: CheckpointReport, now: float) -> None:
         coordinator = self.coordinator
         assert coordinator is not None
-        if isinstance(report, Ack):
-            self.runner.observer.acknowledged(report.task, report.checkpoint_id, now)
-            if report.records:
-                cid = report.checkpoint_id
-                self.barrier_records[cid] = self.barrier_records.get(cid, 0) + report.records
-            _, actions = coordinator.acknowledge(report.task, report.checkpoint_id, report.state, now)
-            fp = self.runner.failpoints
-            if fp and not any(isinstance(a, StoreCheckpoint) for a in actions):
-                fp.hit(fpn.COORDINATOR_SOME_ACKS)
-            self.execute(actions)
-        elif isinstance(report, Decline):
-            log.info("task %s declined checkpoint %d: %s %s", report.task, report.checkpoint_id,
-                     report.reason.value, report.detail)
-            if report.detail:
-                self.declined.setdefault(report.checkpoint_id, f"task {report.task}: {report.detail}")
-            self.runner.observer.declined(report.task, report.checkpoint_id, report.reason, report.detail)
-            self.execute(coordinator.decline(report.task, report.checkpoint_id, report.reason, now))
-        elif isinstance(report, SourceEnded):
-            self.execute(coordinator.source_ended(report.task, now))
-        else:
-            raise TypeError(f"unexpected report {report!r}")
+        match report:
+            case Ack():
+                self.runner.observer.acknowledged(report.task, report.checkpoint_id, now)
+                if report.records:
+                    cid = report.checkpoint_id
+                    self.barrier_records[cid] = self.barrier_records.get(cid, 0) + report.records
+                _, actions = coordinator.acknowledge(report.task, report.checkpoint_id, report.state, now)
+                fp = self.runner.failpoints
+                if fp and not any(isinstance(a, StoreCheckpoint) for a in actions):
+                    fp.hit(fpn.COORDINATOR_SOME_ACKS)
+                self.execute(actions)
+            case Decline():
+                log.info("task %s declined checkpoint %d: %s %s", report.task, report.checkpoint_id,
+                         report.reason.value, report.detail)
+                if report.detail:
+                    self.declined.setdefault(report.checkpoint_id, f"task {report.task}: {report.detail}")
+                self.runner.observer.declined(report.task, report.checkpoint_id, report.reason, report.detail)
+                self.execute(coordinator.decline(report.task, report.checkpoint_id, report.reason, now))
+            case SourceEnded():
+                self.execute(coordinator.source_ended(report.task, now))
+            case _:
+                assert_never(report)
 
     def execute(self, actions: list[CoordinatorAction]) -> None:
         runner = self.runner
@@ -821,6 +823,8 @@ class _Shell:
                     # With the cause a task gave for declining (a value that cannot be pickled, …).
                     detail = self.abort_detail
                     raise _AttemptFailed(f"{reason} ({detail})" if detail else reason)
+                case _:
+                    assert_never(action)
 
     def _metadata(self, checkpoint: CompletedCheckpoint) -> CheckpointMetadata:
         runner = self.runner

@@ -63,6 +63,10 @@ class SourceEnded:
     task: TaskId
 
 
+CheckpointReport = Ack | Decline | SourceEnded
+"""The reports the runner turns into facts for the checkpoint coordinator."""
+
+
 @dataclass(frozen=True, slots=True)
 class TaskFinished:
     task: TaskId

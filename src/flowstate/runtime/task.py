@@ -36,7 +36,7 @@ import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.alignment import AlignedBarrierHandler
@@ -548,11 +548,7 @@ class StreamTask(Task):
             self._first_barrier = (barrier.checkpoint_id, now)
             if self.env.failpoints:
                 self.env.failpoints.hit(fpn.BARRIER_FIRST)
-        if isinstance(self.handler, UnalignedBarrierHandler):
-            actions = self.handler.on_barrier(ChannelIndex(ch), barrier, now)
-        else:
-            actions = self.handler.on_barrier(ChannelIndex(ch), barrier)
-        self._execute(actions, overtaken)
+        self._execute(self.handler.on_barrier(ChannelIndex(ch), barrier, now), overtaken)
 
     def _record(self, capture: _Capture, ch: int, batches: list[list[Any]]) -> None:
         if capture.over_limit:
@@ -606,6 +602,8 @@ class StreamTask(Task):
                 case AllInputsEnded():
                     self._end_of_input()
                     self._inputs_ended = True
+                case _:
+                    assert_never(action)
 
 
 class SourceTask(Task):
