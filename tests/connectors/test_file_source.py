@@ -407,3 +407,25 @@ def test_positions_of_a_file_cut_otherwise_than_now_are_refused_and_of_a_file_no
     reader = whole.build_reader([str(other)], {str(other): 2, **gone})
     assert read_all(reader) == ["y"]
     reader.close()
+
+
+@pytest.mark.parametrize("split_size", [1 << 20, 64])
+def test_a_reader_reports_the_bytes_it_read_of_its_splits_across_a_restore(tmp_path, split_size):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.txt").write_text("".join(f"{name} line {i}\n" for i in range(40)))
+    total = sum(os.path.getsize(tmp_path / f"{name}.txt") for name in ("a", "b"))
+    source = FileSource(str(tmp_path / "*.txt"), chunk_size=16, split_size=split_size)
+    reader = source.build_reader(source.splits(), None)
+    assert reader.progress() == (0, total)
+
+    for _ in range(12):
+        reader.poll(5)
+    state = reader.snapshot()
+    middle = reader.progress()
+    assert 0 < middle[0] < total and middle[1] == total
+
+    restored = source.build_reader(source.splits(), state)
+    assert restored.progress()[0] >= middle[0] - 16, "what was read before the restore counts"
+    while restored.poll(50) is not None:
+        pass
+    assert restored.progress() == (total, total)

@@ -208,7 +208,7 @@ class FileReader:
 
     __slots__ = (
         "_splits", "_positions", "_encoding", "_chunk_size", "_current", "_file", "_raw", "_cut",
-        "_lines", "_next", "_block_start", "_tail", "_end",
+        "_lines", "_next", "_block_start", "_tail", "_end", "_totals",
     )
 
     def __init__(self, splits: list[FileSplit], positions: dict[str, int], encoding: str, chunk_size: int) -> None:
@@ -232,6 +232,8 @@ class FileReader:
         self._end: float = 0
         """File offset where the lines of the current split stop starting (rule 3); once the line that
         straddles it is read, the offset after that line (``inf``: the end of the file)."""
+        self._totals: list[int] | None = None
+        """Bytes of each split (``progress``), measured once when first asked."""
 
     def poll(self, max_records: int) -> list[Any] | None:
         out: list[str] = []
@@ -277,6 +279,27 @@ class FileReader:
         if self._file is not None:
             positions[self._splits[self._current].id] = self._block_start + self._offset_of_next_line()
         return positions
+
+    def progress(self) -> tuple[int, int] | None:
+        """(bytes read, bytes) of this reader's splits, those read before a restore included. Asked
+        from another thread: the split being read counts up to its current block (a moment ago)."""
+        if self._totals is None:
+            try:
+                self._totals = [(split.end if split.end is not None else os.path.getsize(split.path)) - split.start
+                                for split in self._splits]
+            except OSError:
+                return None
+        current = self._current
+        read = 0
+        for k, (split, total) in enumerate(zip(self._splits, self._totals)):
+            if k < current:
+                done = total
+            elif k == current and self._file is not None:
+                done = self._block_start - split.start
+            else:
+                done = self._positions.get(split.id, split.start) - split.start
+            read += min(max(done, 0), total)
+        return read, sum(self._totals)
 
     def close(self) -> None:
         if self._file is not None:
