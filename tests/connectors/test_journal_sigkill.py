@@ -110,7 +110,7 @@ def test_a_journaled_webhook_job_killed_at_random_moments_processes_every_acknow
     sender = Sender(port)
     sender.start()
     try:
-        covered = 0
+        covered, kills_while_sending = 0, 0
         for _ in range(KILLS):
             process = start()
             give_up = time.monotonic() + RUN_TIMEOUT
@@ -121,6 +121,7 @@ def test_a_journaled_webhook_job_killed_at_random_moments_processes_every_acknow
                 time.sleep(0.005)
             covered = covered_lines(chk)
             time.sleep(rng.uniform(0.0, 0.3))  # a random moment after it
+            kills_while_sending += sender.is_alive()
             process.send_signal(signal.SIGKILL)
             assert process.wait() == -signal.SIGKILL, f"the run ended before its kill: {describe()}"
         last = start()
@@ -148,7 +149,7 @@ def test_a_journaled_webhook_job_killed_at_random_moments_processes_every_acknow
         else:
             assert 1 <= seen <= sender.attempts[body], f"{body!r}: {sender.attempts[body]} attempts, seen {seen}"
     assert set(output) == {body.upper() for body in sender.acknowledged}, "output that no one sent"
-    assert any(sender.attempts[b] > 1 for b in sender.acknowledged), "no event was retried: the kills missed the sender"
+    assert kills_while_sending >= 1, "every kill came after the sender was done"
     assert max(restored(k) for k in range(1, len(runs))) >= 1, f"no run restored a checkpoint: {describe()}"
     assert restored(len(runs) - 1) >= 1, f"the last run did not restore a checkpoint: {describe()}"
     assert sorted(p.name for p in journal.iterdir() if p.name.startswith("seg-")) == [], \
