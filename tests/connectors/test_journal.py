@@ -214,6 +214,12 @@ def test_two_owners_in_one_process_are_refused(location):
     Journal(location, wait=0.1).close()
 
 
+def test_a_directory_of_the_earlier_layout_is_refused_in_one_line(tmp_path):
+    (tmp_path / f"seg-{0:020d}.log").write_bytes(b"")
+    with pytest.raises(ValueError, match="earlier layout .* give a new directory"):
+        Journal(tmp_path)
+
+
 def copy_journal(source: JournalLocation, target: JournalLocation) -> None:
     src, dst = store_of(source), store_of(target)
     for blob in src.list(SEGMENTS):

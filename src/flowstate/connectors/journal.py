@@ -123,6 +123,9 @@ def open_store(location: JournalLocation) -> tuple[BlobStore, Path]:
         from flowstate.storage.local import LocalBlobStore
 
         store = LocalBlobStore(location)
+        if any(store.root.glob("seg-*.log")):
+            raise ValueError(f"journal {location} holds segments of the earlier layout (seg-*.log in the "
+                             "directory): drain them with the version that wrote them, or give a new directory")
         return store, store.root / "lock"
     return location, _lock_for(f"{type(location).__name__}-{id(location)}")
 
