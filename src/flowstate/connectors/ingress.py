@@ -27,6 +27,7 @@ Rules of every reader here (one split, ``"journal"``; a subtask other than the f
 from __future__ import annotations
 
 import json
+import os
 import queue
 import socket
 import threading
@@ -168,7 +169,7 @@ def _location(journal: JournalLocation | None, linger: float, source: str) -> tu
         raise ConfigError(f"{source}: journal_linger must be 0-60 seconds, got {linger!r}")
     if journal is None or (isinstance(journal, str) and "://" in journal):
         return journal, float(linger)
-    if isinstance(journal, (str, Path)):
+    if isinstance(journal, (str, os.PathLike)):
         return Path(journal), float(linger)
     return journal, float(linger)
 
