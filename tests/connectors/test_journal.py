@@ -172,10 +172,20 @@ def test_records_arriving_during_an_upload_share_the_next_one(location):
     journal.close()
 
 
-def test_a_full_segment_is_sealed_without_waiting_for_its_linger(location, monkeypatch):
-    monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 64)
-    journal = Journal(location, linger=60.0)  # would hold a small segment for a minute
-    assert journal.append(["x" * 100]) == 1
+def test_a_lingering_segment_gathers_appends_until_it_is_full(location, monkeypatch):
+    monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 200)
+    gated = GatedUploads(store_of(location))
+    gated.gate.set()
+    journal = Journal(gated, linger=60.0)  # would hold a segment under 200 bytes for a minute
+    ends: list[int] = []
+    first = threading.Thread(target=lambda: ends.append(journal.append(["small"])))
+    first.start()
+    while len(journal._open.payloads) < 1:  # the first append lingers in the open segment
+        time.sleep(0.001)
+    assert journal.append(["x" * 300]) == 2  # fills it: sealed at once, both in one upload
+    first.join(30)
+    assert ends == [2] and len(gated.uploaded) == 1
+    assert journal.read(0, 10) == ["small", "x" * 300]
     journal.close()
 
 
