@@ -127,7 +127,8 @@ def main() -> int:
     lines = [
         f"{args.rows:,} rows `(key text, n bigint)` ({KEYS:,} keys, counted as in the reference job), "
         f"median of {args.repeat} fresh processes per way, rounds interleaved; Python "
-        f"{platform.python_version()}, {os.cpu_count()} cores, PostgreSQL on 127.0.0.1. "
+        f"{platform.python_version()}, {os.cpu_count()} cores shared with other work running at the same time "
+        f"(absolute figures are low and noisy; compare the ratios), PostgreSQL on 127.0.0.1. "
         f"Command: `python benchmarks/postgres_sink.py --rows {args.rows} --repeat {args.repeat} --write`.",
         "",
         "| way | seconds | rows/s | speed vs plain COPY (same round) |",

@@ -214,6 +214,13 @@ CATALOGUE: tuple[Bug, ...] = (
          "        return self.snapshot()"),
     ),
     bug(
+        "journal-acknowledges-before-upload", "the ingress journal acknowledges an append before the segment holding it is uploaded",
+        ("tests/connectors/test_journal.py",),
+        ("src/flowstate/connectors/journal.py",
+         "            while not mine.done:\n",
+         "            while not mine.done and mine.first < 0:\n"),
+    ),
+    bug(
         "postgres-fresh-start-over-committed-rows", "PostgresSink starts without a checkpoint into a table holding committed rows",
         ("tests/connectors/test_postgres_sink.py",),
         ("src/flowstate/connectors/postgres.py",

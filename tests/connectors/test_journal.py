@@ -15,100 +15,265 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from storage.object_store import BUCKET, require_moto, unique_prefix
 
 import flowstate as fs
 from flowstate.connectors import journal as journal_module
 from flowstate.connectors.ingress import HttpSource, JournaledReader, MqttSource
-from flowstate.connectors.journal import Journal
+from flowstate.connectors.journal import (
+    SEGMENTS,
+    Journal,
+    JournalBusyError,
+    JournalFailedError,
+    JournalLocation,
+    open_store,
+)
+from flowstate.storage.blobs import BlobStore
+from flowstate.storage.memory import MemoryBlobStore
 from flowstate.runtime.control import ControlError
 from flowstate.testing.conformance import SOURCE_CHECKS, SourceCase
 
 from tests.engine.jobs import FAST_RESTART
 
 
-def segments(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("seg-"))
+# ---- where a journal lives: every test of the journal runs on each blob store ------------------
+
+
+@pytest.fixture(scope="module")
+def moto():
+    server = require_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_journal(request, monkeypatch) -> str:
+    server = request.getfixturevalue("moto")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    return f"s3://{BUCKET}/{unique_prefix()}/journal"
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def location(request, tmp_path) -> JournalLocation:
+    """A new, empty journal location on each blob store (S3: moto's server)."""
+    if request.param == "local":
+        return tmp_path / "journal"
+    if request.param == "memory":
+        return MemoryBlobStore()
+    return request.getfixturevalue("s3_journal")
+
+
+def store_of(location: JournalLocation) -> BlobStore:
+    return open_store(location)[0]
+
+
+def segments(location: JournalLocation) -> list[str]:
+    if isinstance(location, Path) and not location.exists():
+        return []
+    return sorted(blob.path for blob in store_of(location).list(SEGMENTS))
+
+
+class FailingUploads:
+    """A blob store whose segment uploads fail from the ``nth`` one on (a store that went down)."""
+
+    def __init__(self, inner: BlobStore, nth: int) -> None:
+        self.inner, self.nth, self.uploads = inner, nth, 0
+
+    def put_if_absent(self, path: str, data: bytes, **kwargs: Any) -> bool:
+        self.uploads += 1
+        if self.uploads >= self.nth:
+            raise OSError(f"injected: the store is down ({path})")
+        return self.inner.put_if_absent(path, data, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class GatedUploads:
+    """A blob store whose first segment upload waits for ``gate``: the uploads made while it waits
+    are what group commit is about."""
+
+    def __init__(self, inner: BlobStore) -> None:
+        self.inner, self.gate, self.entered = inner, threading.Event(), threading.Event()
+        self.uploaded: list[str] = []
+
+    def put_if_absent(self, path: str, data: bytes, **kwargs: Any) -> bool:
+        if not self.uploaded:
+            self.entered.set()
+            assert self.gate.wait(30)
+        self.uploaded.append(path)
+        return self.inner.put_if_absent(path, data, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 # ---- the journal ---------------------------------------------------------------------------------
 
 
-def test_records_are_read_back_by_index_across_segments_and_reopens(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 64)
-    journal = Journal(tmp_path)
+def test_records_are_read_back_by_index_across_segments_and_reopens(location):
+    journal = Journal(location)
     for i in range(0, 30, 3):
         assert journal.append([f"r{i}", f"r{i + 1}", f"r{i + 2}"]) == i + 3
-    assert len(segments(tmp_path)) > 3
+    assert len(segments(location)) == 10  # one append at a time: one segment each
     assert journal.read(0, 100) == [f"r{i}" for i in range(30)]
     assert journal.read(7, 5) == [f"r{i}" for i in range(7, 12)]
-    assert journal.read(12, 5) == [f"r{i}" for i in range(12, 17)]  # continues from the cursor
     journal.close()
-    again = Journal(tmp_path)
+    again = Journal(location)  # a restore, here or on another machine: read from the store
     assert again.end == 30 and again.read(25, 10) == [f"r{i}" for i in range(25, 30)]
+    assert again.read(0, 4) == ["r0", "r1", "r2", "r3"]
     assert again.append(["next"]) == 31 and again.read(30, 1) == ["next"]
+    again.close()
 
 
-def test_a_torn_tail_was_never_acknowledged_and_is_cut_off(tmp_path):
-    journal = Journal(tmp_path)
-    journal.append(["a", "b"])
+def test_a_failed_upload_acknowledges_nothing_and_the_reopened_journal_holds_what_was(location):
+    failing = FailingUploads(store_of(location), nth=3)
+    journal = Journal(failing)
+    assert journal.append(["a"]) == 1 and journal.append(["b"]) == 2
+    with pytest.raises(JournalFailedError, match="the upload of records 2-2 failed"):
+        journal.append(["c"])
+    with pytest.raises(JournalFailedError):  # the journal is done: the attempt fails and reopens it
+        journal.read(0, 10)
+    with pytest.raises(JournalFailedError):
+        journal.append(["d"])
     journal.close()
-    (segment,) = segments(tmp_path)
-    with open(tmp_path / segment, "ab") as file:
-        file.write(b"\x00\x00\x00\x10\x12\x34")  # a header and half a payload: a crash mid-append
-    again = Journal(tmp_path)
+    again = Journal(location)
     assert again.end == 2 and again.read(0, 10) == ["a", "b"]
-    assert again.append(["c"]) == 3 and again.read(0, 10) == ["a", "b", "c"]
+    assert again.append(["c"]) == 3
+    again.close()
 
 
-def test_released_segments_are_deleted_and_a_closed_fully_released_journal_leaves_none(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 32)
-    journal = Journal(tmp_path)
+def test_records_arriving_during_an_upload_share_the_next_one(location):
+    gated = GatedUploads(store_of(location))
+    journal = Journal(gated)
+    ends: dict[str, int] = {}
+
+    def append(record: str) -> None:
+        ends[record] = journal.append([record])
+
+    first = threading.Thread(target=append, args=("first",))
+    first.start()
+    assert gated.entered.wait(30)
+    others = [threading.Thread(target=append, args=(f"o{i}",)) for i in range(5)]
+    for thread in others:
+        thread.start()
+    while len(journal._open.payloads) < 5:  # all five wait in the open segment
+        time.sleep(0.001)
+    assert ends == {}  # none acknowledged while the upload in flight holds
+    gated.gate.set()
+    for thread in [first, *others]:
+        thread.join(30)
+    assert len(gated.uploaded) == 2, gated.uploaded  # the five shared one upload
+    assert ends["first"] == 1 and sorted(ends[f"o{i}"] for i in range(5)) == [6] * 5
+    assert sorted(journal.read(1, 10)) == sorted(f"o{i}" for i in range(5))
+    journal.close()
+
+
+def test_a_lingering_segment_gathers_appends_until_it_is_full(location, monkeypatch):
+    monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 200)
+    gated = GatedUploads(store_of(location))
+    gated.gate.set()
+    journal = Journal(gated, linger=60.0)  # would hold a segment under 200 bytes for a minute
+    ends: list[int] = []
+    first = threading.Thread(target=lambda: ends.append(journal.append(["small"])))
+    first.start()
+    while len(journal._open.payloads) < 1:  # the first append lingers in the open segment
+        time.sleep(0.001)
+    assert journal.append(["x" * 300]) == 2  # fills it: sealed at once, both in one upload
+    first.join(30)
+    assert ends == [2] and len(gated.uploaded) == 1
+    assert journal.read(0, 10) == ["small", "x" * 300]
+    journal.close()
+
+
+def test_a_segment_name_taken_by_another_owner_is_refused_and_not_acknowledged(location):
+    store = store_of(location)
+    journal = Journal(location)
+    assert journal.append(["mine"]) == 1
+    store.put_if_absent(journal_module.segment_path(1, 2), journal_module.encode(["theirs"])[1])
+    with pytest.raises(JournalFailedError, match="written by another owner"):
+        journal.append(["also mine"])
+    journal.close()
+
+
+def test_released_segments_are_deleted_and_a_fully_released_journal_holds_none(location):
+    journal = Journal(location)
     for i in range(10):
         journal.append([f"record {i}"])
-    before = len(segments(tmp_path))
     journal.release(5)
-    assert 0 < len(segments(tmp_path)) < before
+    assert len(segments(location)) == 5
     assert journal.start == 5 and journal.read(5, 100) == [f"record {i}" for i in range(5, 10)]
     with pytest.raises(ValueError, match="was released"):
         journal.read(4, 1)
     journal.release(10)
-    assert len(segments(tmp_path)) == 1  # the segment being appended to stays while the journal is open
+    assert segments(location) == []  # sealed segments: none is kept for appending
     journal.close()
-    assert segments(tmp_path) == []
-    again = Journal(tmp_path)
+    again = Journal(location)
     assert again.end == 10 and again.append(["later"]) == 11  # indices continue
+    again.close()
 
 
-def test_the_journal_source_passes_every_source_check(tmp_path):
+def test_two_owners_in_one_process_are_refused(location):
+    journal = Journal(location)
+    with pytest.raises(JournalBusyError, match="in use by another reader"):
+        Journal(location, wait=0.1)
+    journal.close()
+    Journal(location, wait=0.1).close()
+
+
+def test_a_directory_of_the_earlier_layout_is_refused_in_one_line(tmp_path):
+    (tmp_path / f"seg-{0:020d}.log").write_bytes(b"")
+    with pytest.raises(ValueError, match="earlier layout .* give a new directory"):
+        Journal(tmp_path)
+
+
+def copy_journal(source: JournalLocation, target: JournalLocation) -> None:
+    src, dst = store_of(source), store_of(target)
+    for blob in src.list(SEGMENTS):
+        dst.put(blob.path, src.get(blob.path))
+
+
+def new_location(location: JournalLocation, n: int) -> JournalLocation:
+    if isinstance(location, Path):
+        return location.parent / f"j{n}"
+    if isinstance(location, str):
+        return f"{location}-{n}"
+    return MemoryBlobStore()
+
+
+def test_the_journal_source_passes_every_source_check(location):
     """Over a journal filled beforehand, read as a bounded source (the kit's contract)."""
     records = [f"m{i}" for i in range(9)]
-    template = Journal(tmp_path / "template")
-    template.append(records)
+    template = Journal(location)
+    template.append(records[:4])
+    template.append(records[4:])
     template.close()
     made = iter(range(100))
-    current: list[Path] = []
+    current: list[JournalLocation] = []
 
     class Bounded:
         name, replayable = "journal", True
 
         def __init__(self) -> None:
-            directory = tmp_path / f"j{next(made)}"
-            directory.mkdir()
-            for path in (tmp_path / "template").iterdir():
-                (directory / path.name).write_bytes(path.read_bytes())
-            current.append(directory)
-            self.directory = directory
+            self.location = new_location(location, next(made))
+            copy_journal(location, self.location)
+            current.append(self.location)
 
         def splits(self) -> list[str]:
             return ["journal"]
 
         def build_reader(self, splits, state):
-            reader = JournaledReader(self.directory, NoReceiver(), (state or {}).get("journal"))
+            reader = JournaledReader(self.location, NoReceiver(), (state or {}).get("journal"))
             return BoundedReader(reader, len(records))
 
     def acknowledged() -> int:  # what the reader released, read without taking the journal over
-        marker = current[-1] / "released"
-        return int(marker.read_text()) if marker.exists() else 0
+        try:
+            return int(store_of(current[-1]).get("released"))
+        except FileNotFoundError:
+            return 0
 
     for check in SOURCE_CHECKS.values():
         check(SourceCase(Bounded, records, acknowledged=acknowledged))
@@ -156,14 +321,15 @@ def read_output(directory: Path) -> list[str]:
     return out
 
 
-def run_until(flow: fs.Dataflow, done, tmp_path: Path, failpoints: fs.Failpoints) -> fs.JobResult:
+def run_until(flow: fs.Dataflow, done, tmp_path: Path, failpoints: fs.Failpoints,
+              checkpoint_dir: str | Path | None = None) -> fs.JobResult:
     """Run ``flow`` in a thread until ``done()``, then stop it (a last checkpoint, output committed)."""
     control = fs.JobControl()
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            outcome["result"] = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms",
+            outcome["result"] = fs.run(flow, checkpoint_dir=checkpoint_dir or tmp_path / "chk", interval="50ms",
                                        restart=FAST_RESTART, failpoints=failpoints, control=control,
                                        executor="threads")
         except BaseException as error:
@@ -200,9 +366,10 @@ def stop_until_ended(job: threading.Thread, control: fs.JobControl) -> None:
     job.join(timeout=30)
 
 
-def test_every_acknowledged_http_post_is_processed_exactly_once_under_crashes(tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_every_acknowledged_http_post_is_processed_exactly_once_under_crashes(where, tmp_path, request):
     port = free_port()
-    journal = tmp_path / "journal"
+    journal: JournalLocation = tmp_path / "journal" if where == "local" else request.getfixturevalue("s3_journal")
     flow = fs.Dataflow("webhook")
     (flow.source(HttpSource(port, path="/events", journal=journal), uid="webhook")
          .map(str.upper)
@@ -230,7 +397,9 @@ def test_every_acknowledged_http_post_is_processed_exactly_once_under_crashes(tm
     try:
         result = run_until(flow, lambda: fired_once(failpoints) and not sender.is_alive()
                            and len(read_output(tmp_path / "out")) >= 300,
-                           tmp_path, failpoints)
+                           tmp_path, failpoints,
+                           # in S3, the checkpoints too: the restore reads both from the bucket
+                           checkpoint_dir=None if where == "local" else f"{journal}-checkpoints")
     finally:
         sender.join(timeout=60)
     assert failpoints.fired("operator.process") == 1 and failpoints.fired("sink.before_commit") == 1

@@ -1,7 +1,7 @@
 """Sources that cannot replay — HTTP webhooks, MQTT subscriptions — made replayable by the ingress
 journal (``flowstate.connectors.journal``).
 
-With ``journal=DIR`` a source is *journaled*: its receiver appends each record to the journal and
+With ``journal=DIR`` (or ``journal="s3://bucket/prefix"``) a source is *journaled*: its receiver appends each record to the journal and
 acknowledges it to the sender only once it is durable (the HTTP 200, the MQTT PUBACK); the job reads
 the journal as a replayable source whose position (the index of the next record) is in the
 checkpoint, and a completed checkpoint releases the records it covers, deleting whole segments. The
@@ -27,6 +27,7 @@ Rules of every reader here (one split, ``"journal"``; a subtask other than the f
 from __future__ import annotations
 
 import json
+import os
 import queue
 import socket
 import threading
@@ -36,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
-from flowstate.connectors.journal import Journal
+from flowstate.connectors.journal import Journal, JournalLocation
 from flowstate.errors import ConfigError
 
 SPLIT = "journal"
@@ -64,8 +65,9 @@ class _Idle:
 class JournaledReader:
     """Reads what its receiver journaled (rules 1-3)."""
 
-    def __init__(self, directory: Path, receiver: Receiver, position: Any | None) -> None:
-        self._journal = Journal(directory)
+    def __init__(self, location: JournalLocation, receiver: Receiver, position: Any | None, *,
+                 linger: float = 0.0) -> None:
+        self._journal = Journal(location, linger=linger)
         if position is not None:
             self._journal.release(int(position))
         self._next = self._journal.start if position is None else int(position)
@@ -135,7 +137,8 @@ class _IngressSource:
     """What the HTTP and MQTT sources share: one split, a journal or not."""
 
     _name: str
-    _journal: Path | None
+    _journal: JournalLocation | None
+    _linger: float = 0.0
 
     @property
     def name(self) -> str:
@@ -157,7 +160,18 @@ class _IngressSource:
         position = (resume_state or {}).get(SPLIT)
         if self._journal is None:
             return QueueReader(self._receiver(), position)
-        return JournaledReader(self._journal, self._receiver(), position)
+        return JournaledReader(self._journal, self._receiver(), position, linger=self._linger)
+
+
+def _location(journal: JournalLocation | None, linger: float, source: str) -> tuple[JournalLocation | None, float]:
+    """A directory becomes a ``Path``; a URL (``s3://…``) and a blob store are kept as they are."""
+    if not 0 <= float(linger) <= 60:
+        raise ConfigError(f"{source}: journal_linger must be 0-60 seconds, got {linger!r}")
+    if journal is None or (isinstance(journal, str) and "://" in journal):
+        return journal, float(linger)
+    if isinstance(journal, (str, os.PathLike)):
+        return Path(journal), float(linger)
+    return journal, float(linger)
 
 
 # ---- HTTP ----------------------------------------------------------------------------------------
@@ -170,14 +184,14 @@ class HttpSource(_IngressSource):
 
     def __init__(
         self, port: int, *, path: str = "/", host: str = "127.0.0.1", json: bool = False,
-        journal: str | Path | None = None, name: str | None = None,
+        journal: JournalLocation | None = None, journal_linger: float = 0.0, name: str | None = None,
     ) -> None:
         if not path.startswith("/"):
             raise ConfigError(f"HttpSource: path must start with '/', got {path!r}")
         if not 0 <= int(port) < 65536:
             raise ConfigError(f"HttpSource: port must be 0-65535, got {port!r}")
         self._port, self._path, self._host, self._json = int(port), path, host, json
-        self._journal = None if journal is None else Path(journal)
+        self._journal, self._linger = _location(journal, journal_linger, self.__class__.__name__)
         self._name = name or f"http:{host}:{port}{path}"
 
     def _receiver(self) -> Receiver:
@@ -256,13 +270,13 @@ class MqttSource(_IngressSource):
 
     def __init__(
         self, topics: Sequence[str], *, host: str = "127.0.0.1", port: int = 1883, client_id: str | None = None,
-        journal: str | Path | None = None, name: str | None = None,
+        journal: JournalLocation | None = None, journal_linger: float = 0.0, name: str | None = None,
     ) -> None:
         topics = tuple(topics)
         if not topics:
             raise ConfigError("MqttSource: topics must name at least one topic")
         self._topics, self._host, self._port = topics, host, int(port)
-        self._journal = None if journal is None else Path(journal)
+        self._journal, self._linger = _location(journal, journal_linger, self.__class__.__name__)
         self._name = name or f"mqtt:{host}:{port}:{','.join(topics)}"
         self._client_id = client_id or "flowstate-" + "-".join(t.replace("/", "_").replace("#", "all") for t in topics)[:40]
 
