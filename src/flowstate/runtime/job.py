@@ -84,6 +84,7 @@ from flowstate.runtime.control import (
     JobControl,
     RequestKind,
 )
+from flowstate.runtime.forkserver import ForkServerHandle
 from flowstate.runtime.messages import (
     Aborted,
     Ack,
@@ -263,6 +264,8 @@ class JobRunner:
         """Ask the running job for a checkpoint, a savepoint or a stop (any thread)."""
         self._targets = SnapshotTargets(self.storage)
         self._lock: CheckpointDirLock | None = None
+        self._forkserver: ForkServerHandle | None = None
+        """The fork server of the ``processes`` executor's workers, for the run's every attempt."""
         self._savepoint: Savepoint | None = None
         self._origin: SavepointOrigin | None = None
         self._state = "starting"
@@ -342,6 +345,9 @@ class JobRunner:
             self.observer.close()
             if server is not None:
                 server.close()
+            if self._forkserver is not None:  # every worker was stopped with its attempt
+                self._forkserver.close()
+                self._forkserver = None
             if lock is not None:
                 lock.release()
         result.seconds = self.clock.monotonic() - started
@@ -449,7 +455,9 @@ class JobRunner:
             from flowstate.runtime.processes import ProcessExecutor
 
             hold = (self._lock.fileno(),) if self._lock is not None else ()
-            return ProcessExecutor(self.graph, self.workers, self.clock, hold=hold)
+            if self._forkserver is None:
+                self._forkserver = ForkServerHandle()  # started by the first attempt, stopped by run()
+            return ProcessExecutor(self.graph, self.workers, self.clock, hold=hold, forkserver=self._forkserver)
         if self.executor_name == "ray":
             from flowstate.runtime.ray_cluster import RayExecutor
 
