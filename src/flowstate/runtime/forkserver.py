@@ -442,6 +442,8 @@ def main() -> NoReturn:
     serve(sock)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the module's own name, so that its messages unpickle as its classes
+    from flowstate.runtime.forkserver import main as serve_coordinator
+
+    serve_coordinator()
 

@@ -44,7 +44,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, assert_never
+from typing import TYPE_CHECKING, Any, TextIO, assert_never
 
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.barrier import CheckpointBarrier
@@ -84,7 +84,6 @@ from flowstate.runtime.control import (
     JobControl,
     RequestKind,
 )
-from flowstate.runtime.forkserver import ForkServerHandle
 from flowstate.runtime.messages import (
     Aborted,
     Ack,
@@ -115,6 +114,9 @@ from flowstate.storage.base import (
 )
 from flowstate.storage.factory import open_storage
 from flowstate.storage.local import LocalCheckpointStorage
+
+if TYPE_CHECKING:
+    from flowstate.runtime.forkserver import ForkServerHandle
 
 log = logging.getLogger("flowstate")
 
@@ -456,6 +458,8 @@ class JobRunner:
 
             hold = (self._lock.fileno(),) if self._lock is not None else ()
             if self._forkserver is None:
+                from flowstate.runtime.forkserver import ForkServerHandle
+
                 self._forkserver = ForkServerHandle()  # started by the first attempt, stopped by run()
             return ProcessExecutor(self.graph, self.workers, self.clock, hold=hold, forkserver=self._forkserver)
         if self.executor_name == "ray":
