@@ -5,26 +5,35 @@ in-band, in the same frames; the worker protocol is ``flowstate.runtime.worker_c
 
 Rules:
 
-1. Workers are fresh interpreters (``python -m flowstate.runtime.worker``), started at the start of
-   each attempt once the attempt's plan (``flowstate.runtime.plan``) is made. Never forked: this
-   process runs threads by then (the coordinator's, RocksDB's, an object-store client's), and a fork
-   of a threaded process inherits their locks without the threads, so a worker could wait forever
-   on a lock that was held at the fork or on a thread pool that does not exist in it. A worker
-   receives one explicit value, a ``WorkerStart`` pickled into its standard input: the plan packed
+1. Workers are started at the start of each attempt once the attempt's plan
+   (``flowstate.runtime.plan``) is made. Never forked from this process: it runs threads by then
+   (the coordinator's, RocksDB's, an object-store client's), and a fork of a threaded process
+   inherits their locks without the threads, so a worker could wait forever on a lock that was held
+   at the fork or on a thread pool that does not exist in it. They are forked by the run's fork
+   server (``flowstate.runtime.forkserver``: single-threaded, it imported the worker's code once and
+   never imports the job's), started at the first attempt that needs workers and stopped at the end
+   of the run by the job runner; so a restart does not pay for importing ``flowstate`` in every
+   worker. Where no fork server can run (no ``fork``, or it failed to start), each worker is a fresh
+   interpreter, ``python -m flowstate.runtime.worker``; both run ``worker_main`` from its first line,
+   so a worker is the same process either way. A worker receives one explicit value, a
+   ``WorkerStart`` pickled into its standard input (a pipe): the plan packed
    with cloudpickle (``pack``: lambdas and the functions of a job file travel by value), the
    placement, its index, the coordinator's address and the attempt's token, this process's
    ``sys.path`` and logging, and the failpoints' shared counts (``Failpoints.share``; their
-   descriptor is passed to it). It builds its tasks from the plan alone, as a Ray actor does: it
+   descriptor is passed to it, by ``pass_fds`` or through the fork server's socket, which may give
+   it another number: ``worker_main`` is told which). It builds its tasks from the plan alone, as a Ray actor does: it
    opens its own client of the checkpoint storage from the plan's spec and loads the state of its
    own tasks only. A job that cannot be pickled is refused before any worker starts.
 2. A worker dies with the coordinator: on Linux it asks the kernel for SIGKILL when its parent
-   exits, and everywhere it ends itself when its control connection closes. It holds the checkpoint
+   exits (the fork server, which itself gets SIGKILL when the coordinator exits, or the coordinator),
+   and everywhere it ends itself when its control connection closes. It holds the checkpoint
    directory's lock (its descriptor is passed to it), so a new run cannot start while a worker of
    the old one lives. It runs in a process group of its own and ignores SIGINT and SIGTERM: Ctrl-C
    and a stop go to the coordinator, which decides, stops the job and ends the workers.
 3. A worker that exits or is killed while its attempt runs is noticed when its control connection
    closes, which the kernel does as the process dies: the attempt fails with a ``WorkerLostError``
-   naming the worker, its tasks and how it ended. The restart strategy decides as for any failure.
+   naming the worker, its tasks and how it ended (its exit status from ``waitpid``, or as the fork
+   server, its parent, reports it). The restart strategy decides as for any failure.
    Every worker of a failed attempt is killed, so no task of it writes anything any more, and the
    next attempt starts new workers, every task restored from the latest completed checkpoint (a full
    restart). A checkpoint in flight at the failure is never completed: its coordinator ends with the
@@ -320,7 +329,7 @@ class WorkerPool:
 
 
 class ProcessExecutor(WorkerPool):
-    """Workers started as fresh interpreters (rule 1)."""
+    """Workers forked by the run's fork server, or started as fresh interpreters (rule 1)."""
 
     name = "processes"
 
