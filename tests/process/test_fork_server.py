@@ -34,6 +34,7 @@ from engine.jobs import (
 )
 
 import flowstate as fs
+from flowstate.runtime.forkserver import Exited, Forked, Ready, decode_reports, encode_report
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -42,6 +43,18 @@ RATE = 1000.0
 WAIT = 30.0
 """Seconds a test waits for the processes of a killed coordinator to disappear (they take
 milliseconds: the kernel signals them as their parents die)."""
+
+
+def test_reports_cross_the_socket_in_order_whatever_pieces_they_arrive_in():
+    reports = [Ready(10), Forked(11), Exited(11, -9), Forked(12), Exited(12, 7)]
+    stream = b"".join(encode_report(r) for r in reports)
+    buffer = bytearray()
+    received = []
+    for k in range(0, len(stream), 5):  # pieces that cut reports in two
+        buffer += stream[k:k + 5]
+        received += decode_reports(buffer)
+
+    assert received == reports and buffer == bytearray()
 
 
 def record_worker(pids: Path) -> None:
