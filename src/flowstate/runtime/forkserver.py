@@ -176,11 +176,10 @@ class ForkServer:
             report = server._next_report()
             if not isinstance(report, Ready) or report.pid != process.pid:
                 raise ServerGone(f"fork server: expected ready, got {report!r}")
-        except BaseException:
+            ours.settimeout(None)
+        except BaseException:  # also ``Terminated``, raised while it imports: it goes on up
             server.close()
             raise
-        finally:
-            ours.settimeout(None)
         return server
 
     def fork(self, stdin: int, keep: tuple[int, ...]) -> int:
@@ -436,6 +435,8 @@ def main() -> NoReturn:
         if threads != 1:  # rule 2, checked (also native threads, on Linux): a fork would inherit their locks
             raise RuntimeError(f"fork server: {threads} threads after its imports")
         sock.sendall(encode_report(Ready(os.getpid())))
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)  # the coordinator stopped waiting for this server: nothing to say
     except BaseException as exc:  # noqa: BLE001 - the coordinator falls back to fresh interpreters
         with contextlib.suppress(Exception):
             print(f"fork server: {type(exc).__name__}: {exc}", file=sys.stderr)
