@@ -25,8 +25,9 @@ Rules:
    ``Exited(pid, returncode)`` for each, with ``Popen.returncode``'s convention (``-9``: killed by
    SIGKILL), always after that pid's ``Forked``. The coordinator cannot ``waitpid`` its workers (they
    are the server's children); it reads these reports instead, and kills a worker by its pid.
-5. Lifetime: the server dies with the coordinator (on Linux SIGKILL at its parent's death; everywhere
-   it ends when its socket closes, killing the workers it still has); workers die with the server
+5. Lifetime: the server dies with the coordinator (on Linux SIGKILL at its parent's death, which the
+   kernel ties to the thread that started it: the thread running the job, whose every attempt it
+   runs; everywhere it ends when its socket closes, killing the workers it still has); workers die with the server
    (their own parent-death signal) and end when their control connection closes. It runs in a
    process group of its own and ignores SIGINT and SIGTERM, as workers do: the coordinator decides.
 6. When the server cannot start (no ``fork``, no descriptor passing, an error in the helper), the
@@ -112,20 +113,27 @@ def encode_report(report: Report) -> bytes:
             return _REPORT.pack(b"E", pid, returncode)
 
 
+def decode_report(buffer: bytearray) -> Report | None:
+    """The complete report at the start of ``buffer``, removed from it; ``None`` while only part of
+    one arrived."""
+    if len(buffer) < _REPORT.size:
+        return None
+    kind, pid, code = _REPORT.unpack_from(buffer)
+    del buffer[:_REPORT.size]
+    if kind == b"R":
+        return Ready(pid)
+    if kind == b"F":
+        return Forked(pid)
+    if kind == b"E":
+        return Exited(pid, code)
+    raise ValueError(f"fork server: unknown report kind {kind!r}")
+
+
 def decode_reports(buffer: bytearray) -> list[Report]:
-    """The complete reports at the start of ``buffer``, removed from it (a partial one stays)."""
+    """Every complete report at the start of ``buffer``, removed from it (a partial one stays)."""
     reports: list[Report] = []
-    while len(buffer) >= _REPORT.size:
-        kind, pid, code = _REPORT.unpack_from(buffer)
-        del buffer[:_REPORT.size]
-        if kind == b"R":
-            reports.append(Ready(pid))
-        elif kind == b"F":
-            reports.append(Forked(pid))
-        elif kind == b"E":
-            reports.append(Exited(pid, code))
-        else:
-            raise ValueError(f"fork server: unknown report kind {kind!r}")
+    while (report := decode_report(buffer)) is not None:
+        reports.append(report)
     return reports
 
 
@@ -246,12 +254,9 @@ class ForkServer:
     def _next_report(self) -> Report:
         """Blocking: the next report (the lock is held, or nobody else uses the socket yet)."""
         while True:
-            reports = decode_reports(self._buffer)
-            if reports:
-                first, rest = reports[0], reports[1:]
-                # Reports after the first go back in front of the buffer, in order.
-                self._buffer[:0] = b"".join(encode_report(r) for r in rest)
-                return first
+            report = decode_report(self._buffer)
+            if report is not None:
+                return report
             chunk = self._sock.recv(4096)
             if not chunk:
                 raise ServerGone("the fork server closed its socket")
