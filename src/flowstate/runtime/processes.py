@@ -16,12 +16,12 @@ Rules:
    worker. Where no fork server can run (no ``fork``, or it failed to start), each worker is a fresh
    interpreter, ``python -m flowstate.runtime.worker``; both run ``worker_main`` from its first line,
    so a worker is the same process either way. A worker receives one explicit value, a
-   ``WorkerStart`` pickled into its standard input (a pipe): the plan packed
-   with cloudpickle (``pack``: lambdas and the functions of a job file travel by value), the
-   placement, its index, the coordinator's address and the attempt's token, this process's
-   ``sys.path`` and logging, and the failpoints' shared counts (``Failpoints.share``; their
-   descriptor is passed to it, by ``pass_fds`` or through the fork server's socket, which may give
-   it another number: ``worker_main`` is told which). It builds its tasks from the plan alone, as a Ray actor does: it
+   ``WorkerStart`` pickled into its standard input (a pipe): the plan packed with cloudpickle
+   (``pack``: lambdas and the functions of a job file travel by value), the placement, its index,
+   the coordinator's address and the attempt's token, this process's ``sys.path`` and logging, and
+   the failpoints' shared counts (``Failpoints.share``; their descriptor is passed to it, by
+   ``pass_fds`` or through the fork server's socket, which may give it another number:
+   ``worker_main`` is told which). It builds its tasks from the plan alone, as a Ray actor does: it
    opens its own client of the checkpoint storage from the plan's spec and loads the state of its
    own tasks only. A job that cannot be pickled is refused before any worker starts.
 2. A worker dies with the coordinator: on Linux it asks the kernel for SIGKILL when its parent
