@@ -7,6 +7,12 @@ the executor starts the workers until every worker has built its tasks (``Worker
 the workers started, connected to the coordinator and to each other, the plan received and the
 tasks built), and *run*, the whole ``fs.run`` of the bounded job (start, the records, the final
 checkpoint and its commit, the workers stopped). Prints the median and the range of each.
+
+``--start fresh`` starts every worker as a fresh interpreter (the fallback of the executor when its
+fork server cannot run) instead of forking it from the run's fork server, for a comparison in the
+same code. ``--restart`` kills a worker at the first commit of each run, so each run has a second
+attempt: its start (*restart*) forks from a server already running, the first attempt's (*first*)
+includes starting the server.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 from pathlib import Path
 
 import flowstate as fs
-from flowstate.runtime import processes
+from flowstate.runtime import forkserver, processes
 
 
 class Count(fs.KeyedProcessFunction):
@@ -43,7 +49,11 @@ def job(out: Path) -> fs.Dataflow:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--start", choices=("forkserver", "fresh"), default="forkserver")
+    parser.add_argument("--restart", action="store_true", help="kill a worker at each run's first commit")
     args = parser.parse_args()
+    if args.start == "fresh":
+        forkserver.ForkServerHandle.get = lambda self: None  # type: ignore[method-assign]
     starts: list[float] = []
     build = processes.WorkerPool.build
 
@@ -59,11 +69,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.runs):
             began = time.perf_counter()
+            settings = {}
+            if args.restart:
+                settings = {"failpoints": fs.Failpoints({"sink.before_commit": "kill@1"}),
+                            "restart": fs.FixedDelayRestart(1, 0.0)}
             result = fs.run(job(Path(tmp) / f"out-{k}"), checkpoint_dir=Path(tmp) / f"chk-{k}",
-                            executor="processes", workers=2)
+                            executor="processes", workers=2, **settings)
             runs.append(time.perf_counter() - began)
             assert result.workers == 2 and result.checkpoints_completed >= 1
-    for name, values in (("start", starts), ("run", runs)):
+            assert result.restarts == (1 if args.restart else 0), result.failures
+    step = 2 if args.restart else 1
+    figures = [("start", starts[::step])] + ([("restart", starts[1::step])] if args.restart else [])
+    for name, values in (*figures, ("run", runs)):
         print(f"{name}: median {1000 * statistics.median(values):.0f} ms "
               f"(min {1000 * min(values):.0f}, max {1000 * max(values):.0f}; {len(values)} runs)")
 

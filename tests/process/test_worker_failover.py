@@ -52,20 +52,25 @@ KILLS = 6
 MANY_RESTARTS = fs.FixedDelayRestart(50, 0.0)
 
 
-def worker_pids(parent: int) -> list[int]:
-    """The live (not zombie) child processes of ``parent``."""
-    children = []
+def worker_pids(coordinator: int) -> list[int]:
+    """The live (not zombie) worker processes of ``coordinator``: its children, and the children of
+    its fork server (``flowstate.runtime.forkserver``), which is not a worker itself."""
+    processes: dict[int, tuple[int, str, bytes]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as file:
                 fields = file.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                command = file.read()
         except OSError:
             continue
-        if int(fields[1]) == parent and fields[0] != "Z":
-            children.append(int(entry))
-    return children
+        processes[int(entry)] = (int(fields[1]), fields[0], command)
+    servers = {pid for pid, (ppid, _, command) in processes.items()
+               if ppid == coordinator and b"flowstate.runtime.forkserver" in command}
+    return [pid for pid, (ppid, state, _) in processes.items()
+            if state != "Z" and pid not in servers and (ppid == coordinator or ppid in servers)]
 
 
 class Killer(threading.Thread):

@@ -44,7 +44,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, assert_never
+from typing import TYPE_CHECKING, Any, TextIO, assert_never
 
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.barrier import CheckpointBarrier
@@ -115,6 +115,9 @@ from flowstate.storage.base import (
 )
 from flowstate.storage.factory import open_storage
 from flowstate.storage.local import LocalCheckpointStorage
+
+if TYPE_CHECKING:
+    from flowstate.runtime.forkserver import ForkServerHandle
 
 log = logging.getLogger("flowstate")
 
@@ -264,6 +267,8 @@ class JobRunner:
         """Ask the running job for a checkpoint, a savepoint or a stop (any thread)."""
         self._targets = SnapshotTargets(self.storage)
         self._lock: CheckpointDirLock | None = None
+        self._forkserver: ForkServerHandle | None = None
+        """The fork server of the ``processes`` executor's workers, for the run's every attempt."""
         self._savepoint: Savepoint | None = None
         self._origin: SavepointOrigin | None = None
         self._state = "starting"
@@ -343,6 +348,9 @@ class JobRunner:
             self.observer.close()
             if server is not None:
                 server.close()
+            if self._forkserver is not None:  # every worker was stopped with its attempt
+                self._forkserver.close()
+                self._forkserver = None
             if lock is not None:
                 lock.release()
         result.seconds = self.clock.monotonic() - started
@@ -450,7 +458,11 @@ class JobRunner:
             from flowstate.runtime.processes import ProcessExecutor
 
             hold = (self._lock.fileno(),) if self._lock is not None else ()
-            return ProcessExecutor(self.graph, self.workers, self.clock, hold=hold)
+            if self._forkserver is None:
+                from flowstate.runtime.forkserver import ForkServerHandle
+
+                self._forkserver = ForkServerHandle()  # started by the first attempt, stopped by run()
+            return ProcessExecutor(self.graph, self.workers, self.clock, hold=hold, forkserver=self._forkserver)
         if self.executor_name == "ray":
             from flowstate.runtime.ray_cluster import RayExecutor
 

@@ -5,26 +5,35 @@ in-band, in the same frames; the worker protocol is ``flowstate.runtime.worker_c
 
 Rules:
 
-1. Workers are fresh interpreters (``python -m flowstate.runtime.worker``), started at the start of
-   each attempt once the attempt's plan (``flowstate.runtime.plan``) is made. Never forked: this
-   process runs threads by then (the coordinator's, RocksDB's, an object-store client's), and a fork
-   of a threaded process inherits their locks without the threads, so a worker could wait forever
-   on a lock that was held at the fork or on a thread pool that does not exist in it. A worker
-   receives one explicit value, a ``WorkerStart`` pickled into its standard input: the plan packed
-   with cloudpickle (``pack``: lambdas and the functions of a job file travel by value), the
-   placement, its index, the coordinator's address and the attempt's token, this process's
-   ``sys.path`` and logging, and the failpoints' shared counts (``Failpoints.share``; their
-   descriptor is passed to it). It builds its tasks from the plan alone, as a Ray actor does: it
+1. Workers are started at the start of each attempt once the attempt's plan
+   (``flowstate.runtime.plan``) is made. Never forked from this process: it runs threads by then
+   (the coordinator's, RocksDB's, an object-store client's), and a fork of a threaded process
+   inherits their locks without the threads, so a worker could wait forever on a lock that was held
+   at the fork or on a thread pool that does not exist in it. They are forked by the run's fork
+   server (``flowstate.runtime.forkserver``: single-threaded, it imported the worker's code once and
+   never imports the job's), started at the first attempt that needs workers and stopped at the end
+   of the run by the job runner; so a restart does not pay for importing ``flowstate`` in every
+   worker. Where no fork server can run (no ``fork``, or it failed to start), each worker is a fresh
+   interpreter, ``python -m flowstate.runtime.worker``; both run ``worker_main`` from its first line,
+   so a worker is the same process either way. A worker receives one explicit value, a
+   ``WorkerStart`` pickled into its standard input (a pipe): the plan packed with cloudpickle
+   (``pack``: lambdas and the functions of a job file travel by value), the placement, its index,
+   the coordinator's address and the attempt's token, this process's ``sys.path`` and logging, and
+   the failpoints' shared counts (``Failpoints.share``; their descriptor is passed to it, by
+   ``pass_fds`` or through the fork server's socket, which may give it another number:
+   ``worker_main`` is told which). It builds its tasks from the plan alone, as a Ray actor does: it
    opens its own client of the checkpoint storage from the plan's spec and loads the state of its
    own tasks only. A job that cannot be pickled is refused before any worker starts.
 2. A worker dies with the coordinator: on Linux it asks the kernel for SIGKILL when its parent
-   exits, and everywhere it ends itself when its control connection closes. It holds the checkpoint
+   exits (the fork server, which itself gets SIGKILL when the coordinator exits, or the coordinator),
+   and everywhere it ends itself when its control connection closes. It holds the checkpoint
    directory's lock (its descriptor is passed to it), so a new run cannot start while a worker of
    the old one lives. It runs in a process group of its own and ignores SIGINT and SIGTERM: Ctrl-C
    and a stop go to the coordinator, which decides, stops the job and ends the workers.
 3. A worker that exits or is killed while its attempt runs is noticed when its control connection
    closes, which the kernel does as the process dies: the attempt fails with a ``WorkerLostError``
-   naming the worker, its tasks and how it ended. The restart strategy decides as for any failure.
+   naming the worker, its tasks and how it ended (its exit status from ``waitpid``, or as the fork
+   server, its parent, reports it). The restart strategy decides as for any failure.
    Every worker of a failed attempt is killed, so no task of it writes anything any more, and the
    next attempt starts new workers, every task restored from the latest completed checkpoint (a full
    restart). A checkpoint in flight at the failure is never completed: its coordinator ends with the
@@ -52,13 +61,15 @@ import subprocess
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.observe.counters import TaskCounters
 from flowstate.clock import Clock, SystemClock
 from flowstate.failpoints import SharedCounts
+from flowstate.runtime.forkserver import ForkServer, ForkServerHandle, ServerGone
 from flowstate.runtime.messages import TaskFailed, TaskFinished
 from flowstate.runtime.plan import pack
 from flowstate.runtime.remote import ControlChannel
@@ -318,16 +329,20 @@ class WorkerPool:
 
 
 class ProcessExecutor(WorkerPool):
-    """Workers started as fresh interpreters (rule 1)."""
+    """Workers forked by the run's fork server, or started as fresh interpreters (rule 1)."""
 
     name = "processes"
 
     def __init__(self, graph: JobGraph, workers: int, clock: Clock | None = None, *,
-                 hold: tuple[int, ...] = ()) -> None:
+                 hold: tuple[int, ...] = (), forkserver: ForkServerHandle | None = None) -> None:
         super().__init__(graph, workers, clock)
         self._hold = hold
         """Descriptors every worker keeps open while it lives: the checkpoint directory's lock (rule 2)."""
+        self._forkserver = forkserver
+        """The run's fork server (rule 1); ``None``: fresh interpreters."""
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._forked: dict[int, ForkServer] = {}
+        """The fork server of each worker (by index) that one forked."""
         self._reaping = threading.Lock()
 
     def _spawn(self, plan: AttemptPlan, coordinator: Address, token: str) -> None:
@@ -337,41 +352,73 @@ class ProcessExecutor(WorkerPool):
         logger = logging.getLogger("flowstate")
         formats = [type(h.formatter).__name__ for h in logger.handlers if h.formatter is not None]
         log_format = ("json" if "JsonFormatter" in formats else "text") if logger.handlers else None
+        server = self._forkserver.get() if self._forkserver is not None else None
+        starts: dict[int, IO[bytes]] = {}
         for link in self._links:
-            process = subprocess.Popen(  # noqa: S603 - this interpreter, this package's worker module
-                [sys.executable, "-m", "flowstate.runtime.worker"], stdin=subprocess.PIPE, pass_fds=keep,
-                process_group=0,  # Ctrl-C in a terminal reaches the coordinator only (rule 2)
-            )
-            self._processes[link.index] = process
-            link.pid = process.pid
+            if server is not None:
+                read, write = os.pipe()
+                try:
+                    link.pid = server.fork(read, keep)
+                except ServerGone as exc:
+                    os.close(write)
+                    for stdin in starts.values():
+                        stdin.close()
+                    raise WorkerLostError(f"{link.describe()} could not be started: {exc}") from None
+                finally:
+                    os.close(read)
+                self._forked[link.index] = server
+                starts[link.index] = open(write, "wb")  # noqa: SIM115 - closed once the start is written
+            else:
+                process = subprocess.Popen(  # noqa: S603 - this interpreter, this package's worker module
+                    [sys.executable, "-m", "flowstate.runtime.worker"], stdin=subprocess.PIPE, pass_fds=keep,
+                    process_group=0,  # Ctrl-C in a terminal reaches the coordinator only (rule 2)
+                )
+                self._processes[link.index] = process
+                link.pid = process.pid
+                assert process.stdin is not None
+                starts[link.index] = process.stdin
             link.started = True
-        # Every interpreter is starting meanwhile: a start larger than a pipe's buffer is written
-        # while the next worker imports, not before it is started.
+        # Every worker is starting meanwhile: a start larger than a pipe's buffer is written while
+        # the next worker reads its own, not before it is started.
+        parent = server.pid if server is not None else os.getpid()
         for link in self._links:
-            start = WorkerStart(job, self._placement, link.index, coordinator, token, self.host, os.getpid(),
+            start = WorkerStart(job, self._placement, link.index, coordinator, token, self.host, parent,
                                 tuple(sys.path), counts, logger.getEffectiveLevel(), log_format)
-            stdin = self._processes[link.index].stdin
-            assert stdin is not None
             try:
-                with stdin:
+                with starts[link.index] as stdin:
                     pickle.dump(start, stdin, protocol=pickle.HIGHEST_PROTOCOL)
             except OSError:
                 pass  # it ended before it read its start: _accept says how it ended
 
     def _poll(self, link: WorkerLink) -> str | None:
         with self._reaping:  # the control thread of a worker and stop() may both ask
+            if link.ended is not None:
+                return link.ended
             process = self._processes.get(link.index)
-            if link.ended is None and process is not None:
+            server = self._forked.get(link.index)
+            code: int | None = None
+            if process is not None:
                 code = process.poll()
-                if code is not None:
-                    link.ended = describe_exit(code)
+            elif server is not None and link.pid is not None:
+                try:
+                    code = server.returncode(link.pid)
+                except ServerGone:
+                    link.ended = "ended with its fork server"
+            if code is not None:
+                link.ended = describe_exit(code)
             return link.ended
 
     def _kill(self, link: WorkerLink) -> None:
+        if self._poll(link) is not None or not link.started or link.pid is None:
+            return
         process = self._processes.get(link.index)
-        if process is not None and link.ended is None:
-            with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
+            if process is not None:
                 process.kill()
+            else:
+                # Its pid is still this worker's: the fork server reaps it only after it ended,
+                # and reports that before it can fork another process.
+                os.kill(link.pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,8 +446,11 @@ class WorkerStart:
     line's ``--log-format``), else ``None``."""
 
 
-def worker_main() -> NoReturn:
-    """The body of ``python -m flowstate.runtime.worker``: read the ``WorkerStart``, serve, exit."""
+def worker_main(descriptors: Mapping[int, int] | None = None) -> NoReturn:
+    """The body of a worker process, ``python -m flowstate.runtime.worker`` or a fork of the fork
+    server: read the ``WorkerStart``, serve, exit. ``descriptors``: the number each descriptor that
+    the start names (by its number in the coordinator) has in this process, when they differ (the
+    fork server received them)."""
     code = 1
     try:
         # Rule 2: the coordinator decides about Ctrl-C and SIGTERM (systemd sends SIGTERM to a
@@ -408,7 +458,9 @@ def worker_main() -> NoReturn:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         start: WorkerStart = pickle.load(sys.stdin.buffer)
-        _die_with_parent(start.parent)
+        die_with_parent(start.parent)
+        if descriptors and start.counts is not None:
+            start = replace(start, counts=replace(start.counts, fd=descriptors[start.counts.fd]))
         with open(os.devnull, "rb") as devnull:  # the start is read; the job's code gets no input
             os.dup2(devnull.fileno(), 0)
         sys.path[:] = [p for p in start.path if p not in sys.path] + sys.path
@@ -443,7 +495,7 @@ def describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Rule 2: SIGKILL this process when its parent exits (Linux; elsewhere the closed control
     connection does it, a little later). The parent may have died before the request was made."""
     if sys.platform.startswith("linux"):
