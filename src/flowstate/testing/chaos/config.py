@@ -16,6 +16,10 @@ RANDOM = "random moments"
 KILLED = -signal.SIGKILL
 RESTORING = re.compile(r"restoring from checkpoint (\d+)")
 FROM_SCRATCH = "no completed checkpoint to restore from"
+JOB_ENV = "FLOWSTATE_CHAOS_JOB"
+"""The environment variable that names each job of a chaos run, uniquely (letters, digits, ``-``,
+``_``): a job whose sink writes to a server (a Redis stream, a NATS subject, a Kafka topic) names
+its output after it, so that every job, and every chaos run, starts from an empty output."""
 
 # ---- configuration ----------------------------------------------------------------------------------
 
