@@ -2,6 +2,7 @@
 
     python -m flowstate.testing._child JOB --out DIR --checkpoint-dir DIR --mode M
         [--interval 100ms] [--retained 1] [--batch-size N] [--state-backend heap] [--report FILE]
+        [--executor threads|processes]
 
 Loads the Dataflow named by JOB (as ``flowstate run`` does), points every ``FileSink`` of it at
 ``DIR/<sink uid>`` so that each job of the runner commits into its own directory, and runs it with
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--state-backend", default="heap")
     parser.add_argument("--report", type=Path)
+    parser.add_argument("--executor", choices=("threads", "processes"), default="threads")
     return parser
 
 
@@ -109,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         result = run(flow, mode=args.mode, checkpoint_dir=args.checkpoint_dir, interval=args.interval,
                      retained=args.retained, batch_size=args.batch_size, restart=NoRestart(), failpoints=failpoints,
                      state_backend=args.state_backend,
-                     # Threads: a failpoint's kill then ends the whole job, as a crash of its machine
-                     # does (worker processes would only lose the worker that hit it: that failover
+                     # Threads: a failpoint's kill ends the whole job, as a crash of its machine does.
+                     # Processes: the runner sets FLOWSTATE_FAILPOINTS_KILL=session, so that the kill
+                     # ends every process of the run, not only the worker that hit it (that failover
                      # is tested on its own, in tests/process/test_worker_failover.py).
-                     executor="threads")
+                     executor=args.executor)
     except (ConfigError, GraphError, ValueError) as exc:
         print(f"flowstate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -51,6 +51,10 @@ class ChaosConfig:
     oracles: tuple[Oracle, ...] = ()
     state_backend: str = "heap"
     """The keyed state backend of every run (``heap`` or ``rocksdb``)."""
+    executor: str = "threads"
+    """Where every run's tasks run: ``threads`` or ``processes`` (worker processes; a run is then
+    started in a session of its own, and a failpoint's kill ends the run's coordinator, and with it
+    every worker process)."""
 
     def __post_init__(self) -> None:
         if not self.modes:
@@ -71,6 +75,8 @@ class ChaosConfig:
         unknown = sorted(set(self.failpoints or ()) - fpn.KNOWN)
         if unknown:
             raise ConfigError(f"chaos: unknown failpoints {', '.join(unknown)}; known: {', '.join(sorted(fpn.KNOWN))}")
+        if self.executor not in ("threads", "processes"):
+            raise ConfigError(f"chaos: unknown executor {self.executor!r}; known: threads, processes")
         if self.state_backend not in ("heap", "rocksdb"):
             raise ConfigError(f"chaos: unknown state backend {self.state_backend!r}; known: heap, rocksdb")
         parse_duration(self.checkpoint_interval, what="checkpoint interval")

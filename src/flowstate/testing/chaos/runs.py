@@ -125,15 +125,19 @@ class _Job:
             command += ["--batch-size", str(config.batch_size)]
         if config.state_backend != "heap":
             command += ["--state-backend", config.state_backend]
+        if config.executor != "threads":
+            command += ["--executor", config.executor]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_FAILPOINTS")}
         env[JOB_ENV] = f"{self.runner.token}-{self.runner.mode}-{self.root.name}"
         if failpoints:
             env["FLOWSTATE_FAILPOINTS"] = failpoints
+        if config.executor == "processes":
+            env[fpn.KILL_ENV] = "session"
         before = latest_completed_checkpoint(self.chk)
         timeout = parse_duration(config.run_timeout)
         with open(stderr_path, "wb") as stderr:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       stderr=stderr, env=env)
+                                       stderr=stderr, env=env, start_new_session=config.executor == "processes")
         killed = timed_out = False
         try:
             clock = self.runner.clock
