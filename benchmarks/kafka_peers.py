@@ -20,6 +20,7 @@ that only counts, and stop after the last record. Cases:
 
 Runs are interleaved (every case once per round) and each figure is the median of ``--repeat`` rounds.
 
+    pip install -e '.[peers]'   # quixstreams (it pins confluent-kafka < 2.13) and bytewax 0.21.1
     python benchmarks/kafka_peers.py [--records 1000000] [--repeat 3] [--input FILE] [--only CASE ...]
 """
 
