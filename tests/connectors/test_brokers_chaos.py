@@ -1,5 +1,5 @@
 """The chaos runner over a broker sink: ``examples/nats_to_redis.py`` (NATS JetStream → keyed word count
-→ Redis stream, parallelism 2, on worker processes) is killed at random moments and at failpoints,
+→ Redis stream, parallelism 2, and 1 on the command line, on worker processes) is killed at random moments and at failpoints,
 started again until it completes, and the records **read back from the Redis stream** of every job
 (``RedisStreamSink.committed_records()``: XRANGE) are compared with those of a failure-free run.
 
@@ -92,10 +92,12 @@ def test_a_sink_that_writes_before_the_checkpoint_completes_is_caught_with_dupli
 
 
 def test_flowstate_chaos_on_the_command_line_reads_the_output_back_from_redis(words: str, tmp_path: Path) -> None:
+    # Parallelism 1 here (the tests above run the example at its default, 2).
     command = [sys.executable, "-m", "flowstate", "chaos", JOB, "--mode", "unaligned", "--kills", "1",
                "--failpoint-kills", "1", "--failpoints", "sink.mid_commit", "--executor", "processes",
                "--seed", "3", "--work-dir", str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, DEMO_PARALLELISM="1"),
+                          timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "unaligned" in done.stdout and "sink.mid_commit" in done.stdout
     assert " 0 lost, 0 duplicated, 0 unexpected" in done.stdout, done.stdout
