@@ -16,7 +16,9 @@ Configuration (environment): ``DEMO_STREAM`` (default ``demo_words``), ``DEMO_OU
 ``DEMO_DELIVERY`` (``exactly_once`` or ``at_least_once``), ``DEMO_PARALLELISM`` (2), and
 ``DEMO_READS``: a file that grows by one byte per line read (how a test tells how much an attempt read),
 ``DEMO_DELAY_MS``: milliseconds of sleep per line read (so that several checkpoints complete before
-the end of the input, however fast the machine), ``DEMO_RATE``: at most that many lines per second
+the end of the input, however fast the machine), ``FLOWSTATE_CHAOS_JOB``: set by the chaos runner
+to a name unique to each of its jobs, appended to the output stream's name (``OUT:JOB``) so that every
+job writes to a stream of its own, ``DEMO_RATE``: at most that many lines per second
 per reader (the source's ``rate``: it also keeps each poll, between which the source takes its
 snapshots, below a tenth of a second of input), and ``DEMO_HOLD_AFTER``: once a run has read that
 many lines (the size of ``DEMO_READS``), every further line waits until the run is killed (so that a
@@ -30,6 +32,8 @@ import flowstate as fs
 
 STREAM = os.environ.get("DEMO_STREAM", "demo_words")
 OUT = os.environ.get("DEMO_OUT", "demo_counts")
+if os.environ.get("FLOWSTATE_CHAOS_JOB"):
+    OUT = f"{OUT}:{os.environ['FLOWSTATE_CHAOS_JOB']}"
 NATS = os.environ.get("DEMO_NATS", "nats://127.0.0.1:4222")
 REDIS = os.environ.get("DEMO_REDIS", "redis://127.0.0.1:6379")
 DELIVERY = os.environ.get("DEMO_DELIVERY", "exactly_once")

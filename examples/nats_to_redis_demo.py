@@ -2,6 +2,10 @@
 arrived in Redis against a plain batch count of the input.
 
     python examples/nats_to_redis_demo.py [--lines 20000] [--kills 3]
+    python examples/nats_to_redis_demo.py --publish words [--lines 20000]   # only publish the input
+
+``--publish STREAM`` creates the JetStream stream STREAM, publishes the lines to it and exits: the
+input of ``DEMO_STREAM=STREAM flowstate chaos examples/nats_to_redis.py`` (see docs/connectors.md).
 
 Needs NATS with JetStream on 127.0.0.1:4222 and Redis on 127.0.0.1:6379 (``pip install
 'flowstate[brokers]'``). Creates a JetStream stream and Redis keys with a fresh name, and deletes
@@ -104,7 +108,12 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=20_000)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--mode", default="exactly_once")
+    parser.add_argument("--publish", metavar="STREAM", help="only create the stream STREAM with the input, and exit")
     args = parser.parse_args()
+    if args.publish:
+        publish(args.publish, make_lines(args.lines, seed=13))
+        print(f"published {args.lines} lines to the JetStream stream {args.publish} (subjects {args.publish}.0/1)")
+        return 0
     name = f"demo{uuid.uuid4().hex[:10]}"
     lines = make_lines(args.lines, seed=13)
     publish(name, lines)

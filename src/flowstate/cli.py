@@ -193,7 +193,8 @@ def _parser() -> argparse.ArgumentParser:
 
     chaos = sub.add_parser("chaos", help="kill a job at random moments and at every failpoint, restart it, and compare "
                                           "its committed output with a run without failures")
-    chaos.add_argument("job", help="FILE.py, FILE.py:ATTR or package.module:ATTR naming a flowstate.Dataflow with a FileSink")
+    chaos.add_argument("job", help="FILE.py, FILE.py:ATTR or package.module:ATTR naming a flowstate.Dataflow with a FileSink "
+                       "or a broker sink (read back from its server)")
     chaos.add_argument("--kills", type=int, default=10, help="kills at random moments, per mode (default 10)")
     chaos.add_argument("--failpoint-kills", type=int, default=2, help="kills at each failpoint, per mode (default 2)")
     chaos.add_argument("--mode", action="append",
@@ -202,6 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--failpoints", default="all", help="all, none, or a comma list of failpoint names (default all)")
     chaos.add_argument("--checkpoint-interval", default="100ms", help="checkpoint interval of every run (default 100ms)")
     chaos.add_argument("--retained", type=int, default=1, help="completed checkpoints each run keeps (default 1)")
+    chaos.add_argument("--executor", choices=("threads", "processes"), default="threads",
+                       help="run every job's tasks on threads or on worker processes (default threads)")
     chaos.add_argument("--batch-size", type=int, help="records per batch in every run (default: the engine's, 2048)")
     chaos.add_argument("--oracle", action="append", default=[],
                        help="FILE.py:ATTR or module:ATTR naming a flowstate.testing.Oracle (or a function returning one) "
@@ -429,7 +432,7 @@ def _chaos(args: argparse.Namespace) -> int:
         failpoints=parse_failpoint_selection(args.failpoints),
         seed=args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31),
         checkpoint_interval=args.checkpoint_interval, retained=args.retained, batch_size=args.batch_size,
-        run_timeout=args.timeout, workers=args.workers, oracles=oracles,
+        run_timeout=args.timeout, workers=args.workers, oracles=oracles, executor=args.executor,
     )
     created = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="flowstate-chaos-")) if created else Path(args.work_dir)

@@ -7,7 +7,10 @@ failpoint is set the object is falsy and the engine skips the call entirely (``i
 Syntax of the environment variable: ``name=action[@N | %P][;name=action…]`` where action is
 ``raise``, ``kill`` (SIGKILL of the own process) or ``stall(SECONDS)``; ``@N`` fires on the Nth hit
 only, ``%P`` with probability P on every hit (seeded by ``FLOWSTATE_FAILPOINTS_SEED``), neither fires
-on every hit.
+on every hit. With ``FLOWSTATE_FAILPOINTS_KILL=session`` in the environment, ``kill`` first sends
+SIGKILL to the process group of the session's leader: a job started in a session of its own loses
+its coordinator, and with it (parent-death signal) every worker process, as in the crash of their
+machine. The chaos runner uses it for jobs on worker processes.
 
 A job whose tasks run in worker processes counts hits across all of them: before starting them, the
 executor calls ``share()``, which moves the counts into a small memory-mapped file (unlinked at once,
@@ -32,6 +35,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+KILL_ENV = "FLOWSTATE_FAILPOINTS_KILL"
+"""``session``: a ``kill`` action kills the session leader's process group (see the module docstring)."""
 
 # The names the engine hits, in the order a checkpoint meets them.
 SOURCE_BEFORE_SNAPSHOT = "source.before_snapshot"
@@ -264,5 +270,7 @@ class Failpoints:
         if action.kind == "raise":
             raise InjectedFailure(f"failpoint {name} (hit {n})")
         if action.kind == "kill":
+            if os.environ.get(KILL_ENV) == "session":
+                os.killpg(os.getsid(0), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(action.stall_seconds)

@@ -140,3 +140,11 @@ def test_an_unencodable_record_names_the_sink_and_the_record(kafka_bootstrap: st
             writer.write_batch([{"bad": {1}}])
     finally:
         writer.close()
+
+
+def test_the_sink_reads_its_topic_back_partition_by_partition(kafka_bootstrap: str, unique: str) -> None:
+    partitions = produce(kafka_bootstrap, unique, RECORDS)
+    sink = fs.KafkaSink(topic=unique, bootstrap_servers=kafka_bootstrap)
+    expected = [b"null"] + [json.dumps(r).encode() for p in range(partitions) for r in RECORDS[p::partitions]]
+    assert sorted(sink.committed_records()) == sorted(expected)
+    assert [json.loads(v) for v in sink.committed_records()] == read_topic(kafka_bootstrap, unique)

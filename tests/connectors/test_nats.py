@@ -206,3 +206,13 @@ def test_the_nats_reader_tells_each_subject_apart_for_per_split_watermarks(
         assert mine[0] == ([], False), f"{split} was not announced before its records"
         assert mine[-1] == ([], True), f"{split} was not finished after its records"
         assert [r for records, _ in mine for r in records] == RECORDS[k::3]
+
+
+def test_the_sink_reads_back_the_messages_of_its_own_subject_in_stream_order(
+    nats_url: str, unique: str, streams: list[str],
+) -> None:
+    create_stream(nats_url, unique, [f"{unique}.*"])
+    streams.append(unique)
+    publish(nats_url, [(f"{unique}.{'out' if n % 3 else 'other'}", json.dumps(n).encode()) for n in range(12)])
+    sink = fs.NatsSink(subject=f"{unique}.out", servers=nats_url)
+    assert sink.committed_records() == [json.dumps(n).encode() for n in range(12) if n % 3]

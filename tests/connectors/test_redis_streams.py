@@ -185,3 +185,13 @@ def test_the_redis_reader_tells_each_stream_apart_for_per_split_watermarks(
         assert mine[0] == ([], False), f"{stream} was not announced before its records"
         assert mine[-1] == ([], True), f"{stream} was not finished after its records"
         assert [r for records, _ in mine for r in records] == RECORDS[k::3]
+
+
+def test_the_sink_reads_its_committed_records_back_from_the_stream_in_order(
+    redis_url: str, client: Any, keys: str,
+) -> None:
+    for n in range(5):
+        client.xadd(keys, {"data": json.dumps({"n": n})})
+    client.xadd(keys, {"other": "field"})  # not a record the sink wrote: no ``data``
+    sink = fs.RedisStreamSink(stream=keys, url=redis_url)
+    assert sink.committed_records() == [json.dumps({"n": n}).encode() for n in range(5)]

@@ -308,4 +308,4 @@ def test_a_job_without_a_file_sink_is_a_mistake_in_the_job(tmp_path):
     done = chaos_command(str(job))
 
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "has no FileSink: the chaos runner compares committed FileSink output" in done.stderr
+    assert "has no FileSink and no sink that reads its output back from its server" in done.stderr

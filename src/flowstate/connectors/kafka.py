@@ -49,6 +49,7 @@ transaction (see docs/architecture.md).
 from __future__ import annotations
 
 import struct
+import time
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -417,6 +418,45 @@ class KafkaSink:
         if self._delivery is Delivery.AT_LEAST_ONCE:
             return [None] * parallelism
         return redistribute_publishing_states(states, parallelism, f"KafkaSink {self._name!r}")
+
+    def committed_records(self) -> list[bytes]:
+        """The values of every record of the topic, partition by partition in offset order, read back
+        by a ``read_committed`` consumer: what a downstream reader sees. The chaos runner compares them.
+        (The confluent-kafka mock cluster ignores ``read_committed``: there, the records of aborted
+        transactions are included too.)"""
+        from confluent_kafka import Consumer, TopicPartition
+
+        owner = f"KafkaSink {self._name!r}"
+        _metadata(self._bootstrap, [], owner, self._config)  # one line when unreachable
+        consumer = Consumer({"bootstrap.servers": self._bootstrap, "group.id": f"flowstate-read-back.{self._topic}",
+                             "isolation.level": "read_committed", "enable.auto.commit": False,
+                             "fetch.wait.max.ms": 10, **self._config})
+        try:
+            topic = consumer.list_topics(self._topic, timeout=10).topics.get(self._topic)
+            if topic is None or topic.error is not None:
+                return []
+            ends: dict[int, int] = {}
+            start = []
+            for p in sorted(topic.partitions):
+                low, high = consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10)
+                if high > low:
+                    ends[p] = high
+                    start.append(TopicPartition(self._topic, p, low))
+            by_partition: dict[int, list[bytes]] = {p: [] for p in ends}
+            consumer.assign(start)
+            give_up = time.monotonic() + 60
+            while ends:
+                if time.monotonic() > give_up:
+                    raise ConnectorError(f"{owner}: could not read topic {self._topic!r} back to its end within 60 s")
+                for message in consumer.consume(1000, 0.05):
+                    if message.error() is None and message.partition() in by_partition:
+                        by_partition[message.partition()].append(message.value())
+                positions = consumer.position([TopicPartition(self._topic, p) for p in ends])
+                if all(tp.offset >= ends[tp.partition] for tp in positions):
+                    break
+            return [value for p in sorted(by_partition) for value in by_partition[p]]
+        finally:
+            consumer.close()
 
     def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> KafkaSinkWriter:
         if not 0 <= subtask < parallelism:

@@ -325,6 +325,46 @@ class NatsSink:
             return [None] * parallelism
         return redistribute_publishing_states(states, parallelism, f"NatsSink {self._name!r}")
 
+    def committed_records(self) -> list[bytes]:
+        """The payloads of every message on the sink's subject in the stream that captures it, in
+        stream order, read back from the server: what a reader of the subject sees. The chaos runner
+        compares them."""
+        loop = EventLoopThread(f"nats-sink-read:{self._name}")
+        try:
+            return loop.run(self._read_back(), timeout=120)
+        finally:
+            loop.close()
+
+    async def _read_back(self) -> list[bytes]:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        owner = f"NatsSink {self._name!r}"
+        nc = await _connect(self._servers, owner)
+        try:
+            js = nc.jetstream(timeout=_REQUEST_TIMEOUT)
+            try:
+                stream = await js.find_stream_name_by_subject(self._subject)
+            except NotFoundError:
+                raise ConnectorError(f"{owner}: no JetStream stream captures subject {self._subject!r} on "
+                                     f"{', '.join(self._servers)}") from None
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
+                                    filter_subject=self._subject, inactive_threshold=30.0)
+            subscription = await js.pull_subscribe(self._subject, stream=stream, config=config)
+            payloads: list[bytes] = []
+            try:
+                while (await subscription.consumer_info()).num_pending:
+                    try:
+                        messages = await subscription.fetch(1024, timeout=1.0)
+                    except TimeoutError:
+                        continue
+                    payloads += [m.data for m in messages]
+            finally:
+                await subscription.unsubscribe()
+            return payloads
+        finally:
+            await nc.close()
+
     def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> NatsSinkWriter:
         if not 0 <= subtask < parallelism:
             raise ValueError(f"NatsSink {self._name!r}: subtask {subtask} outside 0..{parallelism - 1}")

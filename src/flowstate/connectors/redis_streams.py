@@ -345,6 +345,15 @@ class RedisStreamSink:
             return [None] * parallelism
         return redistribute_publishing_states(states, parallelism, f"RedisStreamSink {self._name!r}")
 
+    def committed_records(self) -> list[bytes]:
+        """The payloads (field ``data``) of every entry of the stream, in stream order, read back from
+        Redis (``XRANGE``): what a reader of the stream sees. The chaos runner compares them."""
+        client = _client(self._url, f"RedisStreamSink {self._name!r}")
+        try:
+            return [fields[b"data"] for _, fields in client.xrange(self._stream) if b"data" in fields]
+        finally:
+            client.close()
+
     def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> RedisStreamSinkWriter:
         if not 0 <= subtask < parallelism:
             raise ValueError(f"RedisStreamSink {self._name!r}: subtask {subtask} outside 0..{parallelism - 1}")

@@ -6,7 +6,8 @@ and checkpoints go to the directory of its *job*: a job is one sequence of runs,
 again, until one run completes. Per mode, in this order:
 
 Step 1: the **reference**: one run without failure, from scratch. Its committed output (the multiset
-        of lines of every ``FileSink``) is what every job must commit; its duration scales the random
+        of lines of every ``FileSink``, and of the records of every sink offering
+        ``committed_records()``, read back from its server once the run completed) is what every job must commit; its duration scales the random
         kill delays. Every failpoint of ``flowstate.failpoints.KNOWN`` counts its hits in it (action
         ``kill%0``, which never fires): a failpoint with no hit is not reached from scratch.
 Step 2: **kills at random moments**: chains of jobs whose runs get SIGKILL from outside after a random
@@ -40,6 +41,12 @@ Exactly-once modes (``exactly_once``, ``unaligned``, ``stop_the_world``) allow n
 ``at_least_once`` allows no lost record; duplicates and unexpected records (a replayed record counted
 again by keyed state, e.g. ``(word, n + 1)``) are counted, not failures.
 
+A sink that writes to a server (``RedisStreamSink``, ``NatsSink``, ``KafkaSink``) is read back from
+the server by the run that completed (``flowstate.testing._child``); every job gets a unique name in
+the environment variable ``FLOWSTATE_CHAOS_JOB`` (``JOB_ENV``), and the job file must name the
+sink's stream, subject or topic after it, so that each job starts from an empty output (see
+``examples/nats_to_redis.py``).
+
 The runner needs a job whose committed output is deterministic as a multiset, with bounded input,
 and long enough for a few checkpoints at the chosen interval: a mode in which no kill came after a
 completed checkpoint is reported as a failure, since it proved nothing about recovery.
@@ -54,6 +61,7 @@ from pathlib import Path
 from flowstate.clock import Clock, SystemClock
 from flowstate.testing.chaos.config import (
     FROM_SCRATCH,
+    JOB_ENV,
     KILLED,
     RANDOM,
     RESTORING,
@@ -64,7 +72,7 @@ from flowstate.testing.chaos.report import ChaosReport, Progress, ScenarioResult
 from flowstate.testing.chaos.runs import _ModeRunner, committed_output, latest_completed_checkpoint
 
 __all__ = [
-    "FROM_SCRATCH", "KILLED", "RANDOM", "RESTORING", "ChaosConfig", "ChaosReport", "Progress", "ScenarioResult",
+    "FROM_SCRATCH", "JOB_ENV", "KILLED", "RANDOM", "RESTORING", "ChaosConfig", "ChaosReport", "Progress", "ScenarioResult",
     "committed_output", "latest_completed_checkpoint", "parse_failpoint_selection", "run_chaos",
 ]
 

@@ -16,6 +16,10 @@ RANDOM = "random moments"
 KILLED = -signal.SIGKILL
 RESTORING = re.compile(r"restoring from checkpoint (\d+)")
 FROM_SCRATCH = "no completed checkpoint to restore from"
+JOB_ENV = "FLOWSTATE_CHAOS_JOB"
+"""The environment variable that names each job of a chaos run, uniquely (letters, digits, ``-``,
+``_``): a job whose sink writes to a server (a Redis stream, a NATS subject, a Kafka topic) names
+its output after it, so that every job, and every chaos run, starts from an empty output."""
 
 # ---- configuration ----------------------------------------------------------------------------------
 
@@ -47,6 +51,10 @@ class ChaosConfig:
     oracles: tuple[Oracle, ...] = ()
     state_backend: str = "heap"
     """The keyed state backend of every run (``heap`` or ``rocksdb``)."""
+    executor: str = "threads"
+    """Where every run's tasks run: ``threads`` or ``processes`` (worker processes; a run is then
+    started in a session of its own, and a failpoint's kill ends the run's coordinator, and with it
+    every worker process)."""
 
     def __post_init__(self) -> None:
         if not self.modes:
@@ -67,6 +75,8 @@ class ChaosConfig:
         unknown = sorted(set(self.failpoints or ()) - fpn.KNOWN)
         if unknown:
             raise ConfigError(f"chaos: unknown failpoints {', '.join(unknown)}; known: {', '.join(sorted(fpn.KNOWN))}")
+        if self.executor not in ("threads", "processes"):
+            raise ConfigError(f"chaos: unknown executor {self.executor!r}; known: threads, processes")
         if self.state_backend not in ("heap", "rocksdb"):
             raise ConfigError(f"chaos: unknown state backend {self.state_backend!r}; known: heap, rocksdb")
         parse_duration(self.checkpoint_interval, what="checkpoint interval")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from flowstate.config import parse_duration
 from flowstate.errors import ConfigError
 from flowstate.testing.chaos.config import (
     FROM_SCRATCH,
+    JOB_ENV,
     KILLED,
     RANDOM,
     RESTORING,
@@ -123,14 +125,19 @@ class _Job:
             command += ["--batch-size", str(config.batch_size)]
         if config.state_backend != "heap":
             command += ["--state-backend", config.state_backend]
+        if config.executor != "threads":
+            command += ["--executor", config.executor]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_FAILPOINTS")}
+        env[JOB_ENV] = f"{self.runner.token}-{self.runner.mode}-{self.root.name}"
         if failpoints:
             env["FLOWSTATE_FAILPOINTS"] = failpoints
+        if config.executor == "processes":
+            env[fpn.KILL_ENV] = "session"
         before = latest_completed_checkpoint(self.chk)
         timeout = parse_duration(config.run_timeout)
         with open(stderr_path, "wb") as stderr:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       stderr=stderr, env=env)
+                                       stderr=stderr, env=env, start_new_session=config.executor == "processes")
         killed = timed_out = False
         try:
             clock = self.runner.clock
@@ -299,6 +306,8 @@ class _ModeRunner:
         self.restored_hits: dict[str, int] = {}
         self._lock = threading.Lock()
         self._jobs = 0
+        self.token = uuid.uuid4().hex[:8]
+        """Unique to this chaos run: part of every job's name (``JOB_ENV``)."""
 
     def rng(self, *labels: object) -> random.Random:
         return random.Random("/".join(map(str, (self.config.seed, self.mode, *labels))))
