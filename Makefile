@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/flowstate demo
 
+# Two pytest-xdist workers, one test file per worker at a time (--dist loadfile: the tests of a
+# file never run beside each other): the suite mostly waits on timers and processes.
 test: $(STAMP)
 	bash .ci/services
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --write
