@@ -41,7 +41,7 @@ from .jobs import (
     wordcount,
 )
 
-LINES = 300
+LINES = 800
 PARALLELISM = 2
 
 
