@@ -79,18 +79,6 @@ def test_the_counts_read_back_from_redis_equal_a_run_without_failures_after_ever
     assert [p.name for p in written] == ["server-records"]
 
 
-def test_a_sink_that_writes_before_the_checkpoint_completes_is_caught_with_duplicates_in_redis(
-    words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The seeded bug: the at-least-once sink, whose records reach Redis before their checkpoint
-    # completes, in a job that claims exactly-once.
-    monkeypatch.setenv("DEMO_DELIVERY", "at_least_once")
-    report = chaos(tmp_path, modes=("exactly_once",), kills=2, failpoint_kills=0, failpoints=())
-    assert not report.ok
-    assert sum(row.duplicated for row in report.scenarios) > 0, report.table()
-    assert sum(row.lost for row in report.scenarios) == 0, report.table()
-
-
 def test_flowstate_chaos_on_the_command_line_reads_the_output_back_from_redis(words: str, tmp_path: Path) -> None:
     # Parallelism 1 here (the tests above run the example at its default, 2).
     command = [sys.executable, "-m", "flowstate", "chaos", JOB, "--mode", "unaligned", "--kills", "1",

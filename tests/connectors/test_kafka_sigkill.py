@@ -101,7 +101,10 @@ def check_exactly_once(bootstrap: str, out: str, lines: list[str]) -> None:
                                 f"{sum((actual - expected).values())} unexpected")
 
 
-@pytest.mark.parametrize("failpoint", ["sink.before_commit=kill@2", "coordinator.metadata_before_notify=kill@2"])
+# The 8th commit (or metadata) of 100 ms checkpoints comes long after the consumer's first records,
+# however slowly it starts; the run to be killed reads at most 1,000 lines/s and holds at 7/8 of the
+# input, so the kill lands before its end.
+@pytest.mark.parametrize("failpoint", ["sink.before_commit=kill@8", "coordinator.metadata_before_notify=kill@8"])
 def test_a_kafka_job_killed_at_a_failpoint_writes_every_count_once_for_read_committed_readers(
     failpoint: str, kafka_bootstrap: str, unique: str, tmp_path: Path,
 ) -> None:
@@ -109,7 +112,8 @@ def test_a_kafka_job_killed_at_a_failpoint_writes_every_count_once_for_read_comm
     out = f"{unique}-out"
     runs = []
     for n, points in enumerate([failpoint, None], start=1):
-        job, reads = write_job(tmp_path, n, topic=unique, bootstrap=kafka_bootstrap, out=out, name=f"{unique}-sink")
+        job, reads = write_job(tmp_path, n, topic=unique, bootstrap=kafka_bootstrap, out=out, name=f"{unique}-sink",
+                               rate=1000.0 if points else None, hold=LINES * 7 // 8 if points else 0)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_FAILPOINTS")}
         if points:
             env["FLOWSTATE_FAILPOINTS"] = points
