@@ -22,6 +22,9 @@ Rules of every reader here (one split, ``"journal"``; a subtask other than the f
    not yet released: records acknowledged by an earlier run and never covered by a completed
    checkpoint are processed.
 3. ``snapshot_for(n)`` remembers the position under ``n``; ``notify_complete(n)`` releases up to it.
+4. A receiver whose input can end (the socket's peer closing) says so with ``ended``; the reader
+   ends once it read every record journaled before that. A receiver that fails on its own thread
+   (a refused connection) puts the error in ``error``, and the next poll raises it.
 """
 
 from __future__ import annotations
@@ -75,10 +78,19 @@ class JournaledReader:
         self._receiver = receiver
         receiver.start(self._journal.append)
 
-    def poll(self, max_records: int) -> list[Any]:
+    def poll(self, max_records: int) -> list[Any] | None:
+        # Rule 4: a receiver whose input ended (``ended``) ends the reader once every record it
+        # journaled was read; one whose thread failed (``error``) fails it. Read ``ended`` first: a
+        # record delivered before it was set is in the journal by then.
+        ended = getattr(self._receiver, "ended", False)
         records = self._journal.read(self._next, max_records)
         self._next += len(records)
         if not records:
+            error = getattr(self._receiver, "error", None)
+            if error is not None:
+                raise error
+            if ended:
+                return None
             threading.Event().wait(0.01)  # nothing journaled yet: do not spin
         return records
 

@@ -12,12 +12,20 @@ Rules:
    whatever the live stream sends from then on, continuing the count. Across a failure this source
    therefore gives **at-most-once** (lines received after the restored checkpoint and before the
    failure are lost), unless the sender itself replays them on reconnect.
+5. With ``journal=`` (a directory or ``s3://…``; ``flowstate.connectors.ingress``) the source is
+   replayable: a receiver thread reads the connection and appends every line to the journal, and
+   reads nothing further until the journal holds it (TCP's flow control holds the sender back
+   meanwhile); the job reads the journal, its position in the checkpoint. Every line the source
+   took from the connection is processed exactly once; lines still in flight in the network when
+   the job died are the sender's to send again (a raw socket has no acknowledgement to wait for).
+   When the peer closes, the input ends once every journaled line was read.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowstate.connectors.files import check_line_encoding
@@ -34,16 +42,20 @@ class SocketDecodeError(ValueError):
 class SocketSource:
     """Lines from a TCP server (see the module rules). Not replayable."""
 
-    __slots__ = ("_host", "_port", "_encoding", "_name")
+    __slots__ = ("_host", "_port", "_encoding", "_name", "_journal", "_linger")
 
-    def __init__(self, host: str, port: int, *, encoding: str = "utf-8", name: str | None = None) -> None:
+    def __init__(self, host: str, port: int, *, encoding: str = "utf-8", name: str | None = None,
+                 journal: Any = None, journal_linger: float = 0.0) -> None:
         check_line_encoding(encoding, "SocketSource")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"SocketSource: port must be an int in 1..65535, got {port!r}")
+        from flowstate.connectors.ingress import _location
+
         self._host = host
         self._port = port
         self._encoding = encoding
         self._name = f"socket:{host}:{port}" if name is None else name
+        self._journal, self._linger = _location(journal, journal_linger, "SocketSource")
 
     @property
     def name(self) -> str:
@@ -51,7 +63,7 @@ class SocketSource:
 
     @property
     def replayable(self) -> bool:
-        return False
+        return self._journal is not None
 
     def splits(self) -> list[str]:
         return [self._split]
@@ -60,7 +72,15 @@ class SocketSource:
     def _split(self) -> str:
         return f"{self._host}:{self._port}"
 
-    def build_reader(self, splits: Sequence[str], resume_state: dict[str, Any] | None) -> SocketReader:
+    def build_reader(self, splits: Sequence[str], resume_state: dict[str, Any] | None) -> Any:
+        if self._journal is not None:
+            from flowstate.connectors.ingress import SPLIT, JournaledReader, _Idle
+
+            if not splits:
+                return _Idle()
+            position = (resume_state or {}).get(SPLIT)
+            receiver = _SocketReceiver(SocketReader(self._host, self._port, self._encoding, [self._split], 0))
+            return JournaledReader(self._journal, receiver, position, linger=self._linger)
         if list(splits) not in ([], [self._split]):
             raise ValueError(f"SocketSource {self._name!r}: unknown splits {list(splits)!r}; the only split is {self._split!r}")
         lines_read = (resume_state or {}).get(self._split, 0)
@@ -150,3 +170,40 @@ class SocketReader:
                 f"SocketSource {self._host}:{self._port}: line {line} does not decode as "
                 f"{self._encoding}: {error.reason}"
             ) from None
+
+
+class _SocketReceiver:
+    """Rule 5: a thread that reads the connection through a ``SocketReader`` and hands each batch of
+    lines to the journal (``deliver`` returns once they are durable) before it reads further."""
+
+    def __init__(self, reader: SocketReader) -> None:
+        self._reader = reader
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ended = False
+        """The peer closed the connection and every line before it was delivered."""
+        self.error: BaseException | None = None
+        """Why the thread stopped reading (a refused connection, a line that does not decode)."""
+
+    def start(self, deliver: Callable[[list[Any]], None]) -> None:
+        self._thread = threading.Thread(target=self._run, args=(deliver,), daemon=True,
+                                        name=f"flowstate-socket-{self._reader._port}")
+        self._thread.start()
+
+    def _run(self, deliver: Callable[[list[Any]], None]) -> None:
+        try:
+            while not self._stop.is_set():
+                lines = self._reader.poll(8192)
+                if lines is None:
+                    self.ended = True
+                    return
+                if lines:
+                    deliver(lines)
+        except BaseException as error:  # noqa: BLE001 - the reader's next poll raises it
+            self.error = error
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._reader.close()
