@@ -16,7 +16,9 @@ Output, through two ``FileSink``s:
 
 The checker recomputes both from the input with nothing but the standard library and compares them
 with the committed output as multisets: in the exactly-once modes nothing may be missing, duplicated
-or unexpected; in ``at_least_once`` nothing may be missing.
+or unexpected. ``at_least_once`` is not checked: a record replayed after a restore counts again in
+its window's state, so a window's final row may carry a higher count than the input's (and its exact
+row is then missing): at-least-once aggregates over-count, as in Flink.
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ def _rounded(rows: Counter[tuple[Any, ...]]) -> Counter[tuple[Any, ...]]:
 
 
 def check_output(directories: Mapping[str, Path], mode: str, *, count: int = COUNT) -> list[str]:
+    if mode not in EXACTLY_ONCE_MODES:
+        return []  # the module docstring says why
     actual = Counter[tuple[Any, ...]]()
     for uid in ("sessions", "minutes"):
         if uid not in directories:
