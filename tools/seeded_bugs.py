@@ -332,8 +332,20 @@ CATALOGUE += (
     ),
 )
 
-# ---- early window results -------------------------------------------------------------------------
+# ---- early window results, window joins, the journaled socket ----------------------------------------
 CATALOGUE += (
+    bug(
+        "socket-journal-bypassed", "a journaled socket source reads the connection directly, journaling nothing",
+        ("tests/connectors/test_journal.py",),
+        ("src/flowstate/connectors/socket.py", "        if self._journal is not None:\n            from flowstate",
+         "        if False:\n            from flowstate"),
+    ),
+    bug(
+        "window-join-one-side-once", "a window join pairs each left record with the first right record only",
+        ("tests/eventtime/test_window_join.py",),
+        ("src/flowstate/dataflow.py", "        right = [r for side, r in tagged if side == 1]\n",
+         "        right = [r for side, r in tagged if side == 1][:1]\n"),
+    ),
     bug(
         "early-count-forgotten-between-batches", "a window's early count starts again at every batch",
         ("tests/eventtime/test_early_firing.py",),
