@@ -1,11 +1,11 @@
 """Encodings on the hot paths of the reference job, measured alone (run by hand, never by the tests).
 
 1. A batch crossing to another worker process: pickle (what every batch used), msgpack, the plain-lines
-   text frame (``flowstate.runtime.frames.encode_batch``: records joined by ``"\\n"``, UTF-8) and, for
+   text frame (``flowstate.transport.frames.encode_batch``: records joined by ``"\\n"``, UTF-8) and, for
    ``(str, int)`` tuples, hand-rolled columns (``array('q')`` for the ints, joined text for the
    strings): encode and decode, per record of a batch of 1,024.
 2. Routing a batch of 2,048 records over 2 subtasks by key: the CRC-32 of every key (as before) and the
-   remembered route of each key (``flowstate.runtime.output``).
+   remembered route of each key (``flowstate.task.output``).
 3. JSON Lines of a batch of 2,048 ``(key, count)`` records: ``json`` record by record (as before), the C
    encoder of ``json`` record by record, orjson record by record, and orjson once per batch
    (``flowstate.connectors.file_sink.json_lines_batch``).
@@ -54,8 +54,8 @@ def main() -> None:
     import orjson
 
     from flowstate.connectors.file_sink import json_lines_batch
-    from flowstate.runtime.frames import decode_batch, encode_batch
-    from flowstate.runtime.output import OutputEdge
+    from flowstate.transport.frames import decode_batch, encode_batch
+    from flowstate.task.output import OutputEdge
     from flowstate.state.keygroups import GOLDEN, routing_table
 
     lines = (ROOT / "bench-data" / "events_5m_10k.txt").read_text().split("\n")[:409_600]

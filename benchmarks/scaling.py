@@ -204,12 +204,12 @@ def throughput(repeat: int, patience: float) -> list[dict[str, Any]]:
 def transport(records: int = 5_000_000, batch: int = 1024) -> dict[str, float]:
     """Records/s through four stages, each a process: the first sends batches of the workload's lines,
     the two in the middle forward every batch they take to the next, the last counts. Every hop is a
-    channel of ``flowstate.runtime.remote`` over loopback TCP (pickled by the sender, unpickled by
+    channel of ``flowstate.transport.remote`` over loopback TCP (pickled by the sender, unpickled by
     the receiver, credit-based flow control)."""
     import socket
 
     from flowstate.checkpoint.barrier import END_OF_INPUT
-    from flowstate.runtime.remote import DataPlane
+    from flowstate.transport.remote import DataPlane
 
     lines = (DATA / "events_5m_10k.txt").read_text().split("\n")[:batch * 64]
     batches = [lines[k : k + batch] for k in range(0, len(lines), batch)]
@@ -422,7 +422,7 @@ def markdown(tp: list[dict[str, Any]], fo: list[dict[str, Any]], hops: list[dict
         "",
         "### Transport: records through four stages",
         "",
-        ("Four processes in a line, each hop a channel between processes (`flowstate.runtime.remote` over loopback "
+        ("Four processes in a line, each hop a channel between processes (`flowstate.transport.remote` over loopback "
          "TCP: pickled once by the sender, credit-based flow control): the first sends batches of 1,024 lines of "
          "the workload, the two in the middle forward every batch, the last counts. Records/s at the last stage, "
          f"median of {len(hops)} runs: **{statistics.median(h['records_per_s'] for h in hops):,.0f}** "

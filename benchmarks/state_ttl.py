@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import flowstate as fs  # noqa: E402
 from docsection import write_section  # noqa: E402
 from flowstate.failpoints import Failpoints  # noqa: E402
-from flowstate.runtime.operators import OperatorEnv, build_operator  # noqa: E402
+from flowstate.operators.base import OperatorEnv  # noqa: E402
+from flowstate.operators.build import build_operator  # noqa: E402
 from flowstate.state.memory import HeapKeyedStateBackend  # noqa: E402
 from flowstate.state.rocksdb import RocksDBBackendFactory  # noqa: E402
 from flowstate.time.watermarks import Watermark  # noqa: E402

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import flowstate as fs
-from flowstate.runtime import forkserver, processes
+from flowstate.executors import forkserver, processes
 
 
 class Count(fs.KeyedProcessFunction):

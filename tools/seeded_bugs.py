@@ -55,8 +55,10 @@ def bug(name: str, description: str, tests: tuple[str, ...], *edits: tuple[str, 
 
 
 STORAGE = "src/flowstate/storage/local.py"
-TASK = "src/flowstate/runtime/task.py"
-JOB = "src/flowstate/runtime/job.py"
+TASK = "src/flowstate/task/task.py"
+SOURCE = "src/flowstate/task/source.py"
+SNAPSHOT = "src/flowstate/task/snapshot.py"
+SHELL = "src/flowstate/runner/shell.py"
 
 CATALOGUE: tuple[Bug, ...] = (
     bug(
@@ -68,10 +70,10 @@ CATALOGUE: tuple[Bug, ...] = (
     bug(
         "ack-before-write", "acknowledge a snapshot before its state file is durable",
         ("tests/engine/test_crash_recovery.py",),
-        (TASK, "            t0 = env.clock.monotonic()\n            state: dict[str, Any] = {}",
+        (SNAPSHOT, "            t0 = env.clock.monotonic()\n            operators: dict[str, Any] = {}",
          "            env.reports.put(Ack(self.task_id, cid, TaskState(self.task_id, self.vertex, self.subtask, None)))\n"
          "            return\n"
-         "            t0 = env.clock.monotonic()\n            state: dict[str, Any] = {}"),
+         "            t0 = env.clock.monotonic()\n            operators: dict[str, Any] = {}"),
     ),
     bug(
         "metadata-before-all-acks", "complete a checkpoint when all acks but one arrived",
@@ -82,8 +84,8 @@ CATALOGUE: tuple[Bug, ...] = (
     ),
     bug(
         "notify-before-metadata", "notify tasks of completion before the metadata is durable",
-        ("tests/engine/test_checkpoint_order.py", "tests/engine/test_crash_recovery.py"),
-        (JOB, "                    if fp:\n                        fp.hit(fpn.COORDINATOR_BEFORE_METADATA)\n",
+        ("tests/runner/test_shell.py", "tests/engine/test_checkpoint_order.py", "tests/engine/test_crash_recovery.py"),
+        (SHELL, "                    if fp:\n                        fp.hit(fpn.COORDINATOR_BEFORE_METADATA)\n",
          "                    for t in self.tasks.values():\n"
          "                        t.post(Complete(checkpoint.checkpoint_id, checkpoint.final))\n"
          "                    if fp:\n                        fp.hit(fpn.COORDINATOR_BEFORE_METADATA)\n"),
@@ -101,12 +103,11 @@ CATALOGUE: tuple[Bug, ...] = (
     bug(
         "source-offsets-after-barrier", "take a source's offsets after its barrier went downstream",
         ("tests/engine/test_crash_recovery.py",),
-        (TASK, "        parts: list[tuple[str, Any]] = [(k, Ready(v)) for k, v in (extra or {}).items()]",
-         "        parts: list[tuple[str, Any]] = [(k, v if hasattr(v, 'materialize') else Ready(v)) "
-         "for k, v in (extra or {}).items()]"),
-        (TASK, "            position = self.reader.snapshot()\n",
-         "            reader = self.reader\n"
-         "            position = type('Late', (), {'materialize': lambda _self: reader.snapshot()})()\n"),
+        (SNAPSHOT, "            state = TaskStateFile(operators, snapshot.source,",
+         "            state = TaskStateFile(operators, getattr(snapshot.source, 'late', lambda: snapshot.source)(),"),
+        (SOURCE, "                position = self.reader.snapshot()\n",
+         "                reader = self.reader\n"
+         "                position = type('Late', (), {'late': lambda _self: reader.snapshot()})()\n"),
     ),
     bug(
         "non-idempotent-commit", "a sink commit publishes under a new name each time it runs",
@@ -168,13 +169,13 @@ CATALOGUE: tuple[Bug, ...] = (
     bug(
         "rescale-keeps-own-range", "a rescaled subtask restores only the old snapshot with its own index",
         ("tests/engine/test_state_assignment.py",),
-        ("src/flowstate/runtime/state_assignment.py", "        for i in targets:\n            out[i].append(part)",
+        ("src/flowstate/task/assignment.py", "        for i in targets:\n            out[i].append(part)",
          "        for i in targets:\n            if i == subtask:\n                out[i].append(part)"),
     ),
     bug(
         "stop-the-world-no-pause", "stop_the_world keeps its sources running during a checkpoint",
         ("tests/engine/test_checkpoint_order.py", "tests/engine/test_engine.py"),
-        (TASK, "                self._paused_for = mail.barrier.checkpoint_id", "                pass"),
+        (SOURCE, "                self._paused_for = mail.barrier.checkpoint_id", "                pass"),
     ),
     bug(
         "postgres-recommit-not-idempotent", "PostgresSink writes a checkpoint's rows again when it re-commits after a restore",
@@ -230,8 +231,8 @@ CATALOGUE: tuple[Bug, ...] = (
     bug(
         "tasks-ignore-resume-state", "tasks ignore their resume state: every attempt starts its tasks from scratch",
         ("tests/engine/test_crash_recovery.py", "tests/engine/test_attempt_plan.py"),
-        ("src/flowstate/runtime/task_factory.py",
-         "            resume = states.get(tid, {}) if states is not None else None",
+        ("src/flowstate/task/factory.py",
+         "            resume = states.get(tid, TaskStateFile()) if states is not None else None",
          "            resume = None"),
     ),
 )
@@ -315,14 +316,14 @@ CATALOGUE += (
     bug(
         "timers-not-restored", "a restored keyed operator does not rebuild its timers from the state backend",
         ("tests/eventtime/test_timers_operator.py",),
-        ("src/flowstate/runtime/timers.py", "        for key in list(backend.state_keys(TIMERS_STATE)):",
+        ("src/flowstate/operators/timers.py", "        for key in list(backend.state_keys(TIMERS_STATE)):",
          "        for key in []:"),
     ),
     bug(
         "no-final-watermark", "a bounded source ends without a watermark at +inf, so its last windows "
         "fire only after the final checkpoint",
         ("tests/eventtime/test_time_end_to_end.py",),
-        (TASK, "                self._emit_watermark(0, FINAL_WATERMARK)\n", ""),
+        (SOURCE, "                self._emit_watermark(0, FINAL_WATERMARK)\n", ""),
     ),
     bug(
         "idle-split-holds-back", "an idle split keeps holding the watermark back",
@@ -349,7 +350,7 @@ CATALOGUE += (
     bug(
         "early-count-forgotten-between-batches", "a window's early count starts again at every batch",
         ("tests/eventtime/test_early_firing.py",),
-        ("src/flowstate/runtime/windowing.py", "            counts.put(window, seen)\n",
+        ("src/flowstate/operators/windows.py", "            counts.put(window, seen)\n",
          "            counts.put(window, 0)\n"),
     ),
 )
@@ -362,7 +363,7 @@ CATALOGUE += (
         "ttl-snapshot-keeps-expired", "a keyed operator snapshots its state without removing the entries that "
         "expired since the last batch, so a checkpoint holds expired entries",
         ("tests/eventtime/test_ttl_end_to_end.py",),
-        ("src/flowstate/runtime/operators.py",
+        ("src/flowstate/operators/base.py",
          "        if self.ttl:\n            self.ttl.cleanup()  # no checkpoint holds an entry that had expired at its barrier\n",
          ""),
     ),

@@ -40,9 +40,9 @@ from flowstate.execution import run
 from flowstate.failpoints import Failpoints, InjectedFailure
 from flowstate import aggregates
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext, TimeDomain
-from flowstate.runtime.control import ControlError, JobControl
-from flowstate.runtime.job import JobResult
-from flowstate.runtime.windowing import EarlyWindowResult, WindowResult
+from flowstate.control.endpoint import ControlError, JobControl
+from flowstate.runner.result import JobResult
+from flowstate.operators.windows import EarlyWindowResult, WindowResult
 from flowstate.state.ttl import StateTtl, TtlTime, TtlUpdate
 from flowstate.time.watermarks import Watermark
 from flowstate.time.windows import (

@@ -38,7 +38,7 @@ from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
 from flowstate.observe.logs import FORMATS as LOG_FORMATS
 from flowstate.observe.logs import LEVELS as LOG_LEVELS
-from flowstate.runtime.control import Terminated, TokenRefused
+from flowstate.control.endpoint import Terminated, TokenRefused
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 EXIT_TERMINATED = 128 + 15  # as a shell reports a process ended by SIGTERM
@@ -244,7 +244,7 @@ def _setup_logging(level: str = "info", fmt: str = "text") -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flowstate.runtime.control import JobControl, StopOnSignal
+    from flowstate.control.endpoint import JobControl, StopOnSignal
 
     stop_timeout = parse_duration(args.stop_timeout, what="stop timeout")
     flow = load_dataflow(args.job)
@@ -362,7 +362,7 @@ def _checkpoints_verify(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
-    from flowstate.runtime.control import call, read_endpoint
+    from flowstate.control.endpoint import call, read_endpoint
 
     if args.command == "stop" and args.target is not None and not args.savepoint:
         raise ConfigError("stop --target names where the savepoint goes: add --savepoint")

@@ -257,7 +257,7 @@ class KeyedStream(Stream):
         ``a.ts + lower <= b.ts <= a.ts + upper`` (``fn(a, b)`` when given), each once; both streams
         need event time. Records behind the watermark are dropped; buffered records are keyed state
         and cleared once the watermark passes their last possible match
-        (``flowstate.runtime.joins``). Bounds: durations, ``lower`` may be negative (``"-5m"``)."""
+        (``flowstate.operators.joins``). Bounds: durations, ``lower`` may be negative (``"-5m"``)."""
         from flowstate.time.duration import parse_duration
 
         shown = name or "interval_join"
@@ -310,7 +310,7 @@ class KeyedStream(Stream):
         timestamp: ``fn(record, row)`` (``(record, row)`` without ``fn``), ``row`` ``None`` when the
         key had none yet. A record is joined once the watermark reaches its timestamp, so the result
         does not depend on which input arrived first; older rows are removed once no record can
-        join them (``flowstate.runtime.joins.JoinLatestOperator``)."""
+        join them (``flowstate.operators.joins.JoinLatestOperator``)."""
         shown = name or "join_latest"
         if not isinstance(table, KeyedStream) or table._flow is not self._flow:
             raise GraphError(f"{shown}: the table must be a keyed stream (key_by) of the same Dataflow")

@@ -19,8 +19,8 @@ from flowstate.config import (
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError
 from flowstate.failpoints import Failpoints
-from flowstate.runtime.control import JobControl
-from flowstate.runtime.job import JobResult, JobRunner
+from flowstate.control.endpoint import JobControl
+from flowstate.runner.job import JobResult, JobRunner
 from flowstate.storage.factory import is_url
 
 

@@ -5,7 +5,7 @@ gets its **own copy** of the function object; ``open(ctx)`` is called once befor
 (after state was restored), ``process(value, ctx)`` once per record, ``close()`` once at the end.
 ``process`` yields its output records, or returns a list of them or ``None``; a ``str``,
 ``bytes``, ``dict`` or ``tuple`` returned is refused, since iterating it would emit its elements as
-separate records (``flowstate.runtime.operators``).
+separate records (``flowstate.operators.base``).
 
 The copy is ``copy.deepcopy`` of the function as the job built it, so everything the function
 holds before ``open`` must be copyable: create connections, clients, locks, files and threads in

@@ -30,7 +30,7 @@ from flowstate.connectors.journal import (
 )
 from flowstate.storage.blobs import BlobStore
 from flowstate.storage.memory import MemoryBlobStore
-from flowstate.runtime.control import ControlError
+from flowstate.control.endpoint import ControlError
 from flowstate.testing.conformance import SOURCE_CHECKS, SourceCase
 
 from tests.engine.jobs import FAST_RESTART

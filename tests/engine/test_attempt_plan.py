@@ -20,8 +20,8 @@ from flowstate.checkpoint.ids import CheckpointId, task_id
 from flowstate.checkpoint.restore import Chosen, choose
 from flowstate.config import JobConfig, Mode
 from flowstate.graph import build_job_graph
-from flowstate.runtime.plan import BackendSpec, RestorePoint, StorageSpec, plan_attempt, plan_reads
-from flowstate.runtime.state_assignment import describe_graph
+from flowstate.task.plan import BackendSpec, RestorePoint, StorageSpec, plan_attempt, plan_reads
+from flowstate.task.assignment import describe_graph
 from flowstate.storage.base import CheckpointMetadata, StateHandle, TaskState
 from flowstate.storage.local import LocalCheckpointStorage
 from flowstate.storage.state_file import decode_task_state
@@ -119,7 +119,7 @@ def test_a_plan_pickles_and_a_fresh_interpreter_builds_its_tasks_restored_from_i
     script = (
         "import json, pickle, queue, sys\n"
         "from concurrent.futures import ThreadPoolExecutor\n"
-        "from flowstate.runtime.task_factory import TaskSite, build_tasks\n"
+        "from flowstate.task.factory import TaskSite, build_tasks\n"
         "plan = pickle.loads(open(sys.argv[1], 'rb').read())\n"
         "with ThreadPoolExecutor(1) as pool:\n"
         "    tasks = build_tasks(plan, queue.Queue(), pool, TaskSite.open(plan))\n"

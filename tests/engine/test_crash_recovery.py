@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import pytest
 
 import flowstate as fs
-from flowstate.runtime import job as job_module
+from flowstate.runner import job as job_module
 from flowstate.storage.local import LocalCheckpointStorage
 
 from .jobs import (

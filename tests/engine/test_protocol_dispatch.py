@@ -23,9 +23,9 @@ import pytest
 from flowstate.checkpoint.coordinator import CoordinatorAction
 from flowstate.checkpoint.handler import HandlerAction
 from flowstate.checkpoint.unaligned import _named
-from flowstate.runtime.job import _Shell
-from flowstate.runtime.messages import CheckpointReport
-from flowstate.runtime.task import StreamTask
+from flowstate.runner.shell import CoordinatorShell
+from flowstate.task.messages import CheckpointReport
+from flowstate.task.task import StreamTask
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def members(union: Any) -> frozenset[str]:
 CONSUMERS = [
     pytest.param(StreamTask._execute, "action", HandlerAction, id="a task executes every handler action"),
     pytest.param(_named, "action", HandlerAction, id="the unaligned handler knows the checkpoint of every action"),
-    pytest.param(_Shell.execute, "action", CoordinatorAction, id="the runner executes every coordinator action"),
-    pytest.param(_Shell.report, "report", CheckpointReport, id="the runner turns every report into a fact"),
+    pytest.param(CoordinatorShell.execute, "action", CoordinatorAction, id="the runner executes every coordinator action"),
+    pytest.param(CoordinatorShell.report, "report", CheckpointReport, id="the runner turns every report into a fact"),
 ]
 
 
@@ -144,6 +144,6 @@ def test_the_runner_raises_on_a_coordinator_action_or_report_of_no_known_kind() 
     shell = SimpleNamespace(runner=SimpleNamespace(failpoints=None), coordinator=object())
 
     with pytest.raises(AssertionError):
-        _Shell.execute(shell, [Unknown()])  # type: ignore[arg-type, list-item]
+        CoordinatorShell.execute(shell, [Unknown()])  # type: ignore[arg-type, list-item]
     with pytest.raises(AssertionError):
-        _Shell.report(shell, Unknown(), 0.0)  # type: ignore[arg-type]
+        CoordinatorShell.report(shell, Unknown(), 0.0)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import flowstate as fs
-from flowstate.runtime.savepoint import open_savepoint
+from flowstate.storage.savepoint import open_savepoint
 from flowstate.storage.local import LocalCheckpointStorage
 
 from .jobs import (

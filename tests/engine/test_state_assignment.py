@@ -1,4 +1,4 @@
-"""State assignment on restore (``flowstate.runtime.state_assignment``), on hand-made snapshots: which
+"""State assignment on restore (``flowstate.task.assignment``), on hand-made snapshots: which
 task gets which state at a new parallelism, and the refusals, each naming the operator and the state."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import flowstate as fs
 from flowstate.checkpoint.ids import CheckpointId, TaskId, task_id
 from flowstate.graph import build_job_graph
-from flowstate.runtime.state_assignment import assign_states, describe_graph
+from flowstate.task.assignment import assign_states, describe_graph
 from flowstate.state.backend import RestoredState
 from flowstate.state.keygroups import key_group_of, key_group_range
 from flowstate.state.memory import HeapKeyedStateBackend, heap_snapshot_entries

@@ -1,5 +1,5 @@
 """Worker processes are forks of the run's single-threaded fork server, or fresh interpreters where
-it cannot run (``flowstate.runtime.processes``, rule 1), never forks of the coordinator's process,
+it cannot run (``flowstate.executors.processes``, rule 1), never forks of the coordinator's process,
 which runs threads by the time an attempt starts:
 
 - a coordinator process that opened RocksDB before the job started (RocksDB's background threads run

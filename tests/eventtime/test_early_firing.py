@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 import flowstate as fs
 from flowstate.clock import ManualClock
 from flowstate.failpoints import Failpoints
-from flowstate.runtime.operators import OperatorEnv
-from flowstate.runtime.windowing import LateRecord, WindowOperator
+from flowstate.operators.base import OperatorEnv
+from flowstate.operators.windows import LateRecord, WindowOperator
 from flowstate.time.watermarks import MAX_WATERMARK, Watermark
 
 from .test_window_operator_model import SIZE, SLIDE, Reference, record

@@ -12,8 +12,8 @@ import pytest
 import flowstate as fs
 from flowstate.clock import ManualClock
 from flowstate.failpoints import Failpoints
-from flowstate.runtime.operators import OperatorEnv
-from flowstate.runtime.timers import TimedKeyedProcessOperator
+from flowstate.operators.base import OperatorEnv
+from flowstate.operators.timers import TimedKeyedProcessOperator
 from flowstate.state.backend import RestoredState
 from flowstate.state.keygroups import key_group_of
 from flowstate.state.memory import HeapKeyedStateBackend

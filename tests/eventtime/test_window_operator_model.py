@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import flowstate as fs
 from flowstate.failpoints import Failpoints
-from flowstate.runtime.operators import OperatorEnv
-from flowstate.runtime.windowing import LateRecord, WindowOperator
+from flowstate.operators.base import OperatorEnv
+from flowstate.operators.windows import LateRecord, WindowOperator
 from flowstate.time.watermarks import MAX_WATERMARK, Watermark
 
 SIZE, SLIDE, GAP = 4.0, 2.0, 3.0

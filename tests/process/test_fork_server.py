@@ -1,4 +1,4 @@
-"""The fork server of the ``processes`` executor (``flowstate.runtime.forkserver``): one per run, it
+"""The fork server of the ``processes`` executor (``flowstate.executors.forkserver``): one per run, it
 forks the workers of every attempt and never outlives its run.
 
 - a worker killed at a failpoint fails its attempt, and the same server forks the next attempt's
@@ -34,7 +34,7 @@ from engine.jobs import (
 )
 
 import flowstate as fs
-from flowstate.runtime.forkserver import Exited, Forked, Ready, decode_reports, encode_report
+from flowstate.executors.forkserver import Exited, Forked, Ready, decode_reports, encode_report
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -120,7 +120,7 @@ def test_the_server_survives_a_killed_worker_and_forks_the_workers_of_the_next_a
     assert len(workers) >= 3, workers  # two of the first attempt, at least one of the second
     parents = {parent for parent, _ in workers.values()}
     assert len(parents) == 1 and os.getpid() not in parents, workers
-    assert all("flowstate.runtime.forkserver" in command for _, command in workers.values()), workers
+    assert all("flowstate.executors.forkserver" in command for _, command in workers.values()), workers
 
 
 def test_no_process_of_the_run_remains_after_it_ends(tmp_path):

@@ -54,7 +54,7 @@ MANY_RESTARTS = fs.FixedDelayRestart(50, 0.0)
 
 def worker_pids(coordinator: int) -> list[int]:
     """The live (not zombie) worker processes of ``coordinator``: its children, and the children of
-    its fork server (``flowstate.runtime.forkserver``), which is not a worker itself."""
+    its fork server (``flowstate.executors.forkserver``), which is not a worker itself."""
     processes: dict[int, tuple[int, str, bytes]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -68,7 +68,7 @@ def worker_pids(coordinator: int) -> list[int]:
             continue
         processes[int(entry)] = (int(fields[1]), fields[0], command)
     servers = {pid for pid, (ppid, _, command) in processes.items()
-               if ppid == coordinator and b"flowstate.runtime.forkserver" in command}
+               if ppid == coordinator and b"flowstate.executors.forkserver" in command}
     return [pid for pid, (ppid, state, _) in processes.items()
             if state != "Z" and pid not in servers and (ppid == coordinator or ppid in servers)]
 

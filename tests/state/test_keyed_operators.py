@@ -1,5 +1,5 @@
 """Keyed operators get their state from the backend their ``OperatorEnv`` names, snapshot it and
-are rebuilt from it (``flowstate.runtime.operators``), with each backend."""
+are rebuilt from it (``flowstate.operators.base``), with each backend."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 import flowstate as fs
 from flowstate.failpoints import Failpoints
-from flowstate.runtime.operators import (
+from flowstate.operators.base import (
     KeyedProcessOperator,
     OperatorEnv,
     ReduceOperator,

@@ -360,7 +360,8 @@ def test_a_malformed_task_list_is_reported_not_raised(tmp_path):
 
 # ---- the oracles share no code with the engine -----------------------------------------------------------
 
-ENGINE = ("flowstate.storage", "flowstate.state", "flowstate.runtime", "flowstate.checkpoint", "flowstate.connectors")
+ENGINE = ("flowstate.storage", "flowstate.state", "flowstate.runner", "flowstate.executors", "flowstate.task",
+          "flowstate.operators", "flowstate.transport", "flowstate.control", "flowstate.checkpoint", "flowstate.connectors")
 
 
 @pytest.mark.parametrize("module", ["checkpoints", "sequence", "bank"])

@@ -11,8 +11,8 @@ import flowstate as fs
 from flowstate.config import JobConfig, Mode
 from flowstate.errors import ConfigError
 from flowstate.graph import build_job_graph
-from flowstate.runtime.job import choose_executor
-from flowstate.runtime.worker_control import RemoteTaskError, place, portable
+from flowstate.executors.choice import choose_executor
+from flowstate.executors.protocol import RemoteTaskError, place, portable
 
 
 def job(parallelism: int, *, wide: int | None = None, sink: object = None) -> fs.Dataflow:

@@ -1,4 +1,4 @@
-"""Frames (``flowstate.runtime.frames``): whatever way a byte stream is cut into reads, the reader
+"""Frames (``flowstate.transport.frames``): whatever way a byte stream is cut into reads, the reader
 returns exactly the frames that were written, in order; a stream that ends inside a frame, or holds
 something that is not a frame, is an error."""
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowstate.runtime.frames import (
+from flowstate.transport.frames import (
     BATCH,
     CONTROL,
     COUNT,

@@ -1,4 +1,4 @@
-"""Channels between processes (``flowstate.runtime.remote``), over a real socket pair: items arrive
+"""Channels between processes (``flowstate.transport.remote``), over a real socket pair: items arrive
 in order per channel, a producer waits for credits exactly as it waits for room in a local channel,
 an unaligned barrier overtakes exactly the batches queued at the consumer, and a broken connection
 cancels whoever waits on it."""
@@ -15,8 +15,8 @@ import pytest
 
 from flowstate.checkpoint.barrier import END_OF_INPUT, CheckpointBarrier
 from flowstate.checkpoint.ids import CheckpointId
-from flowstate.runtime.channels import Cancelled, InputGate, Overtaking
-from flowstate.runtime.remote import WINDOW, CreditGate, DataPlane, RemoteChannelWriter
+from flowstate.transport.channels import Cancelled, InputGate, Overtaking
+from flowstate.transport.remote import WINDOW, CreditGate, DataPlane, RemoteChannelWriter
 
 CAPACITY = 4
 """Of a local channel; a channel between processes has ``CREDITS``."""

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from flowstate.graph import JobGraph
     from flowstate.observe.metrics import JobMetrics
     from flowstate.observe.server import ObserveServer
-    from flowstate.runtime.control import JobControl
+    from flowstate.control.endpoint import JobControl
     from flowstate.storage.base import CheckpointMetadata
 
 log = logging.getLogger("flowstate")

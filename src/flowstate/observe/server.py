@@ -21,23 +21,37 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flowstate.observe.counters import TaskCounters
 from flowstate.observe.dashboard import TaskView, View, fragment, page, rates, view_of
-from flowstate.observe.history import encode
+from flowstate.observe.history import Event, encode
 
 if TYPE_CHECKING:
-    from flowstate.observe.observer import Observer
-    from flowstate.runtime.control import JobControl
+    from flowstate.clock import Clock
+    from flowstate.control.endpoint import JobControl
+    from flowstate.observe.metrics import JobMetrics
 
 log = logging.getLogger("flowstate")
+
+
+class Observed(Protocol):
+    """What the server reads of a running job (``flowstate.observe.observer.Observer``)."""
+
+    job: str
+    clock: Clock
+    metrics: JobMetrics | None
+    state: str
+
+    def events(self) -> list[Event]: ...
+
+    def task_counters(self) -> dict[str, TaskCounters]: ...
 
 
 class LiveSource:
     """The view of a running job, with the rates of its tasks over about a second."""
 
-    def __init__(self, observer: Observer, can_trigger: bool) -> None:
+    def __init__(self, observer: Observed, can_trigger: bool) -> None:
         self._observer = observer
         self._can_trigger = can_trigger
         self._lock = threading.Lock()
@@ -117,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not hmac.compare_digest(header[len("Bearer "):].encode(), self.server.token.encode()):
             self._json(403, {"error": "wrong token"})
             return
-        from flowstate.runtime.control import ControlError
+        from flowstate.control.endpoint import ControlError
 
         reply = self.server.control.checkpoint()
         try:
@@ -177,7 +191,7 @@ class HttpServer:
 class ObserveServer(HttpServer):
     """The running job's metrics and dashboard."""
 
-    def __init__(self, observer: Observer, host: str, port: int, *, control: JobControl | None, token: str | None) -> None:
+    def __init__(self, observer: Observed, host: str, port: int, *, control: JobControl | None, token: str | None) -> None:
         source = LiveSource(observer, can_trigger=control is not None and token is not None)
         super().__init__(host, port, source.view, source.metrics, control=control, token=token)
         log.info("metrics on %smetrics, dashboard on %s", self.url, self.url)

@@ -61,7 +61,7 @@ GOLDEN = 0x9E3779B1
 
 
 def key_group_of(key: object, max_parallelism: int) -> int:
-    """The key group of ``key``. ``flowstate.runtime.output`` inlines the same formula for speed."""
+    """The key group of ``key``. ``flowstate.task.output`` inlines the same formula for speed."""
     data = stable_key_bytes(key)
     return ((crc32(data) * GOLDEN) & 0xFFFFFFFF) * max_parallelism >> 32
 

@@ -2,7 +2,7 @@
 
 Nothing in this package reads a clock, sleeps, spawns a thread or touches a file: processing time
 (``now``) is a parameter, and every function returns values the runtime acts upon
-(``flowstate.runtime.windowing``, ``.timers`` and ``.joins``). This is what lets scripted event
+(``flowstate.operators.windows``, ``.timers`` and ``.joins``). This is what lets scripted event
 sequences and Hypothesis models test the rules below exactly.
 
 Time is a float number of **seconds** (since the epoch for event time). A watermark ``W`` asserts

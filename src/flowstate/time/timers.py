@@ -10,7 +10,7 @@ Rules:
 3. ``delete`` removes a timer (False when there was none); a deleted timer never fires.
 
 The queue is an index in memory. The timers themselves live in the keyed state backend (one entry
-per key, so per key group: ``flowstate.runtime.timers``), which snapshots, restores and
+per key, so per key group: ``flowstate.operators.timers``), which snapshots, restores and
 redistributes them with every other keyed state; a restored queue is rebuilt with ``add``.
 """
 

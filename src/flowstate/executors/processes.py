@@ -1,20 +1,20 @@
 """The multi-process executor: worker processes, each running a share of the tasks, with the
 coordinator in this (the parent) process. Records cross processes as batches pickled once, in frames
-over loopback TCP with credit-based flow control (``flowstate.runtime.remote``); barriers travel
-in-band, in the same frames; the worker protocol is ``flowstate.runtime.worker_control``.
+over loopback TCP with credit-based flow control (``flowstate.transport.remote``); barriers travel
+in-band, in the same frames; the worker protocol is ``flowstate.executors.protocol``.
 
 Rules:
 
 1. Workers are started at the start of each attempt once the attempt's plan
-   (``flowstate.runtime.plan``) is made. Never forked from this process: it runs threads by then
+   (``flowstate.task.plan``) is made. Never forked from this process: it runs threads by then
    (the coordinator's, RocksDB's, an object-store client's), and a fork of a threaded process
    inherits their locks without the threads, so a worker could wait forever on a lock that was held
    at the fork or on a thread pool that does not exist in it. They are forked by the run's fork
-   server (``flowstate.runtime.forkserver``: single-threaded, it imported the worker's code once and
+   server (``flowstate.executors.forkserver``: single-threaded, it imported the worker's code once and
    never imports the job's), started at the first attempt that needs workers and stopped at the end
    of the run by the job runner; so a restart does not pay for importing ``flowstate`` in every
    worker. Where no fork server can run (no ``fork``, or it failed to start), each worker is a fresh
-   interpreter, ``python -m flowstate.runtime.worker``; both run ``worker_main`` from its first line,
+   interpreter, ``python -m flowstate.executors.start``; both run ``worker_main`` from its first line,
    so a worker is the same process either way. A worker receives one explicit value, a
    ``WorkerStart`` pickled into its standard input (a pipe): the plan packed with cloudpickle
    (``pack``: lambdas and the functions of a job file travel by value), the placement, its index,
@@ -43,13 +43,12 @@ Rules:
    of the job's code).
 
 ``WorkerPool`` is everything but how workers are started, watched and killed; the Ray executor
-(``flowstate.runtime.ray_cluster``) shares it.
+(``flowstate.executors.ray_cluster``) shares it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
@@ -60,21 +59,20 @@ import socket
 import subprocess
 import sys
 import threading
-import traceback
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
 
 from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.observe.counters import TaskCounters
 from flowstate.clock import Clock, SystemClock
-from flowstate.failpoints import SharedCounts
-from flowstate.runtime.forkserver import ForkServer, ForkServerHandle, ServerGone
-from flowstate.runtime.messages import TaskFailed, TaskFinished
-from flowstate.runtime.plan import pack
-from flowstate.runtime.remote import ControlChannel
-from flowstate.runtime.transport import STOP_TIMEOUT, Reports
-from flowstate.runtime.worker_control import (
+from flowstate.executors.forkserver import ForkServer, ForkServerHandle, ServerGone
+from flowstate.executors.start import WorkerStart
+from flowstate.task.messages import TaskFailed, TaskFinished
+from flowstate.task.plan import pack
+from flowstate.transport.remote import ControlChannel
+from flowstate.executors.base import STOP_TIMEOUT
+from flowstate.transport.ports import Reports
+from flowstate.executors.protocol import (
     Address,
     BuildFailed,
     Built,
@@ -82,7 +80,6 @@ from flowstate.runtime.worker_control import (
     Mail,
     PeerLost,
     Peers,
-    Placement,
     Progress,
     Start,
     Stop,
@@ -92,7 +89,7 @@ from flowstate.runtime.worker_control import (
 
 if TYPE_CHECKING:
     from flowstate.graph import JobGraph
-    from flowstate.runtime.plan import AttemptPlan
+    from flowstate.task.plan import AttemptPlan
 
 log = logging.getLogger("flowstate")
 
@@ -242,7 +239,7 @@ class WorkerPool:
     # ---- the coordinator's side of the protocol -----------------------------------------------------
 
     def _accept(self, token: str) -> None:
-        """Step 2 of ``flowstate.runtime.worker_control``: every worker connects and says hello."""
+        """Step 2 of ``flowstate.executors.protocol``: every worker connects and says hello."""
         listener = self._listener
         assert listener is not None
         listener.settimeout(0.1)
@@ -370,7 +367,7 @@ class ProcessExecutor(WorkerPool):
                 starts[link.index] = open(write, "wb")  # noqa: SIM115 - closed once the start is written
             else:
                 process = subprocess.Popen(  # noqa: S603 - this interpreter, this package's worker module
-                    [sys.executable, "-m", "flowstate.runtime.worker"], stdin=subprocess.PIPE, pass_fds=keep,
+                    [sys.executable, "-m", "flowstate.executors.start"], stdin=subprocess.PIPE, pass_fds=keep,
                     process_group=0,  # Ctrl-C in a terminal reaches the coordinator only (rule 2)
                 )
                 self._processes[link.index] = process
@@ -421,69 +418,6 @@ class ProcessExecutor(WorkerPool):
                 os.kill(link.pid, signal.SIGKILL)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerStart:
-    """Everything a worker process receives from the coordinator, as one value pickled into its
-    standard input: the packed plan, where it stands, and how to behave as the coordinator's
-    process does."""
-
-    job: bytes
-    """The attempt's plan (``flowstate.runtime.plan.pack``), the same bytes for every worker."""
-    placement: Placement
-    worker: int
-    coordinator: Address
-    token: str
-    host: str
-    parent: int
-    """The coordinator's pid (rule 2)."""
-    path: tuple[str, ...]
-    """The coordinator's ``sys.path``: modules of the job import from the same places."""
-    counts: SharedCounts | None
-    """The failpoints' shared counts, whose descriptor the worker received."""
-    log_level: int
-    log_format: str | None
-    """``text`` or ``json`` when the coordinator's ``flowstate`` logger has handlers (the command
-    line's ``--log-format``), else ``None``."""
-
-
-def worker_main(descriptors: Mapping[int, int] | None = None) -> NoReturn:
-    """The body of a worker process, ``python -m flowstate.runtime.worker`` or a fork of the fork
-    server: read the ``WorkerStart``, serve, exit. ``descriptors``: the number each descriptor that
-    the start names (by its number in the coordinator) has in this process, when they differ (the
-    fork server received them)."""
-    code = 1
-    try:
-        # Rule 2: the coordinator decides about Ctrl-C and SIGTERM (systemd sends SIGTERM to a
-        # service's every process), stops the job and ends the workers.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        start: WorkerStart = pickle.load(sys.stdin.buffer)
-        die_with_parent(start.parent)
-        if descriptors and start.counts is not None:
-            start = replace(start, counts=replace(start.counts, fd=descriptors[start.counts.fd]))
-        with open(os.devnull, "rb") as devnull:  # the start is read; the job's code gets no input
-            os.dup2(devnull.fileno(), 0)
-        sys.path[:] = [p for p in start.path if p not in sys.path] + sys.path
-        if start.log_format is not None:
-            from flowstate.observe.logs import setup
-
-            setup(logging.getLevelName(start.log_level).lower(), start.log_format)
-        logging.getLogger("flowstate").setLevel(start.log_level)
-        from flowstate.runtime.worker import serve
-
-        code = serve(start.job, start.placement, start.worker, start.coordinator, start.token, start.host,
-                     counts=start.counts)
-    except BaseException:  # noqa: BLE001 - the process ends here whatever happened
-        with contextlib.suppress(Exception):
-            traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        # No interpreter shutdown: it would wait for threads of the job that may never end.
-        os._exit(code)
-
-
 def describe_exit(code: int) -> str:
     """``"was killed by SIGKILL"`` or ``"exited with status 1"`` for a ``Popen.returncode``."""
     if code < 0:
@@ -493,16 +427,3 @@ def describe_exit(code: int) -> str:
             name = f"signal {-code}"
         return f"was killed by {name}"
     return f"exited with status {code}"
-
-
-def die_with_parent(parent: int) -> None:
-    """Rule 2: SIGKILL this process when its parent exits (Linux; elsewhere the closed control
-    connection does it, a little later). The parent may have died before the request was made."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
-        os._exit(1)

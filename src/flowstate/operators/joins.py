@@ -24,8 +24,8 @@ from typing import Any
 
 from flowstate.clock import SystemClock
 from flowstate.errors import UserFunctionError
-from flowstate.runtime.operators import OperatorEnv, _Keyed
-from flowstate.runtime.timers import TimerService, to_seconds
+from flowstate.operators.base import OperatorEnv, _Keyed
+from flowstate.operators.timers import TimerService, to_seconds
 from flowstate.time.watermarks import MIN_WATERMARK, Watermark
 
 LEFT_STATE = "__join_left__"

@@ -1,12 +1,12 @@
 """The fork server of the multi-process executor: one small process per run that has imported the
 worker's code once and forks a worker process on request, so that an attempt does not pay for a
-fresh interpreter importing ``flowstate`` in every worker (``flowstate.runtime.processes``, rule 1).
+fresh interpreter importing ``flowstate`` in every worker (``flowstate.executors.processes``, rule 1).
 
 Rules:
 
-1. The server is started (``python -m flowstate.runtime.forkserver``) by the coordinator at the first
+1. The server is started (``python -m flowstate.executors.forkserver``) by the coordinator at the first
    attempt of a run that needs workers, and stopped at the end of the run (``ForkServerHandle.close``).
-   It imports the worker's modules (``flowstate.runtime.worker`` and what a worker needs to unpack a
+   It imports the worker's modules (``flowstate.executors.worker`` and what a worker needs to unpack a
    plan), never the job's code: the job arrives inside the plan, which only a forked worker unpickles.
    Unlike ``multiprocessing``'s forkserver it never imports the user's ``__main__``, so a script that
    calls ``fs.run`` without a main guard does not start its job again in each worker.
@@ -18,7 +18,7 @@ Rules:
    (``Setup``); then each ``ForkRequest`` carries, as ``SCM_RIGHTS`` descriptors, the read end of the
    worker's start pipe (it becomes the worker's standard input) and the descriptors the worker keeps
    open (the checkpoint directory's lock, the failpoints' shared counts). The server forks; the child
-   becomes exactly what ``python -m flowstate.runtime.worker`` is (``processes.worker_main``, told
+   becomes exactly what ``python -m flowstate.executors.start`` is (``start.worker_main``, told
    the numbers its descriptors have in it), and the server answers ``Forked(pid)``. The server
    closes its copies of the descriptors after the fork: the worker holds the only ones.
 4. The server reaps its children (SIGCHLD, through a self-pipe in its ``select`` loop) and reports
@@ -168,7 +168,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = subprocess.Popen(  # noqa: S603 - this interpreter, this package's module
-                [sys.executable, "-m", "flowstate.runtime.forkserver", str(theirs.fileno()), str(os.getpid())],
+                [sys.executable, "-m", "flowstate.executors.forkserver", str(theirs.fileno()), str(os.getpid())],
                 stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
                 process_group=0,  # Ctrl-C in a terminal reaches the coordinator only (rule 5)
             )
@@ -399,7 +399,7 @@ def _reap(sock: socket.socket, children: set[int]) -> None:
 
 def _become_worker(request: ForkRequest, fds: list[int], sock: socket.socket, wake: tuple[int, int]) -> NoReturn:
     """In the forked child: drop the server's own descriptors and handlers, then run the worker's
-    main exactly as ``python -m flowstate.runtime.worker`` does (rule 3)."""
+    main exactly as ``python -m flowstate.executors.start`` does (rule 3)."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -411,7 +411,7 @@ def _become_worker(request: ForkRequest, fds: list[int], sock: socket.socket, wa
         stdin, kept = fds[0], fds[1:]
         os.dup2(stdin, 0)
         os.close(stdin)
-        from flowstate.runtime.processes import worker_main
+        from flowstate.executors.start import worker_main
 
         worker_main(dict(zip(request.keep, kept, strict=True)))
     finally:
@@ -419,14 +419,14 @@ def _become_worker(request: ForkRequest, fds: list[int], sock: socket.socket, wa
 
 
 def main() -> NoReturn:
-    """``python -m flowstate.runtime.forkserver FD PARENT``: serve the coordinator ``PARENT`` over the
+    """``python -m flowstate.executors.forkserver FD PARENT``: serve the coordinator ``PARENT`` over the
     socket ``FD``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd, parent = int(sys.argv[1]), int(sys.argv[2])
     sock = socket.socket(fileno=fd)
     try:
-        from flowstate.runtime.processes import die_with_parent
+        from flowstate.executors.start import die_with_parent
 
         die_with_parent(parent)
         setup = _receive_setup(sock)
@@ -434,7 +434,7 @@ def main() -> NoReturn:
         # What every worker needs before it reads its plan, imported once here (rule 1).
         import cloudpickle  # noqa: F401 - a packed plan's functions unpickle with it
 
-        import flowstate.runtime.worker  # noqa: F401
+        import flowstate.executors.worker  # noqa: F401
 
         threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
         if threads != 1:  # rule 2, checked (also native threads, on Linux): a fork would inherit their locks
@@ -450,7 +450,7 @@ def main() -> NoReturn:
 
 
 if __name__ == "__main__":  # the module's own name, so that its messages unpickle as its classes
-    from flowstate.runtime.forkserver import main as serve_coordinator
+    from flowstate.executors.forkserver import main as serve_coordinator
 
     serve_coordinator()
 

@@ -3,7 +3,7 @@
 Contract of every operator, in the order the task calls it:
 
 1. ``open(resume_state)``: restore from the state assigned to this subtask from the restored
-   checkpoint (``None`` on a fresh start; ``flowstate.runtime.state_assignment``), then open user
+   checkpoint (``None`` on a fresh start; ``flowstate.task.assignment``), then open user
    functions.
 2. ``process_batch(batch)`` for every input batch, returning the output batch (a new list; the
    input list is never changed) or ``None`` for a sink.
@@ -18,8 +18,8 @@ Contract of every operator, in the order the task calls it:
 6. ``on_watermark(event)`` when the task's watermark advances or changes status, in order with the
    batches: returns the records it emits (timers and windows that fired) and the watermark to pass
    on downstream (``None``: swallowed). Operators with ``wants_ticks`` get ``on_tick(wall)`` with
-   the processing time between batches, and return the same. (``flowstate.runtime.windowing``,
-   ``flowstate.runtime.timers``.)
+   the processing time between batches, and return the same. (``flowstate.operators.windows``,
+   ``flowstate.operators.timers``.)
 
 A user function that raises inside ``process_batch`` is reported as ``UserFunctionError`` naming the
 operator and the record: the loops keep the record in a local that survives the exception, so
@@ -265,7 +265,7 @@ class _OperatorSnapshot:
 KEY_BY = "key_by"
 """How errors name the key selector: a key function that raises, or returns a key that is not
 allowed (``flowstate.state.keygroups``), fails as the ``key_by`` operator, not as the keyed operator
-after it (``flowstate.runtime.output`` names it so on a keyed exchange too; ``_Keyed.failure``)."""
+after it (``flowstate.task.output`` names it so on a keyed exchange too; ``_Keyed.failure``)."""
 
 
 class _Keyed(Operator):
@@ -282,7 +282,7 @@ class _Keyed(Operator):
 
     def open(self, resume_state: Any) -> None:
         """``resume_state`` is the list of keyed snapshots whose key-group ranges overlap this
-        subtask's (several after a rescale; see ``flowstate.runtime.state_assignment``), or one."""
+        subtask's (several after a rescale; see ``flowstate.task.assignment``), or one."""
         if resume_state is not None:
             self.backend.restore(as_restored(resume_state))
 
@@ -453,38 +453,3 @@ class SinkOperator(Operator):
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def _has_on_timer(fn: Any) -> bool:
-    from flowstate.runtime.timers import has_on_timer
-
-    return has_on_timer(fn)
-
-
-def build_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any] | None) -> Operator:
-    """The runtime operator for a (non-source) dataflow node."""
-    kind = node.kind
-    if kind in ("timestamps", "window", "select", "interval_join", "join_latest") or (kind == "keyed_process" and (
-            node.extra.get("timestamp_fn") is not None or _has_on_timer(node.fn))):
-        from flowstate.runtime.windowing import build_time_operator
-
-        return build_time_operator(node, env, key_fn)
-    if kind == "map":
-        return MapOperator(node.uid, node.name, env, node.fn)
-    if kind == "filter":
-        return FilterOperator(node.uid, node.name, env, node.fn)
-    if kind == "flat_map":
-        return FlatMapOperator(node.uid, node.name, env, node.fn)
-    if kind == "union":
-        return UnionOperator(node.uid, node.name, env)
-    if kind == "process":
-        return ProcessOperator(node.uid, node.name, env, node.fn)
-    if kind == "keyed_process":
-        assert key_fn is not None
-        return KeyedProcessOperator(node.uid, node.name, env, key_fn, node.fn)
-    if kind == "reduce":
-        assert key_fn is not None
-        return ReduceOperator(node.uid, node.name, env, key_fn, node.fn)
-    if kind == "sink":
-        return SinkOperator(node.uid, node.name, env, node.fn)
-    raise ValueError(f"no runtime operator for {kind!r}")

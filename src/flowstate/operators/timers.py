@@ -23,7 +23,7 @@ from typing import Any
 from flowstate.clock import Clock, SystemClock, wall_function
 from flowstate.errors import UserFunctionError
 from flowstate.functions import KeyedProcessFunction, RuntimeContext, TimeDomain
-from flowstate.runtime.operators import OperatorEnv, _Keyed
+from flowstate.operators.base import OperatorEnv, _Keyed
 from flowstate.state.backend import KeyedStateBackend
 from flowstate.state.ttl import EventTtlClock, ProcessingTtlClock, TtlStates
 from flowstate.time.timers import TimerQueue

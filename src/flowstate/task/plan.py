@@ -5,7 +5,7 @@ Rules:
 
 1. **No hidden channels.** Every executor (threads, worker processes, Ray actors) builds its tasks
    from an ``AttemptPlan`` and from nothing else of the job runner
-   (``flowstate.runtime.task_factory``). A worker is a fresh interpreter that receives the plan
+   (``flowstate.task.factory``). A worker is a fresh interpreter that receives the plan
    pickled (``pack``) and builds the same tasks from it.
 2. **References, not bytes.** The plan names the restore point (its metadata and a ``StorageSpec`` of
    the storage that holds its files) and, for every task, the state files (``TaskState`` handles) it
@@ -16,7 +16,7 @@ Rules:
    records them) and of the old vertex of its own name (source positions, channel state); when the
    vertex, its parallelism and the parallelism of every vertex feeding it are unchanged and it is not
    a source, only the file of the old subtask with its own index. Those files hold every part of
-   every state that state assignment (``flowstate.runtime.state_assignment``) can give the task.
+   every state that state assignment (``flowstate.task.assignment``) can give the task.
    A file no task reads (state of an operator the job no longer has) is read by the first task of the
    job, so that the refusal, or the drop under ``allow_non_restored_state``, still happens.
 4. The plan's graph holds the user's functions. ``pack`` pickles it with cloudpickle: lambdas,
@@ -139,8 +139,8 @@ class AttemptPlan:
     backend: BackendSpec = field(default_factory=BackendSpec)
     failpoints: Failpoints = field(default_factory=Failpoints)
     """Pickled, only its actions travel: each process then counts its own hits (rule 4 of
-    ``flowstate.runtime.ray_cluster``) unless it attaches to the counts the coordinator shares
-    (``Failpoints.share``, as the worker processes of ``flowstate.runtime.processes`` do)."""
+    ``flowstate.executors.ray_cluster``) unless it attaches to the counts the coordinator shares
+    (``Failpoints.share``, as the worker processes of ``flowstate.executors.processes`` do)."""
     restore: RestorePoint | None = None
     reads: Mapping[TaskId, tuple[TaskState, ...]] = field(default_factory=dict)
     """Task → the state files of the restore point it reads (rule 3); empty without a restore."""

@@ -7,7 +7,7 @@ checkpoint, so that its watermark never goes backwards across a restore.
 
 ``WindowOperator`` (``KeyedStream.window(...)``) keeps, per key, the accumulator of each open window
 in the keyed state backend (map state ``WINDOWS_STATE``; count windows: value state
-``COUNT_STATE``) and one event-time timer per window end (``flowstate.runtime.timers``), so windows,
+``COUNT_STATE``) and one event-time timer per window end (``flowstate.operators.timers``), so windows,
 their contents and their timers are in every checkpoint and follow their key on a rescale.
 
 Order of a batch (the watermark only changes between batches, so the records that arrive between
@@ -48,9 +48,9 @@ from typing import Any, NamedTuple
 
 from flowstate.aggregates import Count
 from flowstate.clock import SystemClock
-from flowstate.errors import GraphError, UserFunctionError
-from flowstate.runtime.operators import Operator, OperatorEnv, Ready, _Keyed
-from flowstate.runtime.timers import TimedKeyedProcessOperator, TimerService, to_seconds
+from flowstate.errors import UserFunctionError
+from flowstate.operators.base import Operator, OperatorEnv, Ready, _Keyed
+from flowstate.operators.timers import TimerService, to_seconds
 from flowstate.time.watermarks import MAX_WATERMARK, MIN_WATERMARK, SplitWatermarks, Watermark
 from flowstate.time.windows import CountWindow, TimeWindow, merge_session
 
@@ -763,25 +763,3 @@ class SelectOperator(Operator):
         if self.late:
             return [r.record for r in batch if type(r) is LateRecord]
         return [r for r in batch if type(r) is not LateRecord]
-
-
-def build_time_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any] | None) -> Operator:
-    kind = node.kind
-    if kind == "timestamps":
-        return TimestampsOperator(node.uid, node.name, env, node.fn, node.extra["out_of_orderness"],
-                                  node.extra["idle_timeout"], node.extra.get("watermark_interval", 0.0))
-    if kind == "select":
-        return SelectOperator(node.uid, node.name, env, node.extra["late"])
-    if key_fn is None:
-        raise GraphError(f"{kind} {node.name!r} needs a keyed stream: call key_by(...) first")
-    if kind == "window":
-        return WindowOperator(node.uid, node.name, env, key_fn, node)
-    if kind == "interval_join":
-        from flowstate.runtime.joins import IntervalJoinOperator
-
-        return IntervalJoinOperator(node.uid, node.name, env, key_fn, node)
-    if kind == "join_latest":
-        from flowstate.runtime.joins import JoinLatestOperator
-
-        return JoinLatestOperator(node.uid, node.name, env, key_fn, node)
-    return TimedKeyedProcessOperator(node.uid, node.name, env, key_fn, node.fn, node.extra.get("timestamp_fn"))

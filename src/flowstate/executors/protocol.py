@@ -8,7 +8,7 @@ Step 2: each worker opens its data listener, connects to the coordinator and say
 Step 3: once every worker said hello, the coordinator sends each one ``Peers``: worker *i* connects
         to every worker *j < i* (a ``HELLO`` frame naming *i*) and accepts a connection from every
         *j > i*. No record flows through the coordinator.
-Step 4: each worker unpacks the attempt's plan (``flowstate.runtime.plan``) and builds its tasks,
+Step 4: each worker unpacks the attempt's plan (``flowstate.task.plan``) and builds its tasks,
         opening its own client of the checkpoint storage and loading its own tasks' state, and answers
         ``Built`` (or ``BuildFailed``). Nothing is sent on a data connection before Step 5, so no
         frame can reach a gate that is not built yet.

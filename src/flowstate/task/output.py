@@ -17,7 +17,7 @@ from typing import Any
 from zlib import crc32
 
 from flowstate.errors import UserFunctionError
-from flowstate.runtime.transport import ChannelWriter
+from flowstate.transport.ports import ChannelWriter
 from flowstate.state.keygroups import GOLDEN, routing_table, stable_key_bytes
 
 ROUTE_CACHE_KEYS = 1 << 16

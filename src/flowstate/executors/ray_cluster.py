@@ -3,10 +3,10 @@
 Install with ``pip install 'flowstate[ray]'``. Rules:
 
 1. Ray places the workers: one actor per worker, each asking for one CPU. An actor runs the same
-   worker loop as a worker process (``flowstate.runtime.worker.serve``): it connects to the
+   worker loop as a worker process (``flowstate.executors.worker.serve``): it connects to the
    coordinator's control listener and to its peers **directly** over TCP, and records flow between
    workers in frames over those connections, never through actor calls or Ray's object store.
-2. Each actor receives the attempt's plan packed as for a worker process (``flowstate.runtime.plan``
+2. Each actor receives the attempt's plan packed as for a worker process (``flowstate.task.plan``
    ``pack``: lambdas and closures travel by value; classes of importable modules by reference, so
    those modules must be importable where the actors run), opens its own client of the checkpoint storage
    from the plan's spec and loads the state of its own tasks: after a failure the new actors restore
@@ -14,7 +14,7 @@ Install with ``pip install 'flowstate[ray]'``. Rules:
    at the same path (the plan names it by its absolute path); object storage (``s3://``) is reached
    by every actor with its own ``AWS_*`` environment.
 3. A worker's death is noticed when its control connection closes; Ray says how it ended (the
-   actor died, or its loop returned). Failover is that of ``flowstate.runtime.processes``: the
+   actor died, or its loop returned). Failover is that of ``flowstate.executors.processes``: the
    attempt fails, every actor of it is killed, the next attempt starts new actors, all restored from
    the latest completed checkpoint.
 4. Failpoints travel with the job but count hits per actor: ``@N`` counts the hits of one process.
@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from flowstate.clock import Clock
 from flowstate.errors import ConfigError
-from flowstate.runtime.plan import pack
-from flowstate.runtime.processes import WorkerLink, WorkerPool
-from flowstate.runtime.worker_control import Address, Placement
+from flowstate.task.plan import pack
+from flowstate.executors.processes import WorkerLink, WorkerPool
+from flowstate.executors.protocol import Address, Placement
 
 if TYPE_CHECKING:
     from flowstate.graph import JobGraph
-    from flowstate.runtime.plan import AttemptPlan
+    from flowstate.task.plan import AttemptPlan
 
 def _ray() -> Any:
     try:
@@ -56,7 +56,7 @@ class FlowstateWorker:
     ``ray::FlowstateWorker``)."""
 
     def serve(self, job: bytes, placement: Placement, worker: int, coordinator: Address, token: str) -> int:
-        from flowstate.runtime.worker import serve
+        from flowstate.executors.worker import serve
 
         ray = _ray()
         return serve(job, placement, worker, coordinator, token, ray.util.get_node_ip_address())

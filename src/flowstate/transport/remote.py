@@ -3,7 +3,7 @@
 Rules:
 
 1. One connection per pair of workers carries every channel between them, both ways (frames of
-   ``flowstate.runtime.frames``). One thread per connection reads it and never waits on anything but
+   ``flowstate.transport.frames``). One thread per connection reads it and never waits on anything but
    the socket: it appends what arrives to the consumer's gate (``InputGate.deliver``) and hands
    credits to the producers.
 2. A producer sends a batch only with a **credit** of its channel. A channel starts with
@@ -35,8 +35,8 @@ from typing import Any
 
 from flowstate.checkpoint.barrier import END_OF_INPUT, CheckpointBarrier, EndOfInput
 from flowstate.errors import FlowstateError
-from flowstate.runtime.channels import Cancelled, InputGate
-from flowstate.runtime.frames import (
+from flowstate.transport.channels import Cancelled, InputGate
+from flowstate.transport.frames import (
     BARRIER,
     BATCH,
     CONTROL,

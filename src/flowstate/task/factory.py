@@ -1,13 +1,13 @@
 """The task factory: the tasks of an ``AttemptPlan`` that run in this process, each restored from its
 own state, the same for every executor.
 
-A process builds its tasks from two things only: the plan (``flowstate.runtime.plan``, a value) and
+A process builds its tasks from two things only: the plan (``flowstate.task.plan``, a value) and
 a ``TaskSite``, what the process itself supplies: its own client of the checkpoint storage, opened
 from the plan's spec, and its clock. Step by step (the order matters):
 
 Step 1: read the state files that the plan assigns to this process's tasks (each file once), from
         the restore point's storage, opened by this process.
-Step 2: assign the loaded states to the tasks (``flowstate.runtime.state_assignment``: by operator
+Step 2: assign the loaded states to the tasks (``flowstate.task.assignment``: by operator
         uid, at any parallelism); what cannot be assigned raises ``ConfigError`` naming the operator
         and the state. Keyed state files are made local (``CheckpointStorage.local_path``).
 Step 3: build every task of this process: gates from the wiring, outputs to the gates of its
@@ -28,14 +28,17 @@ from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.clock import Clock, SystemClock
 from flowstate.connectors.base import open_reader
 from flowstate.graph import JobVertex
-from flowstate.runtime.channels import InputGate
-from flowstate.runtime.operators import OperatorEnv, build_operator
-from flowstate.runtime.output import Output, OutputEdge
-from flowstate.runtime.plan import AttemptPlan
-from flowstate.runtime.savepoint import SnapshotTargets
-from flowstate.runtime.state_assignment import assign_states
-from flowstate.runtime.task import SourceTask, StreamTask, Task, TaskEnv
-from flowstate.runtime.transport import ChannelWriter, LocalWiring, Reports, Wiring
+from flowstate.transport.channels import InputGate
+from flowstate.operators.base import OperatorEnv
+from flowstate.operators.build import build_operator
+from flowstate.task.output import Output, OutputEdge
+from flowstate.task.plan import AttemptPlan
+from flowstate.storage.savepoint import SnapshotTargets
+from flowstate.task.assignment import assign_states
+from flowstate.task.source import SourceTask
+from flowstate.task.task import StreamTask, Task, TaskEnv
+from flowstate.transport.channels import LocalWiring
+from flowstate.transport.ports import ChannelWriter, Reports, Wiring
 from flowstate.state.backend import BackendFactory, RestoredState
 from flowstate.storage.base import CheckpointStorage
 from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile, decode_task_state

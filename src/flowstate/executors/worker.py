@@ -1,11 +1,11 @@
 """A worker: one process running a share of a job's tasks, the same for a worker process of
-``flowstate.runtime.processes`` (``python -m flowstate.runtime.worker``) and a Ray actor.
+``flowstate.executors.processes`` (``python -m flowstate.executors.start``) and a Ray actor.
 
-``serve`` runs the steps of ``flowstate.runtime.worker_control`` on the worker's side, from the
-attempt's plan (``flowstate.runtime.plan``, received packed) and nothing else of the job runner: it
+``serve`` runs the steps of ``flowstate.executors.protocol`` on the worker's side, from the
+attempt's plan (``flowstate.task.plan``, received packed) and nothing else of the job runner: it
 unpacks the plan at Step 4 (a module it cannot import fails the build with a ``ConfigError``), opens its
 own client of the checkpoint storage from the plan's spec and loads the state of its own tasks. Its
-tasks are built by the same task factory as in one process (``flowstate.runtime.task_factory``), with
+tasks are built by the same task factory as in one process (``flowstate.task.factory``), with
 a wiring that hands a producer whose consumer runs in another worker a ``RemoteChannelWriter`` instead
 of the consumer's gate; channels between two tasks of the same worker stay in-process. The tasks run
 on threads (``ThreadExecutor``); their reports go straight to the coordinator over the control
@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from flowstate.checkpoint.ids import TaskId
 from flowstate.clock import SystemClock
-from flowstate.runtime.frames import HEADER, HEADER_SIZE, HELLO, encode
-from flowstate.runtime.messages import TaskFailed, TaskFinished
-from flowstate.runtime.plan import unpack
-from flowstate.runtime.remote import ControlChannel, DataPlane
-from flowstate.runtime.task_factory import TaskSite, build_tasks
-from flowstate.runtime.transport import ThreadExecutor
-from flowstate.runtime.worker_control import (
+from flowstate.transport.frames import HEADER, HEADER_SIZE, HELLO, encode
+from flowstate.task.messages import TaskFailed, TaskFinished
+from flowstate.task.plan import unpack
+from flowstate.transport.remote import ControlChannel, DataPlane
+from flowstate.task.factory import TaskSite, build_tasks
+from flowstate.executors.threads import ThreadExecutor
+from flowstate.executors.protocol import (
     Address,
     BuildFailed,
     Built,
@@ -44,7 +44,7 @@ from flowstate.runtime.worker_control import (
 
 if TYPE_CHECKING:
     from flowstate.failpoints import SharedCounts
-    from flowstate.runtime.task import Task
+    from flowstate.task.task import Task
 
 log = logging.getLogger("flowstate")
 
@@ -111,7 +111,7 @@ def serve(
     host: str = "127.0.0.1", *, counts: SharedCounts | None = None,
 ) -> int:
     """Run worker ``worker`` of one attempt, whose plan ``job`` is (packed by
-    ``flowstate.runtime.plan.pack``), until the coordinator says ``Stop`` (returns 0). When the
+    ``flowstate.task.plan.pack``), until the coordinator says ``Stop`` (returns 0). When the
     coordinator goes away the process ends at once (``os._exit``): a worker never outlives it, and
     never writes for an attempt that is over. ``counts``: the failpoint counts the coordinator
     shares with this process (``Failpoints.attach``)."""
@@ -215,9 +215,3 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("a peer closed its connection while saying hello")
         data += chunk
     return bytes(data)
-
-
-if __name__ == "__main__":  # a worker process of ``flowstate.runtime.processes``
-    from flowstate.runtime.processes import worker_main
-
-    worker_main()

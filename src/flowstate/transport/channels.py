@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from flowstate.checkpoint.barrier import CheckpointBarrier
+from flowstate.checkpoint.ids import TaskId
 
 
 class Cancelled(Exception):
@@ -71,7 +72,7 @@ class InputGate:
 
     def deliver(self, channel: int, item: Any) -> None:
         """Append ``item`` to ``channel`` without waiting: for a transport that bounds the channel
-        itself (credits granted by the consumer, ``flowstate.runtime.remote``)."""
+        itself (credits granted by the consumer, ``flowstate.transport.remote``)."""
         with self._lock:
             if self._cancelled:
                 raise Cancelled()
@@ -177,3 +178,16 @@ class InputGate:
 
     def queued(self, channel: int) -> int:
         return len(self._queues[channel])
+
+
+class LocalWiring:
+    """Every task in this process, connected by in-process channels."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+
+    def is_local(self, task: TaskId) -> bool:
+        return True
+
+    def gate(self, task: TaskId, num_channels: int) -> Any:
+        return InputGate(num_channels, self._capacity)
