@@ -22,7 +22,8 @@ from flowstate.connectors.files import FileSource
 from flowstate.connectors.generator import GeneratorSource
 from flowstate.connectors.ingress import HttpSource, MqttSource
 from flowstate.connectors.postgres import PostgresSink
-from flowstate.connectors.postgres_cdc import Change, PostgresCdcSource
+from flowstate.connectors.pgoutput import Change
+from flowstate.connectors.postgres_cdc import PostgresCdcSource
 from flowstate.connectors.kafka import KafkaSink, KafkaSource
 from flowstate.connectors.nats import NatsSink, NatsSource
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink

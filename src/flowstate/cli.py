@@ -450,7 +450,7 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 def _postgres_slots(args: argparse.Namespace) -> int:
-    from flowstate.connectors.postgres_cdc import drop_slot, list_slots
+    from flowstate.connectors.postgres_slots import drop_slot, list_slots
 
     try:
         if args.drop:

@@ -18,14 +18,9 @@ from typing import Any
 import pytest
 
 import flowstate as fs
-from flowstate.connectors.postgres_cdc import (
-    Change,
-    PostgresCdcError,
-    PostgresCdcSource,
-    drop_slot,
-    list_slots,
-    lsn_to_int,
-)
+from flowstate.connectors.pgoutput import Change, lsn_to_int
+from flowstate.connectors.postgres_cdc import PostgresCdcError, PostgresCdcSource
+from flowstate.connectors.postgres_slots import drop_slot, list_slots
 from flowstate.testing.conformance import SOURCE_CHECKS, SourceCase
 
 from tests.connectors.test_postgres_sink import DSN, psycopg

@@ -16,14 +16,9 @@ from typing import Any
 import pytest
 
 import flowstate as fs
-from flowstate.connectors.postgres_cdc import (
-    Change,
-    Fate,
-    PostgresCdcError,
-    PostgresCdcSource,
-    fate,
-    segment_point,
-)
+from flowstate.connectors.cdc_segments import Fate, fate, segment_point
+from flowstate.connectors.pgoutput import Change
+from flowstate.connectors.postgres_cdc import PostgresCdcError, PostgresCdcSource
 from flowstate.testing.conformance import SOURCE_CHECKS, SourceCase
 
 from tests.connectors.test_postgres_cdc import (  # noqa: F401

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import enum
 import re
 import struct
 import zlib
@@ -72,11 +71,18 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, assert_never
 
+from flowstate.connectors.cdc_segments import Fate, Segment, fate, segment_point
+from flowstate.connectors.pgoutput import (
+    POSTGRES_EPOCH,
+    Change,
+    PgoutputDecoder,
+    int_to_lsn,
+    lsn_to_int,
+)
 from flowstate.errors import ConfigError
 
 SPLIT = "slot"
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
-_POSTGRES_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
 _FETCH = 2048
 """Default of ``fetch``: changes asked of the server per decoding call (it stops at the end of a
 transaction past it), rows per round trip of the snapshot."""
@@ -84,81 +90,6 @@ transaction past it), rows per round trip of the snapshot."""
 
 class PostgresCdcError(ConfigError):
     """The source cannot read as configured; the message names it and what to change."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Change:
-    """One row change. ``before``/``after`` map column names to values (``None`` where the operation
-    has none: ``before`` of an insert, ``after`` of a delete); ``lsn`` is the commit LSN of its
-    transaction, ``commit_time`` its commit time (UTC)."""
-
-    op: str
-    """``insert``, ``update`` or ``delete``; ``read`` for a row of the initial snapshot."""
-    table: str
-    """``schema.table``."""
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-    lsn: str
-    commit_time: _dt.datetime
-
-
-def lsn_to_int(lsn: str) -> int:
-    high, _, low = lsn.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def int_to_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-Segment = tuple[int, tuple[Any, ...] | None, int]
-"""Rows of the snapshot read as of one consistent point: ``(table index, key, lsn)`` covers every row
-after ``key`` (``None``: from the start of the table) of that table and of the tables after it, up to
-the next segment's start; they were read as they stood at ``lsn`` (rule 8)."""
-
-
-class Fate(enum.StrEnum):
-    """What becomes of a change committed before the newest snapshot segment's point (rule 8)."""
-
-    KEEP = "keep"
-    """Neither of its rows was read with it applied: emitted as it is."""
-    DROP = "drop"
-    """Every row it touches was read with it applied."""
-    AS_DELETE = "as_delete"
-    """An update whose new row was read already but whose old row was read before it: its old key
-    goes."""
-    AS_INSERT = "as_insert"
-    """An update whose old row was never read (read as of after it) but whose new row must arrive."""
-
-
-def fate(op: str, commit_lsn: int, before_point: int | None, after_point: int | None) -> Fate:
-    """The fate of one change: ``before_point``/``after_point`` are the consistent points of the
-    segments holding its old and new key (``None`` where the operation has no such row). A row's
-    segment reflects the change iff the change committed before the segment's point."""
-    before_due = before_point is not None and commit_lsn >= before_point
-    after_due = after_point is not None and commit_lsn >= after_point
-    match op:
-        case "insert":
-            return Fate.KEEP if after_due else Fate.DROP
-        case "delete":
-            return Fate.KEEP if before_due else Fate.DROP
-        case "update":
-            if before_due and after_due:
-                return Fate.KEEP
-            if before_due:
-                return Fate.AS_DELETE
-            return Fate.AS_INSERT if after_due else Fate.DROP
-    raise ValueError(f"not an operation of a change: {op!r}")
-
-
-def segment_point(segments: Sequence[Segment], table: int, key: tuple[Any, ...],
-                  greater: Callable[[int, tuple[Any, ...], tuple[Any, ...]], bool]) -> int:
-    """The consistent point of the segment that read row ``key`` of table number ``table``;
-    ``greater(table, a, b)`` compares two keys as the server orders them."""
-    for start_table, start_key, point in reversed(segments):
-        if table > start_table or (table == start_table and (start_key is None or greater(table, key, start_key))):
-            return point
-    raise ValueError(f"no snapshot segment holds row {key!r} of table {table}")
 
 
 def _lock_key(slot: str) -> int:
@@ -302,8 +233,7 @@ class PostgresCdcReader:
             self.close()
             raise
         self._index = {table.qualified: i for i, table in enumerate(self._info)}
-        self._relations: dict[int, tuple[str, list[tuple[str, int]]]] = {}
-        self._loaders: dict[int, Any] = {}
+        self._decoder = PgoutputDecoder(self._loader)
         self._buffer: deque[tuple[int, list[Change]]] = deque()
         self._current: tuple[int, list[Change]] | None = None
         self._remembered: dict[int, int] = {}
@@ -615,13 +545,13 @@ class PostgresCdcReader:
             (self._temporary, upto, self._source._fetch, self._source._publication),
         ).fetchall()
         transaction: list[Change] = []
-        commit_lsn, commit_time, commit = "0/0", _POSTGRES_EPOCH, 0
+        commit_lsn, commit_time, commit = "0/0", POSTGRES_EPOCH, 0
         for (data,) in rows:
             kind = data[:1]
             if kind == b"B":
                 final, micros, _ = struct.unpack_from("!QqI", data, 1)
                 commit = final
-                commit_lsn, commit_time = int_to_lsn(final), _POSTGRES_EPOCH + _dt.timedelta(microseconds=micros)
+                commit_lsn, commit_time = int_to_lsn(final), POSTGRES_EPOCH + _dt.timedelta(microseconds=micros)
                 transaction = []
             elif kind == b"C":
                 _, _, end, _ = struct.unpack_from("!BQQq", data, 1)
@@ -632,111 +562,20 @@ class PostgresCdcReader:
                     self._buffer.append((end, transaction))
                 transaction = []
             elif kind == b"R":
-                self._relation(data)
+                self._decoder.relation(data)
             elif kind in (b"I", b"U", b"D"):
-                transaction.append(self._change(kind, data, commit_lsn, commit_time))
+                transaction.append(self._decoder.change(kind, data, commit_lsn, commit_time))
             # 'O' origin, 'Y' type, 'T' truncate, 'M' message: nothing a change record carries
         return bool(rows)
 
-    def _relation(self, data: bytes) -> None:
-        (oid,) = struct.unpack_from("!I", data, 1)
-        offset = 5
-        namespace, offset = _cstring(data, offset)
-        name, offset = _cstring(data, offset)
-        offset += 1  # replica identity
-        (count,) = struct.unpack_from("!H", data, offset)
-        offset += 2
-        columns = []
-        for _ in range(count):
-            offset += 1  # flags
-            column, offset = _cstring(data, offset)
-            type_oid, _ = struct.unpack_from("!Ii", data, offset)
-            offset += 8
-            columns.append((column, type_oid))
-        self._relations[oid] = (f"{namespace}.{name}", columns)
+    def _loader(self, type_oid: int) -> Callable[[bytes], Any]:
+        """psycopg's loader of a column type's text form (text when it has none)."""
+        from psycopg.pq import Format
 
-    def _change(self, kind: bytes, data: bytes, lsn: str, time: _dt.datetime) -> Change:
-        (oid,) = struct.unpack_from("!I", data, 1)
-        table, columns = self._relations[oid]
-        offset = 5
-        before = after = None
-        if kind == b"I":
-            offset += 1  # 'N'
-            after, offset = self._tuple(data, offset, columns)
-            op = "insert"
-        elif kind == b"U":
-            if data[offset:offset + 1] in (b"K", b"O"):
-                before, offset = self._tuple(data, offset + 1, columns)
-            offset += 1  # 'N'
-            after, offset = self._tuple(data, offset, columns)
-            op = "update"
-        else:
-            before, offset = self._tuple(data, offset + 1, columns)
-            op = "delete"
-        return Change(op, table, before, after, lsn, time)
-
-    def _tuple(self, data: bytes, offset: int, columns: list[tuple[str, int]]) -> tuple[dict[str, Any], int]:
-        (count,) = struct.unpack_from("!H", data, offset)
-        offset += 2
-        values: dict[str, Any] = {}
-        for i in range(count):
-            name, type_oid = columns[i]
-            kind = data[offset:offset + 1]
-            offset += 1
-            if kind == b"t":
-                (length,) = struct.unpack_from("!I", data, offset)
-                offset += 4
-                values[name] = self._load(type_oid, data[offset:offset + length])
-                offset += length
-            elif kind == b"n":
-                values[name] = None
-            # 'u': an unchanged TOASTed value, not sent: left out of the dict
-        return values, offset
-
-    def _load(self, type_oid: int, text: bytes) -> Any:
-        """A column value from its text form, by psycopg's loader for its type (text when none)."""
-        loader = self._loaders.get(type_oid)
-        if loader is None:
-            from psycopg.pq import Format
-
-            cls = self._conn.adapters.get_loader(type_oid, Format.TEXT)
-            loader = self._loaders[type_oid] = cls(type_oid, self._conn).load if cls is not None else bytes.decode
-        return loader(text)
-
-
-def _cstring(data: bytes, offset: int) -> tuple[str, int]:
-    end = data.index(b"\0", offset)
-    return data[offset:end].decode(), end + 1
+        cls = self._conn.adapters.get_loader(type_oid, Format.TEXT)
+        return cls(type_oid, self._conn).load if cls is not None else bytes.decode
 
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def list_slots(dsn: str) -> list[dict[str, Any]]:
-    """The logical slots of the server with their plugin, whether a session uses them, the position
-    they keep and the WAL they hold back (bytes)."""
-    import psycopg
-
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT slot_name, plugin, active, confirmed_flush_lsn::text, "
-            "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, temporary "
-            "FROM pg_replication_slots WHERE slot_type = 'logical' ORDER BY slot_name"
-        ).fetchall()
-    return [
-        {"slot": r[0], "plugin": r[1], "active": r[2], "confirmed": r[3], "retained_bytes": r[4], "temporary": r[5]}
-        for r in rows
-    ]
-
-
-def drop_slot(dsn: str, slot: str, publication: str | None = None) -> None:
-    """Drop a source's durable slot and its publication (default ``{slot}_pub``)."""
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone() is None:
-            raise PostgresCdcError(f"no replication slot named {slot!r}")
-        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        conn.execute(f'DROP PUBLICATION IF EXISTS "{publication or slot + "_pub"}"')
