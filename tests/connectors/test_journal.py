@@ -280,6 +280,9 @@ def test_the_journal_source_passes_every_source_check(location):
 
 
 class NoReceiver:
+    ended = False
+    error = None
+
     def start(self, deliver) -> None:
         pass
 

@@ -47,7 +47,14 @@ SPLIT = "journal"
 
 
 class Receiver(Protocol):
-    """Takes records from senders and hands each batch to ``deliver`` before acknowledging it."""
+    """Takes records from senders and hands each batch to ``deliver`` before acknowledging it.
+
+    ``ended`` turns true once the input can bring nothing more (a socket's peer closed it; a server
+    that listens forever never sets it); ``error`` is what made the receiver's thread fail. Both are
+    set once, after every record before them was delivered (rule 4)."""
+
+    ended: bool
+    error: BaseException | None
 
     def start(self, deliver: Callable[[list[Any]], None]) -> None: ...
 
@@ -82,11 +89,11 @@ class JournaledReader:
         # Rule 4: a receiver whose input ended (``ended``) ends the reader once every record it
         # journaled was read; one whose thread failed (``error``) fails it. Read ``ended`` first: a
         # record delivered before it was set is in the journal by then.
-        ended = getattr(self._receiver, "ended", False)
+        ended = self._receiver.ended
         records = self._journal.read(self._next, max_records)
         self._next += len(records)
         if not records:
-            error = getattr(self._receiver, "error", None)
+            error = self._receiver.error
             if error is not None:
                 raise error
             if ended:
@@ -211,6 +218,9 @@ class HttpSource(_IngressSource):
 
 
 class _HttpReceiver:
+    ended = False  # a server listens until the job stops
+    error: BaseException | None = None
+
     def __init__(self, host: str, port: int, path: str, as_json: bool, name: str) -> None:
         self._address, self._path, self._json, self._name = (host, port), path, as_json, name
         self._server: ThreadingHTTPServer | None = None
@@ -297,6 +307,9 @@ class MqttSource(_IngressSource):
 
 
 class _MqttReceiver:
+    ended = False  # a subscription never ends by itself
+    error: BaseException | None = None
+
     def __init__(self, topics: tuple[str, ...], host: str, port: int, client_id: str, name: str) -> None:
         self._topics, self._host, self._port, self._client_id, self._name = topics, host, port, client_id, name
         self._client: Any = None
