@@ -141,7 +141,7 @@ def test_a_task_raises_on_a_handler_action_of_no_known_kind() -> None:
 
 
 def test_the_runner_raises_on_a_coordinator_action_or_report_of_no_known_kind() -> None:
-    shell = SimpleNamespace(runner=SimpleNamespace(failpoints=None), coordinator=object())
+    shell = SimpleNamespace(ctx=SimpleNamespace(failpoints=None), coordinator=object())
 
     with pytest.raises(AssertionError):
         CoordinatorShell.execute(shell, [Unknown()])  # type: ignore[arg-type, list-item]

@@ -30,6 +30,7 @@ from flowstate.observe.history import (
 
 if TYPE_CHECKING:
     from flowstate.checkpoint.failure import CheckpointFailureReason
+    from flowstate.checkpoint.ids import TaskId
     from flowstate.clock import Clock
     from flowstate.config import JobConfig
     from flowstate.graph import JobGraph
@@ -132,7 +133,7 @@ class Observer:
 
     # ---- hooks --------------------------------------------------------------------------------------
 
-    def attempt_started(self, tasks: Mapping[str, Any]) -> None:
+    def attempt_started(self, tasks: Mapping[TaskId, Any]) -> None:
         """A new attempt's task handles: what the previous attempt's tasks counted goes into the base."""
         with self._lock:
             base = dict(self._base)

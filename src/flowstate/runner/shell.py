@@ -141,9 +141,9 @@ def serve_attempt(
         failed.next_id = _next(coordinator, next_id)
         raise
     except Exception as exc:  # noqa: BLE001 - a failure of the coordinator's shell fails the attempt
-        failed = AttemptFailed(f"the coordinator failed: {type(exc).__name__}: {exc}", exc)
-        failed.next_id = _next(coordinator, next_id)
-        raise failed from exc
+        error = AttemptFailed(f"the coordinator failed: {type(exc).__name__}: {exc}", exc)
+        error.next_id = _next(coordinator, next_id)
+        raise error from exc
     # Pending checkpoints of a failed attempt are left as they are: the next attempt sweeps every
     # directory without valid metadata once the snapshot writes have stopped.
     return _next(coordinator, next_id)
@@ -304,10 +304,10 @@ class CoordinatorShell:
                     ))
                     self.execute(coordinator.stored(checkpoint.checkpoint_id, now))
                 case NotifyComplete(checkpoint_id=cid, final=final, savepoint=savepoint):
-                    path = self.targets.paths.get(cid) if savepoint else None
-                    if path is not None:
-                        self.result.savepoints.append(str(path))
-                        log.info("savepoint %d completed: %s", cid, path)
+                    saved = self.targets.paths.get(cid) if savepoint else None
+                    if saved is not None:
+                        self.result.savepoints.append(str(saved))
+                        log.info("savepoint %d completed: %s", cid, saved)
                     else:
                         self.result.checkpoints_completed += 1
                         self.result.last_checkpoint = int(cid)
@@ -319,7 +319,7 @@ class CoordinatorShell:
                     request = self.control.triggered.pop(cid, None)
                     if request is not None:
                         request.reply.set_result({"checkpoint_id": int(cid), "savepoint": savepoint,
-                                                  "path": str(path) if path is not None else None, "stopped": final})
+                                                  "path": str(saved) if saved is not None else None, "stopped": final})
                 case NotifyAborted(checkpoint_id=cid, reason=reason):
                     log.info("checkpoint %d aborted: %s", cid, reason.value)
                     self.abort_detail = self.declined.get(cid)
@@ -379,10 +379,11 @@ class CoordinatorShell:
         """The share of a bounded input read so far, when every source subtask knows its size
         (``TaskCounters.progress``; what was read before a restore counts)."""
         figures = [t.counters().progress for t in self.tasks.values() if t.is_source]
-        if not figures or any(f is None for f in figures):
+        known = [f for f in figures if f is not None]
+        if not known or len(known) < len(figures):
             return None
-        total = sum(f[1] for f in figures)  # type: ignore[index]
-        return sum(f[0] for f in figures) / total if total else None  # type: ignore[index]
+        total = sum(f[1] for f in known)
+        return sum(f[0] for f in known) / total if total else None
 
     def progress(self, now: float, final: bool = False) -> None:
         ctx = self.ctx
