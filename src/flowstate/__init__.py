@@ -11,6 +11,7 @@
     fs.run(flow, checkpoint_dir="chk", mode="exactly_once", interval="1s")
 """
 
+from flowstate import aggregates
 from flowstate.config import (
     ExponentialBackoffRestart,
     FixedDelayRestart,
@@ -21,10 +22,10 @@ from flowstate.connectors.file_sink import FileSink
 from flowstate.connectors.files import FileSource
 from flowstate.connectors.generator import GeneratorSource
 from flowstate.connectors.ingress import HttpSource, MqttSource
-from flowstate.connectors.postgres import PostgresSink
-from flowstate.connectors.postgres_cdc import Change, PostgresCdcSource
 from flowstate.connectors.kafka import KafkaSink, KafkaSource
 from flowstate.connectors.nats import NatsSink, NatsSource
+from flowstate.connectors.postgres import PostgresSink
+from flowstate.connectors.postgres_cdc import Change, PostgresCdcSource
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
 from flowstate.connectors.redis_streams import RedisStreamSink, RedisStreamSource
 from flowstate.connectors.socket import SocketSource
@@ -38,7 +39,6 @@ from flowstate.errors import (
 )
 from flowstate.execution import run
 from flowstate.failpoints import Failpoints, InjectedFailure
-from flowstate import aggregates
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext, TimeDomain
 from flowstate.runtime.control import ControlError, JobControl
 from flowstate.runtime.job import JobResult

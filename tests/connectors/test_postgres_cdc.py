@@ -29,7 +29,6 @@ from flowstate.connectors.postgres_cdc import (
 from flowstate.testing.conformance import SOURCE_CHECKS, SourceCase
 
 from tests.connectors.test_postgres_sink import DSN, psycopg
-
 from tests.engine.jobs import FAST_RESTART
 
 

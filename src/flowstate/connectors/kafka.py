@@ -71,8 +71,8 @@ from flowstate.connectors.broker_common import (
     json_record,
     parse_delivery,
     read_limiter,
-    require,
     redistribute_publishing_states,
+    require,
 )
 
 _POLL_TIMEOUT = 0.05

@@ -56,8 +56,8 @@ from flowstate.connectors.broker_common import (
     message_id,
     parse_delivery,
     read_limiter,
-    require,
     redistribute_publishing_states,
+    require,
 )
 
 _FETCH_TIMEOUT = 0.05
@@ -267,7 +267,7 @@ class NatsReader:
 
         try:
             return await state.sub.fetch(max_records, timeout=_FETCH_TIMEOUT)
-        except (NatsTimeout, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeout):
             return []
 
     def snapshot(self) -> dict[str, Any]:

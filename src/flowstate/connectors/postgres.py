@@ -53,8 +53,8 @@ from typing import Any
 
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.commit import CommitLog
-from flowstate.checkpoint.restore import CommittedOutput
 from flowstate.checkpoint.ids import CheckpointId
+from flowstate.checkpoint.restore import CommittedOutput
 from flowstate.errors import ConfigError
 
 MARKER_TABLE = "flowstate_sink_commits"

@@ -76,7 +76,7 @@ from flowstate.errors import ConfigError
 
 SPLIT = "slot"
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
-_POSTGRES_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+_POSTGRES_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.UTC)
 _FETCH = 2048
 """Default of ``fetch``: changes asked of the server per decoding call (it stops at the end of a
 transaction past it), rows per round trip of the snapshot."""
@@ -585,7 +585,7 @@ class PostgresCdcReader:
                 out.append(change)  # REPLICA IDENTITY NOTHING: no key to place it by
                 continue
             def point(row: tuple[Any, ...] | None) -> int | None:
-                return None if row is None else segment_point(self._segments, index, row, self._greater)
+                return None if row is None else segment_point(self._segments, index, row, self._greater)  # noqa: B023 - called in this iteration
             match fate(change.op, commit, point(old), point(new)):
                 case Fate.KEEP:
                     out.append(change)

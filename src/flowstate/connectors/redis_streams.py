@@ -52,8 +52,8 @@ from flowstate.connectors.broker_common import (
     json_bytes,
     parse_delivery,
     read_limiter,
-    require,
     redistribute_publishing_states,
+    require,
 )
 
 _BLOCK_MS = 50

@@ -1,7 +1,8 @@
 """Key groups: the unit in which keyed state is partitioned, stored and (later) redistributed.
 
 A key maps to one of ``max_parallelism`` key groups through a **stable** hash (CRC-32 of a canonical
-byte encoding of the key, equal for equal keys: see ``flowstate.state.keys``), never Python's salted ``hash()``: the same key lands in the same group in
+byte encoding of the key, equal for equal keys: see ``flowstate.state.keys``), never Python's salted
+``hash()``: the same key lands in the same group in
 every process, on every run, so state written by one run is found by the next. CRC-32 alone spreads
 keys that differ in one character poorly over contiguous ranges (``"split-0"`` … ``"split-9"`` all
 fell in one half of the groups), so it is mixed by a multiplication with the 32-bit golden ratio

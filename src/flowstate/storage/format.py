@@ -24,7 +24,8 @@ Rules:
    vertex}``, and ``inputs``, vertex → list of vertices), ``source_records`` and ``origin``
    (``{checkpoint_id, completion_time}``), each written only when set. Its layout is the one the
    free-form ``extra`` of earlier versions had, so checkpoints read the same in either (``origin``
-   may also hold the savepoint's ``path``); a key of ``extra`` not listed here is refused. ``extra.savepoint`` (true), which earlier versions wrote for
+   may also hold the savepoint's ``path``); a key of ``extra`` not listed here is refused.
+   ``extra.savepoint`` (true), which earlier versions wrote for
    a savepoint, is read as the ``savepoint`` field; it is now written as that field.
 7. What a checkpoint may reference (checked before its metadata is written, see
    ``reference_problem``): a task's ``handle`` lies in the checkpoint's own directory; each file in

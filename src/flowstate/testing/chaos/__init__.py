@@ -7,7 +7,8 @@ again, until one run completes. Per mode, in this order:
 
 Step 1: the **reference**: one run without failure, from scratch. Its committed output (the multiset
         of lines of every ``FileSink``, and of the records of every sink offering
-        ``committed_records()``, read back from its server once the run completed) is what every job must commit; its duration scales the random
+        ``committed_records()``, read back from its server once the run completed) is what every job must
+        commit; its duration scales the random
         kill delays. Every failpoint of ``flowstate.failpoints.KNOWN`` counts its hits in it (action
         ``kill%0``, which never fires): a failpoint with no hit is not reached from scratch.
 Step 2: **kills at random moments**: chains of jobs whose runs get SIGKILL from outside after a random
