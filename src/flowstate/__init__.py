@@ -42,7 +42,6 @@ from flowstate.failpoints import Failpoints, InjectedFailure
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext, TimeDomain
 from flowstate.runtime.control import ControlError, JobControl
 from flowstate.runtime.job import JobResult
-from flowstate.runtime.windowing import EarlyWindowResult, WindowResult
 from flowstate.state.ttl import StateTtl, TtlTime, TtlUpdate
 from flowstate.time.watermarks import Watermark
 from flowstate.time.windows import (
@@ -53,6 +52,7 @@ from flowstate.time.windows import (
     TimeWindow,
     TumblingWindows,
 )
+from flowstate.windowed import EarlyWindowResult, WindowResult
 
 __version__ = "0.1.0"
 

@@ -412,6 +412,7 @@ class KafkaSink:
 
     @property
     def marker_topic(self) -> str:
+        """The topic where this sink records which checkpoints it committed."""
         return self._topic + MARKER_SUFFIX
 
     def redistribute_state(self, states: Sequence[Any | None], parallelism: int) -> list[Any]:

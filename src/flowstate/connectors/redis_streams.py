@@ -338,6 +338,7 @@ class RedisStreamSink:
 
     @property
     def marker_key(self) -> str:
+        """The key where this sink records which checkpoints it committed."""
         return self._stream + MARKER_SUFFIX
 
     def redistribute_state(self, states: Sequence[Any | None], parallelism: int) -> list[Any]:

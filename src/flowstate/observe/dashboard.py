@@ -335,8 +335,8 @@ def _restores(view: View) -> str:
             what = f"savepoint {r.savepoint}"
         items.append((r.time, f"<tr><td>{_clock(r.time)}</td><td>attempt {r.attempt} restored from {_e(what)}</td>"
                               f"<td class='num'>{_seconds(r.seconds)}</td></tr>"))
-    for r in view.restarts:
-        items.append((r.time, f"<tr><td>{_clock(r.time)}</td><td class='failed'>restart: {_e(_short(r.reason, 160))}</td>"
+    for restart in view.restarts:
+        items.append((restart.time, f"<tr><td>{_clock(restart.time)}</td><td class='failed'>restart: {_e(_short(restart.reason, 160))}</td>"
                               "<td></td></tr>"))
     if not items:
         return "<p class='muted'>None.</p>"
