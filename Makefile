@@ -22,7 +22,7 @@ STRICT := src/flowstate/checkpoint src/flowstate/__init__.py src/flowstate/dataf
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy --strict --follow-imports=silent $(STRICT)
+	$(VENV)/bin/mypy --strict --follow-imports=silent --cache-dir .mypy_cache/strict $(STRICT)
 
 # Two pytest-xdist workers, one test file per worker at a time (--dist loadfile: the tests of a
 # file never run beside each other): the suite mostly waits on timers and processes.

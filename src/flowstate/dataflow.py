@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from flowstate.aggregates import Aggregate, check_aggregate
+from flowstate.connectors.base import Sink, Source
 from flowstate.errors import GraphError
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, copy_for_subtask
 from flowstate.kinds import NodeKind
@@ -87,7 +88,7 @@ class Dataflow:
         self.max_parallelism = max_parallelism
         self.nodes: list[Node] = []
 
-    def source(self, source: Any, *, name: str | None = None, parallelism: int | None = None,
+    def source(self, source: Source, *, name: str | None = None, parallelism: int | None = None,
                uid: str | None = None) -> Stream[Any]:
         """The stream of ``source`` (a ``flowstate.connectors.base.Source``); ``uid`` names its state
         in checkpoints (default: its position in the dataflow)."""
@@ -245,7 +246,8 @@ class Stream(Generic[T]):
         edges = self._edge() + tuple(e for o in others for e in o._edge())
         return Stream(self._flow, self._flow._add("union", name or "union", None, parallelism, edges, uid))
 
-    def sink(self, sink: Any, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> None:
+    def sink(self, sink: Sink | Callable[[T], object], *, name: str | None = None, parallelism: int | None = None,
+             uid: str | None = None) -> None:
         """Write the stream to ``sink`` (a Sink, or a callable called with each record)."""
         if not hasattr(sink, "build_writer"):
             if not callable(sink):
@@ -282,6 +284,12 @@ class KeyedStream(Stream[T], Generic[K, T]):
         spec = window_spec(assigner, allowed_lateness, early_every, early_count, event_time=self._timestamp_fn is not None)
         return WindowedStream(self, spec)
 
+    @overload
+    def interval_join(self, other: KeyedStream[K, U], *, lower: Duration, upper: Duration, fn: None = None,
+                      name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream[tuple[T, U]]: ...
+    @overload
+    def interval_join(self, other: KeyedStream[K, U], *, lower: Duration, upper: Duration, fn: Callable[[T, U], R],
+                      name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream[R]: ...
     def interval_join(
         self, other: KeyedStream[K, U], *, lower: Duration, upper: Duration, fn: Callable[[T, U], R] | None = None,
         name: str | None = None, parallelism: int | None = None, uid: str | None = None,
@@ -312,6 +320,13 @@ class KeyedStream(Stream[T], Generic[K, T]):
                                timestamp_fn=keyed._timestamp_fn)
         return Stream(self._flow, node)
 
+    @overload
+    def window_join(self, other: KeyedStream[K, U], assigner: object, fn: None = None, *, allowed_lateness: Duration = 0,
+                    name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> WindowResultStream[tuple[T, U]]: ...
+    @overload
+    def window_join(self, other: KeyedStream[K, U], assigner: object, fn: Callable[[T, U], R], *,
+                    allowed_lateness: Duration = 0, name: str | None = None, parallelism: int | None = None,
+                    uid: str | None = None) -> WindowResultStream[R]: ...
     def window_join(
         self, other: KeyedStream[K, U], assigner: object, fn: Callable[[T, U], R] | None = None, *,
         allowed_lateness: Duration = 0, name: str | None = None, parallelism: int | None = None, uid: str | None = None,
@@ -335,6 +350,12 @@ class KeyedStream(Stream[T], Generic[K, T]):
         return keyed.window(assigner, allowed_lateness=allowed_lateness).process(
             _WindowPairs(fn), name=shown, parallelism=parallelism, uid=uid)
 
+    @overload
+    def join_latest(self, table: KeyedStream[K, U], fn: None = None, *,
+                    name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream[tuple[T, U | None]]: ...
+    @overload
+    def join_latest(self, table: KeyedStream[K, U], fn: Callable[[T, U | None], R], *,
+                    name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream[R]: ...
     def join_latest(
         self, table: KeyedStream[K, U], fn: Callable[[T, U | None], R] | None = None, *, name: str | None = None,
         parallelism: int | None = None, uid: str | None = None,

@@ -48,7 +48,7 @@ SPLIT = "journal"
 class Receiver(Protocol):
     """Takes records from senders and hands each batch to ``deliver`` before acknowledging it."""
 
-    def start(self, deliver: Callable[[list[Any]], None]) -> None: ...
+    def start(self, deliver: Callable[[list[Any]], object]) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -215,7 +215,7 @@ class _HttpReceiver:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self, deliver: Callable[[list[Any]], None]) -> None:
+    def start(self, deliver: Callable[[list[Any]], object]) -> None:
         path, as_json = self._path, self._json
 
         class Handler(BaseHTTPRequestHandler):
@@ -304,7 +304,7 @@ class _MqttReceiver:
         self._disconnected = threading.Event()
         self._synced = threading.Event()
 
-    def start(self, deliver: Callable[[list[Any]], None]) -> None:
+    def start(self, deliver: Callable[[list[Any]], object]) -> None:
         try:
             import paho.mqtt.client as mqtt
         except ImportError:

@@ -40,6 +40,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
+from typing import TypeVar
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId
 from flowstate.kinds import NodeKind
@@ -53,6 +54,8 @@ from flowstate.storage.base import (
     TaskState,
 )
 from flowstate.storage.compression import CODECS, check_codec, decompress
+
+_T = TypeVar("_T")
 
 METADATA_FILE = "_metadata"
 METADATA_FORMAT_VERSION = 1
@@ -404,7 +407,7 @@ def _no_constants(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _typed(value: object, kind: type, what: str) -> object:
+def _typed(value: object, kind: type[_T], what: str) -> _T:
     # bool is an int to Python, but never a valid count, id or time here (nor an int a valid bool).
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise CorruptCheckpointError(f"{what} is {type(value).__name__}, not {kind.__name__}")
@@ -444,7 +447,7 @@ def _decode_handle(value: object, what: str) -> StateHandle | None:
     fields = _fields(value, _HANDLE_FIELDS, what, _HANDLE_OPTIONAL)
     path = fields["path"]
     problem = relative_path_problem(path)
-    if problem is not None:
+    if problem is not None or not isinstance(path, str):
         raise CorruptCheckpointError(f"{what}: {problem}")
     size = _count(fields["size"], f"{what} size")
     sha256 = _typed(fields["sha256"], str, f"{what} sha256")
