@@ -11,6 +11,7 @@
     fs.run(flow, checkpoint_dir="chk", mode="exactly_once", interval="1s")
 """
 
+from flowstate import aggregates
 from flowstate.config import (
     ExponentialBackoffRestart,
     FixedDelayRestart,
@@ -21,14 +22,15 @@ from flowstate.connectors.file_sink import FileSink
 from flowstate.connectors.files import FileSource
 from flowstate.connectors.generator import GeneratorSource
 from flowstate.connectors.ingress import HttpSource, MqttSource
-from flowstate.connectors.postgres import PostgresSink
-from flowstate.connectors.pgoutput import Change
-from flowstate.connectors.postgres_cdc import PostgresCdcSource
 from flowstate.connectors.kafka import KafkaSink, KafkaSource
 from flowstate.connectors.nats import NatsSink, NatsSource
+from flowstate.connectors.pgoutput import Change
+from flowstate.connectors.postgres import PostgresSink
+from flowstate.connectors.postgres_cdc import PostgresCdcSource
 from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
 from flowstate.connectors.redis_streams import RedisStreamSink, RedisStreamSource
 from flowstate.connectors.socket import SocketSource
+from flowstate.control.endpoint import ControlError, JobControl
 from flowstate.dataflow import Dataflow, KeyedStream, Stream
 from flowstate.errors import (
     ConfigError,
@@ -39,11 +41,8 @@ from flowstate.errors import (
 )
 from flowstate.execution import run
 from flowstate.failpoints import Failpoints, InjectedFailure
-from flowstate import aggregates
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext, TimeDomain
-from flowstate.control.endpoint import ControlError, JobControl
 from flowstate.runner.result import JobResult
-from flowstate.operators.windows import EarlyWindowResult, WindowResult
 from flowstate.state.ttl import StateTtl, TtlTime, TtlUpdate
 from flowstate.time.watermarks import Watermark
 from flowstate.time.windows import (
@@ -54,6 +53,7 @@ from flowstate.time.windows import (
     TimeWindow,
     TumblingWindows,
 )
+from flowstate.windowed import EarlyWindowResult, WindowResult
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+T_contra = TypeVar("T_contra", contravariant=True)
+A = TypeVar("A")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Aggregate(Protocol[T_contra, A, R_co]):
+    """An incremental aggregate over records ``T``, with accumulator ``A`` and result ``R``."""
+
+    def create(self) -> A:
+        """A new, empty accumulator."""
+        ...
+
+    def add(self, acc: A, record: T_contra, /) -> A:
+        """``acc`` with ``record`` added (it may be ``acc`` changed in place)."""
+        ...
+
+    def merge(self, a: A, b: A, /) -> A:
+        """One accumulator holding both (associative)."""
+        ...
+
+    def result(self, acc: A, /) -> R_co:
+        """The value a window emits."""
+        ...
 
 
 def _identity(x: Any) -> Any:
@@ -19,6 +43,8 @@ def _identity(x: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Count:
+    """The number of records (``count()``)."""
+
     def create(self) -> int:
         return 0
 
@@ -34,6 +60,8 @@ class Count:
 
 @dataclass(frozen=True, slots=True)
 class Sum:
+    """The sum of ``fn(record)`` (``sum(fn)``)."""
+
     fn: Callable[[Any], Any] = _identity
 
     def create(self) -> Any:
@@ -51,6 +79,8 @@ class Sum:
 
 @dataclass(frozen=True, slots=True)
 class Mean:
+    """The mean of ``fn(record)``, NaN for no records (``mean(fn)``)."""
+
     fn: Callable[[Any], Any] = _identity
 
     def create(self) -> tuple[Any, int]:
@@ -113,7 +143,8 @@ def max(fn: Callable[[Any], Any] = _identity) -> _Extreme:  # noqa: A001
     return _Extreme(fn, True)
 
 
-def check_aggregate(agg: Any) -> None:
+def check_aggregate(agg: object) -> None:
+    """Raise ``TypeError`` naming what ``agg`` lacks to be an ``Aggregate``."""
     missing = [m for m in ("create", "add", "merge", "result") if not callable(getattr(agg, m, None))]
     if missing:
         raise TypeError(f"{agg!r} is not an aggregate: it has no {', '.join(missing)}")

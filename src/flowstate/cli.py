@@ -34,11 +34,11 @@ from flowstate.config import (
     parse_duration,
     parse_restart,
 )
+from flowstate.control.endpoint import Terminated, TokenRefused
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
 from flowstate.observe.logs import FORMATS as LOG_FORMATS
 from flowstate.observe.logs import LEVELS as LOG_LEVELS
-from flowstate.control.endpoint import Terminated, TokenRefused
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 EXIT_TERMINATED = 128 + 15  # as a shell reports a process ended by SIGTERM

@@ -10,12 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import date, datetime, timedelta
+from typing import Any, Generic, TypeVar, overload
 
+from flowstate.aggregates import Aggregate, check_aggregate
+from flowstate.connectors.base import Sink, Source
 from flowstate.errors import GraphError
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, copy_for_subtask
 from flowstate.kinds import NodeKind
 from flowstate.state.keygroups import DEFAULT_MAX_PARALLELISM
+from flowstate.windowed import Window, WindowResult, WindowSpec, window_spec
+
+T = TypeVar("T")
+U = TypeVar("U")
+R = TypeVar("R")
+K = TypeVar("K")
+K2 = TypeVar("K2")
+
+Duration = float | str | timedelta
+"""Seconds, a string such as ``"500ms"`` or ``"30m"``, or a timedelta (``flowstate.time.duration``)."""
+Timestamp = float | datetime
+"""Seconds since the epoch (int or float) or an aware datetime."""
+Key = None | bool | int | float | str | bytes | date | tuple[Any, ...]
+"""What ``key_by`` may return (``flowstate.state.keys``; a tuple of these)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +46,8 @@ class Edge:
 
 @dataclass(eq=False)
 class Node:
+    """One operator of the dataflow as written: its kind, names, function and inputs."""
+
     index: int
     kind: NodeKind
     name: str
@@ -69,7 +88,10 @@ class Dataflow:
         self.max_parallelism = max_parallelism
         self.nodes: list[Node] = []
 
-    def source(self, source: Any, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+    def source(self, source: Source, *, name: str | None = None, parallelism: int | None = None,
+               uid: str | None = None) -> Stream[Any]:
+        """The stream of ``source`` (a ``flowstate.connectors.base.Source``); ``uid`` names its state
+        in checkpoints (default: its position in the dataflow)."""
         for attr in ("splits", "build_reader", "replayable"):
             if not hasattr(source, attr):
                 raise GraphError(
@@ -99,10 +121,11 @@ class Dataflow:
         return node
 
     def sinks(self) -> list[Node]:
+        """The sink nodes, in the order they were added."""
         return [n for n in self.nodes if n.kind == "sink"]
 
 
-def _callable(kind: str, name: str | None, fn: Any) -> str:
+def _callable(kind: str, name: str | None, fn: object) -> str:
     shown = name or getattr(fn, "__name__", None) or kind
     if not callable(fn):
         raise GraphError(f"{kind} {shown!r}: {fn!r} is not callable")
@@ -111,8 +134,8 @@ def _callable(kind: str, name: str | None, fn: Any) -> str:
     return shown
 
 
-class Stream:
-    """A stream of records produced by one node."""
+class Stream(Generic[T]):
+    """A stream of records of type ``T`` produced by one node."""
 
     def __init__(self, flow: Dataflow, node: Node, key_fn: Callable[[Any], Any] | None = None,
                  timestamp_fn: Callable[[Any], Any] | None = None) -> None:
@@ -125,30 +148,35 @@ class Stream:
 
     @property
     def node(self) -> Node:
+        """The node that produces this stream."""
         return self._node
 
     def _edge(self) -> tuple[Edge, ...]:
         return (Edge(self._node, self._key_fn),)
 
-    def _op(self, kind: str, fn: Any, name: str | None, parallelism: int | None, uid: str | None, **extra: Any) -> Stream:
+    def _op(self, kind: str, fn: object, name: str | None, parallelism: int | None, uid: str | None,
+            **extra: Any) -> Stream[Any]:
         shown = _callable(kind, name, fn)
         return Stream(self._flow, self._flow._add(kind, shown, fn, parallelism, self._edge(), uid, **extra))
 
-    def map(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+    def map(self, fn: Callable[[T], U], *, name: str | None = None, parallelism: int | None = None,
+            uid: str | None = None) -> Stream[U]:
         """One output record per input record: ``fn(record)``."""
         return self._op("map", fn, name, parallelism, uid)
 
-    def filter(self, fn: Callable[[Any], bool], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+    def filter(self, fn: Callable[[T], object], *, name: str | None = None, parallelism: int | None = None,
+               uid: str | None = None) -> Stream[T]:
         """The records for which ``fn(record)`` is true."""
-        out = self._op("filter", fn, name, parallelism, uid)
+        out: Stream[T] = self._op("filter", fn, name, parallelism, uid)
         out._timestamp_fn = self._timestamp_fn
         return out
 
-    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+    def flat_map(self, fn: Callable[[T], Iterable[U]], *, name: str | None = None, parallelism: int | None = None,
+                 uid: str | None = None) -> Stream[U]:
         """Every record of the iterable ``fn(record)``."""
         return self._op("flat_map", fn, name, parallelism, uid)
 
-    def key_by(self, key_fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
+    def key_by(self, key_fn: Callable[[T], K2], *, name: str | None = None) -> KeyedStream[K2, T]:
         """Partition the stream by ``key_fn(record)``: every record of one key goes to one subtask,
         which can keep keyed state for it. The key must be None, bool, int, float (not NaN), str,
         bytes, datetime.date or a tuple of these, and equal keys (``1``, ``1.0``, ``True``) are one
@@ -157,10 +185,10 @@ class Stream:
         return KeyedStream(self._flow, self._node, key_fn, self._timestamp_fn)
 
     def assign_timestamps(
-        self, fn: Callable[[Any], Any], *, max_out_of_orderness: Any = 0, idle_timeout: Any = None,
-        watermark_interval: Any = "200ms", name: str | None = None, parallelism: int | None = None,
+        self, fn: Callable[[T], Timestamp], *, max_out_of_orderness: Duration = 0, idle_timeout: Duration | None = None,
+        watermark_interval: Duration = "200ms", name: str | None = None, parallelism: int | None = None,
         uid: str | None = None,
-    ) -> Stream:
+    ) -> Stream[T]:
         """Event time from here on: ``fn(record)`` is the record's timestamp (seconds since the epoch
         as int or float, or an aware datetime). Watermarks trail the largest timestamp seen by
         ``max_out_of_orderness``; a subtask that gets no record for ``idle_timeout`` stops holding
@@ -183,8 +211,9 @@ class Stream:
                                out_of_orderness=bound, idle_timeout=idle, watermark_interval=interval)
         return Stream(self._flow, node, None, fn)
 
-    def process(self, fn: ProcessFunction, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
-        """Run a ``ProcessFunction`` over every record."""
+    def process(self, fn: ProcessFunction[T, U], *, name: str | None = None, parallelism: int | None = None,
+                uid: str | None = None) -> Stream[U]:
+        """Run a ``ProcessFunction`` over every record (a ``KeyedProcessFunction`` needs ``key_by`` first)."""
         shown = name or type(fn).__name__
         if isinstance(fn, KeyedProcessFunction) and self._key_fn is None:
             raise GraphError(
@@ -198,13 +227,16 @@ class Stream:
         extra = {"timestamp_fn": self._timestamp_fn} if kind == "keyed_process" else {}
         return Stream(self._flow, self._flow._add(kind, shown, fn, parallelism, self._edge(), uid, **extra))
 
-    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None, **_: Any) -> Stream:
+    def reduce(self, fn: Callable[[T, T], T], *, name: str | None = None, parallelism: int | None = None,
+               uid: str | None = None) -> Stream[T]:
+        """Refused with a ``GraphError``: a running reduce is per key (``key_by(...).reduce(...)``)."""
         shown = name or getattr(fn, "__name__", None) or "reduce"
         if shown == "<lambda>":
             shown = "reduce"
         raise GraphError(f"reduce {shown!r} needs a keyed stream: call key_by(...) before reduce(...)")
 
-    def union(self, *others: Stream, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+    def union(self, *others: Stream[T], name: str | None = None, parallelism: int | None = None,
+              uid: str | None = None) -> Stream[T]:
         """The records of this stream and of ``others``, interleaved."""
         if not others:
             raise GraphError("union needs at least one other stream")
@@ -214,7 +246,8 @@ class Stream:
         edges = self._edge() + tuple(e for o in others for e in o._edge())
         return Stream(self._flow, self._flow._add("union", name or "union", None, parallelism, edges, uid))
 
-    def sink(self, sink: Any, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> None:
+    def sink(self, sink: Sink | Callable[[T], object], *, name: str | None = None, parallelism: int | None = None,
+             uid: str | None = None) -> None:
         """Write the stream to ``sink`` (a Sink, or a callable called with each record)."""
         if not hasattr(sink, "build_writer"):
             if not callable(sink):
@@ -226,33 +259,41 @@ class Stream:
         self._flow._add("sink", shown, sink, parallelism, self._edge(), uid)
 
 
-class KeyedStream(Stream):
-    """A stream partitioned by key: keyed state and ``reduce`` are available downstream."""
+class KeyedStream(Stream[T], Generic[K, T]):
+    """A stream of records ``T`` partitioned by keys ``K``: keyed state, ``reduce``, windows and joins
+    are available downstream."""
 
-    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:  # type: ignore[override]
+    def reduce(self, fn: Callable[[T, T], T], *, name: str | None = None, parallelism: int | None = None,
+               uid: str | None = None) -> Stream[T]:
         """A running reduce per key: emits ``fn(previous, record)`` for every record (the first record
         of a key is emitted as is)."""
         return self._op("reduce", fn, name, parallelism, uid)
 
-    def key_by(self, key_fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
+    def key_by(self, key_fn: Callable[[T], K2], *, name: str | None = None) -> KeyedStream[K2, T]:
+        """Partition again, by ``key_fn(record)`` (see ``Stream.key_by``)."""
         return super().key_by(key_fn, name=name)
 
-    def window(self, assigner: Any, *, allowed_lateness: Any = 0, early_every: Any = None,
-               early_count: int | None = None) -> Any:
+    def window(self, assigner: object, *, allowed_lateness: Duration = 0, early_every: Duration | None = None,
+               early_count: int | None = None) -> WindowedStream[K, T]:
         """Windows per key: ``TumblingWindows``, ``SlidingWindows``, ``SessionWindows`` or
         ``CountWindows``; then ``.reduce``, ``.aggregate`` or ``.process``
-        (``flowstate.windowed.WindowedStream``). Records later than ``allowed_lateness`` past the end
+        (``WindowedStream``, ``flowstate.windowed``). Records later than ``allowed_lateness`` past the end
         of their window are late (``late_records()`` of the result). Early results of windows still
         open: every ``early_every`` of processing time, or every ``early_count`` records of a window
         (``EarlyWindowResult``; the final result follows as always)."""
-        from flowstate.windowed import WindowedStream
+        spec = window_spec(assigner, allowed_lateness, early_every, early_count, event_time=self._timestamp_fn is not None)
+        return WindowedStream(self, spec)
 
-        return WindowedStream(self, assigner, allowed_lateness, early_every=early_every, early_count=early_count)
-
+    @overload
+    def interval_join(self, other: KeyedStream[K, U], *, lower: Duration, upper: Duration, fn: None = None,
+                      name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream[tuple[T, U]]: ...
+    @overload
+    def interval_join(self, other: KeyedStream[K, U], *, lower: Duration, upper: Duration, fn: Callable[[T, U], R],
+                      name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream[R]: ...
     def interval_join(
-        self, other: KeyedStream, *, lower: Any, upper: Any, fn: Callable[[Any, Any], Any] | None = None,
+        self, other: KeyedStream[K, U], *, lower: Duration, upper: Duration, fn: Callable[[T, U], R] | None = None,
         name: str | None = None, parallelism: int | None = None, uid: str | None = None,
-    ) -> Stream:
+    ) -> Stream[Any]:
         """Every pair ``(a, b)`` of this stream's ``a`` and ``other``'s ``b`` with equal keys and
         ``a.ts + lower <= b.ts <= a.ts + upper`` (``fn(a, b)`` when given), each once; both streams
         need event time. Records behind the watermark are dropped; buffered records are keyed state
@@ -279,10 +320,17 @@ class KeyedStream(Stream):
                                timestamp_fn=keyed._timestamp_fn)
         return Stream(self._flow, node)
 
+    @overload
+    def window_join(self, other: KeyedStream[K, U], assigner: object, fn: None = None, *, allowed_lateness: Duration = 0,
+                    name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> WindowResultStream[tuple[T, U]]: ...
+    @overload
+    def window_join(self, other: KeyedStream[K, U], assigner: object, fn: Callable[[T, U], R], *,
+                    allowed_lateness: Duration = 0, name: str | None = None, parallelism: int | None = None,
+                    uid: str | None = None) -> WindowResultStream[R]: ...
     def window_join(
-        self, other: KeyedStream, assigner: Any, fn: Callable[[Any, Any], Any] | None = None, *,
-        allowed_lateness: Any = 0, name: str | None = None, parallelism: int | None = None, uid: str | None = None,
-    ) -> Any:
+        self, other: KeyedStream[K, U], assigner: object, fn: Callable[[T, U], R] | None = None, *,
+        allowed_lateness: Duration = 0, name: str | None = None, parallelism: int | None = None, uid: str | None = None,
+    ) -> WindowResultStream[Any]:
         """Every pair ``(a, b)`` of this stream's ``a`` and ``other``'s ``b`` with equal keys in one
         window of ``assigner`` (tumbling, sliding or session windows over both streams' timestamps;
         ``fn(a, b)`` when given), emitted when the window fires (Flink's window join). A pair in two
@@ -302,10 +350,16 @@ class KeyedStream(Stream):
         return keyed.window(assigner, allowed_lateness=allowed_lateness).process(
             _WindowPairs(fn), name=shown, parallelism=parallelism, uid=uid)
 
+    @overload
+    def join_latest(self, table: KeyedStream[K, U], fn: None = None, *,
+                    name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream[tuple[T, U | None]]: ...
+    @overload
+    def join_latest(self, table: KeyedStream[K, U], fn: Callable[[T, U | None], R], *,
+                    name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream[R]: ...
     def join_latest(
-        self, table: KeyedStream, fn: Callable[[Any, Any], Any] | None = None, *, name: str | None = None,
+        self, table: KeyedStream[K, U], fn: Callable[[T, U | None], R] | None = None, *, name: str | None = None,
         parallelism: int | None = None, uid: str | None = None,
-    ) -> Stream:
+    ) -> Stream[Any]:
         """Each record of this stream with the latest row of ``table`` for its key as of the record's
         timestamp: ``fn(record, row)`` (``(record, row)`` without ``fn``), ``row`` ``None`` when the
         key had none yet. A record is joined once the watermark reaches its timestamp, so the result
@@ -323,13 +377,73 @@ class KeyedStream(Stream):
                                timestamp_fn=keyed._timestamp_fn)
         return Stream(self._flow, node)
 
-    def _tagged_union(self, other: KeyedStream, shown: str, parallelism: int | None) -> KeyedStream:
+    def _tagged_union(self, other: KeyedStream[K, Any], shown: str, parallelism: int | None) -> KeyedStream[K, Any]:
         """Both inputs of a join as one keyed stream of ``(0, record)`` and ``(1, record)``."""
         sides = (_JoinSide(0, self._key_fn, self._timestamp_fn), _JoinSide(1, other._key_fn, other._timestamp_fn))
-        tagged = [Stream(self._flow, s._node).map(side.tag, name=f"{shown} side {side.side}", parallelism=s._node.parallelism)
+        tagged = [Stream[Any](self._flow, s._node).map(side.tag, name=f"{shown} side {side.side}",
+                                                       parallelism=s._node.parallelism)
                   for s, side in zip((self, other), sides)]
         both = tagged[0].union(tagged[1], name=f"{shown} inputs", parallelism=parallelism)
         return KeyedStream(self._flow, both._node, _JoinKey(sides), _JoinKey(sides, timestamps=True))
+
+
+class WindowedStream(Generic[K, T]):
+    """The windows of a keyed stream (``keyed.window(assigner)``); what each method emits is in
+    ``flowstate.windowed``."""
+
+    def __init__(self, keyed: KeyedStream[K, T], spec: WindowSpec) -> None:
+        self._keyed = keyed
+        self._spec = spec
+
+    def reduce(self, fn: Callable[[T, T], T], *, name: str | None = None, parallelism: int | None = None,
+               uid: str | None = None) -> WindowResultStream[WindowResult[K, T]]:
+        """Per key and window, the records folded with ``fn``: ``WindowResult(key, window, value)``."""
+        return self._build("reduce", _callable("window reduce", name, fn), fn, parallelism, uid)
+
+    def aggregate(self, aggregate: Aggregate[T, Any, R], *, name: str | None = None, parallelism: int | None = None,
+                  uid: str | None = None) -> WindowResultStream[WindowResult[K, R]]:
+        """Per key and window, ``WindowResult(key, window, aggregate.result(acc))``; only the
+        accumulator is kept (``flowstate.aggregates``)."""
+        try:
+            check_aggregate(aggregate)
+        except TypeError as exc:
+            raise GraphError(f"window aggregate: {exc}") from None
+        shown = name or f"window {type(aggregate).__name__.lower().lstrip('_')}"
+        return self._build("aggregate", shown, aggregate, parallelism, uid)
+
+    def process(self, fn: Callable[[K, Window, list[T]], Iterable[U] | None], *, name: str | None = None,
+                parallelism: int | None = None, uid: str | None = None) -> WindowResultStream[U]:
+        """Every record of ``fn(key, window, records)``, the window's records in arrival order."""
+        return self._build("process", _callable("window process", name, fn), fn, parallelism, uid)
+
+    def _build(self, kind: str, shown: str, fn: object, parallelism: int | None, uid: str | None) -> WindowResultStream[Any]:
+        keyed, spec = self._keyed, self._spec
+        flow = keyed._flow
+        if shown in ("window reduce", "window process"):
+            shown = f"{type(spec.assigner).__name__} {kind}"
+        node = flow._add("window", shown, fn, parallelism, keyed._edge(), uid, assigner=spec.assigner,
+                         timestamp_fn=keyed._timestamp_fn, allowed_lateness=spec.allowed_lateness, function_kind=kind,
+                         late=False, early_every=spec.early_every, early_count=spec.early_count)
+        results = flow._add("select", f"{shown} results", None, parallelism, (Edge(node),), None, late=False)
+        return WindowResultStream(flow, results, window=node)
+
+
+class WindowResultStream(Stream[T]):
+    """The results of a window operator; ``late_records()`` gives its late records."""
+
+    def __init__(self, flow: Dataflow, node: Node, *, window: Node) -> None:
+        super().__init__(flow, node)
+        self._window = window
+
+    def late_records(self, *, name: str | None = None) -> Stream[Any]:
+        """The records that were too late for every window they belong to, in arrival order."""
+        window = self._window
+        if window.extra.get("late"):
+            raise GraphError(f"window {window.name!r}: late_records() was already called")
+        window.extra["late"] = True
+        node = self._flow._add("select", name or f"{window.name} late", None, window.parallelism,
+                               (Edge(window),), None, late=True)
+        return Stream(self._flow, node)
 
 
 class _JoinSide:
@@ -361,6 +475,8 @@ class _WindowPairs:
 
 
 class _JoinKey:
+    """The key (or timestamp) of a tagged record of either side of a join (picklable)."""
+
     def __init__(self, sides: tuple[_JoinSide, _JoinSide], timestamps: bool = False) -> None:
         self.fns = tuple(s.timestamp_fn if timestamps else s.key_fn for s in sides)
 

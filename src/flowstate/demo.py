@@ -73,7 +73,7 @@ def batch_reference(directory: Path) -> Counter[str]:
 
 
 def committed_output(directory: Path) -> list[tuple[str, int]]:
-    records = []
+    records: list[tuple[str, int]] = []
     for path in sorted(directory.iterdir()):
         if path.name.startswith("."):
             continue  # in-progress and pending files are hidden; only committed files count

@@ -16,10 +16,10 @@ from flowstate.config import (
     parse_duration,
     parse_restart,
 )
+from flowstate.control.endpoint import JobControl
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError
 from flowstate.failpoints import Failpoints
-from flowstate.control.endpoint import JobControl
 from flowstate.runner.job import JobResult, JobRunner
 from flowstate.storage.factory import is_url
 

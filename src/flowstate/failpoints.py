@@ -169,6 +169,8 @@ class _SharedLock:
 
 
 class Failpoints:
+    """The failpoints of one job run: an action per name, and how often each name was hit and fired."""
+
     def __init__(self, actions: Mapping[str, Action | str] | None = None, *, seed: int | None = None) -> None:
         parsed: dict[str, Action] = {}
         for name, action in (actions or {}).items():
@@ -226,6 +228,7 @@ class Failpoints:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Failpoints:
+        """The failpoints of ``FLOWSTATE_FAILPOINTS`` (and its seed) in ``environ``."""
         spec = environ.get("FLOWSTATE_FAILPOINTS", "")
         seed = environ.get("FLOWSTATE_FAILPOINTS_SEED")
         return cls(parse(spec), seed=int(seed) if seed else None)
@@ -234,16 +237,19 @@ class Failpoints:
         return bool(self._actions)
 
     def hits(self, name: str) -> int:
+        """How often failpoint ``name`` was reached (across worker processes once shared)."""
         if self._shared is not None and name in self._names:
             return int(self._shared[2 * self._names[name]])
         return self._hits.get(name, 0)
 
     def fired(self, name: str) -> int:
+        """How often failpoint ``name`` performed its action."""
         if self._shared is not None and name in self._names:
             return int(self._shared[2 * self._names[name] + 1])
         return self._fired.get(name, 0)
 
     def hit(self, name: str) -> None:
+        """Reach failpoint ``name``: count it, and perform its action when it is due."""
         action = self._actions.get(name)
         if action is None:
             return

@@ -18,7 +18,7 @@ import copy
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from flowstate.errors import GraphError
 from flowstate.state.api import (
@@ -30,6 +30,10 @@ from flowstate.state.api import (
 )
 from flowstate.state.backend import KeyedStateBackend
 from flowstate.state.ttl import StateTtl, TtlStates, TtlTime, TtlUpdate, as_state_ttl
+
+IN = TypeVar("IN")
+OUT = TypeVar("OUT")
+V = TypeVar("V")
 
 TtlArg = StateTtl | float | str | timedelta | None
 """A state's ``ttl=``: a ``StateTtl``, or a duration (seconds, ``"30m"``, ``timedelta``)."""
@@ -84,6 +88,9 @@ class RuntimeContext:
 
     def value_state(self, name: str, default: Any = None, *, ttl: TtlArg = None,
                     ttl_time: TtlTime | str | None = None, ttl_update: TtlUpdate | str | None = None) -> ValueState[Any]:
+        """The value state ``name`` of the current key; ``value()`` is ``default`` for a key without one.
+        The type of a state's values is the function's to declare, on the attribute that keeps it:
+        ``self.count: ValueState[int] = ctx.value_state("count", 0)`` (likewise for the other kinds)."""
         backend = self._state_backend(f"value state {name!r}")
         config = self._ttl_of(name, ttl, ttl_time, ttl_update)
         if config is None:
@@ -92,6 +99,7 @@ class RuntimeContext:
 
     def list_state(self, name: str, *, ttl: TtlArg = None, ttl_time: TtlTime | str | None = None,
                    ttl_update: TtlUpdate | str | None = None) -> ListState[Any]:
+        """The list state ``name`` of the current key."""
         backend = self._state_backend(f"list state {name!r}")
         config = self._ttl_of(name, ttl, ttl_time, ttl_update)
         if config is None:
@@ -100,15 +108,17 @@ class RuntimeContext:
 
     def map_state(self, name: str, *, ttl: TtlArg = None, ttl_time: TtlTime | str | None = None,
                   ttl_update: TtlUpdate | str | None = None) -> MapState[Any, Any]:
+        """The map state ``name`` of the current key."""
         backend = self._state_backend(f"map state {name!r}")
         config = self._ttl_of(name, ttl, ttl_time, ttl_update)
         if config is None:
             return backend.map_state(name)
         return self._ttl.map_state(name, config)  # type: ignore[union-attr]
 
-    def reducing_state(self, name: str, reduce_fn: Callable[[Any, Any], Any], *, ttl: TtlArg = None,
+    def reducing_state(self, name: str, reduce_fn: Callable[[V, V], V], *, ttl: TtlArg = None,
                        ttl_time: TtlTime | str | None = None,
-                       ttl_update: TtlUpdate | str | None = None) -> ReducingState[Any]:
+                       ttl_update: TtlUpdate | str | None = None) -> ReducingState[V]:
+        """The reducing state ``name`` of the current key: ``add(v)`` stores ``reduce_fn(old, v)``."""
         if not callable(reduce_fn):
             raise GraphError(f"operator {self.operator!r}: the reduce function of state {name!r} is not callable")
         backend = self._state_backend(f"reducing state {name!r}")
@@ -118,13 +128,14 @@ class RuntimeContext:
         return self._ttl.reducing_state(name, reduce_fn, config)  # type: ignore[union-attr]
 
 
-class ProcessFunction:
-    """A function over every record of a stream, with a lifecycle."""
+class ProcessFunction(Generic[IN, OUT]):
+    """A function over every record (``IN``) of a stream, emitting ``OUT`` records, with a lifecycle."""
 
     def open(self, ctx: RuntimeContext) -> None:
         """Called once per subtask before the first record."""
 
-    def process(self, value: Any, ctx: RuntimeContext) -> Iterable[Any] | None:
+    def process(self, value: IN, ctx: RuntimeContext) -> Iterable[OUT] | None:
+        """The output records of one input record: yield them, or return a list of them or ``None``."""
         raise NotImplementedError(f"{type(self).__name__} must implement process(value, ctx)")
 
     def close(self) -> None:
@@ -138,7 +149,7 @@ class TimeDomain(StrEnum):
     PROCESSING_TIME = "processing_time"
 
 
-class KeyedProcessFunction(ProcessFunction):
+class KeyedProcessFunction(ProcessFunction[IN, OUT]):
     """A process function over a keyed stream: it may use keyed state through ``ctx``.
 
     On a stream with timestamps (``assign_timestamps``), ``ctx.timestamp`` is the record's
@@ -149,13 +160,13 @@ class KeyedProcessFunction(ProcessFunction):
     records as ``process`` does. Timers are keyed state: they are in every checkpoint, restored, and
     follow their key on a rescale."""
 
-    def on_timer(self, timestamp: float, ctx: RuntimeContext) -> Iterable[Any] | None:
+    def on_timer(self, timestamp: float, ctx: RuntimeContext) -> Iterable[OUT] | None:
         """Called when a timer of ``ctx.key`` fires (event time: once the watermark reaches
         ``timestamp``; processing time: once the clock does)."""
         return None
 
 
-def copy_for_subtask(fn: ProcessFunction, operator: str) -> ProcessFunction:
+def copy_for_subtask(fn: ProcessFunction[IN, OUT], operator: str) -> ProcessFunction[IN, OUT]:
     """The copy of ``fn`` that one subtask of ``operator`` owns. Raises ``GraphError`` naming the
     operator when ``fn`` cannot be copied (it holds a lock, a socket, an open file, …)."""
     try:

@@ -15,8 +15,9 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from flowstate.dataflow import Dataflow, Node
 from flowstate.errors import GraphError

@@ -1,6 +1,6 @@
-"""Windowed streams: ``keyed.window(assigner)`` then ``reduce``, ``aggregate`` or ``process``.
+"""Windows in a dataflow: what ``keyed.window(assigner)`` is given, and what its results are.
 
-What each emits when a window fires:
+What each emits when a window fires (``flowstate.dataflow.WindowedStream``):
 
 - ``reduce(fn)``: ``WindowResult(key, window, value)``, ``value`` the records folded with ``fn``.
 - ``aggregate(agg)``: ``WindowResult(key, window, agg.result(acc))``; only the accumulator is kept.
@@ -17,71 +17,93 @@ watermark passes its end. ``early_count`` fires on every N-th record of a (key, 
 order: the same results on every run, backend and parallelism (tumbling and sliding windows).
 ``early_every`` fires every T of processing time the windows that changed since the last time (every
 time window kind): which results are early depends on timing, the final one does not.
+
+This module knows nothing of streams: ``window_spec`` checks the arguments of ``window(...)`` and
+returns the ``WindowSpec`` the dataflow stores on the window node, so that ``flowstate.dataflow``
+depends on it and not the other way round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
 
-from flowstate.aggregates import check_aggregate
-from flowstate.dataflow import Edge, KeyedStream, Node, Stream, _callable
 from flowstate.errors import GraphError
 from flowstate.time.duration import parse_duration
-from flowstate.time.windows import CountWindows, SessionWindows, SlidingWindows, TumblingWindows
+from flowstate.time.windows import CountWindow, CountWindows, SessionWindows, SlidingWindows, TimeWindow, TumblingWindows
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+WindowAssigner = TumblingWindows | SlidingWindows | SessionWindows | CountWindows
+"""What ``keyed.window(...)`` takes."""
+
+Window = TimeWindow | CountWindow
+"""The window of a result: ``TimeWindow`` for time windows, ``CountWindow`` for ``CountWindows``."""
 
 
-class WindowedStream:
-    def __init__(self, keyed: KeyedStream, assigner: Any, allowed_lateness: Any, *, early_every: Any = None,
-                 early_count: int | None = None) -> None:
-        if not isinstance(assigner, (TumblingWindows, SlidingWindows, SessionWindows, CountWindows)):
-            raise GraphError(
-                f"window: expected TumblingWindows, SlidingWindows, SessionWindows or CountWindows, got {assigner!r}"
-            )
-        try:
-            lateness = parse_duration(allowed_lateness, "allowed_lateness")
-        except ValueError as exc:
-            raise GraphError(f"window: {exc}") from None
-        if not assigner.counting and keyed._timestamp_fn is None:
-            raise GraphError(
-                f"window: {type(assigner).__name__} need event time: call assign_timestamps(...) on the "
-                "stream before key_by(...) (map, flat_map and process make new records without timestamps)"
-            )
-        self._keyed = keyed
-        self._assigner = assigner
-        self._lateness = lateness
-        self._early_every, self._early_count = _early(assigner, early_every, early_count)
+class WindowResult(NamedTuple, Generic[K, V]):
+    """What ``reduce`` and ``aggregate`` on a window emit: the key, the window and its value.
+    ``early`` says whether this is an early result of a window still open (``EarlyWindowResult``)."""
 
-    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None, parallelism: int | None = None,
-               uid: str | None = None) -> WindowResultStream:
-        return self._build("reduce", _callable("window reduce", name, fn), fn, parallelism, uid)
+    key: K
+    window: Window
+    value: V
 
-    def aggregate(self, aggregate: Any, *, name: str | None = None, parallelism: int | None = None,
-                  uid: str | None = None) -> WindowResultStream:
-        try:
-            check_aggregate(aggregate)
-        except TypeError as exc:
-            raise GraphError(f"window aggregate: {exc}") from None
-        shown = name or f"window {type(aggregate).__name__.lower().lstrip('_')}"
-        return self._build("aggregate", shown, aggregate, parallelism, uid)
-
-    def process(self, fn: Callable[[Any, Any, list[Any]], Iterable[Any] | None], *, name: str | None = None,
-                parallelism: int | None = None, uid: str | None = None) -> WindowResultStream:
-        return self._build("process", _callable("window process", name, fn), fn, parallelism, uid)
-
-    def _build(self, kind: str, shown: str, fn: Any, parallelism: int | None, uid: str | None) -> WindowResultStream:
-        keyed = self._keyed
-        flow = keyed._flow
-        if shown in ("window reduce", "window process"):
-            shown = f"{type(self._assigner).__name__} {kind}"
-        node = flow._add("window", shown, fn, parallelism, keyed._edge(), uid, assigner=self._assigner,
-                         timestamp_fn=keyed._timestamp_fn, allowed_lateness=self._lateness, function_kind=kind,
-                         late=False, early_every=self._early_every, early_count=self._early_count)
-        results = flow._add("select", f"{shown} results", None, parallelism, (Edge(node),), None, late=False)
-        return WindowResultStream(flow, results, window=node)
+    @property
+    def early(self) -> bool:
+        """Whether this is an early result of a window still open."""
+        return False
 
 
-def _early(assigner: Any, every: Any, count: Any) -> tuple[float | None, int | None]:
+class EarlyWindowResult(WindowResult[K, V]):
+    """The contents so far of a window that is still open (``early_every`` / ``early_count``): an
+    update, followed by the window's final ``WindowResult`` when the watermark passes its end."""
+
+    __slots__ = ()
+
+    @property
+    def early(self) -> bool:
+        """True: an early result."""
+        return True
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (EarlyWindowResult, tuple(self))
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """The checked arguments of ``window(...)``: at most one of ``early_every`` (seconds of processing
+    time) and ``early_count`` (records of one key and window) is set, and neither for count windows."""
+
+    assigner: WindowAssigner
+    allowed_lateness: float
+    early_every: float | None
+    early_count: int | None
+
+
+def window_spec(assigner: object, allowed_lateness: object, early_every: object, early_count: object, *,
+                event_time: bool) -> WindowSpec:
+    """The ``WindowSpec`` of ``window(...)`` on a stream with (``event_time``) or without timestamps;
+    a ``GraphError`` of one line for every mistake."""
+    if not isinstance(assigner, (TumblingWindows, SlidingWindows, SessionWindows, CountWindows)):
+        raise GraphError(
+            f"window: expected TumblingWindows, SlidingWindows, SessionWindows or CountWindows, got {assigner!r}"
+        )
+    try:
+        lateness = parse_duration(allowed_lateness, "allowed_lateness")
+    except ValueError as exc:
+        raise GraphError(f"window: {exc}") from None
+    if not assigner.counting and not event_time:
+        raise GraphError(
+            f"window: {type(assigner).__name__} need event time: call assign_timestamps(...) on the "
+            "stream before key_by(...) (map, flat_map and process make new records without timestamps)"
+        )
+    every, count = _early(assigner, early_every, early_count)
+    return WindowSpec(assigner, lateness, every, count)
+
+
+def _early(assigner: WindowAssigner, every: object, count: object) -> tuple[float | None, int | None]:
     """The early triggers of a window, checked (one-line ``GraphError``s)."""
     kind = type(assigner).__name__
     if (every is not None or count is not None) and assigner.counting:
@@ -106,21 +128,3 @@ def _early(assigner: Any, every: Any, count: Any) -> tuple[float | None, int | N
             raise GraphError(f"window: early_every must be above 0, got {every!r}")
         return seconds, None
     return None, None
-
-
-class WindowResultStream(Stream):
-    """The results of a window operator; ``late_records()`` gives its late records."""
-
-    def __init__(self, flow: Any, node: Node, *, window: Node) -> None:
-        super().__init__(flow, node)
-        self._window = window
-
-    def late_records(self, *, name: str | None = None) -> Stream:
-        """The records that were too late for every window they belong to, in arrival order."""
-        window = self._window
-        if window.extra.get("late"):
-            raise GraphError(f"window {window.name!r}: late_records() was already called")
-        window.extra["late"] = True
-        node = self._flow._add("select", name or f"{window.name} late", None, window.parallelism,
-                               (Edge(window),), None, late=True)
-        return Stream(self._flow, node)

@@ -107,7 +107,7 @@ def test_a_redis_source_whose_connections_are_cut_mid_run_loses_and_repeats_noth
          .process(Count(), uid="count")
          .sink(fs.RedisStreamSink(stream=f"{unique}:out", url=redis_url), uid="out"))
     try:
-        result = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads", batch_size=100)
+        fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads", batch_size=100)
     finally:
         proxy.close()
     try:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storage.object_store import BUCKET, require_moto, unique_prefix
 
 import flowstate as fs
 from flowstate.connectors import journal as journal_module
@@ -28,13 +27,13 @@ from flowstate.connectors.journal import (
     JournalLocation,
     open_store,
 )
+from flowstate.control.endpoint import ControlError
 from flowstate.storage.blobs import BlobStore
 from flowstate.storage.memory import MemoryBlobStore
-from flowstate.control.endpoint import ControlError
 from flowstate.testing.conformance import SOURCE_CHECKS, SourceCase
 
+from storage.object_store import BUCKET, require_moto, unique_prefix
 from tests.engine.jobs import FAST_RESTART
-
 
 # ---- where a journal lives: every test of the journal runs on each blob store ------------------
 

@@ -11,7 +11,6 @@ transactions to every reader, a kill inside one would show its records (see test
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re

@@ -24,7 +24,6 @@ from flowstate.connectors.postgres_slots import drop_slot, list_slots
 from flowstate.testing.conformance import SOURCE_CHECKS, SourceCase
 
 from tests.connectors.test_postgres_sink import DSN, psycopg
-
 from tests.engine.jobs import FAST_RESTART
 
 

@@ -20,11 +20,11 @@ from flowstate.checkpoint.ids import CheckpointId, task_id
 from flowstate.checkpoint.restore import Chosen, choose
 from flowstate.config import JobConfig, Mode
 from flowstate.graph import build_job_graph
-from flowstate.task.plan import BackendSpec, RestorePoint, StorageSpec, plan_attempt, plan_reads
-from flowstate.task.assignment import describe_graph
 from flowstate.storage.base import CheckpointMetadata, StateHandle, TaskState
 from flowstate.storage.local import LocalCheckpointStorage
 from flowstate.storage.state_file import decode_task_state
+from flowstate.task.assignment import describe_graph
+from flowstate.task.plan import BackendSpec, RestorePoint, StorageSpec, plan_attempt, plan_reads
 
 from .jobs import Count, generator_source
 

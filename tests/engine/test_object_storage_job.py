@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from storage.object_store import BUCKET, require_moto, unique_prefix
 
 import flowstate as fs
 from flowstate.storage.factory import open_storage
+
+from storage.object_store import BUCKET, require_moto, unique_prefix
 
 from .jobs import (
     FAST_RESTART,

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import flowstate as fs
-from flowstate.storage.savepoint import open_savepoint
 from flowstate.storage.local import LocalCheckpointStorage
+from flowstate.storage.savepoint import open_savepoint
 
 from .jobs import (
     INPUT_LINES,

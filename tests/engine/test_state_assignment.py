@@ -13,13 +13,13 @@ import pytest
 import flowstate as fs
 from flowstate.checkpoint.ids import CheckpointId, TaskId, task_id
 from flowstate.graph import build_job_graph
-from flowstate.task.assignment import assign_states, describe_graph
+from flowstate.kinds import NodeKind
 from flowstate.state.backend import RestoredState
 from flowstate.state.keygroups import key_group_of, key_group_range
 from flowstate.state.memory import HeapKeyedStateBackend, heap_snapshot_entries
-from flowstate.kinds import NodeKind
 from flowstate.storage.base import CheckpointMetadata, JobRecord, OperatorRecord, TaskState
 from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile
+from flowstate.task.assignment import assign_states, describe_graph
 
 MAXP = 128
 

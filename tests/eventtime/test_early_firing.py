@@ -23,7 +23,7 @@ from flowstate.operators.windows import LateRecord, WindowOperator
 from flowstate.time.watermarks import MAX_WATERMARK, Watermark
 
 from .test_window_operator_model import SIZE, SLIDE, Reference, record
-from .windowjobs import N, SPLITS, close, committed, records
+from .windowjobs import SPLITS, N, close, committed, records
 
 EVERY = 3
 

@@ -75,8 +75,8 @@ def test_an_interval_join_needs_two_keyed_streams_with_event_time():
 
 def test_buffered_records_are_cleared_once_the_watermark_passes_their_last_possible_match():
     from flowstate.failpoints import Failpoints
-    from flowstate.operators.joins import LEFT_STATE, RIGHT_STATE, IntervalJoinOperator
     from flowstate.operators.base import OperatorEnv
+    from flowstate.operators.joins import LEFT_STATE, RIGHT_STATE, IntervalJoinOperator
     from flowstate.time.watermarks import Watermark
 
     flow = fs.Dataflow("join")

@@ -3,6 +3,8 @@ timers to the exact record."""
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
 
 import flowstate as fs
@@ -56,9 +58,9 @@ def test_windows_on_a_stream_without_event_time_are_refused_when_the_graph_is_bu
 
 
 def test_timestamps_may_be_aware_datetimes_and_a_bad_one_names_its_record(tmp_path):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
     seen = []
     flow = fs.Dataflow("dates")
     (flow.source(fs.GeneratorSource(lambda i: ("k", base + timedelta(seconds=i)), 130))

@@ -19,9 +19,9 @@ from flowstate.checkpoint.coordinator import CheckpointConfig
 from flowstate.clock import ManualClock, SystemClock
 from flowstate.config import JobConfig, Mode, NoRestart
 from flowstate.failpoints import Failpoints
-from flowstate.runner.job import JobRunner
 from flowstate.operators.base import OperatorEnv
 from flowstate.operators.timers import TimedKeyedProcessOperator
+from flowstate.runner.job import JobRunner
 from flowstate.state.backend import RestoredState
 from flowstate.state.memory import HeapKeyedStateBackend
 from flowstate.state.rocksdb import RocksDBBackendFactory

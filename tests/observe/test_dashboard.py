@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from flowstate.observe.commands import ui
+
 from tests.observe.jobs import Running, SlowSink, keyed_count
 
 CHROMIUM = Path("/usr/bin/chromium")

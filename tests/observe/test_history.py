@@ -17,6 +17,7 @@ from flowstate.observe.history import (
     StartRecord,
     read_history,
 )
+
 from tests.observe.jobs import Running, keyed_count
 from tests.observe.test_metrics import samples, total
 

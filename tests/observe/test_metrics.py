@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import flowstate as fs
 from flowstate.observe.metrics import METRICS
+
 from tests.observe.jobs import Discard, Running, keyed_count
 
 RECORDS = 60_000

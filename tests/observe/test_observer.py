@@ -14,6 +14,7 @@ from flowstate.observe.counters import TaskCounters
 from flowstate.observe.history import CheckpointRecord, read_history
 from flowstate.observe.observer import Observer
 from flowstate.storage.base import CheckpointMetadata, TaskState
+
 from tests.observe.jobs import keyed_count
 
 TASKS = ["0-source#0", "0-source#1", "1-keyed_process#0", "1-keyed_process#1"]
@@ -59,7 +60,7 @@ def test_a_failed_checkpoint_names_its_declines_and_the_subtasks_that_never_ackn
 def test_a_completed_checkpoint_keeps_each_subtasks_acknowledgement_time(tmp_path: Path) -> None:
     obs, clock = observer(tmp_path)
     obs.triggered(CheckpointId(1), clock.monotonic(), False)
-    for k, task in enumerate(TASKS):
+    for task in TASKS:
         clock.advance(0.05)
         obs.acknowledged(TaskId(task), CheckpointId(1), clock.monotonic())
     md = CheckpointMetadata(CheckpointId(1), "observed", "exactly_once", False, 1.0, 1.2, 128,

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import ray
-from engine.jobs import generator_source, wordcount
 
 import flowstate as fs
+
+from engine.jobs import generator_source, wordcount
 
 LINES = 6000
 RATE = 1000.0

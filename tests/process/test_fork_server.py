@@ -21,6 +21,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+import flowstate as fs
+from flowstate.executors.forkserver import Exited, Forked, Ready, decode_reports, encode_report
+
 from engine.jobs import (
     FAST_RESTART,
     INTERVAL,
@@ -32,9 +36,6 @@ from engine.jobs import (
     generator_source,
     lines,
 )
-
-import flowstate as fs
-from flowstate.executors.forkserver import Exited, Forked, Ready, decode_reports, encode_report
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from engine.jobs import batch_reference, committed_output, difference, lines
 
 pytestmark = pytest.mark.slow

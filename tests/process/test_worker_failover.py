@@ -27,6 +27,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+import flowstate as fs
+from flowstate.storage.local import LocalCheckpointStorage
+
 from engine.jobs import (
     Count,
     assert_restored_from_a_checkpoint,
@@ -37,9 +41,6 @@ from engine.jobs import (
     lines,
     wordcount,
 )
-
-import flowstate as fs
-from flowstate.storage.local import LocalCheckpointStorage
 
 pytestmark = pytest.mark.slow
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-import math
 import pickle
-import struct
 from fractions import Fraction
 
 import pytest

@@ -3,7 +3,8 @@
 A Hypothesis state machine writes every kind of state (including in-place list and map changes),
 changes in place, without storing them again, mutable objects that state reads returned (a dict
 value, a list item, a map value, the accumulator of a reduce function that appends in place: rule 2
-of ``flowstate.state.values``, such a change is stored), takes snapshots, keeps several of them open, completes them in any order (restore and compare with
+of ``flowstate.state.values``, such a change is stored), takes snapshots, keeps several of them open,
+completes them in any order (restore and compare with
 the model as it was at the cut) or releases them unread, and folds whenever it likes. After every
 step that asks for it, each state reads exactly as the model says.
 """

@@ -4,7 +4,7 @@ prints, line by line."""
 from __future__ import annotations
 
 import time
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta, timezone
 
 import pytest
 
@@ -49,7 +49,7 @@ def corrupt(checkpoint_id: int, reason: str, *, with_metadata: bool = False) -> 
 
 
 def table(infos: list[CheckpointInfo]) -> list[str]:
-    return format_checkpoint_table(infos, tz=timezone.utc).split("\n")
+    return format_checkpoint_table(infos, tz=UTC).split("\n")
 
 
 def cells(line: str) -> list[str]:
@@ -196,7 +196,7 @@ def test_a_real_checkpoint_directory_lists_as_its_files_say(tmp_path):
     )
     storage.write_state(CheckpointId(2), "count#0.state", b"y" * 10)
 
-    lines = format_checkpoint_table(storage.list_checkpoints(), tz=timezone.utc).split("\n")
+    lines = format_checkpoint_table(storage.list_checkpoints(), tz=UTC).split("\n")
 
     metadata_size = (tmp_path / "chk-000001" / "_metadata").stat().st_size
     assert cells(lines[1]) == [

@@ -10,9 +10,9 @@ import pytest
 import flowstate as fs
 from flowstate.config import JobConfig, Mode
 from flowstate.errors import ConfigError
-from flowstate.graph import build_job_graph
 from flowstate.executors.choice import choose_executor
 from flowstate.executors.protocol import RemoteTaskError, place, portable
+from flowstate.graph import build_job_graph
 
 
 def job(parallelism: int, *, wide: int | None = None, sink: object = None) -> fs.Dataflow:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from flowstate.errors import UserFunctionError
+from flowstate.state.keygroups import key_group_of, subtask_for_key_group
 from flowstate.task import output
 from flowstate.task.output import OutputEdge
-from flowstate.state.keygroups import key_group_of, subtask_for_key_group
 
 MAXP = 128
 

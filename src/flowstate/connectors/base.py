@@ -64,8 +64,12 @@ class SplitReader(SourceReader, Protocol):
 
 
 class Source(Protocol):
+    """What ``Dataflow.source`` takes: a set of splits, each read by one subtask's reader."""
+
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The default name of the source operator."""
+        ...
 
     @property
     def replayable(self) -> bool:
@@ -144,8 +148,12 @@ class SinkWriter(Protocol):
 
 
 class Sink(Protocol):
+    """What ``Stream.sink`` takes: it builds one writer per subtask."""
+
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The default name of the sink operator."""
+        ...
 
     @property
     def transactional(self) -> bool:
@@ -160,6 +168,8 @@ class Sink(Protocol):
 
 
 class RescalableSink(Sink, Protocol):
+    """A sink whose writer states can be restored at another parallelism."""
+
     def redistribute_state(self, states: Sequence[Any | None], parallelism: int) -> list[Any]:
         """The resume states of ``parallelism`` new writers from the snapshots of every old writer
         (index = old subtask; ``None`` for one without state). Every committable of the old states

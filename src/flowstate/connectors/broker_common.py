@@ -129,7 +129,8 @@ def message_id(identity: str, checkpoint_id: int, index: int) -> str:
 
 
 class PublishingCommitter:
-    """Rules 1-4 for one subtask (``owner`` names the sink in errors, ``sink`` in identities); the adapter supplies ``publish_batch(identity, checkpoint_id,
+    """Rules 1-4 for one subtask (``owner`` names the sink in errors, ``sink`` in identities); the adapter
+    supplies ``publish_batch(identity, checkpoint_id,
     payloads)`` (idempotent) and is told of failpoints through ``hit``."""
 
     __slots__ = ("_owner", "_encode", "_publish", "_identity", "_run", "_buffer", "_log", "failpoints")

@@ -44,7 +44,8 @@ tuples become arrays); ``encoder`` (record → str without newline) replaces tha
 write call. By default a batch is encoded at once by orjson (``json_lines_batch``), which writes the
 lines ``json.dumps`` writes, except that a float in exponent form may be written in another notation
 of the same number (``1e16`` for ``1e+16``); a batch orjson would write otherwise is encoded record
-by record with ``json``, so what is refused and how is the same either way. ``committed_output()`` lists the visible files of this sink's prefix and suffix: what a
+by record with ``json``, so what is refused and how is the same either way. ``committed_output()`` lists the
+visible files of this sink's prefix and suffix: what a
 start from scratch would mix with (``flowstate.checkpoint.restore``).
 """
 

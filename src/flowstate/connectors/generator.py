@@ -166,7 +166,7 @@ class GeneratorReader:
             stop = start + max_records * stride
             if count is not None and stop > count:
                 stop = count
-            indices = range(start, stop, stride)
+            indices: Sequence[int] = range(start, stop, stride)
             records = list(map(self._fn, indices))
             # Assigned only after fn succeeded for every index: a failing fn leaves the reader as it was.
             self._positions[j] = start + len(indices) * stride

@@ -34,7 +34,6 @@ import os
 import queue
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,7 +55,7 @@ class Receiver(Protocol):
     ended: bool
     error: BaseException | None
 
-    def start(self, deliver: Callable[[list[Any]], None]) -> None: ...
+    def start(self, deliver: Callable[[list[Any]], object]) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -226,7 +225,7 @@ class _HttpReceiver:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self, deliver: Callable[[list[Any]], None]) -> None:
+    def start(self, deliver: Callable[[list[Any]], object]) -> None:
         path, as_json = self._path, self._json
 
         class Handler(BaseHTTPRequestHandler):
@@ -318,7 +317,7 @@ class _MqttReceiver:
         self._disconnected = threading.Event()
         self._synced = threading.Event()
 
-    def start(self, deliver: Callable[[list[Any]], None]) -> None:
+    def start(self, deliver: Callable[[list[Any]], object]) -> None:
         try:
             import paho.mqtt.client as mqtt
         except ImportError:

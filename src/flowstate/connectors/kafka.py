@@ -71,8 +71,8 @@ from flowstate.connectors.broker_common import (
     json_record,
     parse_delivery,
     read_limiter,
-    require,
     redistribute_publishing_states,
+    require,
 )
 
 _POLL_TIMEOUT = 0.05
@@ -233,7 +233,7 @@ class KafkaReader:
                 elif source._start == "latest":
                     first = high
                 else:
-                    found = self._consumer.offsets_for_times([TopicPartition(topic, int(part), source._start)],
+                    found = self._consumer.offsets_for_times([TopicPartition(topic, int(part), int(source._start))],
                                                              timeout=_METADATA_TIMEOUT)[0].offset
                     first = high if found < 0 else found
                 position = {"next": first, "end": high if source._bounded else None}
@@ -302,11 +302,12 @@ class KafkaReader:
                 continue  # partition EOF and transient errors: librdkafka retries by itself
             split = f"{message.topic()}:{message.partition()}"
             offset = message.offset()
+            assert offset is not None  # a consumed message without error has one
             nxt = advanced.get(split, self._next[split])
             end = self._end[split]
             if offset < nxt or split in self._done or (end is not None and offset >= end):
                 continue
-            by_split.setdefault(split, []).append(decode(message.value()))
+            by_split.setdefault(split, []).append(decode(message.value()))  # type: ignore[arg-type] # null: None
             advanced[split] = offset + 1
         # Assigned after every record decoded: a failing decoder leaves the positions where they were.
         self._next.update(advanced)
@@ -327,8 +328,9 @@ class KafkaReader:
             return
         tps = [TopicPartition(s.rpartition(":")[0], int(s.rpartition(":")[2])) for s in waiting]
         for split, tp in zip(waiting, self._consumer.position(tps)):
-            if tp.offset >= 0 and tp.offset >= self._end[split]:  # type: ignore[operator]
-                self._next[split] = max(self._next[split], self._end[split])  # type: ignore[type-var]
+            end = self._end[split]
+            if end is not None and tp.offset >= 0 and tp.offset >= end:
+                self._next[split] = max(self._next[split], end)
                 self._done.add(split)
 
     def snapshot(self) -> dict[str, Any]:
@@ -412,6 +414,7 @@ class KafkaSink:
 
     @property
     def marker_topic(self) -> str:
+        """The topic where this sink records which checkpoints it committed."""
         return self._topic + MARKER_SUFFIX
 
     def redistribute_state(self, states: Sequence[Any | None], parallelism: int) -> list[Any]:
@@ -449,8 +452,9 @@ class KafkaSink:
                 if time.monotonic() > give_up:
                     raise ConnectorError(f"{owner}: could not read topic {self._topic!r} back to its end within 60 s")
                 for message in consumer.consume(1000, 0.05):
-                    if message.error() is None and message.partition() in by_partition:
-                        by_partition[message.partition()].append(message.value())
+                    partition, value = message.partition(), message.value()
+                    if message.error() is None and partition is not None and value is not None and partition in by_partition:
+                        by_partition[partition].append(value)
                 positions = consumer.position([TopicPartition(self._topic, p) for p in ends])
                 if all(tp.offset >= ends[tp.partition] for tp in positions):
                     break
@@ -520,10 +524,11 @@ class KafkaSinkWriter(BrokerSinkWriter):
                     if position < 0 or position >= high:
                         break
                     continue
-                if message.error() is None:
-                    identity, cid = message.key().decode(), int(message.value())
+                key, value, offset = message.key(), message.value(), message.offset()
+                if message.error() is None and key is not None and value is not None:
+                    identity, cid = key.decode(), int(value)
                     found[identity] = max(found.get(identity, 0), cid)
-                if message.offset() + 1 >= high:
+                if offset is not None and offset + 1 >= high:
                     break
             return found
         finally:

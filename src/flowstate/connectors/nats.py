@@ -56,8 +56,8 @@ from flowstate.connectors.broker_common import (
     message_id,
     parse_delivery,
     read_limiter,
-    require,
     redistribute_publishing_states,
+    require,
 )
 
 _FETCH_TIMEOUT = 0.05
@@ -267,7 +267,7 @@ class NatsReader:
 
         try:
             return await state.sub.fetch(max_records, timeout=_FETCH_TIMEOUT)
-        except (NatsTimeout, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeout):
             return []
 
     def snapshot(self) -> dict[str, Any]:
@@ -408,7 +408,8 @@ class NatsSinkWriter(BrokerSinkWriter):
                     "delivery='at_least_once')")
 
     def _publish_batch(self, identity: WriterIdentity, checkpoint_id: int, payloads: tuple[bytes, ...]) -> None:
-        messages = [(p, {"Nats-Msg-Id": message_id(identity, checkpoint_id, k)}) for k, p in enumerate(payloads)]
+        messages: list[tuple[bytes, dict[str, str] | None]] = [
+            (p, {"Nats-Msg-Id": message_id(identity, checkpoint_id, k)}) for k, p in enumerate(payloads)]
         half = (len(messages) + 1) // 2
         self._send_messages(messages[:half])
         hit(self._failpoints, MID_COMMIT)  # half of the batch is in the stream: a restore re-sends all of it

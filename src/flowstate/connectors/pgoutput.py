@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-POSTGRES_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+POSTGRES_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.UTC)
 """Timestamps of the protocol count microseconds from this instant."""
 
 

@@ -53,8 +53,8 @@ from typing import Any
 
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.commit import CommitLog
-from flowstate.checkpoint.restore import CommittedOutput
 from flowstate.checkpoint.ids import CheckpointId
+from flowstate.checkpoint.restore import CommittedOutput
 from flowstate.errors import ConfigError
 
 MARKER_TABLE = "flowstate_sink_commits"
@@ -196,7 +196,8 @@ class PostgresSink:
 
         try:
             with psycopg.connect(self._dsn, connect_timeout=10) as conn:
-                if conn.execute("SELECT to_regclass(%s)", (MARKER_TABLE,)).fetchone()[0] is None:
+                row = conn.execute("SELECT to_regclass(%s)", (MARKER_TABLE,)).fetchone()
+                if row is None or row[0] is None:
                     return ()
                 markers = conn.execute(
                     f"SELECT subtask, checkpoint, committed_at FROM {MARKER_TABLE} WHERE sink = %s ORDER BY subtask",

@@ -88,6 +88,13 @@ _FETCH = 2048
 transaction past it), rows per round trip of the snapshot."""
 
 
+
+def _one(cursor: Any) -> tuple[Any, ...]:
+    """The row of a query that always returns one (``SHOW``, a function, a slot this reader holds)."""
+    row = cursor.fetchone()
+    assert row is not None, "a query of exactly one row returned none"
+    return tuple(row)
+
 class PostgresCdcError(ConfigError):
     """The source cannot read as configured; the message names it and what to change."""
 
@@ -242,19 +249,19 @@ class PostgresCdcReader:
     # ---- set-up ---------------------------------------------------------------------------------
 
     def _check_server(self) -> None:
-        (level,) = self._conn.execute("SHOW wal_level").fetchone()
+        (level,) = _one(self._conn.execute("SHOW wal_level"))
         if level != "logical":
             raise PostgresCdcError(
                 f"PostgresCdcSource {self._name!r}: the server has wal_level = {level}; reading changes needs "
                 "wal_level = logical (ALTER SYSTEM SET wal_level = logical, then restart the server)"
             )
         for table in self._source._tables:
-            if self._conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+            if _one(self._conn.execute("SELECT to_regclass(%s)", (table,)))[0] is None:
                 raise PostgresCdcError(f"PostgresCdcSource {self._name!r}: table {table!r} does not exist")
 
     def _lock(self) -> None:
         key = _lock_key(self._source._slot)
-        (locked,) = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        (locked,) = _one(self._conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)))
         if not locked:
             holder = self._conn.execute(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
@@ -315,17 +322,17 @@ class PostgresCdcReader:
             raise PostgresCdcError(
                 f"PostgresCdcSource {self._name!r}: cannot create slot {slot!r}: {' '.join(message)}"
             )
-        point, name = result.get_value(0, 1).decode(), result.get_value(0, 2).decode()
+        point, name = ((result.get_value(0, column) or b"").decode() for column in (1, 2))
         return _Exported(conn, lsn_to_int(point), name)
 
     def _table_info(self) -> list[_Table]:
         """Rule 8 needs each table's primary key; a table without one is refused."""
         out = []
         for table in self._source._tables:
-            schema, name = self._conn.execute(
+            schema, name = _one(self._conn.execute(
                 "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.oid = %s::regclass", (table,),
-            ).fetchone()
+            ))
             rows = self._conn.execute(
                 "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
                 "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
@@ -349,20 +356,20 @@ class PostgresCdcReader:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported.name)))
-        (self._read_time,) = conn.execute("SELECT now()").fetchone()
+        (self._read_time,) = _one(conn.execute("SELECT now()"))
 
     def _start(self, position: Any | None) -> tuple[int, int, int | None, list[Segment], tuple[int, Any] | None]:
         """Rules 3, 6, 7 and 8: (end LSN read whole, changes to skip of the next transaction, stop LSN,
         the snapshot segments, the snapshot's next row: ``(table index, last key read)`` or ``None``
         once the snapshot is read)."""
-        (confirmed,) = self._conn.execute(
+        (confirmed,) = _one(self._conn.execute(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self._source._slot,)
-        ).fetchone()
+        ))
         confirmed_lsn = lsn_to_int(confirmed)
         if position is None:
             until = self._source._until
             if until == "now":
-                (now,) = self._conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+                (now,) = _one(self._conn.execute("SELECT pg_current_wal_lsn()::text"))
                 stop: int | None = lsn_to_int(now)
             else:
                 stop = None if until is None else lsn_to_int(until)
@@ -432,9 +439,9 @@ class PostgresCdcReader:
         target = max(self._remembered[cid] for cid in covered)
         for cid in covered:
             del self._remembered[cid]
-        (confirmed,) = self._conn.execute(
+        (confirmed,) = _one(self._conn.execute(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self._source._slot,)
-        ).fetchone()
+        ))
         if target > lsn_to_int(confirmed):
             self._conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self._source._slot, int_to_lsn(target)))
 
@@ -495,7 +502,7 @@ class PostgresCdcReader:
         def row(values: tuple[Any, ...]) -> sql.Composable:
             return sql.SQL("ROW({})").format(sql.SQL(", ").join(
                 sql.SQL("{}::" + kind).format(sql.Literal(value)) for value, kind in zip(values, kinds)))
-        (greater,) = self._conn.execute(sql.SQL("SELECT {} > {}").format(row(key), row(bound))).fetchone()
+        (greater,) = _one(self._conn.execute(sql.SQL("SELECT {} > {}").format(row(key), row(bound))))
         return bool(greater)
 
     def _deduplicate(self, changes: list[Change], commit: int) -> list[Change]:
@@ -515,7 +522,7 @@ class PostgresCdcReader:
                 out.append(change)  # REPLICA IDENTITY NOTHING: no key to place it by
                 continue
             def point(row: tuple[Any, ...] | None) -> int | None:
-                return None if row is None else segment_point(self._segments, index, row, self._greater)
+                return None if row is None else segment_point(self._segments, index, row, self._greater)  # noqa: B023 - called in this iteration
             match fate(change.op, commit, point(old), point(new)):
                 case Fate.KEEP:
                     out.append(change)
@@ -532,7 +539,7 @@ class PostgresCdcReader:
     # ---- decoding ---------------------------------------------------------------------------------
 
     def _flushed(self) -> int:
-        (flushed,) = self._conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        (flushed,) = _one(self._conn.execute("SELECT pg_current_wal_flush_lsn()::text"))
         return lsn_to_int(flushed)
 
     def _fetch(self) -> bool:

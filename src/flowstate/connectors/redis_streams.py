@@ -52,8 +52,8 @@ from flowstate.connectors.broker_common import (
     json_bytes,
     parse_delivery,
     read_limiter,
-    require,
     redistribute_publishing_states,
+    require,
 )
 
 _BLOCK_MS = 50
@@ -338,6 +338,7 @@ class RedisStreamSink:
 
     @property
     def marker_key(self) -> str:
+        """The key where this sink records which checkpoints it committed."""
         return self._stream + MARKER_SUFFIX
 
     def redistribute_state(self, states: Sequence[Any | None], parallelism: int) -> list[Any]:

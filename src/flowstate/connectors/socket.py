@@ -185,7 +185,7 @@ class _SocketReceiver:
         self.error: BaseException | None = None
         """Why the thread stopped reading (a refused connection, a line that does not decode)."""
 
-    def start(self, deliver: Callable[[list[Any]], None]) -> None:
+    def start(self, deliver: Callable[[list[Any]], object]) -> None:
         self._thread = threading.Thread(target=self._run, args=(deliver,), daemon=True,
                                         name=f"flowstate-socket-{self._reader._port}")
         self._thread.start()

@@ -48,7 +48,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 log = logging.getLogger("flowstate")
 
@@ -354,7 +354,8 @@ def serve(sock: socket.socket) -> NoReturn:
     children: set[int] = set()
     try:
         while True:
-            readable, _, _ = select.select([sock, wake_r], [], [])
+            watched: list[Any] = [sock, wake_r]
+            readable, _, _ = select.select(watched, [], [])
             if wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):

@@ -63,15 +63,9 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from flowstate.checkpoint.ids import TaskId, task_id
-from flowstate.observe.counters import TaskCounters
 from flowstate.clock import Clock, SystemClock
-from flowstate.executors.forkserver import ForkServer, ForkServerHandle, ServerGone
-from flowstate.executors.start import WorkerStart
-from flowstate.task.messages import TaskFailed, TaskFinished
-from flowstate.task.plan import pack
-from flowstate.transport.remote import ControlChannel
 from flowstate.executors.base import STOP_TIMEOUT
-from flowstate.transport.ports import Reports
+from flowstate.executors.forkserver import ForkServer, ForkServerHandle, ServerGone
 from flowstate.executors.protocol import (
     Address,
     BuildFailed,
@@ -86,6 +80,12 @@ from flowstate.executors.protocol import (
     WorkerLostError,
     place,
 )
+from flowstate.executors.start import WorkerStart
+from flowstate.observe.counters import TaskCounters
+from flowstate.task.messages import TaskFailed, TaskFinished
+from flowstate.task.plan import pack
+from flowstate.transport.ports import Reports
+from flowstate.transport.remote import ControlChannel
 
 if TYPE_CHECKING:
     from flowstate.graph import JobGraph

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from flowstate.clock import Clock
 from flowstate.errors import ConfigError
-from flowstate.task.plan import pack
 from flowstate.executors.processes import WorkerLink, WorkerPool
 from flowstate.executors.protocol import Address, Placement
+from flowstate.task.plan import pack
 
 if TYPE_CHECKING:
     from flowstate.graph import JobGraph

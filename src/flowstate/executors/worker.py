@@ -21,12 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from flowstate.checkpoint.ids import TaskId
 from flowstate.clock import SystemClock
-from flowstate.transport.frames import HEADER, HEADER_SIZE, HELLO, encode
-from flowstate.task.messages import TaskFailed, TaskFinished
-from flowstate.task.plan import unpack
-from flowstate.transport.remote import ControlChannel, DataPlane
-from flowstate.task.factory import TaskSite, build_tasks
-from flowstate.executors.threads import ThreadExecutor
 from flowstate.executors.protocol import (
     Address,
     BuildFailed,
@@ -41,6 +35,12 @@ from flowstate.executors.protocol import (
     Stop,
     portable,
 )
+from flowstate.executors.threads import ThreadExecutor
+from flowstate.task.factory import TaskSite, build_tasks
+from flowstate.task.messages import TaskFailed, TaskFinished
+from flowstate.task.plan import unpack
+from flowstate.transport.frames import HEADER, HEADER_SIZE, HELLO, encode
+from flowstate.transport.remote import ControlChannel, DataPlane
 
 if TYPE_CHECKING:
     from flowstate.failpoints import SharedCounts

@@ -234,7 +234,8 @@ class InClosingOrder(fs.KeyedProcessFunction):
         ctx.timers.register_event_time(just_after(closed.expires))
 
     def on_timer(self, timestamp: float, ctx: Any) -> Iterable[Any]:
-        due, rest = [], []
+        due: list[Any] = []
+        rest: list[Any] = []
         for closed in self.waiting.get():
             (due if just_after(closed.expires) <= timestamp else rest).append(closed)
         if rest:

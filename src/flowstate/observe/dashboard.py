@@ -205,7 +205,8 @@ def _graph(view: View) -> str:
             x1, y1 = pos[src]
             ax, ay, bx, by = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
             out.append(f"<line x1='{ax}' y1='{ay}' x2='{bx}' y2='{by}' stroke='#667' stroke-width='1.5' marker-end='url(#arrow)'/>")
-            out.append(f"<text x='{(ax + bx) / 2}' y='{(ay + by) / 2 - 6}' font-size='11' text-anchor='middle' fill='#555'>{_e(partition)}</text>")
+            out.append(f"<text x='{(ax + bx) / 2}' y='{(ay + by) / 2 - 6}' font-size='11' text-anchor='middle' "
+                       f"fill='#555'>{_e(partition)}</text>")
     for v in vertices:
         x, y = pos[v["name"]]
         name, p = v["name"], int(v.get("parallelism", 1))
@@ -334,8 +335,8 @@ def _restores(view: View) -> str:
             what = f"savepoint {r.savepoint}"
         items.append((r.time, f"<tr><td>{_clock(r.time)}</td><td>attempt {r.attempt} restored from {_e(what)}</td>"
                               f"<td class='num'>{_seconds(r.seconds)}</td></tr>"))
-    for r in view.restarts:
-        items.append((r.time, f"<tr><td>{_clock(r.time)}</td><td class='failed'>restart: {_e(_short(r.reason, 160))}</td>"
+    for restart in view.restarts:
+        items.append((restart.time, f"<tr><td>{_clock(restart.time)}</td><td class='failed'>restart: {_e(_short(restart.reason, 160))}</td>"
                               "<td></td></tr>"))
     if not items:
         return "<p class='muted'>None.</p>"

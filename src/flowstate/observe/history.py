@@ -32,7 +32,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from flowstate.storage.base import CheckpointMetadata
 
@@ -232,7 +232,7 @@ class HistoryLog:
                     temporary = self.path.with_name(f".{HISTORY_FILE}.tmp")
                     temporary.write_text("\n".join(lines[-KEEP:]) + "\n")
                     os.replace(temporary, self.path)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
+            self._file: TextIO | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
         except OSError as exc:
             log.warning("cannot write the checkpoint history %s: %s", self.path, exc)
             self._file = None

@@ -165,7 +165,8 @@ class _TaskCollector:
 
     def collect(self) -> Iterable[Metric]:
         labels = ["task", "subtask"]
-        records_in = CounterMetricFamily("flowstate_task_records_in", "Records a subtask read (a source: records it polled).", labels=labels)
+        records_in = CounterMetricFamily("flowstate_task_records_in", "Records a subtask read (a source: records it polled).",
+                                         labels=labels)
         records_out = CounterMetricFamily("flowstate_task_records_out", "Records a subtask emitted downstream.", labels=labels)
         backpressure = CounterMetricFamily("flowstate_task_backpressure_seconds",
                                            "Time a subtask waited for room in a full output channel.", labels=labels)

@@ -33,10 +33,10 @@ if TYPE_CHECKING:
     from flowstate.checkpoint.ids import TaskId
     from flowstate.clock import Clock
     from flowstate.config import JobConfig
+    from flowstate.control.endpoint import JobControl
     from flowstate.graph import JobGraph
     from flowstate.observe.metrics import JobMetrics
     from flowstate.observe.server import ObserveServer
-    from flowstate.control.endpoint import JobControl
     from flowstate.storage.base import CheckpointMetadata
 
 log = logging.getLogger("flowstate")
@@ -90,7 +90,7 @@ class Observer:
         self.all_tasks = tuple(f"{v.name}#{i}" for v in graph.vertices for i in range(v.parallelism))
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
-        self._tasks: Mapping[str, Any] = {}
+        self._tasks: Mapping[TaskId, Any] = {}
         self._base: dict[str, TaskCounters] = {}
         self._state_sizes: dict[str, int] = {}
         self.recent: deque[Event] = deque(maxlen=RECENT)

@@ -171,7 +171,8 @@ class HttpServer:
     def __init__(self, host: str, port: int, view: Callable[[], View], metrics: Callable[[], bytes | None], *,
                  control: JobControl | None = None, token: str | None = None, what: str = "dashboard") -> None:
         self._server = _Server((host, port), view, metrics, control, token)
-        self.host, self.port = self._server.server_address[:2]
+        address = self._server.server_address
+        self.host, self.port = str(address[0]), int(address[1])
         if host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("the %s listens on %s: anyone who can reach it can read the job's metrics", what, host)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name=what, daemon=True)

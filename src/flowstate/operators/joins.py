@@ -173,7 +173,7 @@ class JoinLatestOperator(_Keyed):
         self.watermark = wm = event.timestamp
         out: list[Any] = []
         try:
-            while (got := self.timers.pop(_EVENT, wm)) is not None:
+            while self.timers.pop(_EVENT, wm) is not None:
                 for ts in sorted(t for t in self.waiting.keys() if t <= wm):
                     row = self._row_at(ts)
                     out.extend(self.fn(value, row) for value in self.waiting.get(ts))

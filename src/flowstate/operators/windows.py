@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
-from typing import Any, NamedTuple
+from typing import Any
 
 from flowstate.aggregates import Count
 from flowstate.clock import SystemClock
@@ -53,6 +53,7 @@ from flowstate.operators.base import Operator, OperatorEnv, Ready, _Keyed
 from flowstate.operators.timers import TimerService, to_seconds
 from flowstate.time.watermarks import MAX_WATERMARK, MIN_WATERMARK, SplitWatermarks, Watermark
 from flowstate.time.windows import CountWindow, TimeWindow, merge_session
+from flowstate.windowed import EarlyWindowResult, WindowResult
 
 WINDOWS_STATE = "__windows__"
 COUNT_STATE = "__count_windows__"
@@ -63,28 +64,6 @@ PENDING_LIMIT = 100_000
 """Pending groups (Step 2) above which a window operator flushes without waiting for a watermark."""
 SUBTASK_SPLIT = "*"
 """The split of a generator that sees its records as one stream (records carry no split id)."""
-
-
-class WindowResult(NamedTuple):
-    """What ``reduce`` and ``aggregate`` on a window emit: the key, the window and its value."""
-
-    key: Any
-    window: Any
-    value: Any
-
-    early = False
-    """Whether this is an early result of a window still open (``EarlyWindowResult``)."""
-
-
-class EarlyWindowResult(WindowResult):
-    """The contents so far of a window that is still open (``early_every`` / ``early_count``): an
-    update, followed by the window's final ``WindowResult`` when the watermark passes its end."""
-
-    __slots__ = ()
-    early = True
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (EarlyWindowResult, tuple(self))
 
 
 class LateRecord:

@@ -29,14 +29,17 @@ class KeyContext:
 
     def __init__(self) -> None:
         self.current_key: Any = None
+        """Any key of ``flowstate.state.keys``: the API cannot know its type."""
 
 
 class ValueState(Generic[V]):
-    """One value per key. ``value()`` returns ``default`` for a key that has none."""
+    """One value per key. ``value()`` returns ``default`` for a key that has none: ``V`` includes
+    ``None`` unless a default of type ``V`` was given (``ValueState[int]`` with ``default=0``)."""
 
     __slots__ = ()
 
-    def value(self) -> V | None:
+    def value(self) -> V:
+        """The value of the current key (the state's default when it has none)."""
         raise NotImplementedError
 
     def update(self, value: V | None) -> None:
@@ -44,6 +47,7 @@ class ValueState(Generic[V]):
         raise NotImplementedError
 
     def clear(self) -> None:
+        """Remove the current key's value."""
         raise NotImplementedError
 
 
@@ -57,9 +61,11 @@ class ListState(Generic[V]):
         raise NotImplementedError
 
     def add(self, value: V) -> None:
+        """Append ``value`` to the current key's list."""
         raise NotImplementedError
 
     def add_all(self, values: Iterable[V]) -> None:
+        """Append every item of ``values``."""
         raise NotImplementedError
 
     def update(self, values: Iterable[V]) -> None:
@@ -67,6 +73,7 @@ class ListState(Generic[V]):
         raise NotImplementedError
 
     def clear(self) -> None:
+        """Remove the current key's list."""
         raise NotImplementedError
 
 
@@ -76,15 +83,19 @@ class MapState(Generic[K, V]):
     __slots__ = ()
 
     def get(self, key: K, default: V | None = None) -> V | None:
+        """The value of map key ``key`` for the current key, ``default`` when absent."""
         raise NotImplementedError
 
     def put(self, key: K, value: V) -> None:
+        """Set map key ``key`` to ``value``."""
         raise NotImplementedError
 
     def put_all(self, entries: dict[K, V]) -> None:
+        """``put`` every entry of ``entries``."""
         raise NotImplementedError
 
     def contains(self, key: K) -> bool:
+        """Whether map key ``key`` is present."""
         raise NotImplementedError
 
     def remove(self, key: K) -> None:
@@ -96,15 +107,19 @@ class MapState(Generic[K, V]):
         raise NotImplementedError
 
     def values(self) -> Iterator[V]:
+        """The values of the current key's map, as they were when called."""
         raise NotImplementedError
 
     def items(self) -> Iterator[tuple[K, V]]:
+        """The ``(key, value)`` pairs of the current key's map, as they were when called."""
         raise NotImplementedError
 
     def is_empty(self) -> bool:
+        """Whether the current key has no entry."""
         raise NotImplementedError
 
     def clear(self) -> None:
+        """Remove the current key's map."""
         raise NotImplementedError
 
 
@@ -114,9 +129,11 @@ class ReducingState(Generic[V]):
     __slots__ = ()
 
     def get(self) -> V | None:
+        """The reduced value of the current key (``None`` when it has none)."""
         raise NotImplementedError
 
     def add(self, value: V) -> None:
+        """Store ``reduce_fn(old, value)`` (``value`` for a key without one)."""
         raise NotImplementedError
 
     def add_and_get(self, value: V) -> V:
@@ -125,4 +142,5 @@ class ReducingState(Generic[V]):
         return self.get()  # type: ignore[return-value]
 
     def clear(self) -> None:
+        """Remove the current key's value."""
         raise NotImplementedError

@@ -1,7 +1,8 @@
 """Key groups: the unit in which keyed state is partitioned, stored and (later) redistributed.
 
 A key maps to one of ``max_parallelism`` key groups through a **stable** hash (CRC-32 of a canonical
-byte encoding of the key, equal for equal keys: see ``flowstate.state.keys``), never Python's salted ``hash()``: the same key lands in the same group in
+byte encoding of the key, equal for equal keys: see ``flowstate.state.keys``), never Python's salted
+``hash()``: the same key lands in the same group in
 every process, on every run, so state written by one run is found by the next. CRC-32 alone spreads
 keys that differ in one character poorly over contiguous ranges (``"split-0"`` … ``"split-9"`` all
 fell in one half of the groups), so it is mixed by a multiplication with the 32-bit golden ratio
@@ -33,13 +34,13 @@ def stable_key_bytes(key: object) -> bytes:
     """
     t = type(key)
     if t is str:
-        return key.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
+        return key.encode("utf-8", "surrogatepass")  # type: ignore[attr-defined]
     if t is bytes:
         return key  # type: ignore[return-value]
     if t is int or t is bool:
         return b"i" + str(int(key)).encode()  # type: ignore[call-overload]
     if t is float:
-        if key.is_integer():  # type: ignore[union-attr]
+        if key.is_integer():  # type: ignore[attr-defined]
             return b"i" + str(int(key)).encode()  # type: ignore[call-overload]
         if key != key:
             raise UnsupportedKeyError(key, "NaN is not a key (it is not equal to itself)")
@@ -47,7 +48,7 @@ def stable_key_bytes(key: object) -> bytes:
     if key is None:
         return b"\x00none"
     if t is tuple:
-        parts = [stable_key_bytes(k) for k in key]  # type: ignore[union-attr]
+        parts = [stable_key_bytes(k) for k in key]  # type: ignore[attr-defined]
         return b"t" + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
     if t is _DATE:
         return b"d" + str(key.toordinal()).encode()  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ Contract of every adapter:
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,11 +93,11 @@ class BlobStore(Protocol):
         """Every blob whose path starts with ``directory + "/"``, at any depth, in no order."""
         ...
 
-    def directories(self) -> list[str]:
+    def directories(self) -> builtins.list[str]:
         """The name of every directory of the root, in no order."""
         ...
 
-    def delete(self, paths: list[str]) -> None: ...
+    def delete(self, paths: builtins.list[str]) -> None: ...
 
     def delete_directory(self, directory: str) -> None:
         """Delete every blob under ``directory`` (rule 4)."""

@@ -24,7 +24,8 @@ Rules:
    vertex}``, and ``inputs``, vertex → list of vertices), ``source_records`` and ``origin``
    (``{checkpoint_id, completion_time}``), each written only when set. Its layout is the one the
    free-form ``extra`` of earlier versions had, so checkpoints read the same in either (``origin``
-   may also hold the savepoint's ``path``); a key of ``extra`` not listed here is refused. ``extra.savepoint`` (true), which earlier versions wrote for
+   may also hold the savepoint's ``path``); a key of ``extra`` not listed here is refused.
+   ``extra.savepoint`` (true), which earlier versions wrote for
    a savepoint, is read as the ``savepoint`` field; it is now written as that field.
 7. What a checkpoint may reference (checked before its metadata is written, see
    ``reference_problem``): a task's ``handle`` lies in the checkpoint's own directory; each file in
@@ -39,6 +40,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
+from typing import TypeVar
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId
 from flowstate.kinds import NodeKind
@@ -52,6 +54,8 @@ from flowstate.storage.base import (
     TaskState,
 )
 from flowstate.storage.compression import CODECS, check_codec, decompress
+
+_T = TypeVar("_T")
 
 METADATA_FILE = "_metadata"
 METADATA_FORMAT_VERSION = 1
@@ -403,7 +407,7 @@ def _no_constants(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _typed(value: object, kind: type, what: str) -> object:
+def _typed(value: object, kind: type[_T], what: str) -> _T:
     # bool is an int to Python, but never a valid count, id or time here (nor an int a valid bool).
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise CorruptCheckpointError(f"{what} is {type(value).__name__}, not {kind.__name__}")
@@ -443,7 +447,7 @@ def _decode_handle(value: object, what: str) -> StateHandle | None:
     fields = _fields(value, _HANDLE_FIELDS, what, _HANDLE_OPTIONAL)
     path = fields["path"]
     problem = relative_path_problem(path)
-    if problem is not None:
+    if problem is not None or not isinstance(path, str):
         raise CorruptCheckpointError(f"{what}: {problem}")
     size = _count(fields["size"], f"{what} size")
     sha256 = _typed(fields["sha256"], str, f"{what} sha256")

@@ -123,7 +123,7 @@ def format_checkpoint_table(infos: list[CheckpointInfo], *, tz: tzinfo | None = 
     if not infos:
         return "no checkpoints"
     rows = [_row(info, tz) for info in infos]
-    headers = _HEADERS if any(row[-1] for row in rows) else _HEADERS[:-1]
+    headers: tuple[str, ...] = _HEADERS if any(row[-1] for row in rows) else _HEADERS[:-1]
     rows = [row[: len(headers)] for row in rows]
     at = _HEADERS.index("DURATION") + 1
     for group, cells_of in ((_SNAPSHOT, _snapshot), (_METRICS, _metrics), (_SIZES, _sizes)):

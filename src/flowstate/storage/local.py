@@ -34,6 +34,7 @@ Rules:
 
 from __future__ import annotations
 
+import builtins
 import errno
 import hashlib
 import os
@@ -278,14 +279,14 @@ class LocalBlobStore:
                 found.append(StoredFile(file.relative_to(self._root).as_posix(), info.st_size, info.st_mtime))
         return found
 
-    def directories(self) -> list[str]:
+    def directories(self) -> builtins.list[str]:
         try:
             entries = list(os.scandir(self._root))
         except FileNotFoundError:
             return []
         return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
 
-    def delete(self, paths: list[str]) -> None:
+    def delete(self, paths: builtins.list[str]) -> None:
         directories = set()
         for path in paths:
             file = self._root / path

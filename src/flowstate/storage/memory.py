@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import threading
 from dataclasses import dataclass
@@ -92,11 +93,11 @@ class MemoryBlobStore:
                 if path.startswith(prefix)
             ]
 
-    def directories(self) -> list[str]:
+    def directories(self) -> builtins.list[str]:
         with self._lock:
             return sorted({path.split("/", 1)[0] for path in self._blobs if "/" in path})
 
-    def delete(self, paths: list[str]) -> None:
+    def delete(self, paths: builtins.list[str]) -> None:
         with self._lock:
             for path in paths:
                 self._blobs.pop(path, None)
@@ -109,7 +110,7 @@ class MemoryBlobStore:
 
     # --- what a test does around the storage ----------------------------------------------------
 
-    def paths(self) -> list[str]:
+    def paths(self) -> builtins.list[str]:
         """Every stored path, sorted."""
         with self._lock:
             return sorted(self._blobs)

@@ -34,6 +34,7 @@ uploads after a day.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import tempfile
@@ -41,7 +42,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import obstore
@@ -155,8 +156,9 @@ class S3BlobStore:
             self._store = S3Store(
                 self._bucket,
                 prefix=self._prefix or None,
-                client_options=client,
-                retry_config=retry or None,
+                # obstore types these as TypedDicts; the keys above are theirs.
+                client_options=cast(Any, client),
+                retry_config=cast(Any, retry or None),
                 **config,
             )
         except BaseError as error:
@@ -239,12 +241,12 @@ class S3BlobStore:
                 for meta in batch
             ]
 
-    def directories(self) -> list[str]:
+    def directories(self) -> builtins.list[str]:
         with _translated("listing the checkpoints"):
             listed = obstore.list_with_delimiter(self._store, None)
         return [prefix.rstrip("/").rsplit("/", 1)[-1] for prefix in listed["common_prefixes"]]
 
-    def delete(self, paths: list[str]) -> None:
+    def delete(self, paths: builtins.list[str]) -> None:
         if paths:
             with _translated(f"deleting {paths[0]}" + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")):
                 obstore.delete(self._store, paths)

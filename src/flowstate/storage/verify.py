@@ -247,10 +247,11 @@ def _retention(
     counted: int,
 ) -> tuple[int, Problem | None, list[str]]:
     decodable = [f for f in facts.checkpoints if f.metadata is not None]
-    regular = [f for f in decodable if not f.metadata.savepoint]
-    kept = regular[-retained:] + [f for f in decodable if f.metadata.savepoint]
+    regular = [f for f in decodable if f.metadata is not None and not f.metadata.savepoint]
+    kept = regular[-retained:] + [f for f in decodable if f.metadata is not None and f.metadata.savepoint]
     paths: set[str] = set()
     for found in kept:
+        assert found.metadata is not None  # kept is decodable
         paths.update(h.path for h in found.metadata.files())
         paths.add(f"{checkpoint_dir_name(found.checkpoint_id)}/{METADATA_FILE}")
     young_bytes = sum(f.size for f in young)

@@ -49,6 +49,7 @@ from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.connectors.base import assigned_splits
 from flowstate.errors import ConfigError
 from flowstate.graph import JobGraph, JobVertex
+from flowstate.kinds import KEYED_KINDS, STATEFUL_KINDS, NodeKind
 from flowstate.state.keygroups import (
     key_group_of,
     key_group_range,
@@ -56,9 +57,9 @@ from flowstate.state.keygroups import (
     subtask_for_key_group,
 )
 from flowstate.state.memory import FORMAT as HEAP_FORMAT
-from flowstate.kinds import KEYED_KINDS, STATEFUL_KINDS, NodeKind
 from flowstate.storage.base import CheckpointMetadata, JobRecord, OperatorRecord
 from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile
+
 
 def describe_graph(graph: JobGraph) -> JobRecord:
     """What the metadata records of the job that wrote it, so that a restore into a changed job can
@@ -173,21 +174,21 @@ def assign_states(
     for uid, old in uids.items():
         kind = old_kind(old)
         found = nodes.get(uid)
-        state = _describe_state(kind, old)
+        described = _describe_state(kind, old)
         if found is None:
-            not_restored(uid, state, "which the job no longer has", sink=kind is NodeKind.SINK)
+            not_restored(uid, described, "which the job no longer has", sink=kind is NodeKind.SINK)
         elif not _compatible(kind, found[1].kind):
-            not_restored(uid, state, f"which is now a {found[1].kind} operator that cannot take it", sink=kind is NodeKind.SINK)
+            not_restored(uid, described, f"which is now a {found[1].kind} operator that cannot take it", sink=kind is NodeKind.SINK)
         else:
             restorable[uid] = old
     source_positions: dict[str, _OldState] = {}
     for uid, old in sources.items():
         found = nodes.get(uid)
-        state = _describe_state(NodeKind.SOURCE, old)
+        described = _describe_state(NodeKind.SOURCE, old)
         if found is None:
-            not_restored(uid, state, "which the job no longer has")
+            not_restored(uid, described, "which the job no longer has")
         elif found[1].kind is not NodeKind.SOURCE:
-            not_restored(uid, state, f"which is now a {found[1].kind} operator that cannot take it")
+            not_restored(uid, described, f"which is now a {found[1].kind} operator that cannot take it")
         else:
             source_positions[uid] = old
 
@@ -201,24 +202,24 @@ def assign_states(
                     if positions is not None:
                         states[task_id(v.name, i)].source = positions
                 continue
-            old = restorable.get(node.uid)
-            if old is None:
+            kept = restorable.get(node.uid)
+            if kept is None:
                 continue
             if node.kind in KEYED_KINDS:
-                parts = _assign_keyed(v, old, graph.max_parallelism)
+                parts = _assign_keyed(v, kept, graph.max_parallelism)
             elif node.kind is NodeKind.TIMESTAMPS:
-                parts = _assign_generators(v, old)
+                parts = _assign_generators(v, kept)
             elif node.kind is NodeKind.SINK:
-                parts = _assign_sink(v, node, old, operator(node.uid), refusals)
+                parts = _assign_sink(v, node, kept, operator(node.uid), refusals)
             else:
-                parts = _assign_as_is(v, old, operator(node.uid), refusals)
+                parts = _assign_as_is(v, kept, operator(node.uid), refusals)
             for i, part in enumerate(parts):
                 if part is not None:
                     states[task_id(v.name, i)].operators[node.uid] = part
-    for vertex, by_subtask in watermarks.items():
-        _assign_watermarks(graph, metadata, vertex, by_subtask, states)
-    for vertex, by_subtask in channels.items():
-        _assign_channels(graph, metadata, old_inputs, vertex, by_subtask, what, states, refusals)
+    for vertex, marks in watermarks.items():
+        _assign_watermarks(graph, metadata, vertex, marks, states)
+    for vertex, in_flight in channels.items():
+        _assign_channels(graph, metadata, old_inputs, vertex, in_flight, what, states, refusals)
     if refusals:
         raise ConfigError(
             "cannot restore " + what + ": " + "; ".join(refusals)

@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from flowstate.clock import Clock
 from flowstate.config import Mode
 from flowstate.failpoints import Failpoints
-from flowstate.storage.base import CheckpointStorage
+from flowstate.storage.savepoint import SnapshotTargets
 from flowstate.transport.ports import Reports
 
 
 @dataclass(frozen=True, slots=True)
 class TaskEnv:
     mode: Mode
-    storage: CheckpointStorage | None
+    storage: SnapshotTargets | None
+    """Where snapshots go: the job's checkpoint storage, each savepoint to its own directory."""
     reports: Reports
     snapshot_pool: Executor
     failpoints: Failpoints

@@ -28,20 +28,19 @@ from flowstate.checkpoint.ids import TaskId, task_id
 from flowstate.clock import Clock, SystemClock
 from flowstate.connectors.base import open_reader
 from flowstate.graph import JobVertex
-from flowstate.transport.channels import InputGate
 from flowstate.operators.base import OperatorEnv
 from flowstate.operators.build import build_operator
-from flowstate.task.output import Output, OutputEdge
-from flowstate.task.plan import AttemptPlan
-from flowstate.storage.savepoint import SnapshotTargets
-from flowstate.task.assignment import assign_states
-from flowstate.task.source import SourceTask
-from flowstate.task.task import StreamTask, Task, TaskEnv
-from flowstate.transport.channels import LocalWiring
-from flowstate.transport.ports import ChannelWriter, Reports, Wiring
 from flowstate.state.backend import BackendFactory, RestoredState
 from flowstate.storage.base import CheckpointStorage
+from flowstate.storage.savepoint import SnapshotTargets
 from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile, decode_task_state
+from flowstate.task.assignment import assign_states
+from flowstate.task.output import Output, OutputEdge
+from flowstate.task.plan import AttemptPlan
+from flowstate.task.source import SourceTask
+from flowstate.task.task import StreamTask, Task, TaskEnv
+from flowstate.transport.channels import InputGate, LocalWiring
+from flowstate.transport.ports import ChannelWriter, Reports, Wiring
 
 log = logging.getLogger("flowstate")
 

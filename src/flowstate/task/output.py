@@ -17,8 +17,8 @@ from typing import Any
 from zlib import crc32
 
 from flowstate.errors import UserFunctionError
-from flowstate.transport.ports import ChannelWriter
 from flowstate.state.keygroups import GOLDEN, routing_table, stable_key_bytes
+from flowstate.transport.ports import ChannelWriter
 
 ROUTE_CACHE_KEYS = 1 << 16
 """Keys whose route a keyed edge remembers."""

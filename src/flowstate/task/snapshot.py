@@ -32,7 +32,6 @@ from flowstate.task.env import TaskEnv
 from flowstate.task.messages import Ack, Decline
 
 
-
 def state_file_name(task: str) -> str:
     """The name of a task's state file in a checkpoint: ``<task>.state``, behind a ``#`` when the
     task's name starts with ``.`` or ``_`` (a vertex named by such a uid), which storage reserves for
@@ -137,13 +136,13 @@ class SnapshotWriter:
                 if isinstance(value, SnapshotParts):
                     refs: dict[str, StateHandle] = {}
                     for key, path in value.files.items():
-                        handle, new_bytes = self.upload(cid, key, path, snapshot.full)
-                        files[key] = refs[key] = handle
+                        uploaded, new_bytes = self.upload(cid, key, path, snapshot.full)
+                        files[key] = refs[key] = uploaded
                         written += new_bytes
                     value = KeyedSnapshot(value.data, refs)
                 operators[uid] = value
             state = TaskStateFile(operators, snapshot.source, snapshot.channels or {}, snapshot.watermark)
-            handle = None
+            handle: StateHandle | None = None
             if not state.is_empty():
                 assert env.storage is not None
                 data = encode_task_state(state)

@@ -6,7 +6,7 @@ reads nothing after it, ends its input when the checkpoint completes, and reads 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.barrier import CheckpointBarrier
@@ -22,6 +22,20 @@ from flowstate.task.task import TICK_EVERY, Task
 from flowstate.time.watermarks import (
     FINAL_WATERMARK,
 )
+
+
+class SplitWatermarks(Protocol):
+    """What a source task tells an operator that generates watermarks per source split
+    (``TimestampsOperator``): the split of the batch it is about to process, and the splits that
+    start, end, or are no longer read at all."""
+
+    current_split: str | None
+
+    def start_split(self, split: str) -> None: ...
+
+    def finish_split(self, split: str) -> None: ...
+
+    def retain_splits(self, reading: set[str]) -> None: ...
 
 
 class SourceTask(Task):
@@ -62,7 +76,7 @@ class SourceTask(Task):
         # (flowstate.testing.time.TimedSource): each goes right behind the batch before it.
         take_watermark = getattr(reader, "take_watermark", None)
         # A reader that says which split each batch comes from feeds per-split watermarks.
-        split_ops = [op for op in self.ops if hasattr(op, "finish_split")]
+        split_ops = [cast(SplitWatermarks, op) for op in self.ops if hasattr(op, "finish_split")]
         if split_ops and hasattr(reader, "poll_splits"):
             poll = self._poll_splits
         elif split_ops and hasattr(reader, "poll_split"):

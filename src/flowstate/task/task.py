@@ -238,8 +238,10 @@ class Task:
                 fp.hit(fpn.FINAL_CHECKPOINT)
         cid = barrier.checkpoint_id
         if barrier.target is not None:
-            # Tasks in worker processes learn where a savepoint goes from its barrier.
-            env.storage.route_savepoint(cid, Path(barrier.target))  # type: ignore[union-attr]
+            # Tasks in worker processes learn where a savepoint goes from its barrier (a job that
+            # takes savepoints has storage: the coordinator gives no target otherwise).
+            assert env.storage is not None
+            env.storage.route_savepoint(cid, Path(barrier.target))
         t0 = env.clock.monotonic()
         parts: list[tuple[str, Any]] = []
         snapshot = Snapshot(cid, parts, 0.0, alignment_seconds, full=barrier.savepoint, records=records,

@@ -145,8 +145,8 @@ def section(reports: list[tuple[Workload, ChaosReport]], *, command: str, second
                   "`miscounted` records of a state that counted a replayed record twice are the unexpected "
                   "ones); nothing may be lost. The exactly-once modes allow no difference at all."), ""]
     verdicts = [f"- {w.name}: {r.verdict()}" for w, r in reports]
-    problems = [f"  - {p}" for _, r in reports for p in r.all_problems()[:20]]
-    lines += ["Verdicts:", "", *verdicts, *problems, "", END]
+    problem_lines = [f"  - {p}" for _, r in reports for p in r.all_problems()[:20]]
+    lines += ["Verdicts:", "", *verdicts, *problem_lines, "", END]
     return "\n".join(lines)
 
 

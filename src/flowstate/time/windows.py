@@ -34,6 +34,7 @@ class TimeWindow(NamedTuple):
         return self.start <= other.end and other.start <= self.end
 
     def cover(self, other: TimeWindow) -> TimeWindow:
+        """The smallest window holding both (session windows merge this way)."""
         return TimeWindow(min(self.start, other.start), max(self.end, other.end))
 
 
@@ -59,6 +60,7 @@ class TumblingWindows:
             raise ValueError("TumblingWindows size must be positive")
 
     def assign(self, ts: float) -> tuple[TimeWindow, ...]:
+        """The windows a record of timestamp ``ts`` belongs to."""
         start = ts - (ts - self.offset) % self.size
         return (TimeWindow(start, start + self.size),)
 
@@ -79,6 +81,7 @@ class SlidingWindows:
             raise ValueError("SlidingWindows size and slide must be positive")
 
     def assign(self, ts: float) -> tuple[TimeWindow, ...]:
+        """The windows a record of timestamp ``ts`` belongs to."""
         last = ts - (ts - self.offset) % self.slide
         out = []
         start = last
@@ -100,6 +103,7 @@ class SessionWindows:
             raise ValueError("SessionWindows gap must be positive")
 
     def assign(self, ts: float) -> tuple[TimeWindow, ...]:
+        """The windows a record of timestamp ``ts`` belongs to."""
         return (TimeWindow(ts, ts + self.gap),)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from flowstate.checkpoint.barrier import END_OF_INPUT, CheckpointBarrier, EndOfInput
 from flowstate.errors import FlowstateError
+from flowstate.time.watermarks import Watermark
 from flowstate.transport.channels import Cancelled, InputGate
 from flowstate.transport.frames import (
     BARRIER,
@@ -53,7 +54,6 @@ from flowstate.transport.frames import (
     encode,
     encode_batch,
 )
-from flowstate.time.watermarks import Watermark
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 WINDOW = 2

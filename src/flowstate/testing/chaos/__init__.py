@@ -7,7 +7,8 @@ again, until one run completes. Per mode, in this order:
 
 Step 1: the **reference**: one run without failure, from scratch. Its committed output (the multiset
         of lines of every ``FileSink``, and of the records of every sink offering
-        ``committed_records()``, read back from its server once the run completed) is what every job must commit; its duration scales the random
+        ``committed_records()``, read back from its server once the run completed) is what every job must
+        commit; its duration scales the random
         kill delays. Every failpoint of ``flowstate.failpoints.KNOWN`` counts its hits in it (action
         ``kill%0``, which never fires): a failpoint with no hit is not reached from scratch.
 Step 2: **kills at random moments**: chains of jobs whose runs get SIGKILL from outside after a random
@@ -122,16 +123,16 @@ def run_chaos(config: ChaosConfig, work_dir: Path, *, progress: Progress | None 
         random_results = list(pool.map(lambda c: c[0].random_chain(c[1], c[2], c[3]), chains))
 
         # Step 3.
-        kills: list[tuple[_ModeRunner, str, int]] = []
+        at_failpoints: list[tuple[_ModeRunner, str, int]] = []
         for runner in runners:
             for name in selected:
                 if runner.hits.get(name, 0) or runner.restored_hits.get(name, 0):
-                    kills += [(runner, name, i) for i in range(config.failpoint_kills)]
+                    at_failpoints += [(runner, name, i) for i in range(config.failpoint_kills)]
         if progress is not None:
             # A failpoint only restored runs reach costs a kill before its own.
-            progress.plan(sum(1 if runner.hits.get(name, 0) else 2 for runner, name, _ in kills))
+            progress.plan(sum(1 if runner.hits.get(name, 0) else 2 for runner, name, _ in at_failpoints))
             progress.phase("kills at failpoints")
-        failpoint_results = list(pool.map(lambda k: k[0].failpoint_kill(k[1], k[2]), kills))
+        failpoint_results = list(pool.map(lambda k: k[0].failpoint_kill(k[1], k[2]), at_failpoints))
 
     for runner in runners:
         report.restored_hits[runner.mode] = dict(sorted(runner.restored_hits.items()))
@@ -142,7 +143,7 @@ def run_chaos(config: ChaosConfig, work_dir: Path, *, progress: Progress | None 
         for name in selected:
             row = ScenarioResult(runner.mode, name)
             row.reached = bool(runner.hits.get(name, 0) or runner.restored_hits.get(name, 0))
-            for result, (kill_runner, kill_name, _i) in zip(failpoint_results, kills):
+            for result, (kill_runner, kill_name, _i) in zip(failpoint_results, at_failpoints):
                 if kill_runner is runner and kill_name == name:
                     row.add(result)
             rows.append(row)

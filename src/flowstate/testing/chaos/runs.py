@@ -373,10 +373,10 @@ class _ModeRunner:
             if completed:
                 job.compare()
                 continue
-            outcome = job.complete(_counting(fpn.KNOWN))
-            if outcome is None:
+            final = job.complete(_counting(fpn.KNOWN))
+            if final is None:
                 break
-            self._learn(outcome)
+            self._learn(final)
         self._report(result, kills)
         return result
 
