@@ -77,6 +77,10 @@ class Dataflow:
                     "SocketSource or an object implementing flowstate.connectors.base.Source"
                 )
         node = self._add("source", name or getattr(source, "name", None) or "source", source, parallelism, (), uid)
+        if getattr(source, "record_batches", False):  # its items are pyarrow.RecordBatch (flowstate.arrow)
+            from flowstate.arrow import ArrowStream
+
+            return ArrowStream(self, node)
         # A source whose records carry event time (flowstate.testing.TimedSource) names its timestamp function.
         return Stream(self, node, None, getattr(source, "timestamp_fn", None))
 
@@ -147,6 +151,23 @@ class Stream:
     def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
         """Every record of the iterable ``fn(record)``."""
         return self._op("flat_map", fn, name, parallelism, uid)
+
+    def to_arrow(self, schema: Any = None, *, name: str | None = None, parallelism: int | None = None,
+                 uid: str | None = None) -> Any:
+        """The vectorized path (``flowstate.arrow``, needs ``flowstate[arrow]``): each batch of records
+        (dicts, or tuples with a ``pyarrow.Schema``) as one ``pyarrow.RecordBatch``; record batches
+        pass as they are. Returns an ``ArrowStream``."""
+        from flowstate.arrow import to_arrow
+
+        return to_arrow(self, schema, name=name, parallelism=parallelism, uid=uid)
+
+    def map_batches(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None,
+                    uid: str | None = None) -> Any:
+        """``fn(batch)`` for every ``pyarrow.RecordBatch`` item of the stream (``flowstate.arrow``,
+        needs ``flowstate[arrow]``). Returns an ``ArrowStream``."""
+        from flowstate.arrow import map_batches
+
+        return map_batches(self, fn, name=name, parallelism=parallelism, uid=uid)
 
     def key_by(self, key_fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
         """Partition the stream by ``key_fn(record)``: every record of one key goes to one subtask,

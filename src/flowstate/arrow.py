@@ -1,0 +1,355 @@
+"""The vectorized path: streams whose records are ``pyarrow.RecordBatch`` items.
+
+For jobs whose per-record work is columnar, a record costs a share of one call into Arrow rather
+than a call of a Python function. Rules:
+
+1. **pyarrow is an optional extra** (``pip install 'flowstate[arrow]'``). Nothing in the core
+   imports it; the API below imports it when a job asks for it, and without it fails with one line
+   naming the extra (``MissingExtraError``).
+2. **An Arrow stream is a stream whose items are record batches.** An item is the unit of a
+   barrier: a checkpoint falls between two items, never inside one, so the engine's rules (batches,
+   barriers, exactly-once) hold unchanged. ``to_arrow()`` turns a batch of Python records (dicts, or
+   tuples with a ``schema``) into one record batch; ``to_records()`` turns record batches back into
+   Python records (one dict per row).
+3. **``map_batches(fn)``**: ``fn(batch)`` returns a ``RecordBatch``, a ``Table`` (its batches) or
+   ``None`` (nothing); any other value fails naming the operator.
+4. **``key_by(column)``** partitions rows by the key group of the column's value (the rules of
+   ``flowstate.state.keys``: a value is a key by its Python value, ``to_pylist()``), so a key lands
+   where the per-record path would put it and keyed state restores and rescales as any other.
+   Routing hashes each distinct key of a batch once; the rows are split with Arrow compute.
+5. **Keyed aggregation** (``aggregate``, ``sum``, ``count``, ``min``, ``max``, ``mean``) runs in two
+   steps, as Flink's local-global aggregation does: a *partial* step in the upstream task groups
+   each record batch by key (Arrow group-by) and sends one row per key of the batch; the keyed step
+   groups those rows again and merges them into each key's accumulator, a tuple in value state
+   (heap or RocksDB: in every checkpoint, restored, rescaled by key group). The partial step keeps
+   nothing between two batches, so it needs no state of its own. For every input item the keyed
+   step emits one record batch: the key column and the new result of every key that batch touched
+   (``<column>_<function>``), an update stream whose last row per key is the result so far.
+6. Nulls: ``sum``, ``min`` and ``max`` ignore them (null for a key with none but nulls); ``count``
+   counts the values that are not null; ``mean`` is their sum over their count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from zlib import crc32
+
+from flowstate.dataflow import Dataflow, Edge, Node, Stream, _callable
+from flowstate.errors import FlowstateError, GraphError
+from flowstate.state.keygroups import GOLDEN, stable_key_bytes
+from flowstate.state.keys import check_key
+from flowstate.transport.frames import is_record_batch
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+EXTRA = "pip install 'flowstate[arrow]'"
+
+
+class MissingExtraError(FlowstateError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message says what to install."""
+
+
+def require_pyarrow(what: str) -> Any:
+    """The ``pyarrow`` module, or ``MissingExtraError`` naming ``what`` needs it (rule 1)."""
+    try:
+        import pyarrow
+    except ImportError:
+        raise MissingExtraError(f"{what} needs pyarrow, which is not installed: {EXTRA}") from None
+    return pyarrow
+
+
+# ---- aggregate functions ---------------------------------------------------------------------------
+
+FUNCTIONS = ("sum", "count", "min", "max", "mean")
+"""The aggregate functions of ``KeyedArrowStream.aggregate``."""
+
+_PARTS: dict[str, tuple[str, ...]] = {
+    "sum": ("sum",), "count": ("count",), "min": ("min",), "max": ("max",), "mean": ("sum", "count"),
+}
+"""The partial aggregates (Arrow hash aggregate functions) each function is computed from."""
+_MERGE = {"sum": "sum", "count": "sum", "min": "min", "max": "max"}
+"""How partials of one kind merge in Arrow: counts add up."""
+
+
+def _add(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def _least(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    return a if b is None or a <= b else b
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    return a if b is None or a >= b else b
+
+
+_MERGE_VALUES: dict[str, Callable[[Any, Any], Any]] = {"sum": _add, "count": _add, "min": _least, "max": _greatest}
+"""How partials of one kind merge into an accumulator in Python (``None``: no value yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One partial aggregate: ``function`` of ``column``, named ``<column>_<function>`` (Arrow's name)."""
+
+    column: str
+    function: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.column}_{self.function}"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAggregate:
+    """What a keyed aggregation computes: ``specs`` are ``(column, function)`` pairs; ``parts`` the
+    partial aggregates they need, each once. Picklable, pure: the operators hold one."""
+
+    key: str
+    specs: tuple[tuple[str, str], ...]
+    parts: tuple[Part, ...]
+
+    @classmethod
+    def of(cls, key: str, specs: Sequence[tuple[str, str]]) -> BatchAggregate:
+        parts: list[Part] = []
+        for column, function in specs:
+            for kind in _PARTS[function]:
+                part = Part(column, kind)
+                if part not in parts:
+                    parts.append(part)
+        return cls(key, tuple(specs), tuple(parts))
+
+    def output_names(self) -> list[str]:
+        return [f"{column}_{function}" for column, function in self.specs]
+
+    def merges(self) -> list[Callable[[Any, Any], Any]]:
+        return [_MERGE_VALUES[p.function] for p in self.parts]
+
+    def plan(self) -> list[tuple[int, int]]:
+        """Per spec, where its value is in an accumulator (one value per part): the index of its part,
+        and ``-1``; for a mean, the indices of its sum and of its count."""
+        index = {p: i for i, p in enumerate(self.parts)}
+        return [(index[Part(c, "sum")], index[Part(c, "count")]) if f == "mean" else (index[Part(c, f)], -1)
+                for c, f in self.specs]
+
+
+class PartialAggregate:
+    """The partial step (rule 5): a record batch → one row per key, with every partial aggregate.
+    The ``map_batches`` function of the node in front of the keyed exchange (picklable)."""
+
+    def __init__(self, aggregate: BatchAggregate) -> None:
+        self.aggregate = aggregate
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch | None:
+        import pyarrow as pa
+
+        if batch.num_rows == 0:
+            return None
+        agg = self.aggregate
+        grouped = pa.Table.from_batches([batch]).group_by(agg.key, use_threads=False).aggregate(
+            [(p.column, p.function) for p in agg.parts])
+        names = [agg.key, *(p.name for p in agg.parts)]
+        return pa.RecordBatch.from_arrays([grouped.column(n).combine_chunks() for n in names], names=names)
+
+
+# ---- routing by a key column -----------------------------------------------------------------------
+
+ROUTE_CACHE_KEYS = 1 << 16
+"""Keys whose route a column key remembers (as ``flowstate.task.output`` does for records)."""
+
+
+class ColumnKey:
+    """The key of an Arrow keyed edge: the value of ``column``. ``split_batch`` routes the rows of
+    record batches by the key group of each value (rule 4); called on a Python record (a dict, as
+    ``to_records`` makes) it returns the record's value of the column."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+        self._routes: dict[Any, int] = {}
+
+    def __getstate__(self) -> str:
+        return self.column
+
+    def __setstate__(self, column: str) -> None:
+        self.column = column
+        self._routes = {}
+
+    def __call__(self, record: Any) -> Any:
+        if is_record_batch(record):
+            raise TypeError(
+                f"a record batch keyed by column {self.column!r} cannot be routed one record at a time "
+                "(in-flight record batches of an unaligned checkpoint are replayed at their old parallelism "
+                "only: restore at that parallelism, or take a savepoint first)")
+        return record[self.column]
+
+    def split_batch(self, batch: list[Any], route: list[int], max_parallelism: int, targets: int) -> list[list[Any]]:
+        """The items of ``batch`` (record batches) for each of ``targets`` subtasks, by the key group
+        of each row's key (``route``: key group → subtask). A record batch whose keys all go to one
+        subtask goes there whole. Raises what the rules of keys raise for a value that is no key."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        buckets: list[list[Any]] = [[] for _ in range(targets)]
+        routes = self._routes
+        for item in batch:
+            if not is_record_batch(item):
+                raise TypeError(f"key_by({self.column!r}) expects pyarrow.RecordBatch items, got {type(item).__name__}")
+            if item.num_rows == 0:
+                continue
+            column = item.column(self.column)
+            distinct = pc.unique(column)
+            chosen = []
+            for key in distinct.to_pylist():
+                target = routes.get(key)
+                if target is None:
+                    check_key(key)
+                    data = key.encode("utf-8", "surrogatepass") if type(key) is str else stable_key_bytes(key)
+                    target = route[((crc32(data) * GOLDEN) & 0xFFFFFFFF) * max_parallelism >> 32]
+                    if len(routes) < ROUTE_CACHE_KEYS:
+                        routes[key] = target
+                chosen.append(target)
+            first = chosen[0]
+            if all(t == first for t in chosen):
+                buckets[first].append(item)
+                continue
+            rows = pc.take(pa.array(chosen, pa.int32()), pc.index_in(column, value_set=distinct))
+            for target in sorted(set(chosen)):
+                buckets[target].append(item.filter(pc.equal(rows, target)))
+        return buckets
+
+
+# ---- IPC: record batches across processes ----------------------------------------------------------
+
+def encode_ipc(batch: list[Any]) -> bytes | None:
+    """The Arrow IPC stream of ``batch`` when every item is a record batch of one schema, else
+    ``None`` (the caller pickles it)."""
+    import pyarrow as pa
+
+    schema = batch[0].schema
+    for item in batch:
+        if not is_record_batch(item) or not item.schema.equals(schema, check_metadata=True):
+            return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        for item in batch:
+            writer.write_batch(item)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_ipc(payload: memoryview) -> list[Any]:
+    """The record batches of an IPC stream. The payload is copied once: the batches must not point
+    into a buffer the frame reader reuses."""
+    import pyarrow as pa
+
+    with pa.ipc.open_stream(pa.py_buffer(bytes(payload))) as reader:
+        return list(reader)
+
+
+# ---- the dataflow API ------------------------------------------------------------------------------
+
+class ArrowStream(Stream):
+    """A stream whose items are ``pyarrow.RecordBatch`` (rule 2). Every ``Stream`` operator applies
+    to the items; the methods below are the columnar ones."""
+
+    def map_batches(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None,
+                    uid: str | None = None) -> ArrowStream:
+        """``fn(batch)`` for every record batch (rule 3)."""
+        return map_batches(self, fn, name=name, parallelism=parallelism, uid=uid)
+
+    def to_arrow(self, schema: Any = None, *, name: str | None = None, parallelism: int | None = None,
+                 uid: str | None = None) -> ArrowStream:
+        return self
+
+    def key_by(self, column: str, *, name: str | None = None) -> KeyedArrowStream:  # type: ignore[override]
+        """Partition the rows by the value of ``column`` (rule 4)."""
+        if not isinstance(column, str) or not column:
+            raise GraphError(f"key_by on record batches takes a column name, got {column!r}")
+        require_pyarrow("key_by(column)")
+        return KeyedArrowStream(self._flow, self._node, column)
+
+    def to_records(self, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+        """One Python record (a dict of column → value) per row."""
+        node = self._flow._add("to_records", name or "to_records", None, parallelism, self._edge(), uid)
+        return Stream(self._flow, node)
+
+
+class KeyedArrowStream:
+    """Record batches partitioned by a key column: keyed aggregations (rule 5)."""
+
+    def __init__(self, flow: Dataflow, node: Node, column: str) -> None:
+        self._flow = flow
+        self._node = node
+        self.column = column
+
+    def aggregate(self, *specs: tuple[str, str], name: str | None = None, parallelism: int | None = None,
+                  uid: str | None = None) -> ArrowStream:
+        """A running aggregation per key: ``specs`` are ``(column, function)`` pairs, functions among
+        ``FUNCTIONS``; emits ``key, <column>_<function>…`` for the keys of every input batch."""
+        shown = name or "aggregate_batches"
+        if not specs:
+            raise GraphError(f"{shown}: give at least one (column, function) pair")
+        for spec in specs:
+            if (not isinstance(spec, tuple) or len(spec) != 2 or not isinstance(spec[0], str)
+                    or spec[1] not in FUNCTIONS):
+                raise GraphError(f"{shown}: {spec!r} is not a (column, function) pair with a function among "
+                                 f"{', '.join(FUNCTIONS)}")
+        if len(set(specs)) != len(specs):
+            raise GraphError(f"{shown}: {specs!r} names an aggregate twice")
+        agg = BatchAggregate.of(self.column, specs)
+        upstream = self._node
+        partial = self._flow._add("map_batches", f"{shown} (partial)", PartialAggregate(agg), upstream.parallelism,
+                                  (Edge(upstream),), f"{uid}-partial" if uid else None)
+        node = self._flow._add("aggregate_batches", shown, agg, parallelism, (Edge(partial, ColumnKey(self.column)),),
+                               uid)
+        return ArrowStream(self._flow, node)
+
+    def sum(self, column: str, **kwargs: Any) -> ArrowStream:
+        return self.aggregate((column, "sum"), **kwargs)
+
+    def count(self, column: str, **kwargs: Any) -> ArrowStream:
+        return self.aggregate((column, "count"), **kwargs)
+
+    def min(self, column: str, **kwargs: Any) -> ArrowStream:
+        return self.aggregate((column, "min"), **kwargs)
+
+    def max(self, column: str, **kwargs: Any) -> ArrowStream:
+        return self.aggregate((column, "max"), **kwargs)
+
+    def mean(self, column: str, **kwargs: Any) -> ArrowStream:
+        return self.aggregate((column, "mean"), **kwargs)
+
+
+def to_arrow(stream: Stream, schema: Any = None, *, name: str | None = None, parallelism: int | None = None,
+             uid: str | None = None) -> ArrowStream:
+    """``Stream.to_arrow``: each batch of Python records as one record batch (rule 2)."""
+    pa = require_pyarrow("to_arrow")
+    if schema is not None and not isinstance(schema, pa.Schema):
+        raise GraphError(f"to_arrow: schema must be a pyarrow.Schema, got {schema!r}")
+    node = stream._flow._add("to_arrow", name or "to_arrow", None, parallelism, stream._edge(), uid, schema=schema)
+    return ArrowStream(stream._flow, node)
+
+
+def map_batches(stream: Stream, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None,
+                uid: str | None = None) -> ArrowStream:
+    """``Stream.map_batches``: ``fn`` over the record batches of ``stream`` (rule 3)."""
+    require_pyarrow("map_batches")
+    shown = _callable("map_batches", name, fn)
+    node = stream._flow._add("map_batches", shown, fn, parallelism, stream._edge(), uid)
+    return ArrowStream(stream._flow, node)
+
+
+def __getattr__(name: str) -> Any:
+    # The sources live with the connectors (flowstate.connectors.arrow_files), which import this module.
+    if name in ("TableSource", "ParquetSource"):
+        from flowstate.connectors import arrow_files
+
+        return getattr(arrow_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
