@@ -61,6 +61,23 @@ def require_pyarrow(what: str) -> Any:
     return pyarrow
 
 
+class Shown(str):
+    """How errors show a record batch: its size and schema on one line, not its values."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def shown(item: Any) -> Any:
+    """``item`` as a ``UserFunctionError`` shows it: a record batch as ``Shown``, anything else as it is."""
+    if not is_record_batch(item):
+        return item
+    fields = ", ".join(f"{f.name}: {f.type}" for f in item.schema)
+    return Shown(f"<record batch of {item.num_rows} rows ({fields})>")
+
+
 # ---- aggregate functions ---------------------------------------------------------------------------
 
 FUNCTIONS = ("sum", "count", "min", "max", "mean")

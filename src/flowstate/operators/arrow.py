@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowstate.arrow import BatchAggregate, is_record_batch, require_pyarrow
+from flowstate.arrow import BatchAggregate, is_record_batch, require_pyarrow, shown
 from flowstate.errors import UserFunctionError
 from flowstate.operators.base import KEY_BY, Operator, OperatorEnv, _Keyed
 from flowstate.state.keys import check_key
@@ -99,7 +99,7 @@ class MapBatchesOperator(Operator):
                     raise TypeError(f"the map_batches function returned {type(result).__name__}: return a "
                                     "pyarrow.RecordBatch, a pyarrow.Table or None")
         except Exception as exc:
-            raise UserFunctionError(self.name, item, exc) from exc
+            raise UserFunctionError(self.name, shown(item), exc) from exc
         return out
 
 
@@ -112,7 +112,7 @@ class ToRecordsOperator(Operator):
         out: list[Any] = []
         for item in batch:
             if item.__class__ is not self.record_batch:
-                raise UserFunctionError(self.name, item, _not_a_batch("to_records", item))
+                raise UserFunctionError(self.name, shown(item), _not_a_batch("to_records", item))
             out.extend(item.to_pylist())
         return out
 
@@ -142,7 +142,7 @@ class AggregateBatchesOperator(_Keyed):
         items = []
         for item in batch:
             if not is_record_batch(item):
-                raise UserFunctionError(self.name, item, _not_a_batch("aggregate", item))
+                raise UserFunctionError(self.name, shown(item), _not_a_batch("aggregate", item))
             if item.num_rows:
                 items.append(item)
         if not items:
@@ -151,7 +151,7 @@ class AggregateBatchesOperator(_Keyed):
         try:  # Step (1)
             grouped = pa.Table.from_batches(items).group_by(agg.key, use_threads=False).aggregate(self.regroup)
         except Exception as exc:
-            raise UserFunctionError(self.name, items[0], exc) from exc
+            raise UserFunctionError(self.name, shown(items[0]), exc) from exc
         key_column = grouped.column(agg.key)
         keys = key_column.to_pylist()
         partials = list(zip(*(grouped.column(n).to_pylist() for n in self.regrouped)))

@@ -67,7 +67,9 @@ class OutputEdge:
             try:
                 buckets = self._split(batch, self._route, self._maxp, len(self.targets))
             except Exception as exc:
-                raise UserFunctionError("key_by", batch[0], exc) from exc
+                from flowstate.arrow import shown
+
+                raise UserFunctionError("key_by", shown(batch[0]), exc) from exc
         elif self._routes is None:
             self._route_by_hash(batch, buckets)
         else:
