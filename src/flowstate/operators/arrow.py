@@ -11,7 +11,8 @@ pyarrow is imported when one of them is built: a job that has none never imports
 - ``AggregateBatchesOperator``: the keyed step of a keyed aggregation (rule 5 of
   ``flowstate.arrow``): the partial rows of an engine batch grouped once more by key in Arrow, then
   merged into each key's accumulator in value state, one state access per key of the batch (not per
-  row). Step by step, per engine batch: (1) group the partial rows by key; (2) for each key, in the
+  row). Step by step, per engine batch: (1) group the partial rows of its items by key (a single
+  item needs no grouping: the partial step gave it one row per key); (2) for each key, in the
   group-by's order, read the accumulator, merge, write it back; (3) emit the key and result of every
   key touched, as one record batch. A key that is no key under ``flowstate.state.keys`` fails the
   batch naming ``key_by`` before any state is written for it.
@@ -130,12 +131,26 @@ class AggregateBatchesOperator(_Keyed):
 
         self.regroup = [(p.name, _MERGE[p.function]) for p in aggregate.parts]
         self.regrouped = [f"{p.name}_{_MERGE[p.function]}" for p in aggregate.parts]
+        self.partial_names = [p.name for p in aggregate.parts]
         self.plan = aggregate.plan()
         """Per spec, the indices in an accumulator of its value (a mean's: of its sum and count)."""
 
     def open(self, resume_state: Any) -> None:
         super().open(resume_state)
         self.state = self.backend.value_state("acc")
+
+    def _check_keys(self, kind: Any, keys: list[Any]) -> None:
+        """Every key under the rules of keys, before any state is written. Integers, strings, bytes
+        and booleans (and nulls: ``None``) always are keys: their columns are not looked at one by one."""
+        types = self.pa.types
+        if types.is_integer(kind) or types.is_string(kind) or types.is_large_string(kind) or \
+                types.is_binary(kind) or types.is_boolean(kind):
+            return
+        for key in keys:
+            try:
+                check_key(key)
+            except Exception as exc:
+                raise UserFunctionError(KEY_BY, key, exc) from exc
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         pa = self.pa
@@ -148,41 +163,49 @@ class AggregateBatchesOperator(_Keyed):
         if not items:
             return []
         agg = self.aggregate
-        try:  # Step (1)
-            grouped = pa.Table.from_batches(items).group_by(agg.key, use_threads=False).aggregate(self.regroup)
-        except Exception as exc:
-            raise UserFunctionError(self.name, shown(items[0]), exc) from exc
+        # Step (1). One item holds one row per key already (the partial step made it): nothing to group.
+        if len(items) == 1:
+            grouped, names = items[0], self.partial_names
+        else:
+            try:
+                grouped = pa.Table.from_batches(items).group_by(agg.key, use_threads=False).aggregate(self.regroup)
+            except Exception as exc:
+                raise UserFunctionError(self.name, shown(items[0]), exc) from exc
+            names = self.regrouped
         key_column = grouped.column(agg.key)
         keys = key_column.to_pylist()
-        partials = list(zip(*(grouped.column(n).to_pylist() for n in self.regrouped)))
-        for key in keys:  # every key is checked before any state is written
-            if type(key) is not str:
-                try:
-                    check_key(key)
-                except Exception as exc:
-                    raise UserFunctionError(KEY_BY, key, exc) from exc
+        self._check_keys(key_column.type, keys)
+        partials = [grouped.column(n).to_pylist() for n in names]
         # Step (2)
         self.backend.maybe_fold()
         current = self.backend.keys
         value = self.state.value
         update = self.state.update
-        merges = self.merges
-        accs = []
+        accs: list[tuple[Any, ...]] = []
         append = accs.append
-        for key, partial in zip(keys, partials):
-            current.current_key = key
-            acc = value()
-            if acc is not None:
-                partial = tuple([m(a, b) for m, a, b in zip(merges, acc, partial)])
-            update(partial)
-            append(partial)
+        if len(partials) == 1:  # the usual single aggregate, without the general loop's zips
+            merge = self.merges[0]
+            for key, part in zip(keys, partials[0]):
+                current.current_key = key
+                acc = value()
+                new = (part,) if acc is None else (merge(acc[0], part),)
+                update(new)
+                append(new)
+        else:
+            merges = self.merges
+            for key, partial in zip(keys, zip(*partials)):
+                current.current_key = key
+                acc = value()
+                if acc is not None:
+                    partial = tuple([m(a, b) for m, a, b in zip(merges, acc, partial)])
+                update(partial)
+                append(partial)
         # Step (3)
-        columns = [key_column.combine_chunks()]
+        columns = [key_column.combine_chunks() if hasattr(key_column, "combine_chunks") else key_column]
+        schema = grouped.schema
         for (column, function), (i, j) in zip(agg.specs, self.plan):
             if function == "mean":
                 columns.append(pa.array([a[i] / a[j] if a[j] else None for a in accs], pa.float64()))
             else:
-                kind = "sum" if function == "count" else function
-                source = f"{column}_{function}_{kind}"
-                columns.append(pa.array([a[i] for a in accs], grouped.schema.field(source).type))
+                columns.append(pa.array([a[i] for a in accs], schema.field(names[i]).type))
         return [pa.RecordBatch.from_arrays(columns, names=[agg.key, *agg.output_names()])]
