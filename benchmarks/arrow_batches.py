@@ -6,19 +6,24 @@ sum of ``price * qty`` per key.
 (a) **the floor**: no engine, one loop over the same record batches of ``--batch-rows`` rows, each
     computing ``price * qty`` and grouped by key in Arrow (``group_by(...).aggregate``, one thread),
     its partial sums merged into a dict per key; and the same loop with NumPy (``np.bincount`` into
-    a dense array, which only integer keys below ``--keys`` allow). The faster of the two is the floor.
+    a dense array, which only integer keys below ``--keys`` allow). The Arrow loop is the floor of a
+    group-by over any key type; NumPy's is the floor of this job's dense integer keys.
 (b) **flowstate, vectorized**: ``TableSource`` → ``map_batches`` (the product column) →
     ``key_by("key").sum("amount")``: the partial group-by per record batch, the keyed merge into value
-    state (heap), an update batch per input batch into a sink that counts them; exactly-once with
-    1 s checkpoints into a temporary directory; at parallelism 1 (threads) and, with
-    ``--parallel``, 2 (worker processes: record batches cross processes as Arrow IPC frames).
+    state (heap), an update batch per input batch into a sink that keeps them; exactly-once with
+    1 s checkpoints into a temporary directory; at parallelism 1 on threads and, with ``--parallel``,
+    at parallelism 2 on threads (each partial batch split by key between two keyed subtasks) and on
+    two worker processes (record batches cross as Arrow IPC frames; the rows read from a Parquet
+    file, since a ``TableSource`` would ship its table to every worker).
 (c) **flowstate, per record**: a generator of the same tuples → ``map`` (the product) →
-    ``key_by`` → ``reduce`` (the running sum, an update per record) into a counting sink, same
+    ``key_by`` → ``reduce`` (the running sum, an update per record) into the same sink, same
     checkpoints, on ``--per-record`` records (it is slower; its rate is what is compared).
 
-Each variant's time is the wall time of the best of ``--repeat`` passes (a flowstate pass includes
-starting and ending the job), the variants interleaved so that the ratios compare passes made
-seconds apart on the same machine; every pass checks its result against the floor's sums.
+Each variant's times are those of the best of ``--repeat`` passes (a flowstate pass includes
+starting and ending the job), the variants interleaved. Two times: wall clock, and the CPU time of
+this process (every thread; n/a for the run on worker processes). The machine is shared, so wall
+clock varies several-fold with the other work on it while CPU time does not: the ratios are of CPU
+time. Every pass checks its result against a group-by of the whole table.
 
 Usage: ``.venv/bin/python benchmarks/arrow_batches.py [--records N] [--per-record N] [--keys K]
 [--batch-rows R] [--repeat K] [--parallel] [--write]``; ``--write`` puts the table into
@@ -33,6 +38,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +63,9 @@ A keyed sum of `price * qty` over integer keys, as (a) a plain loop of Arrow and
 over the record batches (the floor), (b) flowstate's `map_batches` and batched keyed aggregation
 (`src/flowstate/arrow.py`, `src/flowstate/operators/arrow.py`) with exactly-once 1 s checkpoints
 and (c) flowstate's per-record path (`map`, `key_by`, `reduce`). Measured by
-`benchmarks/arrow_batches.py`; reproduce with `python benchmarks/arrow_batches.py --parallel --write`.
+`benchmarks/arrow_batches.py` (its docstring has the method); reproduce with
+`python benchmarks/arrow_batches.py --parallel --write` (`pip install -e '.[bench]'`). The ratios
+are of CPU time: on this shared machine the wall clock varies several-fold from pass to pass.
 
 {BEGIN}
 {END}
@@ -82,6 +90,22 @@ def reference(table: pa.Table) -> dict[int, float]:
 def check(got: dict[Any, float], expected: dict[int, float], what: str) -> None:
     if got.keys() != expected.keys() or any(not math.isclose(got[k], v, rel_tol=1e-9) for k, v in expected.items()):
         raise SystemExit(f"{what}: the sums differ from the reference")
+
+
+@dataclass(frozen=True)
+class Times:
+    wall: float
+    cpu: float
+    """CPU seconds of this process, every thread (NaN: the work ran in other processes)."""
+
+
+class Stopwatch:
+    def __enter__(self) -> Stopwatch:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.times = Times(time.perf_counter() - self._wall, time.process_time() - self._cpu)
 
 
 # ---- (a) the floor ----------------------------------------------------------------------------------
@@ -118,32 +142,37 @@ def with_amount(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 class LastSums:
-    """A sink function keeping the last update of every key (picklable only as a thread sink)."""
+    """A sink function keeping what it gets, and the last update of every key once the job ended
+    (``sums()``, outside the timed run; picklable only as a thread sink)."""
 
     def __init__(self) -> None:
-        self.sums: dict[Any, float] = {}
+        self.items: list[Any] = []
 
-    def batches(self, batch: pa.RecordBatch) -> None:
-        self.sums.update(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()))
+    def sums(self) -> dict[Any, float]:
+        last: dict[Any, float] = {}
+        for item in self.items:
+            if isinstance(item, pa.RecordBatch):
+                last.update(zip(item.column(0).to_pylist(), item.column(1).to_pylist()))
+            else:
+                last[item[0]] = item[1]
+        return last
 
-    def records(self, record: tuple[int, float]) -> None:
-        self.sums[record[0]] = record[1]
 
-
-def run_vectorized(source: Any, parallelism: int, executor: str) -> tuple[float, dict[Any, float] | None]:
+def run_vectorized(source: Any, parallelism: int, executor: str) -> tuple[Times, dict[Any, float] | None]:
     flow = fs.Dataflow("arrow-sum", parallelism=parallelism)
     last = LastSums()
-    sink: Any = fs.CallbackSink(last.batches) if executor == "threads" else Discard()
+    sink: Any = fs.CallbackSink(last.items.append) if executor == "threads" else Discard()
     (flow.source(source, uid="rows")
          .map_batches(with_amount, uid="amount")
          .key_by("key").sum("amount", uid="sum")
          .sink(sink, uid="sink"))
     with tempfile.TemporaryDirectory() as checkpoints:
-        started = time.perf_counter()
-        result = fs.run(flow, checkpoint_dir=checkpoints, interval="1s", mode="exactly_once", executor=executor)
-        elapsed = time.perf_counter() - started
+        with Stopwatch() as watch:
+            result = fs.run(flow, checkpoint_dir=checkpoints, interval="1s", mode="exactly_once", executor=executor)
     assert result.failures == []
-    return elapsed, (last.sums if executor == "threads" else None)
+    # The CPU time of this process is the job's only when every task is one of its threads.
+    times = watch.times if executor == "threads" else Times(watch.times.wall, math.nan)
+    return times, (last.sums() if executor == "threads" else None)
 
 
 class Discard:
@@ -174,7 +203,7 @@ class Discard:
         pass
 
 
-def run_per_record(table: pa.Table, records: int) -> tuple[float, dict[Any, float]]:
+def run_per_record(table: pa.Table, records: int) -> tuple[Times, dict[Any, float]]:
     rows = list(zip(*(table.slice(0, records).column(c).to_pylist() for c in ("key", "price", "qty"))))
     flow = fs.Dataflow("record-sum", parallelism=1)
     last = LastSums()
@@ -182,13 +211,12 @@ def run_per_record(table: pa.Table, records: int) -> tuple[float, dict[Any, floa
          .map(lambda r: (r[0], r[1] * r[2]), uid="amount")
          .key_by(lambda r: r[0])
          .reduce(lambda a, b: (a[0], a[1] + b[1]), uid="sum")
-         .sink(fs.CallbackSink(last.records), uid="sink"))
+         .sink(fs.CallbackSink(last.items.append), uid="sink"))
     with tempfile.TemporaryDirectory() as checkpoints:
-        started = time.perf_counter()
-        result = fs.run(flow, checkpoint_dir=checkpoints, interval="1s", mode="exactly_once", executor="threads")
-        elapsed = time.perf_counter() - started
+        with Stopwatch() as watch:
+            result = fs.run(flow, checkpoint_dir=checkpoints, interval="1s", mode="exactly_once", executor="threads")
     assert result.failures == []
-    return elapsed, last.sums
+    return watch.times, last.sums()
 
 
 def main() -> None:
@@ -207,41 +235,46 @@ def main() -> None:
     batches = table.to_batches(max_chunksize=args.batch_rows)
     expected = reference(table)
     expected_few = reference(table.slice(0, args.per_record))
-    best: dict[str, float] = {}
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     directory = tempfile.TemporaryDirectory()
     parquet = f"{directory.name}/rows.parquet"
     if args.parallel:
         pq.write_table(table, parquet, row_group_size=8 * args.batch_rows)
 
-    def keep(name: str, seconds: float) -> None:
-        best[name] = min(best.get(name, math.inf), seconds)
+    def keep(name: str, times: Times) -> None:
+        wall[name] = min(wall.get(name, math.inf), times.wall)
+        if not math.isnan(times.cpu):
+            cpu[name] = min(cpu.get(name, math.inf), times.cpu)
 
     for _ in range(args.repeat):
-        started = time.perf_counter()
-        got = floor_arrow(batches)
-        keep("arrow", time.perf_counter() - started)
+        with Stopwatch() as watch:
+            got = floor_arrow(batches)
+        keep("arrow", watch.times)
         check(got, expected, "the Arrow floor")
-        started = time.perf_counter()
-        got = floor_numpy(batches, args.keys)
-        keep("numpy", time.perf_counter() - started)
+        with Stopwatch() as watch:
+            got = floor_numpy(batches, args.keys)
+        keep("numpy", watch.times)
         check(got, expected, "the NumPy floor")
-        seconds, got_sums = run_vectorized(TableSource(table, batch_rows=args.batch_rows), 1, "threads")
-        keep("vectorized", seconds)
+        times, got_sums = run_vectorized(TableSource(table, batch_rows=args.batch_rows), 1, "threads")
+        keep("vectorized", times)
         assert got_sums is not None
         check(got_sums, expected, "flowstate map_batches")
         if args.parallel:
-            seconds, got_sums = run_vectorized(TableSource(table, splits=2, batch_rows=args.batch_rows), 2, "threads")
-            keep("vectorized-2", seconds)
+            times, got_sums = run_vectorized(TableSource(table, splits=2, batch_rows=args.batch_rows), 2, "threads")
+            keep("vectorized-2", times)
             assert got_sums is not None
             check(got_sums, expected, "flowstate map_batches at parallelism 2")
             keep("processes", run_vectorized(ParquetSource(parquet, batch_rows=args.batch_rows), 2, "processes")[0])
-        seconds, got_sums = run_per_record(table, args.per_record)
-        keep("per-record", seconds)
+        times, got_sums = run_per_record(table, args.per_record)
+        keep("per-record", times)
         check(got_sums, expected_few, "flowstate per record")
 
     directory.cleanup()
-    rate = {name: (args.per_record if name == "per-record" else args.records) / s for name, s in best.items()}
-    floor = max(rate["arrow"], rate["numpy"])
+
+    def records(name: str) -> int:
+        return args.per_record if name == "per-record" else args.records
+
     rows = [
         ("(a) floor: Arrow group-by per batch, partial sums merged in a dict", "arrow"),
         ("(a) floor: NumPy `bincount` per batch into a dense array", "numpy"),
@@ -259,14 +292,24 @@ def main() -> None:
         f"NumPy {np.__version__}, Python {platform.python_version()}, {platform.machine()}, "
         "a 2-core machine shared with other work.",
         "",
-        "| variant | records/s | floor ÷ variant |",
-        "|---|---:|---:|",
+        "| variant | records/s (wall) | records per CPU-second | CPU per record ÷ the Arrow floor's | "
+        "÷ the NumPy floor's |",
+        "|---|---:|---:|---:|---:|",
     ]
     for label, name in rows:
-        lines.append(f"| {label} | {rate[name]:,.0f} | {floor / rate[name]:.2f}× |")
+        per_cpu = records(name) / cpu[name] if name in cpu else math.nan
+        shown_cpu = f"{per_cpu:,.0f}" if name in cpu else "n/a (other processes)"
+        versus = [f"{(records('arrow') / cpu['arrow']) / per_cpu:.2f}×" if name in cpu else "n/a",
+                  f"{(records('numpy') / cpu['numpy']) / per_cpu:.2f}×" if name in cpu else "n/a"]
+        lines.append(f"| {label} | {records(name) / wall[name]:,.0f} | {shown_cpu} | {versus[0]} | {versus[1]} |")
     lines.append("")
-    lines.append(f"The vectorized path ran at {rate['vectorized'] / rate['per-record']:.1f}× the rate of the "
-                 "per-record path.")
+    lines.append(
+        f"In CPU time the vectorized path cost {cpu['vectorized'] / records('vectorized') * 1e9:.1f} ns a record, "
+        f"the Arrow floor {cpu['arrow'] / records('arrow') * 1e9:.1f} ns and the per-record path "
+        f"{cpu['per-record'] / records('per-record') * 1e9:.0f} ns: the vectorized path ran "
+        f"{(cpu['per-record'] / records('per-record')) / (cpu['vectorized'] / records('vectorized')):.0f}× "
+        "cheaper than the per-record path. Wall-clock rates on this shared machine vary several-fold from pass to "
+        "pass with the other work on it; CPU time does not, so the ratios are of CPU time.")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
