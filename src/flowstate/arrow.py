@@ -185,8 +185,10 @@ ROUTE_CACHE_KEYS = 1 << 16
 
 class ColumnKey:
     """The key of an Arrow keyed edge: the value of ``column``. ``split_batch`` routes the rows of
-    record batches by the key group of each value (rule 4); called on a Python record (a dict, as
-    ``to_records`` makes) it returns the record's value of the column."""
+    record batches by the key group of each value (rule 4), on the exchange
+    (``flowstate.task.output``) and for in-flight batches replayed at another parallelism
+    (``flowstate.task.assignment``, rule 5); called on a Python record (a dict, as ``to_records``
+    makes) it returns the record's value of the column."""
 
     def __init__(self, column: str) -> None:
         self.column = column
@@ -201,10 +203,8 @@ class ColumnKey:
 
     def __call__(self, record: Any) -> Any:
         if is_record_batch(record):
-            raise TypeError(
-                f"a record batch keyed by column {self.column!r} cannot be routed one record at a time "
-                "(in-flight record batches of an unaligned checkpoint are replayed at their old parallelism "
-                "only: restore at that parallelism, or take a savepoint first)")
+            raise TypeError(f"a record batch keyed by column {self.column!r} is routed by split_batch, "
+                            "not one record at a time")
         return record[self.column]
 
     def split_batch(self, batch: list[Any], route: list[int], max_parallelism: int, targets: int) -> list[list[Any]]:

@@ -23,6 +23,7 @@ import json
 import pickle
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import pytest
 
 import flowstate as fs
 from flowstate.state.keygroups import key_group_of, routing_table, subtask_for_key_group
+from flowstate.storage.local import LocalCheckpointStorage
 
 pa = pytest.importorskip("pyarrow", reason="the vectorized path needs pyarrow (pip install 'flowstate[arrow]')")
 pc = pytest.importorskip("pyarrow.compute")
@@ -67,14 +69,21 @@ def reference() -> dict[int, tuple[int, int]]:
     return {k: (2 * s, c) for k, s, c in zip(*(grouped.column(n).to_pylist() for n in ("k", "v_sum", "v_count")))}
 
 
-def aggregation_job(output: Path, parallelism: int, *, rate: float | None = RATE) -> fs.Dataflow:
+def slowly(batch: Any) -> Any:
+    """Back-pressure: a keyed task that takes longer per batch than the sources need to send one."""
+    time.sleep(0.01)
+    return batch
+
+
+def aggregation_job(output: Path, parallelism: int, *, rate: float | None = RATE, slow: bool = False) -> fs.Dataflow:
     flow = fs.Dataflow("arrow-sum", parallelism=parallelism)
-    (flow.source(fs.GeneratorSource(record_batch, BATCHES, splits=2, rate=rate, name="batches"), uid="batches")
-         .to_arrow(uid="arrow")
-         .map_batches(doubled, uid="doubled")
-         .key_by("k").aggregate(("w", "sum"), ("v", "count"), uid="sums")
-         .to_records(uid="rows")
-         .sink(fs.FileSink(output), uid="out"))
+    sums = (flow.source(fs.GeneratorSource(record_batch, BATCHES, splits=2, rate=rate, name="batches"), uid="batches")
+                .to_arrow(uid="arrow")
+                .map_batches(doubled, uid="doubled")
+                .key_by("k").aggregate(("w", "sum"), ("v", "count"), uid="sums"))
+    if slow:
+        sums = sums.map_batches(slowly, uid="slowly")
+    sums.to_records(uid="rows").sink(fs.FileSink(output), uid="out")
     return flow
 
 
@@ -342,6 +351,24 @@ def test_accumulators_restored_at_another_parallelism_give_the_batch_result(befo
 
     result = fs.run(aggregation_job(dirs.output, after, rate=None), checkpoint_dir=dirs.checkpoints,
                     interval=INTERVAL, executor="threads", **backend_settings(backend, tmp_path))
+
+    assert result.restored_from == [3]
+    assert result.records < BATCHES and result.records_total == BATCHES, result
+    assert_the_batch_result(dirs.output)
+
+
+def test_in_flight_record_batches_of_an_unaligned_checkpoint_are_split_by_key_at_another_parallelism(dirs):
+    with pytest.raises(fs.JobFailedError, match="InjectedFailure"):
+        fs.run(aggregation_job(dirs.output, 2, slow=True), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
+               mode="unaligned", restart=fs.NoRestart(), executor="threads", batch_size=1,
+               failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}))
+    [restored] = [info.metadata for info in LocalCheckpointStorage(dirs.checkpoints).list_checkpoints()
+                  if info.status == "completed"][-1:]
+    assert restored.checkpoint_id == 3
+    assert sum(task.channel_state_bytes for task in restored.tasks) > 0, "checkpoint 3 holds no in-flight batches"
+
+    result = fs.run(aggregation_job(dirs.output, 3, rate=None), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
+                    mode="unaligned", executor="threads")
 
     assert result.restored_from == [3]
     assert result.records < BATCHES and result.records_total == BATCHES, result
