@@ -10,7 +10,8 @@ than a call of a Python function. Rules:
    barrier: a checkpoint falls between two items, never inside one, so the engine's rules (batches,
    barriers, exactly-once) hold unchanged. ``to_arrow()`` turns a batch of Python records (dicts, or
    tuples with a ``schema``) into one record batch; ``to_records()`` turns record batches back into
-   Python records (one dict per row).
+   Python records (one dict per row). The engine counts items: the records a source read, or that
+   a task processed, are record batches.
 3. **``map_batches(fn)``**: ``fn(batch)`` returns a ``RecordBatch``, a ``Table`` (its batches) or
    ``None`` (nothing); any other value fails naming the operator.
 4. **``key_by(column)``** partitions rows by the key group of the column's value (the rules of
