@@ -21,11 +21,13 @@ than a call of a Python function. Rules:
 5. **Keyed aggregation** (``aggregate``, ``sum``, ``count``, ``min``, ``max``, ``mean``) runs in two
    steps, as Flink's local-global aggregation does: a *partial* step in the upstream task groups
    each record batch by key (Arrow group-by) and sends one row per key of the batch; the keyed step
-   groups those rows again and merges them into each key's accumulator, a tuple in value state
+   groups those rows again (when an engine batch brings several items) and merges them, one state
+   access per key and batch, into each key's accumulator, a tuple in value state
    (heap or RocksDB: in every checkpoint, restored, rescaled by key group). The partial step keeps
    nothing between two batches, so it needs no state of its own. For every input item the keyed
    step emits one record batch: the key column and the new result of every key that batch touched
-   (``<column>_<function>``), an update stream whose last row per key is the result so far.
+   (``<column>_<function>``), an update stream whose last row per key is the result so far. A
+   keyed Arrow stream offers these aggregations only.
 6. Nulls: ``sum``, ``min`` and ``max`` ignore them (null for a key with none but nulls); ``count``
    counts the values that are not null; ``mean`` is their sum over their count.
 """
