@@ -90,7 +90,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "sum": ("sum",), "count": ("count",), "min": ("min",), "max": ("max",), "mean": ("sum", "count"),
 }
 """The partial aggregates (Arrow hash aggregate functions) each function is computed from."""
-_MERGE = {"sum": "sum", "count": "sum", "min": "min", "max": "max"}
+MERGE_IN_ARROW = {"sum": "sum", "count": "sum", "min": "min", "max": "max"}
 """How partials of one kind merge in Arrow: counts add up."""
 
 

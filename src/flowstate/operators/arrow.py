@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowstate.arrow import BatchAggregate, is_record_batch, require_pyarrow, shown
+from flowstate.arrow import MERGE_IN_ARROW, BatchAggregate, is_record_batch, require_pyarrow, shown
 from flowstate.errors import UserFunctionError
 from flowstate.operators.base import KEY_BY, Operator, OperatorEnv, _Keyed
 from flowstate.state.keys import check_key
@@ -127,10 +127,8 @@ class AggregateBatchesOperator(_Keyed):
         self.pa = require_pyarrow("aggregate")
         self.aggregate = aggregate
         self.merges = aggregate.merges()
-        from flowstate.arrow import _MERGE
-
-        self.regroup = [(p.name, _MERGE[p.function]) for p in aggregate.parts]
-        self.regrouped = [f"{p.name}_{_MERGE[p.function]}" for p in aggregate.parts]
+        self.regroup = [(p.name, MERGE_IN_ARROW[p.function]) for p in aggregate.parts]
+        self.regrouped = [f"{p.name}_{MERGE_IN_ARROW[p.function]}" for p in aggregate.parts]
         self.partial_names = [p.name for p in aggregate.parts]
         self.plan = aggregate.plan()
         """Per spec, the indices in an accumulator of its value (a mean's: of its sum and count)."""
