@@ -240,7 +240,13 @@ class ColumnKey:
             if all(t == first for t in chosen):
                 buckets[first].append(item)
                 continue
-            rows = pc.take(pa.array(chosen, pa.int32()), pc.index_in(column, value_set=distinct))
+            targets_of_keys = pa.array(chosen, pa.int32())
+            if len(distinct) == item.num_rows:
+                # Every row has a key of its own (a partial aggregate's rows): ``unique`` keeps the
+                # order of first occurrence, so the keys' targets are the rows'.
+                rows = targets_of_keys
+            else:
+                rows = pc.take(targets_of_keys, pc.index_in(column, value_set=distinct))
             for target in sorted(set(chosen)):
                 buckets[target].append(item.filter(pc.equal(rows, target)))
         return buckets

@@ -141,9 +141,10 @@ def test_a_keyed_aggregation_computes_each_function_from_its_partial_aggregates(
 
 
 @pytest.mark.parametrize("targets", [2, 3])
-def test_key_by_column_sends_each_row_where_the_per_record_path_sends_its_key(targets):
+@pytest.mark.parametrize("keys", [["a", "b", "c", None, "d", "a", "é", "b"] * 5, [f"key-{i}" for i in range(40)]],
+                         ids=["repeated-keys", "a-key-per-row"])
+def test_key_by_column_sends_each_row_where_the_per_record_path_sends_its_key(targets, keys):
     maxp = 128
-    keys = ["a", "b", "c", None, "d", "a", "é", "b"] * 5
     batch = pa.record_batch({"k": pa.array(keys), "n": pa.array(range(len(keys)))})
 
     buckets = ColumnKey("k").split_batch([batch], routing_table(maxp, targets), maxp, targets)
