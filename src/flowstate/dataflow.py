@@ -155,8 +155,9 @@ class Stream:
     def to_arrow(self, schema: Any = None, *, name: str | None = None, parallelism: int | None = None,
                  uid: str | None = None) -> Any:
         """The vectorized path (``flowstate.arrow``, needs ``flowstate[arrow]``): each batch of records
-        (dicts, or tuples with a ``pyarrow.Schema``) as one ``pyarrow.RecordBatch``; record batches
-        pass as they are. Returns an ``ArrowStream``."""
+        (dicts, or tuples with a ``pyarrow.Schema``) as one ``pyarrow.RecordBatch`` (of at most the
+        run's ``batch_size`` rows: a record batch never spans a barrier); record batches pass as they
+        are. Returns an ``ArrowStream``."""
         from flowstate.arrow import to_arrow
 
         return to_arrow(self, schema, name=name, parallelism=parallelism, uid=uid)
