@@ -163,6 +163,16 @@ def test_a_key_that_is_not_a_key_fails_the_exchange_naming_it():
         ColumnKey("k").split_batch([batch], routing_table(128, 2), 128, 2)
 
 
+def test_a_key_column_of_datetimes_fails_the_aggregation_naming_key_by_at_parallelism_1():
+    import datetime
+
+    stamps = pa.array([datetime.datetime(2026, 1, 1, h) for h in range(3)], pa.timestamp("s"))
+    batch = pa.record_batch({"at": stamps, "v": pa.array([1, 2, 3])})
+    with pytest.raises(fs.JobFailedError, match=r"operator 'key_by' failed on record datetime.datetime\(2026, 1, 1, 0, 0\)"
+                                                r".*keys of type datetime are not supported"):
+        run_collect(lambda f: f.source(TableSource(batch)).key_by("at").sum("v"))
+
+
 def test_record_batches_cross_processes_as_one_arrow_ipc_frame():
     items = [record_batch(0), record_batch(1).slice(5, 10)]
 
