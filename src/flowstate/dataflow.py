@@ -14,12 +14,13 @@ from datetime import date, datetime, timedelta
 from typing import Any, Generic, TypeVar, overload
 
 from flowstate.aggregates import Aggregate, check_aggregate
+from flowstate.columnar import FUNCTIONS, BatchAggregate, ColumnKey, PartialAggregate, require_pyarrow
 from flowstate.connectors.base import Sink, Source
 from flowstate.errors import GraphError
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, copy_for_subtask
 from flowstate.kinds import NodeKind
 from flowstate.state.keygroups import DEFAULT_MAX_PARALLELISM
-from flowstate.windowed import Window, WindowResult, WindowSpec, window_spec
+from flowstate.windowed import JoinKey, JoinSide, Window, WindowPairs, WindowResult, WindowSpec, window_spec
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -99,6 +100,8 @@ class Dataflow:
                     "SocketSource or an object implementing flowstate.connectors.base.Source"
                 )
         node = self._add("source", name or getattr(source, "name", None) or "source", source, parallelism, (), uid)
+        if getattr(source, "record_batches", False):  # its items are pyarrow.RecordBatch (flowstate.arrow)
+            return ArrowStream(self, node)
         # A source whose records carry event time (flowstate.testing.TimedSource) names its timestamp function.
         return Stream(self, node, None, getattr(source, "timestamp_fn", None))
 
@@ -175,6 +178,20 @@ class Stream(Generic[T]):
                  uid: str | None = None) -> Stream[U]:
         """Every record of the iterable ``fn(record)``."""
         return self._op("flat_map", fn, name, parallelism, uid)
+
+    def to_arrow(self, schema: Any = None, *, name: str | None = None, parallelism: int | None = None,
+                 uid: str | None = None) -> Any:
+        """The vectorized path (``flowstate.arrow``, needs ``flowstate[arrow]``): each batch of records
+        (dicts, or tuples with a ``pyarrow.Schema``) as one ``pyarrow.RecordBatch`` (of at most the
+        run's ``batch_size`` rows: a record batch never spans a barrier); record batches pass as they
+        are. Returns an ``ArrowStream``."""
+        return to_arrow(self, schema, name=name, parallelism=parallelism, uid=uid)
+
+    def map_batches(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None,
+                    uid: str | None = None) -> Any:
+        """``fn(batch)`` for every ``pyarrow.RecordBatch`` item of the stream (``flowstate.arrow``,
+        needs ``flowstate[arrow]``). Returns an ``ArrowStream``."""
+        return map_batches(self, fn, name=name, parallelism=parallelism, uid=uid)
 
     def key_by(self, key_fn: Callable[[T], K2], *, name: str | None = None) -> KeyedStream[K2, T]:
         """Partition the stream by ``key_fn(record)``: every record of one key goes to one subtask,
@@ -348,7 +365,7 @@ class KeyedStream(Stream[T], Generic[K, T]):
             _callable("window_join", name, fn)
         keyed = self._tagged_union(other, shown, parallelism)
         return keyed.window(assigner, allowed_lateness=allowed_lateness).process(
-            _WindowPairs(fn), name=shown, parallelism=parallelism, uid=uid)
+            WindowPairs(fn), name=shown, parallelism=parallelism, uid=uid)
 
     @overload
     def join_latest(self, table: KeyedStream[K, U], fn: None = None, *,
@@ -379,12 +396,12 @@ class KeyedStream(Stream[T], Generic[K, T]):
 
     def _tagged_union(self, other: KeyedStream[K, Any], shown: str, parallelism: int | None) -> KeyedStream[K, Any]:
         """Both inputs of a join as one keyed stream of ``(0, record)`` and ``(1, record)``."""
-        sides = (_JoinSide(0, self._key_fn, self._timestamp_fn), _JoinSide(1, other._key_fn, other._timestamp_fn))
+        sides = (JoinSide(0, self._key_fn, self._timestamp_fn), JoinSide(1, other._key_fn, other._timestamp_fn))
         tagged = [Stream[Any](self._flow, s._node).map(side.tag, name=f"{shown} side {side.side}",
                                                        parallelism=s._node.parallelism)
                   for s, side in zip((self, other), sides)]
         both = tagged[0].union(tagged[1], name=f"{shown} inputs", parallelism=parallelism)
-        return KeyedStream(self._flow, both._node, _JoinKey(sides), _JoinKey(sides, timestamps=True))
+        return KeyedStream(self._flow, both._node, JoinKey(sides), JoinKey(sides, timestamps=True))
 
 
 class WindowedStream(Generic[K, T]):
@@ -446,39 +463,94 @@ class WindowResultStream(Stream[T]):
         return Stream(self._flow, node)
 
 
-class _JoinSide:
-    """Tags a record of one side of a join, and reads its key and timestamp (picklable)."""
+# ---- the vectorized path (rules in flowstate.columnar) -----------------------------------------------
 
-    def __init__(self, side: int, key_fn: Any, timestamp_fn: Any) -> None:
-        self.side = side
-        self.key_fn = key_fn
-        self.timestamp_fn = timestamp_fn
+class ArrowStream(Stream):
+    """A stream whose items are ``pyarrow.RecordBatch`` (rule 2). Every ``Stream`` operator applies
+    to the items; the methods below are the columnar ones."""
 
-    def tag(self, record: Any) -> tuple[int, Any]:
-        return (self.side, record)
+    def map_batches(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None,
+                    uid: str | None = None) -> ArrowStream:
+        """``fn(batch)`` for every record batch (rule 3)."""
+        return map_batches(self, fn, name=name, parallelism=parallelism, uid=uid)
+
+    def to_arrow(self, schema: Any = None, *, name: str | None = None, parallelism: int | None = None,
+                 uid: str | None = None) -> ArrowStream:
+        return self
+
+    def key_by(self, column: str, *, name: str | None = None) -> KeyedArrowStream:  # type: ignore[override]
+        """Partition the rows by the value of ``column`` (rule 4)."""
+        if not isinstance(column, str) or not column:
+            raise GraphError(f"key_by on record batches takes a column name, got {column!r}")
+        require_pyarrow("key_by(column)")
+        return KeyedArrowStream(self._flow, self._node, column)
+
+    def to_records(self, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+        """One Python record (a dict of column → value) per row."""
+        node = self._flow._add("to_records", name or "to_records", None, parallelism, self._edge(), uid)
+        return Stream(self._flow, node)
 
 
-class _WindowPairs:
-    """The pairs of one window of a window join: every left record with every right one, in arrival
-    order (picklable)."""
+class KeyedArrowStream:
+    """Record batches partitioned by a key column: keyed aggregations (rule 5)."""
 
-    def __init__(self, fn: Callable[[Any, Any], Any] | None) -> None:
-        self.fn = fn
+    def __init__(self, flow: Dataflow, node: Node, column: str) -> None:
+        self._flow = flow
+        self._node = node
+        self.column = column
 
-    def __call__(self, key: Any, window: Any, tagged: list[tuple[int, Any]]) -> list[Any]:
-        left = [r for side, r in tagged if side == 0]
-        right = [r for side, r in tagged if side == 1]
-        fn = self.fn
-        if fn is None:
-            return [(a, b) for a in left for b in right]
-        return [fn(a, b) for a in left for b in right]
+    def aggregate(self, *specs: tuple[str, str], name: str | None = None, parallelism: int | None = None,
+                  uid: str | None = None) -> ArrowStream:
+        """A running aggregation per key: ``specs`` are ``(column, function)`` pairs, functions among
+        ``FUNCTIONS``; emits ``key, <column>_<function>…`` for the keys of every input batch."""
+        shown = name or "aggregate_batches"
+        if not specs:
+            raise GraphError(f"{shown}: give at least one (column, function) pair")
+        for spec in specs:
+            if (not isinstance(spec, tuple) or len(spec) != 2 or not isinstance(spec[0], str)
+                    or spec[1] not in FUNCTIONS):
+                raise GraphError(f"{shown}: {spec!r} is not a (column, function) pair with a function among "
+                                 f"{', '.join(FUNCTIONS)}")
+        if len(set(specs)) != len(specs):
+            raise GraphError(f"{shown}: {specs!r} names an aggregate twice")
+        agg = BatchAggregate.of(self.column, specs)
+        upstream = self._node
+        partial = self._flow._add("map_batches", f"{shown} (partial)", PartialAggregate(agg), upstream.parallelism,
+                                  (Edge(upstream),), f"{uid}-partial" if uid else None)
+        node = self._flow._add("aggregate_batches", shown, agg, parallelism, (Edge(partial, ColumnKey(self.column)),),
+                               uid)
+        return ArrowStream(self._flow, node)
+
+    def sum(self, column: str, **kwargs: Any) -> ArrowStream:
+        return self.aggregate((column, "sum"), **kwargs)
+
+    def count(self, column: str, **kwargs: Any) -> ArrowStream:
+        return self.aggregate((column, "count"), **kwargs)
+
+    def min(self, column: str, **kwargs: Any) -> ArrowStream:
+        return self.aggregate((column, "min"), **kwargs)
+
+    def max(self, column: str, **kwargs: Any) -> ArrowStream:
+        return self.aggregate((column, "max"), **kwargs)
+
+    def mean(self, column: str, **kwargs: Any) -> ArrowStream:
+        return self.aggregate((column, "mean"), **kwargs)
 
 
-class _JoinKey:
-    """The key (or timestamp) of a tagged record of either side of a join (picklable)."""
+def to_arrow(stream: Stream, schema: Any = None, *, name: str | None = None, parallelism: int | None = None,
+             uid: str | None = None) -> ArrowStream:
+    """``Stream.to_arrow``: each batch of Python records as one record batch (rule 2)."""
+    pa = require_pyarrow("to_arrow")
+    if schema is not None and not isinstance(schema, pa.Schema):
+        raise GraphError(f"to_arrow: schema must be a pyarrow.Schema, got {schema!r}")
+    node = stream._flow._add("to_arrow", name or "to_arrow", None, parallelism, stream._edge(), uid, schema=schema)
+    return ArrowStream(stream._flow, node)
 
-    def __init__(self, sides: tuple[_JoinSide, _JoinSide], timestamps: bool = False) -> None:
-        self.fns = tuple(s.timestamp_fn if timestamps else s.key_fn for s in sides)
 
-    def __call__(self, tagged: tuple[int, Any]) -> Any:
-        return self.fns[tagged[0]](tagged[1])
+def map_batches(stream: Stream, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None,
+                uid: str | None = None) -> ArrowStream:
+    """``Stream.map_batches``: ``fn`` over the record batches of ``stream`` (rule 3)."""
+    require_pyarrow("map_batches")
+    shown = _callable("map_batches", name, fn)
+    node = stream._flow._add("map_batches", shown, fn, parallelism, stream._edge(), uid)
+    return ArrowStream(stream._flow, node)

@@ -23,11 +23,15 @@ class NodeKind(StrEnum):
     SELECT = "select"
     INTERVAL_JOIN = "interval_join"
     JOIN_LATEST = "join_latest"
+    TO_ARROW = "to_arrow"
+    MAP_BATCHES = "map_batches"
+    AGGREGATE_BATCHES = "aggregate_batches"
+    TO_RECORDS = "to_records"
     SINK = "sink"
 
 
 KEYED_KINDS = frozenset({NodeKind.KEYED_PROCESS, NodeKind.REDUCE, NodeKind.WINDOW, NodeKind.INTERVAL_JOIN,
-                         NodeKind.JOIN_LATEST})
+                         NodeKind.JOIN_LATEST, NodeKind.AGGREGATE_BATCHES})
 """Kinds whose operators keep keyed state."""
 STATEFUL_KINDS = KEYED_KINDS | {NodeKind.SOURCE, NodeKind.SINK, NodeKind.TIMESTAMPS}
 """Kinds of nodes whose operators write state in every checkpoint."""

@@ -25,6 +25,7 @@ depends on it and not the other way round.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -128,3 +129,43 @@ def _early(assigner: WindowAssigner, every: object, count: object) -> tuple[floa
             raise GraphError(f"window: early_every must be above 0, got {every!r}")
         return seconds, None
     return None, None
+
+
+# ---- the joins' tagged union (two keyed inputs as one stream of (side, record)) --------------------
+
+class JoinSide:
+    """Tags a record of one side of a join, and reads its key and timestamp (picklable)."""
+
+    def __init__(self, side: int, key_fn: Any, timestamp_fn: Any) -> None:
+        self.side = side
+        self.key_fn = key_fn
+        self.timestamp_fn = timestamp_fn
+
+    def tag(self, record: Any) -> tuple[int, Any]:
+        return (self.side, record)
+
+
+class WindowPairs:
+    """The pairs of one window of a window join: every left record with every right one, in arrival
+    order (picklable)."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any] | None) -> None:
+        self.fn = fn
+
+    def __call__(self, key: Any, window: Any, tagged: list[tuple[int, Any]]) -> list[Any]:
+        left = [r for side, r in tagged if side == 0]
+        right = [r for side, r in tagged if side == 1]
+        fn = self.fn
+        if fn is None:
+            return [(a, b) for a in left for b in right]
+        return [fn(a, b) for a in left for b in right]
+
+
+class JoinKey:
+    """The key (or timestamp) of a tagged record of either side of a join (picklable)."""
+
+    def __init__(self, sides: tuple[JoinSide, JoinSide], timestamps: bool = False) -> None:
+        self.fns = tuple(s.timestamp_fn if timestamps else s.key_fn for s in sides)
+
+    def __call__(self, tagged: tuple[int, Any]) -> Any:
+        return self.fns[tagged[0]](tagged[1])

@@ -1,6 +1,7 @@
 """The runtime operator for each kind of dataflow node: the one place that knows every operator
 module (``base``: the stateless and keyed operators; ``timers``: keyed process functions with
-timers; ``windows``: timestamps, windows and late-record selection; ``joins``)."""
+timers; ``windows``: timestamps, windows and late-record selection; ``joins``; ``arrow``: record
+batches, imported only by a job that uses them)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,25 @@ def build_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any] | N
         return ReduceOperator(node.uid, node.name, env, key_fn, node.fn)
     if kind == "sink":
         return SinkOperator(node.uid, node.name, env, node.fn)
+    if kind in ("to_arrow", "map_batches", "aggregate_batches", "to_records"):
+        return build_arrow_operator(node, env, key_fn)
     raise ValueError(f"no runtime operator for {kind!r}")
+
+
+def build_arrow_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any] | None) -> Operator:
+    """The vectorized path's operators (``flowstate.operators.arrow``), imported only by a job that has one."""
+    from flowstate.operators import arrow
+
+    kind = node.kind
+    if kind == "to_arrow":
+        return arrow.ToArrowOperator(node.uid, node.name, env, node.extra.get("schema"))
+    if kind == "map_batches":
+        return arrow.MapBatchesOperator(node.uid, node.name, env, node.fn)
+    if kind == "to_records":
+        return arrow.ToRecordsOperator(node.uid, node.name, env)
+    if key_fn is None:
+        raise GraphError(f"{kind} {node.name!r} needs a keyed stream: call key_by(column) first")
+    return arrow.AggregateBatchesOperator(node.uid, node.name, env, key_fn, node.fn)
 
 
 def build_time_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any] | None) -> Operator:

@@ -459,10 +459,15 @@ def _assign_channels(
                 target.setdefault(len(target), []).extend(batches)
                 continue
             routed: list[list[bytes]] = [[] for _ in range(p)]
+            split = getattr(key_fn, "split_batch", None)  # a key of record batches (flowstate.arrow.ColumnKey)
             for data in batches:
-                parts: list[list[Any]] = [[] for _ in range(p)]
-                for record in pickle.loads(data):
-                    parts[subtask_for_key_group(key_group_of(key_fn(record), maxp), maxp, p)].append(record)
+                batch = pickle.loads(data)
+                if split is not None:
+                    parts: list[list[Any]] = split(batch, routing_table(maxp, p), maxp, p)
+                else:
+                    parts = [[] for _ in range(p)]
+                    for record in batch:
+                        parts[subtask_for_key_group(key_group_of(key_fn(record), maxp), maxp, p)].append(record)
                 for i, records in enumerate(parts):
                     if records:
                         routed[i].append(pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))

@@ -44,6 +44,8 @@ class OutputEdge:
         self._maxp = max_parallelism
         self._routes: dict[Any, int] | None = {} if partition == "hash" else None
         """Key → index in ``targets`` of the keys routed so far (see the module docstring)."""
+        self._split = getattr(key_fn, "split_batch", None)
+        """A key of record batches (``flowstate.arrow.ColumnKey``) routes the rows of each item itself."""
 
     def emit(self, batch: list[Any]) -> None:
         targets = self.targets
@@ -61,7 +63,14 @@ class OutputEdge:
 
     def _emit_by_key(self, batch: list[Any]) -> None:
         buckets: list[list[Any]] = [[] for _ in self.targets]
-        if self._routes is None:
+        if self._split is not None:
+            try:
+                buckets = self._split(batch, self._route, self._maxp, len(self.targets))
+            except Exception as exc:
+                from flowstate.columnar import shown
+
+                raise UserFunctionError("key_by", shown(batch[0]), exc) from exc
+        elif self._routes is None:
             self._route_by_hash(batch, buckets)
         else:
             self._route_remembered(batch, buckets, self._routes)

@@ -5,11 +5,13 @@ Rules:
 1. A frame is a 13-byte header, then ``length`` bytes of payload. The header is little-endian
    ``length: u32, kind: u8, gate: u32, channel: u32``. Nothing else is ever on the wire: a reader
    that finds the connection closed in the middle of a frame has lost the peer, not a message.
-2. Data frames (``BATCH``, ``LINES``, ``BARRIER``, ``PRIORITY``, ``END``, ``WATERMARK``) name the *gate* (the index of the
+2. Data frames (``BATCH``, ``LINES``, ``ARROW``, ``BARRIER``, ``PRIORITY``, ``END``, ``WATERMARK``) name the *gate* (the index of the
    consuming task in the job's placement) and the *channel* within that gate. A ``BATCH`` payload is
    one pickled record batch (pickled once, by the producer). A ``LINES`` payload is a batch whose
    records are all exact ``str`` without ``"\n"``: the records joined by ``"\n"``, encoded as UTF-8
-   with ``surrogatepass`` (no pickle on either side; see ``encode_batch``). ``BARRIER`` and ``PRIORITY`` carry a
+   with ``surrogatepass`` (no pickle on either side; see ``encode_batch``). An ``ARROW`` payload is a
+   batch whose items are ``pyarrow.RecordBatch`` of one schema, as one Arrow IPC stream
+   (``flowstate.arrow.encode_ipc``; pyarrow is imported only when such a batch is sent or received). ``BARRIER`` and ``PRIORITY`` carry a
    pickled ``CheckpointBarrier``; ``END`` has no payload; ``WATERMARK`` carries a pickled
    ``flowstate.time.Watermark`` and, like a barrier, stays behind the batches sent before it. On one connection frames arrive in the order
    they were sent, so a barrier stays behind the batches sent before it (``PRIORITY`` is the
@@ -30,6 +32,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from flowstate.columnar import is_record_batch
+
 HEADER = struct.Struct("<IBII")
 """length, kind, gate, channel"""
 HEADER_SIZE = HEADER.size
@@ -44,7 +48,8 @@ HELLO = 6
 CONTROL = 7
 WATERMARK = 8
 LINES = 9
-KINDS = frozenset({BATCH, BARRIER, PRIORITY, END, CREDIT, HELLO, CONTROL, WATERMARK, LINES})
+ARROW = 10
+KINDS = frozenset({BATCH, BARRIER, PRIORITY, END, CREDIT, HELLO, CONTROL, WATERMARK, LINES, ARROW})
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _STR = {str}
@@ -71,19 +76,30 @@ def encode(kind: int, gate: int, channel: int, payload: bytes | bytearray | memo
 
 def encode_batch(gate: int, channel: int, batch: list[Any]) -> bytes:
     """A non-empty record batch as one frame: ``LINES`` when every record is an exact ``str``
-    without ``"\n"`` (the usual batch out of a line-based source), else ``BATCH`` (pickle). Raises
+    without ``"\n"`` (the usual batch out of a line-based source), ``ARROW`` when every item is a
+    ``pyarrow.RecordBatch`` of one schema, else ``BATCH`` (pickle). Raises
     what pickle raises for a record it cannot serialise."""
     if set(map(type, batch)) == _STR:
         text = "\n".join(batch)
         if text.count("\n") == len(batch) - 1:
             return encode(LINES, gate, channel, text.encode("utf-8", "surrogatepass"))
+    elif is_record_batch(batch[0]):
+        from flowstate.columnar import encode_ipc
+
+        ipc = encode_ipc(batch)
+        if ipc is not None:
+            return encode(ARROW, gate, channel, ipc)
     return encode(BATCH, gate, channel, pickle.dumps(batch, _PICKLE))
 
 
 def decode_batch(kind: int, payload: memoryview) -> list[Any]:
-    """The records of a ``BATCH`` or ``LINES`` payload."""
+    """The records of a ``BATCH``, ``LINES`` or ``ARROW`` payload."""
     if kind == LINES:
         return str(payload, "utf-8", "surrogatepass").split("\n")
+    if kind == ARROW:
+        from flowstate.columnar import decode_ipc
+
+        return decode_ipc(payload)
     return pickle.loads(payload)  # type: ignore[no-any-return]
 
 

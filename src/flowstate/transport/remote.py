@@ -38,6 +38,7 @@ from flowstate.errors import FlowstateError
 from flowstate.time.watermarks import Watermark
 from flowstate.transport.channels import Cancelled, InputGate
 from flowstate.transport.frames import (
+    ARROW,
     BARRIER,
     BATCH,
     CONTROL,
@@ -258,7 +259,7 @@ class DataPlane:
                     break
                 for kind, gate, channel, payload in frames:
                     try:
-                        if kind == BATCH or kind == LINES:
+                        if kind == BATCH or kind == LINES or kind == ARROW:
                             gates[gate].receive(channel, decode_batch(kind, payload), connection)  # type: ignore[union-attr]
                         elif kind == BARRIER or kind == WATERMARK:
                             gates[gate].receive(channel, loads(payload), connection)  # type: ignore[union-attr]
