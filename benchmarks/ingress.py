@@ -159,7 +159,11 @@ def cdc_run(records: int) -> float:
         flow.source(fs.PostgresCdcSource([table], dsn, slot, until=end)).sink(fs.BatchCallbackSink(counter))
         with tempfile.TemporaryDirectory() as work:
             started = time.perf_counter()
-            fs.run(flow, checkpoint_dir=Path(work) / "chk", interval="1s", executor="threads")
+            fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=Path(work) / "chk", interval="1s"),
+                execution=fs.ExecutionOptions(executor="threads"),
+            )
             elapsed = time.perf_counter() - started
         assert counter.n == records, counter.n
         return records / elapsed
@@ -187,7 +191,11 @@ def cdc_snapshot_run(records: int) -> float:
             fs.BatchCallbackSink(counter))
         with tempfile.TemporaryDirectory() as work:
             started = time.perf_counter()
-            fs.run(flow, checkpoint_dir=Path(work) / "chk", interval="1s", executor="threads")
+            fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=Path(work) / "chk", interval="1s"),
+                execution=fs.ExecutionOptions(executor="threads"),
+            )
             elapsed = time.perf_counter() - started
         assert counter.n == records, counter.n
         return records / elapsed

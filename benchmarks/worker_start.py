@@ -73,8 +73,12 @@ def main() -> None:
             if args.restart:
                 settings = {"failpoints": fs.Failpoints({"sink.before_commit": "kill@1"}),
                             "restart": fs.FixedDelayRestart(1, 0.0)}
-            result = fs.run(job(Path(tmp) / f"out-{k}"), checkpoint_dir=Path(tmp) / f"chk-{k}",
-                            executor="processes", workers=2, **settings)
+            result = fs.run(
+                job(Path(tmp) / f"out-{k}"),
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=Path(tmp) / f"chk-{k}"),
+                execution=fs.ExecutionOptions(executor="processes", workers=2),
+                **settings,
+            )
             runs.append(time.perf_counter() - began)
             assert result.workers == 2 and result.checkpoints_completed >= 1
             assert result.restarts == (1 if args.restart else 0), result.failures

@@ -151,8 +151,13 @@ def executor(request: pytest.FixtureRequest) -> str:
 def run_wordcount(dirs, mode: str, failpoints: fs.Failpoints, executor: str, **settings) -> fs.JobResult:
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE), parallelism=PARALLELISM)
     result = fs.run(
-        flow, checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=FAST_RESTART,
-        failpoints=failpoints, executor=executor, **mode_settings(mode), **settings,
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        execution=fs.ExecutionOptions(executor=executor),
+        failpoints=failpoints,
+        **mode_settings(mode),
+        **settings,
     )
     assert result.executor == executor
     assert result.workers == (PARALLELISM if executor == "processes" else 0)

@@ -36,8 +36,14 @@ RETAINED = 2
 def run(dirs, tmp_path, failpoints=None, **settings) -> fs.JobResult:
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE), parallelism=2)
     settings.setdefault("retained", RETAINED)
-    return fs.run(flow, checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=FAST_RESTART,
-                  state_backend="rocksdb", state_dir=tmp_path / "rocksdb", failpoints=failpoints, **settings)
+    return fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        state=fs.StateOptions(backend="rocksdb", directory=tmp_path / "rocksdb"),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        failpoints=failpoints,
+        **settings,
+    )
 
 
 def assert_storage_verifies(dirs, retained: int = RETAINED) -> None:

@@ -20,8 +20,12 @@ from .jobs import INPUT_LINES, INTERVAL, RATE, Count, committed_output, differen
 
 def run(dirs, **options) -> fs.JobResult:
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE))
-    return fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, executor="threads",
-                  **options)
+    return fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        execution=fs.ExecutionOptions(executor="threads"),
+        **options,
+    )
 
 
 def tree(directory: Path) -> dict[str, bytes]:
@@ -161,8 +165,13 @@ def renamed_job(dirs, *, suffix: str) -> fs.Dataflow:
 def test_allow_non_restored_state_drops_a_sinks_state_only_when_told_and_never_replaces_committed_files(dirs, expected):
     def run_renamed(**options) -> fs.JobResult:
         flow = renamed_job(dirs, suffix="-v2")
-        return fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-                      executor="threads", allow_non_restored_state=True, **options)
+        return fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+            recovery=fs.RecoveryOptions(allow_non_restored_state=True),
+            execution=fs.ExecutionOptions(executor="threads"),
+            **options,
+        )
 
     run(dirs)
     committed = tree(dirs.output)

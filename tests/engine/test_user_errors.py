@@ -30,7 +30,12 @@ def words(count: int = 40) -> fs.GeneratorSource:
 
 
 def run(flow: fs.Dataflow, dirs: Dirs, **settings: Any) -> fs.JobResult:
-    return fs.run(flow, checkpoint_dir=dirs.checkpoints, interval="50ms", restart=fs.NoRestart(), **settings)
+    return fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval="50ms"),
+        recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+        **settings,
+    )
 
 
 def failure(flow: fs.Dataflow, dirs: Dirs, **settings: Any) -> str:

@@ -45,7 +45,12 @@ def _keep(name: str, directory: str | Path) -> None:
 def _run(name: str, flow: fs.Dataflow, **settings: object) -> None:
     directory = tempfile.mkdtemp(prefix=f"flowstate-history-{name}-")
     try:
-        fs.run(flow, checkpoint_dir=directory, restart=fs.NoRestart(), **settings)  # type: ignore[arg-type]
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=directory),
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            **settings,
+        )  # type: ignore[arg-type]
         _keep(name, directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -102,8 +102,12 @@ def recording_wordcount(out: Path, pids: Path) -> fs.Dataflow:
 def run_recording(tmp_path: Path, **settings) -> fs.JobResult:
     pids = tmp_path / "pids"
     pids.mkdir(exist_ok=True)
-    return fs.run(recording_wordcount(tmp_path / "out", pids), checkpoint_dir=tmp_path / "chk", interval=INTERVAL,
-                  executor="processes", workers=2, **settings)
+    return fs.run(
+        recording_wordcount(tmp_path / "out", pids),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval=INTERVAL),
+        execution=fs.ExecutionOptions(executor="processes", workers=2),
+        **settings,
+    )
 
 
 def test_the_server_survives_a_killed_worker_and_forks_the_workers_of_the_next_attempt(tmp_path):
