@@ -41,6 +41,7 @@ from flowstate.storage.listing import format_size, format_size_short, format_tim
 
 if TYPE_CHECKING:
     from flowstate.storage.verify import VerifyReport
+    from flowstate.testing.chaos.report import ChaosReport
 
 _WIDTH = 10_000
 """Wide enough that rich never wraps a row: a table is as wide as its cells."""
@@ -196,6 +197,47 @@ def verify_report(report: VerifyReport) -> str:
         lines.append("OK: every referenced file verifies" + (
             ", no old orphans" + (", within retention" if report.retained is not None else "")
         ))
+    return "\n".join(lines)
+
+
+# ---- flowstate chaos ----------------------------------------------------------------------------------
+
+_CHAOS = ("mode", "kills at", "kills", "after chk", "restored from", "records", "lost", "dup", "unexp", "result")
+
+
+def _ids(ids: Sequence[int], shown: int = 8) -> str:
+    if not ids:
+        return "-"
+    text = " ".join(map(str, ids[:shown]))
+    return text + (f" …+{len(ids) - shown}" if len(ids) > shown else "")
+
+
+def chaos_table(report: ChaosReport) -> str:
+    """The text of ``flowstate chaos``: a row per mode and place of the kills, the totals under a
+    rule, the problems (at most 50) and the verdict."""
+    rows: list[tuple[str, ...]] = []
+    for s in report.scenarios:
+        if not s.reached:
+            rows.append((s.mode, s.where, "-", "-", "-", "-", "-", "-", "-", "not reached"))
+            continue
+        where = s.where + (f" (+{s.kills_before} before)" if s.kills_before else "")
+        rows.append((s.mode, where, str(s.kills), str(s.kills_after_checkpoint), _ids(s.restored_from),
+                     f"{s.records:,}", str(s.lost), str(s.duplicated), str(s.unexpected), s.status))
+    total = ("total", "", str(report.kills), str(report.total("kills_after_checkpoint")), "",
+             f"{report.total('records'):,}", str(report.total("lost")), str(report.total("duplicated")),
+             str(report.total("unexpected")), "ok" if report.ok else "FAILED")
+    rule = tuple("-" * max(len(row[i]) for row in (_CHAOS, *rows, total)) for i in range(len(_CHAOS)))
+    lines = [f"flowstate chaos {report.job} · modes {', '.join(report.modes)} · seed {report.seed}", "",
+             table(_CHAOS, [*rows, rule, total], right=("kills", "after chk", "records", "lost", "dup", "unexp"))]
+    problems = report.all_problems()
+    if problems:
+        lines += ["", f"{len(problems)} problem(s):"] + [f"  - {p}" for p in problems[:50]]
+        if len(problems) > 50:
+            lines.append(f"  … and {len(problems) - 50} more")
+    lines.append("")
+    lines.append(report.verdict())
+    if report.work_dir is not None:
+        lines.append(f"run directories: {report.work_dir}")
     return "\n".join(lines)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -121,36 +120,11 @@ class ChaosReport:
         return self.problems + [f"{s.mode} / {s.where}: {p}" for s in self.scenarios for p in s.problems]
 
     def table(self) -> str:
-        """The per-mode, per-failpoint table, the totals, the problems and the verdict."""
-        header = ("mode", "kills at", "kills", "after chk", "restored from", "records", "lost", "dup", "unexp", "result")
-        rows = [header]
-        for s in self.scenarios:
-            if not s.reached:
-                rows.append((s.mode, s.where, "-", "-", "-", "-", "-", "-", "-", "not reached"))
-                continue
-            where = s.where + (f" (+{s.kills_before} before)" if s.kills_before else "")
-            rows.append((s.mode, where, str(s.kills), str(s.kills_after_checkpoint), _ids(s.restored_from),
-                         f"{s.records:,}", str(s.lost), str(s.duplicated), str(s.unexpected), s.status))
-        rows.append(("total", "", str(self.kills), str(self.total("kills_after_checkpoint")), "",
-                     f"{self.total('records'):,}", str(self.total("lost")), str(self.total("duplicated")),
-                     str(self.total("unexpected")), "ok" if self.ok else "FAILED"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        right = {2, 3, 5, 6, 7, 8}
-        lines = [f"flowstate chaos {self.job} · modes {', '.join(self.modes)} · seed {self.seed}", ""]
-        for k, row in enumerate(rows):
-            if k == len(rows) - 1:
-                lines.append("  ".join("-" * w for w in widths))
-            lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
-        problems = self.all_problems()
-        if problems:
-            lines += ["", f"{len(problems)} problem(s):"] + [f"  - {p}" for p in problems[:50]]
-            if len(problems) > 50:
-                lines.append(f"  … and {len(problems) - 50} more")
-        lines.append("")
-        lines.append(self.verdict())
-        if self.work_dir is not None:
-            lines.append(f"run directories: {self.work_dir}")
-        return "\n".join(lines)
+        """The per-mode, per-failpoint table, the totals, the problems and the verdict
+        (``flowstate.cli.render.chaos_table``)."""
+        from flowstate.cli.render import chaos_table
+
+        return chaos_table(self)
 
     def verdict(self) -> str:
         """One sentence: what survived, what was checked, what was found."""
@@ -174,13 +148,6 @@ class ChaosReport:
                           for m in self.modes},
             "work_dir": str(self.work_dir) if self.work_dir is not None else None,
         }
-
-
-def _ids(ids: Sequence[int], shown: int = 8) -> str:
-    if not ids:
-        return "-"
-    text = " ".join(map(str, ids[:shown]))
-    return text + (f" …+{len(ids) - shown}" if len(ids) > shown else "")
 
 
 # ---- progress -------------------------------------------------------------------------------------
