@@ -43,7 +43,8 @@ def test_a_callable_sink_is_refused_under_worker_processes_with_one_line_naming_
     flow = wordcount(dirs.output, source=generator_source(LINES), parallelism=2, sink=fs.CallbackSink(results.append))
 
     with pytest.raises(fs.ConfigError) as refused:
-        fs.run(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints), **settings)
+        fs.run(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints),
+               execution=fs.ExecutionOptions(**settings))
 
     message = str(refused.value)
     assert "\n" not in message

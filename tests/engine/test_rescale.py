@@ -33,14 +33,15 @@ from .jobs import (
 )
 
 
-def crash_after_three_checkpoints(flow: fs.Dataflow, checkpoints: Path, **settings) -> None:
+def crash_after_three_checkpoints(flow: fs.Dataflow, checkpoints: Path, *, mode: str = "exactly_once",
+                                  batch_size: int = 2048) -> None:
     with pytest.raises(fs.JobFailedError, match="InjectedFailure"):
         fs.run(
             flow,
-            checkpoints=fs.CheckpointOptions(checkpoint_dir=checkpoints, interval=INTERVAL),
+            checkpoints=fs.CheckpointOptions(mode=mode, checkpoint_dir=checkpoints, interval=INTERVAL),
             recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(batch_size=batch_size),
             failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}),
-            **settings,
         )
 
 

@@ -43,6 +43,7 @@ class Running:
     """A job running ``fs.run`` on a thread of its own, with its control."""
 
     def __init__(self, flow: fs.Dataflow, **settings: Any) -> None:
+        """``settings``: the option groups of ``fs.run`` (``checkpoints=``, ``recovery=``, …)."""
         self.control = fs.JobControl()
         self.result: fs.JobResult | None = None
         self.error: BaseException | None = None
@@ -82,7 +83,7 @@ def assert_exactly_the_reference(output: Path, expected: Counter) -> None:
 
 def stop_with_savepoint_mid_input(dirs, flow: fs.Dataflow) -> Path:
     """Run ``flow`` and stop it with a savepoint after a third of its input; the savepoint's path."""
-    job = Running(flow, checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    job = Running(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL))
     job.wait_for_records(INPUT_LINES // 3)
     stopped = answer(job.control.stop(savepoint=True))
     result = job.join()
@@ -150,8 +151,12 @@ def test_a_savepoint_commits_nothing_and_a_job_restored_from_it_after_a_crash_gi
 
     # No periodic checkpoints: the savepoint is the only snapshot, and nothing commits output.
     # Threads: the crash is switched on through this process's memory.
-    job = Running(flow(2, words), checkpoint_dir=dirs.checkpoints, interval=None, restart=fs.NoRestart(),
-                  mode="unaligned", executor="threads")
+    job = Running(
+        flow(2, words),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=None, mode="unaligned"),
+        recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     job.wait_for_records(INPUT_LINES // 3)
     taken = answer(job.control.savepoint())
     crash.set()
@@ -171,8 +176,10 @@ def test_a_savepoint_commits_nothing_and_a_job_restored_from_it_after_a_crash_gi
 
 
 def test_retention_never_deletes_a_savepoint(dirs, expected):
-    job = Running(wordcount(dirs.output, source=slow_source(2)), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-                  retained=1)
+    job = Running(
+        wordcount(dirs.output, source=slow_source(2)),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, retained=1),
+    )
     job.wait_for_records(INPUT_LINES // 4)
     taken = answer(job.control.savepoint())
     result = job.join()
@@ -186,7 +193,10 @@ def test_retention_never_deletes_a_savepoint(dirs, expected):
 
 
 def test_a_checkpoint_on_request_completes_without_periodic_checkpoints(dirs, expected):
-    job = Running(wordcount(dirs.output, source=slow_source(2)), checkpoint_dir=dirs.checkpoints, interval=None)
+    job = Running(
+        wordcount(dirs.output, source=slow_source(2)),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=None),
+    )
     job.wait_for_records(INPUT_LINES // 4)
     taken = answer(job.control.checkpoint())
     result = job.join()
@@ -197,7 +207,10 @@ def test_a_checkpoint_on_request_completes_without_periodic_checkpoints(dirs, ex
 
 
 def test_a_second_stop_is_refused_while_the_first_is_under_way(dirs):
-    job = Running(wordcount(dirs.output, source=slow_source(2)), checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    job = Running(
+        wordcount(dirs.output, source=slow_source(2)),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+    )
     job.wait_for_records(INPUT_LINES // 4)
     first, second = job.control.stop(), job.control.stop(savepoint=True)
 

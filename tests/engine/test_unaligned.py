@@ -116,16 +116,18 @@ def sequences(output: Path, *, parallelism: int = PARALLELISM) -> fs.Dataflow:
 
 
 def run_sequences(
-    dirs, settings: dict, failpoints: fs.Failpoints | None = None, *, restart=FAST_RESTART, **more,
+    dirs, settings: dict, failpoints: fs.Failpoints | None = None, *, restart=FAST_RESTART, executor: str | None = None,
+    **checkpoint_settings,
 ) -> fs.JobResult:
+    """The sequences job with the ``fs.CheckpointOptions`` fields of ``settings`` (its mode) and
+    ``checkpoint_settings``."""
     return fs.run(
         sequences(dirs.output),
-        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, **settings,
+                                         **checkpoint_settings),
         recovery=fs.RecoveryOptions(restart=restart),
-        execution=fs.ExecutionOptions(batch_size=BATCH_SIZE),
+        execution=fs.ExecutionOptions(batch_size=BATCH_SIZE, executor=executor),
         failpoints=failpoints,
-        **settings,
-        **more,
     )
 
 
@@ -387,11 +389,10 @@ def test_channel_state_whose_inputs_changed_is_refused_naming_the_operator_chain
 def run_bank(dirs, settings: dict, failpoints: fs.Failpoints | None = None, *, parallelism: int = 2) -> fs.JobResult:
     return fs.run(
         bank.bank(dirs.output, TRANSFERS, parallelism=parallelism),
-        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, retained=100),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, retained=100, **settings),
         recovery=fs.RecoveryOptions(restart=FAST_RESTART),
         execution=fs.ExecutionOptions(batch_size=BATCH_SIZE),
         failpoints=failpoints,
-        **settings,
     )
 
 

@@ -45,14 +45,16 @@ LINES = 800
 PARALLELISM = 2
 
 
-def run_on_processes(out: Path, chk: Path, **settings) -> fs.JobResult:
+def run_on_processes(out: Path, chk: Path, *, state: fs.StateOptions | None = None,
+                     failpoints: fs.Failpoints | None = None) -> fs.JobResult:
     flow = wordcount(out, source=generator_source(LINES, rate=RATE), parallelism=PARALLELISM)
     result = fs.run(
         flow,
         checkpoints=fs.CheckpointOptions(checkpoint_dir=chk, interval=INTERVAL),
         recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        state=state,
         execution=fs.ExecutionOptions(executor="processes"),
-        **settings,
+        failpoints=failpoints,
     )
     assert result.executor == "processes" and result.workers == PARALLELISM
     return result
@@ -72,8 +74,8 @@ def test_a_coordinator_that_opened_rocksdb_before_the_job_gets_workers_whose_roc
             db[f"key-{i}"] = i
         db.flush()
 
-        result = run_on_processes(tmp_path / "out", tmp_path / "chk", state_backend="rocksdb",
-                                  state_dir=tmp_path / "rocksdb")
+        result = run_on_processes(tmp_path / "out", tmp_path / "chk",
+                                  state=fs.StateOptions(backend="rocksdb", directory=tmp_path / "rocksdb"))
 
         assert db["key-999"] == 999
     finally:

@@ -127,14 +127,16 @@ def killed_workers(result: fs.JobResult) -> list[str]:
     return [f for f in result.failures if "was killed by SIGKILL" in f]
 
 
-def run_wordcount(tmp_path: Path, mode: str, **settings) -> fs.JobResult:
+def run_wordcount(tmp_path: Path, mode: str, *, failpoints: fs.Failpoints | None = None,
+                  retained: int = 1) -> fs.JobResult:
     flow = wordcount(tmp_path / "out", source=generator_source(LINES, rate=RATE))
     return fs.run(
         flow,
-        checkpoints=fs.CheckpointOptions(mode=mode, checkpoint_dir=tmp_path / "chk", interval="100ms"),
+        checkpoints=fs.CheckpointOptions(mode=mode, checkpoint_dir=tmp_path / "chk", interval="100ms",
+                                         retained=retained),
         recovery=fs.RecoveryOptions(restart=MANY_RESTARTS),
         execution=fs.ExecutionOptions(executor="processes", workers=2),
-        **settings,
+        failpoints=failpoints,
     )
 
 
