@@ -66,8 +66,9 @@ def http_run(records: int, per_post: int, journaled: bool, *, senders: int = 1, 
         flow.source(source).sink(fs.BatchCallbackSink(counter))
         control = fs.JobControl()
         job = threading.Thread(target=fs.run, args=(flow,), kwargs=dict(
-            checkpoint_dir=Path(work) / "chk", interval="1s", control=control, executor="threads",
-            allow_non_replayable=not journaled))
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=Path(work) / "chk", interval="1s"),
+            recovery=fs.RecoveryOptions(allow_non_replayable=not journaled),
+            execution=fs.ExecutionOptions(executor="threads"), control=control))
         job.start()
         connections = [connect(port) for _ in range(senders)]
         body = ("\n".join(f"event {i}" for i in range(per_post)) + "\n").encode()

@@ -95,7 +95,8 @@ def test_a_run_ended_by_a_stop_says_stopped_and_one_that_read_all_its_input_does
 
     control = fs.JobControl()
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(fs.run, slow_job(dirs.output), checkpoint_dir=dirs.checkpoints, interval="100ms",
+        running = pool.submit(fs.run, slow_job(dirs.output),
+                              checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval="100ms"),
                               control=control)
         assert control.stop().result(timeout=60)["stopped"]
         stopped = running.result(timeout=60)

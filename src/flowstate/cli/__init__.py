@@ -21,23 +21,21 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
-from flowstate.cli.commands import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, app
+from flowstate.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_TERMINATED, EXIT_USAGE
 from flowstate.cli.loading import load_dataflow
 from flowstate.config import parse_restart
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
 
-EXIT_TERMINATED = 128 + 15  # as a shell reports a process ended by SIGTERM
-EXIT_INTERRUPTED = 128 + 2
-
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STOPPED", "EXIT_TERMINATED", "EXIT_USAGE", "app",
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STOPPED", "EXIT_TERMINATED", "EXIT_USAGE",
            "load_dataflow", "main", "parse_restart"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command in ``argv`` (default: this process's arguments) and return its exit status.
     Every mistake in the command, the job or the configuration is one line on stderr and exit 2."""
+    import typer
+
+    from flowstate.cli.commands import app  # here, so that importing flowstate.cli.render stays light
     from flowstate.runtime.control import Terminated, TokenRefused
 
     command = typer.main.get_command(app)

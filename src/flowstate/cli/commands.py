@@ -20,13 +20,13 @@ from typing import Annotated, Any
 import typer
 
 from flowstate.cli import render
+from flowstate.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 from flowstate.cli.loading import load_dataflow, load_oracle
 from flowstate.cli.options import LogOptions, RunCommandOptions, with_options
 from flowstate.config import parse_duration
 from flowstate.errors import ConfigError
 from flowstate.options import GROUPS, CheckpointOptions, EndpointOptions
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 app = typer.Typer(name="flowstate", help="Stateful stream processing with exactly-once checkpoints.",
                   add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False,
