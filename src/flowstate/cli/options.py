@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, fields
@@ -75,7 +76,7 @@ def _is_bool(f: Field[Any]) -> bool:
 
 
 def _is_int(hint: Any) -> bool:
-    return hint is int or (typing.get_origin(hint) in (typing.Union, __import__("types").UnionType)
+    return hint is int or (typing.get_origin(hint) in (typing.Union, types.UnionType)
                            and set(typing.get_args(hint)) <= {int, type(None)})
 
 
