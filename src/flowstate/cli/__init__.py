@@ -21,7 +21,15 @@ from __future__ import annotations
 
 import sys
 
-from flowstate.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_TERMINATED, EXIT_USAGE
+from flowstate.cli.exits import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    Interrupted,
+)
 from flowstate.cli.loading import load_dataflow
 from flowstate.config import parse_restart
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
@@ -43,9 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         code = command.main(args=sys.argv[1:] if argv is None else list(argv), prog_name="flowstate",
                             standalone_mode=False)
         return code if isinstance(code, int) else EXIT_OK
-    except typer.Abort:
-        print("flowstate: interrupted; run the same command again to resume from the latest checkpoint", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except typer.TyperException as exc:  # a mistake in the command line: an unknown option, a missing argument
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         print(f"flowstate: error: {' '.join(message.split())}", file=sys.stderr)
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flowstate: stopped at once ({exc.why}), without a final checkpoint; run the same command again "
               "to resume from the latest checkpoint", file=sys.stderr)
         return EXIT_TERMINATED
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt, typer.Abort):
         print("flowstate: interrupted; run the same command again to resume from the latest checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED
 

@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flowstate.cli.exits import Interrupted
 from flowstate.observe.logs import FORMATS as LOG_FORMATS
 from flowstate.observe.logs import LEVELS as LOG_LEVELS
 from flowstate.options import option
@@ -141,7 +142,10 @@ def with_options(groups: dict[str, type]) -> Callable[[Callable[..., int]], Call
         def wrapper(**given: Any) -> int:
             built = {keyword: group(**{f.name: _value(f, given.pop(_name(group, f))) for f in fields(group)})
                      for keyword, group in groups.items()}
-            return command(**given, **built)
+            try:
+                return command(**given, **built)
+            except KeyboardInterrupt as interrupt:
+                raise Interrupted() from interrupt
 
         extra = parameters(groups)
         wrapper.__signature__ = inspect.Signature([*own, *extra])  # type: ignore[attr-defined]
