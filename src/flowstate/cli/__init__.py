@@ -1,7 +1,7 @@
-"""The ``flowstate`` command line: ``run``, ``checkpoints list | verify | doctor``,
-``chaos``, ``ui``, ``postgres-slots``, ``demo``, and the control of a running job: ``status``, ``checkpoint``, ``savepoint``, ``stop`` (each
-given the job's checkpoint directory, where ``run`` writes the address and token of its control
-endpoint).
+"""The ``flowstate`` command line: ``run``, ``checkpoints list | verify | doctor``, ``chaos``, ``ui``,
+``postgres-slots``, ``demo``, and the control of a running job: ``status``, ``checkpoint``,
+``savepoint``, ``stop`` (each given the job's checkpoint directory, where ``run`` writes the address
+and token of its control endpoint).
 
 Exit status: 0 when a bounded job finished (it read all its input) with its output committed, or a
 control request succeeded; 3 when ``run`` ended on a stop (``flowstate stop``, or SIGTERM) after a

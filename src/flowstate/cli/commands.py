@@ -41,7 +41,8 @@ LOGGING = {"log": LogOptions}
 Directory = Annotated[str, typer.Argument(metavar="DIRECTORY", help="the job's checkpoint directory", show_default=False)]
 Job = Annotated[str, typer.Argument(metavar="JOB", help="FILE.py, FILE.py:ATTR or package.module:ATTR naming a "
                                     "flowstate.Dataflow", show_default=False)]
-Timeout = Annotated[str, typer.Option("--timeout", help="how long to wait for the answer, e.g. 30s, 5m, 1h")]
+Timeout = Annotated[str, typer.Option("--timeout", metavar="DURATION",
+                                      help="how long to wait for the answer, e.g. 30s, 5m, 1h")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON", show_default=False)]
 
 
@@ -129,7 +130,7 @@ def checkpoints_verify(
     retained: Annotated[int | None, typer.Option(
         help="the job's retained checkpoints: fail when more bytes are stored than they reference")] = None,
     grace: Annotated[str, typer.Option(
-        help="unreferenced files younger than this may belong to a checkpoint in progress")] = "1h",
+        metavar="DURATION", help="unreferenced files younger than this may belong to a checkpoint in progress")] = "1h",
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-o", metavar="KEY=VALUE",
         help="storage option, e.g. endpoint=http://localhost:9000 or region=eu-west-1 (repeatable)")] = None,
@@ -252,7 +253,7 @@ def chaos(
         help="snapshot mode; repeat it or give a comma list (default exactly_once)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of every random choice (default: a new one, printed)")] = None,
     failpoints: Annotated[str, typer.Option(help="all, none, or a comma list of failpoint names")] = "all",
-    checkpoint_interval: Annotated[str, typer.Option(help="checkpoint interval of every run")] = "100ms",
+    checkpoint_interval: Annotated[str, typer.Option(metavar="DURATION", help="checkpoint interval of every run")] = "100ms",
     retained: Annotated[int, typer.Option(help="completed checkpoints each run keeps")] = 1,
     executor: Annotated[str, typer.Option(
         help="run every job's tasks on threads or on worker processes (threads or processes)")] = "threads",
@@ -261,7 +262,7 @@ def chaos(
     oracle: Annotated[list[str] | None, typer.Option(help=(
         "FILE.py:ATTR or module:ATTR naming a flowstate.testing.Oracle (or a function returning one) whose checks "
         "run after every run and job, e.g. flowstate.testing.oracles.sequence:oracle"))] = None,
-    timeout: Annotated[str, typer.Option(help="longest a run may take before it counts as hung")] = "2m",
+    timeout: Annotated[str, typer.Option(metavar="DURATION", help="longest a run may take before it counts as hung")] = "2m",
     workers: Annotated[int, typer.Option(help="jobs run at the same time")] = 1,
     work_dir: Annotated[str | None, typer.Option(
         help="where the run directories go (default: a new temporary directory)")] = None,

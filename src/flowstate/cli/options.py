@@ -31,14 +31,14 @@ import typer
 from flowstate.cli.exits import Interrupted
 from flowstate.observe.logs import FORMATS as LOG_FORMATS
 from flowstate.observe.logs import LEVELS as LOG_LEVELS
-from flowstate.options import option
+from flowstate.options import Duration, option
 
 
 @dataclass(frozen=True)
 class RunCommandOptions:
     """Options of ``flowstate run`` that belong to the command, not to the job."""
 
-    stop_timeout: str = option(
+    stop_timeout: Duration = option(
         "30s", help="on SIGTERM the job stops after a final checkpoint, as with flowstate stop; without that "
         "done within this time (or on a second SIGTERM) it stops at once")
 
