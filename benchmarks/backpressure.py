@@ -276,10 +276,18 @@ def run_job(scenario: str, config: Config, seconds: float, rate: float, fraction
     chk = tempfile.mkdtemp(prefix="flowstate-backpressure-")
     try:
         result = fs.run(
-            flow, mode=config.mode, checkpoint_dir=None if config.mode == "none" else chk,
-            interval=INTERVAL, timeout=config.timeout, alignment_timeout=config.alignment_timeout,
-            max_inflight_bytes=MAX_INFLIGHT_BYTES, tolerable_failures=TOLERABLE_FAILURES,
-            batch_size=BATCH_SIZE, channel_capacity=CHANNEL_CAPACITY, restart=fs.NoRestart(),
+            flow,
+            checkpoints=fs.CheckpointOptions(
+                mode=config.mode,
+                checkpoint_dir=None if config.mode == "none" else chk,
+                interval=INTERVAL,
+                timeout=config.timeout,
+                alignment_timeout=config.alignment_timeout,
+                max_inflight_bytes=MAX_INFLIGHT_BYTES,
+                tolerable_failures=TOLERABLE_FAILURES,
+            ),
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(batch_size=BATCH_SIZE, channel_capacity=CHANNEL_CAPACITY),
         )
     finally:
         shutil.rmtree(chk, ignore_errors=True)

@@ -55,8 +55,15 @@ def job(source: Any, sink: Any) -> fs.Dataflow:
 
 def timed(make_flow: Callable[[], fs.Dataflow], checkpoints: bool) -> float:
     with tempfile.TemporaryDirectory() as chk:
-        result = fs.run(make_flow(), mode="exactly_once" if checkpoints else "none",
-                        checkpoint_dir=chk if checkpoints else None, interval="1s", executor="threads")
+        result = fs.run(
+            make_flow(),
+            checkpoints=fs.CheckpointOptions(
+                mode="exactly_once" if checkpoints else "none",
+                checkpoint_dir=chk if checkpoints else None,
+                interval="1s",
+            ),
+            execution=fs.ExecutionOptions(executor="threads"),
+        )
     return result.seconds
 
 

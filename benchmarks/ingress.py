@@ -66,8 +66,9 @@ def http_run(records: int, per_post: int, journaled: bool, *, senders: int = 1, 
         flow.source(source).sink(fs.BatchCallbackSink(counter))
         control = fs.JobControl()
         job = threading.Thread(target=fs.run, args=(flow,), kwargs=dict(
-            checkpoint_dir=Path(work) / "chk", interval="1s", control=control, executor="threads",
-            allow_non_replayable=not journaled))
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=Path(work) / "chk", interval="1s"),
+            recovery=fs.RecoveryOptions(allow_non_replayable=not journaled),
+            execution=fs.ExecutionOptions(executor="threads"), control=control))
         job.start()
         connections = [connect(port) for _ in range(senders)]
         body = ("\n".join(f"event {i}" for i in range(per_post)) + "\n").encode()
@@ -159,12 +160,16 @@ def cdc_run(records: int) -> float:
         flow.source(fs.PostgresCdcSource([table], dsn, slot, until=end)).sink(fs.BatchCallbackSink(counter))
         with tempfile.TemporaryDirectory() as work:
             started = time.perf_counter()
-            fs.run(flow, checkpoint_dir=Path(work) / "chk", interval="1s", executor="threads")
+            fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=Path(work) / "chk", interval="1s"),
+                execution=fs.ExecutionOptions(executor="threads"),
+            )
             elapsed = time.perf_counter() - started
         assert counter.n == records, counter.n
         return records / elapsed
     finally:
-        from flowstate.connectors.postgres_cdc import drop_slot
+        from flowstate.connectors.postgres_slots import drop_slot
 
         drop_slot(dsn, slot)
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -187,12 +192,16 @@ def cdc_snapshot_run(records: int) -> float:
             fs.BatchCallbackSink(counter))
         with tempfile.TemporaryDirectory() as work:
             started = time.perf_counter()
-            fs.run(flow, checkpoint_dir=Path(work) / "chk", interval="1s", executor="threads")
+            fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=Path(work) / "chk", interval="1s"),
+                execution=fs.ExecutionOptions(executor="threads"),
+            )
             elapsed = time.perf_counter() - started
         assert counter.n == records, counter.n
         return records / elapsed
     finally:
-        from flowstate.connectors.postgres_cdc import drop_slot
+        from flowstate.connectors.postgres_slots import drop_slot
 
         drop_slot(dsn, slot)
         with psycopg.connect(dsn, autocommit=True) as conn:

@@ -64,8 +64,15 @@ def run_flowstate(bootstrap: str, topic: str, n: int, checkpoints: bool) -> int:
          .sink(fs.BatchCallbackSink(lambda records: seen.__setitem__(0, seen[0] + len(records)), name="count"),
                uid="out"))
     with tempfile.TemporaryDirectory() as chk:
-        fs.run(flow, mode="exactly_once" if checkpoints else "none", checkpoint_dir=chk if checkpoints else None,
-               interval="1s", executor="threads")
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(
+                mode="exactly_once" if checkpoints else "none",
+                checkpoint_dir=chk if checkpoints else None,
+                interval="1s",
+            ),
+            execution=fs.ExecutionOptions(executor="threads"),
+        )
     return seen[0]
 
 

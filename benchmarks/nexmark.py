@@ -93,7 +93,11 @@ def run_flowstate(query: str, events: list[Any], counter: Counter) -> dict[str, 
     chk = tempfile.mkdtemp(prefix="flowstate-nexmark-")
     try:
         started = time.perf_counter()
-        result = fs.run(flow, mode="exactly_once", checkpoint_dir=chk, interval="1s", executor="threads")
+        result = fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=chk, interval="1s"),
+            execution=fs.ExecutionOptions(executor="threads"),
+        )
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(chk, ignore_errors=True)

@@ -123,9 +123,16 @@ def main() -> None:
     chk = tempfile.mkdtemp(prefix="flowstate-bench-")
     try:
         started = time.perf_counter()
-        result = fs.run(flow, mode=args.mode, checkpoint_dir=chk if args.mode != "none" else None,
-                        interval=args.interval, state_backend=args.state_backend,
-                        incremental=not args.full_checkpoints, retained=1000 if args.checkpoint_stats else 1)
+        result = fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(
+                mode=args.mode,
+                checkpoint_dir=chk if args.mode != "none" else None,
+                interval=args.interval,
+                retained=1000 if args.checkpoint_stats else 1,
+            ),
+            state=fs.StateOptions(backend=args.state_backend, incremental=not args.full_checkpoints),
+        )
         seconds = time.perf_counter() - started
         stats = checkpoint_stats(chk) if args.checkpoint_stats and args.mode != "none" else []
         out = counting.total() if args.sink == "count" else sum(

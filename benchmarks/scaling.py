@@ -105,8 +105,11 @@ def child_throughput(args: argparse.Namespace) -> None:
     chk = tempfile.mkdtemp(prefix="flowstate-scaling-")
     try:
         started = time.perf_counter()
-        result = fs.run(flow, mode="exactly_once", checkpoint_dir=chk, interval="1s", executor=args.executor,
-                        workers=args.workers or None)
+        result = fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=chk, interval="1s"),
+            execution=fs.ExecutionOptions(executor=args.executor, workers=args.workers or None),
+        )
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(chk, ignore_errors=True)
@@ -129,8 +132,12 @@ def child_failover(args: argparse.Namespace) -> None:
     keys = args.keys
     source = fs.GeneratorSource(lambda i: f"k{i % keys:07d}", None, splits=2, name="keys")
     flow = count_job(source, 2, FirstBatch(args.marks))
-    fs.run(flow, mode="exactly_once", checkpoint_dir=args.chk, interval="1s", executor="processes", workers=2,
-           restart=fs.FixedDelayRestart(10, 0.0), retained=2)
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=args.chk, interval="1s", retained=2),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(10, 0.0)),
+        execution=fs.ExecutionOptions(executor="processes", workers=2),
+    )
 
 
 # ---- measuring (in this process) ----------------------------------------------------------------------

@@ -108,7 +108,11 @@ def child(variant: str, backend: str, path: str, interval: str) -> None:
     try:
         cpu = _cpu()
         started = time.perf_counter()
-        result = fs.run(flow, checkpoint_dir=chk, interval=interval, state_backend=backend)
+        result = fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=chk, interval=interval),
+            state=fs.StateOptions(backend=backend),
+        )
         seconds = time.perf_counter() - started
         cpu = _cpu() - cpu
     finally:

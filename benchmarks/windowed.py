@@ -69,8 +69,15 @@ def main() -> None:
     before = resource.getrusage(resource.RUSAGE_SELF)
     try:
         started = time.perf_counter()
-        result = fs.run(flow, mode=args.mode, checkpoint_dir=chk if args.mode != "none" else None,
-                        interval=args.interval, state_backend=args.state_backend)
+        result = fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(
+                mode=args.mode,
+                checkpoint_dir=chk if args.mode != "none" else None,
+                interval=args.interval,
+            ),
+            state=fs.StateOptions(backend=args.state_backend),
+        )
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(chk, ignore_errors=True)

@@ -69,12 +69,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.runs):
             began = time.perf_counter()
-            settings = {}
-            if args.restart:
-                settings = {"failpoints": fs.Failpoints({"sink.before_commit": "kill@1"}),
-                            "restart": fs.FixedDelayRestart(1, 0.0)}
-            result = fs.run(job(Path(tmp) / f"out-{k}"), checkpoint_dir=Path(tmp) / f"chk-{k}",
-                            executor="processes", workers=2, **settings)
+            result = fs.run(
+                job(Path(tmp) / f"out-{k}"),
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=Path(tmp) / f"chk-{k}"),
+                recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(1, 0.0)) if args.restart else None,
+                execution=fs.ExecutionOptions(executor="processes", workers=2),
+                failpoints=fs.Failpoints({"sink.before_commit": "kill@1"}) if args.restart else None,
+            )
             runs.append(time.perf_counter() - began)
             assert result.workers == 2 and result.checkpoints_completed >= 1
             assert result.restarts == (1 if args.restart else 0), result.failures

@@ -57,8 +57,12 @@ def make_checkpoints(work: Path) -> Path:
     counted.sink(fs.FileSink(str(work / "out")), uid="out")
     (work / "out").mkdir(parents=True)
     chk = work / "chk"
-    fs.run(flow, checkpoint_dir=chk, interval="100ms", retained=2, state_backend="rocksdb",
-           state_dir=work / "rocksdb", executor="threads")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=chk, interval="100ms", retained=2),
+        state=fs.StateOptions(backend="rocksdb", directory=work / "rocksdb"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     return chk
 
 

@@ -8,7 +8,7 @@
          .key_by(lambda w: w)
          .process(Count())
          .sink(fs.FileSink("out/")))
-    fs.run(flow, checkpoint_dir="chk", mode="exactly_once", interval="1s")
+    fs.run(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir="chk", mode="exactly_once", interval="1s"))
 """
 
 from flowstate import aggregates
@@ -42,6 +42,13 @@ from flowstate.errors import (
 from flowstate.execution import run
 from flowstate.failpoints import Failpoints, InjectedFailure
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext, TimeDomain
+from flowstate.options import (
+    CheckpointOptions,
+    EndpointOptions,
+    ExecutionOptions,
+    RecoveryOptions,
+    StateOptions,
+)
 from flowstate.runner.result import JobResult
 from flowstate.state.ttl import StateTtl, TtlTime, TtlUpdate
 from flowstate.time.watermarks import Watermark
@@ -58,7 +65,8 @@ from flowstate.windowed import EarlyWindowResult, WindowResult
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchCallbackSink", "CallbackSink", "Change", "ConfigError", "ControlError", "CountWindow",
+    "BatchCallbackSink", "CallbackSink", "Change", "CheckpointOptions", "EndpointOptions", "ExecutionOptions",
+    "RecoveryOptions", "StateOptions", "ConfigError", "ControlError", "CountWindow",
     "CountWindows", "Dataflow", "EarlyWindowResult", "ExponentialBackoffRestart", "Failpoints", "FileSink", "FileSource",
     "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError", "HttpSource", "InjectedFailure",
     "JobControl", "JobFailedError", "JobResult", "KafkaSink", "KafkaSource", "KeyedProcessFunction",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -45,22 +44,25 @@ class Mode(Enum):
         raise ConfigError(f"unknown mode {value!r}: choose one of {', '.join(m.value for m in cls)}")
 
 
-_DURATION = re.compile(r"^\s*(?P<n>\d+(\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|min|h)?\s*$")
-_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+def parse_duration(value: object, *, what: str = "duration") -> float:
+    """Seconds from ``0.5``, a ``timedelta``, ``"500ms"``, ``"1s"``, ``"2m"`` (or ``"2min"``),
+    ``"1h30m"``: the one reader of every duration that ``fs.run`` and the command line take
+    (``flowstate.time.duration`` rules 1-2). Refusals are ``ConfigError``s naming ``what``."""
+    from flowstate.time.duration import parse_duration as seconds_of
 
-
-def parse_duration(value: float | int | str, *, what: str = "duration") -> float:
-    """Seconds from ``0.5``, ``"500ms"``, ``"1s"``, ``"2m"``, ``"1h"``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value))
-        if m is None:
-            raise ConfigError(f"cannot read {what} {value!r}: use seconds or a unit, e.g. 0.5, 500ms, 1s, 2m")
-        seconds = float(m["n"]) * _UNITS[m["unit"]]
+    if value is None or isinstance(value, bool):
+        raise ConfigError(f"cannot read {what} {value!r}: {_FORMS}")
+    try:
+        seconds = seconds_of(value.replace("min", "m") if isinstance(value, str) else value, what,
+                             allow_negative=True)
+    except ValueError:
+        raise ConfigError(f"cannot read {what} {value!r}: {_FORMS}") from None
     if seconds < 0:
         raise ConfigError(f"{what} must not be negative, got {value!r}")
     return seconds
+
+
+_FORMS = "use seconds, a timedelta or a unit, e.g. 0.5, 500ms, 1s, 2m, 1h30m"
 
 
 # ---- restart strategies (pure) ------------------------------------------------------------------

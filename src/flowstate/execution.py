@@ -1,26 +1,34 @@
-"""``flowstate.run``: run a dataflow from Python with keyword settings."""
+"""``flowstate.run``: run a dataflow from Python with the settings of ``flowstate.options``."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from flowstate.checkpoint.coordinator import CheckpointConfig
 from flowstate.clock import Clock
-from flowstate.config import (
-    FixedDelayRestart,
-    JobConfig,
-    Mode,
-    RestartStrategy,
-    parse_duration,
-    parse_restart,
-)
+from flowstate.config import JobConfig, Mode
 from flowstate.control.endpoint import JobControl
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError
 from flowstate.failpoints import Failpoints
-from flowstate.runner.job import JobResult, JobRunner
+from flowstate.options import (
+    FLAT_KEYWORDS,
+    GROUPS,
+    CheckpointOptions,
+    EndpointOptions,
+    ExecutionOptions,
+    RecoveryOptions,
+    StateOptions,
+    from_flat,
+    target,
+)
+from flowstate.runner.job import JobRunner
+from flowstate.runner.result import JobResult
 from flowstate.storage.factory import is_url
 
 
@@ -57,99 +65,61 @@ def check_writable(directory: Path) -> None:
 def run(
     flow: Dataflow,
     *,
-    mode: Mode | str = Mode.EXACTLY_ONCE,
-    checkpoint_dir: str | Path | None = None,
-    interval: float | str | None = 1.0,
-    timeout: float | str = 600.0,
-    min_pause: float | str = 0.0,
-    max_concurrent: int = 1,
-    tolerable_failures: int = 0,
-    retained: int = 1,
-    restart: RestartStrategy | str | None = None,
-    parallelism: int | None = None,
-    fresh: bool = False,
-    allow_non_replayable: bool = False,
-    batch_size: int = 2048,
-    channel_capacity: int = 8,
-    progress: bool = False,
-    alignment_timeout: float | str | None = None,
-    max_inflight_bytes: int = 64 * 1024 * 1024,
-    state_backend: str = "heap",
-    incremental: bool = True,
-    compression: str = "zstd",
-    state_dir: str | Path | None = None,
-    from_savepoint: str | Path | None = None,
-    allow_non_restored_state: bool = False,
-    drop_sink_state: bool = False,
-    savepoint_dir: str | Path | None = None,
-    control_endpoint: bool = False,
-    control_host: str = "127.0.0.1",
+    checkpoints: CheckpointOptions | None = None,
+    state: StateOptions | None = None,
+    recovery: RecoveryOptions | None = None,
+    execution: ExecutionOptions | None = None,
+    endpoints: EndpointOptions | None = None,
     control: JobControl | None = None,
-    metrics_port: int | None = None,
-    metrics_host: str = "127.0.0.1",
-    executor: str | None = None,
-    workers: int | None = None,
     failpoints: Failpoints | None = None,
     clock: Clock | None = None,
+    **flat: Any,
 ) -> JobResult:
     """Run ``flow`` until its bounded input is exhausted and its output committed (or forever, for an
-    unbounded source). A run with the same ``checkpoint_dir`` after a crash resumes from the latest
-    completed checkpoint. Raises ``JobFailedError`` when the restart strategy gives up.
+    unbounded source). A run with the same ``checkpoints.checkpoint_dir`` after a crash resumes from
+    the latest completed checkpoint. Raises ``JobFailedError`` when the restart strategy gives up.
 
-    ``from_savepoint`` restores from a savepoint (at any parallelism); ``allow_non_restored_state``
-    drops state that maps to no operator of the job instead of refusing it, except a sink's, which
-    also needs ``drop_sink_state`` (its pre-committed output is lost). ``control_endpoint``
-    serves ``flowstate status | checkpoint | savepoint | stop`` for ``checkpoint_dir``; savepoints go
-    under ``savepoint_dir`` (default ``<checkpoint_dir>/savepoints``). ``control`` (a ``JobControl``)
-    takes the same requests from another thread of this process.
-    String settings are read by the same code as the options of ``flowstate run``: durations such as
-    ``"500ms"``, ``mode="unaligned"``, ``restart="fixed:3:0.5"`` or ``"exponential:10:0.1:10"``.
-    ``executor`` is ``threads``, ``processes`` or ``ray`` (default: ``processes`` when an operator
-    runs more than one subtask); ``workers`` the number of worker processes. Under ``processes`` and
-    ``ray`` user functions run in the workers: what they change in this process's memory is not seen
-    here."""
+    The settings come in the groups of ``flowstate.options`` (each omitted group takes its
+    defaults), the same fields the options of ``flowstate run`` are made from: durations as seconds,
+    ``timedelta`` or strings such as ``"500ms"``, ``mode="unaligned"``, ``restart="fixed:3:0.5"``.
+    ``control`` (a ``JobControl``) takes control requests from another thread of this process.
+    Under the ``processes`` and ``ray`` executors user functions run in the workers: what they change
+    in this process's memory is not seen here.
+
+    Deprecated: the flat keywords of earlier releases (``checkpoint_dir=``, ``interval=``, …, each
+    the name of the ``JobConfig`` attribute its field sets) still work for this release, with a
+    ``DeprecationWarning``; they are applied on top of the groups given."""
     if not isinstance(flow, Dataflow):
         raise ConfigError(f"run() takes a flowstate.Dataflow, got {type(flow).__name__}")
+    groups: dict[str, Any] = {"checkpoints": checkpoints, "state": state, "recovery": recovery,
+                              "execution": execution, "endpoints": endpoints}
+    for keyword, group in groups.items():
+        if group is not None and not isinstance(group, GROUPS[keyword]):
+            raise ConfigError(f"run({keyword}=...) takes a {GROUPS[keyword].__name__}, got {type(group).__name__}")
+    if flat:
+        warnings.warn(
+            f"flat keywords of fs.run ({', '.join(sorted(flat))}) are deprecated: pass "
+            + ", ".join(sorted({f"{FLAT_KEYWORDS[k][0]}={GROUPS[FLAT_KEYWORDS[k][0]].__name__}(...)"
+                                for k in flat if k in FLAT_KEYWORDS})),
+            DeprecationWarning, stacklevel=2)
+        groups = from_flat(groups, flat)
+    config = job_config(**{k: g if g is not None else GROUPS[k]() for k, g in groups.items()})
+    return JobRunner(flow, config, failpoints=failpoints, clock=clock, control=control).run()
+
+
+def job_config(*, checkpoints: CheckpointOptions, state: StateOptions, recovery: RecoveryOptions,
+               execution: ExecutionOptions, endpoints: EndpointOptions) -> JobConfig:
+    """The ``JobConfig`` the groups describe (each field sets its ``target``); a local checkpoint
+    directory is checked for writing first."""
+    values: dict[str, Any] = {}
+    for group in (checkpoints, state, recovery, execution, endpoints):
+        values.update((target(f), getattr(group, f.name)) for f in fields(group))
     try:
-        checkpoint = CheckpointConfig(
-            interval=None if interval is None else parse_duration(interval, what="checkpoint interval"),
-            timeout=parse_duration(timeout, what="checkpoint timeout"),
-            min_pause=parse_duration(min_pause, what="minimum pause"),
-            max_concurrent=max_concurrent,
-            tolerable_failures=tolerable_failures,
-            retained=retained,
-        )
+        values["checkpoint"] = CheckpointConfig(**{f.name: values.pop(f.name) for f in fields(CheckpointConfig)})
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    location = _location(checkpoint_dir)
-    if isinstance(location, Path) and Mode.parse(mode).checkpoints:
+    location = _location(values["checkpoint_dir"])
+    if isinstance(location, Path) and Mode(checkpoints.mode).checkpoints:
         check_writable(location)
-    config = JobConfig(
-        mode=Mode.parse(mode),
-        checkpoint_dir=location,
-        checkpoint=checkpoint,
-        restart=parse_restart(restart) if restart is not None else FixedDelayRestart(3, 0.5),
-        parallelism=parallelism,
-        fresh=fresh,
-        allow_non_replayable=allow_non_replayable,
-        batch_size=batch_size,
-        channel_capacity=channel_capacity,
-        progress=progress,
-        alignment_timeout=None if alignment_timeout is None else parse_duration(alignment_timeout, what="alignment timeout"),
-        max_inflight_bytes=max_inflight_bytes,
-        state_backend=state_backend,
-        incremental=incremental,
-        compression=compression,
-        state_dir=Path(state_dir) if state_dir is not None else None,
-        from_savepoint=Path(from_savepoint) if from_savepoint is not None else None,
-        allow_non_restored_state=allow_non_restored_state,
-        drop_sink_state=drop_sink_state,
-        savepoint_dir=Path(savepoint_dir) if savepoint_dir is not None else None,
-        control_endpoint=control_endpoint,
-        control_host=control_host,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        executor=executor,
-        workers=workers,
-    )
-    return JobRunner(flow, config, failpoints=failpoints, clock=clock, control=control).run()
+    values["checkpoint_dir"] = location
+    return JobConfig(**values)

@@ -95,4 +95,4 @@ def test_fs_run_refuses_an_unwritable_checkpoint_directory_with_a_config_error(t
     flow.source(fs.GeneratorSource(lambda i: i, count=10)).sink(fs.FileSink(tmp_path / "out"))
 
     with pytest.raises(fs.ConfigError, match="cannot write to checkpoint directory .*chk: it is a file"):
-        fs.run(flow, checkpoint_dir=tmp_path / "chk")
+        fs.run(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"))

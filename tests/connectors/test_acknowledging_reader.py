@@ -53,7 +53,11 @@ def test_a_source_task_tells_an_acknowledging_reader_of_each_barrier_and_each_co
     log: list[tuple[str, int]] = []
     flow = fs.Dataflow("ack", parallelism=1)
     flow.source(Recording(log), uid="in").sink(fs.BatchCallbackSink(lambda records: None, name="drop"), uid="out")
-    result = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads")
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
 
     assert ("snapshot", -1) not in log, "snapshot() was called instead of snapshot_for()"
     barriers = [cid for kind, cid in log if kind == "snapshot_for"]

@@ -107,7 +107,11 @@ def test_a_redis_source_whose_connections_are_cut_mid_run_loses_and_repeats_noth
          .process(Count(), uid="count")
          .sink(fs.RedisStreamSink(stream=f"{unique}:out", url=redis_url), uid="out"))
     try:
-        fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads", batch_size=100)
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms"),
+            execution=fs.ExecutionOptions(executor="threads", batch_size=100),
+        )
     finally:
         proxy.close()
     try:
@@ -149,7 +153,11 @@ def test_a_nats_source_whose_connections_are_cut_mid_run_loses_and_repeats_nothi
          .sink(fs.RedisStreamSink(stream=f"{unique}:out", url=redis_url), uid="out"))
     client = redis.Redis.from_url(redis_url)
     try:
-        fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads", batch_size=100)
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms"),
+            execution=fs.ExecutionOptions(executor="threads", batch_size=100),
+        )
         output = Counter(tuple(json.loads(f[b"data"])) for _, f in client.xrange(f"{unique}:out"))
         counts = Counter(words)
         assert output == Counter((w, k) for w, c in counts.items() for k in range(1, c + 1))

@@ -331,9 +331,14 @@ def run_until(flow: fs.Dataflow, done, tmp_path: Path, failpoints: fs.Failpoints
 
     def run() -> None:
         try:
-            outcome["result"] = fs.run(flow, checkpoint_dir=checkpoint_dir or tmp_path / "chk", interval="50ms",
-                                       restart=FAST_RESTART, failpoints=failpoints, control=control,
-                                       executor="threads")
+            outcome["result"] = fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=checkpoint_dir or tmp_path / "chk", interval="50ms"),
+                recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+                execution=fs.ExecutionOptions(executor="threads"),
+                failpoints=failpoints,
+                control=control,
+            )
         except BaseException as error:
             outcome["error"] = error
 
@@ -421,7 +426,7 @@ def test_without_a_journal_an_exactly_once_job_refuses_the_http_source(tmp_path)
     flow = fs.Dataflow("webhook")
     flow.source(HttpSource(free_port())).sink(fs.FileSink(tmp_path / "out"))
     with pytest.raises(fs.ConfigError, match="cannot replay"):
-        fs.run(flow, checkpoint_dir=tmp_path / "chk", mode="exactly_once")
+        fs.run(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", mode="exactly_once"))
 
 
 def test_a_port_in_use_is_a_one_line_error(tmp_path):
@@ -539,8 +544,13 @@ def test_a_journaled_socket_source_processes_every_line_it_took_exactly_once_acr
          .sink(fs.FileSink(tmp_path / "out"), uid="out"))
     failpoints = fs.Failpoints({"operator.process": "raise@16"})  # a batch of 16 lines a hit
     try:
-        result = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="20ms", restart=FAST_RESTART,
-                        failpoints=failpoints, executor="threads", mode="exactly_once", batch_size=16)
+        result = fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="20ms", mode="exactly_once"),
+            recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+            execution=fs.ExecutionOptions(executor="threads", batch_size=16),
+            failpoints=failpoints,
+        )
     finally:
         server.close()
 
@@ -555,4 +565,4 @@ def test_without_a_journal_an_exactly_once_job_still_refuses_the_socket_source(t
     flow = fs.Dataflow("socket")
     flow.source(fs.SocketSource("127.0.0.1", free_port())).sink(fs.FileSink(tmp_path / "out"))
     with pytest.raises(fs.ConfigError, match="cannot replay"):
-        fs.run(flow, checkpoint_dir=tmp_path / "chk", mode="exactly_once")
+        fs.run(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", mode="exactly_once"))

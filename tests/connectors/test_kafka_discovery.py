@@ -142,7 +142,12 @@ def test_a_restored_job_resumes_the_partitions_it_found_while_running_from_the_c
             flow = fs.Dataflow("discovery", parallelism=parallelism)
             (flow.source(ScriptedPartitions(unique, kafka_bootstrap, count, discovery_interval=0.1), uid="events")
                  .sink(fs.CallbackSink(collect), uid="out"))
-            fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="100ms", executor="threads", control=control)
+            fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="100ms"),
+                execution=fs.ExecutionOptions(executor="threads"),
+                control=control,
+            )
         finally:
             watchdog.cancel()
         assert done.is_set(), f"the run saw {sum(seen.values())} of {sum(expected.values())} records"

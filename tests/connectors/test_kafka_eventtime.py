@@ -96,7 +96,11 @@ def test_windows_over_partitions_read_out_of_step_equal_a_batch_computation(
     counts = windowed(flow, fs.KafkaSource(topics=[unique], bootstrap_servers=kafka_bootstrap, bounded=True), None)
     counts.sink(fs.CallbackSink(lambda r: seen.append((r.key, r.window.start, r.value))), uid="out")
     counts.late_records().sink(fs.CallbackSink(late.append), uid="late")
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="100ms", executor="threads")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="100ms"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     expected = batch_windows([r for records in by_partition.values() for r in records])
     actual = Counter({(key, start): value for key, start, value in seen})
     assert not late, f"{len(late)} records were late, e.g. {late[:3]}: a partition's watermark ran ahead of another's"
@@ -132,7 +136,12 @@ def test_a_partition_that_stops_receiving_does_not_stall_the_windows_once_idle(
         counts = windowed(flow, fs.KafkaSource(topics=[unique], bootstrap_servers=kafka_bootstrap), "300ms")
         counts.sink(fs.CallbackSink(collect), uid="out")
         counts.late_records().sink(fs.CallbackSink(late.append), uid="late")
-        fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="100ms", executor="threads", control=control)
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="100ms"),
+            execution=fs.ExecutionOptions(executor="threads"),
+            control=control,
+        )
     finally:
         watchdog.cancel()
     assert stopped_by_window.is_set(), f"the window [40, 50) never fired: partition 2 held the watermark, {seen}"

@@ -352,8 +352,14 @@ def test_a_job_reproduces_a_table_written_concurrently_under_crashes(names, tmp_
 
     def run() -> None:
         try:
-            outcome["result"] = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", restart=FAST_RESTART,
-                                       failpoints=failpoints, mode=mode, executor="threads", control=control)
+            outcome["result"] = fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms", mode=mode),
+                recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+                execution=fs.ExecutionOptions(executor="threads"),
+                failpoints=failpoints,
+                control=control,
+            )
         except BaseException as error:  # reported below
             outcome["error"] = error
 

@@ -261,9 +261,14 @@ def test_a_job_crashing_mid_snapshot_under_concurrent_writes_copies_the_table_ex
 
     def run() -> None:
         try:
-            outcome["result"] = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", restart=FAST_RESTART,
-                                       failpoints=failpoints, mode=mode, executor="threads", control=control,
-                                       batch_size=25)
+            outcome["result"] = fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms", mode=mode),
+                recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+                execution=fs.ExecutionOptions(executor="threads", batch_size=25),
+                failpoints=failpoints,
+                control=control,
+            )
         except BaseException as error:  # reported below
             outcome["error"] = error
 

@@ -289,8 +289,13 @@ def test_the_word_count_into_postgres_is_exactly_once_under_a_crash_at_every_sin
     failpoints = fs.Failpoints({failpoint: f"raise@{2 * hits_per_checkpoint + 1}"})
     flow = wordcount(tmp_path / "unused", source=generator_source(INPUT_LINES, rate=RATE),
                      sink=PostgresSink(table, DSN))
-    result = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval=INTERVAL, restart=FAST_RESTART,
-                    failpoints=failpoints, mode=mode, executor="threads")
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval=INTERVAL, mode=mode),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        execution=fs.ExecutionOptions(executor="threads"),
+        failpoints=failpoints,
+    )
     assert failpoints.fired(failpoint) == 1
     assert_restored_from_a_checkpoint(result, INPUT_LINES)
     words = sum(len(line.split()) for line in lines(INPUT_LINES))
@@ -322,8 +327,13 @@ def test_at_least_once_loses_nothing_under_a_crash(table, tmp_path):
     failpoints = fs.Failpoints({"sink.before_commit": "raise@5"})
     flow = wordcount(tmp_path / "unused", source=generator_source(INPUT_LINES, rate=RATE),
                      sink=PostgresSink(table, DSN, delivery="at_least_once"))
-    result = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval=INTERVAL, restart=FAST_RESTART,
-                    failpoints=failpoints, mode="exactly_once", executor="threads")
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval=INTERVAL, mode="exactly_once"),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        execution=fs.ExecutionOptions(executor="threads"),
+        failpoints=failpoints,
+    )
     assert failpoints.fired("sink.before_commit") == 1
     assert_restored_from_a_checkpoint(result, INPUT_LINES)
     expected = batch_reference(lines(INPUT_LINES))
@@ -337,11 +347,20 @@ def test_fresh_over_a_table_holding_committed_rows_is_refused_before_any_checkpo
     def flow() -> fs.Dataflow:
         return wordcount(tmp_path / "unused", source=generator_source(20), sink=PostgresSink(table, DSN))
 
-    fs.run(flow(), checkpoint_dir=tmp_path / "chk", interval=INTERVAL, executor="threads")
+    fs.run(
+        flow(),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval=INTERVAL),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     before = rows(table)
     kept = sorted(p.name for p in (tmp_path / "chk").iterdir())
     with pytest.raises(fs.ConfigError) as refused:
-        fs.run(flow(), checkpoint_dir=tmp_path / "chk", interval=INTERVAL, executor="threads", fresh=True)
+        fs.run(
+            flow(),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval=INTERVAL),
+            recovery=fs.RecoveryOptions(fresh=True),
+            execution=fs.ExecutionOptions(executor="threads"),
+        )
     message = str(refused.value)
     assert "\n" not in message
     for named in ("cannot start from scratch (--fresh)", f"sink 'postgres-sink:{table}' holds 2 committed commit markers",

@@ -94,7 +94,11 @@ def test_a_file_no_task_would_read_is_read_by_the_first_task_so_that_its_state_i
 
 def completed_checkpoint(tmp_path: Path) -> tuple[fs.Dataflow, CheckpointMetadata]:
     flow = picklable_wordcount(tmp_path / "out")
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="20ms", executor="threads")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="20ms"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     decision = choose(LocalCheckpointStorage(tmp_path / "chk").restore_candidates())
     assert isinstance(decision, Chosen)
     return flow, decision.metadata

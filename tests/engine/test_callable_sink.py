@@ -21,7 +21,7 @@ def test_a_callable_sink_at_parallelism_2_runs_in_this_process_and_the_caller_se
     results: list[tuple[str, int]] = []
     flow = wordcount(dirs.output, source=generator_source(LINES), parallelism=2, sink=results.append)
 
-    result = fs.run(flow, checkpoint_dir=dirs.checkpoints, interval="50ms")
+    result = fs.run(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval="50ms"))
 
     assert (result.executor, result.workers) == ("threads", 0)
     assert Counter(results) == batch_reference(lines(LINES))
@@ -31,7 +31,7 @@ def test_a_batch_callback_sink_at_parallelism_2_delivers_every_record_to_the_cal
     batches: list[list[tuple[str, int]]] = []
     flow = wordcount(dirs.output, source=generator_source(LINES), parallelism=2, sink=fs.BatchCallbackSink(batches.append))
 
-    fs.run(flow, checkpoint_dir=dirs.checkpoints, interval="50ms")
+    fs.run(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval="50ms"))
 
     assert Counter(r for batch in batches for r in batch) == batch_reference(lines(LINES))
 
@@ -43,7 +43,8 @@ def test_a_callable_sink_is_refused_under_worker_processes_with_one_line_naming_
     flow = wordcount(dirs.output, source=generator_source(LINES), parallelism=2, sink=fs.CallbackSink(results.append))
 
     with pytest.raises(fs.ConfigError) as refused:
-        fs.run(flow, checkpoint_dir=dirs.checkpoints, **settings)
+        fs.run(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints),
+               execution=fs.ExecutionOptions(**settings))
 
     message = str(refused.value)
     assert "\n" not in message

@@ -103,7 +103,12 @@ def test_sinks_commit_a_checkpoint_only_after_its_metadata_is_durable(dirs, expe
     # act on a notification that came too early.
     failpoints = fs.Failpoints({"coordinator.all_acks_before_metadata": "stall(0.05)"})
 
-    result = fs.run(flow, checkpoint_dir=dirs.checkpoints, interval=INTERVAL, executor="threads", failpoints=failpoints)
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        execution=fs.ExecutionOptions(executor="threads"),
+        failpoints=failpoints,
+    )
 
     assert result.checkpoints_completed >= 3
     assert early == [], f"commits before the metadata of checkpoints {sorted(set(early))}"
@@ -115,8 +120,11 @@ def test_stop_the_world_sources_read_nothing_until_the_checkpoint_completed(dirs
     source = CheckingSource(generator_source(INPUT_LINES, rate=RATE), dirs.checkpoints, reads)
     flow = wordcount(dirs.output, source=source, parallelism=2)
 
-    result = fs.run(flow, checkpoint_dir=dirs.checkpoints, interval=INTERVAL, mode="stop_the_world",
-                    executor="threads")
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, mode="stop_the_world"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
 
     assert result.checkpoints_completed >= 3
     assert reads == [], f"sources read during checkpoints {sorted(set(reads))}"

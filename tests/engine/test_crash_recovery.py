@@ -69,7 +69,7 @@ EXECUTORS = ("threads", "processes")
 
 
 def mode_settings(mode: str) -> dict[str, str]:
-    """The ``fs.run`` settings of ``mode`` (one of ``ALL_CHECKPOINTING_MODES``)."""
+    """The ``fs.CheckpointOptions`` settings of ``mode`` (one of ``ALL_CHECKPOINTING_MODES``)."""
     if mode == SWITCHING:
         return {"mode": "exactly_once", "alignment_timeout": ALIGNMENT_TIMEOUT}
     return {"mode": mode}
@@ -148,11 +148,17 @@ def executor(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def run_wordcount(dirs, mode: str, failpoints: fs.Failpoints, executor: str, **settings) -> fs.JobResult:
+def run_wordcount(dirs, mode: str, failpoints: fs.Failpoints, executor: str, *, batch_size: int = 2048,
+                  tolerable_failures: int = 0, state: fs.StateOptions | None = None) -> fs.JobResult:
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE), parallelism=PARALLELISM)
     result = fs.run(
-        flow, checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=FAST_RESTART,
-        failpoints=failpoints, executor=executor, **mode_settings(mode), **settings,
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
+                                         tolerable_failures=tolerable_failures, **mode_settings(mode)),
+        state=state,
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        execution=fs.ExecutionOptions(executor=executor, batch_size=batch_size),
+        failpoints=failpoints,
     )
     assert result.executor == executor
     assert result.workers == (PARALLELISM if executor == "processes" else 0)
@@ -186,11 +192,12 @@ def test_with_rocksdb_state_a_crash_at_a_failpoint_restarts_from_a_checkpoint_an
     crash, mode, dirs, expected, tmp_path,
 ):
     # Under the default executor for parallelism 2: worker processes.
-    check_a_crash(crash, mode, "processes", dirs, expected, state_backend="rocksdb", state_dir=tmp_path / "rocksdb")
+    check_a_crash(crash, mode, "processes", dirs, expected,
+                  state=fs.StateOptions(backend="rocksdb", directory=tmp_path / "rocksdb"))
     assert not any((tmp_path / "rocksdb").iterdir()), "a RocksDB working directory was left behind"
 
 
-def check_a_crash(crash, mode, executor, dirs, expected, **settings):
+def check_a_crash(crash, mode, executor, dirs, expected, state: fs.StateOptions | None = None):
     action = crash.action
     if crash.failpoint == "alignment.channel_blocked" and mode == SWITCHING:
         # An alignment that times out after 1 ms may switch to unaligned before a second input
@@ -200,7 +207,7 @@ def check_a_crash(crash, mode, executor, dirs, expected, **settings):
     failpoints = fs.Failpoints({crash.failpoint: action})
     batch_size = 1 if crash.hits_per_checkpoint is None else 2048
 
-    result = run_wordcount(dirs, mode, failpoints, executor, batch_size=batch_size, **settings)
+    result = run_wordcount(dirs, mode, failpoints, executor, batch_size=batch_size, state=state)
 
     assert failpoints.fired(crash.failpoint) == 1, f"{crash.failpoint} was hit {failpoints.hits(crash.failpoint)} times"
     assert result.failures, "the run recorded no failure"

@@ -41,7 +41,7 @@ SWITCHING = "exactly_once+alignment_timeout"
 
 
 def mode_settings(mode: str) -> dict[str, str]:
-    """The ``fs.run`` settings of ``mode``."""
+    """The ``fs.CheckpointOptions`` of ``mode``."""
     if mode == SWITCHING:
         return {"mode": "exactly_once", "alignment_timeout": "1ms"}
     return {"mode": mode}
@@ -63,7 +63,8 @@ def files_of(directory: Path) -> dict[str, str]:
 def test_every_mode_gives_the_batch_result_when_nothing_fails(mode, dirs, expected):
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE))
 
-    result = fs.run(flow, checkpoint_dir=checkpoint_dir_for(mode, dirs), interval=INTERVAL, **mode_settings(mode))
+    result = fs.run(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=checkpoint_dir_for(mode, dirs),
+                                                           interval=INTERVAL, **mode_settings(mode)))
 
     actual = committed_output(dirs.output)
     assert Counter(actual) == expected, difference(actual, expected)
@@ -85,7 +86,10 @@ def test_a_file_source_with_several_splits_gives_the_batch_result_at_every_paral
     flow = wordcount(dirs.output, source=fs.FileSource(str(inputs / "*.txt")), parallelism=parallelism)
     assert [v.parallelism for v in build_job_graph(flow).vertices] == [parallelism, parallelism]
 
-    fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+    )
 
     actual = committed_output(dirs.output)
     expected = batch_reference(text)
@@ -104,7 +108,10 @@ def test_the_union_of_two_sources_gives_the_batch_result_of_both_inputs(dirs):
           .process(Count(), uid="count")
           .sink(fs.FileSink(dirs.output), uid="counts"))
 
-    fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+    )
 
     actual = committed_output(dirs.output)
     expected = batch_reference(lines(500))
@@ -121,7 +128,11 @@ def test_a_change_of_parallelism_without_key_by_rebalances_every_record_exactly_
         ("lines", 1, []), ("upper", 3, ["rebalance"]), ("out", 2, ["rebalance"]),
     ]
 
-    fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, batch_size=16)
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        execution=fs.ExecutionOptions(batch_size=16),
+    )
 
     actual = committed_values(dirs.output)
     assert Counter(actual) == Counter(t.upper() for t in lines(INPUT_LINES))
@@ -139,8 +150,12 @@ def test_a_keyed_reduce_emits_the_running_reduction_of_every_key_across_a_restor
          .sink(fs.FileSink(dirs.output), uid="counts"))
     failpoints = fs.Failpoints({"task.before_snapshot": CRASH_AFTER_TWO_CHECKPOINTS})
 
-    result = fs.run(flow, mode=mode, checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-                    restart=FAST_RESTART, failpoints=failpoints)
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode=mode, checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        failpoints=failpoints,
+    )
 
     assert_restored_from_a_checkpoint(result, INPUT_LINES)
     actual = committed_output(dirs.output)
@@ -175,8 +190,12 @@ def test_list_map_and_reducing_state_survive_a_restore(mode, dirs):
          .sink(fs.FileSink(dirs.output), uid="out"))
     failpoints = fs.Failpoints({"task.before_snapshot": CRASH_AFTER_TWO_CHECKPOINTS})
 
-    result = fs.run(flow, mode=mode, checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-                    restart=FAST_RESTART, failpoints=failpoints)
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode=mode, checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        failpoints=failpoints,
+    )
 
     assert_restored_from_a_checkpoint(result, INPUT_LINES)
     seen: dict[str, list[int]] = {}
@@ -222,7 +241,11 @@ def test_a_function_that_always_fails_on_one_record_fails_the_job_naming_operato
          .sink(fs.FileSink(dirs.output), uid="out"))
 
     with pytest.raises(fs.JobFailedError) as failed:
-        fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=restart)
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+            recovery=fs.RecoveryOptions(restart=restart),
+        )
 
     message = str(failed.value)
     assert "'halve'" in message
@@ -264,12 +287,16 @@ def test_fixed_delay_and_no_restart_give_up_after_their_attempts():
 
 
 def test_a_rerun_of_a_finished_job_restores_its_last_checkpoint_and_leaves_the_output_unchanged(dirs, expected):
-    first = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
-                   mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    first = fs.run(
+        wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+    )
     before = files_of(dirs.output)
 
-    second = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
-                    mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    second = fs.run(
+        wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+    )
 
     assert second.restored_from == [first.last_checkpoint]
     assert files_of(dirs.output) == before
@@ -278,12 +305,19 @@ def test_a_rerun_of_a_finished_job_restores_its_last_checkpoint_and_leaves_the_o
 
 def test_progress_counts_the_records_of_the_restored_checkpoint_and_those_read_since_and_says_so(dirs, capsys):
     failpoints = fs.Failpoints({"task.before_snapshot": CRASH_AFTER_TWO_CHECKPOINTS})
-    crashed = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)), mode="exactly_once",
-                     checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=FAST_RESTART,
-                     failpoints=failpoints, progress=True)
+    crashed = fs.run(
+        wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        execution=fs.ExecutionOptions(progress=True),
+        failpoints=failpoints,
+    )
     crashed_lines = capsys.readouterr().err.splitlines()
-    rerun = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)), mode="exactly_once",
-                   checkpoint_dir=dirs.checkpoints, interval=INTERVAL, progress=True)
+    rerun = fs.run(
+        wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        execution=fs.ExecutionOptions(progress=True),
+    )
     rerun_lines = capsys.readouterr().err.splitlines()
 
     restored, read = crashed.records_restored[-1], crashed.records
@@ -299,18 +333,24 @@ def test_progress_counts_the_records_of_the_restored_checkpoint_and_those_read_s
 
 
 def test_a_run_from_scratch_counts_the_records_it_read(dirs, capsys):
-    result = fs.run(wordcount(dirs.output, source=generator_source(200)), mode="exactly_once",
-                    checkpoint_dir=dirs.checkpoints, interval=INTERVAL, progress=True)
+    result = fs.run(
+        wordcount(dirs.output, source=generator_source(200)),
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        execution=fs.ExecutionOptions(progress=True),
+    )
 
     assert (result.records_read, result.records_restored, result.records_total) == ([200], [0], 200)
-    assert capsys.readouterr().err.splitlines()[-1].startswith("[wordcount] 200 records read · 100% of the input · ")
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "[wordcount] 200 records read · ━━━━━━━━━━━━━━━━━━━━ 100% of the input · ")
 
 
 def test_checkpoint_ids_keep_increasing_across_runs_on_one_directory(dirs):
     last_ids = []
     for _ in range(3):
-        result = fs.run(wordcount(dirs.output, source=generator_source(200)),
-                        mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+        result = fs.run(
+            wordcount(dirs.output, source=generator_source(200)),
+            checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        )
         assert result.last_checkpoint is not None
         if last_ids:
             assert result.restored_from == [last_ids[-1]]
@@ -320,15 +360,20 @@ def test_checkpoint_ids_keep_increasing_across_runs_on_one_directory(dirs):
 
 
 def test_fresh_discards_the_old_checkpoints_and_starts_from_scratch(tmp_path, dirs, expected):
-    first = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
-                   mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    first = fs.run(
+        wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE)),
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+    )
     assert first.last_checkpoint is not None
     old = {p.parent.name: p.read_bytes() for p in dirs.checkpoints.glob("chk-*/_metadata")}
     assert old, "the first run left its last checkpoint"
     again = tmp_path / "again"
 
-    second = fs.run(wordcount(again, source=generator_source(INPUT_LINES, rate=RATE)),
-                    mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, fresh=True)
+    second = fs.run(
+        wordcount(again, source=generator_source(INPUT_LINES, rate=RATE)),
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(fresh=True),
+    )
 
     assert second.restored_from == [None]
     left = {p.parent.name: p.read_bytes() for p in dirs.checkpoints.glob("chk-*/_metadata")}
@@ -350,7 +395,14 @@ def test_two_concurrent_runs_on_one_checkpoint_directory_are_refused(dirs):
         flow = fs.Dataflow("first")
         flow.source(generator_source(50), uid="lines").map(hold, uid="hold").sink(fs.FileSink(dirs.output), uid="out")
         try:
-            outcome.append(fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL))
+            outcome.append(fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(
+                    mode="exactly_once",
+                    checkpoint_dir=dirs.checkpoints,
+                    interval=INTERVAL,
+                ),
+            ))
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             outcome.append(exc)
 
@@ -360,7 +412,14 @@ def test_two_concurrent_runs_on_one_checkpoint_directory_are_refused(dirs):
         assert started.wait(timeout=10), "the first run never processed a record"
         second = wordcount(dirs.output / "second", source=generator_source(50))
         with pytest.raises(fs.ConfigError, match="another flowstate run is using the checkpoint directory"):
-            fs.run(second, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+            fs.run(
+                second,
+                checkpoints=fs.CheckpointOptions(
+                    mode="exactly_once",
+                    checkpoint_dir=dirs.checkpoints,
+                    interval=INTERVAL,
+                ),
+            )
     finally:
         release.set()
         runner.join(timeout=30)
@@ -409,7 +468,10 @@ def test_an_exactly_once_mode_refuses_a_source_that_cannot_replay(mode, dirs):
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         with pytest.raises(fs.ConfigError, match="allow_non_replayable") as refused:
-            fs.run(socket_job(port, dirs.output), mode=mode, checkpoint_dir=dirs.checkpoints)
+            fs.run(
+                socket_job(port, dirs.output),
+                checkpoints=fs.CheckpointOptions(mode=mode, checkpoint_dir=dirs.checkpoints),
+            )
 
     assert f"socket:127.0.0.1:{port}" in str(refused.value)
     assert not dirs.output.exists(), "nothing ran"
@@ -419,8 +481,11 @@ def test_a_source_that_cannot_replay_runs_when_allowed_and_its_lines_are_output(
     text = [f"{word} {n}" for n, word in enumerate(VOCABULARY)]
 
     with LineServer("".join(t + "\n" for t in text)) as server, caplog.at_level(logging.WARNING, logger="flowstate"):
-        result = fs.run(socket_job(server.port, dirs.output), mode="exactly_once", checkpoint_dir=dirs.checkpoints,
-                        interval=INTERVAL, allow_non_replayable=True)
+        result = fs.run(
+            socket_job(server.port, dirs.output),
+            checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+            recovery=fs.RecoveryOptions(allow_non_replayable=True),
+        )
 
     assert result.failures == []
     assert committed_values(dirs.output) == text

@@ -51,7 +51,7 @@ def test_a_default_parallelism_above_max_parallelism_is_refused_naming_the_dataf
     flow = fs.Dataflow("job", max_parallelism=4)
     source(flow).sink(discard)
     with pytest.raises(fs.GraphError, match=r"dataflow 'job': parallelism 8 is above max_parallelism 4"):
-        fs.run(flow, mode="none", parallelism=8)
+        fs.run(flow, checkpoints=fs.CheckpointOptions(mode="none"), execution=fs.ExecutionOptions(parallelism=8))
 
 
 @pytest.mark.parametrize("method", ["map", "filter", "flat_map", "key_by"])
@@ -94,7 +94,7 @@ def test_an_object_that_is_not_a_source_is_refused():
 
 def test_an_empty_dataflow_is_refused_naming_it():
     with pytest.raises(fs.GraphError, match=r"dataflow 'nothing' is empty"):
-        fs.run(fs.Dataflow("nothing"), mode="none")
+        fs.run(fs.Dataflow("nothing"), checkpoints=fs.CheckpointOptions(mode="none"))
 
 
 def test_a_dataflow_without_a_sink_is_refused_naming_it():
@@ -102,7 +102,7 @@ def test_a_dataflow_without_a_sink_is_refused_naming_it():
     source(flow).map(str.upper)
 
     with pytest.raises(fs.GraphError, match=r"dataflow 'nowhere' has no sink"):
-        fs.run(flow, mode="none")
+        fs.run(flow, checkpoints=fs.CheckpointOptions(mode="none"))
 
 
 def test_an_unknown_mode_is_refused_listing_the_modes(tmp_path):
@@ -111,7 +111,7 @@ def test_an_unknown_mode_is_refused_listing_the_modes(tmp_path):
 
     with pytest.raises(fs.ConfigError, match=r"unknown mode 'twice': choose one of exactly_once, at_least_once, "
                                              r"unaligned, stop_the_world, none"):
-        fs.run(flow, mode="twice", checkpoint_dir=tmp_path)
+        fs.run(flow, checkpoints=fs.CheckpointOptions(mode="twice", checkpoint_dir=tmp_path))
 
 
 @pytest.mark.parametrize("mode", ["exactly_once", "at_least_once", "stop_the_world"])
@@ -120,7 +120,7 @@ def test_a_mode_that_takes_checkpoints_needs_a_checkpoint_directory(mode):
     source(flow).sink(discard)
 
     with pytest.raises(fs.ConfigError, match=rf"mode {mode} takes checkpoints and needs a checkpoint directory"):
-        fs.run(flow, mode=mode)
+        fs.run(flow, checkpoints=fs.CheckpointOptions(mode=mode))
 
 
 # ---- chaining ------------------------------------------------------------------------------------
@@ -237,8 +237,13 @@ def test_a_source_uid_starting_with_an_underscore_or_a_dot_checkpoints_and_resto
         return flow
 
     failpoints = fs.Failpoints({"sink.before_commit": "raise@3"})
-    result = fs.run(job(), checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads",
-                    restart=fs.FixedDelayRestart(2, 0.0), failpoints=failpoints)
+    result = fs.run(
+        job(),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms"),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(2, 0.0)),
+        execution=fs.ExecutionOptions(executor="threads"),
+        failpoints=failpoints,
+    )
     assert failpoints.fired("sink.before_commit") == 1 and not result.failures[1:]
     assert any(c is not None and c >= 1 for c in result.restored_from[1:]), result.restored_from
     assert result.records < 3000

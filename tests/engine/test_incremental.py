@@ -33,11 +33,15 @@ from .jobs import (
 RETAINED = 2
 
 
-def run(dirs, tmp_path, failpoints=None, **settings) -> fs.JobResult:
+def run(dirs, tmp_path, failpoints=None, *, retained: int = RETAINED, incremental: bool = True) -> fs.JobResult:
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE), parallelism=2)
-    settings.setdefault("retained", RETAINED)
-    return fs.run(flow, checkpoint_dir=dirs.checkpoints, interval=INTERVAL, restart=FAST_RESTART,
-                  state_backend="rocksdb", state_dir=tmp_path / "rocksdb", failpoints=failpoints, **settings)
+    return fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, retained=retained),
+        state=fs.StateOptions(backend="rocksdb", directory=tmp_path / "rocksdb", incremental=incremental),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        failpoints=failpoints,
+    )
 
 
 def assert_storage_verifies(dirs, retained: int = RETAINED) -> None:

@@ -49,8 +49,13 @@ def test_a_job_restores_from_a_checkpoint_in_object_storage_after_a_crash(backen
     failpoints = fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"})
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE), parallelism=2)
 
-    result = fs.run(flow, checkpoint_dir=bucket, interval=INTERVAL, restart=FAST_RESTART, retained=2,
-                    state_backend=backend, state_dir=tmp_path / "rocksdb", failpoints=failpoints)
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=bucket, interval=INTERVAL, retained=2),
+        state=fs.StateOptions(backend=backend, directory=tmp_path / "rocksdb"),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        failpoints=failpoints,
+    )
 
     assert failpoints.fired("coordinator.metadata_before_notify") == 1
     assert_restored_from_a_checkpoint(result, INPUT_LINES)
@@ -74,8 +79,13 @@ def test_worker_processes_restore_from_checkpoints_in_object_storage_after_a_wor
     failpoints = fs.Failpoints({"task.before_snapshot": "kill@9"})  # 4 tasks: in checkpoint 3
     flow = wordcount(dirs.output, source=generator_source(lines_in, rate=RATE), parallelism=2)
 
-    result = fs.run(flow, checkpoint_dir=bucket, interval=INTERVAL, restart=FAST_RESTART, executor="processes",
-                    workers=2, failpoints=failpoints)
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=bucket, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        execution=fs.ExecutionOptions(executor="processes", workers=2),
+        failpoints=failpoints,
+    )
 
     assert (result.executor, result.workers) == ("processes", 2)
     assert failpoints.fired("task.before_snapshot") == 1

@@ -33,10 +33,16 @@ from .jobs import (
 )
 
 
-def crash_after_three_checkpoints(flow: fs.Dataflow, checkpoints: Path, **settings) -> None:
+def crash_after_three_checkpoints(flow: fs.Dataflow, checkpoints: Path, *, mode: str = "exactly_once",
+                                  batch_size: int = 2048) -> None:
     with pytest.raises(fs.JobFailedError, match="InjectedFailure"):
-        fs.run(flow, checkpoint_dir=checkpoints, interval=INTERVAL, restart=fs.NoRestart(),
-               failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}), **settings)
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(mode=mode, checkpoint_dir=checkpoints, interval=INTERVAL),
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(batch_size=batch_size),
+            failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}),
+        )
 
 
 def assert_exactly_the_reference(output: Path, expected: Counter) -> None:
@@ -51,8 +57,10 @@ def test_a_checkpoint_restored_at_another_parallelism_gives_the_batch_result(dir
     crash_after_three_checkpoints(wordcount(dirs.output, source=source, parallelism=before), dirs.checkpoints, mode=mode)
     assert committed_output(dirs.output), "the first run committed some output before it crashed"
 
-    result = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, splits=4), parallelism=after),
-                    checkpoint_dir=dirs.checkpoints, interval=INTERVAL, mode=mode)
+    result = fs.run(
+        wordcount(dirs.output, source=generator_source(INPUT_LINES, splits=4), parallelism=after),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, mode=mode),
+    )
 
     assert result.restored_from == [3]
     assert_resumed(result, INPUT_LINES)
@@ -88,7 +96,11 @@ def test_file_splits_are_reassigned_with_their_byte_offsets(dirs, tmp_path):
         return f
 
     crash_after_three_checkpoints(flow(2), dirs.checkpoints, batch_size=16)
-    result = fs.run(flow(3), checkpoint_dir=dirs.checkpoints, interval=INTERVAL, batch_size=16)
+    result = fs.run(
+        flow(3),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        execution=fs.ExecutionOptions(batch_size=16),
+    )
 
     assert result.restored_from == [3]
     assert_exactly_the_reference(dirs.output, expected)
@@ -121,7 +133,11 @@ def test_byte_ranges_of_one_file_resume_where_the_checkpoint_left_them_at_anothe
 
     assert len(fs.FileSource(str(path), split_size=split_size).splits()) == 5
     crash_after_three_checkpoints(flow(2), dirs.checkpoints, batch_size=16)
-    result = fs.run(flow(3), checkpoint_dir=dirs.checkpoints, interval=INTERVAL, batch_size=16)
+    result = fs.run(
+        flow(3),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        execution=fs.ExecutionOptions(batch_size=16),
+    )
 
     assert result.restored_from == [3]
     assert_resumed(result, INPUT_LINES)
@@ -135,8 +151,10 @@ def test_scaling_down_and_up_again_keeps_every_committed_file(dirs, expected):
     crash_after_three_checkpoints(
         wordcount(dirs.output, source=generator_source(INPUT_LINES * 2, splits=4, rate=RATE), parallelism=1),
         dirs.checkpoints)
-    result = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES * 2, splits=4), parallelism=2),
-                    checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    result = fs.run(
+        wordcount(dirs.output, source=generator_source(INPUT_LINES * 2, splits=4), parallelism=2),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+    )
 
     assert result.restored_from == [6]
     assert_exactly_the_reference(dirs.output, batch_reference(line(i) for i in range(INPUT_LINES * 2)))

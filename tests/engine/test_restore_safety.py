@@ -18,10 +18,15 @@ import flowstate as fs
 from .jobs import INPUT_LINES, INTERVAL, RATE, Count, committed_output, difference, generator_source, wordcount
 
 
-def run(dirs, **options) -> fs.JobResult:
+def run(dirs, *, retained: int = 1, fresh: bool = False) -> fs.JobResult:
     flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE))
-    return fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, executor="threads",
-                  **options)
+    return fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
+                                         retained=retained),
+        recovery=fs.RecoveryOptions(fresh=fresh),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
 
 
 def tree(directory: Path) -> dict[str, bytes]:
@@ -159,10 +164,14 @@ def renamed_job(dirs, *, suffix: str) -> fs.Dataflow:
 
 
 def test_allow_non_restored_state_drops_a_sinks_state_only_when_told_and_never_replaces_committed_files(dirs, expected):
-    def run_renamed(**options) -> fs.JobResult:
+    def run_renamed(*, drop_sink_state: bool = False) -> fs.JobResult:
         flow = renamed_job(dirs, suffix="-v2")
-        return fs.run(flow, mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-                      executor="threads", allow_non_restored_state=True, **options)
+        return fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(mode="exactly_once", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+            recovery=fs.RecoveryOptions(allow_non_restored_state=True, drop_sink_state=drop_sink_state),
+            execution=fs.ExecutionOptions(executor="threads"),
+        )
 
     run(dirs)
     committed = tree(dirs.output)

@@ -29,8 +29,12 @@ def test_a_string_restart_strategy_restarts_a_failed_job_as_the_cli_option_does(
     # The first checkpoint's metadata write fails once: one restart, then the job completes.
     failpoints = fs.Failpoints({"coordinator.metadata_before_notify": "raise@1"})
 
-    result = fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, interval="50ms", restart="fixed:3:0.01",
-                    failpoints=failpoints)
+    result = fs.run(
+        flaky_job(dirs),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval="50ms"),
+        recovery=fs.RecoveryOptions(restart="fixed:3:0.01"),
+        failpoints=failpoints,
+    )
 
     assert result.restarts == 1
     assert sorted(committed_values(dirs.output)) == sorted(f"r{i}" for i in range(300))
@@ -40,8 +44,12 @@ def test_a_string_restart_strategy_that_gives_up_raises_job_failed_with_the_caus
     failpoints = fs.Failpoints({"coordinator.metadata_before_notify": "raise"})
 
     with pytest.raises(fs.JobFailedError, match=r"gave up after 1 restart\(s\)") as failed:
-        fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, interval="50ms", restart="fixed:1:0.01",
-               failpoints=failpoints)
+        fs.run(
+            flaky_job(dirs),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval="50ms"),
+            recovery=fs.RecoveryOptions(restart="fixed:1:0.01"),
+            failpoints=failpoints,
+        )
     assert "failpoint coordinator.metadata_before_notify" in str(failed.value), "the cause is kept"
 
 
@@ -61,13 +69,21 @@ def test_restart_strings_read_the_same_in_python_and_on_the_command_line(text: s
 @pytest.mark.parametrize("bad", ["fixed:x", "sometimes", "fixed:1:2:3"])
 def test_an_unreadable_restart_string_is_a_config_error_before_anything_runs(dirs: Dirs, bad: str) -> None:
     with pytest.raises(fs.ConfigError, match="cannot read restart strategy"):
-        fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, restart=bad)
+        fs.run(
+            flaky_job(dirs),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints),
+            recovery=fs.RecoveryOptions(restart=bad),
+        )
     assert not dirs.checkpoints.exists()
 
 
 def test_a_restart_that_is_neither_a_strategy_nor_a_string_is_a_config_error(dirs: Dirs) -> None:
     with pytest.raises(fs.ConfigError, match="restart must be a restart strategy"):
-        fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, restart=3)  # type: ignore[arg-type]
+        fs.run(
+            flaky_job(dirs),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints),
+            recovery=fs.RecoveryOptions(restart=3),  # type: ignore[arg-type]
+        )
 
 
 def test_a_run_ended_by_a_stop_says_stopped_and_one_that_read_all_its_input_does_not(dirs: Dirs) -> None:
@@ -79,7 +95,8 @@ def test_a_run_ended_by_a_stop_says_stopped_and_one_that_read_all_its_input_does
 
     control = fs.JobControl()
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(fs.run, slow_job(dirs.output), checkpoint_dir=dirs.checkpoints, interval="100ms",
+        running = pool.submit(fs.run, slow_job(dirs.output),
+                              checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval="100ms"),
                               control=control)
         assert control.stop().result(timeout=60)["stopped"]
         stopped = running.result(timeout=60)
@@ -87,13 +104,20 @@ def test_a_run_ended_by_a_stop_says_stopped_and_one_that_read_all_its_input_does
     assert stopped.stopped and 0 < len(committed_values(dirs.output)) < 100_000
 
     other = Dirs(dirs.output.with_name("finished-output"), dirs.checkpoints.with_name("finished-checkpoints"))
-    finished = fs.run(flaky_job(other), checkpoint_dir=other.checkpoints, interval="50ms")
+    finished = fs.run(
+        flaky_job(other),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=other.checkpoints, interval="50ms"),
+    )
     assert not finished.stopped and len(committed_values(other.output)) == 300
 
 
 def test_a_request_asked_after_the_run_ended_fails_at_once_instead_of_waiting_forever(dirs: Dirs) -> None:
     control = fs.JobControl()
-    fs.run(flaky_job(dirs), checkpoint_dir=dirs.checkpoints, interval="50ms", control=control)
+    fs.run(
+        flaky_job(dirs),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval="50ms"),
+        control=control,
+    )
 
     late = control.stop()
 

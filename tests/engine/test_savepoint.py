@@ -43,6 +43,7 @@ class Running:
     """A job running ``fs.run`` on a thread of its own, with its control."""
 
     def __init__(self, flow: fs.Dataflow, **settings: Any) -> None:
+        """``settings``: the option groups of ``fs.run`` (``checkpoints=``, ``recovery=``, …)."""
         self.control = fs.JobControl()
         self.result: fs.JobResult | None = None
         self.error: BaseException | None = None
@@ -82,7 +83,7 @@ def assert_exactly_the_reference(output: Path, expected: Counter) -> None:
 
 def stop_with_savepoint_mid_input(dirs, flow: fs.Dataflow) -> Path:
     """Run ``flow`` and stop it with a savepoint after a third of its input; the savepoint's path."""
-    job = Running(flow, checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    job = Running(flow, checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL))
     job.wait_for_records(INPUT_LINES // 3)
     stopped = answer(job.control.stop(savepoint=True))
     result = job.join()
@@ -109,8 +110,11 @@ def test_a_stop_with_savepoint_restored_at_another_parallelism_gives_the_batch_r
     savepoint_id = open_savepoint(path).metadata.checkpoint_id
     assert savepoint_id >= 1
 
-    result = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, splits=4), parallelism=after),
-                    checkpoint_dir=dirs.checkpoints, interval=INTERVAL, from_savepoint=path)
+    result = fs.run(
+        wordcount(dirs.output, source=generator_source(INPUT_LINES, splits=4), parallelism=after),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(from_savepoint=path),
+    )
 
     assert result.restored_from == [savepoint_id]
     assert result.restored_savepoint == str(path)
@@ -147,8 +151,12 @@ def test_a_savepoint_commits_nothing_and_a_job_restored_from_it_after_a_crash_gi
 
     # No periodic checkpoints: the savepoint is the only snapshot, and nothing commits output.
     # Threads: the crash is switched on through this process's memory.
-    job = Running(flow(2, words), checkpoint_dir=dirs.checkpoints, interval=None, restart=fs.NoRestart(),
-                  mode="unaligned", executor="threads")
+    job = Running(
+        flow(2, words),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=None, mode="unaligned"),
+        recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     job.wait_for_records(INPUT_LINES // 3)
     taken = answer(job.control.savepoint())
     crash.set()
@@ -157,16 +165,21 @@ def test_a_savepoint_commits_nothing_and_a_job_restored_from_it_after_a_crash_gi
     assert taken["savepoint"] and not taken["stopped"]
     assert committed_output(dirs.output) == [], "a savepoint that leaves the job running commits nothing"
 
-    result = fs.run(flow(3, str.split), checkpoint_dir=dirs.checkpoints, interval=INTERVAL, mode="unaligned",
-                    from_savepoint=taken["path"])
+    result = fs.run(
+        flow(3, str.split),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, mode="unaligned"),
+        recovery=fs.RecoveryOptions(from_savepoint=taken["path"]),
+    )
 
     assert result.restored_from == [taken["checkpoint_id"]] and taken["checkpoint_id"] >= 1
     assert_exactly_the_reference(dirs.output, expected)
 
 
 def test_retention_never_deletes_a_savepoint(dirs, expected):
-    job = Running(wordcount(dirs.output, source=slow_source(2)), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-                  retained=1)
+    job = Running(
+        wordcount(dirs.output, source=slow_source(2)),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, retained=1),
+    )
     job.wait_for_records(INPUT_LINES // 4)
     taken = answer(job.control.savepoint())
     result = job.join()
@@ -180,7 +193,10 @@ def test_retention_never_deletes_a_savepoint(dirs, expected):
 
 
 def test_a_checkpoint_on_request_completes_without_periodic_checkpoints(dirs, expected):
-    job = Running(wordcount(dirs.output, source=slow_source(2)), checkpoint_dir=dirs.checkpoints, interval=None)
+    job = Running(
+        wordcount(dirs.output, source=slow_source(2)),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=None),
+    )
     job.wait_for_records(INPUT_LINES // 4)
     taken = answer(job.control.checkpoint())
     result = job.join()
@@ -191,7 +207,10 @@ def test_a_checkpoint_on_request_completes_without_periodic_checkpoints(dirs, ex
 
 
 def test_a_second_stop_is_refused_while_the_first_is_under_way(dirs):
-    job = Running(wordcount(dirs.output, source=slow_source(2)), checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    job = Running(
+        wordcount(dirs.output, source=slow_source(2)),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+    )
     job.wait_for_records(INPUT_LINES // 4)
     first, second = job.control.stop(), job.control.stop(savepoint=True)
 
@@ -219,8 +238,11 @@ def changed_wordcount(output: Path, *, count_uid: str = "count") -> fs.Dataflow:
 def test_state_maps_by_uid_into_a_job_with_an_operator_added_and_another_rescaled(dirs, expected):
     path = stop_with_savepoint_mid_input(dirs, wordcount(dirs.output, source=slow_source(2)))
 
-    result = fs.run(changed_wordcount(dirs.output), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-                    from_savepoint=path)
+    result = fs.run(
+        changed_wordcount(dirs.output),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(from_savepoint=path),
+    )
 
     assert result.restored_savepoint == str(path) and result.restored_from[0] >= 1
     assert_exactly_the_reference(dirs.output, expected)
@@ -231,8 +253,11 @@ def test_state_that_maps_to_no_operator_is_refused_naming_operator_and_state_unl
     before = committed_output(dirs.output)
 
     with pytest.raises(fs.ConfigError) as refused:
-        fs.run(changed_wordcount(dirs.output, count_uid="tally"), checkpoint_dir=dirs.checkpoints,
-               interval=INTERVAL, from_savepoint=path)
+        fs.run(
+            changed_wordcount(dirs.output, count_uid="tally"),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+            recovery=fs.RecoveryOptions(from_savepoint=path),
+        )
     message = str(refused.value)
     assert f"savepoint {str(path)!r}" in message
     assert "keyed state 'count' of operator 'Count' (uid 'count'), which the job no longer has" in message
@@ -240,8 +265,11 @@ def test_state_that_maps_to_no_operator_is_refused_naming_operator_and_state_unl
     assert committed_output(dirs.output) == before, "a refused restore changes nothing"
 
     with caplog.at_level(logging.WARNING, logger="flowstate"):
-        result = fs.run(changed_wordcount(dirs.output, count_uid="tally"), checkpoint_dir=dirs.checkpoints,
-                        interval=INTERVAL, from_savepoint=path, allow_non_restored_state=True)
+        result = fs.run(
+            changed_wordcount(dirs.output, count_uid="tally"),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+            recovery=fs.RecoveryOptions(from_savepoint=path, allow_non_restored_state=True),
+        )
 
     assert result.restored_savepoint == str(path)
     assert any("dropping state" in r.message and "(uid 'count')" in r.message for r in caplog.records)
@@ -255,11 +283,17 @@ def test_running_again_with_the_same_savepoint_after_a_crash_resumes_from_the_ru
     savepoint_id = open_savepoint(path).metadata.checkpoint_id
 
     with pytest.raises(fs.JobFailedError):
-        fs.run(wordcount(dirs.output, source=slow_source(3), parallelism=3), checkpoint_dir=dirs.checkpoints,
-               interval=INTERVAL, from_savepoint=path, restart=fs.NoRestart(),
-               failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@2"}))
-    again = fs.run(wordcount(dirs.output, source=generator_source(INPUT_LINES, splits=4), parallelism=3),
-                   checkpoint_dir=dirs.checkpoints, interval=INTERVAL, from_savepoint=path)
+        fs.run(
+            wordcount(dirs.output, source=slow_source(3), parallelism=3),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+            recovery=fs.RecoveryOptions(from_savepoint=path, restart=fs.NoRestart()),
+            failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@2"}),
+        )
+    again = fs.run(
+        wordcount(dirs.output, source=generator_source(INPUT_LINES, splits=4), parallelism=3),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(from_savepoint=path),
+    )
 
     assert again.restored_from == [savepoint_id + 2], "the newest checkpoint of the run restored from the savepoint"
     assert again.restored_savepoint is None
@@ -269,12 +303,21 @@ def test_running_again_with_the_same_savepoint_after_a_crash_resumes_from_the_ru
 
 def test_a_path_that_holds_no_savepoint_is_refused(dirs, tmp_path):
     with pytest.raises(fs.ConfigError, match="is not a directory"):
-        fs.run(wordcount(dirs.output, source=generator_source(10)), checkpoint_dir=dirs.checkpoints,
-               from_savepoint=tmp_path / "missing")
+        fs.run(
+            wordcount(dirs.output, source=generator_source(10)),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints),
+            recovery=fs.RecoveryOptions(from_savepoint=tmp_path / "missing"),
+        )
     (tmp_path / "empty").mkdir()
     with pytest.raises(fs.ConfigError, match="holds no snapshot"):
-        fs.run(wordcount(dirs.output, source=generator_source(10)), checkpoint_dir=dirs.checkpoints,
-               from_savepoint=tmp_path / "empty")
+        fs.run(
+            wordcount(dirs.output, source=generator_source(10)),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints),
+            recovery=fs.RecoveryOptions(from_savepoint=tmp_path / "empty"),
+        )
     with pytest.raises(fs.ConfigError, match="names the checkpoint directory"):
-        fs.run(wordcount(dirs.output, source=generator_source(10)), checkpoint_dir=dirs.checkpoints,
-               from_savepoint=dirs.checkpoints)
+        fs.run(
+            wordcount(dirs.output, source=generator_source(10)),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints),
+            recovery=fs.RecoveryOptions(from_savepoint=dirs.checkpoints),
+        )

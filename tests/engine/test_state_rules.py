@@ -148,8 +148,12 @@ CONFIGS = [
 
 
 def run_job_set(tmp_path: Path, backend: str, executor: str, parallelism: int) -> None:
-    result = fs.run(job_set(tmp_path / "out", parallelism), checkpoint_dir=tmp_path / "chk", interval="20ms",
-                    executor=executor, state_backend=backend, state_dir=tmp_path / "rocksdb")
+    result = fs.run(
+        job_set(tmp_path / "out", parallelism),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="20ms"),
+        state=fs.StateOptions(backend=backend, directory=tmp_path / "rocksdb"),
+        execution=fs.ExecutionOptions(executor=executor),
+    )
     assert result.executor == executor
     assert result.checkpoints_completed >= 1
     assert_matches_reference(tmp_path / "out")
@@ -175,8 +179,13 @@ def test_a_key_that_is_not_a_key_is_refused_the_same_way_everywhere(backend, exe
          .process(NotAKey())
          .sink(fs.FileSink(tmp_path / "out")))
     with pytest.raises(JobFailedError) as failed:
-        fs.run(flow, checkpoint_dir=tmp_path / "chk", executor=executor, state_backend=backend,
-               state_dir=tmp_path / "rocksdb", restart=fs.FixedDelayRestart(0, 0.0))
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"),
+            state=fs.StateOptions(backend=backend, directory=tmp_path / "rocksdb"),
+            recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(0, 0.0)),
+            execution=fs.ExecutionOptions(executor=executor),
+        )
     message = str(failed.value)
     assert "operator 'key_by' failed" in message, message
     assert "keys of type datetime are not supported" in message, message
@@ -192,9 +201,14 @@ time), while the slow sources are still reading."""
 @pytest.mark.parametrize("backend", ["heap", "rocksdb"])
 def test_the_tally_is_exactly_once_under_a_failure_on_heap_and_rocksdb(backend, tmp_path):
     failpoints = fs.Failpoints({"source.before_snapshot": FAILURE})
-    result = fs.run(job_set(tmp_path / "out", 2, slow=True), checkpoint_dir=tmp_path / "chk", interval="30ms",
-                    executor="threads", state_backend=backend, state_dir=tmp_path / "rocksdb",
-                    restart=fs.FixedDelayRestart(3, 0.0), failpoints=failpoints)
+    result = fs.run(
+        job_set(tmp_path / "out", 2, slow=True),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="30ms"),
+        state=fs.StateOptions(backend=backend, directory=tmp_path / "rocksdb"),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(3, 0.0)),
+        execution=fs.ExecutionOptions(executor="threads"),
+        failpoints=failpoints,
+    )
     assert failpoints.fired("source.before_snapshot") == 1
     assert result.restarts == 1 and result.restored_from[-1] is not None and result.restored_from[-1] >= 1, result
     assert result.records < WORD_LINES + 2 * RECORDS, "the last attempt read the whole input: a restart from scratch"

@@ -116,11 +116,18 @@ def sequences(output: Path, *, parallelism: int = PARALLELISM) -> fs.Dataflow:
 
 
 def run_sequences(
-    dirs, settings: dict, failpoints: fs.Failpoints | None = None, *, restart=FAST_RESTART, **more,
+    dirs, settings: dict, failpoints: fs.Failpoints | None = None, *, restart=FAST_RESTART, executor: str | None = None,
+    **checkpoint_settings,
 ) -> fs.JobResult:
+    """The sequences job with the ``fs.CheckpointOptions`` fields of ``settings`` (its mode) and
+    ``checkpoint_settings``."""
     return fs.run(
-        sequences(dirs.output), checkpoint_dir=dirs.checkpoints, interval=INTERVAL, batch_size=BATCH_SIZE,
-        restart=restart, failpoints=failpoints, **settings, **more,
+        sequences(dirs.output),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, **settings,
+                                         **checkpoint_settings),
+        recovery=fs.RecoveryOptions(restart=restart),
+        execution=fs.ExecutionOptions(batch_size=BATCH_SIZE, executor=executor),
+        failpoints=failpoints,
     )
 
 
@@ -343,8 +350,11 @@ def crash_with_channel_state_in_checkpoint_2(dirs) -> None:
 def test_channel_state_restored_at_another_parallelism_is_replayed_by_the_tasks_that_own_its_keys(dirs, parallelism):
     crash_with_channel_state_in_checkpoint_2(dirs)
 
-    resumed = fs.run(sequences(dirs.output, parallelism=parallelism), mode="unaligned", checkpoint_dir=dirs.checkpoints,
-                     interval=INTERVAL, batch_size=BATCH_SIZE)
+    resumed = fs.run(
+        sequences(dirs.output, parallelism=parallelism),
+        checkpoints=fs.CheckpointOptions(mode="unaligned", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        execution=fs.ExecutionOptions(batch_size=BATCH_SIZE),
+    )
 
     assert resumed.restored_from == [2]
     assert_every_sequence_complete_once_and_in_order(dirs.output)
@@ -360,8 +370,12 @@ def test_channel_state_whose_inputs_changed_is_refused_naming_the_operator_chain
             .sink(fs.FileSink(dirs.output), uid="out"))
 
     with pytest.raises(fs.ConfigError, match=r"in-flight records .* of operator chain 'in-order', whose inputs changed"):
-        fs.run(changed, mode="unaligned", checkpoint_dir=dirs.checkpoints, interval=INTERVAL, batch_size=BATCH_SIZE,
-               allow_non_restored_state=True)
+        fs.run(
+            changed,
+            checkpoints=fs.CheckpointOptions(mode="unaligned", checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+            recovery=fs.RecoveryOptions(allow_non_restored_state=True),
+            execution=fs.ExecutionOptions(batch_size=BATCH_SIZE),
+        )
 
     # The refusal left the checkpoint as it was: the job as it was resumes from it.
     resumed = run_sequences(dirs, UNALIGNED)
@@ -374,8 +388,11 @@ def test_channel_state_whose_inputs_changed_is_refused_naming_the_operator_chain
 
 def run_bank(dirs, settings: dict, failpoints: fs.Failpoints | None = None, *, parallelism: int = 2) -> fs.JobResult:
     return fs.run(
-        bank.bank(dirs.output, TRANSFERS, parallelism=parallelism), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-        batch_size=BATCH_SIZE, retained=100, restart=FAST_RESTART, failpoints=failpoints, **settings,
+        bank.bank(dirs.output, TRANSFERS, parallelism=parallelism),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, retained=100, **settings),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        execution=fs.ExecutionOptions(batch_size=BATCH_SIZE),
+        failpoints=failpoints,
     )
 
 

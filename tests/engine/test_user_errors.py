@@ -29,13 +29,18 @@ def words(count: int = 40) -> fs.GeneratorSource:
     return fs.GeneratorSource(lambda i: WORDS[i % len(WORDS)], count=count, splits=1, name="words")
 
 
-def run(flow: fs.Dataflow, dirs: Dirs, **settings: Any) -> fs.JobResult:
-    return fs.run(flow, checkpoint_dir=dirs.checkpoints, interval="50ms", restart=fs.NoRestart(), **settings)
+def run(flow: fs.Dataflow, dirs: Dirs, execution: fs.ExecutionOptions | None = None) -> fs.JobResult:
+    return fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval="50ms"),
+        recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+        execution=execution,
+    )
 
 
-def failure(flow: fs.Dataflow, dirs: Dirs, **settings: Any) -> str:
+def failure(flow: fs.Dataflow, dirs: Dirs, execution: fs.ExecutionOptions | None = None) -> str:
     with pytest.raises(fs.JobFailedError) as failed:
-        run(flow, dirs, **settings)
+        run(flow, dirs, execution)
     return str(failed.value)
 
 
@@ -140,7 +145,7 @@ def test_a_bad_key_fails_as_key_by_not_as_the_operator_after_it(
     flow = fs.Dataflow("keys", parallelism=parallelism)
     flow.source(words(), parallelism=1).key_by(key_fn).process(Count(), name="counter").sink(fs.FileSink(dirs.output))
 
-    message = failure(flow, dirs, executor="threads")
+    message = failure(flow, dirs, fs.ExecutionOptions(executor="threads"))
 
     assert "operator 'key_by'" in message and cause in message, message
     assert "'counter'" not in message

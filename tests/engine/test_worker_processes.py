@@ -45,10 +45,17 @@ LINES = 800
 PARALLELISM = 2
 
 
-def run_on_processes(out: Path, chk: Path, **settings) -> fs.JobResult:
+def run_on_processes(out: Path, chk: Path, *, state: fs.StateOptions | None = None,
+                     failpoints: fs.Failpoints | None = None) -> fs.JobResult:
     flow = wordcount(out, source=generator_source(LINES, rate=RATE), parallelism=PARALLELISM)
-    result = fs.run(flow, checkpoint_dir=chk, interval=INTERVAL, restart=FAST_RESTART, executor="processes",
-                    **settings)
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=chk, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        state=state,
+        execution=fs.ExecutionOptions(executor="processes"),
+        failpoints=failpoints,
+    )
     assert result.executor == "processes" and result.workers == PARALLELISM
     return result
 
@@ -67,8 +74,8 @@ def test_a_coordinator_that_opened_rocksdb_before_the_job_gets_workers_whose_roc
             db[f"key-{i}"] = i
         db.flush()
 
-        result = run_on_processes(tmp_path / "out", tmp_path / "chk", state_backend="rocksdb",
-                                  state_dir=tmp_path / "rocksdb")
+        result = run_on_processes(tmp_path / "out", tmp_path / "chk",
+                                  state=fs.StateOptions(backend="rocksdb", directory=tmp_path / "rocksdb"))
 
         assert db["key-999"] == 999
     finally:
@@ -116,7 +123,11 @@ def test_a_job_file_whose_functions_are_in_no_importable_module_runs_on_worker_p
     job.write_text(JOB_FILE.replace("OUT", repr(str(tmp_path / "out"))))
     flow = load_dataflow(str(job))
 
-    result = fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="processes")
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"),
+        execution=fs.ExecutionOptions(executor="processes"),
+    )
 
     assert result.executor == "processes" and result.workers == 2
     assert Counter(committed_values(tmp_path / "out")) == {f"WORD{i}!": 8 for i in range(5)}
@@ -136,7 +147,11 @@ def test_a_job_that_cannot_be_pickled_is_refused_before_any_worker_starts(tmp_pa
 
     with pytest.raises(fs.ConfigError, match=r"cannot be sent to worker processes .*lock.*create objects such as "
                                              r"connections, clients, locks and open files in open\(ctx\)"):
-        fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="processes")
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"),
+            execution=fs.ExecutionOptions(executor="processes"),
+        )
 
 
 HIT_IN_ANOTHER_INTERPRETER = """

@@ -213,9 +213,13 @@ def batch_early_counts() -> Counter:
 def test_early_counts_are_exactly_once_across_a_crash_and_a_restore(tmp_path):
     out = tmp_path / "out"
     failpoints = fs.Failpoints({"sink.before_commit": "raise@7"})  # 3 sinks: checkpoint 3's commit
-    result = fs.run(early_job(fs.FileSink(out), parallelism=3, rate=1500.0), checkpoint_dir=tmp_path / "chk",
-                    interval="30ms", executor="threads", batch_size=16, failpoints=failpoints,
-                    restart=fs.FixedDelayRestart(3, 0.0))
+    result = fs.run(
+        early_job(fs.FileSink(out), parallelism=3, rate=1500.0),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="30ms"),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(3, 0.0)),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=16),
+        failpoints=failpoints,
+    )
 
     assert failpoints.fired("sink.before_commit") == 1
     assert any(c is not None and c >= 1 for c in result.restored_from[1:]), result.restored_from
@@ -228,8 +232,12 @@ def test_early_counts_are_exactly_once_across_a_crash_and_a_restore(tmp_path):
 @pytest.mark.parametrize("backend", ["heap", "rocksdb"])
 def test_early_counts_do_not_depend_on_the_backend_or_the_parallelism(backend, tmp_path):
     out = tmp_path / "out"
-    fs.run(early_job(fs.FileSink(out), parallelism=1 if backend == "heap" else 2), checkpoint_dir=tmp_path / "chk",
-           interval="20ms", executor="threads", batch_size=64, state_backend=backend, state_dir=tmp_path / "state")
+    fs.run(
+        early_job(fs.FileSink(out), parallelism=1 if backend == "heap" else 2),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="20ms"),
+        state=fs.StateOptions(backend=backend, directory=tmp_path / "state"),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=64),
+    )
     expected = batch_early_counts()
     actual = committed(out)
     assert actual == expected, close(actual, expected)
@@ -245,7 +253,11 @@ def test_early_every_results_never_exceed_the_final_ones_and_the_final_ones_equa
          .aggregate(fs.aggregates.count(), uid="win")
          .map(lambda r: (r.key, round(r.window.start, 6), r.value, r.early), uid="rows")
          .sink(fs.FileSink(out), uid="out"))
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads", batch_size=32)
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms"),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=32),
+    )
 
     rows_ = committed(out)
     final = {(k, s): n for (k, s, n, early) in rows_ if not early}

@@ -21,7 +21,11 @@ def test_the_clickstream_example_gives_the_batch_sessions_and_counts(tmp_path, m
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(EXAMPLES))
     flow = runpy.run_path(str(EXAMPLES / "clickstream_sessions.py"))["flow"]
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="200ms", executor="threads")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="200ms"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
 
     clicks: dict[str, list[float]] = defaultdict(list)
     per_minute: Counter = Counter()

@@ -46,7 +46,11 @@ def job(out, parallelism: int, rate: float | None = None) -> fs.Dataflow:
 
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_the_interval_join_emits_every_pair_within_the_bounds_once(parallelism, tmp_path):
-    fs.run(job(tmp_path / "out", parallelism), checkpoint_dir=tmp_path / "chk", interval="20ms", executor="threads")
+    fs.run(
+        job(tmp_path / "out", parallelism),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="20ms"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     got = committed(tmp_path / "out")
     expected = batch_pairs()
     assert sum(expected.values()) > 500
@@ -55,8 +59,13 @@ def test_the_interval_join_emits_every_pair_within_the_bounds_once(parallelism, 
 
 def test_buffered_join_records_are_restored_after_a_crash(tmp_path):
     failpoints = fs.Failpoints({"sink.before_commit": "raise@5"})
-    result = fs.run(job(tmp_path / "out", 2, rate=1500.0), checkpoint_dir=tmp_path / "chk", interval="30ms",
-                    executor="threads", failpoints=failpoints, restart=fs.FixedDelayRestart(3, 0.0))
+    result = fs.run(
+        job(tmp_path / "out", 2, rate=1500.0),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="30ms"),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(3, 0.0)),
+        execution=fs.ExecutionOptions(executor="threads"),
+        failpoints=failpoints,
+    )
     assert failpoints.fired("sink.before_commit") == 1
     assert any(c is not None and c >= 1 for c in result.restored_from[1:]), result.restored_from
     assert result.records < ORDERS + PAYMENTS
@@ -136,7 +145,11 @@ def test_join_latest_enriches_each_record_with_the_row_as_of_its_timestamp(paral
                   .key_by(lambda p: p[0]))
     (sales.join_latest(prices, lambda s, p: (s[2], None if p is None else p[2]))
           .sink(fs.FileSink(tmp_path / "out")))
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="20ms", executor="threads")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="20ms"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     expected = batch_enrichment(sales_n, prices_n)
     assert sum(1 for _, row in expected if row is None) > 0  # some sales precede the first price
     assert committed(tmp_path / "out") == expected

@@ -26,7 +26,11 @@ def test_an_explicit_watermark_fires_timers_exactly_between_the_records_around_i
          .key_by(lambda r: r[0])
          .process(Echo())
          .sink(fs.CallbackSink(seen.append)))
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="threads")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     assert seen == [("record", 1.0), ("timer", 6.0), ("record", 8.0), ("timer", 13.0)]
 
 
@@ -41,7 +45,11 @@ def test_a_record_behind_an_explicit_watermark_is_late_for_its_closed_window(par
                     .aggregate(fs.aggregates.count()))
     windowed.sink(fs.CallbackSink(lambda r: results.append((r.key, r.window.start, r.value))))
     windowed.late_records().sink(fs.CallbackSink(late.append))
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="threads")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     assert sorted(results) == [("a", 0.0, 1), ("a", 10.0, 1), ("b", 0.0, 1)]
     assert late == [("a", 3.0)]
 
@@ -69,7 +77,7 @@ def test_timestamps_may_be_aware_datetimes_and_a_bad_one_names_its_record(tmp_pa
          .window(fs.TumblingWindows("1m"))
          .aggregate(fs.aggregates.count())
          .sink(fs.CallbackSink(lambda r: seen.append((r.window.start - base.timestamp(), r.value)))))
-    fs.run(flow, executor="threads", mode="none")
+    fs.run(flow, checkpoints=fs.CheckpointOptions(mode="none"), execution=fs.ExecutionOptions(executor="threads"))
     assert sorted(seen) == [(0.0, 60), (60.0, 60), (120.0, 10)]
 
     flow = fs.Dataflow("naive")
@@ -77,4 +85,9 @@ def test_timestamps_may_be_aware_datetimes_and_a_bad_one_names_its_record(tmp_pa
          .assign_timestamps(lambda r: r[1])
          .sink(fs.CallbackSink(lambda r: None)))
     with pytest.raises(fs.JobFailedError, match="naive datetime"):
-        fs.run(flow, executor="threads", mode="none", restart=fs.NoRestart())
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(mode="none"),
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(executor="threads"),
+        )

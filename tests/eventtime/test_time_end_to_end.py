@@ -88,7 +88,11 @@ def test_a_quiet_stream_closes_its_last_window_through_idle_timeout(tmp_path):
          .window(fs.TumblingWindows(1))
          .aggregate(fs.aggregates.count())
          .sink(fs.CallbackSink(collect)))
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     assert sorted(seen) == [(0.0, 9), (1.0, 10), (2.0, 6)]
     assert before_end == [True], "the last window was emitted only when the input ended, not through idleness"
 
@@ -104,7 +108,11 @@ def test_without_idle_timeout_a_quiet_stream_keeps_its_last_window_open_until_th
          .window(fs.TumblingWindows(1))
          .aggregate(fs.aggregates.count())
          .sink(fs.CallbackSink(lambda r: seen.append((r.window.start, done.is_set())))))
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     assert not done.is_set() and sorted(seen)[-1][0] == 2.0  # emitted at the end of the input (give_up)
 
 
@@ -161,8 +169,12 @@ def test_late_records_refire_their_window_within_the_lateness_and_go_to_the_late
                     .aggregate(fs.aggregates.count()))
     windowed.sink(fs.CallbackSink(lambda r: results.append((r.key, r.window.start, r.window.end, r.value))))
     windowed.late_records().sink(fs.CallbackSink(late.append))
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", batch_size=1, executor="threads", state_backend=backend,
-           state_dir=tmp_path / "state")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"),
+        state=fs.StateOptions(backend=backend, directory=tmp_path / "state"),
+        execution=fs.ExecutionOptions(batch_size=1, executor="threads"),
+    )
     assert Counter(results) == expected_out
     assert late == expected_late
 
@@ -194,7 +206,11 @@ def test_every_event_time_timer_fires_and_is_committed_before_the_final_checkpoi
          .key_by(lambda r: r[0])
          .process(Reminder())
          .sink(fs.FileSink(tmp_path / "out")))
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="20ms", executor="threads")
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="20ms"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     got = committed(tmp_path / "out")
     expected = Counter((f"user{k}", float(ts) + 600, 100)
                        for k in range(5) for ts in {rec(i)[1] for i in range(500) if i % 5 == k})

@@ -105,10 +105,14 @@ def test_the_batch_rule_is_not_trivial():
 def test_event_time_ttl_is_recovered_exactly_once_from_a_checkpoint(tmp_path, executor, backend):
     count = 2000
     failpoints = fs.Failpoints({"sink.before_commit": "raise@5"})
-    result = fs.run(visits_job(tmp_path / "out", count, rate=4000.0), checkpoint_dir=tmp_path / "chk",
-                    mode="exactly_once", interval="30ms", executor=executor, failpoints=failpoints,
-                    state_backend=backend, state_dir=tmp_path / "state",
-                    restart=fs.FixedDelayRestart(3, 0.0))
+    result = fs.run(
+        visits_job(tmp_path / "out", count, rate=4000.0),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", mode="exactly_once", interval="30ms"),
+        state=fs.StateOptions(backend=backend, directory=tmp_path / "state"),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(3, 0.0)),
+        execution=fs.ExecutionOptions(executor=executor),
+        failpoints=failpoints,
+    )
     assert failpoints.fired("sink.before_commit") == 1
     assert any(c is not None and c >= 1 for c in result.restored_from[1:]), result.restored_from
     assert result.records < count
@@ -259,4 +263,9 @@ def test_event_time_ttl_on_a_stream_without_timestamps_is_refused_saying_what_to
          .key_by(lambda r: r[0]).process(LastVisit(), name="visits").sink(fs.CallbackSink(lambda r: None)))
     with pytest.raises(fs.JobFailedError, match=r"event-time ttl, but its stream has no timestamps: call "
                                                 r"assign_timestamps\(\.\.\.\) before key_by"):
-        fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="threads", restart=fs.NoRestart())
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"),
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(executor="threads"),
+        )

@@ -49,8 +49,12 @@ def job(out, parallelism: int, rate: float | None = None) -> fs.Dataflow:
 
 @pytest.mark.parametrize(("parallelism", "backend"), [(1, "heap"), (2, "rocksdb")])
 def test_the_window_join_emits_every_pair_of_a_window_once(parallelism, backend, tmp_path):
-    fs.run(job(tmp_path / "out", parallelism), checkpoint_dir=tmp_path / "chk", interval="20ms", executor="threads",
-           state_backend=backend, state_dir=tmp_path / "state")
+    fs.run(
+        job(tmp_path / "out", parallelism),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="20ms"),
+        state=fs.StateOptions(backend=backend, directory=tmp_path / "state"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     expected = batch_pairs()
     assert sum(expected.values()) > 2000  # several records of each side per key and window
     assert committed(tmp_path / "out") == expected
@@ -58,8 +62,13 @@ def test_the_window_join_emits_every_pair_of_a_window_once(parallelism, backend,
 
 def test_the_window_contents_of_both_sides_are_restored_after_a_crash(tmp_path):
     failpoints = fs.Failpoints({"sink.before_commit": "raise@5"})
-    result = fs.run(job(tmp_path / "out", 2, rate=1500.0), checkpoint_dir=tmp_path / "chk", interval="30ms",
-                    executor="threads", failpoints=failpoints, restart=fs.FixedDelayRestart(3, 0.0))
+    result = fs.run(
+        job(tmp_path / "out", 2, rate=1500.0),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="30ms"),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(3, 0.0)),
+        execution=fs.ExecutionOptions(executor="threads"),
+        failpoints=failpoints,
+    )
     assert failpoints.fired("sink.before_commit") == 1
     assert any(c is not None and c >= 1 for c in result.restored_from[1:]), result.restored_from
     assert result.records < CLICKS + VIEWS, "the last attempt read both inputs whole: it did not restore"

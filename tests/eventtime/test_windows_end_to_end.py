@@ -31,9 +31,12 @@ def expected() -> dict[str, Counter]:
 def test_window_output_equals_the_batch_computation(kind, mode, backend, parallelism, tmp_path, expected):
     out = tmp_path / "out"
     # Rate-limited so that checkpoints are taken while windows are open.
-    result = fs.run(window_job(kind, fs.FileSink(out), parallelism=parallelism, rate=8000.0 / parallelism),
-                    checkpoint_dir=tmp_path / "chk", mode=mode, interval="20ms", state_backend=backend,
-                    state_dir=tmp_path / "state", executor="threads", batch_size=64)
+    result = fs.run(
+        window_job(kind, fs.FileSink(out), parallelism=parallelism, rate=8000.0 / parallelism),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", mode=mode, interval="20ms"),
+        state=fs.StateOptions(backend=backend, directory=tmp_path / "state"),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=64),
+    )
     assert result.records == N
     assert result.checkpoints_completed >= 2  # one at least while windows were open, and the final one
     actual = normalised(committed(out))
@@ -42,8 +45,11 @@ def test_window_output_equals_the_batch_computation(kind, mode, backend, paralle
 
 def test_watermarks_cross_worker_processes(tmp_path, expected):
     out = tmp_path / "out"
-    result = fs.run(window_job("session", fs.FileSink(out), parallelism=3), checkpoint_dir=tmp_path / "chk",
-                    interval=INTERVAL, executor="processes", batch_size=256)
+    result = fs.run(
+        window_job("session", fs.FileSink(out), parallelism=3),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval=INTERVAL),
+        execution=fs.ExecutionOptions(executor="processes", batch_size=256),
+    )
     assert result.executor == "processes" and result.workers >= 2
     actual = normalised(committed(out))
     assert actual == expected["session"], close(actual, expected["session"])
@@ -63,10 +69,14 @@ def test_a_crash_restores_windows_and_timers_from_a_checkpoint(kind, mode, tmp_p
     out = tmp_path / "out"
     point = sorted(CRASHES)[(KINDS.index(kind) + (mode == "unaligned")) % 2]
     failpoints = fs.Failpoints({point: CRASHES[point]})
-    result = fs.run(window_job(kind, fs.FileSink(out), parallelism=3, rate=1000.0), checkpoint_dir=tmp_path / "chk",
-                    mode=mode, interval="30ms", executor="threads", batch_size=16, failpoints=failpoints,
-                    restart=fs.FixedDelayRestart(3, 0.0), state_backend="rocksdb" if kind == "session" else "heap",
-                    state_dir=tmp_path / "state")
+    result = fs.run(
+        window_job(kind, fs.FileSink(out), parallelism=3, rate=1000.0),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", mode=mode, interval="30ms"),
+        state=fs.StateOptions(backend="rocksdb" if kind == "session" else "heap", directory=tmp_path / "state"),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(3, 0.0)),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=16),
+        failpoints=failpoints,
+    )
     assert failpoints.fired(point) == 1
     assert result.restarts >= 1
     assert any(c is not None and c >= 1 for c in result.restored_from[1:]), result.restored_from
@@ -79,12 +89,19 @@ def test_a_crash_restores_windows_and_timers_from_a_checkpoint(kind, mode, tmp_p
 def test_a_rescale_in_the_middle_of_open_sessions_gives_the_batch_result(before, after, tmp_path, expected):
     out = tmp_path / "out"
     with pytest.raises(fs.JobFailedError, match="InjectedFailure"):
-        fs.run(window_job("session", fs.FileSink(out), parallelism=before, rate=1000.0),
-               checkpoint_dir=tmp_path / "chk", interval=INTERVAL, restart=fs.NoRestart(), executor="threads",
-               batch_size=16, failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}))
+        fs.run(
+            window_job("session", fs.FileSink(out), parallelism=before, rate=1000.0),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval=INTERVAL),
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(executor="threads", batch_size=16),
+            failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}),
+        )
     open_sessions = normalised(committed(out))
-    result = fs.run(window_job("session", fs.FileSink(out), parallelism=after), checkpoint_dir=tmp_path / "chk",
-                    interval=INTERVAL, executor="threads", batch_size=64)
+    result = fs.run(
+        window_job("session", fs.FileSink(out), parallelism=after),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval=INTERVAL),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=64),
+    )
     assert result.restored_from == [3]
     assert result.records < N
     assert sum(open_sessions.values()) < sum(expected["session"].values())
@@ -121,7 +138,11 @@ def test_file_splits_each_have_their_watermark_and_a_finished_file_stops_holding
          .window(fs.TumblingWindows(50))
          .aggregate(fs.aggregates.count())
          .sink(fs.CallbackSink(collect)))
-    fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="threads", batch_size=4, channel_capacity=1)
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=4, channel_capacity=1),
+    )
     expected = Counter()
     for i in list(range(100)) + list(range(95, 400)):
         expected[(f"k{i % 3}", float(i - i % 50))] += 1

@@ -43,8 +43,11 @@ def test_the_events_give_every_query_something_to_find(expected):
 @pytest.mark.parametrize("query", sorted(BATCH))
 def test_a_query_commits_what_the_batch_computation_gives(query, expected, tmp_path):
     out = tmp_path / "out"
-    result = fs.run(build(query, NexmarkSource(CONFIG, N, splits=2), fs.FileSink(out)),
-                    checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads", batch_size=256)
+    result = fs.run(
+        build(query, NexmarkSource(CONFIG, N, splits=2), fs.FileSink(out)),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms"),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=256),
+    )
     assert result.records == N
     actual = committed(out)
     assert actual == expected[query], differences(actual, expected[query])
@@ -53,8 +56,11 @@ def test_a_query_commits_what_the_batch_computation_gives(query, expected, tmp_p
 @pytest.mark.parametrize("query", ["q3", "q4", "q5", "q6", "q7", "q8"])
 def test_at_parallelism_2_the_output_is_the_same(query, expected, tmp_path):
     out = tmp_path / "out"
-    fs.run(build(query, NexmarkSource(CONFIG, N, splits=3), fs.FileSink(out), parallelism=2),
-           checkpoint_dir=tmp_path / "chk", interval="50ms", executor="threads", batch_size=128)
+    fs.run(
+        build(query, NexmarkSource(CONFIG, N, splits=3), fs.FileSink(out), parallelism=2),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="50ms"),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=128),
+    )
     actual = committed(out)
     assert actual == expected[query], differences(actual, expected[query])
 
@@ -64,9 +70,13 @@ def test_a_crash_restores_open_windows_auctions_and_timers_from_a_checkpoint(que
     out = tmp_path / "out"
     # 2 sinks commit per checkpoint: the 5th commit is the third checkpoint's, after two were committed.
     failpoints = fs.Failpoints({"sink.before_commit": "raise@5"})
-    result = fs.run(build(query, NexmarkSource(CONFIG, N, splits=2, throttle=2500.0), fs.FileSink(out), parallelism=2),
-                    checkpoint_dir=tmp_path / "chk", interval="40ms", executor="threads", batch_size=32,
-                    failpoints=failpoints, restart=fs.FixedDelayRestart(3, 0.0))
+    result = fs.run(
+        build(query, NexmarkSource(CONFIG, N, splits=2, throttle=2500.0), fs.FileSink(out), parallelism=2),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="40ms"),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(3, 0.0)),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=32),
+        failpoints=failpoints,
+    )
     assert failpoints.fired("sink.before_commit") == 1
     assert result.restarts >= 1
     assert any(c is not None and c >= 1 for c in result.restored_from[1:]), result.restored_from

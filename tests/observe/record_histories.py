@@ -42,10 +42,17 @@ def _keep(name: str, directory: str | Path) -> None:
     print(f"recorded {name}: {sum(1 for _ in open(OUT / f'{name}.jsonl'))} events", flush=True)
 
 
-def _run(name: str, flow: fs.Dataflow, **settings: object) -> None:
+def _run(name: str, flow: fs.Dataflow, *, interval: float, timeout: float = 600.0, batch_size: int = 2048,
+         state: fs.StateOptions | None = None) -> None:
     directory = tempfile.mkdtemp(prefix=f"flowstate-history-{name}-")
     try:
-        fs.run(flow, checkpoint_dir=directory, restart=fs.NoRestart(), **settings)  # type: ignore[arg-type]
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=directory, interval=interval, timeout=timeout),
+            state=state,
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(executor="threads", batch_size=batch_size),
+        )
         _keep(name, directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -65,7 +72,7 @@ def healthy() -> None:
     flow = fs.Dataflow("healthy", parallelism=2)
     (flow.source(fs.GeneratorSource(lambda i: f"k{i % 500}", count=60_000, splits=2, rate=5_000))
          .key_by(lambda k: k).process(Count()).sink(lambda r: None))
-    _run("healthy", flow, interval=0.4, executor="threads")
+    _run("healthy", flow, interval=0.4)
 
 
 def _backpressure(name: str, mode: str, timeout: float, **extra: object) -> None:
@@ -112,7 +119,7 @@ def skew() -> None:
     flow = fs.Dataflow("skew", parallelism=2)
     (flow.source(fs.GeneratorSource(lambda i: "hot" if i % 10 else f"k{i % 1000}", count=160_000, splits=2, rate=20_000))
          .key_by(lambda k: k).process(Slow()).sink(lambda r: None))
-    _run("skew", flow, interval=0.5, executor="threads", timeout=60, batch_size=1024)
+    _run("skew", flow, interval=0.5, timeout=60, batch_size=1024)
 
 
 def sync() -> None:
@@ -127,7 +134,7 @@ def sync() -> None:
     flow = fs.Dataflow("sync", parallelism=1)
     (flow.source(fs.GeneratorSource(lambda i: i, count=300_000, splits=1, rate=60_000))
          .key_by(lambda k: k).process(Wide()).sink(lambda r: None))
-    _run("sync", flow, interval=1.0, executor="threads", state_backend="rocksdb")
+    _run("sync", flow, interval=1.0, state=fs.StateOptions(backend="rocksdb"))
 
 
 def upload() -> None:
@@ -142,14 +149,14 @@ def upload() -> None:
     flow = fs.Dataflow("upload", parallelism=1)
     (flow.source(fs.GeneratorSource(lambda i: i % 150_000, count=900_000, splits=1, rate=120_000))
          .key_by(lambda k: k).process(Wide()).sink(lambda r: None))
-    _run("upload", flow, interval=0.2, executor="threads", compression="none")
+    _run("upload", flow, interval=0.2, state=fs.StateOptions(compression="none"))
 
 
 def growth() -> None:
     flow = fs.Dataflow("growth", parallelism=1)
     (flow.source(fs.GeneratorSource(lambda i: i, count=120_000, splits=1, rate=15_000))
          .key_by(lambda k: k).process(Count()).sink(lambda r: None))
-    _run("growth", flow, interval=0.5, executor="threads")
+    _run("growth", flow, interval=0.5)
 
 
 RECORDERS: dict[str, Callable[[], None]] = {

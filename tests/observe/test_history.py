@@ -59,7 +59,11 @@ def test_a_run_with_a_failure_records_its_checkpoints_the_restart_and_both_resto
 
 def test_without_a_history_file_the_completed_checkpoints_on_disk_are_the_history(tmp_path: Path) -> None:
     directory = tmp_path / "chk"
-    fs.run(keyed_count(5_000, rate=10_000), checkpoint_dir=directory, interval=0.1, executor="threads", retained=3)
+    fs.run(
+        keyed_count(5_000, rate=10_000),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=directory, interval=0.1, retained=3),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
     recorded = [e for e in read_history(directory) if isinstance(e, CheckpointRecord)]
     (directory / HISTORY_FILE).unlink()
     from_disk = read_history(directory)

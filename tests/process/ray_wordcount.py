@@ -66,8 +66,12 @@ def main() -> None:
     killer = threading.Thread(target=kill_an_actor_after_a_checkpoint, args=(checkpoints, killed), daemon=True)
     killer.start()
     flow = wordcount(output, source=generator_source(LINES, rate=RATE))
-    result = fs.run(flow, mode=mode, checkpoint_dir=checkpoints, interval="100ms", executor="ray", workers=2,
-                    restart=fs.FixedDelayRestart(5, 0.0))
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode=mode, checkpoint_dir=checkpoints, interval="100ms"),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(5, 0.0)),
+        execution=fs.ExecutionOptions(executor="ray", workers=2),
+    )
     print("RESULT", json.dumps({
         "executor": result.executor, "workers": result.workers, "restored_from": result.restored_from,
         "records_read": result.records_read, "records_restored": result.records_restored,

@@ -100,17 +100,23 @@ def recording_wordcount(out: Path, pids: Path) -> fs.Dataflow:
     return flow
 
 
-def run_recording(tmp_path: Path, **settings) -> fs.JobResult:
+def run_recording(tmp_path: Path, *, failpoints: fs.Failpoints | None = None,
+                  restart: fs.RecoveryOptions | None = None) -> fs.JobResult:
     pids = tmp_path / "pids"
     pids.mkdir(exist_ok=True)
-    return fs.run(recording_wordcount(tmp_path / "out", pids), checkpoint_dir=tmp_path / "chk", interval=INTERVAL,
-                  executor="processes", workers=2, **settings)
+    return fs.run(
+        recording_wordcount(tmp_path / "out", pids),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval=INTERVAL),
+        recovery=restart,
+        execution=fs.ExecutionOptions(executor="processes", workers=2),
+        failpoints=failpoints,
+    )
 
 
 def test_the_server_survives_a_killed_worker_and_forks_the_workers_of_the_next_attempt(tmp_path):
     failpoints = fs.Failpoints({"sink.before_commit": "kill@3"})
 
-    result = run_recording(tmp_path, failpoints=failpoints, restart=FAST_RESTART)
+    result = run_recording(tmp_path, failpoints=failpoints, restart=fs.RecoveryOptions(restart=FAST_RESTART))
 
     assert failpoints.fired("sink.before_commit") == 1
     assert len(result.failures) == 1 and "was killed by SIGKILL" in result.failures[0], result.failures
@@ -139,7 +145,7 @@ def test_no_process_of_the_run_remains_after_it_failed(tmp_path):
     failpoints = fs.Failpoints({"operator.process": "raise@50"})
 
     with pytest.raises(fs.JobFailedError, match="restart strategy gave up"):
-        run_recording(tmp_path, failpoints=failpoints, restart=fs.NoRestart())
+        run_recording(tmp_path, failpoints=failpoints, restart=fs.RecoveryOptions(restart=fs.NoRestart()))
 
     workers = recorded(tmp_path / "pids")
     assert workers, "the workers ran"

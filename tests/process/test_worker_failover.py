@@ -128,10 +128,17 @@ def killed_workers(result: fs.JobResult) -> list[str]:
     return [f for f in result.failures if "was killed by SIGKILL" in f]
 
 
-def run_wordcount(tmp_path: Path, mode: str, **settings) -> fs.JobResult:
+def run_wordcount(tmp_path: Path, mode: str, *, failpoints: fs.Failpoints | None = None,
+                  retained: int = 1) -> fs.JobResult:
     flow = wordcount(tmp_path / "out", source=generator_source(LINES, rate=RATE))
-    return fs.run(flow, mode=mode, checkpoint_dir=tmp_path / "chk", interval="100ms", executor="processes",
-                  workers=2, restart=MANY_RESTARTS, **settings)
+    return fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode=mode, checkpoint_dir=tmp_path / "chk", interval="100ms",
+                                         retained=retained),
+        recovery=fs.RecoveryOptions(restart=MANY_RESTARTS),
+        execution=fs.ExecutionOptions(executor="processes", workers=2),
+        failpoints=failpoints,
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -217,8 +224,12 @@ def test_a_worker_that_exits_by_itself_fails_the_attempt_naming_it_and_the_job_r
          .process(Count(), uid="count")
          .sink(fs.FileSink(tmp_path / "out"), uid="counts"))
 
-    result = fs.run(flow, checkpoint_dir=tmp_path / "chk", interval="100ms", executor="processes",
-                    restart=MANY_RESTARTS)
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="100ms"),
+        recovery=fs.RecoveryOptions(restart=MANY_RESTARTS),
+        execution=fs.ExecutionOptions(executor="processes"),
+    )
 
     assert marker.exists()
     assert len(result.failures) == 1 and "exited with status 7" in result.failures[0], result.failures

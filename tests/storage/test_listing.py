@@ -1,4 +1,4 @@
-"""The checkpoint table (``flowstate.storage.listing``): what ``flowstate checkpoints list DIR``
+"""The checkpoint table (``flowstate.render.checkpoint_table``): what ``flowstate checkpoints list DIR``
 prints, line by line."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from datetime import UTC, timedelta, timezone
 import pytest
 
 from flowstate.checkpoint.ids import CheckpointId, TaskId
+from flowstate.render import checkpoint_table as format_checkpoint_table
 from flowstate.storage.base import CheckpointInfo, CheckpointMetadata, TaskState
-from flowstate.storage.listing import format_checkpoint_table, format_size_short
+from flowstate.storage.listing import format_size_short
 from flowstate.storage.local import NO_METADATA, LocalCheckpointStorage
 
 # 2023-11-14T22:13:20Z

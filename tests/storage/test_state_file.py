@@ -148,7 +148,11 @@ def test_a_job_resumes_from_the_checkpoint_the_previous_code_wrote(tmp_path):
          .flat_map(str.split, uid="words").key_by(lambda word: word)
          .process(Count(), uid="count").sink(fs.CallbackSink(out.append), uid="counts"))
 
-    result = fs.run(flow, checkpoint_dir=tmp_path / "checkpoints", interval="20ms", executor="threads")
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "checkpoints", interval="20ms"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
 
     assert result.restored_from == [2]
     assert result.records == FIXTURE_LINES - 93, "the sources resumed from the stored positions"
@@ -169,8 +173,13 @@ def test_a_sink_whose_uid_was_a_reserved_key_is_checkpointed_and_restored_as_its
          .process(Count(), uid="count").sink(fs.FileSink(tmp_path / "out"), uid="__source__"))
     crash = fs.Failpoints({"task.after_snapshot_before_ack": "raise@9"})  # after two checkpoints of 4 tasks
 
-    result = fs.run(flow, checkpoint_dir=tmp_path / "checkpoints", interval=INTERVAL, restart=FAST_RESTART,
-                    failpoints=crash, executor="threads")
+    result = fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "checkpoints", interval=INTERVAL),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        execution=fs.ExecutionOptions(executor="threads"),
+        failpoints=crash,
+    )
 
     assert crash.fired("task.after_snapshot_before_ack") == 1
     assert_restored_from_a_checkpoint(result, total)

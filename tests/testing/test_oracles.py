@@ -331,8 +331,16 @@ def test_the_bank_output_check_counts_lost_repeated_and_strange_credits(tmp_path
 
 
 def test_the_sequence_checkers_accept_every_checkpoint_and_the_output_of_a_real_unaligned_run(tmp_path):
-    result = fs.run(sequence.sequence_job(tmp_path / "out", count=4000), mode="unaligned",
-                    checkpoint_dir=tmp_path / "chk", interval="30ms", batch_size=64, retained=100)
+    result = fs.run(
+        sequence.sequence_job(tmp_path / "out", count=4000),
+        checkpoints=fs.CheckpointOptions(
+            mode="unaligned",
+            checkpoint_dir=tmp_path / "chk",
+            interval="30ms",
+            retained=100,
+        ),
+        execution=fs.ExecutionOptions(batch_size=64),
+    )
 
     checkpoints = list(completed_checkpoints(tmp_path / "chk"))
     assert len(checkpoints) == result.checkpoints_completed >= 3

@@ -16,9 +16,14 @@ COUNT = 4_000
 
 def run_with_a_crash(tmp_path: Path) -> fs.JobResult:
     failpoints = fs.Failpoints({"sink.before_commit": "raise@9"})  # 4 sinks commit per checkpoint
-    result = fs.run(windows.windows_job(tmp_path / "out", count=COUNT, rate=4000.0), checkpoint_dir=tmp_path / "chk",
-                    interval="30ms", executor="threads", batch_size=32, failpoints=failpoints,
-                    restart=fs.FixedDelayRestart(3, 0.0), state_backend="rocksdb", state_dir=tmp_path / "state")
+    result = fs.run(
+        windows.windows_job(tmp_path / "out", count=COUNT, rate=4000.0),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk", interval="30ms"),
+        state=fs.StateOptions(backend="rocksdb", directory=tmp_path / "state"),
+        recovery=fs.RecoveryOptions(restart=fs.FixedDelayRestart(3, 0.0)),
+        execution=fs.ExecutionOptions(executor="threads", batch_size=32),
+        failpoints=failpoints,
+    )
     assert failpoints.fired("sink.before_commit") == 1
     assert any(c is not None and c >= 1 for c in result.restored_from[1:]), result.restored_from
     assert result.records < COUNT, "the last attempt read the whole input: it did not resume from a checkpoint"

@@ -99,7 +99,12 @@ def test_a_function_failing_in_a_worker_fails_the_job_naming_operator_exception_
          .sink(fs.FileSink(tmp_path / "out"), uid="out"))
 
     with pytest.raises(fs.JobFailedError) as failed:
-        fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="processes", restart=fs.NoRestart())
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"),
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(executor="processes"),
+        )
 
     assert "operator 'halve' failed on record 7: ValueError: cannot halve the unlucky number" in str(failed.value)
     cause = failed.value.cause
@@ -116,4 +121,9 @@ def test_a_record_that_cannot_cross_processes_fails_the_job_saying_why(tmp_path)
          .sink(fs.FileSink(tmp_path / "out"), uid="out"))
 
     with pytest.raises(fs.JobFailedError, match="cannot be pickled .*must be picklable, or run the job with executor threads"):
-        fs.run(flow, checkpoint_dir=tmp_path / "chk", executor="processes", restart=fs.NoRestart())
+        fs.run(
+            flow,
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=tmp_path / "chk"),
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(executor="processes"),
+        )

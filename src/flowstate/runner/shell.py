@@ -47,7 +47,7 @@ from flowstate.failpoints import Failpoints
 from flowstate.graph import JobGraph
 from flowstate.observe.observer import Observer
 from flowstate.runner.result import AttemptFailed, CheckpointStats, JobResult, describe_error
-from flowstate.runner.status import Phase, RunStatus, progress_line
+from flowstate.runner.status import JobProgress, Phase, RunStatus, progress_line
 from flowstate.storage.base import CheckpointMetadata, CheckpointStorage, CorruptCheckpointError, SavepointOrigin, TaskState
 from flowstate.storage.savepoint import SnapshotTargets
 from flowstate.task.assignment import describe_graph
@@ -397,6 +397,10 @@ class CoordinatorShell:
             rate = records / max(now - self.started, 1e-9)
         self.last_print = now
         self.last_records = records
-        line = progress_line(ctx.job, self.result, rate=rate, average=final, done=self.done_fraction(),
-                             checkpoints=ctx.config.mode.checkpoints, last_duration=self.last_duration)
+        result = self.result
+        line = progress_line(JobProgress(
+            ctx.job, result.records_summary(), rate, final, self.done_fraction(),
+            result.checkpoints_completed if ctx.config.mode.checkpoints else None, result.last_checkpoint,
+            self.last_duration, result.restarts,
+        ))
         print(line, file=ctx.progress, flush=True)

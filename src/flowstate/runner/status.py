@@ -7,7 +7,8 @@ Rules:
    other threads see each field as last written (single attribute writes; no field is derived from
    two others that could be read half-updated).
 2. The progress line says what the figures count: records of the last attempt and, after a restore,
-   those up to its checkpoint (``JobResult.records_summary``).
+   those up to its checkpoint (``JobResult.records_summary``); ``[name] records · share of the input
+   (a bar of 20) · rate · checkpoints · restarts``, from a ``JobProgress`` value.
 """
 
 from __future__ import annotations
@@ -64,17 +65,40 @@ def status_view(job: str, config: JobConfig, graph: JobGraph, status: RunStatus,
     }
 
 
-def progress_line(job: str, result: JobResult, *, rate: float, average: bool, done: float | None,
-                  checkpoints: bool, last_duration: float | None) -> str:
-    """One progress line (rule 2), e.g. ``[wordcount] 1,200,000 records read · 40% of the input ·
-    2,400,000 rec/s · checkpoints 3 completed (last #3 in 12 ms) · restarts 0``."""
-    parts = [f"[{job}] {result.records_summary()}"]
-    if done is not None:
-        parts.append(f"{done:.0%} of the input")
-    parts.append(f"{rate:,.0f} rec/s" + (" avg" if average else ""))
-    if checkpoints:
-        last = result.last_checkpoint
-        took = f" in {last_duration * 1000:.0f} ms" if last_duration is not None else ""
-        parts.append(f"checkpoints {result.checkpoints_completed} completed" + (f" (last #{last}{took})" if last else ""))
-    parts.append(f"restarts {result.restarts}")
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """What the progress line of a running job shows."""
+
+    job: str
+    records: str
+    """What was read, as ``JobResult.records_summary()`` says it."""
+    rate: float
+    """Records per second since the last line (on the final line: over the whole run)."""
+    final: bool = False
+    done: float | None = None
+    """The share of a bounded input read so far, when every source knows its size."""
+    checkpoints: int | None = None
+    """Checkpoints completed; ``None`` for a job that takes none."""
+    last_checkpoint: int | None = None
+    last_checkpoint_seconds: float | None = None
+    restarts: int = 0
+
+
+_BAR_WIDTH = 20
+
+
+def progress_line(progress: JobProgress) -> str:
+    """Rule 2: ``[wordcount] 12,000 records · ━━━━━━━━━━╺━━━━━━━━━ 50% of the input · 9,800 rec/s ·
+    checkpoints 3 completed (last #3 in 12 ms) · restarts 0``."""
+    parts = [f"[{progress.job}] {progress.records}"]
+    if progress.done is not None:
+        filled = round(min(max(progress.done, 0.0), 1.0) * _BAR_WIDTH)
+        parts.append(f"{'━' * filled}{'─' * (_BAR_WIDTH - filled)} {progress.done:.0%} of the input")
+    parts.append(f"{progress.rate:,.0f} rec/s" + (" avg" if progress.final else ""))
+    if progress.checkpoints is not None:
+        took = (f" in {progress.last_checkpoint_seconds * 1000:.0f} ms"
+                if progress.last_checkpoint_seconds is not None else "")
+        parts.append(f"checkpoints {progress.checkpoints} completed"
+                     + (f" (last #{progress.last_checkpoint}{took})" if progress.last_checkpoint else ""))
+    parts.append(f"restarts {progress.restarts}")
     return " · ".join(parts)

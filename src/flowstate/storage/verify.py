@@ -208,7 +208,7 @@ def assess(
             Problem(
                 "orphan", orphan.path,
                 f"{orphan.path} ({format_size(orphan.size)}) is referenced by no checkpoint and was "
-                f"last modified {_age(now - orphan.modified)} ago",
+                f"last modified {age(now - orphan.modified)} ago",
             )
         )
     total = sum(f.size for f in facts.files)
@@ -275,7 +275,7 @@ def _retention(
     return bound, Problem("retention", None, message), notes
 
 
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 3600:
@@ -283,56 +283,6 @@ def _age(seconds: float) -> str:
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
-
-
-# --- the text ----------------------------------------------------------------------------------
-
-
-def format_report(report: VerifyReport) -> str:
-    """The text of ``flowstate checkpoints verify``, without a final newline: a line per
-    checkpoint, the totals, every problem, and a verdict."""
-    lines = [f"checkpoint storage {report.location}"]
-    if report.checkpoints:
-        rows = [("ID", "STATUS", "FILES", "REFERENCED")] + [
-            (
-                str(c.checkpoint_id),
-                c.status + (" (savepoint)" if c.savepoint else ""),
-                str(c.files) if c.files else "-",
-                format_size(c.referenced_bytes) if c.files else "-",
-            )
-            for c in report.checkpoints
-        ]
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        for row in rows:
-            lines.append(
-                "  " + "  ".join(
-                    cell.rjust(w) if i in (0, 2, 3) else cell.ljust(w)
-                    for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-                ).rstrip()
-            )
-    else:
-        lines.append("  no checkpoints")
-    lines.append(
-        f"shared files: {report.shared_files} ({format_size(report.shared_bytes)}); "
-        f"stored in all: {format_size(report.total_bytes)}"
-    )
-    grace = _age(report.grace_seconds)
-    lines.append(
-        f"orphans: {len(report.orphans)} ({format_size(sum(f.size for f in report.orphans))}) older "
-        f"than the grace period of {grace}, {len(report.young_orphans)} "
-        f"({format_size(sum(f.size for f in report.young_orphans))}) younger"
-    )
-    lines.extend(report.notes)
-    if report.problems:
-        lines.append(f"{len(report.problems)} problem(s):")
-        width = max(len(p.kind) for p in report.problems)
-        lines.extend(f"  {p.kind.ljust(width)}  {' '.join(p.message.split())}" for p in report.problems)
-        lines.append("FAILED")
-    else:
-        lines.append("OK: every referenced file verifies" + (
-            ", no old orphans" + (", within retention" if report.retained is not None else "")
-        ))
-    return "\n".join(lines)
 
 
 def verify(

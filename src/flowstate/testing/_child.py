@@ -32,13 +32,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flowstate.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_dataflow
 from flowstate.config import NoRestart
 from flowstate.connectors.file_sink import FileSink
 from flowstate.dataflow import Dataflow
 from flowstate.errors import ConfigError, FlowstateError, GraphError, JobFailedError
 from flowstate.execution import run
+from flowstate.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from flowstate.failpoints import KNOWN, Failpoints
+from flowstate.jobfile import load_dataflow
+from flowstate.options import CheckpointOptions, ExecutionOptions, RecoveryOptions, StateOptions
 
 
 def redirect_file_sinks(flow: Dataflow, out: Path) -> dict[str, Path]:
@@ -108,14 +110,23 @@ def main(argv: list[str] | None = None) -> int:
         if not sinks and not servers:
             raise ConfigError(f"{args.job} has no FileSink and no sink that reads its output back from its server "
                               "(committed_records()): the chaos runner compares committed output; add one")
-        result = run(flow, mode=args.mode, checkpoint_dir=args.checkpoint_dir, interval=args.interval,
-                     retained=args.retained, batch_size=args.batch_size, restart=NoRestart(), failpoints=failpoints,
-                     state_backend=args.state_backend,
-                     # Threads: a failpoint's kill ends the whole job, as a crash of its machine does.
-                     # Processes: the runner sets FLOWSTATE_FAILPOINTS_KILL=session, so that the kill
-                     # ends every process of the run, not only the worker that hit it (that failover
-                     # is tested on its own, in tests/process/test_worker_failover.py).
-                     executor=args.executor)
+        result = run(
+            flow,
+            checkpoints=CheckpointOptions(
+                mode=args.mode,
+                checkpoint_dir=args.checkpoint_dir,
+                interval=args.interval,
+                retained=args.retained,
+            ),
+            state=StateOptions(backend=args.state_backend),
+            recovery=RecoveryOptions(restart=NoRestart()),
+            # Threads: a failpoint's kill ends the whole job, as a crash of its machine does.
+            # Processes: the runner sets FLOWSTATE_FAILPOINTS_KILL=session, so that the kill
+            # ends every process of the run, not only the worker that hit it (that failover
+            # is tested on its own, in tests/process/test_worker_failover.py).
+            execution=ExecutionOptions(batch_size=args.batch_size, executor=args.executor),
+            failpoints=failpoints,
+        )
     except (ConfigError, GraphError, ValueError) as exc:
         print(f"flowstate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

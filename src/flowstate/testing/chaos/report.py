@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from flowstate.clock import Clock, SystemClock
+from flowstate.render import table
 from flowstate.testing.oracles import EXACTLY_ONCE_MODES
 
 # ---- results ----------------------------------------------------------------------------------------
@@ -121,36 +122,9 @@ class ChaosReport:
         return self.problems + [f"{s.mode} / {s.where}: {p}" for s in self.scenarios for p in s.problems]
 
     def table(self) -> str:
-        """The per-mode, per-failpoint table, the totals, the problems and the verdict."""
-        header = ("mode", "kills at", "kills", "after chk", "restored from", "records", "lost", "dup", "unexp", "result")
-        rows = [header]
-        for s in self.scenarios:
-            if not s.reached:
-                rows.append((s.mode, s.where, "-", "-", "-", "-", "-", "-", "-", "not reached"))
-                continue
-            where = s.where + (f" (+{s.kills_before} before)" if s.kills_before else "")
-            rows.append((s.mode, where, str(s.kills), str(s.kills_after_checkpoint), _ids(s.restored_from),
-                         f"{s.records:,}", str(s.lost), str(s.duplicated), str(s.unexpected), s.status))
-        rows.append(("total", "", str(self.kills), str(self.total("kills_after_checkpoint")), "",
-                     f"{self.total('records'):,}", str(self.total("lost")), str(self.total("duplicated")),
-                     str(self.total("unexpected")), "ok" if self.ok else "FAILED"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        right = {2, 3, 5, 6, 7, 8}
-        lines = [f"flowstate chaos {self.job} · modes {', '.join(self.modes)} · seed {self.seed}", ""]
-        for k, row in enumerate(rows):
-            if k == len(rows) - 1:
-                lines.append("  ".join("-" * w for w in widths))
-            lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
-        problems = self.all_problems()
-        if problems:
-            lines += ["", f"{len(problems)} problem(s):"] + [f"  - {p}" for p in problems[:50]]
-            if len(problems) > 50:
-                lines.append(f"  … and {len(problems) - 50} more")
-        lines.append("")
-        lines.append(self.verdict())
-        if self.work_dir is not None:
-            lines.append(f"run directories: {self.work_dir}")
-        return "\n".join(lines)
+        """The per-mode, per-failpoint table, the totals, the problems and the verdict
+        (``chaos_table``)."""
+        return chaos_table(self)
 
     def verdict(self) -> str:
         """One sentence: what survived, what was checked, what was found."""
@@ -174,13 +148,6 @@ class ChaosReport:
                           for m in self.modes},
             "work_dir": str(self.work_dir) if self.work_dir is not None else None,
         }
-
-
-def _ids(ids: Sequence[int], shown: int = 8) -> str:
-    if not ids:
-        return "-"
-    text = " ".join(map(str, ids[:shown]))
-    return text + (f" …+{len(ids) - shown}" if len(ids) > shown else "")
 
 
 # ---- progress -------------------------------------------------------------------------------------
@@ -248,3 +215,42 @@ class Progress:
             self._printed = now
             print(f"chaos: {self._done}/{total} kills ({elapsed:.0f}s) · {self._label}{failed}",
                   file=self._stream, flush=True)
+
+
+_CHAOS = ("mode", "kills at", "kills", "after chk", "restored from", "records", "lost", "dup", "unexp", "result")
+
+
+def _ids(ids: Sequence[int], shown: int = 8) -> str:
+    if not ids:
+        return "-"
+    text = " ".join(map(str, ids[:shown]))
+    return text + (f" …+{len(ids) - shown}" if len(ids) > shown else "")
+
+
+def chaos_table(report: ChaosReport) -> str:
+    """The text of ``flowstate chaos``: a row per mode and place of the kills, the totals under a
+    rule, the problems (at most 50) and the verdict."""
+    rows: list[tuple[str, ...]] = []
+    for s in report.scenarios:
+        if not s.reached:
+            rows.append((s.mode, s.where, "-", "-", "-", "-", "-", "-", "-", "not reached"))
+            continue
+        where = s.where + (f" (+{s.kills_before} before)" if s.kills_before else "")
+        rows.append((s.mode, where, str(s.kills), str(s.kills_after_checkpoint), _ids(s.restored_from),
+                     f"{s.records:,}", str(s.lost), str(s.duplicated), str(s.unexpected), s.status))
+    total = ("total", "", str(report.kills), str(report.total("kills_after_checkpoint")), "",
+             f"{report.total('records'):,}", str(report.total("lost")), str(report.total("duplicated")),
+             str(report.total("unexpected")), "ok" if report.ok else "FAILED")
+    rule = tuple("-" * max(len(row[i]) for row in (_CHAOS, *rows, total)) for i in range(len(_CHAOS)))
+    lines = [f"flowstate chaos {report.job} · modes {', '.join(report.modes)} · seed {report.seed}", "",
+             table(_CHAOS, [*rows, rule, total], right=("kills", "after chk", "records", "lost", "dup", "unexp"))]
+    problems = report.all_problems()
+    if problems:
+        lines += ["", f"{len(problems)} problem(s):"] + [f"  - {p}" for p in problems[:50]]
+        if len(problems) > 50:
+            lines.append(f"  … and {len(problems) - 50} more")
+    lines.append("")
+    lines.append(report.verdict())
+    if report.work_dir is not None:
+        lines.append(f"run directories: {report.work_dir}")
+    return "\n".join(lines)

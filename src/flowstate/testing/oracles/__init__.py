@@ -18,6 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from flowstate.errors import ConfigError
+from flowstate.jobfile import job_code, namespace
 
 OutputCheck = Callable[[Mapping[str, Path], str], list[str]]
 """(committed output directory of each ``FileSink``, by operator uid; mode) → problems found."""
@@ -41,3 +45,18 @@ class Oracle:
 
 EXACTLY_ONCE_MODES = frozenset({"exactly_once", "unaligned", "stop_the_world"})
 """Modes whose checkpoints are consistent cuts and whose ``FileSink`` output is exactly-once."""
+
+
+def load_oracle(spec: str) -> Any:
+    """The ``flowstate.testing.Oracle`` named by ``FILE.py:ATTR`` or ``module:ATTR`` (ATTR default
+    ``oracle``), or returned by the function it names."""
+    target, _, attr = spec.rpartition(":") if ":" in spec else (spec, "", "oracle")
+    names = namespace(target, "oracle")
+    if attr not in names:
+        raise ConfigError(f"{target} has no attribute {attr!r}")
+    obj = names[attr]
+    if callable(obj) and not isinstance(obj, Oracle):
+        obj = job_code(f"oracle {spec}", obj)
+    if not isinstance(obj, Oracle):
+        raise ConfigError(f"oracle {spec!r} is a {type(obj).__name__}, not a flowstate.testing.Oracle")
+    return obj
