@@ -169,7 +169,11 @@ def run_vectorized(source: Any, parallelism: int, executor: str) -> tuple[Times,
          .sink(sink, uid="sink"))
     with tempfile.TemporaryDirectory() as checkpoints:
         with Stopwatch() as watch:
-            result = fs.run(flow, checkpoint_dir=checkpoints, interval="1s", mode="exactly_once", executor=executor)
+            result = fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=checkpoints, interval="1s", mode="exactly_once"),
+                execution=fs.ExecutionOptions(executor=executor),
+            )
     assert result.failures == []
     # The CPU time of this process is the job's only when every task is one of its threads.
     times = watch.times if executor == "threads" else Times(watch.times.wall, math.nan)
@@ -215,7 +219,11 @@ def run_per_record(table: pa.Table, records: int) -> tuple[Times, dict[Any, floa
          .sink(fs.CallbackSink(last.items.append), uid="sink"))
     with tempfile.TemporaryDirectory() as checkpoints:
         with Stopwatch() as watch:
-            result = fs.run(flow, checkpoint_dir=checkpoints, interval="1s", mode="exactly_once", executor="threads")
+            result = fs.run(
+                flow,
+                checkpoints=fs.CheckpointOptions(checkpoint_dir=checkpoints, interval="1s", mode="exactly_once"),
+                execution=fs.ExecutionOptions(executor="threads"),
+            )
     assert result.failures == []
     return watch.times, last.sums()
 

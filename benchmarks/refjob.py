@@ -8,6 +8,13 @@ Every operator runs at ``--parallelism``, the source too: ``FileSource`` cuts th
 ranges, so at parallelism 2 two source subtasks read it. The counting sink is a real sink (not a
 callback of this process), so that a job at parallelism > 1 runs on the processes executor, one
 worker per core; each writer leaves its count in a file that this process adds up.
+
+``--thread-cpu`` adds where the CPU time went, per record: every thread of the job (in this process
+and in every worker) appends its own CPU time to a log when it ends (a ``sitecustomize`` module that
+wraps ``threading.Thread.run``, put on the ``PYTHONPATH`` that the fork server and the workers
+inherit), summed by role (source tasks, keyed tasks, the threads reading connections, snapshot
+writers); ``outside threads`` is the rest of the process tree (main threads, start-up, the fork
+server, the coordinator).
 """
 
 from __future__ import annotations
@@ -87,6 +94,46 @@ def build(path: str, parallelism: int, sink: Any) -> fs.Dataflow:
     return flow
 
 
+_THREAD_LOG_SITE = r"""
+import os, threading, time
+_log = os.environ["FLOWSTATE_BENCH_THREAD_LOG"]
+_run = threading.Thread.run
+def run(self):
+    try:
+        _run(self)
+    finally:
+        with open(_log, "a") as f:
+            f.write(f"{os.getpid()}\t{self.name}\t{time.thread_time()!r}\n")
+threading.Thread.run = run
+"""
+
+ROLES = (("source", "-source#"), ("keyed task", "keyed_process#"), ("other task", "task "),
+         ("connection reader", "channels from worker"), ("snapshot writer", "snapshot_"))
+
+
+def log_thread_cpu(directory: str) -> str:
+    """Make every thread started from now on, here and in processes started from here, log its CPU
+    time when it ends (see the module docstring); returns the log's path."""
+    log = os.path.join(directory, "threads.log")
+    Path(directory, "sitecustomize.py").write_text(_THREAD_LOG_SITE)
+    os.environ["FLOWSTATE_BENCH_THREAD_LOG"] = log
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [directory, os.environ.get("PYTHONPATH")]))
+    namespace: dict[str, Any] = {}
+    exec(_THREAD_LOG_SITE, namespace)  # this process is running already: wrap its threads too
+    return log
+
+
+def thread_cpu(log: str, records: int, total_cpu: float) -> dict[str, float]:
+    """ns of CPU per record by role of thread, and outside threads."""
+    by_role: dict[str, float] = {}
+    for line in Path(log).read_text().splitlines():
+        _, name, seconds = line.split("\t")
+        role = next((r for r, marker in ROLES if marker in name), "other thread")
+        by_role[role] = by_role.get(role, 0.0) + float(seconds)
+    by_role["outside threads"] = total_cpu - sum(by_role.values())
+    return {role: seconds / max(records, 1) * 1e9 for role, seconds in sorted(by_role.items())}
+
+
 def checkpoint_stats(location: str) -> list[dict[str, Any]]:
     """Per completed checkpoint, oldest first: what its metadata records."""
     from flowstate.storage.factory import open_storage
@@ -115,7 +162,13 @@ def main() -> None:
     parser.add_argument("--checkpoint-stats", action="store_true",
                         help="keep every checkpoint (retained=1000) and report each one's bytes written, full "
                              "size and sync/async parts from its metadata")
+    parser.add_argument("--workers", type=int, help="worker processes (default: one per core, at most the parallelism)")
+    parser.add_argument("--executor", help="threads or processes (default: processes at parallelism > 1)")
+    parser.add_argument("--thread-cpu", action="store_true",
+                        help="report the CPU time per record of each role of thread (module docstring)")
     args = parser.parse_args()
+    logs = tempfile.mkdtemp(prefix="flowstate-bench-threads-") if args.thread_cpu else None
+    thread_log = log_thread_cpu(logs) if logs else None
     counts = tempfile.mkdtemp(prefix="flowstate-bench-counts-")
     counting = CountingSink(counts)
     sink = counting if args.sink == "count" else fs.FileSink(os.path.join(counts, "out"))
@@ -132,6 +185,7 @@ def main() -> None:
                 retained=1000 if args.checkpoint_stats else 1,
             ),
             state=fs.StateOptions(backend=args.state_backend, incremental=not args.full_checkpoints),
+            execution=fs.ExecutionOptions(executor=args.executor, workers=args.workers),
         )
         seconds = time.perf_counter() - started
         stats = checkpoint_stats(chk) if args.checkpoint_stats and args.mode != "none" else []
@@ -145,11 +199,15 @@ def main() -> None:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
     peak_kib = max(usage.ru_maxrss, children.ru_maxrss)
+    threads = thread_cpu(thread_log, result.records, cpu) if thread_log else {}
+    if logs:
+        shutil.rmtree(logs, ignore_errors=True)
     json.dump({"records": result.records, "out": out, "seconds": seconds, "executor": result.executor,
                "workers": result.workers,
                "cpu_ns_per_record": cpu / max(result.records, 1) * 1e9,
                "records_per_s": result.records / seconds, "checkpoints": result.checkpoints_completed,
-               "peak_rss_mib": peak_kib / 1024, "checkpoint_stats": stats}, sys.stdout)
+               "peak_rss_mib": peak_kib / 1024, "checkpoint_stats": stats,
+               **({"thread_cpu_ns_per_record": threads} if threads else {})}, sys.stdout)
     print()
 
 

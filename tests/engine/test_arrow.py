@@ -239,20 +239,25 @@ def run_collect(flow_of, **settings) -> list[Any]:
     out: list[Any] = []
     flow = fs.Dataflow("collect")
     flow_of(flow).sink(out.append)
-    fs.run(flow, mode="none", restart=fs.NoRestart(), **settings)
+    fs.run(
+        flow,
+        checkpoints=fs.CheckpointOptions(mode="none"),
+        recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+        **settings,
+    )
     return out
 
 
 def test_to_arrow_turns_each_batch_of_dicts_or_tuples_into_one_record_batch_and_to_records_back():
     records = [{"k": i % 3, "name": f"n{i}"} for i in range(10)]
     back = run_collect(lambda f: f.source(fs.GeneratorSource(records.__getitem__, 10)).to_arrow().to_records(),
-                       batch_size=4)
+                       execution=fs.ExecutionOptions(batch_size=4))
     assert back == records
 
     schema = pa.schema([("k", pa.int32()), ("name", pa.string())])
     tuples = [(r["k"], r["name"]) for r in records]
     items = run_collect(lambda f: f.source(fs.GeneratorSource(tuples.__getitem__, 10)).to_arrow(schema),
-                        batch_size=4)
+                        execution=fs.ExecutionOptions(batch_size=4))
     assert [item.num_rows for item in items] == [4, 4, 2]
     assert all(item.schema == schema for item in items)
 
@@ -286,7 +291,7 @@ def test_a_parquet_source_reads_every_row_group_and_the_aggregation_matches_arro
     assert len(source.splits()) == 4 + 3
 
     out = run_collect(lambda f: f.source(source).key_by("k").aggregate(("v", "sum"), ("v", "mean"), ("v", "min"))
-                      .to_records(), parallelism=2)
+                      .to_records(), execution=fs.ExecutionOptions(parallelism=2))
 
     last: dict[int, dict[str, Any]] = {}
     for row in out:
@@ -325,7 +330,7 @@ CASES = [
 
 
 def backend_settings(backend: str, tmp_path: Path) -> dict[str, Any]:
-    return {"state_backend": "rocksdb", "state_dir": tmp_path / "rocksdb"} if backend == "rocksdb" else {}
+    return {"state": fs.StateOptions(backend="rocksdb", directory=tmp_path / "rocksdb")} if backend == "rocksdb" else {}
 
 
 @pytest.mark.parametrize(("parallelism", "backend", "executor", "mode"), CASES)
@@ -336,9 +341,14 @@ def test_a_crash_mid_input_restores_a_checkpoint_and_the_output_is_the_batch_res
     # batch is one hit of its source task and one of each keyed task it reaches (two at most).
     failpoints = fs.Failpoints({"operator.process": f"raise@{BATCHES + 1}"})
 
-    result = fs.run(aggregation_job(dirs.output, parallelism), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-                    restart=FAST_RESTART, failpoints=failpoints, executor=executor, batch_size=1, mode=mode,
-                    **backend_settings(backend, tmp_path))
+    result = fs.run(
+        aggregation_job(dirs.output, parallelism),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, mode=mode),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        execution=fs.ExecutionOptions(executor=executor, batch_size=1),
+        failpoints=failpoints,
+        **backend_settings(backend, tmp_path),
+    )
 
     assert failpoints.fired("operator.process") == 1
     assert_restored_from_a_checkpoint(result, BATCHES)
@@ -349,8 +359,13 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_the_output_is_the_batch_re
     # Under the processes executor the hit that fires is in a worker process, which kills itself.
     failpoints = fs.Failpoints({"operator.process": f"kill@{BATCHES + 1}"})
 
-    result = fs.run(aggregation_job(dirs.output, 2), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-                    restart=FAST_RESTART, failpoints=failpoints, executor="processes", batch_size=1)
+    result = fs.run(
+        aggregation_job(dirs.output, 2),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        recovery=fs.RecoveryOptions(restart=FAST_RESTART),
+        execution=fs.ExecutionOptions(executor="processes", batch_size=1),
+        failpoints=failpoints,
+    )
 
     assert any("SIGKILL" in failure for failure in result.failures), result.failures
     assert_restored_from_a_checkpoint(result, BATCHES)
@@ -361,12 +376,21 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_the_output_is_the_batch_re
 @pytest.mark.parametrize("backend", ["heap", "rocksdb"])
 def test_accumulators_restored_at_another_parallelism_give_the_batch_result(before, after, backend, dirs, tmp_path):
     with pytest.raises(fs.JobFailedError, match="InjectedFailure"):
-        fs.run(aggregation_job(dirs.output, before), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-               restart=fs.NoRestart(), failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}),
-               executor="threads", **backend_settings(backend, tmp_path))
+        fs.run(
+            aggregation_job(dirs.output, before),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(executor="threads"),
+            failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}),
+            **backend_settings(backend, tmp_path),
+        )
 
-    result = fs.run(aggregation_job(dirs.output, after, rate=None), checkpoint_dir=dirs.checkpoints,
-                    interval=INTERVAL, executor="threads", **backend_settings(backend, tmp_path))
+    result = fs.run(
+        aggregation_job(dirs.output, after, rate=None),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+        execution=fs.ExecutionOptions(executor="threads"),
+        **backend_settings(backend, tmp_path),
+    )
 
     assert result.restored_from == [3]
     assert result.records < BATCHES and result.records_total == BATCHES, result
@@ -375,16 +399,23 @@ def test_accumulators_restored_at_another_parallelism_give_the_batch_result(befo
 
 def test_in_flight_record_batches_of_an_unaligned_checkpoint_are_split_by_key_at_another_parallelism(dirs):
     with pytest.raises(fs.JobFailedError, match="InjectedFailure"):
-        fs.run(aggregation_job(dirs.output, 2, slow=True), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-               mode="unaligned", restart=fs.NoRestart(), executor="threads", batch_size=1,
-               failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}))
+        fs.run(
+            aggregation_job(dirs.output, 2, slow=True),
+            checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, mode="unaligned"),
+            recovery=fs.RecoveryOptions(restart=fs.NoRestart()),
+            execution=fs.ExecutionOptions(executor="threads", batch_size=1),
+            failpoints=fs.Failpoints({"coordinator.metadata_before_notify": "raise@3"}),
+        )
     [restored] = [info.metadata for info in LocalCheckpointStorage(dirs.checkpoints).list_checkpoints()
                   if info.status == "completed"][-1:]
     assert restored.checkpoint_id == 3
     assert sum(task.channel_state_bytes for task in restored.tasks) > 0, "checkpoint 3 holds no in-flight batches"
 
-    result = fs.run(aggregation_job(dirs.output, 3, rate=None), checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
-                    mode="unaligned", executor="threads")
+    result = fs.run(
+        aggregation_job(dirs.output, 3, rate=None),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL, mode="unaligned"),
+        execution=fs.ExecutionOptions(executor="threads"),
+    )
 
     assert result.restored_from == [3]
     assert result.records < BATCHES and result.records_total == BATCHES, result
@@ -392,7 +423,10 @@ def test_in_flight_record_batches_of_an_unaligned_checkpoint_are_split_by_key_at
 
 
 def test_committed_rows_are_json_of_the_update_stream(dirs):
-    fs.run(aggregation_job(dirs.output, 1, rate=None), checkpoint_dir=dirs.checkpoints, interval=INTERVAL)
+    fs.run(
+        aggregation_job(dirs.output, 1, rate=None),
+        checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL),
+    )
     first = json.loads(next(p for p in sorted(dirs.output.iterdir()) if not p.name.startswith(".")).open().readline())
     assert set(first) == {"k", "w_sum", "v_count"}
     assert_the_batch_result(dirs.output)

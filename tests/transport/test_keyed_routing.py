@@ -78,3 +78,28 @@ def test_a_key_that_breaks_the_rules_fails_naming_key_by_whether_or_not_routes_a
             out.emit([("ok", "fine")])
             with pytest.raises(UserFunctionError, match="key_by"):
                 out.emit([("bad", bad)])
+
+
+def test_a_new_key_in_a_batch_of_remembered_ones_keeps_every_record_in_order_on_its_route():
+    out, writers = edge(3)
+    known = [f"k{i}" for i in range(30)]
+    out.emit(list(known))  # every route remembered
+    for w in writers:
+        w.batches.clear()
+    batch = known[:10] + ["new-1"] + known[10:20] + ["new-2"] + known[20:]
+    out.emit(batch)
+    for subtask, records in enumerate(received(writers)):
+        assert records == [k for k in batch if owner(k, 3) == subtask]
+
+
+def test_a_key_function_that_fails_in_a_batch_of_remembered_keys_fails_as_key_by_on_that_record():
+    def key_fn(record):
+        if record == "boom":
+            raise KeyError("not a route lookup: the key function's own failure")
+        return record
+
+    out, _ = edge(2, key_fn=key_fn)
+    out.emit(["a", "b", "c"])
+    with pytest.raises(UserFunctionError, match="key_by") as failure:
+        out.emit(["a", "b", "boom", "c"])
+    assert failure.value.record == "boom"
