@@ -41,6 +41,7 @@ import flowstate as fs
 from flowstate.runner import job as job_module
 from flowstate.storage.local import LocalCheckpointStorage
 
+from .conftest import Dirs
 from .jobs import (
     FAST_RESTART,
     INPUT_LINES,
@@ -149,8 +150,9 @@ def executor(request: pytest.FixtureRequest) -> str:
 
 
 def run_wordcount(dirs, mode: str, failpoints: fs.Failpoints, executor: str, *, batch_size: int = 2048,
-                  tolerable_failures: int = 0, state: fs.StateOptions | None = None) -> fs.JobResult:
-    flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=RATE), parallelism=PARALLELISM)
+                  tolerable_failures: int = 0, state: fs.StateOptions | None = None,
+                  rate: float = RATE) -> fs.JobResult:
+    flow = wordcount(dirs.output, source=generator_source(INPUT_LINES, rate=rate), parallelism=PARALLELISM)
     result = fs.run(
         flow,
         checkpoints=fs.CheckpointOptions(checkpoint_dir=dirs.checkpoints, interval=INTERVAL,
@@ -204,10 +206,19 @@ def check_a_crash(crash, mode, executor, dirs, expected, state: fs.StateOptions 
         # blocks: fewer than two hits per checkpoint. Checkpoints never overlap, so the third hit
         # still comes after the first checkpoint completed.
         action = first_hit_after(1, PARALLELISM)
-    failpoints = fs.Failpoints({crash.failpoint: action})
     batch_size = 1 if crash.hits_per_checkpoint is None else 2048
-
-    result = run_wordcount(dirs, mode, failpoints, executor, batch_size=batch_size, state=state)
+    # The failpoint's hit is drawn to land after a checkpoint completed, in a run that lasts about
+    # 0.4 s. On a loaded machine the input can end first (the failpoint never fires), or the crash can
+    # come before a checkpoint completed (the restore starts from scratch): either run proves nothing
+    # about recovery, so it is run once more with a four times slower input, in fresh directories,
+    # under the same assertions. A bug that restores nothing fails the second run as well.
+    for slower, rate in enumerate((RATE, RATE / 4)):
+        if slower:
+            dirs = Dirs(dirs.output.with_name("output-slower"), dirs.checkpoints.with_name("checkpoints-slower"))
+        failpoints = fs.Failpoints({crash.failpoint: action})
+        result = run_wordcount(dirs, mode, failpoints, executor, batch_size=batch_size, state=state, rate=rate)
+        if failpoints.fired(crash.failpoint) and result.restored_from and (result.restored_from[-1] or 0) >= 1:
+            break
 
     assert failpoints.fired(crash.failpoint) == 1, f"{crash.failpoint} was hit {failpoints.hits(crash.failpoint)} times"
     assert result.failures, "the run recorded no failure"
