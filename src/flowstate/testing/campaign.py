@@ -1,6 +1,6 @@
 """The long chaos run behind ``make chaos``: the oracle workloads (the sequence workload also counting
-in a dict changed in place, once per state backend, and the windowed workload), every mode, many
-kills; the results go into ``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
+in a dict changed in place, once per state backend, the windowed workload, the joins and state ttl,
+each of the last two on both state backends and at parallelism 1 and 3), every mode, many kills; the results go into ``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
 
     python -m flowstate.testing.campaign [--kills 15] [--failpoint-kills 3] [--workers 2] [--seed 1]
         [--write docs/reliability.md]
@@ -28,11 +28,15 @@ from flowstate.testing.chaos import (
     Progress,
     run_chaos,
 )
-from flowstate.testing.oracles import EXACTLY_ONCE_MODES, Oracle, bank, sequence, windows
+from flowstate.testing.oracles import EXACTLY_ONCE_MODES, Oracle, bank, joins, sequence, ttl, windows
 
 BEGIN = "<!-- chaos:begin -->"
 END = "<!-- chaos:end -->"
 MODES = ("exactly_once", "unaligned", "stop_the_world", "at_least_once")
+JOINS_RATE = 1500.0
+TTL_RATE = 3000.0
+"""Records per second and source reader of the joins and ttl workloads: unthrottled, a heap run ends
+before its second checkpoint, and a kill after a completed checkpoint rarely lands."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,28 @@ WORKLOADS = (
              "recomputes every session and every early and final count from the input (exactly-once modes only: in "
              "`at_least_once` a replayed record counts again, so a window's final count may exceed the input's)",
              "rocksdb", tuple(m for m in MODES if m in EXACTLY_ONCE_MODES)),
+    *(Workload(f"joins-{backend}-p{parallelism}",
+               f"from flowstate.testing.oracles.joins import joins_job\n"
+               f"flow = joins_job('out', parallelism={parallelism}, rate={JOINS_RATE})\n",
+               joins.oracle(), 1,
+               f"{joins.ORDERS:,} orders, {joins.PAYMENTS:,} payments and {joins.TIERS} customer tiers with event time "
+               f"(out of order within the watermark bound, and stragglers {joins.LATE:.0f} s late) through "
+               f"`interval_join` ({joins.LOWER:+.0f} s .. {joins.UPPER:+.0f} s), `window_join` ({joins.WINDOW:.0f} s "
+               "tumbling) and `join_latest`, at parallelism "
+               f"{parallelism} on the {backend} backend, into three `FileSink`s; the checker recomputes every pair and "
+               "every enrichment from the input (in `at_least_once` only losses count: a replayed record pairs again)",
+               backend)
+      for backend, parallelism in (("heap", 1), ("rocksdb", 3))),
+    *(Workload(f"ttl-{backend}-p{parallelism}",
+               f"from flowstate.testing.oracles.ttl import ttl_job\n"
+               f"flow = ttl_job('out', parallelism={parallelism}, rate={TTL_RATE})\n",
+               ttl.oracle(), 1,
+               f"{ttl.COUNT:,} visits over {ttl.keys_written()} keys (a key space that keeps growing) through a "
+               f"counter and a list in event-time ttl state ({ttl.TTL:.0f} s), at parallelism {parallelism} on the "
+               f"{backend} backend; the checker recomputes every count, restarting after expiry, from the input "
+               "(exactly-once modes only, as for the windowed workload)",
+               backend, tuple(m for m in MODES if m in EXACTLY_ONCE_MODES))
+      for backend, parallelism in (("heap", 3), ("rocksdb", 1))),
 )
 
 
