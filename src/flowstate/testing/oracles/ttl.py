@@ -12,7 +12,7 @@ long enough to expire and then starts again from 1. After its generation a key i
 again: the key space grows without end, and only the ttl keeps the state bounded.
 
 The job (``Visits``): per key, with ``TTL`` s of event-time ttl, a ``value_state`` counter and a
-``list_state`` of the timestamps written; each record emits ``["v", key, ts, n, recent]``: ``n`` its
+``list_state`` of the timestamps written, a watermark after every batch; each record emits ``["v", key, ts, n, recent]``: ``n`` its
 count since the key's state last expired, ``recent`` the listed timestamps still live.
 
 The expiry rule of the batch computation (``flowstate.state.ttl`` rules 2-4, in event time): an
@@ -50,10 +50,14 @@ PHASE = 60
 """Records of a split per phase: 15 s, longer than the ttl and the bound together."""
 GENERATION = 4 * PHASE
 KEYS_PER_PHASE = 3
-LIVE_BOUND = SPLITS * 2 * KEYS_PER_PHASE
-"""At a watermark ``w`` an entry is live if written after ``w - TTL``; those writes span less than
-two phases (``TTL + BOUND + 1 s`` of disorder < 15 s), and a phase writes ``KEYS_PER_PHASE`` keys
-per split. A list counts as one entry (``flowstate.state.ttl`` rule 6)."""
+STATES = 2
+LIVE_BOUND = STATES * SPLITS * 3 * KEYS_PER_PHASE
+"""Live ttl entries at any snapshot, at most (a key counts once per state: ``flowstate.state.ttl``
+rule 6). At a watermark ``w`` an entry is live if written after ``w - TTL``; with a watermark after
+every batch (``watermark_interval=0``) those writes span ``TTL + BOUND`` s plus the watermark's lag
+behind the records before the barrier, so at most two phases (15 s each) of ``KEYS_PER_PHASE`` keys
+per split, and a third when one reader runs up to a phase ahead of the other. Without the ttl, every
+key ever written (``keys_written``) would be live."""
 
 
 def record(i: int) -> tuple[str, float]:
@@ -86,7 +90,7 @@ def ttl_job(output: str | os.PathLike[str], *, count: int = COUNT, parallelism: 
     ``output/visits``."""
     flow = fs.Dataflow("ttl", parallelism=parallelism)
     (flow.source(fs.GeneratorSource(record, count, splits=SPLITS, rate=rate, name="visits"), uid="visits-source")
-         .assign_timestamps(_timestamp, max_out_of_orderness=BOUND, uid="timestamps")
+         .assign_timestamps(_timestamp, max_out_of_orderness=BOUND, watermark_interval=0, uid="timestamps")
          .key_by(_key)
          .process(Visits(), name="ttl-counter", uid="ttl-counter")
          .sink(fs.FileSink(Path(output) / "visits"), uid="visits"))
