@@ -1,11 +1,15 @@
 """The long chaos run behind ``make chaos``: the oracle workloads (the sequence workload also counting
 in a dict changed in place, once per state backend, the windowed workload, the joins and state ttl,
-each of the last two on both state backends and at parallelism 1 and 3), every mode, many kills; the results go into ``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
+each of the last two on both state backends and at parallelism 1 and 3), every mode, many kills;
+the results go into ``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
 
     python -m flowstate.testing.campaign [--kills 15] [--failpoint-kills 3] [--workers 2] [--seed 1]
-        [--write docs/reliability.md]
+        [--write docs/reliability.md | --only WORKLOAD ...]
 
-Exit status 0 when every run of both workloads matched its reference and every oracle check passed.
+``--only`` runs the named workloads (e.g. ``joins-heap-p1 ttl-rocksdb-p1``) and prints their tables;
+it cannot ``--write``, since the section in the docs covers every workload.
+
+Exit status 0 when every run of every workload matched its reference and every oracle check passed.
 """
 
 from __future__ import annotations
@@ -195,12 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--write", type=Path, help="the markdown file to update between the markers")
+    parser.add_argument("--only", nargs="+", metavar="WORKLOAD", choices=[w.name for w in WORKLOADS],
+                        help="run these workloads only (not with --write)")
     args = parser.parse_args(argv)
+    if args.only and args.write is not None:
+        parser.error("--only runs some workloads, but --write replaces the results of all of them: give one of the two")
+    workloads = [w for w in WORKLOADS if not args.only or w.name in args.only]
     clock = SystemClock()
     started = clock.monotonic()
     reports = []
     work = Path(tempfile.mkdtemp(prefix="flowstate-campaign-"))
-    for workload in WORKLOADS:
+    for workload in workloads:
         reports.append((workload, run(workload, work, kills=args.kills, failpoint_kills=args.failpoint_kills,
                                       workers=args.workers, seed=args.seed)))
     if all(r.ok for _, r in reports):
@@ -211,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report.table(), end="\n\n")
     command = (f"make chaos (python -m flowstate.testing.campaign --kills {args.kills} --failpoint-kills "
                f"{args.failpoint_kills} --workers {args.workers} --seed {args.seed})")
+    if args.only:
+        command = (f"python -m flowstate.testing.campaign --kills {args.kills} --failpoint-kills {args.failpoint_kills} "
+                   f"--workers {args.workers} --seed {args.seed} --only {' '.join(args.only)}")
     text = section(reports, command=command, seconds=clock.monotonic() - started)
     if args.write is not None:
         write(args.write, text)
