@@ -5,10 +5,11 @@ Input, three replayable sources of two splits each (``GeneratorSource``), timest
 grid (exact in binary floating point, so that a bound is hit exactly where the batch says it is):
 
 - ``orders``: order ``i`` is ``("o<i>", customer, ts, i)`` with ``ts = START + i/2`` plus up to
-  1.5 s of disorder; every ``STRAGGLE``-th order is a **straggler**, ``LATE`` s behind the others.
+  1.5 s of disorder; every ``STRAGGLE``-th order after the first ``LATE`` s is a **straggler**,
+  ``LATE`` s behind the others.
 - ``payments``: payment ``j`` is ``("o<i>", customer, ts, j)`` for an order ``i`` near ``j``: most
-  orders are paid once, some twice, some never; a payment comes between ``EARLIEST`` s before and
-  ``LATEST`` s after its order, so that it falls inside, on and just outside the join's bounds.
+  orders are paid once, some twice, some never; a payment comes about ``EARLIEST`` (-7) to
+  ``LATEST`` (+47) s after its order, so that it falls inside, on and just outside the join's bounds.
 - ``tiers``: version ``v`` is ``(customer, ts, v)``, a new tier for one customer every 2.5 s.
 
 Rules the expected output relies on:
