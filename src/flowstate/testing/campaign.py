@@ -92,7 +92,8 @@ WORKLOADS = (
                f"`interval_join` ({joins.LOWER:+.0f} s .. {joins.UPPER:+.0f} s), `window_join` ({joins.WINDOW:.0f} s "
                "tumbling) and `join_latest`, at parallelism "
                f"{parallelism} on the {backend} backend, into three `FileSink`s; the checker recomputes every pair and "
-               "every enrichment from the input (in `at_least_once` only losses count: a replayed record pairs again)",
+               "every enrichment from the input (in `at_least_once` only losses count: a replayed record pairs again, and "
+               "may meet restored state that moved past it and get a newer tier)",
                backend)
       for backend, parallelism in (("heap", 1), ("rocksdb", 3))),
     *(Workload(f"ttl-{backend}-p{parallelism}",

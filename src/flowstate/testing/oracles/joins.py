@@ -38,8 +38,11 @@ Output, one ``FileSink`` per join: ``interval`` rows ``["i", order, payment]``, 
 
 The checker recomputes all three from the input with nothing but the standard library and compares
 them with the committed output as multisets: in the exactly-once modes nothing may be missing,
-duplicated or unexpected; in ``at_least_once`` nothing may be missing (a replayed record is buffered
-again and pairs again, so duplicates are allowed, as the chaos runner counts them).
+duplicated or unexpected. In ``at_least_once`` only a missing row is a problem (the chaos runner
+counts the rest): a replayed record is buffered and paired again (duplicates), and since barriers
+are not aligned, the restored state may hold records and watermarks that came after the barrier on
+another channel, so a replayed order can find its customer's older tiers already removed
+(``join_latest`` rule 3) and get a newer tier, or none (unexpected rows).
 """
 
 from __future__ import annotations
@@ -209,10 +212,12 @@ def check_output(directories: Mapping[str, Path], mode: str, *, orders: int = OR
     problems = []
     if missing:
         problems.append(f"{sum(missing.values())} join rows missing, e.g. {sorted(missing, key=repr)[:2]}")
+    if mode not in EXACTLY_ONCE_MODES:
+        return problems  # the module docstring says why
     unexpected = Counter({row: n for row, n in extra.items() if row not in expected})
     if unexpected:
         problems.append(f"{sum(unexpected.values())} join rows unexpected, e.g. {sorted(unexpected, key=repr)[:2]}")
-    if mode in EXACTLY_ONCE_MODES and extra - unexpected:
+    if extra - unexpected:
         duplicated = extra - unexpected
         problems.append(f"{sum(duplicated.values())} join rows duplicated, e.g. {sorted(duplicated, key=repr)[:2]}")
     return problems
