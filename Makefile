@@ -34,8 +34,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --write
 
-# The long chaos run (by hand, about 5-10 minutes): both oracle workloads, every mode, 300+ kills;
-# the results replace the chaos section of docs/reliability.md.
+# The long chaos run (by hand, about an hour): every oracle workload (sequence, bank, windows, joins, ttl),
+# every mode, 1,500+ kills; the results replace the chaos section of docs/reliability.md.
 chaos: $(STAMP)
 	$(PY) -m flowstate.testing.campaign --write docs/reliability.md
 

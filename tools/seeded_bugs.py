@@ -387,6 +387,30 @@ CATALOGUE += (
     ),
 )
 
+# ---- the joins and state ttl under SIGKILL (chaos workloads) ----------------------------------------
+CATALOGUE += (
+    bug(
+        "interval-join-forgets-buffered-side", "a restored interval join starts its buffered left side empty: "
+        "orders buffered at the checkpoint never meet the payments that come after the restore",
+        ("tests/testing/test_joins_chaos.py",),
+        ("src/flowstate/runtime/joins.py",
+         "        self.sides = (self.backend.map_state(LEFT_STATE), self.backend.map_state(RIGHT_STATE))\n",
+         "        left = LEFT_STATE if resume_state is None else LEFT_STATE + \"-after-restore\"\n"
+         "        self.sides = (self.backend.map_state(left), self.backend.map_state(RIGHT_STATE))\n"),
+    ),
+    bug(
+        "ttl-write-time-not-restored", "a restored ttl value keeps its ttl but not the time it was written "
+        "(its expiry becomes the ttl after the epoch), so every restored entry has expired",
+        ("tests/testing/test_ttl_chaos.py",),
+        (TTL, "    def _index_current(self, key: Any) -> None:\n"
+              "        self._index.set(key, _check_entry(self._name, self._inner.value()))\n",
+         "    def _index_current(self, key: Any) -> None:\n"
+         "        _check_entry(self._name, self._inner.value())\n"
+         "        self._inner.update((self._inner.value()[0], float(self._ttl)))\n"
+         "        self._index.set(key, float(self._ttl))\n"),
+    ),
+)
+
 def _copy_tree(destination: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis")
     for name in ("src", "tests"):

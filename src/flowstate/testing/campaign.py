@@ -1,11 +1,15 @@
 """The long chaos run behind ``make chaos``: the oracle workloads (the sequence workload also counting
-in a dict changed in place, once per state backend, and the windowed workload), every mode, many
-kills; the results go into ``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
+in a dict changed in place, once per state backend, the windowed workload, the joins and state ttl,
+each of the last two on both state backends and at parallelism 1 and 3), every mode, many kills;
+the results go into ``docs/reliability.md`` between ``<!-- chaos:begin -->`` and ``<!-- chaos:end -->``.
 
     python -m flowstate.testing.campaign [--kills 15] [--failpoint-kills 3] [--workers 2] [--seed 1]
-        [--write docs/reliability.md]
+        [--write docs/reliability.md | --only WORKLOAD ...]
 
-Exit status 0 when every run of both workloads matched its reference and every oracle check passed.
+``--only`` runs the named workloads (e.g. ``joins-heap-p1 ttl-rocksdb-p1``) and prints their tables;
+it cannot ``--write``, since the section in the docs covers every workload.
+
+Exit status 0 when every run of every workload matched its reference and every oracle check passed.
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ from flowstate.testing.chaos import (
     Progress,
     run_chaos,
 )
-from flowstate.testing.oracles import EXACTLY_ONCE_MODES, Oracle, bank, sequence, windows
+from flowstate.testing.oracles import EXACTLY_ONCE_MODES, Oracle, bank, joins, sequence, ttl, windows
 
 BEGIN = "<!-- chaos:begin -->"
 END = "<!-- chaos:end -->"
 MODES = ("exactly_once", "unaligned", "stop_the_world", "at_least_once")
+JOINS_RATE = 1500.0
+TTL_RATE = 3000.0
+"""Records per second and source reader of the joins and ttl workloads: unthrottled, a heap run ends
+before its second checkpoint, and a kill after a completed checkpoint rarely lands."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +83,29 @@ WORKLOADS = (
              "recomputes every session and every early and final count from the input (exactly-once modes only: in "
              "`at_least_once` a replayed record counts again, so a window's final count may exceed the input's)",
              "rocksdb", tuple(m for m in MODES if m in EXACTLY_ONCE_MODES)),
+    *(Workload(f"joins-{backend}-p{parallelism}",
+               f"from flowstate.testing.oracles.joins import joins_job\n"
+               f"flow = joins_job('out', parallelism={parallelism}, rate={JOINS_RATE})\n",
+               joins.oracle(), 1,
+               f"{joins.ORDERS:,} orders, {joins.PAYMENTS:,} payments and {joins.TIERS} customer tiers with event time "
+               f"(out of order within the watermark bound, and stragglers {joins.LATE:.0f} s late) through "
+               f"`interval_join` ({joins.LOWER:+.0f} s .. {joins.UPPER:+.0f} s), `window_join` ({joins.WINDOW:.0f} s "
+               "tumbling) and `join_latest`, at parallelism "
+               f"{parallelism} on the {backend} backend, into three `FileSink`s; the checker recomputes every pair and "
+               "every enrichment from the input (in `at_least_once` only losses count: a replayed record pairs again, and "
+               "may meet restored state that moved past it and get a newer tier)",
+               backend)
+      for backend, parallelism in (("heap", 1), ("rocksdb", 3))),
+    *(Workload(f"ttl-{backend}-p{parallelism}",
+               f"from flowstate.testing.oracles.ttl import ttl_job\n"
+               f"flow = ttl_job('out', parallelism={parallelism}, rate={TTL_RATE})\n",
+               ttl.oracle(), 1,
+               f"{ttl.COUNT:,} visits over {ttl.keys_written()} keys (a key space that keeps growing) through a "
+               f"counter and a list in event-time ttl state ({ttl.TTL:.0f} s), at parallelism {parallelism} on the "
+               f"{backend} backend; the checker recomputes every count, restarting after expiry, from the input "
+               "(exactly-once modes only, as for the windowed workload)",
+               backend, tuple(m for m in MODES if m in EXACTLY_ONCE_MODES))
+      for backend, parallelism in (("heap", 3), ("rocksdb", 1))),
 )
 
 
@@ -169,12 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--write", type=Path, help="the markdown file to update between the markers")
+    parser.add_argument("--only", nargs="+", metavar="WORKLOAD", choices=[w.name for w in WORKLOADS],
+                        help="run these workloads only (not with --write)")
     args = parser.parse_args(argv)
+    if args.only and args.write is not None:
+        parser.error("--only runs some workloads, but --write replaces the results of all of them: give one of the two")
+    workloads = [w for w in WORKLOADS if not args.only or w.name in args.only]
     clock = SystemClock()
     started = clock.monotonic()
     reports = []
     work = Path(tempfile.mkdtemp(prefix="flowstate-campaign-"))
-    for workload in WORKLOADS:
+    for workload in workloads:
         reports.append((workload, run(workload, work, kills=args.kills, failpoint_kills=args.failpoint_kills,
                                       workers=args.workers, seed=args.seed)))
     if all(r.ok for _, r in reports):
@@ -185,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report.table(), end="\n\n")
     command = (f"make chaos (python -m flowstate.testing.campaign --kills {args.kills} --failpoint-kills "
                f"{args.failpoint_kills} --workers {args.workers} --seed {args.seed})")
+    if args.only:
+        command = (f"python -m flowstate.testing.campaign --kills {args.kills} --failpoint-kills {args.failpoint_kills} "
+                   f"--workers {args.workers} --seed {args.seed} --only {' '.join(args.only)}")
     text = section(reports, command=command, seconds=clock.monotonic() - started)
     if args.write is not None:
         write(args.write, text)

@@ -9,6 +9,9 @@ no code with the engine's storage, state or runtime, so a bug there cannot make 
 - ``bank``: transfers between keyed accounts across two shuffles; the checker loads every completed
   checkpoint and asserts that balances plus in-flight credits equal the opening total (the
   Chandy-Lamport consistent-cut invariant).
+- ``windows``, ``joins``, ``ttl``: event-time jobs (session and tumbling windows; the interval join,
+  the window join and ``join_latest``; per-key counters in ttl state); each checker recomputes the
+  committed rows with a plain batch computation of the same input and rules.
 
 An ``Oracle`` bundles a workload's checks for ``flowstate.testing.chaos``.
 """
