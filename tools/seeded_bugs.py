@@ -257,8 +257,8 @@ CATALOGUE += (
     bug(
         "nats-recommit-not-idempotent", "the NATS sink publishes without a Nats-Msg-Id, so a re-publish is not deduplicated",
         ("tests/connectors/test_nats.py",),
-        (NATS, '[(p, {"Nats-Msg-Id": message_id(identity, checkpoint_id, k)}) for k, p in enumerate(payloads)]',
-         "[(p, None) for p in payloads]"),
+        (NATS, '(p, {"Nats-Msg-Id": message_id(identity, checkpoint_id, k)}) for k, p in enumerate(payloads)]',
+         "(p, None) for p in payloads]"),
     ),
     bug(
         "kafka-recommit-ignores-marker", "the Kafka sink publishes a restored batch again although its marker is committed",
@@ -344,7 +344,7 @@ CATALOGUE += (
     bug(
         "window-join-one-side-once", "a window join pairs each left record with the first right record only",
         ("tests/eventtime/test_window_join.py",),
-        ("src/flowstate/dataflow.py", "        right = [r for side, r in tagged if side == 1]\n",
+        ("src/flowstate/windowed.py", "        right = [r for side, r in tagged if side == 1]\n",
          "        right = [r for side, r in tagged if side == 1][:1]\n"),
     ),
     bug(
@@ -393,7 +393,7 @@ CATALOGUE += (
         "interval-join-forgets-buffered-side", "a restored interval join starts its buffered left side empty: "
         "orders buffered at the checkpoint never meet the payments that come after the restore",
         ("tests/testing/test_joins_chaos.py",),
-        ("src/flowstate/runtime/joins.py",
+        ("src/flowstate/operators/joins.py",
          "        self.sides = (self.backend.map_state(LEFT_STATE), self.backend.map_state(RIGHT_STATE))\n",
          "        left = LEFT_STATE if resume_state is None else LEFT_STATE + \"-after-restore\"\n"
          "        self.sides = (self.backend.map_state(left), self.backend.map_state(RIGHT_STATE))\n"),

@@ -20,7 +20,7 @@ import flowstate as fs
 from flowstate import failpoints as fpn
 from flowstate.checkpoint.coordinator import CheckpointConfig
 from flowstate.config import FixedDelayRestart, JobConfig, Mode
-from flowstate.runtime.job import JobRunner
+from flowstate.runner.job import JobRunner
 from flowstate.testing import ChaosConfig, ChaosReport, run_chaos
 from flowstate.testing.chaos import RANDOM
 from flowstate.testing.oracles import ttl
