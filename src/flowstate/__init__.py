@@ -42,7 +42,7 @@ from flowstate import aggregates
 from flowstate.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext, TimeDomain
 from flowstate.control.endpoint import ControlError, JobControl
 from flowstate.runner.result import JobResult
-from flowstate.operators.windows import EarlyWindowResult, WindowResult
+from flowstate.operators.window_functions import EarlyWindowResult, WindowResult
 from flowstate.state.ttl import StateTtl, TtlTime, TtlUpdate
 from flowstate.time.watermarks import Watermark
 from flowstate.time.windows import (

@@ -76,6 +76,10 @@ class TimerService:
         if self._queues[domain].delete(self._keys.current_key, timestamp):
             self._store.remove((domain, timestamp))
 
+    def has(self, domain: int, key: Any, timestamp: float) -> bool:
+        """Whether ``key`` has a timer at ``timestamp`` (read from the index: no state access)."""
+        return (key, timestamp) in self._queues[domain]
+
     def pop(self, domain: int, upto: float) -> tuple[Any, float] | None:
         """The next due timer of ``domain``, removed (rule 3), with the current key set to its key."""
         got = self._queues[domain].pop_next(upto)
