@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import flowstate as fs
@@ -158,6 +158,10 @@ event = st.one_of(st.lists(record, min_size=1, max_size=5), st.integers(0, 30).m
 
 
 @settings(max_examples=500, deadline=None)
+# A record still in memory that reaches a stored session (stored at the checkpoint) keeps it from
+# firing at the watermark that passes the stored end, as it would had it been stored at once.
+@example("session", 0.0, "count", [[("a", 0.0, 1)], "checkpoint", [("a", 2.0, 2)], 4.0])
+@example("session", 2.0, "process", [[("a", 0.0, 1)], "checkpoint", [("a", 2.0, 2)], 4.0])
 @given(st.sampled_from(["tumbling", "sliding", "session"]), st.sampled_from([0.0, 2.0]),
        st.sampled_from(["process", "count"]), st.lists(event, max_size=12))
 def test_the_window_operator_matches_the_reference(kind, lateness, function, script):

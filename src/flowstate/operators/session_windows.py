@@ -7,7 +7,11 @@ Rules:
    removes both with their timers and stores the merged one with its own.
 2. A record whose own window ``[ts, ts + gap)`` ends after the watermark can neither be late nor
    fire a window at once, whatever it merges with: it waits in memory (pending, per key, in arrival
-   order) until the next watermark, snapshot or end, which sweeps every pending key once.
+   order) until a snapshot, the end, or a watermark that may close its session: one that reaches
+   the end of the window of the key's earliest pending record, or the end of a stored window of
+   the key (a timer of the key is due). Each sweep merges a key's pending records into its stored
+   windows in one go; sessions are unions of overlapping windows, so when a sweep happens changes
+   no session, only how often the key's windows are read and rewritten.
 3. A key with any other record in the batch takes the batch's records at once, in order, after its
    pending ones: the order in which a key's records meet decides what is late.
 """
@@ -32,6 +36,8 @@ class SessionWindowing:
     """The session part of ``WindowOperator`` (which provides every attribute used here)."""
 
     _pending_sessions: dict[Any, list[tuple[float, Any]]]
+    _pending_earliest: dict[Any, float]
+    """The smallest timestamp among each key's pending records."""
     name: str
     key_fn: Any
     timestamp_fn: Any
@@ -76,23 +82,46 @@ class SessionWindowing:
         # A key with any other record in the batch takes the batch's records at once, in order, after
         # its pending ones: the order in which a key's records meet decides what is late.
         pending = self._pending_sessions
+        earliest = self._pending_earliest
         now: dict[Any, list[tuple[float, Any]]] = {}
         for key, items in by_key.items():
-            if all(ts + gap > wm for ts, _ in items):
+            lowest = min([ts for ts, _ in items])
+            if lowest + gap > wm:
                 waiting = pending.get(key)
                 if waiting is None:
                     pending[key] = items
+                    earliest[key] = lowest
                 else:
                     waiting.extend(items)
+                    if lowest < earliest[key]:
+                        earliest[key] = lowest
             else:
                 waiting = pending.pop(key, None)
                 if waiting:
+                    del earliest[key]
                     self._sweep_sessions({key: waiting})
                 now[key] = items
         if now:
             self._sessions(now, out)
         if len(pending) > PENDING_LIMIT:
             self._flush()
+
+    def _settle_sessions(self, wm: float) -> None:
+        """Rule 2 at a watermark ``wm``, under the old one: the pending records of a key are swept
+        into its stored windows when one of them may close at ``wm`` (the key's earliest pending
+        record's window ends at or before ``wm``), or when a stored window of the key closes at
+        ``wm`` (it has a timer due: the records may extend it); the others keep waiting, their
+        sessions ending after ``wm`` whatever they merge with."""
+        pending = self._pending_sessions
+        earliest = self._pending_earliest
+        gap = self.assigner.gap
+        due = self.timers.keys_due(_EVENT, wm)
+        sweep = {key: pending[key] for key, lowest in earliest.items() if lowest + gap <= wm or key in due}
+        for key in sweep:
+            del pending[key]
+            del earliest[key]
+        if sweep:
+            self._sweep_sessions(sweep)
 
     def _sweep_sessions(self, by_key: dict[Any, list[tuple[float, Any]]]) -> None:
         """The flush of pending session records: per key, the stored windows and a window

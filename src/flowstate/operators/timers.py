@@ -80,6 +80,10 @@ class TimerService:
         """Whether ``key`` has a timer at ``timestamp`` (read from the index: no state access)."""
         return (key, timestamp) in self._queues[domain]
 
+    def keys_due(self, domain: int, upto: float) -> set[Any]:
+        """The keys that have a timer of ``domain`` at or before ``upto`` (from the index)."""
+        return self._queues[domain].keys_due(upto)
+
     def pop(self, domain: int, upto: float) -> tuple[Any, float] | None:
         """The next due timer of ``domain``, removed (rule 3), with the current key set to its key."""
         got = self._queues[domain].pop_next(upto)

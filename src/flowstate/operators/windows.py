@@ -52,6 +52,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import partial
+from itertools import repeat
 from typing import Any
 
 from flowstate.aggregates import Count
@@ -89,6 +91,10 @@ def _end(window: Window) -> float:
     return window[1]
 
 
+_new_result = partial(tuple.__new__, WindowResult)
+"""``WindowResult(key, window, value)`` from the tuple ``(key, window, value)``."""
+
+
 class WindowOperator(SessionWindowing, _Keyed):
     def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any], node: Any) -> None:
         super().__init__(uid, name, env, key_fn)
@@ -108,6 +114,7 @@ class WindowOperator(SessionWindowing, _Keyed):
         counting: a ``Counter`` per window."""
         self._pending_sessions: dict[Any, list[tuple[float, Any]]] = {}
         """The same for session windows: key -> (timestamp, record) in arrival order."""
+        self._pending_earliest: dict[Any, float] = {}
         self.early_count: int | None = extra.get("early_count")
         self.early_every: float | None = extra.get("early_every")
         self.wants_ticks = self.early_every is not None
@@ -329,6 +336,7 @@ class WindowOperator(SessionWindowing, _Keyed):
             self._store(pending.items(), emitted)
         if self._pending_sessions:
             sessions, self._pending_sessions = self._pending_sessions, {}
+            self._pending_earliest = {}
             self._sweep_sessions(sessions)
         assert not emitted, "a pending window had already fired"
 
@@ -506,7 +514,7 @@ class WindowOperator(SessionWindowing, _Keyed):
             return [], event
         wm = event.timestamp
         if self._pending_sessions:
-            self._flush()  # under the old watermark: pending sessions are all still open
+            self._settle_sessions(wm)  # under the old watermark: pending sessions are all still open
         from_memory = self._settle(wm) if self._pending else []
         self.watermark = wm
         out: list[Any] = []
@@ -552,8 +560,8 @@ class WindowOperator(SessionWindowing, _Keyed):
 
     def _emit_from_memory(self, window: Window, accs: dict[Any, Any], out: list[Any]) -> None:
         time_window = TimeWindow(*window)
-        if self.counting_records:
-            out.extend([WindowResult(key, time_window, n) for key, n in accs.items()])
+        if self.counting_records:  # a WindowResult per key, built without a call in Python
+            out.extend(map(_new_result, zip(accs, repeat(time_window), accs.values())))
             return
         emit = self.reducer.emit
         for key, acc in accs.items():
