@@ -572,14 +572,15 @@ class WindowOperator(SessionWindowing, _Keyed):
         windows = self.windows
         lateness = self.lateness
         emit = self.reducer.emit
-        while (got := timers.pop(_EVENT, wm)) is not None:
+        pop, remove = timers.pop, windows.remove
+        while (got := pop(_EVENT, wm)) is not None:
             key, t = got
-            for w, acc in list(windows.items()):
-                window = TimeWindow(*w)
-                if window.end == t:
-                    out.extend(emit(key, window, acc))
-                if window.end + lateness == t:
-                    windows.remove(w)
+            for w, acc in list(windows.items()):  # a copy: windows are removed on the way
+                end = w[1]
+                if end == t:
+                    out.extend(emit(key, TimeWindow(*w), acc))
+                if end + lateness == t:
+                    remove(w)
                     if self.early_count is not None:
                         self.early_counts.remove(w)
 
