@@ -24,13 +24,13 @@ Step 3: register the timer of the window's end (and of its cleanup, with allowed
         with its new contents.
 
 On a watermark (Step 4, ``on_watermark``), first the pending windows it closes are settled under the
-old watermark: the accumulators of a (key, window) that has a stored part are merged into it; with
-no allowed lateness and no ``early_every``, a (key, window) that has nothing stored (no timer at its
-end: a stored window and its timers are created and removed together) is not stored at all, and
-fires straight from memory right after the stored windows with the same end (the order it would have
-had, its timer being the last registered). Then the due timers fire in timestamp order: a timer at a
-window's end emits the window; a timer at its end + allowed lateness clears it (the same timer when
-there is no lateness). A snapshot flushes every pending accumulator first, so the checkpoint holds
+old watermark. With no allowed lateness and no ``early_every`` they fire straight from memory: a
+(key, window) with a stored part (a timer at its end: a stored window and its timers are created and
+removed together) takes it out of the backend with its timer and merges it first; each window fires
+after the timers due up to its end, its keys in the order they first came since the last flush.
+Otherwise they are merged into their stored parts. Then the due timers fire in timestamp order: a
+timer at a window's end emits the window; a timer at its end + allowed lateness clears it (the same
+timer when there is no lateness). A snapshot flushes every pending accumulator first, so the checkpoint holds
 every window as its records up to the barrier made it.
 
 Early results (``window(..., early_every=T)`` or ``early_count=N``; Flink's continuous processing
@@ -534,9 +534,10 @@ class WindowOperator(SessionWindowing, _Keyed):
         return out, event
 
     def _settle(self, wm: float) -> list[tuple[Window, dict[Any, Any]]]:
-        """Step 4, under the old watermark: the pending windows that ``wm`` closes leave memory; their
-        (key, window)s with a stored part are merged into it, the others are returned (by end) to
-        fire from memory, or stored too when they may not (allowed lateness, ``early_every``)."""
+        """Step 4, under the old watermark: the pending windows that ``wm`` closes leave memory, and
+        are returned (by end) to fire from memory; a (key, window) with a stored part (a timer at its
+        end) takes it out of the backend, with its timer, first. When windows may not fire from
+        memory (allowed lateness, ``early_every``), they are merged into the backend instead."""
         pending = self._pending
         closing = sorted((w for w in pending if w[1] <= wm), key=_end)
         if not closing:
@@ -544,18 +545,21 @@ class WindowOperator(SessionWindowing, _Keyed):
         if not self._from_memory:
             self._store([(w, pending.pop(w)) for w in closing], [])
             return []
-        has_timer = self.timers.has
+        timers = self.timers
+        has_timer = timers.has
+        keys = self.backend.keys
+        windows = self.windows
+        merge = self.reducer.merge
         from_memory: list[tuple[Window, dict[Any, Any]]] = []
-        stored: list[tuple[Window, dict[Any, Any]]] = []
         for window in closing:
             accs = pending.pop(window)
             end = window[1]
-            with_part = [key for key in accs if has_timer(_EVENT, key, end)]
-            if with_part:
-                stored.append((window, {key: accs.pop(key) for key in with_part}))
+            for key in [key for key in accs if has_timer(_EVENT, key, end)]:
+                keys.current_key = key
+                accs[key] = merge(windows.get(window), accs[key])
+                windows.remove(window)
+                timers.delete(_EVENT, end)
             from_memory.append((window, accs))
-        if stored:
-            self._store(stored, [])
         return from_memory
 
     def _emit_from_memory(self, window: Window, accs: dict[Any, Any], out: list[Any]) -> None:
