@@ -59,8 +59,6 @@ class SessionWindowing:
         key_fn = self.key_fn
         ts_fn = self.timestamp_fn
         gap = self.assigner.gap
-        reducer = self.reducer
-        lateness = self.lateness
         wm = self.watermark
         by_key: dict[Any, list[tuple[float, Any]]] = {}
         record = None

@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 PENDING_LIMIT = 100_000
@@ -19,6 +20,10 @@ PENDING_LIMIT = 100_000
 into keyed state without waiting for a window to close or a snapshot."""
 MISSING: Any = object()
 """Marks an accumulator or stored window that does not exist (``None`` may be one)."""
+
+Window = tuple[float, float]
+Groups = dict[Window, dict[Any, Any]]
+"""Accumulators per window and key: ``(start, end) -> {key: accumulator}``."""
 
 class WindowResult(NamedTuple):
     """What ``reduce`` and ``aggregate`` on a window emit: the key, the window and its value."""
@@ -40,6 +45,10 @@ class EarlyWindowResult(WindowResult):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (EarlyWindowResult, tuple(self))
+
+
+new_result = partial(tuple.__new__, WindowResult)
+"""``WindowResult(key, window, value)`` from the tuple ``(key, window, value)``, without a call in Python."""
 
 
 class Reducer:

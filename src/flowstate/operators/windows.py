@@ -52,7 +52,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
-from functools import partial
 from itertools import repeat
 from typing import Any
 
@@ -67,8 +66,11 @@ from flowstate.operators.window_functions import (
     MISSING,
     PENDING_LIMIT,
     EarlyWindowResult,
+    Groups,
     Reducer,
+    Window,
     WindowResult,
+    new_result,
 )
 from flowstate.time.watermarks import MAX_WATERMARK, MIN_WATERMARK, Watermark
 from flowstate.time.windows import CountWindow, TimeWindow
@@ -82,17 +84,10 @@ EARLY_COUNT_STATE = "__early_counts__"
 _EVENT = 0
 _NUMBERS = frozenset((float, int))
 
-Window = tuple[float, float]
-Groups = dict[Window, dict[Any, Any]]
-"""Accumulators per window and key: ``(start, end) -> {key: accumulator}``."""
-
 
 def _end(window: Window) -> float:
     return window[1]
 
-
-_new_result = partial(tuple.__new__, WindowResult)
-"""``WindowResult(key, window, value)`` from the tuple ``(key, window, value)``."""
 
 
 class WindowOperator(SessionWindowing, _Keyed):
@@ -565,7 +560,7 @@ class WindowOperator(SessionWindowing, _Keyed):
     def _emit_from_memory(self, window: Window, accs: dict[Any, Any], out: list[Any]) -> None:
         time_window = TimeWindow(*window)
         if self.counting_records:  # a WindowResult per key, built without a call in Python
-            out.extend(map(_new_result, zip(accs, repeat(time_window), accs.values())))
+            out.extend(map(new_result, zip(accs, repeat(time_window), accs.values())))
             return
         emit = self.reducer.emit
         for key, acc in accs.items():
