@@ -2,7 +2,8 @@
 
 ``tumbling``: the lines of ``events_5m_10k.txt``; line ``n`` has the timestamp ``n / 100 000`` s
 (so 5 M lines span 50 s of event time, 100,000 records per window); 1 s tumbling windows count the
-records per key (``aggregate(count())``), into a sink that only counts. ``session``: the same lines
+records per key (``aggregate(count())``), into a sink that only counts. ``sliding``: the same with
+1 s windows sliding by 500 ms (each record in two windows). ``session``: the same lines
 with a 10 s pause in event time after every 500,000, session windows (gap 0.5 s) counting per key:
 each key's session closes at every pause.
 
@@ -34,10 +35,10 @@ class Counter:
 
 
 def build(kind: str, lines: list[str], counter: Counter, parallelism: int) -> fs.Dataflow:
-    if kind == "tumbling":
+    if kind in ("tumbling", "sliding"):
         def record(n: int) -> tuple[float, str]:
             return (n * 1e-5, lines[n])
-        window: Any = fs.TumblingWindows("1s")
+        window: Any = fs.TumblingWindows("1s") if kind == "tumbling" else fs.SlidingWindows("1s", "500ms")
     else:
         def record(n: int) -> tuple[float, str]:
             return (n * 1e-5 + 10.0 * (n // 500_000), lines[n])
@@ -55,7 +56,7 @@ def build(kind: str, lines: list[str], counter: Counter, parallelism: int) -> fs
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("input")
-    parser.add_argument("--kind", default="tumbling", choices=["tumbling", "session"])
+    parser.add_argument("--kind", default="tumbling", choices=["tumbling", "sliding", "session"])
     parser.add_argument("--mode", default="exactly_once")
     parser.add_argument("--parallelism", type=int, default=1)
     parser.add_argument("--interval", default="1s")

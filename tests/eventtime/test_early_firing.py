@@ -19,7 +19,8 @@ import flowstate as fs
 from flowstate.clock import ManualClock
 from flowstate.failpoints import Failpoints
 from flowstate.operators.base import OperatorEnv
-from flowstate.operators.windows import LateRecord, WindowOperator
+from flowstate.operators.timestamps import LateRecord
+from flowstate.operators.windows import WindowOperator
 from flowstate.time.watermarks import MAX_WATERMARK, Watermark
 
 from .test_window_operator_model import SIZE, SLIDE, Reference, record

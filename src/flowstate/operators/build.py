@@ -23,7 +23,8 @@ from flowstate.operators.base import (
 )
 from flowstate.operators.joins import IntervalJoinOperator, JoinLatestOperator
 from flowstate.operators.timers import TimedKeyedProcessOperator, has_on_timer
-from flowstate.operators.windows import SelectOperator, TimestampsOperator, WindowOperator
+from flowstate.operators.timestamps import SelectOperator, TimestampsOperator
+from flowstate.operators.windows import WindowOperator
 
 
 def build_operator(node: Any, env: OperatorEnv, key_fn: Callable[[Any], Any] | None) -> Operator:

@@ -176,7 +176,7 @@ class JoinLatestOperator(_Keyed):
             while self.timers.pop(_EVENT, wm) is not None:
                 for ts in sorted(t for t in self.waiting.keys() if t <= wm):
                     row = self._row_at(ts)
-                    out.extend(self.fn(value, row) for value in self.waiting.get(ts))
+                    out.extend(self.fn(value, row) for value in self.waiting.get(ts) or ())
                     self.waiting.remove(ts)
                 done = sorted(t for t in self.versions.keys() if t <= wm)
                 for ts in done[:-1]:  # rule 3: the newest at or before the watermark stays

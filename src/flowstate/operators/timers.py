@@ -76,6 +76,14 @@ class TimerService:
         if self._queues[domain].delete(self._keys.current_key, timestamp):
             self._store.remove((domain, timestamp))
 
+    def has(self, domain: int, key: Any, timestamp: float) -> bool:
+        """Whether ``key`` has a timer at ``timestamp`` (read from the index: no state access)."""
+        return (key, timestamp) in self._queues[domain]
+
+    def keys_due(self, domain: int, upto: float) -> set[Any]:
+        """The keys that have a timer of ``domain`` at or before ``upto`` (from the index)."""
+        return self._queues[domain].keys_due(upto)
+
     def pop(self, domain: int, upto: float) -> tuple[Any, float] | None:
         """The next due timer of ``domain``, removed (rule 3), with the current key set to its key."""
         got = self._queues[domain].pop_next(upto)
@@ -127,6 +135,10 @@ class TimerContext(RuntimeContext):
     ``on_timer`` only; ``None`` in ``process``)."""
 
     __slots__ = ("timers", "timestamp", "timer_domain", "watermark")
+    timers: Timers
+    timestamp: float | None
+    timer_domain: TimeDomain | None
+    watermark: float
 
     @property
     def key(self) -> Any:

@@ -1,30 +1,37 @@
-"""Runtime operators of event time: timestamp assignment, windows, and the selection of late records.
+"""The window operator (``KeyedStream.window(...)``).
 
-``TimestampsOperator`` (``Stream.assign_timestamps``) generates watermarks with
-``flowstate.time.SplitWatermarks`` after every batch and on every tick (idleness), swallows the
-watermarks that come from upstream except the final one, and keeps its generator's state in the
-checkpoint, so that its watermark never goes backwards across a restore.
-
-``WindowOperator`` (``KeyedStream.window(...)``) keeps, per key, the accumulator of each open window
-in the keyed state backend (map state ``WINDOWS_STATE``; count windows: value state
-``COUNT_STATE``) and one event-time timer per window end (``flowstate.operators.timers``), so windows,
-their contents and their timers are in every checkpoint and follow their key on a rescale.
+``WindowOperator`` keeps, per key, the accumulator of each open window in the keyed state backend
+(map state ``WINDOWS_STATE``; count windows: value state ``COUNT_STATE``) and one event-time timer
+per window end (``flowstate.operators.timers``), so windows, their contents and their timers are in
+every checkpoint and follow their key on a rescale. Session windows: ``flowstate.operators.
+session_windows``; what a window emits and how it folds records: ``flowstate.operators.
+window_functions``; timestamps, watermarks and late records: ``flowstate.operators.timestamps``.
 
 Order of a batch (the watermark only changes between batches, so the records that arrive between
 two watermarks are grouped per (key, window) first and each group touches the backend once):
 
 Step 1: assign each record its windows; a record whose every window was cleared is late
-        (``flowstate.time.windows`` rule 1).
+        (``flowstate.time.windows`` rule 1). A batch whose timestamps all fall in the same windows
+        (the smallest and the largest timestamp are assigned the same ones) is assigned once.
 Step 2: fold each group into a fresh accumulator. Tumbling and sliding windows keep these
-        *pending* accumulators in memory until the next watermark, snapshot or end (``_flush``),
-        which merges each into the stored one; a window whose end the watermark already passed
-        skips the wait (it fires again at once, Step 3), so a flush never emits anything. Session
-        windows keep the pending records of each key, and merge them in one go at the flush.
-Step 3: register the timer of the window's end (and of its cleanup, with allowed lateness); a
-        window whose end the watermark already passed fires again at once with its new contents.
+        *pending* accumulators in memory, per window and key (counting: one ``Counter`` per window,
+        updated with the batch's keys in one call), until the watermark closes their window, a
+        snapshot, or ``PENDING_LIMIT`` (``_flush``), which merges each into the stored one; a window
+        whose end the watermark already passed skips the wait (it fires again at once, Step 3).
+        Session windows keep the pending records of each key (``session_windows``).
+Step 3: register the timer of the window's end (and of its cleanup, with allowed lateness) when the
+        window is first stored; a window whose end the watermark already passed fires again at once
+        with its new contents.
 
-On a watermark, the due timers fire in timestamp order: a timer at a window's end emits the window;
-a timer at its end + allowed lateness clears it (the same timer when there is no lateness).
+On a watermark (Step 4, ``on_watermark``), first the pending windows it closes are settled under the
+old watermark. With no allowed lateness and no ``early_every`` they fire straight from memory: a
+(key, window) with a stored part (a timer at its end: a stored window and its timers are created and
+removed together) takes it out of the backend with its timer and merges it first; each window fires
+after the timers due up to its end, its keys in the order they first came since the last flush.
+Otherwise they are merged into their stored parts. Then the due timers fire in timestamp order: a
+timer at a window's end emits the window; a timer at its end + allowed lateness clears it (the same
+timer when there is no lateness). A snapshot flushes every pending accumulator first, so the checkpoint holds
+every window as its records up to the barrier made it.
 
 Early results (``window(..., early_every=T)`` or ``early_count=N``; Flink's continuous processing
 time trigger and count trigger, firing without purging): a window that is still open emits its
@@ -43,161 +50,47 @@ far), and emits its final result as always when the watermark passes its end.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections import Counter
+from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import Any
 
 from flowstate.aggregates import Count
 from flowstate.clock import SystemClock
 from flowstate.errors import UserFunctionError
-from flowstate.operators.base import Operator, OperatorEnv, Ready, _Keyed
+from flowstate.operators.base import OperatorEnv, _Keyed
+from flowstate.operators.session_windows import SessionWindowing
 from flowstate.operators.timers import TimerService, to_seconds
-from flowstate.time.watermarks import MAX_WATERMARK, MIN_WATERMARK, SplitWatermarks, Watermark
-from flowstate.time.windows import CountWindow, TimeWindow, merge_session
-from flowstate.windowed import EarlyWindowResult, WindowResult
+from flowstate.operators.timestamps import LateRecord, SelectOperator, TimestampsOperator
+from flowstate.operators.window_functions import (
+    MISSING,
+    PENDING_LIMIT,
+    EarlyWindowResult,
+    Groups,
+    Reducer,
+    Window,
+    WindowResult,
+    new_result,
+)
+from flowstate.time.watermarks import MAX_WATERMARK, MIN_WATERMARK, Watermark
+from flowstate.time.windows import CountWindow, TimeWindow
+
+__all__ = ["EarlyWindowResult", "LateRecord", "SelectOperator", "TimestampsOperator", "WindowOperator",
+           "WindowResult"]
 
 WINDOWS_STATE = "__windows__"
 COUNT_STATE = "__count_windows__"
 EARLY_COUNT_STATE = "__early_counts__"
 _EVENT = 0
-_MISSING = object()
-PENDING_LIMIT = 100_000
-"""Pending groups (Step 2) above which a window operator flushes without waiting for a watermark."""
-SUBTASK_SPLIT = "*"
-"""The split of a generator that sees its records as one stream (records carry no split id)."""
+_NUMBERS = frozenset((float, int))
 
 
-class LateRecord:
-    """A late record on its way to the late stream (``late_records()``)."""
-
-    __slots__ = ("record",)
-
-    def __init__(self, record: Any) -> None:
-        self.record = record
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (LateRecord, (self.record,))
+def _end(window: Window) -> float:
+    return window[1]
 
 
-# ---- timestamps -----------------------------------------------------------------------------------
 
-
-class TimestampsOperator(Operator):
-    stateful = True
-    wants_ticks = True
-
-    def __init__(self, uid: str, name: str, env: OperatorEnv, fn: Callable[[Any], Any],
-                 out_of_orderness: float, idle_timeout: float | None, interval: float = 0.0) -> None:
-        super().__init__(uid, name, env)
-        self.fn = fn
-        self.interval = interval
-        self._next_emit = -math.inf
-        self.out_of_orderness = out_of_orderness
-        self.idle_timeout = idle_timeout
-        self.clock = env.clock or SystemClock()
-        self.generator = SplitWatermarks(out_of_orderness, idle_timeout)
-        self.current_split = SUBTASK_SPLIT
-        """The split the records of the next batch come from, when the source reader says
-        (``SourceTask`` sets it; ``SUBTASK_SPLIT`` otherwise)."""
-
-    def open(self, resume_state: Any) -> None:
-        if resume_state:
-            self.generator = SplitWatermarks(self.out_of_orderness, self.idle_timeout, resume_state)
-
-    def process_batch(self, batch: list[Any]) -> list[Any]:
-        if batch:
-            try:
-                highest = to_seconds(max(map(self.fn, batch)))  # numbers, or aware datetimes, compare
-            except Exception:  # noqa: BLE001 - found again record by record, to name the record
-                highest = self._highest_slowly(batch)
-            self.generator.on_records(self.current_split, highest, self.clock.monotonic())
-        return batch
-
-    def _highest_slowly(self, batch: list[Any]) -> float:
-        fn = self.fn
-        record = None
-        highest = -math.inf
-        try:
-            for record in batch:
-                ts = to_seconds(fn(record))
-                if ts > highest:
-                    highest = ts
-        except Exception as exc:
-            raise UserFunctionError(self.name, record, exc) from exc
-        return highest
-
-    def retain_splits(self, splits: Collection[str]) -> None:
-        self.generator.retain(splits)
-
-    def start_split(self, split: str) -> None:
-        self.generator.add_split(split, self.clock.monotonic())
-
-    def finish_split(self, split: str) -> None:
-        self.generator.finish(split)
-
-    def on_watermark(self, event: Watermark) -> tuple[list[Any], Watermark | None]:
-        # Watermarks from upstream are replaced by this operator's own, except the final one.
-        return [], event if event.timestamp == MAX_WATERMARK and not event.idle else None
-
-    def on_tick(self, now: float) -> tuple[list[Any], Watermark | None]:
-        """At most one watermark per ``interval`` (Flink's periodic watermarks): the windows
-        downstream group the records between two watermarks."""
-        now = self.clock.monotonic()
-        if now < self._next_emit:
-            return [], None
-        self._next_emit = now + self.interval
-        return [], self.generator.current(now)
-
-    def snapshot(self, checkpoint_id: int) -> Ready:
-        return Ready(self.generator.snapshot())
-
-
-# ---- windows --------------------------------------------------------------------------------------
-
-
-class _Reducer:
-    """How a window folds its records: ``first(record)``, ``add(acc, record)``, ``merge(a, b)``,
-    ``emit(key, window, acc) -> records``. Accumulators are values: ``add`` may change only an
-    accumulator created in the same batch, ``merge`` changes neither argument."""
-
-    def __init__(self, kind: str, fn: Any) -> None:
-        self.kind = kind
-        if kind == "aggregate":
-            create, add, merge, result = fn.create, fn.add, fn.merge, fn.result
-            self.first = lambda record: add(create(), record)
-            self.add = add
-            self.merge = merge
-            self.emit = lambda key, window, acc: [WindowResult(key, window, result(acc))]
-            self.emit_early = lambda key, window, acc: [EarlyWindowResult(key, window, result(acc))]
-        elif kind == "reduce":
-            self.first = lambda record: record
-            self.add = fn
-            self.merge = fn
-            self.emit = lambda key, window, acc: [WindowResult(key, window, acc)]
-            self.emit_early = lambda key, window, acc: [EarlyWindowResult(key, window, acc)]
-        elif kind == "process":
-            self.first = lambda record: [record]
-            self.add = _append
-            self.merge = _concat
-            self.emit = lambda key, window, acc: list(fn(key, window, acc) or ())
-            self.emit_early = lambda key, window, acc: list(fn(key, window, list(acc)) or ())
-        else:
-            raise ValueError(f"unknown window function kind {kind!r}")
-
-
-def _start(span: tuple[Any, ...]) -> Any:
-    return span[0]
-
-
-def _append(acc: list[Any], record: Any) -> list[Any]:
-    acc.append(record)
-    return acc
-
-
-def _concat(a: list[Any], b: list[Any]) -> list[Any]:
-    return a + b
-
-
-class WindowOperator(_Keyed):
+class WindowOperator(SessionWindowing, _Keyed):
     def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any], node: Any) -> None:
         super().__init__(uid, name, env, key_fn)
         extra = node.extra
@@ -205,24 +98,26 @@ class WindowOperator(_Keyed):
         self.timestamp_fn = extra.get("timestamp_fn")
         self.lateness = float(extra.get("allowed_lateness") or 0.0)
         self.emit_late = bool(extra.get("late"))
-        self.reducer = _Reducer(extra["function_kind"], node.fn)
+        self.reducer = Reducer(extra["function_kind"], node.fn)
         # Counting is common enough to be folded without a call per record (Step 2).
         self.counting_records = extra["function_kind"] == "aggregate" and type(node.fn) is Count
         self.watermark = MIN_WATERMARK
         self.late_dropped = 0
         self.clock = env.clock or SystemClock()
-        self._pending: dict[tuple[Any, tuple[float, float]], Any] = {}
-        """Step 2: accumulators of windows not yet merged into the backend (ends above the watermark)."""
-        self._pending_counts: dict[tuple[Any, float], int] = {}
-        """The same for counting over tumbling windows: (key, start) -> records."""
+        self._pending: Groups = {}
+        """Step 2: accumulators of windows not yet merged into the backend (ends above the watermark);
+        counting: a ``Counter`` per window."""
         self._pending_sessions: dict[Any, list[tuple[float, Any]]] = {}
         """The same for session windows: key -> (timestamp, record) in arrival order."""
+        self._pending_earliest: dict[Any, float] = {}
         self.early_count: int | None = extra.get("early_count")
         self.early_every: float | None = extra.get("early_every")
         self.wants_ticks = self.early_every is not None
         self._next_early = -math.inf
         self._touched: dict[Any, None] = {}
         """``early_every``: the keys whose windows changed since the last early firing (in order)."""
+        self._from_memory = not self.lateness and self.early_every is None
+        """Step 4: whether a closed window with nothing stored fires straight from memory."""
 
     def open(self, resume_state: Any) -> None:
         super().open(resume_state)
@@ -247,6 +142,10 @@ class WindowOperator(_Keyed):
                 self._count_batch(batch, out)
             elif self.assigner.merging:
                 self._session_batch(batch, out)
+            elif self.early_count is not None:
+                self._time_batch_early_count(batch, out)
+            elif self.counting_records:
+                self._count_time_batch(batch, out)
             else:
                 self._time_batch(batch, out)
         except UserFunctionError:
@@ -269,18 +168,12 @@ class WindowOperator(_Keyed):
         first, add = reducer.first, reducer.add
         lateness = self.lateness
         wm = self.watermark
-        local: dict[tuple[Any, tuple[float, float]], Any] = {}
+        local: Groups = {}
         late: list[Any] = []
         assigner = self.assigner
         tumbling = not hasattr(assigner, "slide")
         size, offset = assigner.size, assigner.offset
         record = None
-        if self.early_count is not None:
-            self._time_batch_early_count(batch, out)
-            return
-        if tumbling and self.counting_records:
-            self._count_tumbling(batch, out)
-            return
         try:
             for record in batch:
                 key = key_fn(record)
@@ -294,12 +187,17 @@ class WindowOperator(_Keyed):
                     windows = assigner.assign(ts)
                 placed = False
                 for window in windows:
-                    if window[1] + lateness <= wm:
+                    end = window[1]
+                    if end + lateness <= wm:
                         continue
                     placed = True
-                    group = (key, (window[0], window[1]))
-                    acc = local.get(group, _MISSING)
-                    local[group] = first(record) if acc is _MISSING else add(acc, record)
+                    w = (window[0], end)
+                    accs = local.get(w)
+                    if accs is None:
+                        local[w] = {key: first(record)}
+                    else:
+                        acc = accs.get(key, MISSING)
+                        accs[key] = first(record) if acc is MISSING else add(acc, record)
                 if not placed:
                     late.append(record)
         except Exception as exc:
@@ -308,36 +206,132 @@ class WindowOperator(_Keyed):
         if late:
             self._late(late, out)
 
-    def _buffer(self, local: dict[tuple[Any, tuple[float, float]], Any], out: list[Any]) -> None:
+    def _buffer(self, local: Groups, out: list[Any]) -> None:
         """Step 2: pending until the next flush, unless the window already fired."""
         wm = self.watermark
         pending = self._pending
         merge = self.reducer.merge
-        now: dict[tuple[Any, tuple[float, float]], Any] = {}
-        for group, acc in local.items():
-            if group[1][1] > wm:
-                old = pending.get(group, _MISSING)
-                pending[group] = acc if old is _MISSING else merge(old, acc)
-            else:
-                now[group] = acc
+        now: list[tuple[Window, dict[Any, Any]]] = []
+        for window, accs in local.items():
+            if window[1] <= wm:
+                now.append((window, accs))
+                continue
+            waiting = pending.get(window)
+            if waiting is None:
+                pending[window] = accs
+                continue
+            for key, acc in accs.items():
+                old = waiting.get(key, MISSING)
+                waiting[key] = acc if old is MISSING else merge(old, acc)
         if now:
             self._store(now, out)
-        if len(pending) > PENDING_LIMIT:
+        self._limit()
+
+    def _limit(self) -> None:
+        if sum(map(len, self._pending.values())) > PENDING_LIMIT:
             self._flush()
 
+    def _count_time_batch(self, batch: list[Any], out: list[Any]) -> None:
+        """``_time_batch`` for ``aggregate(count())`` over tumbling or sliding windows: the same steps,
+        counting. A batch whose timestamps are numbers (not NaN) that all fall in the same windows is
+        counted with one ``Counter.update`` per window; any other batch record by record."""
+        try:
+            stamps = list(map(self.timestamp_fn, batch))
+            keys = list(map(self.key_fn, batch))
+        except Exception:  # noqa: BLE001 - found again record by record, to name the record
+            self._count_time_slowly(batch, out)
+            return
+        if not stamps:
+            return
+        assigner = self.assigner
+        total = sum(stamps) if set(map(type, stamps)) <= _NUMBERS else math.nan
+        windows = assigner.assign(min(stamps)) if total - total == 0.0 else None  # NaN or inf: not here
+        if windows is None or windows != assigner.assign(max(stamps)):
+            self._count_time_slowly(batch, out)
+            return
+        wm = self.watermark
+        lateness = self.lateness
+        pending = self._pending
+        fired: list[tuple[Window, dict[Any, Any]]] = []
+        placed = False
+        for start, end in windows:
+            if end + lateness <= wm:
+                continue
+            placed = True
+            if end <= wm:
+                fired.append(((start, end), Counter(keys)))
+                continue
+            counter = pending.get((start, end))
+            try:
+                if counter is None:
+                    pending[(start, end)] = Counter(keys)
+                else:
+                    counter.update(keys)
+            except TypeError:  # an unhashable key: named by the slow loop (the operator fails anyway)
+                self._count_time_slowly(batch, out)
+                return
+        if fired:
+            self._store(fired, out)
+        if not placed:
+            self._late(batch, out)
+        self._limit()
+
+    def _count_time_slowly(self, batch: list[Any], out: list[Any]) -> None:
+        key_fn = self.key_fn
+        ts_fn = self.timestamp_fn
+        assigner = self.assigner
+        tumbling = not hasattr(assigner, "slide")
+        size, offset = assigner.size, assigner.offset
+        lateness = self.lateness
+        wm = self.watermark
+        pending = self._pending
+        fired: Groups = {}
+        late: list[Any] = []
+        record = None
+        try:
+            for record in batch:
+                key = key_fn(record)
+                ts = ts_fn(record)
+                if type(ts) is not float:
+                    ts = to_seconds(ts)
+                if tumbling:
+                    start = ts - (ts - offset) % size
+                    windows: Any = ((start, start + size),)
+                else:
+                    windows = assigner.assign(ts)
+                placed = False
+                for window in windows:
+                    end = window[1]
+                    if end + lateness <= wm:
+                        continue
+                    placed = True
+                    target = pending if end > wm else fired
+                    w = (window[0], end)
+                    counter = target.get(w)
+                    if counter is None:
+                        target[w] = Counter((key,))
+                    else:
+                        counter[key] = counter.get(key, 0) + 1
+                if not placed:
+                    late.append(record)
+        except Exception as exc:
+            raise UserFunctionError(self.name, record, exc) from exc
+        if fired:
+            self._store(fired.items(), out)
+        if late:
+            self._late(late, out)
+        self._limit()
+
     def _flush(self) -> None:
-        """Merge every pending accumulator into the backend (before a watermark, a snapshot or the
-        end): none of them emits, their windows' ends being above the watermark."""
+        """Merge every pending accumulator into the backend (before a snapshot, an early firing, at
+        ``PENDING_LIMIT``): none of them emits, their windows' ends being above the watermark."""
         emitted: list[Any] = []
-        if self._pending_counts:
-            size = self.assigner.size
-            counts, self._pending_counts = self._pending_counts, {}
-            self._store({(key, (start, start + size)): n for (key, start), n in counts.items()}, emitted)
         if self._pending:
             pending, self._pending = self._pending, {}
-            self._store(pending, emitted)
+            self._store(pending.items(), emitted)
         if self._pending_sessions:
             sessions, self._pending_sessions = self._pending_sessions, {}
+            self._pending_earliest = {}
             self._sweep_sessions(sessions)
         assert not emitted, "a pending window had already fired"
 
@@ -345,72 +339,39 @@ class WindowOperator(_Keyed):
         self._flush()
         return super().snapshot(checkpoint_id)
 
-    def _count_tumbling(self, batch: list[Any], out: list[Any]) -> None:
-        """``_time_batch`` for ``aggregate(count())`` over tumbling windows: the same steps, counting."""
-        key_fn = self.key_fn
-        ts_fn = self.timestamp_fn
-        size, offset = self.assigner.size, self.assigner.offset
-        wm = self.watermark
-        horizon = wm - self.lateness  # a window ending at or before it was cleared
-        pending = self._pending_counts
-        get = pending.get
-        fired: dict[tuple[Any, tuple[float, float]], int] = {}
-        late: list[Any] = []
-        record = None
-        try:
-            for record in batch:
-                ts = ts_fn(record)
-                if type(ts) is not float:
-                    ts = to_seconds(ts)
-                start = ts - (ts - offset) % size
-                end = start + size
-                if end <= wm:
-                    if end <= horizon:
-                        late.append(record)
-                    else:
-                        group2 = (key_fn(record), (start, end))
-                        fired[group2] = fired.get(group2, 0) + 1
-                    continue
-                group = (key_fn(record), start)
-                pending[group] = get(group, 0) + 1
-        except Exception as exc:
-            raise UserFunctionError(self.name, record, exc) from exc
-        if fired:
-            self._store(fired, out)
-        if late:
-            self._late(late, out)
-        if len(pending) > PENDING_LIMIT:
-            self._flush()
-
-    def _store(self, local: dict[tuple[Any, tuple[float, float]], Any], out: list[Any]) -> None:
+    def _store(self, groups: Iterable[tuple[Window, dict[Any, Any]]], out: list[Any]) -> None:
         """Steps 2-3; windows are stored as plain ``(start, end)`` tuples (the same on every backend)."""
         keys = self.backend.keys
         windows = self.windows
+        get, put = windows.get, windows.put
         merge = self.reducer.merge
+        emit = self.reducer.emit
         register = self.timers.register
         lateness = self.lateness
         wm = self.watermark
         touched = self._touched if self.early_every is not None else None
-        for (key, window), acc in local.items():
-            keys.current_key = key
-            stored = windows.get(window, _MISSING)
+        for window, accs in groups:
             end = window[1]
-            if touched is not None and end > wm:
-                touched[key] = None
-            if stored is not _MISSING:
-                # A stored window has its timers: they are created and removed together.
-                acc = merge(stored, acc)
-                windows.put(window, acc)
-                if end <= wm:
-                    out.extend(self.reducer.emit(key, TimeWindow(*window), acc))
-                continue
-            windows.put(window, acc)
-            if end > wm:
-                register(_EVENT, end)
-            else:
-                out.extend(self.reducer.emit(key, TimeWindow(*window), acc))  # a late firing, within the lateness
-            if lateness:
-                register(_EVENT, end + lateness)
+            closed = end <= wm
+            for key, acc in accs.items():
+                keys.current_key = key
+                stored = get(window, MISSING)
+                if touched is not None and not closed:
+                    touched[key] = None
+                if stored is not MISSING:
+                    # A stored window has its timers: they are created and removed together.
+                    acc = merge(stored, acc)
+                    put(window, acc)
+                    if closed:
+                        out.extend(emit(key, TimeWindow(*window), acc))
+                    continue
+                put(window, acc)
+                if not closed:
+                    register(_EVENT, end)
+                else:
+                    out.extend(emit(key, TimeWindow(*window), acc))  # a late firing, within the lateness
+                if lateness:
+                    register(_EVENT, end + lateness)
 
     def _time_batch_early_count(self, batch: list[Any], out: list[Any]) -> None:
         """Steps 1-3 with ``early_count``: the records of each (key, window) of the batch are folded
@@ -452,27 +413,30 @@ class WindowOperator(_Keyed):
         keys = self.backend.keys
         windows = self.windows
         counts = self.early_counts
-        local: dict[tuple[Any, tuple[float, float]], Any] = {}
+        local: Groups = {}
         for group, records in groups.items():
             key, window = group
             keys.current_key = key
-            stored = windows.get(window, _MISSING)
+            stored = windows.get(window, MISSING)
             seen = counts.get(window) or 0
-            done: Any = _MISSING  # the records up to the last early firing: never changed again
-            acc: Any = _MISSING  # the records after it (made here: add may change it)
+            done: Any = MISSING  # the records up to the last early firing: never changed again
+            acc: Any = MISSING  # the records after it (made here: add may change it)
             for record in records:
-                acc = first(record) if acc is _MISSING else add(acc, record)
+                acc = first(record) if acc is MISSING else add(acc, record)
                 seen += 1
                 if seen == every:
                     seen = 0
-                    done = acc if done is _MISSING else merge(done, acc)
-                    acc = _MISSING
+                    done = acc if done is MISSING else merge(done, acc)
+                    acc = MISSING
                     if window[1] > wm:  # an open window; a closed one has its late firing in _store
                         out.extend(emit_early(key, TimeWindow(*window),
-                                              done if stored is _MISSING else merge(stored, done)))
+                                              done if stored is MISSING else merge(stored, done)))
             counts.put(window, seen)
-            local[group] = done if acc is _MISSING else acc if done is _MISSING else merge(done, acc)
-        self._store(local, out)
+            accs = local.get(window)
+            if accs is None:
+                accs = local[window] = {}
+            accs[key] = done if acc is MISSING else acc if done is MISSING else merge(done, acc)
+        self._store(local.items(), out)
         if late:
             self._late(late, out)
 
@@ -501,150 +465,6 @@ class WindowOperator(_Keyed):
         except Exception as exc:
             raise UserFunctionError(self.name, "<early firing>", exc) from exc
         return out, None
-
-    def _session_batch(self, batch: list[Any], out: list[Any]) -> None:
-        key_fn = self.key_fn
-        ts_fn = self.timestamp_fn
-        gap = self.assigner.gap
-        reducer = self.reducer
-        lateness = self.lateness
-        wm = self.watermark
-        by_key: dict[Any, list[tuple[float, Any]]] = {}
-        record = None
-        try:
-            for record in batch:
-                key = key_fn(record)
-                ts = ts_fn(record)
-                if type(ts) is not float:
-                    ts = to_seconds(ts)
-                items = by_key.get(key)
-                if items is None:
-                    by_key[key] = [(ts, record)]
-                else:
-                    items.append((ts, record))
-        except Exception as exc:
-            raise UserFunctionError(self.name, record, exc) from exc
-        # Step 2 for sessions: a record whose own window [ts, ts + gap) ends after the watermark can
-        # neither be late nor fire a window at once, whatever it merges with: it waits for the flush.
-        # A key with any other record in the batch takes the batch's records at once, in order, after
-        # its pending ones: the order in which a key's records meet decides what is late.
-        pending = self._pending_sessions
-        now: dict[Any, list[tuple[float, Any]]] = {}
-        for key, items in by_key.items():
-            if all(ts + gap > wm for ts, _ in items):
-                waiting = pending.get(key)
-                if waiting is None:
-                    pending[key] = items
-                else:
-                    waiting.extend(items)
-            else:
-                waiting = pending.pop(key, None)
-                if waiting:
-                    self._sweep_sessions({key: waiting})
-                now[key] = items
-        if now:
-            self._sessions(now, out)
-        if len(pending) > PENDING_LIMIT:
-            self._flush()
-
-    def _sweep_sessions(self, by_key: dict[Any, list[tuple[float, Any]]]) -> None:
-        """The flush of pending session records: per key, the stored windows and a window
-        ``[ts, ts + gap)`` per record are sorted by start and swept once, joining those that overlap
-        or touch (``flowstate.time.windows`` rule 4). Every record here ends after the watermark,
-        so none is late and no window fires."""
-        gap = self.assigner.gap
-        reducer = self.reducer
-        first, add, merge = reducer.first, reducer.add, reducer.merge
-        lateness = self.lateness
-        keys = self.backend.keys
-        windows = self.windows
-        timers = self.timers
-        for key, items in by_key.items():
-            keys.current_key = key
-            # (start, end, stored window or None, accumulator or record)
-            spans = [(w[0], w[1], (w[0], w[1]), acc) for w, acc in windows.items()]
-            spans += [(ts, ts + gap, None, record) for ts, record in items]
-            spans.sort(key=_start)
-            groups: list[list[Any]] = []
-            for start, end, stored, payload in spans:
-                if groups and start <= groups[-1][1]:
-                    group = groups[-1]
-                    if end > group[1]:
-                        group[1] = end
-                    group[2].append((stored, payload))
-                else:
-                    groups.append([start, end, [(stored, payload)]])
-            for start, end, members in groups:
-                if all(stored is not None for stored, _ in members):
-                    continue  # a stored window that no record joined
-                acc: Any = _MISSING
-                fresh = False  # whether acc was made here (add may change it) or is a stored one
-                for stored, payload in members:
-                    if stored is not None:
-                        acc, fresh = (payload, False) if acc is _MISSING else (merge(acc, payload), True)
-                    elif acc is _MISSING:
-                        acc, fresh = first(payload), True
-                    elif fresh:
-                        acc = add(acc, payload)
-                    else:
-                        acc, fresh = merge(acc, first(payload)), True
-                for stored, _ in members:
-                    if stored is not None:
-                        windows.remove(stored)
-                        timers.delete(_EVENT, stored[1])
-                        if lateness:
-                            timers.delete(_EVENT, stored[1] + lateness)
-                windows.put((start, end), acc)
-                timers.register(_EVENT, end)
-                if lateness:
-                    timers.register(_EVENT, end + lateness)
-                if self.early_every is not None:
-                    self._touched[key] = None
-
-    def _sessions(self, by_key: dict[Any, list[tuple[float, Any]]], out: list[Any]) -> None:
-        """Merge each key's records into its session windows in state (Steps 1-3)."""
-        gap = self.assigner.gap
-        reducer = self.reducer
-        lateness = self.lateness
-        wm = self.watermark
-        keys = self.backend.keys
-        windows = self.windows
-        timers = self.timers
-        late: list[Any] = []
-        for key, items in by_key.items():
-            keys.current_key = key
-            current: dict[TimeWindow, Any] = {TimeWindow(*w): acc for w, acc in windows.items()}
-            before = set(current)
-            changed: set[TimeWindow] = set()
-            for ts, record in items:
-                merged, absorbed = merge_session(list(current), TimeWindow(ts, ts + gap))
-                if merged.end + lateness <= wm:
-                    late.append(record)
-                    continue
-                acc = reducer.first(record)
-                for window in absorbed:
-                    acc = reducer.merge(current.pop(window), acc)
-                    changed.discard(window)
-                current[merged] = acc
-                changed.add(merged)
-            for window in before - set(current):
-                windows.remove(tuple(window))
-                timers.delete(_EVENT, window.end)
-                if lateness:
-                    timers.delete(_EVENT, window.end + lateness)
-            for window in changed:
-                acc = current[window]
-                windows.put(tuple(window), acc)
-                if window.end > wm:
-                    timers.register(_EVENT, window.end)
-                    if self.early_every is not None:
-                        self._touched[key] = None
-                else:
-                    out.extend(reducer.emit(key, window, acc))
-                if lateness:
-                    timers.register(_EVENT, window.end + lateness)
-        if late:
-            self._late(late, out)
 
     def _count_batch(self, batch: list[Any], out: list[Any]) -> None:
         key_fn = self.key_fn
@@ -687,14 +507,20 @@ class WindowOperator(_Keyed):
     def on_watermark(self, event: Watermark) -> tuple[list[Any], Watermark | None]:
         if event.idle or event.timestamp <= self.watermark:
             return [], event
-        self._flush()  # under the old watermark: pending windows are all still open
-        self.watermark = wm = event.timestamp
+        wm = event.timestamp
+        if self._pending_sessions:
+            self._settle_sessions(wm)  # under the old watermark: pending sessions are all still open
+        from_memory = self._settle(wm) if self._pending else []
+        self.watermark = wm
         out: list[Any] = []
         try:
             if self.assigner.counting:
                 if wm == MAX_WATERMARK:
                     self._flush_counts(out)
                 return out, event
+            for window, accs in from_memory:
+                self._fire(window[1], out)  # the stored windows first, up to this end (Step 4)
+                self._emit_from_memory(window, accs, out)
             self._fire(wm, out)
         except UserFunctionError:
             raise
@@ -702,19 +528,58 @@ class WindowOperator(_Keyed):
             raise UserFunctionError(self.name, "<window firing>", exc) from exc
         return out, event
 
+    def _settle(self, wm: float) -> list[tuple[Window, dict[Any, Any]]]:
+        """Step 4, under the old watermark: the pending windows that ``wm`` closes leave memory, and
+        are returned (by end) to fire from memory; a (key, window) with a stored part (a timer at its
+        end) takes it out of the backend, with its timer, first. When windows may not fire from
+        memory (allowed lateness, ``early_every``), they are merged into the backend instead."""
+        pending = self._pending
+        closing = sorted((w for w in pending if w[1] <= wm), key=_end)
+        if not closing:
+            return []
+        if not self._from_memory:
+            self._store([(w, pending.pop(w)) for w in closing], [])
+            return []
+        timers = self.timers
+        has_timer = timers.has
+        keys = self.backend.keys
+        windows = self.windows
+        merge = self.reducer.merge
+        from_memory: list[tuple[Window, dict[Any, Any]]] = []
+        for window in closing:
+            accs = pending.pop(window)
+            end = window[1]
+            for key in [key for key in accs if has_timer(_EVENT, key, end)]:
+                keys.current_key = key
+                accs[key] = merge(windows.get(window), accs[key])
+                windows.remove(window)
+                timers.delete(_EVENT, end)
+            from_memory.append((window, accs))
+        return from_memory
+
+    def _emit_from_memory(self, window: Window, accs: dict[Any, Any], out: list[Any]) -> None:
+        time_window = TimeWindow(*window)
+        if self.counting_records:  # a WindowResult per key, built without a call in Python
+            out.extend(map(new_result, zip(accs, repeat(time_window), accs.values())))
+            return
+        emit = self.reducer.emit
+        for key, acc in accs.items():
+            out.extend(emit(key, time_window, acc))
+
     def _fire(self, wm: float, out: list[Any]) -> None:
         timers = self.timers
         windows = self.windows
         lateness = self.lateness
         emit = self.reducer.emit
-        while (got := timers.pop(_EVENT, wm)) is not None:
+        pop, remove = timers.pop, windows.remove
+        while (got := pop(_EVENT, wm)) is not None:
             key, t = got
-            for w, acc in list(windows.items()):
-                window = TimeWindow(*w)
-                if window.end == t:
-                    out.extend(emit(key, window, acc))
-                if window.end + lateness == t:
-                    windows.remove(w)
+            for w, acc in list(windows.items()):  # a copy: windows are removed on the way
+                end = w[1]
+                if end == t:
+                    out.extend(emit(key, TimeWindow(*w), acc))
+                if end + lateness == t:
+                    remove(w)
                     if self.early_count is not None:
                         self.early_counts.remove(w)
 
@@ -729,16 +594,3 @@ class WindowOperator(_Keyed):
             if count:
                 out.extend(self.reducer.emit(key, CountWindow(number * n, number * n + count), acc))
             counts.clear()
-
-
-class SelectOperator(Operator):
-    """After a window operator: its results (``late=False``) or its late records (``late=True``)."""
-
-    def __init__(self, uid: str, name: str, env: OperatorEnv, late: bool) -> None:
-        super().__init__(uid, name, env)
-        self.late = late
-
-    def process_batch(self, batch: list[Any]) -> list[Any]:
-        if self.late:
-            return [r.record for r in batch if type(r) is LateRecord]
-        return [r for r in batch if type(r) is not LateRecord]

@@ -54,7 +54,11 @@ def check_key(key: object) -> None:
         return
     if t is tuple:
         for item in key:  # type: ignore[attr-defined]
-            check_key(item)
+            if type(item) is float:  # a window (start, end) or a timer (domain, timestamp): no call
+                if item != item:
+                    raise UnsupportedKeyError(item, "NaN is not a key (it is not equal to itself)")
+            elif type(item) not in _SCALARS:
+                check_key(item)
         return
     if isinstance(key, _BASES):
         check_key(plain(key))

@@ -70,6 +70,11 @@ class TimerQueue:
                 return key, ts
         return None
 
+    def keys_due(self, upto: float) -> set[Hashable]:
+        """The keys of the live timers at or before ``upto`` (one pass over the index)."""
+        live = self._live
+        return {key for ts, seq, key in self._heap if ts <= upto and live.get((key, ts)) == seq}
+
     def __iter__(self) -> Iterator[tuple[Hashable, float]]:
         """Every live timer, in no particular order."""
         return iter(list(self._live))
