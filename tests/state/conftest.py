@@ -25,6 +25,7 @@ MAXP = 128
 
 BACKENDS: dict[str, Callable[..., Any]] = {
     "heap": lambda maxp, groups, base: HeapKeyedStateBackend(maxp, groups),
+    "heap-incremental": lambda maxp, groups, base: HeapKeyedStateBackend(maxp, groups, incremental=True, base_dir=base),
     "rocksdb": lambda maxp, groups, base: RocksDBKeyedStateBackend(maxp, groups, base_dir=base),
 }
 
