@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--sink", choices=("count", "file"), default="count",
                         help="count: a sink that only counts; file: FileSink (JSON Lines, two-phase commit) into a "
                              "temporary directory")
-    parser.add_argument("--full-checkpoints", action="store_true", help="rocksdb: no incremental checkpoints")
+    parser.add_argument("--full-checkpoints", action="store_true", help="no incremental checkpoints: every checkpoint writes the whole state (heap) or copies every SST file (rocksdb)")
     parser.add_argument("--checkpoint-stats", action="store_true",
                         help="keep every checkpoint (retained=1000) and report each one's bytes written, full "
                              "size and sync/async parts from its metadata")

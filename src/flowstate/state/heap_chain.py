@@ -122,13 +122,6 @@ def next_role(previous: Chain | None, policy: ChainPolicy) -> FileRole:
 # ---- the file format (rule 5) ------------------------------------------------------------------------
 
 
-def _encode(value: Any) -> tuple[str, bytes]:
-    try:
-        return "marshal", marshal.dumps(value)
-    except ValueError:  # a type marshal does not know, or a subclass: pickle keeps it exact
-        return "pickle", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-
 def _decode(codec: str, data: bytes) -> Any:
     if codec == "marshal":
         return marshal.loads(data)
@@ -137,23 +130,33 @@ def _decode(codec: str, data: bytes) -> Any:
     raise StateError(f"unknown codec {codec!r} in a heap chain file")
 
 
-def _chunks(entries: Iterator[tuple[Any, Any]], size: int) -> Iterator[dict[Any, Any]]:
-    while chunk := dict(itertools.islice(entries, size)):
-        yield chunk
+def _encoded_chunks(entries: dict[Any, Any], size: int) -> list[tuple[str, bytes]]:
+    """Rule 5: ``entries`` as encoded chunks. Plain entries are one ``marshal`` call (a million
+    entries hold the interpreter lock for about 25 ms); others are pickled ``size`` at a time, so
+    that the task thread is never held up for long."""
+    try:
+        return [("marshal", marshal.dumps(entries))]
+    except ValueError:  # a type marshal does not know, or a subclass: pickle keeps it exact
+        pass
+    items = iter(entries.items())
+    out = []
+    while chunk := dict(itertools.islice(items, size)):
+        out.append(("pickle", pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)))
+    return out
 
 
-def view_items(layers: tuple[dict[Any, Any], ...]) -> Iterator[tuple[Any, Any]]:
-    """The entries of the view of ``layers`` (upper layers shadow lower ones, tombstones hide)."""
-    base = layers[0]
+def view(layers: tuple[dict[Any, Any], ...]) -> dict[Any, Any]:
+    """The entries of the view of ``layers`` (upper layers shadow lower ones, tombstones hide): the
+    lowest layer itself when it is the only one (it holds no tombstone), else a merged copy."""
     if len(layers) == 1:
-        return iter(base.items())
-    upper: dict[Any, Any] = {}
+        return layers[0]
+    merged = dict(layers[0])
     for layer in layers[1:]:
-        upper.update(layer)
-    return itertools.chain(
-        ((k, v) for k, v in base.items() if k not in upper),
-        ((k, v) for k, v in upper.items() if v is not _ABSENT),
-    )
+        merged.update(layer)
+    for layer in layers[1:]:
+        for key in [k for k, v in layer.items() if v is _ABSENT]:
+            merged.pop(key, None)
+    return merged
 
 
 def encode_file(role: FileRole, tables: dict[str, tuple[StateKind, tuple[dict[Any, Any], ...]]],
@@ -166,23 +169,24 @@ def encode_file(role: FileRole, tables: dict[str, tuple[StateKind, tuple[dict[An
     for name, (kind, layers) in tables.items():
         deleted: list[Any] = []
         if role is FileRole.BASE:
-            live = view_items(layers)
+            puts = view(layers)
         else:
-            top = layers[-1]
-            deleted = [k for k, v in top.items() if v is _ABSENT]
-            live = ((k, v) for k, v in top.items() if v is not _ABSENT) if deleted else iter(top.items())
-        puts = []
+            puts = layers[-1]
+            deleted = [k for k, v in puts.items() if v is _ABSENT]
+            if deleted:
+                puts = dict(puts)
+                for key in deleted:
+                    del puts[key]
         try:
-            for chunk in _chunks(live, chunk_entries):
-                count += len(chunk)
-                puts.append(_encode(chunk))
+            chunks = _encoded_chunks(puts, chunk_entries) if puts else []
+            gone = _encoded_chunks({k: None for k in deleted}, chunk_entries) if deleted else []
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise StateError(
                 f"state {name!r} holds a value that cannot be pickled ({type(exc).__name__}: {exc}); "
                 "keep only picklable values (and keys) in keyed state"
             ) from exc
-        count += len(deleted)
-        states[name] = {"kind": kind.value, "puts": puts, "deleted": _encode(deleted)}
+        count += len(puts) + len(deleted)
+        states[name] = {"kind": kind.value, "puts": chunks, "deleted": gone}
     body = pickle.dumps({"role": role.value, "states": states}, protocol=pickle.HIGHEST_PROTOCOL)
     return MAGIC + zstandard.ZstdCompressor(level=1, write_content_size=True).compress(body), count
 
@@ -205,7 +209,8 @@ def read_file(path: str | os.PathLike[str]) -> FileContent:
     except zstandard.ZstdError as exc:
         raise StateError(f"{path}: damaged heap chain file ({exc})") from None
     states = {
-        name: (StateKind(s["kind"]), [_decode(*c) for c in s["puts"]], _decode(*s["deleted"]))
+        name: (StateKind(s["kind"]), [_decode(*c) for c in s["puts"]],
+               [k for c in s["deleted"] for k in _decode(*c)])
         for name, s in body["states"].items()
     }
     return FileContent(FileRole(body["role"]), states)

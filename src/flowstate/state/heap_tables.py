@@ -32,7 +32,7 @@ from flowstate.state.api import (
 )
 from flowstate.state.backend import StateKind
 from flowstate.state.keys import check_key
-from flowstate.state.values import private
+from flowstate.state.values import _IMMUTABLE, private
 
 class _Absent:
     """No entry: the default of lookups, and a tombstone in a layer above the lowest."""
@@ -154,8 +154,25 @@ class _LayeredValueState(_LayeredView, HeapValueState):
     __slots__ = ()
 
     def value(self) -> Any:
-        entry = self._get(self._keys.current_key)
-        return self._default if entry is _ABSENT else entry
+        # _get inlined for a single layer below (the rule of an incremental backend between
+        # snapshots): a key not read since the last snapshot costs two dict lookups more.
+        key = self._keys.current_key
+        top = self._top
+        entry = top.get(key, _ABSENT)
+        if entry is not _ABSENT:
+            return entry
+        if key in top:
+            return self._default  # a tombstone
+        below = self._below
+        found = below[0].get(key, _ABSENT) if len(below) == 1 else _below_get(top, below, key)
+        if found is _ABSENT:
+            return self._default
+        if type(found) in _IMMUTABLE:
+            return found
+        entry = private(found)
+        if entry is not found:
+            top[key] = entry
+        return entry
 
     def update(self, value: Any) -> None:
         self._top[self._keys.current_key] = _ABSENT if value is None else value
