@@ -27,18 +27,20 @@ def chain(base: int, *deltas: int) -> Chain:
 # ---- rule 3, pure ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("previous", "policy", "role"), [
-    (None, ChainPolicy(), FileRole.BASE),                                 # nothing to extend
-    (chain(100), ChainPolicy(), FileRole.DELTA),
-    (chain(100, 10, 10), ChainPolicy(max_deltas=2), FileRole.BASE),       # as many deltas as allowed
-    (chain(100, 10), ChainPolicy(max_deltas=2), FileRole.DELTA),
-    (chain(100, 60, 41), ChainPolicy(max_delta_ratio=1.0), FileRole.BASE),  # deltas outgrew the base
-    (chain(100, 60, 40), ChainPolicy(max_delta_ratio=1.0), FileRole.DELTA),
-    (chain(100), ChainPolicy(max_deltas=0), FileRole.BASE),               # full snapshots in files
-    (chain(0, 1), ChainPolicy(max_delta_ratio=2.0), FileRole.BASE),       # an empty base: any delta outgrows it
+@pytest.mark.parametrize(("previous", "changed", "policy", "role"), [
+    (None, 0, ChainPolicy(), FileRole.BASE),                                  # nothing to extend
+    (chain(100), 10, ChainPolicy(), FileRole.DELTA),
+    (chain(100, 10, 10), 10, ChainPolicy(max_deltas=2), FileRole.BASE),       # as many deltas as allowed
+    (chain(100, 10), 10, ChainPolicy(max_deltas=2), FileRole.DELTA),
+    (chain(100, 20, 20, 20, 20, 21), 5, ChainPolicy(max_delta_ratio=1.0), FileRole.BASE),  # deltas outgrew the base
+    (chain(100, 20, 20, 20, 20, 20), 5, ChainPolicy(max_delta_ratio=1.0), FileRole.DELTA),
+    (chain(100), 26, ChainPolicy(max_changed_fraction=0.25), FileRole.BASE),  # a base costs less than this delta
+    (chain(100), 25, ChainPolicy(max_changed_fraction=0.25), FileRole.DELTA),
+    (chain(100), 0, ChainPolicy(max_deltas=0), FileRole.BASE),                # full snapshots in files
+    (chain(0), 1, ChainPolicy(max_changed_fraction=2.0), FileRole.BASE),      # an empty base: any change outgrows it
 ])
-def test_a_snapshot_writes_a_base_or_a_delta_as_the_policy_says(previous, policy, role):
-    assert next_role(previous, policy) is role
+def test_a_snapshot_writes_a_base_or_a_delta_as_the_policy_says(previous, changed, policy, role):
+    assert next_role(previous, changed, policy) is role
 
 
 def test_a_chain_grows_by_deltas_and_starts_again_at_a_base():
@@ -52,6 +54,8 @@ def test_a_policy_refuses_negative_bounds():
         ChainPolicy(max_deltas=-1)
     with pytest.raises(ValueError, match="max_delta_ratio"):
         ChainPolicy(max_delta_ratio=-0.5)
+    with pytest.raises(ValueError, match="max_changed_fraction"):
+        ChainPolicy(max_changed_fraction=-1)
 
 
 # ---- what the files hold -----------------------------------------------------------------------------
@@ -132,11 +136,13 @@ OPS = st.lists(st.one_of(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=OPS, max_deltas=st.integers(0, 4), ratio=st.sampled_from([0.2, 1.0, 5.0]), split=st.booleans())
-def test_restore_from_any_completed_checkpoint_equals_the_model(tmp_path_factory, ops, max_deltas, ratio, split):
+@given(ops=OPS, max_deltas=st.integers(0, 4), ratio=st.sampled_from([0.2, 1.0, 5.0]),
+       fraction=st.sampled_from([0.25, 10.0]), split=st.booleans())
+def test_restore_from_any_completed_checkpoint_equals_the_model(tmp_path_factory, ops, max_deltas, ratio, fraction,
+                                                                split):
     tmp = tmp_path_factory.mktemp("chain")
     store = Store(tmp / "store")
-    backend = incremental(tmp, max_deltas=max_deltas, max_delta_ratio=ratio)
+    backend = incremental(tmp, max_deltas=max_deltas, max_delta_ratio=ratio, max_changed_fraction=fraction)
     counts, lists = backend.value_state("count"), backend.value_state("list")
     model: dict[str, dict[int, Any]] = {"count": {}, "list": {}}
     running: list[tuple[Any, dict[str, dict[int, Any]]]] = []

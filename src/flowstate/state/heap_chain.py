@@ -4,8 +4,8 @@ Rules:
 
 1. A **chain file** holds, per state, the entries written (*puts*) and the keys deleted in one
    step. A **base** holds the whole state at a barrier (no deletes); a **delta** holds what changed
-   between the barrier of the snapshot before it and its own: exactly the ``top`` layer its
-   synchronous part froze (rule 3 of ``flowstate.state.heap_tables``).
+   between the barrier of the snapshot before it and its own: the entry at its barrier of every key
+   changed in between (rule 4 of ``flowstate.state.heap_tables``), a key without one as a delete.
 2. A checkpoint's keyed state is a **chain**: a base, then zero or more deltas, oldest first.
    ``SnapshotParts.files`` lists every file of the chain under a key that names its bytes forever
    (``heap-<instance>-<snapshot number>-<base|delta>``), and ``data`` names the chain (format
@@ -15,9 +15,12 @@ Rules:
 3. **Base or delta** (``next_role``, pure): a snapshot writes a base when there is no chain to
    extend (the backend's first snapshot, the first after a restore, or the snapshot before it was
    not written, or not yet: its delta may never exist), when the chain already has ``max_deltas``
-   deltas, or when its deltas hold more entries than ``max_delta_ratio`` times its base; else a
-   delta. So a chain has at most ``max_deltas + 1`` files, and a restore reads at most about
-   ``1 + max_delta_ratio`` times the entries of the state, plus one delta.
+   deltas, when its deltas hold more entries than ``max_delta_ratio`` times its base, or when more
+   keys changed than ``max_changed_fraction`` times the base's entries (a delta reads its entries
+   in the order of a set, out of the order they lie in memory: per entry it costs about four times
+   what a base does, so with a quarter of the keys changed a base is as cheap, and it shortens the
+   chain); else a delta. So a chain has at most ``max_deltas + 1`` files, and a restore reads at
+   most about ``1 + max_delta_ratio`` times the entries of the state, plus one delta.
 4. **Restore** reads the base, then every delta in order: puts overwrite, deletes remove. A subtask
    whose key-group range does not contain the chain's keeps only the keys of its own key groups
    (hashing each key once, as for a full snapshot): files are not split by key group, so that
@@ -57,6 +60,7 @@ CHAIN_FORMAT = "heap-chain-v1"
 MAGIC = b"FSHEAPCHAIN1\n"
 DEFAULT_MAX_DELTAS = 8
 DEFAULT_MAX_DELTA_RATIO = 1.0
+DEFAULT_MAX_CHANGED_FRACTION = 0.25
 
 
 class FileRole(StrEnum):
@@ -101,20 +105,25 @@ class ChainPolicy:
 
     max_deltas: int = DEFAULT_MAX_DELTAS
     max_delta_ratio: float = DEFAULT_MAX_DELTA_RATIO
+    max_changed_fraction: float = DEFAULT_MAX_CHANGED_FRACTION
 
     def __post_init__(self) -> None:
         if self.max_deltas < 0:
             raise ValueError(f"max_deltas must be at least 0, not {self.max_deltas}")
-        if self.max_delta_ratio < 0:
-            raise ValueError(f"max_delta_ratio must be at least 0, not {self.max_delta_ratio}")
+        for name in ("max_delta_ratio", "max_changed_fraction"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, not {getattr(self, name)}")
 
 
-def next_role(previous: Chain | None, policy: ChainPolicy) -> FileRole:
+def next_role(previous: Chain | None, changed: int, policy: ChainPolicy) -> FileRole:
     """Rule 3: what the next snapshot writes after the chain ``previous`` (``None``: no chain it
-    may extend)."""
+    may extend), ``changed`` keys having changed since."""
     if previous is None or len(previous.deltas) >= policy.max_deltas:
         return FileRole.BASE
-    if sum(d.entries for d in previous.deltas) > policy.max_delta_ratio * previous.base.entries:
+    base = previous.base.entries
+    if sum(d.entries for d in previous.deltas) > policy.max_delta_ratio * base:
+        return FileRole.BASE
+    if changed > policy.max_changed_fraction * base:
         return FileRole.BASE
     return FileRole.DELTA
 
@@ -159,11 +168,36 @@ def view(layers: tuple[dict[Any, Any], ...]) -> dict[Any, Any]:
     return merged
 
 
+def delta_entries(layers: tuple[dict[Any, Any], ...], keys: Iterable[Any]) -> tuple[dict[Any, Any], list[Any]]:
+    """Rule 1: the entries of ``keys`` in the view of ``layers``, and the keys without one there."""
+    puts: dict[Any, Any] = {}
+    deleted: list[Any] = []
+    if len(layers) == 1:
+        get = layers[0].get
+        for key in keys:
+            entry = get(key, _ABSENT)
+            if entry is _ABSENT:
+                deleted.append(key)
+            else:
+                puts[key] = entry
+        return puts, deleted
+    for key in keys:
+        for layer in reversed(layers):
+            entry = layer.get(key, _ABSENT)
+            if entry is not _ABSENT or key in layer:
+                break
+        if entry is _ABSENT:
+            deleted.append(key)
+        else:
+            puts[key] = entry
+    return puts, deleted
+
+
 def encode_file(role: FileRole, tables: dict[str, tuple[StateKind, tuple[dict[Any, Any], ...]]],
-                chunk_entries: int) -> tuple[bytes, int]:
+                changed: dict[str, set[Any]], chunk_entries: int) -> tuple[bytes, int]:
     """Rules 1 and 5: the bytes of a chain file of ``role`` and the number of entries (puts and
-    deletes) it holds. A base holds the view of all the layers of every table; a delta the highest
-    layer of each only."""
+    deletes) it holds. A base holds the view of all the layers of every table; a delta the entries
+    of the keys ``changed`` in each."""
     states: dict[str, Any] = {}
     count = 0
     for name, (kind, layers) in tables.items():
@@ -171,12 +205,7 @@ def encode_file(role: FileRole, tables: dict[str, tuple[StateKind, tuple[dict[An
         if role is FileRole.BASE:
             puts = view(layers)
         else:
-            puts = layers[-1]
-            deleted = [k for k, v in puts.items() if v is _ABSENT]
-            if deleted:
-                puts = dict(puts)
-                for key in deleted:
-                    del puts[key]
+            puts, deleted = delta_entries(layers, changed.get(name, ()))
         try:
             chunks = _encoded_chunks(puts, chunk_entries) if puts else []
             gone = _encoded_chunks({k: None for k in deleted}, chunk_entries) if deleted else []
@@ -247,7 +276,7 @@ class ChainStore:
         with self._lock:
             self._outstanding.add(number)
 
-    def begin(self, number: int, previous: ChainSnapshot | None) -> tuple[FileRole, Chain | None, Path]:
+    def begin(self, number: int, previous: ChainSnapshot | None, changed: int) -> tuple[FileRole, Chain | None, Path]:
         """Step (a) of ``ChainSnapshot.materialize``: the role of its file and the chain it extends;
         the files of that chain are linked into the snapshot's directory, which is returned."""
         root = self.root()
@@ -257,7 +286,7 @@ class ChainStore:
             extends = None
             if previous is not None and previous.chain is not None and self._latest == previous.number:
                 extends = previous.chain  # its files are in files/ until a newer chain is written
-            role = next_role(extends, self.policy)
+            role = next_role(extends, changed, self.policy)
             if role is FileRole.DELTA and extends is not None:
                 for key in extends.keys:
                     os.link(root / "files" / key, target / key)
@@ -305,16 +334,19 @@ class ChainSnapshot:
     """An incremental heap snapshot (rules 1 to 3). ``done`` turns true when ``materialize`` has
     returned or raised, or ``release`` was called; ``chain`` is its chain once it was written."""
 
-    __slots__ = ("_chunk_entries", "_header", "_layers", "_previous", "_released", "_store", "chain", "done",
-                 "number")
+    __slots__ = ("_changed", "_chunk_entries", "_header", "_layers", "_previous", "_released", "_store", "chain",
+                 "done", "number")
 
     def __init__(self, store: ChainStore, number: int, previous: ChainSnapshot | None, header: dict[str, Any],
-                 layers: dict[str, tuple[StateKind, tuple[dict[Any, Any], ...]]], chunk_entries: int) -> None:
+                 layers: dict[str, tuple[StateKind, tuple[dict[Any, Any], ...]]], changed: dict[str, set[Any]],
+                 chunk_entries: int) -> None:
         self._store = store
         self.number = number
         self._previous = previous
         self._header = header
         self._layers: dict[str, tuple[StateKind, tuple[dict[Any, Any], ...]]] | None = layers
+        self._changed = changed
+        """Per state, the keys changed since the barrier of the snapshot before (rule 1)."""
         self._chunk_entries = chunk_entries
         self.chain: Chain | None = None
         self.done = False
@@ -328,9 +360,10 @@ class ChainSnapshot:
             raise StateError("this snapshot was already materialized or released")
         store = self._store
         try:
-            role, extends, directory = store.begin(self.number, self._previous)
+            changed = sum(len(keys) for keys in self._changed.values())
+            role, extends, directory = store.begin(self.number, self._previous, changed)
             self._previous = None  # its chain is all this one needed of it
-            data, entries = encode_file(role, layers, self._chunk_entries)
+            data, entries = encode_file(role, layers, self._changed, self._chunk_entries)
             key = store.file_key(self.number, role)
             with open(directory / key, "wb") as f:
                 f.write(data)
@@ -340,12 +373,14 @@ class ChainSnapshot:
             self.chain = chain
         finally:
             self._layers = None
+            self._changed = {}
             self.done = True
         files = {k: str(directory / k) for k in chain.keys}
         return SnapshotParts({**self._header, "chain": chain.keys}, files)
 
     def release(self) -> None:
         self._layers = None
+        self._changed = {}
         self._previous = None
         self.done = True
         if not self._released:

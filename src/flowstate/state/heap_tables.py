@@ -11,10 +11,15 @@ Rules:
    changed from then on. Immutable values are returned as they are and never copied.
 3. Hence ``top`` holds every entry that may differ from the layers below it: every key written,
    deleted, or read as a mutable object (which the caller may change in place) since ``top`` was
-   last frozen. The incremental snapshots (``flowstate.state.heap_chain``) write exactly ``top``.
-4. Each kind has a flat class (no layer below: the code of a plain dict) and a layered subclass
-   with the same slots; ``_View._repoint`` switches between them, so the flat hot path pays
-   nothing for snapshots it is not part of.
+   last frozen.
+4. **Changed keys** (incremental snapshots, ``flowstate.state.heap_chain``): a table of an
+   incremental backend has a set ``changed``. A flat view of it records there every key it writes
+   or deletes, and every key whose value it hands out as a mutable object; a layered view records
+   nothing, since ``top`` already holds all that (rule 3). So the keys changed since the last
+   snapshot are always ``changed``, plus the keys of ``top`` while layers are frozen below it.
+5. Each kind has a flat class (no layer below: the code of a plain dict), its tracked subclass
+   (flat, rule 4) and its layered subclass, with the same slots; ``_View._repoint`` switches
+   between them, so the flat hot path pays nothing for snapshots it is not part of.
 """
 
 from __future__ import annotations
@@ -59,12 +64,14 @@ def _below_get(top: dict[Any, Any], below: tuple[dict[Any, Any], ...], key: Any)
 
 
 class _Table:
-    __slots__ = ("below", "kind", "top", "views")
+    __slots__ = ("below", "changed", "kind", "top", "views")
 
-    def __init__(self, kind: StateKind) -> None:
+    def __init__(self, kind: StateKind, tracked: bool = False) -> None:
         self.kind = kind
         self.top: dict[Any, Any] = {}
         self.below: tuple[dict[Any, Any], ...] = ()
+        self.changed: set[Any] | None = set() if tracked else None
+        """Rule 4 (``None``: a backend of full snapshots, which need no changed keys)."""
         self.views: weakref.WeakSet[_View] = weakref.WeakSet()
 
     def count(self) -> int:
@@ -98,13 +105,16 @@ class _View:
     __slots__ = ()
     _top: dict[Any, Any]
     _below: tuple[dict[Any, Any], ...]
+    _changed: set[Any] | None
     _flat: type[_View]
+    _tracked: type[_View]
     _layered: type[_View]
 
-    def _repoint(self, top: dict[Any, Any], below: tuple[dict[Any, Any], ...]) -> None:
-        self._top = top
-        self._below = below
-        self.__class__ = self._layered if below else self._flat
+    def _repoint(self, table: _Table) -> None:
+        self._top = table.top
+        self._below = below = table.below
+        self._changed = changed = table.changed
+        self.__class__ = self._layered if below else self._flat if changed is None else self._tracked
 
     def clear(self) -> None:
         self._top.pop(self._keys.current_key, None)  # type: ignore[attr-defined]
@@ -133,12 +143,12 @@ class _LayeredView(_View):
 
 
 class HeapValueState(_View, ValueState[Any]):
-    __slots__ = ("__weakref__", "_below", "_default", "_keys", "_top")
+    __slots__ = ("__weakref__", "_below", "_default", "_keys", "_top", "_changed")
 
     def __init__(self, table: _Table, keys: KeyContext, default: Any) -> None:
         self._keys = keys
         self._default = default
-        self._repoint(table.top, table.below)
+        self._repoint(table)
 
     def value(self) -> Any:
         return self._top.get(self._keys.current_key, self._default)  # an immutable default
@@ -199,11 +209,11 @@ class _LayeredFreshDefaultValueState(_LayeredValueState):
 
 
 class HeapListState(_View, ListState[Any]):
-    __slots__ = ("__weakref__", "_below", "_keys", "_top")
+    __slots__ = ("__weakref__", "_below", "_keys", "_top", "_changed")
 
     def __init__(self, table: _Table, keys: KeyContext) -> None:
         self._keys = keys
-        self._repoint(table.top, table.below)
+        self._repoint(table)
 
     def get(self) -> list[Any]:
         return list(self._top.get(self._keys.current_key, ()))
@@ -258,11 +268,11 @@ class _LayeredListState(_LayeredView, HeapListState):
 
 
 class HeapMapState(_View, MapState[Any, Any]):
-    __slots__ = ("__weakref__", "_below", "_keys", "_top")
+    __slots__ = ("__weakref__", "_below", "_keys", "_top", "_changed")
 
     def __init__(self, table: _Table, keys: KeyContext) -> None:
         self._keys = keys
-        self._repoint(table.top, table.below)
+        self._repoint(table)
 
     def _read(self) -> dict[Any, Any]:
         """The map of the current key, for reading keys only."""
@@ -348,12 +358,12 @@ class _LayeredMapState(_LayeredView, HeapMapState):
 
 
 class HeapReducingState(_View, ReducingState[Any]):
-    __slots__ = ("__weakref__", "_below", "_fn", "_keys", "_top")
+    __slots__ = ("__weakref__", "_below", "_fn", "_keys", "_top", "_changed")
 
     def __init__(self, table: _Table, keys: KeyContext, reduce_fn: Callable[[Any, Any], Any]) -> None:
         self._keys = keys
         self._fn = reduce_fn
-        self._repoint(table.top, table.below)
+        self._repoint(table)
 
     def get(self) -> Any:
         return self._top.get(self._keys.current_key)
@@ -382,10 +392,126 @@ class _LayeredReducingState(_LayeredView, HeapReducingState):
         new = self._top[key] = value if old is _ABSENT else self._fn(old, value)
         return new
 
+# ---- flat views that record changed keys (rule 4) ---------------------------------------------------
 
-for _flat, _layered in ((HeapValueState, _LayeredValueState),
-                        (_FreshDefaultValueState, _LayeredFreshDefaultValueState), (HeapListState, _LayeredListState),
-                        (HeapMapState, _LayeredMapState), (HeapReducingState, _LayeredReducingState)):
-    _flat._flat = _layered._flat = _flat
-    _flat._layered = _layered._layered = _layered
-del _flat, _layered
+
+class _TrackedView(_View):
+    __slots__ = ()
+
+    def clear(self) -> None:
+        key = self._keys.current_key  # type: ignore[attr-defined]
+        self._top.pop(key, None)
+        self._changed.add(key)  # type: ignore[union-attr]
+
+
+class _TrackedValueState(_TrackedView, HeapValueState):
+    __slots__ = ()
+
+    def value(self) -> Any:
+        key = self._keys.current_key
+        entry = self._top.get(key, self._default)  # an immutable default
+        if type(entry) not in _IMMUTABLE:
+            self._changed.add(key)  # type: ignore[union-attr]  # the caller may change it in place
+        return entry
+
+    def update(self, value: Any) -> None:
+        key = self._keys.current_key
+        if value is None:
+            self._top.pop(key, None)
+        else:
+            self._top[key] = value
+        self._changed.add(key)  # type: ignore[union-attr]
+
+
+class _TrackedFreshDefaultValueState(_TrackedValueState):
+    __slots__ = ()
+
+    def value(self) -> Any:
+        key = self._keys.current_key
+        entry = self._top.get(key, _ABSENT)
+        if entry is _ABSENT:
+            return private(self._default)  # never stored
+        if type(entry) not in _IMMUTABLE:
+            self._changed.add(key)  # type: ignore[union-attr]
+        return entry
+
+
+class _TrackedListState(_TrackedView, HeapListState):
+    __slots__ = ()
+
+    def get(self) -> list[Any]:
+        key = self._keys.current_key
+        entry = self._top.get(key)
+        if entry is None:
+            return []
+        self._changed.add(key)  # type: ignore[union-attr]  # its items may be changed in place
+        return list(entry)
+
+    def add(self, value: Any) -> None:
+        key = self._keys.current_key
+        self._top.setdefault(key, []).append(value)
+        self._changed.add(key)  # type: ignore[union-attr]
+
+    def add_all(self, values: Iterable[Any]) -> None:
+        new = list(values)
+        if new:
+            key = self._keys.current_key
+            self._top.setdefault(key, []).extend(new)
+            self._changed.add(key)  # type: ignore[union-attr]
+
+    def update(self, values: Iterable[Any]) -> None:
+        new = list(values)
+        if new:
+            key = self._keys.current_key
+            self._top[key] = new
+            self._changed.add(key)  # type: ignore[union-attr]
+        else:
+            self.clear()
+
+
+class _TrackedMapState(_TrackedView, HeapMapState):
+    __slots__ = ()
+
+    def _values(self) -> dict[Any, Any]:
+        key = self._keys.current_key
+        entry = self._top.get(key)
+        if not entry:
+            return {}
+        self._changed.add(key)  # type: ignore[union-attr]  # its values may be changed in place
+        return entry  # type: ignore[no-any-return]
+
+    def _own(self) -> dict[Any, Any]:
+        key = self._keys.current_key
+        self._changed.add(key)  # type: ignore[union-attr]
+        return self._top.setdefault(key, {})  # type: ignore[no-any-return]
+
+
+class _TrackedReducingState(_TrackedView, HeapReducingState):
+    __slots__ = ()
+
+    def get(self) -> Any:
+        key = self._keys.current_key
+        entry = self._top.get(key)
+        if type(entry) not in _IMMUTABLE:
+            self._changed.add(key)  # type: ignore[union-attr]
+        return entry
+
+    def add_and_get(self, value: Any) -> Any:
+        key = self._keys.current_key
+        top = self._top
+        old = top.get(key, _ABSENT)
+        new = top[key] = value if old is _ABSENT else self._fn(old, value)
+        self._changed.add(key)  # type: ignore[union-attr]
+        return new
+
+
+for _flat, _tracked, _layered in (
+    (HeapValueState, _TrackedValueState, _LayeredValueState),
+    (_FreshDefaultValueState, _TrackedFreshDefaultValueState, _LayeredFreshDefaultValueState),
+    (HeapListState, _TrackedListState, _LayeredListState),
+    (HeapMapState, _TrackedMapState, _LayeredMapState),
+    (HeapReducingState, _TrackedReducingState, _LayeredReducingState),
+):
+    for _cls in (_flat, _tracked, _layered):
+        _cls._flat, _cls._tracked, _cls._layered = _flat, _tracked, _layered
+del _flat, _tracked, _layered, _cls

@@ -34,14 +34,14 @@ dict, ...]}}}``; ``files`` is always empty. A restore into the same or a wider k
 the chunks as they are; a restore into another range (a rescale) keeps only the keys whose key group
 it owns, so no key is hashed unless a rescale needs it.
 
-**Incremental snapshots** (``incremental=True``, ``flowstate.state.heap_chain``): after the first
-snapshot, Step (4) folds the frozen layers into the lowest one but leaves ``top`` in place, so
-``top`` always holds exactly what changed since the last snapshot (and every read of a mutable
-value since then, which the caller may change in place). Step (3) writes that layer alone as a
-delta file, or the whole view as a base file, and lists the base and deltas of its chain as shared
-files (format ``heap-chain-v1``). The price: once a backend has taken a snapshot, every read of a
-key not accessed since the last one looks in two dicts, and ``top`` may hold up to every key
-between two snapshots. A backend that takes no snapshot stays flat.
+**Incremental snapshots** (``incremental=True``, ``flowstate.state.heap_chain``): every table also
+keeps the set of keys changed since the last snapshot (rule 4 of ``flowstate.state.heap_tables``:
+a flat view adds each key it writes, deletes or hands out a mutable value of; while layers are
+frozen, ``top`` holds those keys). Step (1) hands that set to the snapshot and starts a new one;
+Step (3) writes the entries of those keys in the frozen view as a delta file (a key without an
+entry there is a delete), or the whole view as a base file, and lists the base and deltas of its
+chain as shared files (format ``heap-chain-v1``); Step (4) adds the keys of ``top`` to the new set
+before it folds. The price on the task thread is one set insertion per write.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ class HeapKeyedStateBackend:
         table = self._tables.get(name)
         if table is None:
             # A new table is flat even while others are layered: no snapshot holds any of it.
-            table = self._tables[name] = _Table(kind)
+            table = self._tables[name] = _Table(kind, tracked=self._store is not None)
         elif table.kind is not kind:
             raise StateError(f"state {name!r} is {table.kind.value} state; it cannot also be {kind.value} state")
         return table
@@ -260,7 +260,13 @@ class HeapKeyedStateBackend:
         self._used = True
         self.maybe_fold()
         frozen: dict[str, tuple[StateKind, tuple[dict[Any, Any], ...]]] = {}
+        changed: dict[str, set[Any]] = {}
         for name, table in self._tables.items():
+            if table.changed is not None:
+                keys = changed[name] = table.changed
+                if table.below:
+                    keys.update(table.top)  # written since the last snapshot, which froze the layers below
+                table.changed = set()
             layers = (*table.below, table.top)
             frozen[name] = (table.kind, layers)
             table.below = layers
@@ -275,43 +281,40 @@ class HeapKeyedStateBackend:
             header = {"format": CHAIN_FORMAT, "max_parallelism": self._maxp,
                       "key_groups": [self._key_groups.start, self._key_groups.stop],
                       "states": {name: kind.value for name, (kind, _) in frozen.items()}}
-            snapshot = self._last = ChainSnapshot(self._store, self._taken, self._last, header, frozen,
+            snapshot = self._last = ChainSnapshot(self._store, self._taken, self._last, header, frozen, changed,
                                                   self._chunk_entries)
         self._pending.append(snapshot)
         return snapshot
 
     def maybe_fold(self) -> None:
-        """Step 4, when every snapshot taken is done; otherwise nothing. Incremental: the layers
-        below ``top`` fold into the lowest one; ``top`` stays (the changes since the last snapshot)."""
+        """Step 4, when every snapshot taken is done; otherwise nothing."""
         if not self._layered:
             return
         for snapshot in self._pending:
             if not snapshot.done:
                 return
         self._pending.clear()
-        keep_top = self._store is not None
         for table in self._tables.values():
-            if not table.below or (keep_top and len(table.below) == 1):
-                continue  # flat already, or only the base below top
+            if not table.below:
+                continue  # created after the last snapshot: flat already
+            if table.changed is not None:
+                table.changed.update(table.top)  # written since the last snapshot
             base = table.below[0]
-            for layer in table.below[1:] if keep_top else (*table.below[1:], table.top):
+            for layer in (*table.below[1:], table.top):
                 for key, entry in layer.items():
                     if entry is _ABSENT:
                         base.pop(key, None)
                     else:
                         base[key] = entry
-            if keep_top:
-                table.below = (base,)
-            else:
-                table.top = base
-                table.below = ()
+            table.top = base
+            table.below = ()
             self._repoint(table)
-        self._layered = keep_top
+        self._layered = False
 
     @staticmethod
     def _repoint(table: _Table) -> None:
         for view in table.views:
-            view._repoint(table.top, table.below)
+            view._repoint(table)
 
     # ---- restore (rule 2) ------------------------------------------------------------------------
 
