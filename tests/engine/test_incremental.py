@@ -63,7 +63,7 @@ def test_later_checkpoints_reference_the_shared_files_of_earlier_ones_and_upload
     # More checkpoints are kept here than in the other tests: a compaction between two checkpoints
     # may rewrite every file (then those two share nothing), but not between every two of them; a
     # heap checkpoint that writes a new base shares nothing with the one before it either, and the
-    # heap writes a base whenever a quarter of its keys changed: the word count changes every key
+    # heap writes a base whenever a tenth of its keys changed: the word count changes every key
     # between two checkpoints, so the heap runs on an input that settles.
     kept = 2 * RETAINED
     if backend == "heap":

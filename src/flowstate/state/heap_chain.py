@@ -17,9 +17,9 @@ Rules:
    not written, or not yet: its delta may never exist), when the chain already has ``max_deltas``
    deltas, when its deltas hold more entries than ``max_delta_ratio`` times its base, or when more
    keys changed than ``max_changed_fraction`` times the base's entries (a delta reads its entries
-   in the order of a set, out of the order they lie in memory: per entry it costs about four times
-   what a base does, so with a quarter of the keys changed a base is as cheap, and it shortens the
-   chain); else a delta. So a chain has at most ``max_deltas + 1`` files, and a restore reads at
+   in the order of a set, out of the order they lie in memory: per entry it cost about ten times
+   what a base does, 1 µs against 0.08 µs on 1 M keys, so with a tenth of the keys changed a base
+   is as cheap, and it shortens the chain); else a delta. So a chain has at most ``max_deltas + 1`` files, and a restore reads at
    most about ``1 + max_delta_ratio`` times the entries of the state, plus one delta.
 4. **Restore** reads the base, then every delta in order: puts overwrite, deletes remove. A subtask
    whose key-group range does not contain the chain's keeps only the keys of its own key groups
@@ -60,7 +60,7 @@ CHAIN_FORMAT = "heap-chain-v1"
 MAGIC = b"FSHEAPCHAIN1\n"
 DEFAULT_MAX_DELTAS = 8
 DEFAULT_MAX_DELTA_RATIO = 1.0
-DEFAULT_MAX_CHANGED_FRACTION = 0.25
+DEFAULT_MAX_CHANGED_FRACTION = 0.1
 
 
 class FileRole(StrEnum):
