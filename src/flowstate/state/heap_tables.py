@@ -164,8 +164,8 @@ class _LayeredValueState(_LayeredView, HeapValueState):
     __slots__ = ()
 
     def value(self) -> Any:
-        # _get inlined for a single layer below (the rule of an incremental backend between
-        # snapshots): a key not read since the last snapshot costs two dict lookups more.
+        # _get inlined for the usual single layer below (one snapshot being written): a key not
+        # read since the snapshot costs two dict lookups more than on a flat table.
         key = self._keys.current_key
         top = self._top
         entry = top.get(key, _ABSENT)
