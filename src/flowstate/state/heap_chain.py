@@ -284,7 +284,8 @@ class ChainStore:
         with self._lock:
             target.mkdir()
             extends = None
-            if previous is not None and previous.chain is not None and self._latest == previous.number:
+            if (previous is not None and previous.chain is not None and self._latest == previous.number
+                    and not self._closed):  # close() deleted files/
                 extends = previous.chain  # its files are in files/ until a newer chain is written
             role = next_role(extends, changed, self.policy)
             if role is FileRole.DELTA and extends is not None:
