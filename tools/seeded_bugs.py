@@ -306,7 +306,7 @@ CATALOGUE += (
     bug(
         "heap-untracked-read", "the incremental heap does not count a mutable value it hands out as changed, so "
         "a change made in place to it is missing from the next delta",
-        ("tests/state/test_snapshot_model.py",),
+        ("tests/state/test_heap_chain.py", "tests/state/test_snapshot_model.py"),
         ("src/flowstate/state/heap_tables.py",
          "        entry = self._top.get(key, self._default)  # an immutable default\n        if type(entry) not in _IMMUTABLE:\n",
          "        entry = self._top.get(key, self._default)  # an immutable default\n        if False:\n"),
