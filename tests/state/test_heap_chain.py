@@ -122,7 +122,7 @@ def test_close_deletes_the_working_directory_once_every_snapshot_is_released(tmp
 
 # ---- the model ---------------------------------------------------------------------------------------
 
-KEYS = st.integers(0, 12)
+KEYS = st.integers(0, 6)
 CHECKPOINT = st.tuples(st.just("checkpoint"), st.sampled_from(["complete", "complete", "abort", "leave running"]))
 OPS = st.lists(st.one_of(
     st.tuples(st.just("put"), KEYS, st.integers(0, 99)),
@@ -158,6 +158,7 @@ def test_restore_from_any_completed_checkpoint_equals_the_model(tmp_path_factory
         restored = complete(snapshot, store)
         longest = max(longest, len(restored.data["chain"]))
         completed.append((restored, expected))
+        backend.maybe_fold()  # as the task does before its next batch: flat again, tracking changes
 
     for op in ops:
         match op:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,10 +149,20 @@ def _pickled_chunks(layers: tuple[dict[Any, Any], ...], size: int) -> Iterator[b
         yield pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def heap_snapshot_entries(data: Any, name: str) -> dict[Any, Any]:
+def heap_snapshot_entries(data: Any, name: str, files: Mapping[str, str] | None = None) -> dict[Any, Any]:
     """The entries of state ``name`` in the data of a heap snapshot, read offline (tools, tests);
-    ``{}`` when the snapshot has no state of that name."""
+    ``{}`` when the snapshot has no state of that name. An incremental snapshot's chain is read from
+    ``files`` (file key -> local path)."""
     entries: dict[Any, Any] = {}
+    if data.get("format") == CHAIN_FORMAT:
+        for content in restore_chain(data["chain"], dict(files or {})):
+            kind_puts_deleted = content.states.get(name)
+            if kind_puts_deleted is not None:
+                for chunk in kind_puts_deleted[1]:
+                    entries.update(chunk)
+                for key in kind_puts_deleted[2]:
+                    entries.pop(key, None)
+        return entries
     for chunk in data["states"].get(name, {"chunks": ()})["chunks"]:
         entries.update(pickle.loads(chunk))
     return entries
