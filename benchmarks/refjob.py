@@ -158,7 +158,9 @@ def main() -> None:
     parser.add_argument("--sink", choices=("count", "file"), default="count",
                         help="count: a sink that only counts; file: FileSink (JSON Lines, two-phase commit) into a "
                              "temporary directory")
-    parser.add_argument("--full-checkpoints", action="store_true", help="rocksdb: no incremental checkpoints")
+    parser.add_argument("--heap-incremental", action="store_true",
+                        help="heap: incremental snapshots (a base and deltas of the keys changed)")
+    parser.add_argument("--full-checkpoints", action="store_true", help="no incremental checkpoints: every checkpoint writes the whole state (heap) or copies every SST file (rocksdb)")
     parser.add_argument("--checkpoint-stats", action="store_true",
                         help="keep every checkpoint (retained=1000) and report each one's bytes written, full "
                              "size and sync/async parts from its metadata")
@@ -184,7 +186,8 @@ def main() -> None:
                 interval=args.interval,
                 retained=1000 if args.checkpoint_stats else 1,
             ),
-            state=fs.StateOptions(backend=args.state_backend, incremental=not args.full_checkpoints),
+            state=fs.StateOptions(backend=args.state_backend, incremental=not args.full_checkpoints,
+                                  heap_incremental=args.heap_incremental),
             execution=fs.ExecutionOptions(executor=args.executor, workers=args.workers),
         )
         seconds = time.perf_counter() - started

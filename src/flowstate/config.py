@@ -177,7 +177,13 @@ class JobConfig:
     state_backend: str = "heap"
     """Where keyed state lives: ``heap`` (Python dicts) or ``rocksdb`` (embedded, larger than memory)."""
     incremental: bool = True
-    """``rocksdb``: a checkpoint uploads only the files the previous ones did not (shared files)."""
+    """A checkpoint uploads only the files the previous ones did not (shared files): ``rocksdb``'s
+    SST files, the ``heap``'s chain of a base and deltas (``flowstate.state.heap_chain``). Off: every
+    checkpoint writes the whole state."""
+    heap_incremental: bool = False
+    """``heap``: incremental snapshots, a chain of a base and deltas of the keys changed since the last
+    checkpoint (``flowstate.state.heap_chain``); every write then records its key. Worth it when few
+    keys change between two checkpoints."""
     compression: str = "zstd"
     """Codec of state files: ``zstd`` or ``none``."""
     state_dir: Path | None = None

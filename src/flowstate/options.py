@@ -133,8 +133,12 @@ class StateOptions:
                           target="state_backend")
     incremental: bool = option(True, help="rocksdb: every checkpoint uploads all files (default: incremental)",
                                flag="--full-checkpoints")
+    heap_incremental: bool = option(
+        False, help="heap: incremental snapshots (a base and deltas of the keys changed since the last checkpoint; "
+        "each write records its key): worth it when few keys change between checkpoints")
     compression: str = option("zstd", help=f"state file codec: {' or '.join(COMPRESSIONS)}")
-    directory: str | Path | None = option(None, help="rocksdb working directory (default: a temporary directory)",
+    directory: str | Path | None = option(None, help="working directory of rocksdb and of incremental heap snapshots "
+                                          "(default: a temporary directory)",
                                           flag="--state-dir", target="state_dir", metavar="DIR")
 
     def __post_init__(self) -> None:

@@ -202,7 +202,9 @@ def assert_every_checkpoint_is_a_consistent_cut_of_the_sequences(checkpoint_dir:
                 k = int(split.removeprefix("gen-"))
                 read[NAMES[k]] = (position - k) // SPLITS
             if "in-order" in state.operators:
-                applied.update(heap_snapshot_entries(dict(state.operators["in-order"].data), "last"))
+                keyed = state.operators["in-order"]
+                files = {key: str(storage.local_path(h)) for key, h in keyed.files.items()}
+                applied.update(heap_snapshot_entries(dict(keyed.data), "last", files))
             channels = state.channels
             assert sum(len(b) for batches in channels.values() for b in batches) == task.channel_state_bytes
             assert set(channels) <= set(range(PARALLELISM)), (task, set(channels))

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from flowstate.state.backend import KeyedSnapshot, RestoredState
+from flowstate.state.heap_chain import ChainPolicy
 from flowstate.state.keygroups import key_group_range
 from flowstate.state.memory import HeapKeyedStateBackend
 from flowstate.state.rocksdb import RocksDBKeyedStateBackend
@@ -25,6 +26,10 @@ MAXP = 128
 
 BACKENDS: dict[str, Callable[..., Any]] = {
     "heap": lambda maxp, groups, base: HeapKeyedStateBackend(maxp, groups),
+    # Deltas whatever their size (the states of these suites are small), and a base every fourth snapshot.
+    "heap-incremental": lambda maxp, groups, base: HeapKeyedStateBackend(
+        maxp, groups, incremental=True, base_dir=base,
+        policy=ChainPolicy(max_deltas=3, max_delta_ratio=1e9, max_changed_fraction=1e9)),
     "rocksdb": lambda maxp, groups, base: RocksDBKeyedStateBackend(maxp, groups, base_dir=base),
 }
 

@@ -208,12 +208,20 @@ class HeapSnapshotMachine(SnapshotMachine):
     kind = "heap"
 
 
+class IncrementalHeapSnapshotMachine(SnapshotMachine):
+    """Chains of a base and deltas: completing snapshots out of order, or releasing one unread,
+    makes the next one write a base (``flowstate.state.heap_chain``, rule 3)."""
+
+    kind = "heap-incremental"
+
+
 class RocksDBSnapshotMachine(SnapshotMachine):
     kind = "rocksdb"
 
 
-@pytest.mark.parametrize(("machine", "examples"), [(HeapSnapshotMachine, 200), (RocksDBSnapshotMachine, 25)],
-                         ids=["heap", "rocksdb"])
+@pytest.mark.parametrize(("machine", "examples"), [
+    (HeapSnapshotMachine, 200), (IncrementalHeapSnapshotMachine, 200), (RocksDBSnapshotMachine, 25),
+], ids=["heap", "heap-incremental", "rocksdb"])
 def test_every_snapshot_restores_exactly_the_state_at_its_cut(machine, examples):
     run_state_machine_as_test(machine, settings=settings(
         max_examples=examples, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]))

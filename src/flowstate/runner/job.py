@@ -95,7 +95,7 @@ class JobRunner:
                 raise ConfigError(f"checkpoint storage {config.checkpoint_dir}: {exc}") from None
         self.executor_name, self.workers = choose_executor(config, self.graph)
         self._next_id = 1
-        self._backend = BackendSpec(config.state_backend)
+        self._backend = BackendSpec(config.state_backend, incremental=config.heap_incremental)
         self._backend.factory()  # a missing backend package is a mistake in the command: say so now
         self.control = control if control is not None else JobControl()
         """Ask the running job for a checkpoint, a savepoint or a stop (any thread)."""
@@ -244,7 +244,7 @@ class JobRunner:
             # in a checkpoint directory whose id the next attempt reuses.
             executor.stop(graceful)
             if state_dir is not None:
-                # Working files of the attempt's RocksDB instances, also those of killed workers.
+                # Working files of the attempt's backends, also those of killed workers.
                 shutil.rmtree(state_dir, ignore_errors=True)
 
     def _choose_restore_point(self, result: JobResult) -> RestoreChoice:
@@ -264,16 +264,16 @@ class JobRunner:
         return choice
 
     def _attempt_state_dir(self) -> str | None:
-        """A working directory for the local state of this attempt's tasks (``rocksdb``), removed when
-        the attempt ends, however it ends."""
+        """A working directory for the local state of this attempt's tasks (``rocksdb``, incremental
+        ``heap``), removed when the attempt ends, however it ends."""
         config = self.config
-        if config.state_backend != "rocksdb":
+        if config.state_backend != "rocksdb" and not config.heap_incremental:
             return None
         base = config.state_dir
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
         state_dir = tempfile.mkdtemp(prefix="flowstate-attempt-", dir=base)
-        self._backend = BackendSpec(config.state_backend, state_dir)
+        self._backend = BackendSpec(config.state_backend, state_dir, config.heap_incremental)
         return state_dir
 
     def _restore_point(self, restored: CheckpointMetadata | None) -> RestorePoint | None:

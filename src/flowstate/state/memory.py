@@ -28,28 +28,32 @@ layer above the lowest are applied to it, in order, and it becomes ``top`` again
 number of entries written since the snapshot, never the whole state. A snapshot taken while an older
 one is still being written stacks one more layer; the fold waits until both are done.
 
-Snapshot data (format ``heap-v2``): ``{"format", "max_parallelism", "key_groups": [start, stop],
-"states": {name: {"kind": kind, "chunks": [pickled dict, ...]}}}``; ``files`` is always empty. A
-restore into the same or a wider key-group range loads the chunks as they are; a restore into another
-range (a rescale) keeps only the keys whose key group it owns, so no key is hashed unless a rescale
-needs it.
+**Full snapshots** (``incremental=False``). Data (format ``heap-v2``): ``{"format",
+"max_parallelism", "key_groups": [start, stop], "states": {name: {"kind": kind, "chunks": [pickled
+dict, ...]}}}``; ``files`` is always empty. A restore into the same or a wider key-group range loads
+the chunks as they are; a restore into another range (a rescale) keeps only the keys whose key group
+it owns, so no key is hashed unless a rescale needs it.
+
+**Incremental snapshots** (``incremental=True``, ``flowstate.state.heap_chain``): every table also
+keeps the set of keys changed since the last snapshot (rule 4 of ``flowstate.state.heap_tables``:
+a flat view adds each key it writes, deletes or hands out a mutable value of; while layers are
+frozen, ``top`` holds those keys). Step (1) hands that set to the snapshot and starts a new one;
+Step (3) writes the entries of those keys in the frozen view as a delta file (a key without an
+entry there is a delete), or the whole view as a base file, and lists the base and deltas of its
+chain as shared files (format ``heap-chain-v1``); Step (4) adds the keys of ``top`` to the new set
+before it folds. The price on the task thread is one set insertion per write.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from flowstate.state.api import (
-    KeyContext,
-    ListState,
-    MapState,
-    ReducingState,
-    ValueState,
-)
+from flowstate.state.api import KeyContext
 from flowstate.state.backend import (
     RestoredState,
     SnapshotParts,
@@ -57,352 +61,34 @@ from flowstate.state.backend import (
     StateKind,
     check_header,
 )
+from flowstate.state.heap_chain import (
+    CHAIN_FORMAT,
+    ChainPolicy,
+    ChainSnapshot,
+    ChainStore,
+    restore_chain,
+)
+from flowstate.state.heap_tables import (
+    _ABSENT,
+    HeapListState,
+    HeapMapState,
+    HeapReducingState,
+    HeapValueState,
+    _FreshDefaultValueState,
+    _Table,
+)
 from flowstate.state.keygroups import key_group_of
-from flowstate.state.keys import check_key
-from flowstate.state.values import immutable, private
+from flowstate.state.values import immutable
+
+__all__ = [
+    "CHAIN_FORMAT", "FORMAT", "FORMATS", "HeapBackendFactory", "HeapKeyedStateBackend", "HeapListState",
+    "HeapMapState", "HeapReducingState", "HeapSnapshot", "HeapValueState", "heap_snapshot_entries",
+]
 
 FORMAT = "heap-v2"
+FORMATS = (FORMAT, CHAIN_FORMAT)
+"""The formats of heap snapshots: full, and incremental (a chain of shared files)."""
 DEFAULT_CHUNK_ENTRIES = 10_000
-
-
-class _Absent:
-    """No entry: the default of lookups, and a tombstone in a layer above the lowest."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<absent>"
-
-
-_ABSENT = _Absent()
-
-
-def _below_get(top: dict[Any, Any], below: tuple[dict[Any, Any], ...], key: Any) -> Any:
-    """The entry of ``key`` when ``top.get(key, _ABSENT)`` gave ``_ABSENT``: ``_ABSENT`` if ``top``
-    holds a tombstone for it, else the entry of the highest frozen layer that has one."""
-    if key in top:
-        return _ABSENT
-    for layer in reversed(below):
-        entry = layer.get(key, _ABSENT)
-        if entry is not _ABSENT or key in layer:
-            return entry
-    return _ABSENT
-
-
-class _Table:
-    __slots__ = ("below", "kind", "top", "views")
-
-    def __init__(self, kind: StateKind) -> None:
-        self.kind = kind
-        self.top: dict[Any, Any] = {}
-        self.below: tuple[dict[Any, Any], ...] = ()
-        self.views: weakref.WeakSet[_View] = weakref.WeakSet()
-
-    def count(self) -> int:
-        """The number of keys with an entry."""
-        if not self.below:
-            return len(self.top)
-        base = self.below[0]
-        total = len(base)
-        for key, entry in self.merged().items():
-            if entry is _ABSENT:
-                total -= key in base
-            else:
-                total += key not in base
-        return total
-
-    def merged(self) -> dict[Any, Any]:
-        """The entries above the lowest layer, the highest winning (tombstones kept)."""
-        upper: dict[Any, Any] = {}
-        for layer in (*self.below[1:], self.top):
-            upper.update(layer)
-        return upper
-
-
-class _View:
-    """Base of the heap state objects: a view of the layers of one table, re-pointed by the backend.
-
-    Each kind has two classes with the same slots: the flat one (no layer below ``top``: the code
-    of a plain dict) and its layered subclass (Step 2). ``_repoint`` switches an object's class, so
-    the flat hot path pays nothing for snapshots it is not part of."""
-
-    __slots__ = ()
-    _top: dict[Any, Any]
-    _below: tuple[dict[Any, Any], ...]
-    _flat: type[_View]
-    _layered: type[_View]
-
-    def _repoint(self, top: dict[Any, Any], below: tuple[dict[Any, Any], ...]) -> None:
-        self._top = top
-        self._below = below
-        self.__class__ = self._layered if below else self._flat
-
-    def clear(self) -> None:
-        self._top.pop(self._keys.current_key, None)  # type: ignore[attr-defined]
-
-
-class _LayeredView(_View):
-    __slots__ = ()
-
-    def clear(self) -> None:
-        self._top[self._keys.current_key] = _ABSENT  # type: ignore[attr-defined]
-
-    def _get(self, key: Any) -> Any:
-        """The entry of ``key`` in the view of all layers, or ``_ABSENT``. An entry found below is
-        returned as ``private`` made it: the caller may hand it out or change it (Step 2)."""
-        top = self._top
-        entry = top.get(key, _ABSENT)
-        if entry is not _ABSENT:
-            return entry
-        found = _below_get(top, self._below, key)
-        if found is _ABSENT:
-            return found
-        entry = private(found)
-        if entry is not found:
-            top[key] = entry
-        return entry
-
-
-class HeapValueState(_View, ValueState[Any]):
-    __slots__ = ("__weakref__", "_below", "_default", "_keys", "_top")
-
-    def __init__(self, table: _Table, keys: KeyContext, default: Any) -> None:
-        self._keys = keys
-        self._default = default
-        self._repoint(table.top, table.below)
-
-    def value(self) -> Any:
-        return self._top.get(self._keys.current_key, self._default)  # an immutable default
-
-    def update(self, value: Any) -> None:
-        if value is None:
-            self._top.pop(self._keys.current_key, None)
-        else:
-            self._top[self._keys.current_key] = value
-
-
-class _LayeredValueState(_LayeredView, HeapValueState):
-    __slots__ = ()
-
-    def value(self) -> Any:
-        entry = self._get(self._keys.current_key)
-        return self._default if entry is _ABSENT else entry
-
-    def update(self, value: Any) -> None:
-        self._top[self._keys.current_key] = _ABSENT if value is None else value
-
-
-class _FreshDefaultValueState(HeapValueState):
-    """A value state whose default is mutable: it is never stored, so each ``value()`` of a key
-    without a value returns a fresh copy of it (changing it changes nothing). A class of its own so
-    that the usual immutable default costs nothing."""
-
-    __slots__ = ()
-
-    def value(self) -> Any:
-        entry = self._top.get(self._keys.current_key, _ABSENT)
-        return private(self._default) if entry is _ABSENT else entry
-
-
-class _LayeredFreshDefaultValueState(_LayeredValueState):
-    __slots__ = ()
-
-    def value(self) -> Any:
-        entry = self._get(self._keys.current_key)
-        return private(self._default) if entry is _ABSENT else entry
-
-
-class HeapListState(_View, ListState[Any]):
-    __slots__ = ("__weakref__", "_below", "_keys", "_top")
-
-    def __init__(self, table: _Table, keys: KeyContext) -> None:
-        self._keys = keys
-        self._repoint(table.top, table.below)
-
-    def get(self) -> list[Any]:
-        return list(self._top.get(self._keys.current_key, ()))
-
-    def add(self, value: Any) -> None:
-        self._top.setdefault(self._keys.current_key, []).append(value)
-
-    def add_all(self, values: Iterable[Any]) -> None:
-        new = list(values)
-        if new:
-            self._top.setdefault(self._keys.current_key, []).extend(new)
-
-    def update(self, values: Iterable[Any]) -> None:
-        new = list(values)
-        if new:
-            self._top[self._keys.current_key] = new
-        else:
-            self.clear()
-
-
-class _LayeredListState(_LayeredView, HeapListState):
-    __slots__ = ()
-
-    def _own(self) -> list[Any]:
-        """The list of the current key in ``top``: a copy of the one below, made on its first change."""
-        key = self._keys.current_key
-        entry = self._top.get(key, _ABSENT)
-        if entry is _ABSENT:
-            found = _below_get(self._top, self._below, key)
-            entry = self._top[key] = [] if found is _ABSENT else [private(item) for item in found]
-        return entry  # type: ignore[no-any-return]
-
-    def get(self) -> list[Any]:
-        key = self._keys.current_key
-        entry = self._top.get(key, _ABSENT)
-        if entry is _ABSENT:
-            found = _below_get(self._top, self._below, key)
-            if found is _ABSENT:
-                return []
-            entry = [private(item) for item in found]
-            if any(mine is not theirs for mine, theirs in zip(entry, found)):
-                self._top[key] = entry  # its items may be changed by the caller: keep the copies
-        return list(entry)
-
-    def add(self, value: Any) -> None:
-        self._own().append(value)
-
-    def add_all(self, values: Iterable[Any]) -> None:
-        new = list(values)
-        if new:
-            self._own().extend(new)
-
-
-class HeapMapState(_View, MapState[Any, Any]):
-    __slots__ = ("__weakref__", "_below", "_keys", "_top")
-
-    def __init__(self, table: _Table, keys: KeyContext) -> None:
-        self._keys = keys
-        self._repoint(table.top, table.below)
-
-    def _read(self) -> dict[Any, Any]:
-        """The map of the current key, for reading keys only."""
-        return self._top.get(self._keys.current_key) or {}
-
-    def _values(self) -> dict[Any, Any]:
-        """The map of the current key, whose values may be handed out."""
-        return self._top.get(self._keys.current_key) or {}
-
-    def _own(self) -> dict[Any, Any]:
-        return self._top.setdefault(self._keys.current_key, {})  # type: ignore[no-any-return]
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self._values().get(key, default)
-
-    def put(self, key: Any, value: Any) -> None:
-        if type(key) is not str:
-            check_key(key)
-        self._own()[key] = value
-
-    def put_all(self, entries: dict[Any, Any]) -> None:
-        if entries:
-            for key in entries:
-                if type(key) is not str:
-                    check_key(key)
-            self._own().update(entries)
-
-    def contains(self, key: Any) -> bool:
-        return key in self._read()
-
-    def remove(self, key: Any) -> None:
-        entries = self._read()
-        if key not in entries:
-            return
-        if len(entries) == 1:
-            self.clear()
-        else:
-            del self._own()[key]
-
-    def keys(self) -> Iterator[Any]:
-        return iter(list(self._read()))
-
-    def values(self) -> Iterator[Any]:
-        return iter(list(self._values().values()))
-
-    def items(self) -> Iterator[tuple[Any, Any]]:
-        return iter(list(self._values().items()))
-
-    def is_empty(self) -> bool:
-        return not self._read()
-
-
-class _LayeredMapState(_LayeredView, HeapMapState):
-    __slots__ = ()
-
-    def _read(self) -> dict[Any, Any]:
-        key = self._keys.current_key
-        entry = self._top.get(key, _ABSENT)
-        if entry is _ABSENT:
-            entry = _below_get(self._top, self._below, key)
-        return {} if entry is _ABSENT else entry  # type: ignore[no-any-return]
-
-    def _values(self) -> dict[Any, Any]:
-        key = self._keys.current_key
-        if key in self._top:
-            return self._read()
-        found = _below_get(self._top, self._below, key)
-        if found is _ABSENT:
-            return {}
-        entry = {k: private(v) for k, v in found.items()}
-        if any(mine is not found[k] for k, mine in entry.items()):
-            self._top[key] = entry  # its values may be changed by the caller: keep the copies
-        return entry
-
-    def _own(self) -> dict[Any, Any]:
-        """The map of the current key in ``top``: a copy of the one below, made on its first change."""
-        key = self._keys.current_key
-        entry = self._top.get(key, _ABSENT)
-        if entry is _ABSENT:
-            found = _below_get(self._top, self._below, key)
-            entry = self._top[key] = {} if found is _ABSENT else {k: private(v) for k, v in found.items()}
-        return entry  # type: ignore[no-any-return]
-
-
-class HeapReducingState(_View, ReducingState[Any]):
-    __slots__ = ("__weakref__", "_below", "_fn", "_keys", "_top")
-
-    def __init__(self, table: _Table, keys: KeyContext, reduce_fn: Callable[[Any, Any], Any]) -> None:
-        self._keys = keys
-        self._fn = reduce_fn
-        self._repoint(table.top, table.below)
-
-    def get(self) -> Any:
-        return self._top.get(self._keys.current_key)
-
-    def add(self, value: Any) -> None:
-        self.add_and_get(value)
-
-    def add_and_get(self, value: Any) -> Any:
-        key = self._keys.current_key
-        top = self._top
-        old = top.get(key, _ABSENT)  # flat: no tombstones, _ABSENT means no entry
-        new = top[key] = value if old is _ABSENT else self._fn(old, value)
-        return new
-
-
-class _LayeredReducingState(_LayeredView, HeapReducingState):
-    __slots__ = ()
-
-    def get(self) -> Any:
-        entry = self._get(self._keys.current_key)
-        return None if entry is _ABSENT else entry
-
-    def add_and_get(self, value: Any) -> Any:
-        key = self._keys.current_key
-        old = self._get(key)
-        new = self._top[key] = value if old is _ABSENT else self._fn(old, value)
-        return new
-
-
-for _flat, _layered in ((HeapValueState, _LayeredValueState),
-                        (_FreshDefaultValueState, _LayeredFreshDefaultValueState), (HeapListState, _LayeredListState),
-                        (HeapMapState, _LayeredMapState), (HeapReducingState, _LayeredReducingState)):
-    _flat._flat = _layered._flat = _flat
-    _flat._layered = _layered._layered = _layered
-del _flat, _layered
 
 
 class HeapSnapshot:
@@ -463,20 +149,47 @@ def _pickled_chunks(layers: tuple[dict[Any, Any], ...], size: int) -> Iterator[b
         yield pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def heap_snapshot_entries(data: Any, name: str) -> dict[Any, Any]:
+def heap_snapshot_entries(data: Any, name: str, files: Mapping[str, str] | None = None) -> dict[Any, Any]:
     """The entries of state ``name`` in the data of a heap snapshot, read offline (tools, tests);
-    ``{}`` when the snapshot has no state of that name."""
+    ``{}`` when the snapshot has no state of that name. An incremental snapshot's chain is read from
+    ``files`` (file key -> local path)."""
     entries: dict[Any, Any] = {}
+    if data.get("format") == CHAIN_FORMAT:
+        for content in restore_chain(data["chain"], dict(files or {})):
+            kind_puts_deleted = content.states.get(name)
+            if kind_puts_deleted is not None:
+                for chunk in kind_puts_deleted[1]:
+                    entries.update(chunk)
+                for key in kind_puts_deleted[2]:
+                    entries.pop(key, None)
+        return entries
     for chunk in data["states"].get(name, {"chunks": ()})["chunks"]:
         entries.update(pickle.loads(chunk))
     return entries
 
 
+@dataclass(frozen=True, slots=True)
+class HeapBackendFactory:
+    """Builds heap backends (a ``BackendFactory``): incremental snapshots or full ones, their chain
+    files in temporary directories under ``base_dir`` (the system's by default)."""
+
+    incremental: bool = True
+    base_dir: str | None = None
+    policy: ChainPolicy = ChainPolicy()
+
+    def __call__(self, max_parallelism: int, key_groups: range) -> HeapKeyedStateBackend:
+        return HeapKeyedStateBackend(max_parallelism, key_groups, incremental=self.incremental,
+                                     base_dir=self.base_dir, policy=self.policy)
+
+
 class HeapKeyedStateBackend:
-    """Keyed state in dicts, with copy-on-write snapshots (see the module docstring)."""
+    """Keyed state in dicts, with copy-on-write snapshots (see the module docstring): full ones, or
+    with ``incremental`` a chain of a base and deltas in files under ``base_dir`` (chosen as
+    ``policy`` says)."""
 
     def __init__(self, max_parallelism: int, key_groups: range, *,
-                 chunk_entries: int = DEFAULT_CHUNK_ENTRIES) -> None:
+                 chunk_entries: int = DEFAULT_CHUNK_ENTRIES, incremental: bool = False,
+                 base_dir: str | os.PathLike[str] | None = None, policy: ChainPolicy | None = None) -> None:
         if chunk_entries < 1:
             raise ValueError(f"chunk_entries must be at least 1, not {chunk_entries}")
         self._maxp = max_parallelism
@@ -485,8 +198,16 @@ class HeapKeyedStateBackend:
         self._keys = KeyContext()
         self._tables: dict[str, _Table] = {}
         self._layered = False
-        self._pending: list[HeapSnapshot] = []
+        self._pending: list[HeapSnapshot | ChainSnapshot] = []
         self._used = False
+        self._store = ChainStore(base_dir, policy or ChainPolicy()) if incremental else None
+        self._taken = 0
+        self._last: ChainSnapshot | None = None
+        """The newest incremental snapshot: the next one extends its chain (if it was written)."""
+
+    @property
+    def incremental(self) -> bool:
+        return self._store is not None
 
     @property
     def keys(self) -> KeyContext:
@@ -499,7 +220,7 @@ class HeapKeyedStateBackend:
         table = self._tables.get(name)
         if table is None:
             # A new table is flat even while others are layered: no snapshot holds any of it.
-            table = self._tables[name] = _Table(kind)
+            table = self._tables[name] = _Table(kind, tracked=self._store is not None)
         elif table.kind is not kind:
             raise StateError(f"state {name!r} is {table.kind.value} state; it cannot also be {kind.value} state")
         return table
@@ -543,19 +264,35 @@ class HeapKeyedStateBackend:
 
     # ---- snapshots (rules 3 to 5) ----------------------------------------------------------------
 
-    def snapshot(self, full: bool = False) -> HeapSnapshot:
-        """Step 1. ``full`` changes nothing: a heap snapshot is always self-contained."""
+    def snapshot(self, full: bool = False) -> HeapSnapshot | ChainSnapshot:
+        """Step 1. ``full`` changes nothing: the caller copies the files of an incremental one into
+        a savepoint, which is then self-contained."""
         self._used = True
         self.maybe_fold()
         frozen: dict[str, tuple[StateKind, tuple[dict[Any, Any], ...]]] = {}
+        changed: dict[str, set[Any]] = {}
         for name, table in self._tables.items():
+            if table.changed is not None:
+                keys = changed[name] = table.changed
+                if table.below:
+                    keys.update(table.top)  # written since the last snapshot, which froze the layers below
+                table.changed = set()
             layers = (*table.below, table.top)
             frozen[name] = (table.kind, layers)
             table.below = layers
             table.top = {}
             self._repoint(table)
         self._layered = True
-        snapshot = HeapSnapshot(self._maxp, self._key_groups, frozen, self._chunk_entries)
+        snapshot: HeapSnapshot | ChainSnapshot
+        if self._store is None:
+            snapshot = HeapSnapshot(self._maxp, self._key_groups, frozen, self._chunk_entries)
+        else:
+            self._taken += 1
+            header = {"format": CHAIN_FORMAT, "max_parallelism": self._maxp,
+                      "key_groups": [self._key_groups.start, self._key_groups.stop],
+                      "states": {name: kind.value for name, (kind, _) in frozen.items()}}
+            snapshot = self._last = ChainSnapshot(self._store, self._taken, self._last, header, frozen, changed,
+                                                  self._chunk_entries)
         self._pending.append(snapshot)
         return snapshot
 
@@ -570,6 +307,8 @@ class HeapKeyedStateBackend:
         for table in self._tables.values():
             if not table.below:
                 continue  # created after the last snapshot: flat already
+            if table.changed is not None:
+                table.changed.update(table.top)  # written since the last snapshot
             base = table.below[0]
             for layer in (*table.below[1:], table.top):
                 for key, entry in layer.items():
@@ -585,7 +324,7 @@ class HeapKeyedStateBackend:
     @staticmethod
     def _repoint(table: _Table) -> None:
         for view in table.views:
-            view._repoint(table.top, table.below)
+            view._repoint(table)
 
     # ---- restore (rule 2) ------------------------------------------------------------------------
 
@@ -596,26 +335,44 @@ class HeapKeyedStateBackend:
         own = self._key_groups
         maxp = self._maxp
         for state in states:
-            theirs = check_header(state.data, FORMAT, maxp, "heap")
+            data = state.data
+            chain = isinstance(data, dict) and data.get("format") == CHAIN_FORMAT
+            theirs = check_header(data, CHAIN_FORMAT if chain else FORMAT, maxp, "heap")
             inside = own.start <= theirs.start and theirs.stop <= own.stop
             if not inside and (theirs.stop <= own.start or own.stop <= theirs.start):
                 continue  # no key group in common
-            for name, entry in state.data["states"].items():
-                table = self._table(name, StateKind(entry["kind"]))
-                top = table.top
-                for chunk in entry["chunks"]:
-                    entries = pickle.loads(chunk)
-                    if inside:
-                        top.update(entries)
-                    else:
-                        top.update((k, v) for k, v in entries.items() if key_group_of(k, maxp) in own)
+            if not chain:
+                for name, entry in data["states"].items():
+                    table = self._table(name, StateKind(entry["kind"]))
+                    for chunk in entry["chunks"]:
+                        self._load(table.top, pickle.loads(chunk), inside)
+                continue
+            for name, kind in data["states"].items():
+                self._table(name, StateKind(kind))
+            for content in restore_chain(data["chain"], dict(state.files)):
+                for name, (kind, puts, deleted) in content.states.items():
+                    top = self._table(name, kind).top
+                    for entries in puts:
+                        self._load(top, entries, inside)
+                    for key in deleted:
+                        top.pop(key, None)  # a key of another key group is in no other snapshot
+
+    def _load(self, top: dict[Any, Any], entries: dict[Any, Any], inside: bool) -> None:
+        if inside:
+            top.update(entries)
+        else:
+            own, maxp = self._key_groups, self._maxp
+            top.update((k, v) for k, v in entries.items() if key_group_of(k, maxp) in own)
 
     # ---- resources and metrics (rules 6 and 7) ---------------------------------------------------
 
     def close(self) -> None:
         self._tables.clear()
         self._pending.clear()
+        self._last = None
         self._layered = False
+        if self._store is not None:
+            self._store.close()
 
     def entry_count(self) -> int:
         """Exact; O(states) when no snapshot is pending, else O(entries written since it was taken)."""

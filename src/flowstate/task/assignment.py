@@ -57,6 +57,7 @@ from flowstate.state.keygroups import (
     subtask_for_key_group,
 )
 from flowstate.state.memory import FORMAT as HEAP_FORMAT
+from flowstate.state.memory import FORMATS as HEAP_FORMATS
 from flowstate.storage.base import CheckpointMetadata, JobRecord, OperatorRecord
 from flowstate.storage.state_file import KeyedSnapshot, TaskStateFile
 
@@ -164,7 +165,7 @@ def assign_states(
         recorded = old_operators.get(old.uid)
         if recorded is not None:
             return recorded.kind
-        if any(isinstance(p, KeyedSnapshot) and p.data.get("format") == HEAP_FORMAT for p in old.parts.values()):
+        if any(isinstance(p, KeyedSnapshot) and p.data.get("format") in HEAP_FORMATS for p in old.parts.values()):
             return NodeKind.KEYED_PROCESS
         found = nodes.get(old.uid)
         return found[1].kind if found is not None else None

@@ -77,14 +77,17 @@ class BackendSpec:
 
     name: str = "heap"
     state_dir: str | None = None
-    """``rocksdb``: where the attempt's instances keep their working files (``None``: a temporary
-    directory)."""
+    """Where the attempt's instances keep their working files (``None``: a temporary directory):
+    RocksDB's databases, the heap's incremental chain files."""
+    incremental: bool = False
+    """``heap``: incremental snapshots (a chain of a base and deltas in shared files) rather than full
+    ones (``heap_incremental``)."""
 
     def factory(self) -> BackendFactory:
-        from flowstate.state.memory import HeapKeyedStateBackend
+        from flowstate.state.memory import HeapBackendFactory
 
         if self.name != "rocksdb":
-            return HeapKeyedStateBackend
+            return HeapBackendFactory(self.incremental, self.state_dir)
         try:
             from flowstate.state.rocksdb import RocksDBBackendFactory
         except ImportError as exc:

@@ -22,7 +22,11 @@ that a bug in the engine's reader cannot hide a bug in its writer:
    to the checkpoint's barriers, over every run that led to it.
 5. Keyed state of an operator (heap backend: version 2's ``data``) is ``{"format": "heap-v2",
    "states": {name: {"kind", "chunks"}}, …}`` where each chunk is a pickled dict of entries (key →
-   value).
+   value); or, incremental, ``{"format": "heap-chain-v1", "chain": [file key, ...], …}`` where each
+   key names a file of the operator's ``files`` (stored under the checkpoint root): ``MAGIC``, then a
+   zstd frame of a pickled ``{"role", "states": {name: {"kind", "puts", "deleted"}}}``, ``puts`` and
+   ``deleted`` lists of ``(codec, bytes)`` chunks (``marshal`` or ``pickle`` of a dict). The entries
+   are the base's, then each delta's puts and deletes applied in order.
 
 A checkpoint that breaks rule 2 or 3 is returned as ``Unreadable`` with the reason: for a checker
 that is a finding, never something to skip silently.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import os
 import pickle
 import re
@@ -48,6 +53,8 @@ V1_CHANNELS = "__channels__"
 V1_RESERVED = frozenset({V1_SOURCE, V1_CHANNELS, "__watermark__"})
 V2_TAG = "flowstate-task-state"
 KEYED_FORMAT = "heap-v2"
+CHAIN_FORMAT = "heap-chain-v1"
+CHAIN_MAGIC = b"FSHEAPCHAIN1\n"
 _DIRECTORY = re.compile(r"chk-([0-9]+)")
 
 
@@ -60,6 +67,8 @@ class TaskFile:
     source: dict[str, Any]
     """Split → position (empty for a task that heads no source)."""
     channels: dict[int, list[bytes]]
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Operator uid → file key → the stored file's handle ``(path, size, sha256, codec)`` (rule 5)."""
 
 
 def _task_file(state: Any) -> TaskFile | str:
@@ -72,14 +81,39 @@ def _task_file(state: Any) -> TaskFile | str:
         return f"holds a {type(state).__name__}, not a task state file of version 1 or 2"
     body = state[2]
     operators = {}
+    files = {}
     for uid, value in (body.get("operators") or {}).items():
         if isinstance(value, tuple) and value and value[0] == "keyed":
             operators[uid] = value[1]
+            files[uid] = dict(value[2]) if len(value) > 2 and isinstance(value[2], dict) else {}
         elif isinstance(value, tuple) and len(value) == 2 and value[0] == "value":
             operators[uid] = value[1]
         else:
             return f"holds operator {uid!r} as {value!r:.60}, neither keyed nor a value"
-    return TaskFile(operators, body.get("source") or {}, body.get("channels") or {})
+    return TaskFile(operators, body.get("source") or {}, body.get("channels") or {}, files)
+
+
+def _decode_chunk(codec: str, data: bytes) -> Any:
+    return marshal.loads(data) if codec == "marshal" else pickle.loads(data)
+
+
+def _chain_entries(root: Path, data: dict[str, Any], files: dict[str, Any], table: str) -> dict[Any, Any]:
+    """Rule 5: the entries of ``table`` in a chain of heap files."""
+    entries: dict[Any, Any] = {}
+    for key in data["chain"]:
+        raw = (root / files[key][0]).read_bytes()
+        if not raw.startswith(CHAIN_MAGIC):
+            raise NotHeapState(f"{files[key][0]} is not a heap chain file")
+        body = pickle.loads(zstandard.ZstdDecompressor().decompress(raw[len(CHAIN_MAGIC):]))
+        state = body["states"].get(table)
+        if state is None:
+            continue
+        for codec, chunk in state["puts"]:
+            entries.update(_decode_chunk(codec, chunk))
+        for codec, chunk in state["deleted"]:
+            for gone in _decode_chunk(codec, chunk):
+                entries.pop(gone, None)
+    return entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +127,8 @@ class Checkpoint:
     """Task id → its state file (tasks without state are absent)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """The metadata's ``extra`` (rule 4)."""
+    root: Path | None = None
+    """The storage root, where the files of incremental keyed state are (rule 5)."""
 
     def source_positions(self) -> dict[str, Any]:
         """Split → position, over every source task."""
@@ -108,6 +144,9 @@ class Checkpoint:
             if uid not in state.operators:
                 continue
             operator = state.operators[uid]
+            if isinstance(operator, dict) and operator.get("format") == CHAIN_FORMAT and self.root is not None:
+                entries.update(_chain_entries(self.root, operator, state.files.get(uid, {}), table))
+                continue
             if not isinstance(operator, dict) or operator.get("format") != KEYED_FORMAT:
                 found = operator.get("format") if isinstance(operator, dict) else type(operator).__name__
                 raise NotHeapState(f"checkpoint {self.checkpoint_id}, task {task}: keyed state of {uid!r} "
@@ -195,7 +234,7 @@ def _read(root: Path, checkpoint_id: int, directory: Path) -> Checkpoint | Unrea
         states[task] = read
     extra = body.get("extra")
     return Checkpoint(checkpoint_id, str(body.get("mode")), bool(body.get("final")), states,
-                      dict(extra) if isinstance(extra, dict) else {})
+                      dict(extra) if isinstance(extra, dict) else {}, root)
 
 
 def completed_checkpoints(root: str | os.PathLike[str]) -> Iterator[Checkpoint | Unreadable]:
