@@ -288,7 +288,8 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]], rescale: list
         f"Command: `python benchmarks/state_backends.py {' '.join(sys.argv[1:])}`.\n")
     out("### Snapshot parts and restore against state size (one value state)\n")
     out("Sync = synchronous part on the task thread, right after loading the keys; async = `materialize()` "
-        "plus pickling its `data` (RocksDB: listing the files; copying them to storage is not included); "
+        "plus pickling its `data` (RocksDB: writing the frozen object caches, flushing the memtables, the hard-link "
+        "checkpoint and listing its files; copying them to storage is not included); "
         "heap fold = folding back the 1 % of keys written while the snapshot was pending; "
         "\"1 % changed\" = the next snapshot after another 1 % of the keys were updated. "
         "Restore = of the first snapshot into a fresh backend at the same parallelism.\n")
