@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import docsection
+
 from flowstate.state.backend import RestoredState
 from flowstate.state.keygroups import key_group_of, key_group_range
 from flowstate.state.memory import HeapKeyedStateBackend

@@ -271,7 +271,7 @@ def test_the_object_cache_is_encoded_at_the_barrier_and_bounded_between_batches(
         backend.keys.current_key = f"k{i}"
         acc.update({"n": i})
     column = backend._columns["acc"]
-    assert len(column.objects) == 3 and not rows(backend, "acc") == []  # rows() writes, the objects stay
+    assert len(column.objects) == 3 and rows(backend, "acc") != []  # rows() writes, the objects stay
     snapshot = backend.snapshot()
     assert column.objects == {}, "the synchronous part encodes and drops every cached object"
     backend.keys.current_key = "k0"
@@ -374,7 +374,7 @@ def test_a_cut_made_on_another_thread_while_the_task_writes_holds_the_state_at_i
         expected.append({"count": dict.fromkeys(keys, round_), "items": {k: list(range(round_ + 1)) for k in keys}})
         snapshot = backend.snapshot()
         done: list = []
-        worker = threading.Thread(target=lambda s=snapshot: done.append(complete(s, store)))
+        worker = threading.Thread(target=lambda s=snapshot, out=done: out.append(complete(s, store)))
         worker.start()
         for key in keys[::7]:  # the task goes on while the cut is made
             backend.keys.current_key = key
@@ -392,3 +392,16 @@ def test_a_cut_made_on_another_thread_while_the_task_writes_holds_the_state_at_i
         restored = backends()
         restored.restore([state])
         assert dump(restored, {"count": "value", "items": "list"}) == want
+
+
+@pytest.mark.parametrize("key", ["", "a", "ключ", "x" * 126, "y" * 127, "z" * 5000, "\ud800", 7, -1, (1, "a"), b"b", 2.5])
+def test_the_key_prefix_of_the_current_key_is_the_key_prefix_of_the_key(key):
+    from flowstate.state.rocksdb.layout import RocksKeyContext
+
+    keys = RocksKeyContext(MAXP)
+    keys.current_key = key
+    assert keys.prefix() == key_prefix(key, MAXP)
+    keys.current_key = "other"
+    keys.prefix()
+    keys.current_key = key
+    assert keys.prefix() == key_prefix(key, MAXP), "the same once remembered"

@@ -57,7 +57,12 @@ from flowstate.state.rocksdb.backend import (
 from flowstate.state.rocksdb.cache import CF_PREFIX
 from flowstate.state.rocksdb.layout import key_prefix, split_prefix, successor
 from flowstate.state.rocksdb.snapshot import RocksDBSnapshot
-from flowstate.state.rocksdb.states import RocksListState, RocksMapState, RocksReducingState, RocksValueState
+from flowstate.state.rocksdb.states import (
+    RocksListState,
+    RocksMapState,
+    RocksReducingState,
+    RocksValueState,
+)
 
 __all__ = [
     "CF_PREFIX",

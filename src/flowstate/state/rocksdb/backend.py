@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rocksdict import AccessType, BlockBasedOptions, DBCompressionType, Options, Rdict, WriteBatch
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+)
 
 from flowstate.state.api import KeyContext
 from flowstate.state.backend import (
@@ -26,7 +33,7 @@ from flowstate.state.backend import (
     check_key_groups,
 )
 from flowstate.state.codec import ValueCodec
-from flowstate.state.rocksdb.cache import CF_PREFIX, Column, write_options
+from flowstate.state.rocksdb.cache import CF_PREFIX, Column, rows_from, write_options
 from flowstate.state.rocksdb.layout import RocksKeyContext, split_prefix
 from flowstate.state.rocksdb.snapshot import Cut, Cuts, RocksDBSnapshot
 from flowstate.state.rocksdb.states import (
@@ -201,7 +208,7 @@ class RocksDBKeyedStateBackend:
         column.flush(evict=False)
         keys = []
         last = b""
-        for row in column.cf.keys():  # noqa: SIM118 - an Rdict, not a dict: it has no __iter__
+        for row, _ in rows_from(column.cf, b""):
             if not last or not row.startswith(last):
                 last, key = split_prefix(row)
                 keys.append(key)
@@ -299,7 +306,7 @@ class RocksDBKeyedStateBackend:
             for name, kind in state.data["states"].items():
                 column = self._column(name, StateKind(kind))
                 stop = common.stop.to_bytes(2, "big")
-                rows = source.get_column_family(CF_PREFIX + name).items(from_key=common.start.to_bytes(2, "big"))
+                rows = rows_from(source.get_column_family(CF_PREFIX + name), common.start.to_bytes(2, "big"))
                 batch = WriteBatch(raw_mode=True)
                 for row, value in rows:
                     if row[:2] >= stop:

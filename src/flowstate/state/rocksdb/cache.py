@@ -34,6 +34,7 @@ asynchronous part of a snapshot only reads a frozen layer and writes it to Rocks
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from rocksdict import Rdict, WriteBatch, WriteOptions
@@ -52,8 +53,21 @@ DELETED: Any = object()
 def write_options() -> WriteOptions:
     """No write-ahead log: checkpoints make the state durable, and a restart restores one."""
     options = WriteOptions()
-    options.disable_wal = True
+    options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property, typed as a method
     return options
+
+
+def rows_from(cf: Rdict, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The rows of a raw-mode column family from ``start`` on, in order (bytes, typed as such)."""
+    return cf.items(from_key=start)  # type: ignore[return-value]
+
+
+def end_of(prefix: bytes) -> bytes:
+    """The end of the range of rows that start with ``prefix`` (a key prefix starts with a key group
+    below 0x8000, so it has a successor)."""
+    end = successor(prefix)
+    assert end is not None
+    return end
 
 
 class Layer:
@@ -158,7 +172,7 @@ class Column:
         objects = self.objects
         decode = self.decode
         out = []
-        for row, raw in self.cf.items(from_key=prefix):
+        for row, raw in rows_from(self.cf, prefix):
             if not row.startswith(prefix):
                 break
             value = objects.get(row, MISS)
@@ -180,7 +194,7 @@ class Column:
                     first = i
                     break
             else:
-                for row, raw in self.cf.items(from_key=prefix):
+                for row, raw in rows_from(self.cf, prefix):
                     if not row.startswith(prefix):
                         break
                     merged[row] = (0, raw)
@@ -238,7 +252,7 @@ class Column:
         handle = self.handle
         if prefix in self.cleared:
             self.cleared.discard(prefix)
-            batch.delete_range(prefix, successor(prefix), handle)
+            batch.delete_range(prefix, end_of(prefix), handle)
         if rows:
             objects = self.objects
             encode = self.encode
@@ -287,7 +301,7 @@ class Column:
         write = self.db.write
         batch = WriteBatch(raw_mode=True)
         for prefix in layer.cleared:
-            batch.delete_range(prefix, successor(prefix), handle)
+            batch.delete_range(prefix, end_of(prefix), handle)
         rows = len(layer.cleared)
         size = 0
         for row, value in layer.objects.items():
