@@ -11,7 +11,11 @@ Measures, for the heap and the RocksDB backend, with one value state of N keys (
    (``--rescale-keys``: 1 → 2 and 2 → 1);
 3. for RocksDB, the bytes of an incremental snapshot (its SST files not in the base snapshot) when
    1 %, 10 %, 50 % and 100 % of the keys changed, against the pickled size of the changed entries;
-4. the hot path: value()/update() of a value state, 1 M records over 10 k keys.
+4. the hot path: value()/update() of a value state, 1 M records over 10 k keys;
+5. the synchronous part of repeated snapshots at each size (``--sync-sizes``): ``--sync-rounds``
+   rounds of writing ``--sync-changed`` keys then taking a snapshot (timed) and materializing it;
+   the median and the maximum. Run it with ``PYTHONPATH`` pointing at another checkout's ``src`` to
+   compare two versions of a backend.
 
 Prints Markdown tables. Run from the repository root with flowstate installed (``make bench`` sets up
 ``.venv``): ``.venv/bin/python benchmarks/state_backends.py --sizes 10000,100000,1000000``.
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import docsection
+
 from flowstate.state.backend import RestoredState
 from flowstate.state.keygroups import key_group_of, key_group_range
 from flowstate.state.memory import HeapKeyedStateBackend
@@ -236,6 +241,34 @@ def hot_path(kind: str, work: Path, records: int = 1_000_000, repeat: int = 5) -
     return statistics.median(runs)
 
 
+def sync_part_row(kind: str, n: int, work: Path, rounds: int, changed: int) -> dict[str, Any]:
+    """Step 5: the sync part of ``rounds`` snapshots of a state of ``n`` keys, each after
+    ``changed`` keys were written (a window that moves through the keys)."""
+    backend = build(kind, work)
+    load(backend, n)
+    first = backend.snapshot()
+    first.materialize()
+    first.release()
+    times = []
+    count = backend.value_state("count")
+    keys = backend.keys
+    changed = min(changed, n)
+    for r in range(rounds):
+        start = r * changed
+        for i in range(start, start + changed):
+            keys.current_key = key(i % n)
+            count.update(-r)
+        backend.maybe_fold()
+        t0 = time.perf_counter()
+        snapshot = backend.snapshot()
+        times.append(time.perf_counter() - t0)
+        snapshot.materialize()
+        snapshot.release()
+    backend.close()
+    return {"backend": kind, "keys": n, "changed": changed, "rounds": rounds,
+            "median_ms": statistics.median(times) * 1e3, "max_ms": max(times) * 1e3}
+
+
 def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -245,7 +278,7 @@ def fmt_bytes(n: float) -> str:
 
 
 def markdown(args: argparse.Namespace, rows: list[dict[str, Any]], rescale: list[dict[str, Any]],
-             incremental: list[dict[str, Any]], hot: dict[str, float]) -> str:
+             incremental: list[dict[str, Any]], hot: dict[str, float], sync: list[dict[str, Any]]) -> str:
     lines: list[str] = []
 
     def out(line: str = "") -> None:
@@ -256,7 +289,8 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]], rescale: list
         f"Command: `python benchmarks/state_backends.py {' '.join(sys.argv[1:])}`.\n")
     out("### Snapshot parts and restore against state size (one value state)\n")
     out("Sync = synchronous part on the task thread, right after loading the keys; async = `materialize()` "
-        "plus pickling its `data` (RocksDB: listing the files; copying them to storage is not included); "
+        "plus pickling its `data` (RocksDB: writing the frozen object caches, flushing the memtables, the hard-link "
+        "checkpoint and listing its files; copying them to storage is not included); "
         "heap fold = folding back the 1 % of keys written while the snapshot was pending; "
         "\"1 % changed\" = the next snapshot after another 1 % of the keys were updated. "
         "Restore = of the first snapshot into a fresh backend at the same parallelism.\n")
@@ -288,6 +322,13 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]], rescale: list
             out(f"| {r['fraction']:.0%} | {r['changed']:,} | {r['files']} ({r['new_files']}) | "
                 f"{fmt_bytes(r['new_bytes'])} | {fmt_bytes(r['changed_pickled'])} | "
                 f"{r['new_bytes'] / r['changed_pickled']:.2f} | {r['new_bytes'] / r['full_bytes']:.1%} |")
+    if sync:
+        out(f"\n### Synchronous part of repeated snapshots: {sync[0]['rounds']} snapshots, each after "
+            f"{args.sync_changed:,} keys were written\n")
+        out("| backend | keys | sync median | sync max |")
+        out("|---|---|---|---|")
+        for r in sync:
+            out(f"| {r['backend']} | {r['keys']:,} | {r['median_ms']:.3f} ms | {r['max_ms']:.3f} ms |")
     if hot:
         out("\n### Hot path: value() + update() of a value state, 1,000,000 records over 10,000 keys\n")
         out("| backend | time | records/s |")
@@ -312,6 +353,10 @@ def main() -> None:
     parser.add_argument("--skip-rescale", action="store_true")
     parser.add_argument("--skip-incremental", action="store_true")
     parser.add_argument("--skip-hot-path", action="store_true")
+    parser.add_argument("--skip-snapshots", action="store_true", help="skip tables 1 (snapshot parts and restore)")
+    parser.add_argument("--sync-sizes", default="", help="comma-separated key counts for table 5 (default: none)")
+    parser.add_argument("--sync-rounds", type=int, default=15)
+    parser.add_argument("--sync-changed", type=int, default=10_000)
     parser.add_argument("--write", action="store_true",
                         help="replace the section between the backends markers of docs/benchmarks.md")
     parser.add_argument("--work-dir", default=None, help="where RocksDB works (default: the temp directory)")
@@ -321,7 +366,7 @@ def main() -> None:
     work_root = Path(tempfile.mkdtemp(prefix="flowstate-statebench-", dir=args.work_dir))
     try:
         rows = []
-        for n in sizes:
+        for n in [] if args.skip_snapshots else sizes:
             for kind in kinds:
                 work = work_root / f"{kind}-{n}"
                 print(f"  {kind}: {n:,} keys …", file=sys.stderr)
@@ -333,10 +378,16 @@ def main() -> None:
             rescale_row(kind, args.rescale_keys, work_root / f"rescale-{kind}") for kind in kinds]
         incremental = [] if args.skip_incremental else incremental_rows(args.incremental_keys, work_root / "incr")
         hot = {} if args.skip_hot_path else {kind: hot_path(kind, work_root / "hot") for kind in kinds}
+        sync = []
+        for n in [int(s) for s in args.sync_sizes.split(",") if s]:
+            for kind in kinds:
+                print(f"  sync part, {kind}: {n:,} keys …", file=sys.stderr)
+                sync.append(sync_part_row(kind, n, work_root / f"sync-{kind}-{n}", args.sync_rounds,
+                                          args.sync_changed))
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
 
-    text = markdown(args, rows, rescale, incremental, hot)
+    text = markdown(args, rows, rescale, incremental, hot, sync)
     print(text)
     if args.write:
         write_section(text)

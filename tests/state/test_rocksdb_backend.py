@@ -194,8 +194,9 @@ def test_release_deletes_the_snapshot_directory_and_close_deletes_the_working_di
     backend = backends()
     write_counts(backend, range(10))
     snapshot = backend.snapshot()
-    assert snapshot.path.is_dir()
+    assert not snapshot.path.exists(), "the synchronous part only freezes the object cache"
     snapshot.materialize()
+    assert snapshot.path.is_dir()
     snapshot.release()
     assert not snapshot.path.exists()
     backend.close()
@@ -270,7 +271,7 @@ def test_the_object_cache_is_encoded_at_the_barrier_and_bounded_between_batches(
         backend.keys.current_key = f"k{i}"
         acc.update({"n": i})
     column = backend._columns["acc"]
-    assert len(column.objects) == 3 and not rows(backend, "acc") == []  # rows() writes, the objects stay
+    assert len(column.objects) == 3 and rows(backend, "acc") != []  # rows() writes, the objects stay
     snapshot = backend.snapshot()
     assert column.objects == {}, "the synchronous part encodes and drops every cached object"
     backend.keys.current_key = "k0"
@@ -301,3 +302,106 @@ def test_large_values_make_the_object_cache_smaller(backends):
         blobs.value()
     backend.maybe_fold()
     assert column.objects == {}
+
+
+# ---- the synchronous part freezes, the asynchronous part cuts (flowstate.state.rocksdb.snapshot) ----
+
+
+def test_the_synchronous_part_writes_nothing_to_rocksdb_and_the_cut_writes_the_frozen_caches(backends, store):
+    backend = backends()
+    write_counts(backend, ["a", "b"], value=1)
+    column = backend._columns["count"]
+    snapshot = backend.snapshot()
+    assert column.objects == {} and len(column.frozen) == 1
+    assert list(column.cf.items()) == [], "nothing encoded nor written on the task thread"
+    state = complete(snapshot, store)
+    assert column.frozen == (), "the cut takes its layer out once the checkpoint exists"
+    assert len(list(column.cf.items())) == 2
+    restored = backends()
+    restored.restore([state])
+    assert dump(restored, {"count": "value"}) == {"count": {"a": 1, "b": 1}}
+
+
+def test_while_a_cut_is_pending_the_task_writes_nothing_and_reads_through_the_frozen_layers(backends, store):
+    backend = backends(write_batch_entries=2)
+    count = backend.value_state("count")
+    log = backend.list_state("log")
+    index = backend.map_state("index")
+    backend.keys.current_key = "k"
+    count.update(1)
+    log.add("a")
+    index.put("x", [1])
+    snapshot = backend.snapshot()
+    log.clear()
+    log.add("b")
+    index.get("x").append(2)  # a copy of the frozen object
+    index.put("y", 3)
+    late = backend.value_state("late")  # a state created while the cut is pending
+    for i in range(5):
+        backend.keys.current_key = f"n{i}"
+        late.update(i)
+        count.update(i)
+    backend.maybe_fold()  # over write_batch_entries, but the cut is pending: nothing is written
+    assert list(backend._columns["late"].cf.items()) == [] and list(backend._columns["count"].cf.items()) == []
+    backend.keys.current_key = "k"
+    assert (count.value(), log.get(), dict(index.items())) == (1, ["b"], {"x": [1, 2], "y": 3})
+    state = complete(snapshot, store)
+    restored = backends()
+    restored.restore([state])
+    assert dump(restored, {"count": "value", "log": "list", "index": "map"}) == {
+        "count": {"k": 1}, "log": {"k": ["a"]}, "index": {"k": {"x": [1]}}}
+    backend.maybe_fold()  # the cut is done: the top layers are written now
+    assert dump(backend, {"count": "value", "log": "list", "index": "map", "late": "value"}) == {
+        "count": {"k": 1, **{f"n{i}": i for i in range(5)}}, "log": {"k": ["b"]},
+        "index": {"k": {"x": [1, 2], "y": 3}}, "late": {f"n{i}": i for i in range(5)}}
+
+
+def test_a_cut_made_on_another_thread_while_the_task_writes_holds_the_state_at_its_barrier(backends, store):
+    import threading
+
+    backend = backends(write_batch_entries=64)
+    count = backend.value_state("count")
+    items = backend.list_state("items")
+    keys = [f"k{i}" for i in range(500)]
+    expected: list[dict] = []
+    states = []
+    for round_ in range(4):
+        for key in keys:
+            backend.keys.current_key = key
+            count.update(round_)
+            items.add(round_)
+        backend.maybe_fold()
+        expected.append({"count": dict.fromkeys(keys, round_), "items": {k: list(range(round_ + 1)) for k in keys}})
+        snapshot = backend.snapshot()
+        done: list = []
+        worker = threading.Thread(target=lambda s=snapshot, out=done: out.append(complete(s, store)))
+        worker.start()
+        for key in keys[::7]:  # the task goes on while the cut is made
+            backend.keys.current_key = key
+            items.clear()
+            items.add("gone")
+            count.update(-1)
+        backend.maybe_fold()
+        worker.join()
+        states.append(done[0])
+        for key in keys[::7]:  # the next round starts from the state at the barrier again
+            backend.keys.current_key = key
+            items.update(range(round_ + 1))
+            count.update(round_)
+    for state, want in zip(states, expected, strict=True):
+        restored = backends()
+        restored.restore([state])
+        assert dump(restored, {"count": "value", "items": "list"}) == want
+
+
+@pytest.mark.parametrize("key", ["", "a", "ключ", "x" * 126, "y" * 127, "z" * 5000, "\ud800", 7, -1, (1, "a"), b"b", 2.5])
+def test_the_key_prefix_of_the_current_key_is_the_key_prefix_of_the_key(key):
+    from flowstate.state.rocksdb.layout import RocksKeyContext
+
+    keys = RocksKeyContext(MAXP)
+    keys.current_key = key
+    assert keys.prefix() == key_prefix(key, MAXP)
+    keys.current_key = "other"
+    keys.prefix()
+    keys.current_key = key
+    assert keys.prefix() == key_prefix(key, MAXP), "the same once remembered"

@@ -18,7 +18,8 @@ dict-valued count ran at a quarter of the speed (docs/benchmarks.md, "Isolated s
 Rule 2 is what the heap does with plain objects anyway, and it costs one copy per mutable entry
 accessed after each checkpoint (copy-on-write, rule 1).
 RocksDB meets rule 2 with a write-back cache of the objects of the rows read or written since the
-last snapshot, encoded in its synchronous part.
+last snapshot, frozen in its synchronous part and encoded in the asynchronous part; meanwhile a read
+of a frozen row gets a copy, as on the heap (``flowstate.state.rocksdb.cache``).
 """
 
 from __future__ import annotations
