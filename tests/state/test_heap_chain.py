@@ -120,6 +120,29 @@ def test_close_deletes_the_working_directory_once_every_snapshot_is_released(tmp
     assert list((tmp_path / "work").iterdir()) == []
 
 
+def test_a_value_read_and_changed_in_place_between_two_snapshots_is_in_the_next_delta(tmp_path):
+    # A mutable value handed out may be changed in place (rule 2 of flowstate.state.values): the read
+    # counts as a change of its key.
+    store = Store(tmp_path / "store")
+    backend = incremental(tmp_path)
+    lists = backend.value_state("list")
+    for key in range(100):
+        backend.keys.current_key = key
+        lists.update([key])
+    complete(backend.snapshot(), store)
+    backend.maybe_fold()
+    backend.keys.current_key = 7
+    lists.value().append("more")          # no update(): changed in place
+    second = complete(backend.snapshot(), store)
+    assert len(second.data["chain"]) == 2  # a base and a delta
+    backend.close()
+    fresh = HeapKeyedStateBackend(MAXP, range(MAXP))
+    fresh.restore([second])
+    fresh.keys.current_key = 7
+    assert fresh.value_state("list").value() == [7, "more"]
+    fresh.close()
+
+
 def test_a_key_deleted_under_one_running_snapshot_and_written_again_under_the_next_is_in_the_next_base(tmp_path):
     # Found by the model below: a base merged every layer and then removed every key that any layer
     # above the lowest deleted, so a key deleted in one layer and written again in a later one was lost.

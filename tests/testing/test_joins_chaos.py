@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from flowstate import failpoints as fpn
-from flowstate.testing import ChaosConfig, ChaosReport, run_chaos
+from flowstate.testing import ChaosReport
 from flowstate.testing.chaos import RANDOM
 from flowstate.testing.oracles import EXACTLY_ONCE_MODES, joins
+
+from .campaigns import short_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +34,9 @@ RATE = 1500.0
 @pytest.fixture(scope="module", params=sorted(CAMPAIGNS))
 def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ChaosReport:
     backend, parallelism, modes, failpoints = CAMPAIGNS[request.param]
-    root = tmp_path_factory.mktemp(f"joins-{request.param}")
-    job = root / "job.py"
-    job.write_text("from flowstate.testing.oracles.joins import joins_job\n"
-                   f"flow = joins_job('out', parallelism={parallelism}, rate={RATE})\n")
-    config = ChaosConfig(str(job), modes=modes, kills=2, failpoint_kills=1, failpoints=failpoints, seed=21,
-                         checkpoint_interval="50ms", batch_size=64, workers=2, state_backend=backend,
-                         oracles=(joins.oracle(),))
-    return run_chaos(config, root / "runs")
+    return short_campaign(tmp_path_factory, f"joins-{request.param}", "flowstate.testing.oracles.joins:joins_job", backend=backend,
+                          parallelism=parallelism, modes=modes, failpoints=failpoints, rate=RATE, seed=21,
+                          oracle=joins.oracle())
 
 
 def test_the_input_pairs_on_and_across_both_bounds_and_has_stragglers_behind_every_watermark():

@@ -21,9 +21,11 @@ from flowstate import failpoints as fpn
 from flowstate.checkpoint.coordinator import CheckpointConfig
 from flowstate.config import FixedDelayRestart, JobConfig, Mode
 from flowstate.runner.job import JobRunner
-from flowstate.testing import ChaosConfig, ChaosReport, run_chaos
+from flowstate.testing import ChaosReport
 from flowstate.testing.chaos import RANDOM
 from flowstate.testing.oracles import ttl
+
+from .campaigns import short_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +39,9 @@ RATE = 3000.0
 @pytest.fixture(scope="module", params=sorted(CAMPAIGNS))
 def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ChaosReport:
     backend, parallelism, modes, failpoints = CAMPAIGNS[request.param]
-    root = tmp_path_factory.mktemp(f"ttl-{request.param}")
-    job = root / "job.py"
-    job.write_text("from flowstate.testing.oracles.ttl import ttl_job\n"
-                   f"flow = ttl_job('out', parallelism={parallelism}, rate={RATE})\n")
-    config = ChaosConfig(str(job), modes=modes, kills=2, failpoint_kills=1, failpoints=failpoints, seed=31,
-                         checkpoint_interval="50ms", batch_size=64, workers=2, state_backend=backend,
-                         oracles=(ttl.oracle(),))
-    return run_chaos(config, root / "runs")
+    return short_campaign(tmp_path_factory, f"ttl-{request.param}", "flowstate.testing.oracles.ttl:ttl_job", backend=backend,
+                          parallelism=parallelism, modes=modes, failpoints=failpoints, rate=RATE, seed=31,
+                          oracle=ttl.oracle())
 
 
 def test_the_input_makes_counters_expire_and_start_again_over_ever_new_keys():
