@@ -10,7 +10,8 @@ from typing import Any
 import flowstate as fs
 from flowstate.checkpoint.coordinator import CheckpointConfig
 from flowstate.config import JobConfig, Mode, NoRestart
-from flowstate.runner.result import JobResult, JobRunner
+from flowstate.runner.job import JobRunner
+from flowstate.runner.result import JobResult
 
 
 class Count(fs.KeyedProcessFunction):
