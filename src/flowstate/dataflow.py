@@ -465,7 +465,7 @@ class WindowResultStream(Stream[T]):
 
 # ---- the vectorized path (rules in flowstate.columnar) -----------------------------------------------
 
-class ArrowStream(Stream):
+class ArrowStream(Stream[Any]):
     """A stream whose items are ``pyarrow.RecordBatch`` (rule 2). Every ``Stream`` operator applies
     to the items; the methods below are the columnar ones."""
 
@@ -485,7 +485,7 @@ class ArrowStream(Stream):
         require_pyarrow("key_by(column)")
         return KeyedArrowStream(self._flow, self._node, column)
 
-    def to_records(self, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream:
+    def to_records(self, *, name: str | None = None, parallelism: int | None = None, uid: str | None = None) -> Stream[Any]:
         """One Python record (a dict of column → value) per row."""
         node = self._flow._add("to_records", name or "to_records", None, parallelism, self._edge(), uid)
         return Stream(self._flow, node)
@@ -537,7 +537,7 @@ class KeyedArrowStream:
         return self.aggregate((column, "mean"), **kwargs)
 
 
-def to_arrow(stream: Stream, schema: Any = None, *, name: str | None = None, parallelism: int | None = None,
+def to_arrow(stream: Stream[Any], schema: Any = None, *, name: str | None = None, parallelism: int | None = None,
              uid: str | None = None) -> ArrowStream:
     """``Stream.to_arrow``: each batch of Python records as one record batch (rule 2)."""
     pa = require_pyarrow("to_arrow")
@@ -547,7 +547,7 @@ def to_arrow(stream: Stream, schema: Any = None, *, name: str | None = None, par
     return ArrowStream(stream._flow, node)
 
 
-def map_batches(stream: Stream, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None,
+def map_batches(stream: Stream[Any], fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None,
                 uid: str | None = None) -> ArrowStream:
     """``Stream.map_batches``: ``fn`` over the record batches of ``stream`` (rule 3)."""
     require_pyarrow("map_batches")
