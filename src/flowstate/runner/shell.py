@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, assert_never
@@ -88,7 +88,7 @@ class ShellContext:
 
 
 def serve_attempt(
-    ctx: ShellContext, tasks: Mapping[TaskId, TaskHandle], launch: Any, reports: queue.Queue[Any],
+    ctx: ShellContext, tasks: Mapping[TaskId, TaskHandle], launch: Callable[[], None], reports: queue.Queue[Any],
     restored: CheckpointMetadata | None, result: JobResult, storage: CheckpointStorage | None, next_id: int,
 ) -> int:
     """Step 3 of ``flowstate.runner.job``: start the tasks (``launch()``), then feed the coordinator
