@@ -162,7 +162,7 @@ class LastSums:
 def run_vectorized(source: Any, parallelism: int, executor: str) -> tuple[Times, dict[Any, float] | None]:
     flow = fs.Dataflow("arrow-sum", parallelism=parallelism)
     last = LastSums()
-    sink: Any = fs.CallbackSink(last.items.append) if executor == "threads" else Discard()
+    sink: Any = fs.CallbackSink(last.items.append) if executor == "threads" else fs.DiscardSink()
     (flow.source(source, uid="rows")
          .map_batches(with_amount, uid="amount")
          .key_by("key").sum("amount", uid="sum")
@@ -178,34 +178,6 @@ def run_vectorized(source: Any, parallelism: int, executor: str) -> tuple[Times,
     # The CPU time of this process is the job's only when every task is one of its threads.
     times = watch.times if executor == "threads" else Times(watch.times.wall, math.nan)
     return times, (last.sums() if executor == "threads" else None)
-
-
-class Discard:
-    """A sink that keeps nothing (it runs in worker processes, where a callback would be lost)."""
-
-    name = "discard"
-    transactional = False
-
-    def build_writer(self, subtask: int, parallelism: int, resume_state: Any) -> Discard:
-        return self
-
-    def write_batch(self, records: list[Any]) -> None:
-        pass
-
-    def pre_commit(self, checkpoint_id: int) -> None:
-        pass
-
-    def snapshot(self) -> None:
-        return None
-
-    def commit(self, checkpoint_id: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def run_per_record(table: pa.Table, records: int) -> tuple[Times, dict[Any, float]]:

@@ -27,7 +27,7 @@ from flowstate.connectors.nats import NatsSink, NatsSource
 from flowstate.connectors.pgoutput import Change
 from flowstate.connectors.postgres import PostgresSink
 from flowstate.connectors.postgres_cdc import PostgresCdcSource
-from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, PrintSink
+from flowstate.connectors.print_sink import BatchCallbackSink, CallbackSink, DiscardSink, PrintSink
 from flowstate.connectors.redis_streams import RedisStreamSink, RedisStreamSource
 from flowstate.connectors.socket import SocketSource
 from flowstate.control.endpoint import ControlError, JobControl
@@ -67,7 +67,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchCallbackSink", "CallbackSink", "Change", "CheckpointOptions", "EndpointOptions", "ExecutionOptions",
     "RecoveryOptions", "StateOptions", "ConfigError", "ControlError", "CountWindow",
-    "CountWindows", "Dataflow", "EarlyWindowResult", "ExponentialBackoffRestart", "Failpoints", "FileSink", "FileSource",
+    "CountWindows", "Dataflow", "DiscardSink", "EarlyWindowResult", "ExponentialBackoffRestart", "Failpoints", "FileSink", "FileSource",
     "FixedDelayRestart", "FlowstateError", "GeneratorSource", "GraphError", "HttpSource", "InjectedFailure",
     "JobControl", "JobFailedError", "JobResult", "KafkaSink", "KafkaSource", "KeyedProcessFunction",
     "KeyedStream", "Mode", "MqttSource", "NatsSink", "NatsSource", "NoRestart", "PostgresCdcSource",

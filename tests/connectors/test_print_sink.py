@@ -106,3 +106,17 @@ def test_the_default_stream_is_not_bound_when_the_sink_is_built(monkeypatch):
     monkeypatch.setattr(sys, "stdout", replacement)
     writer.write_batch(["late"])
     assert replacement.getvalue() == "late\n"
+
+
+def test_discard_sink_drops_records_and_a_job_on_worker_processes_reaches_it(tmp_path):
+    from flowstate import CheckpointOptions, Dataflow, DiscardSink, ExecutionOptions, GeneratorSource, run
+
+    sink = DiscardSink()
+    assert (sink.name, sink.transactional, DiscardSink(name="drop").name) == ("discard", False, "drop")
+    writer = sink.build_writer(0, 1, None)
+    writer.write_batch([1, 2])
+    assert writer.snapshot() is None
+    flow = Dataflow("discarded", parallelism=2)
+    flow.source(GeneratorSource(lambda i: i, count=1_000, splits=2)).key_by(lambda x: x % 7).sink(sink)
+    result = run(flow, checkpoints=CheckpointOptions(checkpoint_dir=tmp_path), execution=ExecutionOptions(executor="processes"))
+    assert (result.executor, result.records) == ("processes", 1_000)

@@ -34,37 +34,10 @@ class SlowSink:
         time.sleep(self.seconds)
 
 
-class Discard:
-    """A sink that drops every record (it runs in worker processes too, unlike a callable sink)."""
-
-    name, transactional = "discard", False
-
-    def build_writer(self, subtask: int, parallelism: int, resume_state: Any) -> Discard:
-        return self
-
-    def write_batch(self, records: list[Any]) -> None:
-        pass
-
-    def pre_commit(self, checkpoint_id: int) -> None:
-        pass
-
-    def snapshot(self) -> None:
-        return None
-
-    def commit(self, checkpoint_id: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def keyed_count(records: int, rate: float, *, parallelism: int = 2, sink: Any = None) -> fs.Dataflow:
     flow = fs.Dataflow("observed", parallelism=parallelism)
     (flow.source(fs.GeneratorSource(lambda i: i % 97, count=records, splits=parallelism, rate=rate))
-         .key_by(lambda k: k).process(Count()).sink(sink or Discard()))
+         .key_by(lambda k: k).process(Count()).sink(sink or fs.DiscardSink()))
     return flow
 
 

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import flowstate as fs
 from flowstate.observe.metrics import METRICS
 
-from tests.observe.jobs import Discard, Running, keyed_count
+from tests.observe.jobs import Running, keyed_count
 
 RECORDS = 60_000
 
@@ -163,7 +163,7 @@ def test_a_running_event_time_job_reports_a_watermark_that_trails_its_records(tm
     (flow.source(fs.GeneratorSource(lambda i: (i % 7, start + i * 0.01), count=6_000, rate=3_000))
          .assign_timestamps(lambda r: r[1], max_out_of_orderness=1.0)
          .key_by(lambda r: r[0]).window(fs.TumblingWindows("1s")).aggregate(fs.aggregates.count())
-         .sink(Discard()))
+         .sink(fs.DiscardSink()))
     job = Running(flow, tmp_path / "chk", interval=0.2)
     seen: list[tuple[float, float]] = []
     while job.result is None and job.error is None:

@@ -1,4 +1,4 @@
-"""At-least-once sinks that hand records over at once: to a text stream, or to a function.
+"""At-least-once sinks that hand records over at once: to a text stream, to a function, or nowhere.
 
 They are not transactional: a record is visible as soon as it is written, so after a restore the
 records written since the restored checkpoint are written again. ``pre_commit``, ``commit``,
@@ -67,6 +67,34 @@ class PrintWriter(_AtLeastOnceWriter):
         stream = sys.stdout if self._stream is None else self._stream
         stream.write("\n".join(map(str, records)) + "\n")
         stream.flush()
+
+
+class DiscardSink:
+    """Drops every record, as Flink's ``DiscardingSink``: for jobs whose output is not wanted (a
+    benchmark, a job run for its state or metrics). Unlike a callback it works in worker processes."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, *, name: str = "discard") -> None:
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def transactional(self) -> bool:
+        return False
+
+    def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> DiscardWriter:
+        return DiscardWriter()
+
+
+class DiscardWriter(_AtLeastOnceWriter):
+    __slots__ = ()
+
+    def write_batch(self, records: list[Any]) -> None:
+        pass
 
 
 class _FunctionSink:
