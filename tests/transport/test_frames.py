@@ -149,7 +149,7 @@ def test_a_batch_of_plain_lines_crosses_as_text_and_any_other_batch_as_a_pickle(
     lines = ["", "a b", "é\ud800", ""]
     assert HEADER.unpack_from(encode_batch(0, 0, lines))[1] == LINES
     assert encode_batch(0, 0, lines)[HEADER.size:] == "\na b\né\ud800\n".encode("utf-8", "surrogatepass")
-    for other in (["a", ("b", 1)], ["a\nb"], [Line("x")], [1, 2], [("k", 1)]):
+    for other in (["a", ("b", 1)], ["a\nb"], [Line("x")], ["a", Line("x")], [Line("x"), "a"], [1, 2], [("k", 1)]):
         frame = encode_batch(0, 0, other)
         assert HEADER.unpack_from(frame)[1] == BATCH, other
         assert through_a_stream(frame) == other

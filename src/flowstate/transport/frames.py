@@ -52,7 +52,6 @@ ARROW = 10
 KINDS = frozenset({BATCH, BARRIER, PRIORITY, END, CREDIT, HELLO, CONTROL, WATERMARK, LINES, ARROW})
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
-_STR = {str}
 
 COUNT = struct.Struct("<I")
 """The payload of a ``CREDIT`` frame."""
@@ -79,7 +78,8 @@ def encode_batch(gate: int, channel: int, batch: list[Any]) -> bytes:
     without ``"\n"`` (the usual batch out of a line-based source), ``ARROW`` when every item is a
     ``pyarrow.RecordBatch`` of one schema, else ``BATCH`` (pickle). Raises
     what pickle raises for a record it cannot serialise."""
-    if set(map(type, batch)) == _STR:
+    # Counting in a list of the types is about half the cost of a set of them (a per-record cost).
+    if list(map(type, batch)).count(str) == len(batch):
         text = "\n".join(batch)
         if text.count("\n") == len(batch) - 1:
             return encode(LINES, gate, channel, text.encode("utf-8", "surrogatepass"))
