@@ -130,3 +130,18 @@ def test_restored_state_of_another_backend_fails_the_open_with_a_clear_error(tmp
     with pytest.raises(StateError, match="rocksdb state backend cannot restore a snapshot of format 'heap-v2'"):
         rocks.open(RestoredState(state.data, state.files))
     rocks.close()
+
+
+def test_the_identity_key_gives_what_a_key_function_computing_the_same_key_gives(factory):
+    """``lambda r: r`` is not called (rule 4 of ``flowstate.state.keys``); ``(r,)[0]`` is: same output,
+    and a record that is not a key fails as key_by either way."""
+    outputs = []
+    for key_fn, itself in ((lambda r: r, True), (lambda r: (r,)[0], False)):
+        operator = KeyedProcessOperator("u", "count", env(factory), key_fn, Count())
+        assert operator.key_is_record is itself
+        operator.open(None)
+        outputs.append([operator.process_batch(words(20)), operator.process_batch(words(9) + [("t", 1)])])
+        with pytest.raises(fs.UserFunctionError, match="key_by"):
+            operator.process_batch(["w1", ["not", "a", "key"]])
+        operator.close()
+    assert outputs[0] == outputs[1]

@@ -63,3 +63,44 @@ def test_what_is_not_a_key_is_refused_by_every_component_with_one_message(key):
             component(key)
         messages.add(str(raised.value))
     assert len(messages) == 1
+
+
+# ---- rule 4: a key selector that can only return its argument ------------------------------------
+
+
+def _identity_made_inside_a_function():
+    return lambda word: word
+
+
+def _closure_over_a_variable():
+    chosen = "x"
+    return lambda word: chosen
+
+
+def _plain_def(record):
+    return record
+
+
+def _with_varargs(record, *more):
+    return record
+
+
+def _generator(record):
+    yield record
+
+
+async def _coroutine(record):
+    return record
+
+
+def test_only_a_function_whose_code_is_lambda_record_record_returns_its_argument():
+    from functools import partial
+
+    from flowstate.state.keys import returns_its_argument
+
+    assert returns_its_argument(lambda record: record)
+    assert returns_its_argument(_plain_def)
+    assert returns_its_argument(_identity_made_inside_a_function())
+    for other in (lambda record: record[0], lambda record: (record,)[0], _closure_over_a_variable(), _with_varargs,
+                  _generator, _coroutine, lambda *records: records, str, partial(_plain_def), len, None):
+        assert not returns_its_argument(other), other

@@ -103,3 +103,27 @@ def test_a_key_function_that_fails_in_a_batch_of_remembered_keys_fails_as_key_by
     with pytest.raises(UserFunctionError, match="key_by") as failure:
         out.emit(["a", "b", "boom", "c"])
     assert failure.value.record == "boom"
+
+
+def test_the_identity_key_routes_exactly_as_a_key_function_that_computes_the_same_key():
+    """``lambda record: record`` is not called on remembered keys (rule 4 of ``flowstate.state.keys``);
+    ``(record,)[0]`` is the same key computed by a call: both must route every batch alike."""
+    batches = [[f"k{i % 37}" for i in range(start, start + 50)] + [7, 7.0, ("a", 2), None] for start in range(0, 200, 50)]
+    outs = []
+    for key_fn in (lambda record: record, lambda record: (record,)[0]):
+        out, writers = edge(3, key_fn=key_fn)
+        for batch in batches:
+            out.emit(list(batch))
+        outs.append((out._itself, [[(ch, list(b)) for ch, b in w.batches] for w in writers]))
+    assert [itself for itself, _ in outs] == [True, False]
+    assert outs[0][1] == outs[1][1]
+
+
+def test_a_record_that_is_not_a_key_fails_as_key_by_under_the_identity_key_too(monkeypatch):
+    for cache in (output.ROUTE_CACHE_KEYS, 0):
+        monkeypatch.setattr(output, "ROUTE_CACHE_KEYS", cache)
+        for bad in (["list"], float("nan"), ("t", {"d": 1})):
+            out, _ = edge(2)
+            out.emit(["ok", "fine"])
+            with pytest.raises(UserFunctionError, match="key_by"):
+                out.emit(["ok", bad])

@@ -50,7 +50,7 @@ from flowstate.failpoints import Failpoints
 from flowstate.functions import ProcessFunction, RuntimeContext, copy_for_subtask
 from flowstate.state.backend import BackendFactory, KeyedSnapshot, StateError, as_restored
 from flowstate.state.keygroups import key_group_range
-from flowstate.state.keys import check_key
+from flowstate.state.keys import check_key, returns_its_argument
 from flowstate.state.memory import HeapKeyedStateBackend
 from flowstate.state.ttl import ProcessingTtlClock, TtlStates
 
@@ -274,6 +274,9 @@ class _Keyed(Operator):
     def __init__(self, uid: str, name: str, env: OperatorEnv, key_fn: Callable[[Any], Any]) -> None:
         super().__init__(uid, name, env)
         self.key_fn = key_fn
+        self.key_is_record = returns_its_argument(key_fn)
+        """``key_by(lambda record: record)``: the record is its key, the selector is not called (rule 4
+        of ``flowstate.state.keys``)."""
         self.backend = env.state_backend(
             env.max_parallelism, key_group_range(env.max_parallelism, env.parallelism, env.subtask)
         )
@@ -336,6 +339,7 @@ class KeyedProcessOperator(_Keyed):
             self.ttl.cleanup()
         process = self.fn.process
         key_fn = self.key_fn
+        itself = self.key_is_record
         keys = self.backend.keys
         ctx = self.ctx
         out: list[Any] = []
@@ -348,7 +352,7 @@ class KeyedProcessOperator(_Keyed):
                 # same way whether or not a keyed exchange hashed it on the way (at parallelism 1
                 # nothing does); errors name key_by, as the exchange's do.
                 try:
-                    key = key_fn(record)
+                    key = record if itself else key_fn(record)
                     if type(key) is not str:
                         check_key(key)
                 except Exception as exc:

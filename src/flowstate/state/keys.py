@@ -17,15 +17,23 @@ keys follow the same rules).
    encoding normalise every number that equals an ``int`` to that ``int`` so that they agree.
    ``"a"`` and ``b"a"`` are different keys (Python: ``"a" != b"a"``); they may share a key group.
 3. NaN is refused because it is not equal to itself: its state could never be read back.
+4. A key selector that can only return its argument (``lambda record: record``, the key of a stream
+   of words) is not called: the record is its key (``returns_its_argument``). Only the code is
+   looked at, so the rules above apply to the record as they would to what the selector returned.
 """
 
 from __future__ import annotations
 
 import datetime
+import inspect
+from types import FunctionType
 
 _DATE = datetime.date
 _SCALARS = frozenset({str, int, bytes, bool, type(None)})
 _BASES = (str, int, float, bytes, tuple)
+_IDENTITY = (lambda record: record).__code__
+_NOT_PLAIN = (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS | inspect.CO_GENERATOR | inspect.CO_COROUTINE
+              | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE)
 
 
 class UnsupportedKeyError(TypeError):
@@ -82,3 +90,15 @@ def plain(key: object) -> object:
     if isinstance(key, tuple):
         return tuple(key)
     return key
+
+
+def returns_its_argument(fn: object) -> bool:
+    """Whether ``fn`` is a plain function whose code is exactly that of ``lambda record: record``
+    (one positional parameter, no free variables, no other argument): called with one record it can
+    only return that record itself (rule 4). A conservative test: ``False`` says nothing."""
+    if type(fn) is not FunctionType:
+        return False
+    code = fn.__code__
+    return (code.co_code == _IDENTITY.co_code and code.co_argcount == 1 and code.co_kwonlyargcount == 0
+            and not code.co_flags & _NOT_PLAIN
+            and not code.co_freevars and not code.co_cellvars)

@@ -19,6 +19,7 @@ from zlib import crc32
 
 from flowstate.errors import UserFunctionError
 from flowstate.state.keygroups import GOLDEN, routing_table, stable_key_bytes
+from flowstate.state.keys import returns_its_argument
 from flowstate.transport.ports import ChannelWriter
 
 ROUTE_CACHE_KEYS = 1 << 16
@@ -45,6 +46,8 @@ class OutputEdge:
         self._maxp = max_parallelism
         self._routes: dict[Any, int] | None = {} if partition == "hash" else None
         """Key → index in ``targets`` of the keys routed so far (see the module docstring)."""
+        self._itself = returns_its_argument(key_fn)
+        """The key function is ``lambda record: record``: the loop over remembered keys does not call it."""
         self._split = getattr(key_fn, "split_batch", None)
         """A key of record batches (``flowstate.arrow.ColumnKey``) routes the rows of each item itself."""
 
@@ -102,8 +105,12 @@ class OutputEdge:
         try:
             # Every key of the batch remembered (the usual case once the cache is warm): a subscript
             # and nothing else per record, about 15 % cheaper than ``get`` and a test for a miss.
-            for record in batch:
-                appends[routes[key_fn(record)]](record)
+            if self._itself:
+                for record in batch:
+                    appends[routes[record]](record)
+            else:
+                for record in batch:
+                    appends[routes[key_fn(record)]](record)
             return
         except Exception:  # noqa: BLE001 - a miss, an unhashable key or a failing key function
             pass
