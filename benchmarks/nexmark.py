@@ -209,7 +209,8 @@ def measure(repeat: int, systems: list[tuple[str, str]]) -> dict[tuple[str, str]
         for system, query in systems:
             r = one_run(system, query, PATHS[system])
             runs[(system, query)].append(r)
-            print(f"  round {i + 1}: {system:>9} {query}: {r['events_per_s']:>10,.0f} events/s, {r['seconds']:.2f} s, "
+            cpu = f", JVM CPU {r['cpu']:.1f} s" if "cpu" in r else ""
+            print(f"  round {i + 1}: {system:>9} {query}: {r['events_per_s']:>10,.0f} events/s, {r['seconds']:.2f} s{cpu}, "
                   f"{r['rows']:,} rows", file=sys.stderr)
     return runs
 
@@ -320,13 +321,16 @@ WRITTEN_NOTE = (
 )
 
 FLINK_NOTE = (
-    "PyFlink's queries are the Nexmark repository's Flink SQL (`benchmarks/nexmark_pyflink.py`), written to emit "
-    "flowstate's rows; rows differ on {other} by design. Flink's q4 is the Nexmark SQL: a regular join of "
-    "auctions and bids, `MAX` per auction and `AVG` per category, whose output is a changelog of running "
-    "averages updated by every bid that raises an auction's maximum (its rows are the changes, "
-    "`+I`/`-U`/`+U`), not flowstate's one row per auction closed by event time. q6 is not run: Flink SQL's "
-    "`OVER` window cannot consume the updates of that join (the Nexmark repository leaves it unsupported "
-    "for the same reason)."
+    "PyFlink's queries follow the Nexmark repository's Flink SQL (`benchmarks/nexmark_pyflink.py`), written to "
+    "emit flowstate's rows; rows differ on {other}, by design. Flink's q4 is the Nexmark SQL (a regular join "
+    "of auctions and bids, `MAX` per auction, `AVG` per category): its output is a changelog of running "
+    "averages, one change per bid that raises an auction's maximum (`+I`/`-U`/`+U` rows, whose number varies "
+    "a little from run to run with the interleaving of the join's two inputs), not flowstate's one row per "
+    "auction closed by event time. q6 is not run: the planner refuses its Nexmark SQL, an `OVER` window over "
+    "the highest bid per auction: after the regular join no time attribute is left to order it by "
+    "(\"Non-time attribute sort is not supported for bounded OVER window\"), and with an interval join that "
+    "keeps one, the highest bid per auction (`ROW_NUMBER` top 1) is an updating stream that an `OVER` window "
+    "cannot consume (the Nexmark repository leaves q6 unsupported for that reason)."
 )
 
 
