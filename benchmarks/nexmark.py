@@ -1,6 +1,6 @@
-"""Nexmark on flowstate and on Bytewax: events/s per query, both with exactly-once snapshots every 1 s.
+"""Nexmark on flowstate, Bytewax and PyFlink: events/s per query, all with exactly-once snapshots every 1 s.
 
-    pip install bytewax==0.21.1            # into the same environment; not a dependency of flowstate
+    pip install bytewax==0.21.1 apache-flink   # into the same environment; not dependencies of flowstate
     python benchmarks/nexmark.py --events 200000 --repeat 3 --write
 
 The events (``flowstate.nexmark``, 10,000 events per second of event time) are generated once into
