@@ -1,21 +1,19 @@
 """The Flink SQL of ``benchmarks/nexmark_pyflink.py``: the CSV file it reads holds every field of every
-event, a sink's JSON line becomes flowstate's row, and (with PyFlink installed, slow) each query whose
-rows should match emits what the batch computation gives."""
+event and a sink's JSON line becomes flowstate's row. Whether Flink's rows equal flowstate's is checked
+by the benchmark itself (its "same rows" column): PyFlink is a peer installed beside flowstate by hand
+(the ``peers`` extra), not a test dependency."""
 
 from __future__ import annotations
 
 import csv
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from flowstate.nexmark import NexmarkConfig, NexmarkGenerator
 from flowstate.nexmark.model import Auction, Bid, Person
-
-from .batch import BATCH
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import nexmark_pyflink as flink  # noqa: E402
@@ -68,19 +66,6 @@ def test_the_digest_is_a_sum_of_crc32_of_each_rows_repr_whatever_the_order():
     assert flink.digest_rows(rows) == flink.digest_rows(reversed(rows))
     assert flink.digest_rows(rows)[0] == 2
     assert flink.digest_rows(rows) != flink.digest_rows([(1, "a", 2.5), (2, "b", 3)])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("query", flink.SAME_ROWS)
-def test_a_flink_sql_query_emits_what_the_batch_computation_gives(query, tmp_path):
-    pytest.importorskip("pyflink")
-    events = NexmarkGenerator(CONFIG).events(0, N)
-    path = tmp_path / "events.csv"
-    flink.write_events(events, path)
-    expected: Counter = BATCH[query](events)
-    result = flink.run(query, path, verify=True)
-    assert result["rows"] == sum(expected.values()) > 0
-    assert result["digest"] == flink.digest_rows(expected.elements())[1]
 
 
 def test_the_json_of_a_row_is_read_in_column_order():
