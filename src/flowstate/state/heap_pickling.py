@@ -53,8 +53,8 @@ def fast_chunks(entries: dict[Any, Any]) -> list[bytes] | None:
     """Rules 1 and 2: ``entries`` pickled as one chunk; ``None`` when fast mode cannot (rule 4)."""
     frames = _Frames()
     pickler = pickle.Pickler(frames, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.fast = True
     try:
+        pickler.fast = True  # documented as deprecated since Python 3.0, and still there
         pickler.dump(entries)
     except Exception:  # noqa: BLE001 - rule 4: whatever fast mode raises, pickling with a memo decides
         return None
