@@ -72,7 +72,9 @@ from flowstate.state.heap_chain import (
     ChainSnapshot,
     ChainStore,
     restore_chain,
-    view,
+)
+from flowstate.state.heap_chain import (
+    view as layers_view,
 )
 from flowstate.state.heap_pickling import fast_chunks, memo_chunks
 from flowstate.state.heap_tables import (
@@ -124,7 +126,7 @@ class HeapSnapshot:
             states = {}
             for name, (kind, frozen) in layers.items():
                 try:
-                    chunks = self._pickled(name, view(frozen))
+                    chunks = self._pickled(name, layers_view(frozen))
                 except (pickle.PicklingError, TypeError, AttributeError) as exc:
                     raise StateError(
                         f"state {name!r} holds a value that cannot be pickled ({type(exc).__name__}: {exc}); "
