@@ -72,9 +72,7 @@ from flowstate.state.heap_chain import (
     ChainSnapshot,
     ChainStore,
     restore_chain,
-)
-from flowstate.state.heap_chain import (
-    view as layers_view,
+    view,
 )
 from flowstate.state.heap_pickling import fast_chunks, memo_chunks
 from flowstate.state.heap_tables import (
@@ -126,7 +124,7 @@ class HeapSnapshot:
             states = {}
             for name, (kind, frozen) in layers.items():
                 try:
-                    chunks = self._pickled(name, layers_view(frozen))
+                    chunks = self._pickled(name, view(frozen))
                 except (pickle.PicklingError, TypeError, AttributeError) as exc:
                     raise StateError(
                         f"state {name!r} holds a value that cannot be pickled ({type(exc).__name__}: {exc}); "
@@ -334,8 +332,8 @@ class HeapKeyedStateBackend:
 
     @staticmethod
     def _repoint(table: _Table) -> None:
-        for view in table.views:
-            view._repoint(table)
+        for state in table.views:
+            state._repoint(table)
 
     # ---- restore (rule 2) ------------------------------------------------------------------------
 
