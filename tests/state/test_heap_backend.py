@@ -1,5 +1,5 @@
 """The heap backend's copy-on-write snapshots: what the synchronous part does not copy, how the
-asynchronous part chunks, and when the layers fold back (``flowstate.state.memory``)."""
+asynchronous part writes, and when the layers fold back (``flowstate.state.memory``)."""
 
 from __future__ import annotations
 
@@ -56,13 +56,15 @@ def test_writes_during_a_snapshot_go_to_the_top_layer_and_the_frozen_one_never_c
     snapshot.release()
 
 
-def test_the_asynchronous_part_pickles_in_chunks_of_the_configured_size():
+def test_the_asynchronous_part_pickles_each_state_in_one_chunk():
     backend = backend_with(1050, chunk_entries=100)
+    backend.list_state("empty")
     snapshot = backend.snapshot()
     parts = snapshot.materialize()
     snapshot.release()
     chunks = parts.data["states"]["count"]["chunks"]
-    assert [len(pickle.loads(c)) for c in chunks] == [100] * 10 + [50]
+    assert [pickle.loads(c) for c in chunks] == [{i: i for i in range(1050)}]
+    assert parts.data["states"]["empty"] == {"kind": "list", "chunks": []}
     assert parts.files == {}
     restored = HeapKeyedStateBackend(128, range(128))
     restored.restore([RestoredState(parts.data)])

@@ -18,9 +18,12 @@ dates, tuples of these) are returned as they are and never copied, so the hot pa
 sum costs what it did. This is what makes a snapshot the state at its barrier whatever the user
 does with the objects that state reads return (the rules of ``flowstate.state.values``).
 
-Step (3), the asynchronous part (``materialize``), on another thread, pickles the frozen layers as
-one view (upper layers shadow lower ones, tombstones hide) in chunks of ``chunk_entries`` entries:
-one pickle call never holds the interpreter lock for long, so the task thread keeps running.
+Step (3), the asynchronous part (``materialize``), on another thread, pickles the view of the frozen
+layers (upper layers shadow lower ones, tombstones hide; the lowest layer itself when it is the only
+one) as ``flowstate.state.heap_pickling`` says: one pickler call per state, which lets the task
+thread take the interpreter lock frame by frame, or, for a state that call cannot pickle (a cyclic
+value, many frozensets), chunks of ``chunk_entries`` entries; the backend remembers such a state and
+pickles it in chunks from then on.
 
 Step (4), once every snapshot taken is materialized or released, the task thread folds the layers
 (``maybe_fold``, between batches, or at the next ``snapshot`` at the latest): the entries of every
@@ -30,9 +33,11 @@ one is still being written stacks one more layer; the fold waits until both are 
 
 **Full snapshots** (``incremental=False``). Data (format ``heap-v2``): ``{"format",
 "max_parallelism", "key_groups": [start, stop], "states": {name: {"kind": kind, "chunks": [pickled
-dict, ...]}}}``; ``files`` is always empty. A restore into the same or a wider key-group range loads
-the chunks as they are; a restore into another range (a rescale) keeps only the keys whose key group
-it owns, so no key is hashed unless a rescale needs it.
+dict, ...]}}}``; ``files`` is always empty. A state is one chunk, or none when it is empty, or (Step
+3) chunks of ``chunk_entries`` entries, as every state was in snapshots written before; all read
+alike. A restore into the same or a wider key-group range loads the chunks as they are; a restore
+into another range (a rescale) keeps only the keys whose key group it owns, so no key is hashed
+unless a rescale needs it.
 
 **Incremental snapshots** (``incremental=True``, ``flowstate.state.heap_chain``): every table also
 keeps the set of keys changed since the last snapshot (rule 4 of ``flowstate.state.heap_tables``:
@@ -67,7 +72,9 @@ from flowstate.state.heap_chain import (
     ChainSnapshot,
     ChainStore,
     restore_chain,
+    view,
 )
+from flowstate.state.heap_pickling import fast_chunks, memo_chunks
 from flowstate.state.heap_tables import (
     _ABSENT,
     HeapListState,
@@ -95,14 +102,18 @@ class HeapSnapshot:
     """A snapshot of frozen layers (Steps 1 and 3). ``done`` turns true when ``materialize`` has
     returned or ``release`` was called: from then on the backend may fold the layers."""
 
-    __slots__ = ("_chunk_entries", "_key_groups", "_layers", "_max_parallelism", "done")
+    __slots__ = ("_chunk_entries", "_in_chunks", "_key_groups", "_layers", "_max_parallelism", "done")
 
     def __init__(self, max_parallelism: int, key_groups: range,
-                 layers: dict[str, tuple[StateKind, tuple[dict[Any, Any], ...]]], chunk_entries: int) -> None:
+                 layers: dict[str, tuple[StateKind, tuple[dict[Any, Any], ...]]], chunk_entries: int,
+                 in_chunks: set[str]) -> None:
         self._max_parallelism = max_parallelism
         self._key_groups = key_groups
         self._layers: dict[str, tuple[StateKind, tuple[dict[Any, Any], ...]]] | None = layers
         self._chunk_entries = chunk_entries
+        self._in_chunks = in_chunks
+        """The backend's states that one fast-mode pickler call could not pickle (shared: this
+        snapshot adds the ones it finds)."""
         self.done = False
 
     def materialize(self) -> SnapshotParts:
@@ -113,7 +124,7 @@ class HeapSnapshot:
             states = {}
             for name, (kind, frozen) in layers.items():
                 try:
-                    chunks = list(_pickled_chunks(frozen, self._chunk_entries))
+                    chunks = self._pickled(name, view(frozen))
                 except (pickle.PicklingError, TypeError, AttributeError) as exc:
                     raise StateError(
                         f"state {name!r} holds a value that cannot be pickled ({type(exc).__name__}: {exc}); "
@@ -127,26 +138,20 @@ class HeapSnapshot:
                 "key_groups": [self._key_groups.start, self._key_groups.stop], "states": states}
         return SnapshotParts(data, {})
 
+    def _pickled(self, name: str, entries: dict[Any, Any]) -> list[bytes]:
+        if not entries:
+            return []
+        if name not in self._in_chunks:
+            chunks = fast_chunks(entries)
+            if chunks is not None:
+                return chunks
+        chunks = memo_chunks(entries, self._chunk_entries)
+        self._in_chunks.add(name)
+        return chunks
+
     def release(self) -> None:
         self._layers = None
         self.done = True
-
-
-def _pickled_chunks(layers: tuple[dict[Any, Any], ...], size: int) -> Iterator[bytes]:
-    """Step 3: the view of ``layers`` as pickled dicts of at most ``size`` entries."""
-    base = layers[0]
-    if len(layers) == 1:
-        entries: Iterator[tuple[Any, Any]] = iter(base.items())
-    else:
-        upper: dict[Any, Any] = {}
-        for layer in layers[1:]:
-            upper.update(layer)
-        entries = itertools.chain(
-            ((k, v) for k, v in base.items() if k not in upper),
-            ((k, v) for k, v in upper.items() if v is not _ABSENT),
-        )
-    while chunk := dict(itertools.islice(entries, size)):
-        yield pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def heap_snapshot_entries(data: Any, name: str, files: Mapping[str, str] | None = None) -> dict[Any, Any]:
@@ -185,7 +190,8 @@ class HeapBackendFactory:
 class HeapKeyedStateBackend:
     """Keyed state in dicts, with copy-on-write snapshots (see the module docstring): full ones, or
     with ``incremental`` a chain of a base and deltas in files under ``base_dir`` (chosen as
-    ``policy`` says)."""
+    ``policy`` says). ``chunk_entries`` bounds the chunks entries are pickled in when one call
+    cannot pickle them (Step 3) or, in a chain file, marshal cannot encode them."""
 
     def __init__(self, max_parallelism: int, key_groups: range, *,
                  chunk_entries: int = DEFAULT_CHUNK_ENTRIES, incremental: bool = False,
@@ -195,6 +201,8 @@ class HeapKeyedStateBackend:
         self._maxp = max_parallelism
         self._key_groups = key_groups
         self._chunk_entries = chunk_entries
+        self._in_chunks: set[str] = set()
+        """States that full snapshots pickle in chunks (``flowstate.state.heap_pickling``, rule 4)."""
         self._keys = KeyContext()
         self._tables: dict[str, _Table] = {}
         self._layered = False
@@ -285,7 +293,8 @@ class HeapKeyedStateBackend:
         self._layered = True
         snapshot: HeapSnapshot | ChainSnapshot
         if self._store is None:
-            snapshot = HeapSnapshot(self._maxp, self._key_groups, frozen, self._chunk_entries)
+            snapshot = HeapSnapshot(self._maxp, self._key_groups, frozen, self._chunk_entries,
+                                    self._in_chunks)
         else:
             self._taken += 1
             header = {"format": CHAIN_FORMAT, "max_parallelism": self._maxp,
@@ -323,8 +332,8 @@ class HeapKeyedStateBackend:
 
     @staticmethod
     def _repoint(table: _Table) -> None:
-        for view in table.views:
-            view._repoint(table)
+        for state in table.views:
+            state._repoint(table)
 
     # ---- restore (rule 2) ------------------------------------------------------------------------
 
