@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import datetime
 import enum
 import pickle
@@ -32,7 +33,8 @@ PLAIN = st.recursive(
     max_leaves=20,
 )
 ANY_VALUE = st.recursive(
-    PLAIN | st.integers() | st.fractions() | st.frozensets(st.integers()) | st.complex_numbers(allow_nan=False),
+    PLAIN | st.integers() | st.fractions() | st.frozensets(st.integers()) | st.complex_numbers(allow_nan=False)
+    | st.binary().map(bytearray),
     lambda inner: st.lists(inner) | st.lists(inner).map(tuple) | st.dictionaries(st.integers() | st.text(), inner),
     max_leaves=20,
 )
@@ -109,6 +111,15 @@ def test_an_unknown_tag_is_an_error():
 def test_a_value_decodes_to_an_equal_value_of_the_same_types(value):
     codec = ValueCodec()
     assert same(codec.decode(codec.encode(value)), value)
+
+
+@pytest.mark.parametrize("value", [bytearray(b"x"), [1, bytearray(b"x")], {"a": (bytearray(),)},
+                                   {bytearray(b"k").decode(): array.array("b", [1])}])
+def test_a_value_holding_a_buffer_is_pickled_so_that_it_keeps_its_type(value):
+    # msgpack would pack a bytearray (any buffer) as bytes, which come back as bytes.
+    codec = ValueCodec()
+    encoded = codec.encode(value)
+    assert encoded[0] == 2 and same(codec.decode(encoded), value)
 
 
 @given(PLAIN)

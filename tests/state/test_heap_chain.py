@@ -5,6 +5,7 @@ completed checkpoint exactly the state at its barrier, from the base and deltas 
 
 from __future__ import annotations
 
+import array
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,32 @@ def test_a_key_deleted_under_one_running_snapshot_and_written_again_under_the_ne
     state = fresh.value_state("count")
     fresh.keys.current_key = 0
     assert state.value() == 5
+    fresh.close()
+
+
+def test_values_holding_a_buffer_come_back_with_their_types_from_a_chain_file(tmp_path):
+    # marshal writes any object with the buffer protocol as bytes: such values must be pickled.
+    values = {0: bytearray(b"ab"), 1: [1, bytearray(b"c")], 2: {"k": array.array("i", [1, 2])},
+              3: b"plain", 4: (1, "x", 2.5), 5: {1: [None, True]}}
+    store = Store(tmp_path / "store")
+    backend = incremental(tmp_path)
+    state = backend.value_state("v")
+    for key, value in values.items():
+        backend.keys.current_key = key
+        state.update(value)
+    restored = complete(backend.snapshot(), store)
+    backend.close()
+    fresh = HeapKeyedStateBackend(MAXP, range(MAXP))
+    fresh.restore([restored])
+    state = fresh.value_state("v")
+    for key, value in values.items():
+        fresh.keys.current_key = key
+        back = state.value()
+        assert back == value and type(back) is type(value)
+    fresh.keys.current_key = 1
+    assert type(state.value()[1]) is bytearray
+    fresh.keys.current_key = 2
+    assert type(state.value()["k"]) is array.array
     fresh.close()
 
 

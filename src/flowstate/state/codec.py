@@ -28,6 +28,7 @@ from typing import Any
 import msgpack
 
 from flowstate.state.keys import UnsupportedKeyError, plain
+from flowstate.state.values import plain_data
 
 KEY_NONE, KEY_INT, KEY_FLOAT, KEY_STR, KEY_BYTES, KEY_TUPLE, KEY_PICKLE, KEY_DATE = range(8)
 VALUE_MSGPACK, VALUE_PICKLE = 1, 2
@@ -159,6 +160,10 @@ class ValueCodec:
             self._depth = depth - 1
 
     def encode(self, value: Any) -> bytes:
+        t = type(value)
+        if t is not int and t is not str and t is not float and not plain_data((value,)):
+            # msgpack packs a bytearray, a memoryview (any buffer) as bytes: pickle keeps the type.
+            return b"\x02" + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             return b"\x01" + self._packers[0].pack(value)
         except (TypeError, ValueError, OverflowError):

@@ -55,6 +55,7 @@ import zstandard
 
 from flowstate.state.backend import SnapshotParts, StateError, StateKind
 from flowstate.state.heap_tables import _ABSENT
+from flowstate.state.values import plain_data
 
 CHAIN_FORMAT = "heap-chain-v1"
 MAGIC = b"FSHEAPCHAIN1\n"
@@ -143,10 +144,12 @@ def _encoded_chunks(entries: dict[Any, Any], size: int) -> list[tuple[str, bytes
     """Rule 5: ``entries`` as encoded chunks. Plain entries are one ``marshal`` call (a million
     entries hold the interpreter lock for about 25 ms); others are pickled ``size`` at a time, so
     that the task thread is never held up for long."""
-    try:
-        return [("marshal", marshal.dumps(entries))]
-    except ValueError:  # a type marshal does not know, or a subclass: pickle keeps it exact
-        pass
+    # marshal writes any buffer (a bytearray, a NumPy array) as bytes: only plain data goes to it.
+    if plain_data(entries.values()) and plain_data(entries.keys()):
+        try:
+            return [("marshal", marshal.dumps(entries))]
+        except ValueError:  # a type marshal does not know, or a subclass: pickle keeps it exact
+            pass
     items = iter(entries.items())
     out = []
     while chunk := dict(itertools.islice(items, size)):

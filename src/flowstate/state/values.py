@@ -52,3 +52,35 @@ def private(value: Any) -> Any:
     if type(value) in _IMMUTABLE or immutable(value):
         return value
     return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+# What byte encoders other than pickle (msgpack for RocksDB rows, marshal for heap chain files) give back
+# with its exact type. Both also take any object with the buffer protocol (``bytearray``,
+# ``memoryview``, ``array.array``, a NumPy array) and give back ``bytes``: a value holding one must be
+# pickled. Subclasses of these types are not here either (both encoders refuse them, or drop the class).
+_ENCODABLE = frozenset({type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset})
+_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+def plain_data(values: Any) -> bool:
+    """Whether every object in the collection ``values`` (a list, tuple, set or the values of a dict
+    view), and in every container inside them, is of a type that msgpack and marshal give back exactly:
+    ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``, and lists, tuples, dicts,
+    sets and frozensets of these. ``False`` means: pickle it. One C-level pass over ``values`` when
+    they are all scalars (about 15 ms for a million)."""
+    types = set(map(type, values))
+    if types <= _SCALARS:
+        return True
+    if not types <= _ENCODABLE:
+        return False
+    for value in values:
+        t = type(value)
+        if t in _SCALARS:
+            continue
+        if t is dict:
+            if not (plain_data(value.keys()) and plain_data(value.values())):
+                return False
+        elif not plain_data(value):
+            return False
+    return True
+
