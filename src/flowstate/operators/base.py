@@ -295,6 +295,29 @@ class _Keyed(Operator):
         """Live and expired-not-yet-removed entries of the ttl states (``None``: it has none)."""
         return self.ttl.counts() if self.ttl else None
 
+    def keys_of(self, batch: list[Any]) -> tuple[list[Any], Exception | None]:
+        """The keys of the batch's records, checked against the rules of keys, in order, and handed
+        to the backend's ``prefetch``; when the key selector raises on a record or returns a key
+        that is not allowed, the keys of the records before it and that error (which the loop
+        raises once it has processed those records, as if it had computed each key in turn)."""
+        key_fn = self.key_fn
+        keys: list[Any] = []
+        append = keys.append
+        error: Exception | None = None
+        try:
+            for record in batch:
+                # The key is checked against the rules of keys here too, so that it is refused the
+                # same way whether or not a keyed exchange hashed it on the way (at parallelism 1
+                # nothing does); errors name key_by, as the exchange's do.
+                key = key_fn(record)
+                if type(key) is not str:
+                    check_key(key)
+                append(key)
+        except Exception as exc:  # noqa: BLE001 - raised by the loop at its record
+            error = exc
+        self.backend.prefetch(keys)
+        return keys, error
+
     def failure(self, record: Any, error: Exception) -> UserFunctionError:
         """The error of a batch that failed on ``record``: the ``key_by`` operator's when the key
         selector raises on the record or returns a key that is not allowed, else this operator's.
@@ -334,8 +357,8 @@ class KeyedProcessOperator(_Keyed):
         self.backend.maybe_fold()
         if self.ttl:
             self.ttl.cleanup()
+        batch_keys, key_error = self.keys_of(batch)
         process = self.fn.process
-        key_fn = self.key_fn
         keys = self.backend.keys
         ctx = self.ctx
         out: list[Any] = []
@@ -343,16 +366,7 @@ class KeyedProcessOperator(_Keyed):
         accepted = self.accepted
         record = None
         try:
-            for record in batch:
-                # The key is checked against the rules of keys here too, so that it is refused the
-                # same way whether or not a keyed exchange hashed it on the way (at parallelism 1
-                # nothing does); errors name key_by, as the exchange's do.
-                try:
-                    key = key_fn(record)
-                    if type(key) is not str:
-                        check_key(key)
-                except Exception as exc:
-                    raise UserFunctionError("key_by", record, exc) from exc
+            for key, record in zip(batch_keys, batch):  # noqa: B905 - shorter after a key error
                 keys.current_key = key
                 result = process(record, ctx)
                 if result is not None:
@@ -363,6 +377,9 @@ class KeyedProcessOperator(_Keyed):
             raise
         except Exception as exc:
             raise self.failure(record, exc) from exc
+        if key_error is not None:
+            record = batch[len(batch_keys)]
+            raise UserFunctionError(KEY_BY, record, key_error) from key_error
         return out
 
     def close(self) -> None:
@@ -385,26 +402,23 @@ class ReduceOperator(_Keyed):
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         self.backend.maybe_fold()
-        key_fn = self.key_fn
+        batch_keys, key_error = self.keys_of(batch)
         keys = self.backend.keys
         add_and_get = self.state.add_and_get
         out: list[Any] = []
         append = out.append
         record = None
         try:
-            for record in batch:
-                try:  # checked as in KeyedProcessOperator
-                    key = key_fn(record)
-                    if type(key) is not str:
-                        check_key(key)
-                except Exception as exc:
-                    raise UserFunctionError("key_by", record, exc) from exc
+            for key, record in zip(batch_keys, batch):  # noqa: B905 - shorter after a key error
                 keys.current_key = key
                 append(add_and_get(record))
         except UserFunctionError:
             raise
         except Exception as exc:
             raise self.failure(record, exc) from exc
+        if key_error is not None:
+            record = batch[len(batch_keys)]
+            raise UserFunctionError(KEY_BY, record, key_error) from key_error
         return out
 
 

@@ -296,6 +296,9 @@ class HeapKeyedStateBackend:
         self._pending.append(snapshot)
         return snapshot
 
+    def prefetch(self, keys: list[Any]) -> None:
+        """Rule 8 of ``flowstate.state.backend``: nothing to read ahead, every entry is in memory."""
+
     def maybe_fold(self) -> None:
         """Step 4, when every snapshot taken is done; otherwise nothing."""
         if not self._layered:

@@ -74,6 +74,22 @@ class RocksKeyContext(KeyContext):
         self._prefix = prefix
         return prefix
 
+    def prefixes(self, keys: list[Any]) -> list[bytes]:
+        """The key prefixes of ``keys`` (the current key is left as it is), remembered so that
+        ``prefix()`` finds them while these keys are processed (the cache is emptied first when
+        they might not fit)."""
+        cache = self._cache
+        if len(cache) + len(keys) > _PREFIX_CACHE_ENTRIES:
+            cache.clear()
+        get = cache.get
+        compute = self._compute
+        out = []
+        append = out.append
+        for key in keys:
+            prefix = get(key) if type(key) in _CACHED else None
+            append(compute(key) if prefix is None else prefix)
+        return out
+
     def _compute(self, key: Any) -> bytes:
         if type(key) is str:
             # key_prefix, inlined for str (stable_key_bytes of a str is its UTF-8 bytes).
