@@ -296,8 +296,8 @@ class _Keyed(Operator):
         return self.ttl.counts() if self.ttl else None
 
     def keys_of(self, batch: list[Any]) -> tuple[list[Any], Exception | None]:
-        """The keys of the batch's records, checked against the rules of keys, in order, and handed
-        to the backend's ``prefetch``; when the key selector raises on a record or returns a key
+        """The keys of the batch's records, checked against the rules of keys, in order, handed to
+        the backend's ``prefetch`` (rule 8 of ``flowstate.state.backend``); when the key selector raises on a record or returns a key
         that is not allowed, the keys of the records before it and that error (which the loop
         raises once it has processed those records, as if it had computed each key in turn)."""
         key_fn = self.key_fn
@@ -357,6 +357,41 @@ class KeyedProcessOperator(_Keyed):
         self.backend.maybe_fold()
         if self.ttl:
             self.ttl.cleanup()
+        if self.backend.wants_prefetch(len(batch)):
+            return self._process_prefetched(batch)
+        process = self.fn.process
+        key_fn = self.key_fn
+        keys = self.backend.keys
+        ctx = self.ctx
+        out: list[Any] = []
+        extend = out.extend
+        accepted = self.accepted
+        record = None
+        try:
+            for record in batch:
+                # The key is checked against the rules of keys here too, so that it is refused the
+                # same way whether or not a keyed exchange hashed it on the way (at parallelism 1
+                # nothing does); errors name key_by, as the exchange's do.
+                try:
+                    key = key_fn(record)
+                    if type(key) is not str:
+                        check_key(key)
+                except Exception as exc:
+                    raise UserFunctionError("key_by", record, exc) from exc
+                keys.current_key = key
+                result = process(record, ctx)
+                if result is not None:
+                    if result.__class__ not in accepted:
+                        accept(accepted, result, "process")
+                    extend(result)
+        except UserFunctionError:
+            raise
+        except Exception as exc:
+            raise self.failure(record, exc) from exc
+        return out
+
+    def _process_prefetched(self, batch: list[Any]) -> list[Any]:
+        """``process_batch`` with the batch's keys computed first and prefetched (``keys_of``)."""
         batch_keys, key_error = self.keys_of(batch)
         process = self.fn.process
         keys = self.backend.keys
@@ -378,8 +413,7 @@ class KeyedProcessOperator(_Keyed):
         except Exception as exc:
             raise self.failure(record, exc) from exc
         if key_error is not None:
-            record = batch[len(batch_keys)]
-            raise UserFunctionError(KEY_BY, record, key_error) from key_error
+            raise UserFunctionError(KEY_BY, batch[len(batch_keys)], key_error) from key_error
         return out
 
     def close(self) -> None:
@@ -402,6 +436,32 @@ class ReduceOperator(_Keyed):
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         self.backend.maybe_fold()
+        if self.backend.wants_prefetch(len(batch)):
+            return self._process_prefetched(batch)
+        key_fn = self.key_fn
+        keys = self.backend.keys
+        add_and_get = self.state.add_and_get
+        out: list[Any] = []
+        append = out.append
+        record = None
+        try:
+            for record in batch:
+                try:  # checked as in KeyedProcessOperator
+                    key = key_fn(record)
+                    if type(key) is not str:
+                        check_key(key)
+                except Exception as exc:
+                    raise UserFunctionError("key_by", record, exc) from exc
+                keys.current_key = key
+                append(add_and_get(record))
+        except UserFunctionError:
+            raise
+        except Exception as exc:
+            raise self.failure(record, exc) from exc
+        return out
+
+    def _process_prefetched(self, batch: list[Any]) -> list[Any]:
+        """``process_batch`` with the batch's keys computed first and prefetched (``keys_of``)."""
         batch_keys, key_error = self.keys_of(batch)
         keys = self.backend.keys
         add_and_get = self.state.add_and_get
@@ -417,8 +477,7 @@ class ReduceOperator(_Keyed):
         except Exception as exc:
             raise self.failure(record, exc) from exc
         if key_error is not None:
-            record = batch[len(batch_keys)]
-            raise UserFunctionError(KEY_BY, record, key_error) from key_error
+            raise UserFunctionError(KEY_BY, batch[len(batch_keys)], key_error) from key_error
         return out
 
 

@@ -100,6 +100,8 @@ class RocksDBKeyedStateBackend:
         self._columns: dict[str, Column] = {}
         self._point_columns: list[Column] = []
         """The columns of value and reducing states (the ones ``prefetch`` reads)."""
+        self._prefetch_now: list[Column] = []
+        """The columns to prefetch for the next batch (``wants_prefetch``)."""
         self._families: set[str] = set()
         self._file_keys: dict[str, str] = {}
         self._snapshots_taken = 0
@@ -263,19 +265,27 @@ class RocksDBKeyedStateBackend:
             if len(column.objects) > column.cache_limit and not column.frozen:
                 column.flush()
 
-    def prefetch(self, keys: list[Any]) -> None:
-        """Rule 8 of ``flowstate.state.backend``: reads the rows of ``keys`` of the value and
-        reducing states whose ``PrefetchPolicy`` says so into their object caches, one multi-get
-        per state (rule 8 of ``cache``)."""
-        rows: list[bytes] | None = None
-        size = len(keys)
+    def wants_prefetch(self, size: int) -> bool:
+        """Rule 8 of ``flowstate.state.backend``: asks the ``PrefetchPolicy`` of every value and
+        reducing state about the next batch (of ``size`` records); whether any of them wants it."""
+        wanted = self._prefetch_now
+        wanted.clear()
         for column in self._point_columns:
             misses = column.misses
             column.misses = 0
-            if column.policy.before_batch(size, misses) and size:
-                if rows is None:
-                    rows = self._keys.prefixes(keys)
-                column.prefetch(rows)
+            if column.policy.before_batch(size, misses):
+                wanted.append(column)
+        return bool(wanted)
+
+    def prefetch(self, keys: list[Any]) -> None:
+        """Rule 8 of ``flowstate.state.backend``: reads the rows of ``keys`` of the states that
+        ``wants_prefetch`` chose into their object caches, one multi-get per state (rule 8 of
+        ``cache``)."""
+        if not keys or not self._prefetch_now:
+            return
+        rows = self._keys.prefixes(keys)
+        for column in self._prefetch_now:
+            column.prefetch(rows)
 
     # ---- restore (rule 2) ------------------------------------------------------------------------
 
@@ -363,6 +373,7 @@ class RocksDBKeyedStateBackend:
             self._db = None
         self._columns.clear()
         self._point_columns.clear()
+        self._prefetch_now.clear()
         shutil.rmtree(self._dir / "db", ignore_errors=True)
         self._closed = True
         if last:

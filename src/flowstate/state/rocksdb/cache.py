@@ -84,33 +84,30 @@ ABSENT: Any = Marker("ABSENT")
 
 class PrefetchPolicy:
     """Whether a state's rows are prefetched before the next batch (rule 8), from the rows that the
-    batches read from RocksDB one at a time (``misses``).
+    last batch read from RocksDB (``misses``: one at a time, or by its prefetch).
 
-    A batch without a prefetch is a **probe**: when at least ``1 / MISS_SHARE`` of its records
-    missed, prefetching starts; while it goes on, every ``PROBE_EVERY``-th batch is a probe again,
-    so that a state that is no longer read (or whose rows now stay cached) stops costing a multi-get
-    per batch. Pure: it sees counts, nothing else."""
+    Prefetching goes on while at least ``1 / MISS_SHARE`` of a batch's records read a row from
+    RocksDB: below that, the rows stay cached and a prefetch would only cost a pass over the keys.
+    Every ``PROBE_EVERY``-th batch is a **probe**, without a prefetch, so that a state that is no
+    longer read (whose prefetch still reads rows nobody asks for) is found out. Pure: it sees
+    counts, nothing else."""
 
-    __slots__ = ("batches", "last_size", "on", "probing")
+    __slots__ = ("batches", "last_size", "on")
 
     PROBE_EVERY = 16
     MISS_SHARE = 8
 
     def __init__(self) -> None:
         self.on = False
-        self.probing = False
         self.batches = 0
         self.last_size = 0
 
     def before_batch(self, size: int, misses: int) -> bool:
         """Whether to prefetch for a batch of ``size`` records, given the ``misses`` of the last one."""
-        if self.probing:
-            self.on = misses * self.MISS_SHARE >= self.last_size > 0
+        self.on = misses * self.MISS_SHARE >= self.last_size > 0
         self.batches += 1
-        prefetch = self.on and self.batches % self.PROBE_EVERY != 0
-        self.probing = not prefetch
         self.last_size = size
-        return prefetch
+        return self.on and self.batches % self.PROBE_EVERY != 0
 
 
 def write_options() -> WriteOptions:
@@ -168,7 +165,7 @@ class Column:
         self.encode = codec.encode
         self.decode = codec.decode
         self.misses = 0
-        """Rows of value or reducing state read from RocksDB one at a time (``PrefetchPolicy``)."""
+        """Rows of value or reducing state read from RocksDB since the last batch (``PrefetchPolicy``)."""
         self.policy = PrefetchPolicy()
 
     # ---- reads (rules 1 and 3) -------------------------------------------------------------------
@@ -247,6 +244,7 @@ class Column:
             if not wanted:
                 return
         wanted.sort()  # RocksDB's multi-get reads the rows of one block together
+        self.misses += len(wanted)
         decode = self.decode
         for row, raw in zip(wanted, self.cf.get(wanted), strict=True):
             objects[row] = ABSENT if raw is None else decode(raw)
