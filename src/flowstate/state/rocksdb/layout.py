@@ -83,11 +83,27 @@ class RocksKeyContext(KeyContext):
             cache.clear()
         get = cache.get
         compute = self._compute
+        groups = self._groups
+        maxp = self._maxp
         out = []
         append = out.append
         for key in keys:
-            prefix = get(key) if type(key) in _CACHED else None
-            append(compute(key) if prefix is None else prefix)
+            if type(key) is str:
+                prefix = get(key)
+                if prefix is None:
+                    # _compute's str path, inlined (a call per key is a good part of the cost)
+                    data = key.encode("utf-8", "surrogatepass")
+                    size = len(data) + 1
+                    if size < 0x80:
+                        prefix = cache[key] = (groups[((crc32(data) * GOLDEN) & 0xFFFFFFFF) * maxp >> 32]
+                                               + bytes((size, KEY_STR)) + data)
+                    else:
+                        prefix = compute(key)
+            else:
+                prefix = get(key) if type(key) in _CACHED else None
+                if prefix is None:
+                    prefix = compute(key)
+            append(prefix)
         return out
 
     def _compute(self, key: Any) -> bytes:
