@@ -38,8 +38,8 @@ asynchronous part of a snapshot only reads a frozen layer and writes it to Rocks
    ``DELETED``, but is never written.
 8. **Prefetch** (``prefetch``, value and reducing state, before a batch): the rows of the batch's
    keys that are not in the top layer are looked for as a read would (rule 3: the frozen layers,
-   newest first, a copy of what is found there), and the rest read from RocksDB with one multi-get,
-   sorted, and cached (``ABSENT`` for those it does not have). So the batch's reads hit the top
+   newest first, a copy of what is found there), and the rest read from RocksDB with one multi-get
+   and cached (``ABSENT`` for those it does not have). So the batch's reads hit the top
    layer. Reading RocksDB while frozen layers wait for their cut is safe for a row none of them
    holds: a cut writes only its layer's rows, and a layer leaves ``frozen`` only once RocksDB has
    its rows. Whether a prefetch pays is ``PrefetchPolicy``'s to decide.
@@ -243,10 +243,10 @@ class Column:
             wanted = below
             if not wanted:
                 return
-        wanted.sort()  # RocksDB's multi-get reads the rows of one block together
         self.misses += len(wanted)
         decode = self.decode
-        for row, raw in zip(wanted, self.cf.get(wanted), strict=True):
+        raws: list[bytes | None] = self.cf.get(wanted)  # type: ignore[arg-type,assignment]  # multi-get
+        for row, raw in zip(wanted, raws, strict=True):
             objects[row] = ABSENT if raw is None else decode(raw)
 
     def exists(self, row: bytes, prefix: bytes) -> bool:

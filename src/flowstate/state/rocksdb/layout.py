@@ -85,7 +85,7 @@ class RocksKeyContext(KeyContext):
         compute = self._compute
         groups = self._groups
         maxp = self._maxp
-        out = []
+        out: list[bytes] = []
         append = out.append
         for key in keys:
             if type(key) is str:
