@@ -32,6 +32,11 @@ bytes, keys or fields as separate records, which is never what ``return (word, n
 costs one set lookup per call, of the returned object's type among the types already accepted
 (``accept``); nothing is checked per record emitted.
 
+The keyed process and reduce operators ask their backend before each batch whether it wants the
+batch's keys ahead (``wants_prefetch``, rule 8 of ``flowstate.state.backend``); if so they compute
+every key first (``_Keyed.keys_of``), hand them to ``prefetch`` and run the records with them, and a
+key selector that fails on a record still fails the batch there, after the records before it.
+
 The batch loops of map, filter, flat_map, process and reduce look alike on purpose: each is the hot
 loop of its operator, written out with its locals bound so that a record costs one call of the user
 function and little else; a shared loop would add a call per record.
