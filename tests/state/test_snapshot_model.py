@@ -6,7 +6,10 @@ value, a list item, a map value, the accumulator of a reduce function that appen
 of ``flowstate.state.values``, such a change is stored), takes snapshots, keeps several of them open,
 completes them in any order (restore and compare with
 the model as it was at the cut) or releases them unread, and folds whenever it likes. After every
-step that asks for it, each state reads exactly as the model says.
+step that asks for it, each state reads exactly as the model says. It also hands keys, present or
+not, to ``prefetch`` (rule 8 of ``flowstate.state.backend``; on RocksDB, before every batch or never,
+with a cache small enough to be flushed often) and reads the value and reducing states of a key,
+present or not (a row found nowhere is cached as absent on RocksDB).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+
+from flowstate.state.rocksdb import RocksDBKeyedStateBackend
 
 from .conftest import BACKENDS, MAXP, Store, complete, dump
 
@@ -164,6 +169,19 @@ class SnapshotMachine(RuleBasedStateMachine):
         self.dr.add([tag])
         self.model["dr"][key] = self.model["dr"].get(key, []) + [tag]
 
+    @rule(keys=st.lists(KEYS, max_size=4))
+    def prefetch(self, keys: list[Any]) -> None:
+        if self.backend.wants_prefetch(len(keys)):
+            self.backend.prefetch(keys)
+
+    @rule(key=KEYS)
+    def read_value_and_reducing_states(self, key: Any) -> None:
+        self.at(key)
+        assert self.v.value() == self.model["v"].get(key)
+        assert self.r.get() == self.model["r"].get(key)
+        assert self.dv.value() == self.model["dv"].get(key)
+        assert self.dr.get() == self.model["dr"].get(key)
+
     @rule()
     def take_snapshot(self) -> None:
         self.pending.append((self.backend.snapshot(), copy.deepcopy(self.model)))
@@ -219,9 +237,20 @@ class RocksDBSnapshotMachine(SnapshotMachine):
     kind = "rocksdb"
 
 
+class RocksDBPrefetchSnapshotMachine(SnapshotMachine):
+    """Every prefetch is made, and the object cache is flushed whenever it holds more than 2 rows."""
+
+    kind = "rocksdb"
+
+    def build(self) -> Any:
+        return RocksDBKeyedStateBackend(MAXP, range(MAXP), base_dir=self.tmp / "work", prefetch="always",
+                                        write_batch_entries=2)
+
+
 @pytest.mark.parametrize(("machine", "examples"), [
     (HeapSnapshotMachine, 200), (IncrementalHeapSnapshotMachine, 200), (RocksDBSnapshotMachine, 25),
-], ids=["heap", "heap-incremental", "rocksdb"])
+    (RocksDBPrefetchSnapshotMachine, 40),
+], ids=["heap", "heap-incremental", "rocksdb", "rocksdb-prefetch"])
 def test_every_snapshot_restores_exactly_the_state_at_its_cut(machine, examples):
     run_state_machine_as_test(machine, settings=settings(
         max_examples=examples, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]))

@@ -32,6 +32,11 @@ bytes, keys or fields as separate records, which is never what ``return (word, n
 costs one set lookup per call, of the returned object's type among the types already accepted
 (``accept``); nothing is checked per record emitted.
 
+The keyed process and reduce operators ask their backend before each batch whether it wants the
+batch's keys ahead (``wants_prefetch``, rule 8 of ``flowstate.state.backend``); if so they compute
+every key first (``_Keyed.keys_of``), hand them to ``prefetch`` and run the records with them, and a
+key selector that fails on a record still fails the batch there, after the records before it.
+
 The batch loops of map, filter, flat_map, process and reduce look alike on purpose: each is the hot
 loop of its operator, written out with its locals bound so that a record costs one call of the user
 function and little else; a shared loop would add a call per record.
@@ -298,6 +303,29 @@ class _Keyed(Operator):
         """Live and expired-not-yet-removed entries of the ttl states (``None``: it has none)."""
         return self.ttl.counts() if self.ttl else None
 
+    def keys_of(self, batch: list[Any]) -> tuple[list[Any], Exception | None]:
+        """The keys of the batch's records, checked against the rules of keys, in order, handed to
+        the backend's ``prefetch`` (rule 8 of ``flowstate.state.backend``); when the key selector raises on a record or returns a key
+        that is not allowed, the keys of the records before it and that error (which the loop
+        raises once it has processed those records, as if it had computed each key in turn)."""
+        key_fn = self.key_fn
+        keys: list[Any] = []
+        append = keys.append
+        error: Exception | None = None
+        try:
+            for record in batch:
+                # The key is checked against the rules of keys here too, so that it is refused the
+                # same way whether or not a keyed exchange hashed it on the way (at parallelism 1
+                # nothing does); errors name key_by, as the exchange's do.
+                key = key_fn(record)
+                if type(key) is not str:
+                    check_key(key)
+                append(key)
+        except Exception as exc:  # noqa: BLE001 - raised by the loop at its record
+            error = exc
+        self.backend.prefetch(keys)
+        return keys, error
+
     def failure(self, record: Any, error: Exception) -> UserFunctionError:
         """The error of a batch that failed on ``record``: the ``key_by`` operator's when the key
         selector raises on the record or returns a key that is not allowed, else this operator's.
@@ -337,6 +365,8 @@ class KeyedProcessOperator(_Keyed):
         self.backend.maybe_fold()
         if self.ttl:
             self.ttl.cleanup()
+        if self.backend.wants_prefetch(len(batch)):
+            return self._process_prefetched(batch)
         process = self.fn.process
         key_fn = self.key_fn
         itself = self.key_is_record
@@ -369,6 +399,32 @@ class KeyedProcessOperator(_Keyed):
             raise self.failure(record, exc) from exc
         return out
 
+    def _process_prefetched(self, batch: list[Any]) -> list[Any]:
+        """``process_batch`` with the batch's keys computed first and prefetched (``keys_of``)."""
+        batch_keys, key_error = self.keys_of(batch)
+        process = self.fn.process
+        keys = self.backend.keys
+        ctx = self.ctx
+        out: list[Any] = []
+        extend = out.extend
+        accepted = self.accepted
+        record = None
+        try:
+            for key, record in zip(batch_keys, batch):  # noqa: B905 - shorter after a key error
+                keys.current_key = key
+                result = process(record, ctx)
+                if result is not None:
+                    if result.__class__ not in accepted:
+                        accept(accepted, result, "process")
+                    extend(result)
+        except UserFunctionError:
+            raise
+        except Exception as exc:
+            raise self.failure(record, exc) from exc
+        if key_error is not None:
+            raise UserFunctionError(KEY_BY, batch[len(batch_keys)], key_error) from key_error
+        return out
+
     def close(self) -> None:
         try:
             self.fn.close()
@@ -389,6 +445,8 @@ class ReduceOperator(_Keyed):
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         self.backend.maybe_fold()
+        if self.backend.wants_prefetch(len(batch)):
+            return self._process_prefetched(batch)
         key_fn = self.key_fn
         keys = self.backend.keys
         add_and_get = self.state.add_and_get
@@ -409,6 +467,26 @@ class ReduceOperator(_Keyed):
             raise
         except Exception as exc:
             raise self.failure(record, exc) from exc
+        return out
+
+    def _process_prefetched(self, batch: list[Any]) -> list[Any]:
+        """``process_batch`` with the batch's keys computed first and prefetched (``keys_of``)."""
+        batch_keys, key_error = self.keys_of(batch)
+        keys = self.backend.keys
+        add_and_get = self.state.add_and_get
+        out: list[Any] = []
+        append = out.append
+        record = None
+        try:
+            for key, record in zip(batch_keys, batch):  # noqa: B905 - shorter after a key error
+                keys.current_key = key
+                append(add_and_get(record))
+        except UserFunctionError:
+            raise
+        except Exception as exc:
+            raise self.failure(record, exc) from exc
+        if key_error is not None:
+            raise UserFunctionError(KEY_BY, batch[len(batch_keys)], key_error) from key_error
         return out
 
 

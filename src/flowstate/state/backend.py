@@ -33,6 +33,12 @@ A backend holds every keyed state of one operator subtask: the key groups ``key_
 7. ``entry_count()`` (the number of (state, key) entries; exact for the heap, an estimate from
    RocksDB's statistics for RocksDB) and ``state_size_bytes()`` (an estimate of the serialized size)
    are for metrics: cheap, never O(entries).
+8. **Prefetch.** Before a batch (after ``maybe_fold``) the task thread may ask
+   ``wants_prefetch(size)``; when it says yes, the operator calls ``prefetch(keys)`` with the keys
+   of the batch's records, in order, before processing them: a hint that their entries are about to
+   be read. It changes nothing that any read returns, nor what any snapshot holds; it only makes
+   the reads cheaper (the RocksDB backend reads the rows of many keys with one multi-get and
+   decides from the rows its last batch read from RocksDB; the heap backend always says no).
 
 Snapshot data layout: every ``SnapshotParts.data`` is a dict with at least ``"format"`` (the
 backend's format name), ``"max_parallelism"`` and ``"key_groups"`` (``[start, stop)`` of the subtask
@@ -149,6 +155,14 @@ class KeyedStateBackend(Protocol):
 
     def maybe_fold(self) -> None:
         """Rule 5."""
+        ...
+
+    def wants_prefetch(self, size: int) -> bool:
+        """Rule 8."""
+        ...
+
+    def prefetch(self, keys: list[Any]) -> None:
+        """Rule 8."""
         ...
 
     def close(self) -> None:

@@ -305,6 +305,13 @@ class HeapKeyedStateBackend:
         self._pending.append(snapshot)
         return snapshot
 
+    def wants_prefetch(self, size: int) -> bool:
+        """Rule 8 of ``flowstate.state.backend``: never, every entry is in memory."""
+        return False
+
+    def prefetch(self, keys: list[Any]) -> None:
+        """Rule 8 of ``flowstate.state.backend``: nothing to read ahead."""
+
     def maybe_fold(self) -> None:
         """Step 4, when every snapshot taken is done; otherwise nothing."""
         if not self._layered:

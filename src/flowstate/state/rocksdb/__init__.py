@@ -24,7 +24,10 @@ which), and carry Bloom filters for point lookups.
 top layer, so that a change made in place to a value read from state is stored, as on the heap
 (rule 2 of ``flowstate.state.values``), and a key updated by many records in a row costs dict
 operations and one encoding per flush. Between batches a top layer over its limit is encoded and
-written as one ``WriteBatch``.
+written as one ``WriteBatch``. Before a batch of a keyed operator, the rows of the batch's keys of the
+value and reducing states that miss the cache may be read with one multi-get per state (a
+**prefetch**, when the rows the last batches read from RocksDB say it pays), so that the records'
+reads hit the cache; a row found nowhere is cached as absent and not looked for again.
 
 **Snapshots** (``snapshot``). The synchronous part only freezes the top layers (O(states)); the
 asynchronous part writes them, flushes the memtables and creates a RocksDB checkpoint (hard links),
@@ -51,6 +54,7 @@ from flowstate.state.rocksdb.backend import (
     DEFAULT_WRITE_BATCH_ENTRIES,
     DEFAULT_WRITE_BUFFER_SIZE,
     FORMAT,
+    PREFETCH_MODES,
     RocksDBBackendFactory,
     RocksDBKeyedStateBackend,
 )
@@ -71,6 +75,7 @@ __all__ = [
     "DEFAULT_WRITE_BATCH_ENTRIES",
     "DEFAULT_WRITE_BUFFER_SIZE",
     "FORMAT",
+    "PREFETCH_MODES",
     "RocksDBBackendFactory",
     "RocksDBKeyedStateBackend",
     "RocksDBSnapshot",

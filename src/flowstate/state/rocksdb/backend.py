@@ -49,6 +49,8 @@ DEFAULT_WRITE_BUFFER_SIZE = 32 << 20
 DEFAULT_WRITE_BATCH_ENTRIES = 16_384
 DEFAULT_WRITE_BATCH_BYTES = 8 << 20
 COMPRESSIONS = ("zstd", "lz4", "none")
+PREFETCH_MODES = ("auto", "always", "never")
+"""``prefetch``: as each state's ``PrefetchPolicy`` decides, before every batch, or never."""
 _COMPRESSION_TYPES: dict[str, Callable[[], DBCompressionType]] = {
     "zstd": DBCompressionType.zstd, "lz4": DBCompressionType.lz4, "none": DBCompressionType.none,
 }
@@ -62,14 +64,17 @@ class RocksDBKeyedStateBackend:
     ``directory`` is the working directory (it must not exist or be empty; it is created); without
     it, a new temporary directory under ``base_dir`` (the system's temporary directory by default).
     Either way the backend owns it and deletes it on ``close``. ``compression`` is one of
-    ``COMPRESSIONS`` or ``None`` for the best one available."""
+    ``COMPRESSIONS`` or ``None`` for the best one available. ``prefetch`` is one of ``PREFETCH_MODES``
+    (rule 8 of ``cache``)."""
 
     def __init__(self, max_parallelism: int, key_groups: range, directory: str | os.PathLike[str] | None = None,
                  *, base_dir: str | os.PathLike[str] | None = None, compression: str | None = None,
                  write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE,
                  write_batch_entries: int = DEFAULT_WRITE_BATCH_ENTRIES,
-                 write_batch_bytes: int = DEFAULT_WRITE_BATCH_BYTES) -> None:
+                 write_batch_bytes: int = DEFAULT_WRITE_BATCH_BYTES, prefetch: str = "auto") -> None:
         check_key_groups(max_parallelism, key_groups)
+        if prefetch not in PREFETCH_MODES:
+            raise ValueError(f"prefetch must be one of {', '.join(PREFETCH_MODES)}, not {prefetch!r}")
         if compression is not None and compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)} or None, not {compression!r}")
         if write_batch_entries < 1 or write_batch_bytes < 1:
@@ -98,6 +103,11 @@ class RocksDBKeyedStateBackend:
         self._instance = uuid.uuid4().hex
         self._db: Rdict | None = None
         self._columns: dict[str, Column] = {}
+        self._point_columns: list[Column] = []
+        """The columns of value and reducing states (the ones ``prefetch`` reads)."""
+        self._prefetch_mode = prefetch
+        self._prefetch_now: list[Column] = []
+        """The columns to prefetch for the next batch (``wants_prefetch``)."""
         self._families: set[str] = set()
         self._file_keys: dict[str, str] = {}
         self._snapshots_taken = 0
@@ -183,6 +193,8 @@ class RocksDBKeyedStateBackend:
         column = Column(db, name, kind, self._batch_entries, self._batch_bytes, self._codec)
         self._cuts.join(column)
         self._columns[name] = column
+        if kind is StateKind.VALUE or kind is StateKind.REDUCING:
+            self._point_columns.append(column)
         return column
 
     # ---- state objects (rule 1) ------------------------------------------------------------------
@@ -258,6 +270,33 @@ class RocksDBKeyedStateBackend:
         for column in self._columns.values():
             if len(column.objects) > column.cache_limit and not column.frozen:
                 column.flush()
+
+    def wants_prefetch(self, size: int) -> bool:
+        """Rule 8 of ``flowstate.state.backend``: asks the ``PrefetchPolicy`` of every value and
+        reducing state about the next batch (of ``size`` records), unless the ``prefetch`` mode
+        says ``always`` or ``never``; whether any of them wants it."""
+        wanted = self._prefetch_now
+        wanted.clear()
+        if self._prefetch_mode != "auto":
+            if self._prefetch_mode == "always":
+                wanted.extend(self._point_columns)
+            return bool(wanted)
+        for column in self._point_columns:
+            misses = column.misses
+            column.misses = 0
+            if column.policy.before_batch(size, misses):
+                wanted.append(column)
+        return bool(wanted)
+
+    def prefetch(self, keys: list[Any]) -> None:
+        """Rule 8 of ``flowstate.state.backend``: reads the rows of ``keys`` of the states that
+        ``wants_prefetch`` chose into their object caches, one multi-get per state (rule 8 of
+        ``cache``)."""
+        if not keys or not self._prefetch_now:
+            return
+        rows = self._keys.prefixes(keys)
+        for column in self._prefetch_now:
+            column.prefetch(rows)
 
     # ---- restore (rule 2) ------------------------------------------------------------------------
 
@@ -344,6 +383,8 @@ class RocksDBKeyedStateBackend:
             self._db.close()
             self._db = None
         self._columns.clear()
+        self._point_columns.clear()
+        self._prefetch_now.clear()
         shutil.rmtree(self._dir / "db", ignore_errors=True)
         self._closed = True
         if last:
@@ -393,9 +434,10 @@ class RocksDBBackendFactory:
     write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE
     write_batch_entries: int = DEFAULT_WRITE_BATCH_ENTRIES
     write_batch_bytes: int = DEFAULT_WRITE_BATCH_BYTES
+    prefetch: str = "auto"
 
     def __call__(self, max_parallelism: int, key_groups: range) -> RocksDBKeyedStateBackend:
         return RocksDBKeyedStateBackend(max_parallelism, key_groups, base_dir=self.base_dir,
                                         compression=self.compression, write_buffer_size=self.write_buffer_size,
                                         write_batch_entries=self.write_batch_entries,
-                                        write_batch_bytes=self.write_batch_bytes)
+                                        write_batch_bytes=self.write_batch_bytes, prefetch=self.prefetch)

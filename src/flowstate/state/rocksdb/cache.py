@@ -3,7 +3,7 @@
 Rules (the task thread is the only one that changes ``objects``, ``index`` and ``cleared``; the
 asynchronous part of a snapshot only reads a frozen layer and writes it to RocksDB):
 
-1. **The top layer.** ``objects`` maps a row to the object the task holds for it (or ``DELETED``):
+1. **The top layer.** ``objects`` maps a row to the object the task holds for it (or ``DELETED``, or ``ABSENT``):
    every row read or written since it was last flushed. A row read is decoded once and the same
    object is returned until then, so a change made in place to it is stored (rule 2 of
    ``flowstate.state.values``). For list and map states ``index`` lists the cached rows of each key
@@ -30,6 +30,19 @@ asynchronous part of a snapshot only reads a frozen layer and writes it to Rocks
    ``limit`` rows, or fewer when the rows of the last flush or cut encoded to more than
    ``byte_limit`` bytes in all (re-estimated from their mean size each time), so that large values
    do not pile up in memory.
+7. **Absent rows** (value and reducing state): a read that finds no row anywhere below the top
+   layer caches ``ABSENT`` for it, so that the row is not looked for again. ``ABSENT`` claims that
+   nothing below the top layer has the row; it stays true, since only the top layer itself is ever
+   written below it (a flush writes nothing for an ``ABSENT`` row, a cut moves a frozen layer's
+   rows into RocksDB without changing what the layers show). It reads as no value, like
+   ``DELETED``, but is never written.
+8. **Prefetch** (``prefetch``, value and reducing state, before a batch): the rows of the batch's
+   keys that are not in the top layer are looked for as a read would (rule 3: the frozen layers,
+   newest first, a copy of what is found there), and the rest read from RocksDB with one multi-get
+   and cached (``ABSENT`` for those it does not have). So the batch's reads hit the top
+   layer. Reading RocksDB while frozen layers wait for their cut is safe for a row none of them
+   holds: a cut writes only its layer's rows, and a layer leaves ``frozen`` only once RocksDB has
+   its rows. Whether a prefetch pays is ``PrefetchPolicy``'s to decide.
 """
 
 from __future__ import annotations
@@ -46,8 +59,55 @@ from flowstate.state.values import private
 
 CF_PREFIX = "state:"
 CUT_BATCH_ROWS = 4096
-MISS: Any = object()
-DELETED: Any = object()
+
+
+class Marker:
+    """The class of the markers below, so that a read tells a stored object from any of them with
+    one test."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+MISS: Any = Marker("MISS")
+"""Not in this layer (never stored)."""
+DELETED: Any = Marker("DELETED")
+"""The row was deleted: written as a delete."""
+ABSENT: Any = Marker("ABSENT")
+"""Rule 7: no row below the top layer either; never written."""
+
+
+class PrefetchPolicy:
+    """Whether a state's rows are prefetched before the next batch (rule 8), from the rows that the
+    last batch read from RocksDB (``misses``: one at a time, or by its prefetch).
+
+    Prefetching goes on while at least ``1 / MISS_SHARE`` of a batch's records read a row from
+    RocksDB: below that, the rows stay cached and a prefetch would only cost a pass over the keys.
+    Every ``PROBE_EVERY``-th batch is a **probe**, without a prefetch, so that a state that is no
+    longer read (whose prefetch still reads rows nobody asks for) is found out. Pure: it sees
+    counts, nothing else."""
+
+    __slots__ = ("batches", "last_size", "on")
+
+    PROBE_EVERY = 16
+    MISS_SHARE = 8
+
+    def __init__(self) -> None:
+        self.on = False
+        self.batches = 0
+        self.last_size = 0
+
+    def before_batch(self, size: int, misses: int) -> bool:
+        """Whether to prefetch for a batch of ``size`` records, given the ``misses`` of the last one."""
+        self.on = misses * self.MISS_SHARE >= self.last_size > 0
+        self.batches += 1
+        self.last_size = size
+        return self.on and self.batches % self.PROBE_EVERY != 0
 
 
 def write_options() -> WriteOptions:
@@ -85,7 +145,7 @@ class Column:
     """One state: its column family, its top layer and its frozen layers (see the module docstring)."""
 
     __slots__ = ("byte_limit", "cache_limit", "cf", "cleared", "db", "decode", "encode", "frozen", "handle", "index",
-                 "kind", "limit", "objects")
+                 "kind", "limit", "misses", "objects", "policy")
 
     def __init__(self, db: Rdict, name: str, kind: StateKind, limit: int, byte_limit: int,
                  codec: ValueCodec) -> None:
@@ -104,26 +164,34 @@ class Column:
         """The frozen layers not cut yet, oldest first (replaced, never changed, under the backend's lock)."""
         self.encode = codec.encode
         self.decode = codec.decode
+        self.misses = 0
+        """Rows of value or reducing state read from RocksDB since the last batch (``PrefetchPolicy``)."""
+        self.policy = PrefetchPolicy()
 
     # ---- reads (rules 1 and 3) -------------------------------------------------------------------
 
     def load(self, row: bytes, prefix: bytes | None = None) -> Any:
         """The object of ``row`` (cached from now on), or ``MISS`` when it has none. ``prefix`` is the
-        key prefix of a list or map row (``None`` for value and reducing state)."""
+        key prefix of a list or map row (``None`` for value and reducing state, whose rows found
+        nowhere are cached as ``ABSENT``, rule 7)."""
         found = self.objects.get(row, MISS)
         if found is MISS:
             if self.frozen or self.cleared:
                 return self._find_below(row, prefix)
             raw = self.cf.get(row)
+            if prefix is None:
+                self.misses += 1
+                if raw is None:
+                    self.objects[row] = ABSENT
+                    return MISS
+                found = self.objects[row] = self.decode(raw)
+                return found
             if raw is None:
                 return MISS
             found = self.decode(raw)
-            if prefix is None:
-                self.objects[row] = found
-            else:
-                self.store_in(prefix, row, found)
+            self.store_in(prefix, row, found)
             return found
-        return MISS if found is DELETED else found
+        return MISS if found.__class__ is Marker else found
 
     def _find_below(self, row: bytes, prefix: bytes | None) -> Any:
         """Rule 3: the object of ``row`` below the top layer, copied into it; ``MISS`` if none."""
@@ -132,7 +200,9 @@ class Column:
         for layer in reversed(self.frozen):
             found = layer.objects.get(row, MISS)
             if found is not MISS:
-                if found is DELETED:
+                if found.__class__ is Marker:  # DELETED or ABSENT
+                    if prefix is None:
+                        self.objects[row] = ABSENT
                     return MISS
                 value = private(found)
                 break
@@ -140,7 +210,11 @@ class Column:
                 return MISS
         else:
             raw = self.cf.get(row)
+            if prefix is None:
+                self.misses += 1
             if raw is None:
+                if prefix is None:
+                    self.objects[row] = ABSENT
                 return MISS
             value = self.decode(raw)
         if prefix is None:
@@ -149,17 +223,43 @@ class Column:
             self.store_in(prefix, row, value)
         return value
 
+    def prefetch(self, rows: list[bytes]) -> None:
+        """Rule 8 (value and reducing state): every row of ``rows`` is in the top layer after it."""
+        objects = self.objects
+        wanted = [row for row in dict.fromkeys(rows) if row not in objects]
+        if not wanted:
+            return
+        layers = self.frozen  # read once: a layer leaves it only after its rows reached RocksDB
+        if layers:
+            below = []
+            for row in wanted:
+                for layer in reversed(layers):
+                    found = layer.objects.get(row, MISS)
+                    if found is not MISS:
+                        objects[row] = ABSENT if found.__class__ is Marker else private(found)
+                        break
+                else:
+                    below.append(row)
+            wanted = below
+            if not wanted:
+                return
+        self.misses += len(wanted)
+        decode = self.decode
+        raws: list[bytes | None] = self.cf.get(wanted)  # type: ignore[arg-type,assignment]  # multi-get
+        for row, raw in zip(wanted, raws, strict=True):
+            objects[row] = ABSENT if raw is None else decode(raw)
+
     def exists(self, row: bytes, prefix: bytes) -> bool:
         """Whether ``row`` (of a map) has a value, without decoding it."""
         found = self.objects.get(row, MISS)
         if found is not MISS:
-            return found is not DELETED
+            return found.__class__ is not Marker
         if prefix in self.cleared:
             return False
         for layer in reversed(self.frozen):
             found = layer.objects.get(row, MISS)
             if found is not MISS:
-                return found is not DELETED
+                return found.__class__ is not Marker
             if prefix in layer.cleared:
                 return False
         return self.cf.get(row) is not None
@@ -305,7 +405,9 @@ class Column:
         rows = len(layer.cleared)
         size = 0
         for row, value in layer.objects.items():
-            if value is DELETED:
+            if value.__class__ is Marker:
+                if value is ABSENT:
+                    continue  # rule 7
                 batch.delete(row, handle)
             else:
                 encoded = encode(value)

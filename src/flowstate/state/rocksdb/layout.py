@@ -74,6 +74,38 @@ class RocksKeyContext(KeyContext):
         self._prefix = prefix
         return prefix
 
+    def prefixes(self, keys: list[Any]) -> list[bytes]:
+        """The key prefixes of ``keys`` (the current key is left as it is), remembered so that
+        ``prefix()`` finds them while these keys are processed (the cache is emptied first when
+        they might not fit)."""
+        cache = self._cache
+        if len(cache) + len(keys) > _PREFIX_CACHE_ENTRIES:
+            cache.clear()
+        get = cache.get
+        compute = self._compute
+        groups = self._groups
+        maxp = self._maxp
+        out: list[bytes] = []
+        append = out.append
+        for key in keys:
+            if type(key) is str:
+                prefix = get(key)
+                if prefix is None:
+                    # _compute's str path, inlined (a call per key is a good part of the cost)
+                    data = key.encode("utf-8", "surrogatepass")
+                    size = len(data) + 1
+                    if size < 0x80:
+                        prefix = cache[key] = (groups[((crc32(data) * GOLDEN) & 0xFFFFFFFF) * maxp >> 32]
+                                               + bytes((size, KEY_STR)) + data)
+                    else:
+                        prefix = compute(key)
+            else:
+                prefix = get(key) if type(key) in _CACHED else None
+                if prefix is None:
+                    prefix = compute(key)
+            append(prefix)
+        return out
+
     def _compute(self, key: Any) -> bytes:
         if type(key) is str:
             # key_prefix, inlined for str (stable_key_bytes of a str is its UTF-8 bytes).

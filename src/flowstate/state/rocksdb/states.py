@@ -14,7 +14,7 @@ from typing import Any
 
 from flowstate.state.api import ListState, MapState, ReducingState, ValueState
 from flowstate.state.codec import decode_key, encode_key
-from flowstate.state.rocksdb.cache import DELETED, MISS, Column
+from flowstate.state.rocksdb.cache import DELETED, MISS, Column, Marker
 from flowstate.state.rocksdb.layout import RocksKeyContext, pack_sequence
 from flowstate.state.values import private
 
@@ -31,10 +31,11 @@ class RocksValueState(ValueState[Any]):
         col = self._col
         row = self._keys.prefix()
         found = col.objects.get(row, MISS)
-        if found is MISS:
-            found = col.load(row)
-        if found is MISS or found is DELETED:
-            return private(self._default)
+        if found.__class__ is Marker:  # not cached (MISS), DELETED or ABSENT
+            if found is MISS:
+                found = col.load(row)
+            if found.__class__ is Marker:
+                return private(self._default)
         return found
 
     def update(self, value: Any) -> None:
@@ -63,9 +64,12 @@ class RocksReducingState(ReducingState[Any]):
         col = self._col
         row = self._keys.prefix()
         old = col.objects.get(row, MISS)
-        if old is MISS:
-            old = col.load(row)
-        new = value if old is MISS or old is DELETED else self._fn(old, value)
+        if old.__class__ is Marker:  # not cached (MISS), DELETED or ABSENT
+            if old is MISS:
+                old = col.load(row)
+            new = value if old.__class__ is Marker else self._fn(old, value)
+        else:
+            new = self._fn(old, value)
         col.objects[row] = new
         return new
 
