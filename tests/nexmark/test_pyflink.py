@@ -6,6 +6,7 @@ by the benchmark itself (its "same rows" column): PyFlink is a peer installed be
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,8 +16,14 @@ import pytest
 from flowstate.nexmark import NexmarkConfig, NexmarkGenerator
 from flowstate.nexmark.model import Auction, Bid, Person
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import nexmark_pyflink as flink  # noqa: E402
+# Loaded from its file: a directory put on sys.path reaches every interpreter started with that sys.path (executors,
+# subprocesses), and a module there could shadow the standard library in them.
+_SPEC = importlib.util.spec_from_file_location(
+    "nexmark_pyflink", Path(__file__).resolve().parents[2] / "benchmarks" / "nexmark_pyflink.py")
+assert _SPEC is not None and _SPEC.loader is not None
+flink = importlib.util.module_from_spec(_SPEC)
+sys.modules["nexmark_pyflink"] = flink
+_SPEC.loader.exec_module(flink)
 
 CONFIG = NexmarkConfig(rate=100, in_flight_auctions=20)
 N = 4000

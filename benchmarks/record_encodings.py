@@ -13,7 +13,7 @@
 Each figure is the best of ``--repeat`` passes over 200 batches, in process CPU time (steadier than
 wall time on a shared machine); the lines are those of ``events_5m_10k.txt``.
 
-    python benchmarks/encodings.py [--repeat 25]
+    python benchmarks/record_encodings.py [--repeat 25]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main() -> None:
     ):
         rows.append(("JSON Lines of (str, int)", label, best(fn, 409_600, n)))
 
-    print(f"Best of {n} passes, CPU time per record (`python benchmarks/encodings.py --repeat {n}`).\n")
+    print(f"Best of {n} passes, CPU time per record (`python benchmarks/record_encodings.py --repeat {n}`).\n")
     print("| path | encoding | ns per record |\n|---|---|---|")
     for path, label, ns in rows:
         print(f"| {path} | {label} | {ns:.0f} |")
