@@ -33,14 +33,12 @@ class _AtLeastOnceWriter:
         pass
 
 
-class PrintSink:
-    """One line per record, ``str(record)``, written to ``stream`` (default: ``sys.stdout`` as it is
-    when the records are written). Each batch is one write call followed by a flush."""
+class _AtLeastOnceSink:
+    """A sink's name, and that it is not transactional."""
 
-    __slots__ = ("_stream", "_name")
+    __slots__ = ("_name",)
 
-    def __init__(self, stream: TextIO | None = None, *, name: str = "print") -> None:
-        self._stream = stream
+    def __init__(self, name: str) -> None:
         self._name = name
 
     @property
@@ -50,6 +48,17 @@ class PrintSink:
     @property
     def transactional(self) -> bool:
         return False
+
+
+class PrintSink(_AtLeastOnceSink):
+    """One line per record, ``str(record)``, written to ``stream`` (default: ``sys.stdout`` as it is
+    when the records are written). Each batch is one write call followed by a flush."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: TextIO | None = None, *, name: str = "print") -> None:
+        super().__init__(name)
+        self._stream = stream
 
     def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> PrintWriter:
         return PrintWriter(self._stream)
@@ -69,22 +78,14 @@ class PrintWriter(_AtLeastOnceWriter):
         stream.flush()
 
 
-class DiscardSink:
+class DiscardSink(_AtLeastOnceSink):
     """Drops every record, as Flink's ``DiscardingSink``: for jobs whose output is not wanted (a
     benchmark, a job run for its state or metrics). Unlike a callback it works in worker processes."""
 
-    __slots__ = ("_name",)
+    __slots__ = ()
 
     def __init__(self, *, name: str = "discard") -> None:
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def transactional(self) -> bool:
-        return False
+        super().__init__(name)
 
     def build_writer(self, subtask: int, parallelism: int, resume_state: Any | None) -> DiscardWriter:
         return DiscardWriter()
@@ -97,24 +98,16 @@ class DiscardWriter(_AtLeastOnceWriter):
         pass
 
 
-class _FunctionSink:
+class _FunctionSink(_AtLeastOnceSink):
     """A sink that hands records to a function; at-least-once."""
 
-    __slots__ = ("_fn", "_name")
+    __slots__ = ("_fn",)
 
     def __init__(self, fn: Callable[..., object], name: str) -> None:
         if not callable(fn):
             raise TypeError(f"{type(self).__name__}: fn must be callable, got {fn!r}")
+        super().__init__(name)
         self._fn = fn
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def transactional(self) -> bool:
-        return False
 
 
 class CallbackSink(_FunctionSink):
