@@ -88,8 +88,9 @@ def measure(inputs: list[Path], backends: list[str], repeat: int) -> dict[tuple[
 def markdown(runs: dict[tuple[str, str, str], list[dict[str, Any]]], repeat: int) -> str:
     lines = [
         (f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} cores, shared with other work while measured (others were running test suites: "
-        f"read wall-time figures as ±30 %, CPU per record is steadier); {datetime.date.today().isoformat()}. "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[1]:.1f} over the last 5 minutes of the run "
+        f"(wall-time figures move by ±30 % on a busy machine, CPU per record less); "
+        f"{datetime.date.today().isoformat()}. "
         f"Command: `python benchmarks/checkpoint_overhead.py {' '.join(sys.argv[1:])}`."),
         "",
         "### Throughput: checkpoints every 1 s against checkpoints off",
