@@ -305,6 +305,30 @@ CATALOGUE += (
          "            gone = []\n"),
     ),
     bug(
+        "buffer-values-msgpacked", "RocksDB rows encode a bytearray (any buffer) with msgpack, which gives it "
+        "back as bytes: a restored value changes type",
+        ("tests/state/test_codec.py",),
+        ("src/flowstate/state/codec.py",
+         "        if t is not int and t is not str and t is not float and not plain_data((value,)):\n",
+         "        if False:\n"),
+    ),
+    bug(
+        "buffer-values-marshalled", "an incremental heap snapshot encodes a bytearray (any buffer) with marshal, "
+        "which gives it back as bytes: a restored value changes type",
+        ("tests/state/test_heap_chain.py",),
+        ("src/flowstate/state/heap_chain.py",
+         "    if plain_data(entries.values()) and plain_data(entries.keys()):\n",
+         "    if True:\n"),
+    ),
+    bug(
+        "prefetch-skips-frozen-layers", "a RocksDB prefetch reads rows missing from the cache from RocksDB without "
+        "looking in the frozen layers, whose newer values have not reached RocksDB yet",
+        ("tests/state/test_rocksdb_prefetch.py",),
+        ("src/flowstate/state/rocksdb/cache.py",
+         "        layers = self.frozen  # read once: a layer leaves it only after its rows reached RocksDB\n        if layers:\n",
+         "        layers = self.frozen  # read once: a layer leaves it only after its rows reached RocksDB\n        if False:\n"),
+    ),
+    bug(
         "heap-untracked-read", "the incremental heap does not count a mutable value it hands out as changed, so "
         "a change made in place to it is missing from the next delta",
         ("tests/state/test_heap_chain.py", "tests/state/test_snapshot_model.py"),
