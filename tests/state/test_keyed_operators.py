@@ -145,3 +145,16 @@ def test_the_identity_key_gives_what_a_key_function_computing_the_same_key_gives
             operator.process_batch(["w1", ["not", "a", "key"]])
         operator.close()
     assert outputs[0] == outputs[1]
+
+
+def test_a_running_reduce_keyed_by_the_identity_gives_what_a_computed_key_gives(factory):
+    outputs = []
+    for key_fn, itself in ((lambda r: r, True), (lambda r: (r,)[0], False)):
+        operator = ReduceOperator("u", "longest", env(factory), key_fn, lambda a, b: a + b)
+        assert operator.key_is_record is itself
+        operator.open(None)
+        outputs.append([operator.process_batch(words(20)), operator.process_batch(words(9))])
+        with pytest.raises(fs.UserFunctionError, match="key_by"):
+            operator.process_batch(["w1", ["not", "a", "key"]])
+        operator.close()
+    assert outputs[0] == outputs[1] and outputs[0][0]

@@ -309,15 +309,13 @@ class _Keyed(Operator):
         that is not allowed, the keys of the records before it and that error (which the loop
         raises once it has processed those records, as if it had computed each key in turn)."""
         key_fn = self.key_fn
+        itself = self.key_is_record
         keys: list[Any] = []
         append = keys.append
         error: Exception | None = None
         try:
-            for record in batch:
-                # The key is checked against the rules of keys here too, so that it is refused the
-                # same way whether or not a keyed exchange hashed it on the way (at parallelism 1
-                # nothing does); errors name key_by, as the exchange's do.
-                key = key_fn(record)
+            for record in batch:  # keys checked as in KeyedProcessOperator.process_batch
+                key = record if itself else key_fn(record)
                 if type(key) is not str:
                     check_key(key)
                 append(key)
@@ -448,6 +446,7 @@ class ReduceOperator(_Keyed):
         if self.backend.wants_prefetch(len(batch)):
             return self._process_prefetched(batch)
         key_fn = self.key_fn
+        itself = self.key_is_record
         keys = self.backend.keys
         add_and_get = self.state.add_and_get
         out: list[Any] = []
@@ -456,7 +455,7 @@ class ReduceOperator(_Keyed):
         try:
             for record in batch:
                 try:  # checked as in KeyedProcessOperator
-                    key = key_fn(record)
+                    key = record if itself else key_fn(record)
                     if type(key) is not str:
                         check_key(key)
                 except Exception as exc:
